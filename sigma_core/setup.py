@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+package_name = "sigma_core"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    package_data={package_name: ["assets/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy", "torch", "opencv-python-headless", "pyyaml", "tqdm", "rosbags", "matplotlib"],
+    extras_require={"train": ["tensorboard"], "gpu": ["triton"]},
+    zip_safe=False,
+    maintainer="Sigma ROS maintainers",
+    maintainer_email="maintainers@example.com",
+    description="Sigma RGB-thermal/depth semantic segmentation: network, kernels, data, training. Imports no ROS.",
+    license="MIT",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+        ],
+    },
+)

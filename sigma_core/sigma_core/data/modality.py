@@ -1,0 +1,91 @@
+"""Scaling of the second modality (thermal or depth) from sensor units to the network's [0, 1] range.
+
+One place for it: the Segmenter (inference), the datasets (training) and the
+node all turn raw thermal/depth arrays into a float32 map with this class, and
+checkpoints record it, so a model sees the same values in training and on the robot.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+MODALITIES = ("thermal", "depth")
+
+
+@dataclass(frozen=True)
+class ModalityScaling:
+    """How raw modality values map to [0, 1].
+
+    thermal: ``range`` = (low, high) in raw units (counts, Kelvin, ...); values are
+        clipped to it. None means the dtype's full range for integers (uint8: 0..255,
+        uint16: 0..65535) and per-image min..max for floats.
+    depth: uint16 is millimetres, floats are metres; ``max_range`` (metres) maps to 1,
+        farther is clipped; 0, NaN and inf are invalid and become 0.
+    """
+
+    modality: str = "thermal"
+    range: Optional[tuple[float, float]] = None
+    max_range: float = 10.0
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.range is not None:
+            lo, hi = self.range
+            if not hi > lo:
+                raise ValueError(f"thermal range must be (low, high) with high > low, got {self.range}")
+            object.__setattr__(self, "range", (float(lo), float(hi)))
+        if not self.max_range > 0:
+            raise ValueError(f"depth max_range must be > 0 metres, got {self.max_range}")
+
+    def to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) or (H, W, C) raw array -> ((H, W) float32 in [0, 1], (H, W) bool valid mask).
+
+        Multi-channel input (e.g. a 3-channel thermal PNG) uses its first channel.
+        """
+        raw = np.asarray(raw)
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        if raw.ndim != 2:
+            raise ValueError(f"{self.modality} image must be (H, W) or (H, W, C), got shape {raw.shape}")
+        if self.modality == "depth":
+            return self._depth_to_unit(raw)
+        return self._thermal_to_unit(raw)
+
+    def _thermal_to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = raw.astype(np.float32)
+        valid = np.isfinite(values)
+        if self.range is not None:
+            lo, hi = self.range
+        elif np.issubdtype(raw.dtype, np.integer):
+            lo, hi = 0.0, float(np.iinfo(raw.dtype).max)
+        else:
+            finite = values[valid]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            hi = hi if hi > lo else lo + 1.0
+        unit = (np.where(valid, values, lo) - lo) / (hi - lo)
+        return np.clip(unit, 0.0, 1.0).astype(np.float32), valid
+
+    def _depth_to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        metres = raw.astype(np.float32)
+        if np.issubdtype(raw.dtype, np.integer):
+            metres = metres / 1000.0  # millimetres, the ROS 16UC1 convention
+        valid = np.isfinite(metres) & (metres > 0)
+        unit = np.where(valid, np.minimum(metres, self.max_range) / self.max_range, 0.0)
+        return unit.astype(np.float32), valid
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["range"] = list(self.range) if self.range is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModalityScaling:
+        rng = d.get("range")
+        return cls(
+            modality=d.get("modality", "thermal"),
+            range=tuple(rng) if rng is not None else None,
+            max_range=float(d.get("max_range", 10.0)),
+        )

@@ -1,0 +1,18 @@
+"""Selective-scan kernels and the scan-order ops around them."""
+from .selective_scan import (
+    ENV_VAR,
+    BackendUnavailable,
+    available_backends,
+    backend_names,
+    selective_scan,
+    selective_scan_reference,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "BackendUnavailable",
+    "available_backends",
+    "backend_names",
+    "selective_scan",
+    "selective_scan_reference",
+]

@@ -1,0 +1,192 @@
+"""The selective scan: one entry point, several backends.
+
+Semantics (see shared/reference/sigma/README.md): for channel d in group
+g = d // (D / G),
+
+    delta = softplus(delta + delta_bias)            (each step optional)
+    h_t   = exp(delta_t * A_d) * h_{t-1} + delta_t * B_{g,t} * u_t,   h_0 = 0
+    y_t   = <C_{g,t}, h_t> + D_d * u_t
+
+Backends register here by name with the devices they serve and a preference;
+``backend="auto"`` takes the most preferred one that loads for the tensors'
+device. ``SIGMA_SCAN_BACKEND`` (environment) overrides "auto"; an explicit
+``backend=`` argument overrides both.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "SIGMA_SCAN_BACKEND"
+
+ScanFn = Callable[..., torch.Tensor]
+
+
+class BackendUnavailable(RuntimeError):
+    """A scan backend cannot run here; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class ScanBackend:
+    name: str
+    devices: tuple[str, ...]  # device types served: "cpu", "cuda"
+    preference: int  # higher wins under "auto"
+    module: str  # module (relative to this package) holding the implementation
+    function: str  # its function, same signature as selective_scan minus backend
+
+    def load(self) -> ScanFn:
+        """Import the implementation; raises BackendUnavailable with an actionable message."""
+        try:
+            mod = importlib.import_module(self.module, __package__)
+        except BackendUnavailable:
+            raise
+        except ImportError as err:
+            raise BackendUnavailable(f"scan backend {self.name!r} cannot be imported: {err}") from err
+        return getattr(mod, self.function)
+
+
+_BACKENDS: dict[str, ScanBackend] = {}
+_loaded: dict[str, ScanFn] = {}
+_unavailable: dict[str, str] = {}
+_auto_choice_logged: set[str] = set()
+
+
+def register_backend(backend: ScanBackend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(ScanBackend("reference", ("cpu", "cuda"), 0, ".selective_scan", "selective_scan_reference"))
+register_backend(ScanBackend("cpu", ("cpu",), 10, ".scan_cpu", "selective_scan_cpu"))
+register_backend(ScanBackend("triton", ("cuda",), 10, ".scan_triton", "selective_scan_triton"))
+register_backend(ScanBackend("mamba_ssm", ("cuda",), 20, ".scan_mamba_ssm", "selective_scan_mamba_ssm"))
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def load_backend(name: str) -> ScanFn:
+    """The scan function of backend ``name``; raises BackendUnavailable (cached) if it cannot run."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; choose one of {['auto', *_BACKENDS]}")
+    if name in _loaded:
+        return _loaded[name]
+    if name in _unavailable:
+        raise BackendUnavailable(_unavailable[name])
+    try:
+        fn = _BACKENDS[name].load()
+    except BackendUnavailable as err:
+        _unavailable[name] = str(err)
+        log.warning("%s", err)  # reported once; later calls re-raise from the cache
+        raise
+    _loaded[name] = fn
+    return fn
+
+
+def available_backends(device_type: str = "cpu") -> list[str]:
+    """Backends that load and serve ``device_type``, most preferred first."""
+    names = []
+    for b in sorted(_BACKENDS.values(), key=lambda b: -b.preference):
+        if device_type in b.devices:
+            try:
+                load_backend(b.name)
+            except BackendUnavailable:
+                continue
+            names.append(b.name)
+    return names
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """Turn "auto" (or the environment override) into a concrete backend name."""
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+    if backend != "auto":
+        if backend not in _BACKENDS:
+            raise ValueError(
+                f"unknown scan backend {backend!r} (from argument or ${ENV_VAR}); "
+                f"choose one of {['auto', *_BACKENDS]}"
+            )
+        return backend
+    names = available_backends(device_type)
+    if not names:
+        raise BackendUnavailable(f"no selective-scan backend serves device type {device_type!r}")
+    if device_type not in _auto_choice_logged:
+        _auto_choice_logged.add(device_type)
+        log.info("selective scan on %s uses backend %r (available: %s)", device_type, names[0], names)
+    return names[0]
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Grouped selective scan.
+
+    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D % G == 0;
+    D (skip), delta_bias: (D,). Returns y: (batch, D, L) in u's dtype.
+    """
+    check_scan_shapes(u, delta, A, B, C, D, delta_bias)
+    name = resolve_backend(backend, u.device.type)
+    fn = load_backend(name)
+    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, dim, length = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (D={dim}, N); got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n or t.shape[3] != length:
+            raise ValueError(f"{name} must be (batch={batch}, G, N={n}, L={length}); got {tuple(t.shape)}")
+    groups = B.shape[1]
+    if C.shape[1] != groups or dim % groups != 0:
+        raise ValueError(f"B and C need the same group count G dividing D={dim}; got {B.shape[1]} and {C.shape[1]}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"{name} must be ({dim},); got {tuple(t.shape)}")
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """Plain step-by-step scan with autograd: the oracle for every other backend.
+
+    Computes in u's dtype promoted to at least float32 (float64 in tests).
+    """
+    out_dtype = u.dtype
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+    per_group = dim // B.shape[1]
+    B = B.repeat_interleave(per_group, dim=1)  # (batch, D, N, L): channel d reads group d // per_group
+    C = C.repeat_interleave(per_group, dim=1)
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        dt = delta[:, :, t, None]
+        h = torch.exp(dt * A) * h + dt * B[..., t] * u[:, :, t, None]
+        ys.append((h * C[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + u * D.to(dtype)[:, None]
+    return y.to(out_dtype)

@@ -1,0 +1,1 @@
+"""ROS 2 node and tools for Sigma multimodal semantic segmentation."""

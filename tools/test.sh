@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: set-up (quick when nothing changed), ruff, then every package's pytest suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash tools/setup.sh
+# shellcheck disable=SC1091
+source tools/env.sh
+echo "[test] ruff"
+ruff check .
+echo "[test] pytest"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then
+  echo "[test] pytest collected no tests" >&2
+fi
+exit $rc
