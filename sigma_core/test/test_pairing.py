@@ -1,5 +1,4 @@
 import pytest
-
 from sigma_core.data.pairing import ApproximateTimePairer
 
 
