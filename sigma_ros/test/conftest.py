@@ -1,0 +1,2 @@
+import os
+os.environ.setdefault("ROS_DOMAIN_ID", "0")
