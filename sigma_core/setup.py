@@ -22,6 +22,15 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
+            # `ros2 run sigma_core <name>` runs the short names; the sigma-* names are for pip users.
+            "train = sigma_core.cli.train:main",
+            "sigma-train = sigma_core.cli.train:main",
+            "evaluate = sigma_core.cli.evaluate:main",
+            "sigma-evaluate = sigma_core.cli.evaluate:main",
+            "extract = sigma_core.cli.extract:main",
+            "sigma-extract = sigma_core.cli.extract:main",
+            "synth = sigma_core.cli.synth:main",
+            "sigma-synth = sigma_core.cli.synth:main",
         ],
     },
 )
