@@ -1,0 +1,239 @@
+"""sensor_msgs/Image and CompressedImage fields <-> numpy arrays, without ROS.
+
+One place for the conversion, used by bag extraction (``rosbags`` messages)
+and by the node (rclpy messages): both hand over plain fields
+(encoding, height, width, step, data, is_bigendian), so neither cv_bridge nor
+any ROS import is needed here.
+
+Array conventions: single-channel encodings give ``(H, W)`` arrays, multi-channel
+ones ``(H, W, C)``; dtypes are uint8 (``*8``), uint16 (``mono16``/``16UC1``) and
+float32 (``32FC1``, metres for depth). Colour arrays keep the channel order of
+their encoding (``bgr8`` stays BGR); use :func:`to_rgb8` to get RGB.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    dtype: np.dtype  # little-endian/native element type
+    channels: int
+
+
+ENCODINGS: dict[str, EncodingSpec] = {
+    "rgb8": EncodingSpec(np.dtype(np.uint8), 3),
+    "bgr8": EncodingSpec(np.dtype(np.uint8), 3),
+    "8UC3": EncodingSpec(np.dtype(np.uint8), 3),  # channel order unknown; treated as BGR (OpenCV's habit)
+    "rgba8": EncodingSpec(np.dtype(np.uint8), 4),
+    "bgra8": EncodingSpec(np.dtype(np.uint8), 4),
+    "mono8": EncodingSpec(np.dtype(np.uint8), 1),
+    "8UC1": EncodingSpec(np.dtype(np.uint8), 1),
+    "mono16": EncodingSpec(np.dtype(np.uint16), 1),
+    "16UC1": EncodingSpec(np.dtype(np.uint16), 1),
+    "32FC1": EncodingSpec(np.dtype(np.float32), 1),
+}
+
+
+def encoding_spec(encoding: str) -> EncodingSpec:
+    """The dtype and channel count of a ROS image encoding; ValueError naming it if unsupported."""
+    try:
+        return ENCODINGS[encoding]
+    except KeyError:
+        raise ValueError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}"
+        ) from None
+
+
+def _as_byte_array(data: Any) -> np.ndarray:
+    """bytes / bytearray / memoryview / array.array / ndarray -> 1-D uint8 view without copying."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8) if data.dtype != np.uint8 else data.reshape(-1)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def image_to_array(
+    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: bool = False
+) -> np.ndarray:
+    """Image message fields -> ``(H, W)`` or ``(H, W, C)`` array (see module docstring for dtypes).
+
+    A zero-copy, read-only view of ``data`` where possible (little-endian data; row
+    padding from ``step`` is skipped by striding, not copying). Big-endian 16-bit and
+    float data are byte-swapped into a new native array. Raises ValueError naming the
+    encoding, or the expected and actual byte counts for truncated data.
+    """
+    spec = encoding_spec(encoding)
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{encoding} image has empty size {width}x{height}")
+    row_bytes = width * spec.channels * spec.dtype.itemsize
+    if step < row_bytes:
+        raise ValueError(
+            f"{encoding} image {width}x{height}: step {step} is smaller than one row ({row_bytes} bytes)"
+        )
+    buf = _as_byte_array(data)
+    need = step * (height - 1) + row_bytes  # the last row's padding may be absent
+    if buf.size < need:
+        raise ValueError(
+            f"{encoding} image {width}x{height} (step {step}) needs {step * height} bytes, data has {buf.size}"
+        )
+    rows = np.lib.stride_tricks.as_strided(buf, shape=(height, row_bytes), strides=(step, 1), writeable=False)
+    dtype = spec.dtype.newbyteorder(">") if (is_bigendian and spec.dtype.itemsize > 1) else spec.dtype
+    arr = rows.view(dtype)  # (H, W*C) elements; allowed because the last axis is contiguous
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(spec.dtype)  # swap to native; copies
+    return arr.reshape(height, width, spec.channels) if spec.channels > 1 else arr.reshape(height, width)
+
+
+def array_to_image_fields(arr: np.ndarray, encoding: str) -> tuple[int, int, int, np.ndarray]:
+    """Array -> ``(height, width, step, data)`` for an Image message (little-endian, no padding).
+
+    ``data`` is a 1-D uint8 ndarray (bytes-like: ``bytes(data)``, ``memoryview(data)`` and
+    ``array.array('B').frombytes(data)`` work; ``rosbags`` wants exactly this type). The
+    array's shape and dtype must match the encoding: (H, W) or (H, W, 1) for 1 channel,
+    (H, W, C) otherwise.
+    """
+    spec = encoding_spec(encoding)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1 and spec.channels == 1:
+        arr = arr[..., 0]
+    want_ndim = 2 if spec.channels == 1 else 3
+    if arr.ndim != want_ndim or (want_ndim == 3 and arr.shape[2] != spec.channels):
+        raise ValueError(
+            f"{encoding} needs an array of shape (H, W{'' if spec.channels == 1 else f', {spec.channels}'}), "
+            f"got {arr.shape}"
+        )
+    if arr.dtype.newbyteorder("=") != spec.dtype:
+        raise ValueError(f"{encoding} needs dtype {spec.dtype}, got {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=spec.dtype)  # also swaps a big-endian array to native order
+    height, width = arr.shape[:2]
+    return height, width, width * spec.channels * spec.dtype.itemsize, arr.reshape(-1).view(np.uint8)
+
+
+def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
+    """A colour or mono8 image in ``encoding`` -> ``(H, W, 3)`` uint8 RGB (a view where possible).
+
+    mono8/8UC1 are replicated to three channels; 16-bit and float encodings are not
+    colour images and raise ValueError (scale them with ModalityScaling instead).
+    """
+    spec = encoding_spec(encoding)
+    if spec.dtype != np.uint8:
+        raise ValueError(f"cannot show {encoding} as RGB: it is not an 8-bit colour or mono encoding")
+    arr = np.asarray(arr)
+    if spec.channels == 1:
+        mono = arr[..., 0] if arr.ndim == 3 else arr
+        return np.repeat(mono[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != spec.channels:
+        raise ValueError(f"{encoding} image must be (H, W, {spec.channels}), got {arr.shape}")
+    if encoding == "rgb8":
+        return arr
+    if encoding == "rgba8":
+        return arr[..., :3]
+    return arr[..., 2::-1]  # bgr8, 8UC3, bgra8
+
+
+# --- CompressedImage ---------------------------------------------------------------------------------
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _format_parts(fmt: str) -> tuple[str, str]:
+    """'rgb8; jpeg compressed bgr8' -> ('rgb8', 'jpeg'); 'png' -> ('', 'png')."""
+    fmt = fmt.strip()
+    original = ""
+    if ";" in fmt:
+        original, fmt = (p.strip() for p in fmt.split(";", 1))
+    m = re.search(r"(jpeg|jpg|png|compresseddepth|tiff)", fmt.lower())
+    kind = m.group(1) if m else fmt.lower()
+    return original, {"jpg": "jpeg"}.get(kind, kind)
+
+
+def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
+    """CompressedImage ``format`` and ``data`` -> (array, encoding of that array).
+
+    JPEG/PNG decode with ``cv2.IMREAD_UNCHANGED``: colour comes back as ``bgr8`` or
+    ``bgra8`` (OpenCV order), grey as ``mono8``, 16-bit PNG as ``mono16`` (``16UC1`` if
+    the format says so). ``compressedDepth`` (image_transport's depth plugin: 12-byte
+    header + PNG) gives ``16UC1`` millimetres or ``32FC1`` metres (NaN where invalid).
+    """
+    buf = _as_byte_array(data)
+    original, kind = _format_parts(fmt)
+    if kind == "compresseddepth":
+        return _decode_compressed_depth(original or "16UC1", buf, fmt)
+    if kind not in ("jpeg", "png", "tiff"):
+        raise ValueError(f"unsupported CompressedImage format {fmt!r}: expected jpeg, png or compressedDepth")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"could not decode CompressedImage ({fmt!r}, {buf.size} bytes): corrupt or truncated data")
+    return img, _encoding_of_decoded(img, original)
+
+
+def _encoding_of_decoded(img: np.ndarray, original: str) -> str:
+    if img.ndim == 3 and img.shape[2] == 3:
+        return "bgr8"
+    if img.ndim == 3 and img.shape[2] == 4:
+        return "bgra8"
+    if img.dtype == np.uint16:
+        return "16UC1" if original == "16UC1" else "mono16"
+    if img.dtype == np.uint8:
+        return "8UC1" if original == "8UC1" else "mono8"
+    if img.dtype == np.float32:
+        return "32FC1"
+    raise ValueError(f"decoded CompressedImage has unsupported shape/dtype {img.shape} {img.dtype}")
+
+
+def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str) -> tuple[np.ndarray, str]:
+    raw = buf.tobytes()
+    start = raw.find(_PNG_MAGIC)
+    if start < 0:
+        raise ValueError(f"compressedDepth data ({fmt!r}) holds no PNG")
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8, offset=start), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16:
+        raise ValueError(f"could not decode the 16-bit PNG in compressedDepth data ({fmt!r})")
+    if original != "32FC1":
+        return img, "16UC1"
+    if start < 12:
+        raise ValueError(f"compressedDepth 32FC1 data ({fmt!r}) lacks its 12-byte quantisation header")
+    # image_transport stores inverse depth: value = quant_a / depth + quant_b.
+    _, quant_a, quant_b = struct.unpack("<iff", raw[:12])
+    values = img.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(img > 0, quant_a / (values - quant_b), np.nan).astype(np.float32)
+    return depth, "32FC1"
+
+
+def encode_compressed(arr: np.ndarray, encoding: str, fmt: str = "png", jpeg_quality: int = 95) -> tuple[str, bytes]:
+    """Array in ``encoding`` -> (CompressedImage ``format`` string, ``data`` bytes).
+
+    ``fmt`` is ``png`` (lossless; 16-bit mono stays 16-bit) or ``jpeg`` (8-bit only).
+    The format string follows image_transport: ``"<encoding>; <fmt> compressed <stored>"``.
+    """
+    spec = encoding_spec(encoding)
+    fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"compression format must be png or jpeg, got {fmt!r}")
+    if spec.dtype == np.float32:
+        raise ValueError(f"{encoding} cannot be stored as {fmt}; store float depth uncompressed")
+    if fmt == "jpeg" and spec.dtype != np.uint8:
+        raise ValueError(f"{encoding} is 16-bit: JPEG cannot hold it, use png")
+    arr = np.asarray(arr)
+    if spec.channels == 1:
+        stored, img = ("mono16" if spec.dtype == np.uint16 else "mono8"), arr
+    else:
+        stored = "bgra8" if spec.channels == 4 else "bgr8"
+        if encoding in ("rgb8", "rgba8"):
+            code = cv2.COLOR_RGB2BGR if spec.channels == 3 else cv2.COLOR_RGBA2BGRA
+            img = cv2.cvtColor(np.ascontiguousarray(arr), code)
+        else:
+            img = arr
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, out = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", np.ascontiguousarray(img), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {encoding} image of shape {arr.shape} as {fmt}")
+    return f"{encoding}; {fmt} compressed {stored}", out.tobytes()

@@ -1,0 +1,159 @@
+import array
+import struct
+
+import cv2
+import numpy as np
+import pytest
+from sigma_core.data.image_encoding import (
+    ENCODINGS,
+    array_to_image_fields,
+    decode_compressed,
+    encode_compressed,
+    image_to_array,
+    to_rgb8,
+)
+
+
+def _sample(encoding: str, h: int = 5, w: int = 7, seed: int = 0) -> np.ndarray:
+    spec = ENCODINGS[encoding]
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if spec.channels == 1 else (h, w, spec.channels)
+    if spec.dtype == np.float32:
+        return rng.uniform(0.1, 20.0, shape).astype(np.float32)
+    return rng.integers(0, np.iinfo(spec.dtype).max, shape, endpoint=True).astype(spec.dtype)
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_round_trip_every_encoding(encoding):
+    arr = _sample(encoding)
+    h, w, step, data = array_to_image_fields(arr, encoding)
+    assert (h, w) == arr.shape[:2]
+    assert step == w * ENCODINGS[encoding].channels * arr.dtype.itemsize
+    assert data.dtype == np.uint8 and data.ndim == 1 and data.size == step * h
+    # as it arrives from rclpy (array.array) and from rosbags (ndarray) and as raw bytes
+    a = array.array("B")
+    a.frombytes(data)
+    for payload in (data, a, bytes(data)):
+        back = image_to_array(encoding, h, w, step, payload)
+        assert back.dtype == ENCODINGS[encoding].dtype
+        np.testing.assert_array_equal(back, arr)
+
+
+def test_zero_copy_view_of_message_data():
+    arr = _sample("rgb8")
+    h, w, step, data = array_to_image_fields(arr, "rgb8")
+    back = image_to_array("rgb8", h, w, step, data)
+    assert np.shares_memory(back, data)
+    assert not back.flags.writeable  # a view of a message must not be scribbled on
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "mono8", "mono16", "32FC1", "bgra8"])
+def test_row_padding_from_step_is_skipped(encoding):
+    arr = _sample(encoding, h=4, w=3)
+    h, w, step, data = array_to_image_fields(arr, encoding)
+    pad = 5  # odd padding: rows of 16-bit/float data start unaligned
+    padded = np.zeros((h, step + pad), np.uint8)
+    padded[:, :step] = data.reshape(h, step)
+    padded[:, step:] = 0xAB
+    back = image_to_array(encoding, h, w, step + pad, padded.reshape(-1))
+    np.testing.assert_array_equal(back, arr)
+    # the last row's padding may be missing (some drivers send exactly step*(h-1)+row bytes)
+    back = image_to_array(encoding, h, w, step + pad, padded.reshape(-1)[:-pad])
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "32FC1"])
+def test_big_endian_is_swapped(encoding):
+    arr = _sample(encoding)
+    big = arr.astype(arr.dtype.newbyteorder(">"))
+    data = big.tobytes()
+    back = image_to_array(encoding, arr.shape[0], arr.shape[1], arr.shape[1] * arr.itemsize, data, is_bigendian=True)
+    assert back.dtype.isnative
+    np.testing.assert_array_equal(back, arr)
+    # and read as little-endian it would be wrong: the flag matters
+    wrong = image_to_array(encoding, arr.shape[0], arr.shape[1], arr.shape[1] * arr.itemsize, data)
+    assert not np.array_equal(wrong, arr)
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="'yuv422'"):
+        image_to_array("yuv422", 2, 2, 4, bytes(8))
+    with pytest.raises(ValueError, match="needs 48 bytes, data has 40"):
+        image_to_array("rgb8", 4, 4, 12, bytes(40))
+    with pytest.raises(ValueError, match="step 5 is smaller than one row"):
+        image_to_array("mono16", 2, 3, 5, bytes(12))
+    with pytest.raises(ValueError, match="dtype uint16"):
+        array_to_image_fields(np.zeros((2, 2), np.uint8), "mono16")
+    with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):
+        array_to_image_fields(np.zeros((2, 2), np.uint8), "rgb8")
+    with pytest.raises(ValueError, match="not an 8-bit colour"):
+        to_rgb8(np.zeros((2, 2), np.uint16), "mono16")
+
+
+def test_to_rgb8_orders_channels():
+    rgb = _sample("rgb8")
+    bgr = rgb[..., ::-1].copy()
+    np.testing.assert_array_equal(to_rgb8(rgb, "rgb8"), rgb)
+    np.testing.assert_array_equal(to_rgb8(bgr, "bgr8"), rgb)
+    np.testing.assert_array_equal(to_rgb8(bgr, "8UC3"), rgb)
+    alpha = np.full(rgb.shape[:2] + (1,), 7, np.uint8)
+    np.testing.assert_array_equal(to_rgb8(np.concatenate([rgb, alpha], 2), "rgba8"), rgb)
+    np.testing.assert_array_equal(to_rgb8(np.concatenate([bgr, alpha], 2), "bgra8"), rgb)
+    mono = _sample("mono8")
+    out = to_rgb8(mono, "mono8")
+    assert out.shape == mono.shape + (3,)
+    assert all(np.array_equal(out[..., c], mono) for c in range(3))
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "mono16", "16UC1"])
+def test_png_compression_is_lossless(encoding):
+    arr = _sample(encoding, h=9, w=11)
+    fmt, data = encode_compressed(arr, encoding, "png")
+    assert fmt.startswith(f"{encoding}; png compressed")
+    img, enc = decode_compressed(fmt, data)
+    if ENCODINGS[encoding].channels == 3:
+        assert enc == "bgr8"
+        np.testing.assert_array_equal(to_rgb8(img, enc), to_rgb8(arr, encoding))
+    else:
+        assert img.dtype == arr.dtype
+        assert enc == encoding
+        np.testing.assert_array_equal(img, arr)
+
+
+def test_jpeg_decodes_close_and_rejects_16_bit():
+    yy, xx = np.mgrid[0:32, 0:48]
+    rgb = np.stack([xx * 5, yy * 7, (xx + yy) * 2], -1).astype(np.uint8)  # smooth: JPEG stays close
+    fmt, data = encode_compressed(rgb, "rgb8", "jpeg", jpeg_quality=98)
+    img, enc = decode_compressed(fmt, data)
+    assert enc == "bgr8"
+    assert np.abs(to_rgb8(img, enc).astype(int) - rgb).mean() < 3
+    # a bare "jpeg" format string, as some drivers send, also decodes
+    assert decode_compressed("jpeg", data)[0].shape == rgb.shape
+    with pytest.raises(ValueError, match="JPEG cannot hold"):
+        encode_compressed(np.zeros((4, 4), np.uint16), "mono16", "jpeg")
+
+
+def test_compressed_errors():
+    with pytest.raises(ValueError, match="could not decode"):
+        decode_compressed("png", b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ValueError, match="unsupported CompressedImage format 'webp'"):
+        decode_compressed("webp", b"x")
+
+
+def test_compressed_depth_plugin_layout():
+    depth_mm = _sample("16UC1", h=6, w=8)
+    ok, png = cv2.imencode(".png", depth_mm)
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    img, enc = decode_compressed("16UC1; compressedDepth png", header + png.tobytes())
+    assert enc == "16UC1"
+    np.testing.assert_array_equal(img, depth_mm)
+    # 32FC1: inverse depth quantised as value = a / depth + b, 0 = invalid
+    a, b = 1000.0, -10.0
+    metres = np.array([[0.5, 2.0], [4.0, 8.0]], np.float32)
+    q = np.round(a / metres + b).astype(np.uint16)
+    q[1, 1] = 0
+    ok, png = cv2.imencode(".png", q)
+    img, enc = decode_compressed("32FC1; compressedDepth png", struct.pack("<iff", 0, a, b) + png.tobytes())
+    assert enc == "32FC1"
+    np.testing.assert_allclose(img[:1], metres[:1], rtol=1e-3)
+    assert np.isnan(img[1, 1])
