@@ -44,10 +44,12 @@ if [[ -z "${ROS_DISTRO:-}" ]]; then
      -DPython3_EXECUTABLE="$venv/bin/python" >build/cmake-configure.log 2>&1 \
      || { cat build/cmake-configure.log; exit 1; }
    cmake --build build/sigma_msgs -j2 >build/cmake-build.log 2>&1 || { tail -50 build/cmake-build.log; exit 1; }
-   cmake --install build/sigma_msgs >/dev/null)
+   cmake --install build/sigma_msgs >/dev/null
+   touch build/COLCON_IGNORE)
 fi
 # compat mode puts the source folders on sys.path, so the repo-root folders of the same
 # names cannot shadow the packages as namespace packages.
 "${pip[@]}" --no-deps --config-settings editable_mode=compat -e sigma_core -e sigma_ros
+touch "$venv/COLCON_IGNORE"  # a colcon workspace around this repo must not build the wheels in here
 echo "$stamp_value" >"$stamp"
 echo "[setup] done"

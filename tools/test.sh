@@ -8,6 +8,8 @@ bash tools/setup.sh
 source tools/env.sh
 echo "[test] ruff"
 ruff check .
+# rclpy and our messages must import here, or the ROS tests would only skip.
+python -c "import rclpy, sigma_msgs.msg" || { echo "[test] rclpy or sigma_msgs does not import: run tools/setup.sh" >&2; exit 1; }
 echo "[test] pytest"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 set +e
