@@ -1,0 +1,53 @@
+"""Network input normalisation: the one place for the ImageNet constants.
+
+The published recipe normalises both modalities with ImageNet mean/std; a
+single-channel modality (thermal, depth) is first scaled to [0, 1] by
+:class:`~sigma_core.data.modality.ModalityScaling` and replicated to three
+channels. Training (datasets), inference (Segmenter) and the node all call
+these functions so they feed the network identical values.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # RGB order, for values in [0, 1]
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def normalize_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, ImageNet-normalised (channels last)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"RGB image must be (H, W, 3), got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"RGB image must be uint8 (0..255), got {rgb.dtype}")
+    return ((rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def normalize_modal(unit: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] (from ModalityScaling.to_unit) -> (H, W, 3) float32, replicated and normalised."""
+    unit = np.asarray(unit, dtype=np.float32)
+    if unit.ndim != 2:
+        raise ValueError(f"modality map must be (H, W) in [0, 1], got shape {unit.shape}")
+    return ((unit[..., None] - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> contiguous (C, H, W), the layout torch models take."""
+    return np.ascontiguousarray(np.transpose(image, (2, 0, 1)))
+
+
+def rgb_to_input(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 network input."""
+    return to_chw(normalize_rgb(rgb))
+
+
+def modal_to_input(unit: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (3, H, W) float32 network input."""
+    return to_chw(normalize_modal(unit))
+
+
+def denormalize_rgb(chw: np.ndarray) -> np.ndarray:
+    """(3, H, W) normalised float -> (H, W, 3) uint8 RGB, for visualising network inputs."""
+    hwc = np.transpose(np.asarray(chw, dtype=np.float32), (1, 2, 0)) * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(np.round(hwc * 255.0), 0, 255).astype(np.uint8)
