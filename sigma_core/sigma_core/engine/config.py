@@ -1,0 +1,307 @@
+"""Training/evaluation configuration: YAML files, named presets and `key=value` overrides.
+
+A config is a nested mapping with the sections below; every key has a default
+(the published Sigma recipe), a YAML file or preset overrides some of them, and
+command-line ``section.key=value`` overrides come last. Unknown keys are an
+error that names the key and lists the known ones, so a typo never trains with
+a silently ignored setting.
+
+Presets are YAML files in ``sigma_core/configs/`` (``mfnet``, ``pst900``,
+``nyudv2``, ``sunrgbd``, ``custom``, ``synthetic_demo``); ``--config`` takes
+a preset name or a path.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelSection:
+    """The network: any SigmaConfig field but num_classes (that comes from the dataset).
+
+    init: a VMamba ImageNet checkpoint (encoder only) or a Sigma checkpoint (published or
+        ours) to start from; a classifier head with another class count is dropped.
+    """
+
+    variant: Optional[str] = "tiny"
+    depths: Optional[list[int]] = None
+    dims: Optional[int] = None
+    decoder_depths: Optional[list[int]] = None
+    drop_path_rate: Optional[float] = None
+    scan_backend: str = "auto"
+    init: Optional[str] = None
+
+
+@dataclass
+class DataSection:
+    """The dataset (see sigma_core.data): a preset over the published layout, or "custom" (a dataset.yaml).
+
+    crop_size: (H, W) random crop in training; None trains on whole images (they must share a size).
+    scales: random rescale factors drawn per training sample (published {0.5 ... 1.75}).
+    """
+
+    preset: str = "custom"
+    root: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "test"
+    crop_size: Optional[list[int]] = field(default_factory=lambda: [480, 640])
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    flip: bool = True
+    batch_size: int = 8  # per process; the published recipe is 8 in total on its GPUs
+    num_workers: int = 4
+    limit: Optional[int] = None  # use only the first N training samples (quick experiments)
+
+
+@dataclass
+class OptimSection:
+    """AdamW, as published."""
+
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: Optional[float] = None  # max gradient norm; None = no clipping (published)
+
+
+@dataclass
+class ScheduleSection:
+    """Linear warm-up from ``warmup_start`` * lr, then poly decay (1 - t)^power to 0, per iteration."""
+
+    epochs: int = 500
+    warmup_epochs: int = 10
+    warmup_start: float = 1e-6
+    power: float = 0.9
+
+
+@dataclass
+class EvalSection:
+    """How the model is evaluated (during training and by sigma-evaluate).
+
+    mode: "whole" (one pass per image) or "sliding" (windows of crop_size with stride
+        stride_ratio * crop, averaged; only where the image is larger than the crop).
+    scales, flip: multi-scale / horizontal-flip test-time augmentation (softmax averaged).
+    """
+
+    mode: str = "whole"
+    crop_size: Optional[list[int]] = None
+    stride_ratio: float = 2.0 / 3.0
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    batch_size: int = 1
+    limit: Optional[int] = None  # evaluate only the first N samples
+
+
+@dataclass
+class TrainSection:
+    """Run control. ``resume``: a checkpoint path, or "auto" (the newest in out_dir, if any)."""
+
+    out_dir: str = "runs/sigma"
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (under torchrun: the local rank's GPU)
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: str = "float16"  # float16 (with a grad scaler) or bfloat16
+    deterministic: bool = False  # deterministic algorithms (slower; exact reruns on CPU)
+    resume: Optional[str] = None
+    eval_every: int = 10  # epochs; 0 = only after the last epoch
+    save_every: int = 1  # epochs between resumable checkpoints
+    keep_last: int = 3  # resumable checkpoints kept (plus best.pt)
+    log_every: int = 10  # iterations between TensorBoard/CSV scalars
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar (rank 0)
+    threads: Optional[int] = None  # torch CPU threads; None = torch's default
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "optim": OptimSection,
+    "schedule": ScheduleSection,
+    "eval": EvalSection,
+    "train": TrainSection,
+}
+
+
+@dataclass
+class TrainConfig:
+    """The whole configuration; ``TrainConfig.load(...)`` builds one from YAML, presets and overrides."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Nested dict -> TrainConfig; unknown sections/keys and wrong types raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of sections {sorted(SECTIONS)}, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {unknown}; known sections are {sorted(SECTIONS)}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+            known = {f.name: f for f in dataclasses.fields(section_cls)}
+            bad = sorted(set(values) - set(known))
+            if bad:
+                raise ValueError(f"{source}: unknown key(s) {[f'{name}.{b}' for b in bad]}; "
+                                 f"known keys in {name!r}: {sorted(known)}")
+            sections[name] = section_cls(**{k: _coerce(f"{name}.{k}", known[k], v, source) for k, v in values.items()})
+        cfg = cls(**sections)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def load(cls, config: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Defaults <- preset name or YAML path (optional) <- ``section.key=value`` overrides."""
+        data: dict[str, Any] = {}
+        source = "defaults"
+        if config is not None:
+            path = resolve_config_path(config)
+            data = read_yaml(path)
+            source = str(path)
+        data = apply_overrides(data, overrides)
+        return cls.from_dict(data, source if not overrides else f"{source} with overrides")
+
+    def validate(self, source: str = "config") -> None:
+        def bad(key: str, msg: str) -> ValueError:
+            return ValueError(f"{source}: {key} {msg}")
+
+        if self.data.batch_size < 1:
+            raise bad("data.batch_size", f"must be >= 1, got {self.data.batch_size}")
+        if self.data.crop_size is not None and (len(self.data.crop_size) != 2 or min(self.data.crop_size) < 1):
+            raise bad("data.crop_size", f"must be [H, W] or null, got {self.data.crop_size}")
+        if not self.data.scales or min(self.data.scales) <= 0:
+            raise bad("data.scales", f"must be a non-empty list of positive factors, got {self.data.scales}")
+        if self.optim.lr <= 0 or self.optim.weight_decay < 0:
+            raise bad("optim", f"needs lr > 0 and weight_decay >= 0, got lr={self.optim.lr} "
+                               f"weight_decay={self.optim.weight_decay}")
+        if self.schedule.epochs < 1 or not 0 <= self.schedule.warmup_epochs <= self.schedule.epochs:
+            raise bad("schedule", f"needs epochs >= 1 and 0 <= warmup_epochs <= epochs, got epochs="
+                                  f"{self.schedule.epochs} warmup_epochs={self.schedule.warmup_epochs}")
+        if self.eval.mode not in ("whole", "sliding"):
+            raise bad("eval.mode", f"must be 'whole' or 'sliding', got {self.eval.mode!r}")
+        if self.eval.mode == "sliding" and not self.eval.crop_size and not self.data.crop_size:
+            raise bad("eval.crop_size", "is needed for sliding-window evaluation (or set data.crop_size)")
+        if not 0 < self.eval.stride_ratio <= 1:
+            raise bad("eval.stride_ratio", f"must be in (0, 1], got {self.eval.stride_ratio}")
+        if not self.eval.scales or min(self.eval.scales) <= 0:
+            raise bad("eval.scales", f"must be a non-empty list of positive factors, got {self.eval.scales}")
+        if self.train.amp_dtype not in ("float16", "bfloat16"):
+            raise bad("train.amp_dtype", f"must be 'float16' or 'bfloat16', got {self.train.amp_dtype!r}")
+        if self.train.keep_last < 1 or self.train.save_every < 1 or self.train.eval_every < 0:
+            raise bad("train", "needs keep_last >= 1, save_every >= 1 and eval_every >= 0")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(config: Union[str, Path]) -> Path:
+    """A preset name (e.g. "mfnet") or a YAML file path -> existing path; else ValueError listing presets."""
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        return path
+    preset = PRESET_DIR / f"{config}.yaml"
+    if not preset.is_file():
+        raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()}")
+    return preset
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (numbers, booleans, null, [lists]); "6e-5" is a float, not a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 6e-5 (no dot) as a string
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``section.key=value`` set (dotted keys, values parsed as YAML)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = parse_value(text)
+    return out
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Check a YAML value against the field's annotated type (ints accepted for floats)."""
+    annotation = str(f.type)
+    if value is None:
+        if "Optional" not in annotation:
+            raise ValueError(f"{source}: {key} must not be null")
+        return None
+    if "list" in annotation:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{source}: {key} must be a list, got {value!r}")
+        inner_float = "float" in annotation
+        try:
+            return [float(v) if inner_float else int(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {key} must be a list of numbers, got {value!r}") from None
+    base = annotation.replace("Optional[", "").rstrip("]")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{source}: {key} must be a string, got {value!r}")
+        return str(value)
+    return value

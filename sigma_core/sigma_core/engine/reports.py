@@ -1,0 +1,156 @@
+"""Evaluation reports a person can read: JSON, a confusion-matrix PNG, a per-class IoU chart, markdown.
+
+Charts use matplotlib's Agg backend (no display needed). Published numbers are
+shown beside ours for the known benchmarks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .metrics import SegmentationMetrics
+
+# mIoU (%) of the published Sigma checkpoints, from the "Results" tables of the
+# public Sigma README (github.com/zifuwan/Sigma). Only what is stated there.
+PUBLISHED_MIOU: dict[str, dict[str, float]] = {
+    "mfnet": {"tiny": 60.2, "small": 61.1, "base": 61.3},
+    "pst900": {"tiny": 88.6, "small": 87.8},
+    "nyudv2": {"tiny": 53.9, "small": 57.0},
+    "sunrgbd": {"tiny": 50.0, "small": 52.4},
+}
+
+
+def published_miou(preset: Optional[str], variant: Optional[str]) -> Optional[dict[str, Any]]:
+    """The published mIoU (%) for a benchmark preset and variant, or None where nothing was published."""
+    table = PUBLISHED_MIOU.get((preset or "").lower())
+    if not table:
+        return None
+    out: dict[str, Any] = {"source": "Sigma (WACV 2025), github.com/zifuwan/Sigma README", "miou_by_variant": table}
+    if variant in table:
+        out["miou_same_variant"] = table[variant]
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename), NaN-free."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def plot_confusion(metrics: SegmentationMetrics, path: Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix (each true class sums to 1) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = metrics.confusion.astype(np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(metrics.class_names)
+    size = max(4.0, 0.45 * k + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), metrics.class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), metrics.class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.005:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_class_iou(metrics: SegmentationMetrics, path: Path, title: str = "Per-class IoU",
+                   compare: Optional[dict[str, SegmentationMetrics]] = None) -> Path:
+    """Bar chart of per-class IoU (%); ``compare`` adds named bar series (e.g. "thermal blanked")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {"model": metrics, **(compare or {})}
+    k = len(metrics.class_names)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * k * len(series) + 2.0), 4.0))
+    for n, (label, m) in enumerate(series.items()):
+        values = np.nan_to_num(100 * m.iou, nan=0.0)
+        pos = np.arange(k) + (n - (len(series) - 1) / 2) * width
+        ax.bar(pos, values, width, label=f"{label} (mIoU {_pct(m.miou)})")
+    ax.set_xticks(range(k), metrics.class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def metrics_table(results: dict[str, SegmentationMetrics]) -> str:
+    """Markdown table: one row per named result (mIoU, mAcc, aAcc, fwIoU in %)."""
+    lines = ["| evaluation | mIoU | mean class acc. | pixel acc. | fwIoU |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {_pct(m.miou)} | {_pct(m.mean_class_accuracy)} | {_pct(m.pixel_accuracy)} "
+                     f"| {_pct(m.fw_iou)} |")
+    return "\n".join(lines)
+
+
+def per_class_table(results: dict[str, SegmentationMetrics]) -> str:
+    """Markdown table of per-class IoU (%), one column per named result."""
+    names = list(results)
+    first = results[names[0]]
+    lines = ["| class | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for k, cls in enumerate(first.class_names):
+        lines.append(f"| {cls} | " + " | ".join(_pct(results[n].iou[k]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_evaluation_report(out_dir: Path, metrics: SegmentationMetrics, info: dict[str, Any],
+                            published: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+    """report.json + confusion_matrix.png + class_iou.png + report.md in ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {**info, "metrics": metrics.to_dict()}
+    if published is not None:
+        report["published"] = published
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
+    write_json(paths["json"], report)
+    paths["confusion"] = plot_confusion(metrics, out_dir / "confusion_matrix.png")
+    paths["class_iou"] = plot_class_iou(metrics, out_dir / "class_iou.png")
+    md = [f"# Evaluation: {info.get('checkpoint', '')}", "", metrics_table({"this model": metrics}), ""]
+    if published is not None and "miou_same_variant" in published:
+        md += [f"Published mIoU for this benchmark and variant: {published['miou_same_variant']:.1f} "
+               f"({published['source']}).", ""]
+    md += [per_class_table({"IoU": metrics}), "", "![confusion matrix](confusion_matrix.png)",
+           "![per-class IoU](class_iou.png)", ""]
+    paths["markdown"].write_text("\n".join(md))
+    return paths
