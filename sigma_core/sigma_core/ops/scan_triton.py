@@ -61,6 +61,25 @@ MIN_PROGRAMS = 512
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# Kernels use only builtins and their own helpers: tl.zeros / tl.sum are @jit functions of
+# triton.language, which the interpreter can call only if TRITON_INTERPRET was set before triton
+# itself was imported; builtins (tl.full, tl.reduce, ...) work either way.
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+# Triton's own sum combiner, when present, takes the interpreter's numpy fast path.
+_sum_combine = getattr(tl.standard, "_sum_combine", _add)
+
+
+@triton.jit
+def _rsum(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, _sum_combine)
+
+
 @triton.jit
 def _linear_combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2) applied to x: a2 * (a1 * x + b1) + b2
@@ -100,10 +119,10 @@ def _scan_fwd_kernel(
 
     # padded states get A = 0, B = C = 0: they stay 0 and add nothing
     A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=n_ok[None, :], other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
+    bias = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    Dv = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d).to(tl.float32)
 
@@ -114,7 +133,7 @@ def _scan_fwd_kernel(
     C_base = C_ptr + b * sC_b + g * sC_g + n[:, None] * sC_n
     last = (t0 == CHUNK - 1)[None, None, :]
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    h = tl.full((BLOCK_D, BLOCK_N), 0.0, tl.float32)
     for c in range(n_chunks):
         if STORE_CKPT:
             tl.store(ckpt_ptr + b * sk_b + d[:, None] * sk_d + c * sk_c + n[None, :], h)
@@ -130,11 +149,11 @@ def _scan_fwd_kernel(
         bx = (dt * u)[:, None, :] * Bt[None, :, :]
         a_cum, h_loc = tl.associative_scan((a, bx), 2, _linear_combine)
         hs = h_loc + a_cum * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        y = _rsum(hs * Ct[None, :, :], 1)
         if HAS_D:
             y += Dv[:, None] * u
         tl.store(y_rows + t[None, :] * sy_l, y, mask=t_ok[None, :])
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # masked steps have a = 1, b = 0: last column = h_{L-1}
+        h = _rsum(tl.where(last, hs, 0.0), 2)  # masked steps have a = 1, b = 0: last column = h_{L-1}
 
 
 @triton.jit
@@ -160,10 +179,10 @@ def _scan_bwd_kernel(
     g = (pid_d * BLOCK_D) // per_group
 
     A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=n_ok[None, :], other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
+    bias = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    Dv = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d).to(tl.float32)
 
@@ -175,10 +194,10 @@ def _scan_bwd_kernel(
     dBC_off = b * sdBC_b + g * sdBC_g + n[:, None] * sdBC_n
     first = (t0 == 0)[None, None, :]
 
-    g_carry = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # adjoint of h at the first step of the later chunk
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
+    g_carry = tl.full((BLOCK_D, BLOCK_N), 0.0, tl.float32)  # adjoint of h at the first step of the later chunk
+    dA_acc = tl.full((BLOCK_D, BLOCK_N), 0.0, tl.float32)
+    dD_acc = tl.full((BLOCK_D,), 0.0, tl.float32)
+    dbias_acc = tl.full((BLOCK_D,), 0.0, tl.float32)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         h0 = tl.load(ckpt_ptr + b * sk_b + d[:, None] * sk_d + c * sk_c + n[None, :])
@@ -206,25 +225,25 @@ def _scan_bwd_kernel(
         cdy = Ct[None, :, :] * dy[:, None, :]
         a_next_cum, g_loc = tl.associative_scan((a_next, cdy), 2, _linear_combine, reverse=True)
         gs = g_loc + a_next_cum * g_carry[:, :, None]
-        g_carry = tl.sum(tl.where(first, gs, 0.0), axis=2)
+        g_carry = _rsum(tl.where(first, gs, 0.0), 2)
 
-        gB = tl.sum(gs * Bt[None, :, :], axis=1)  # (BLOCK_D, CHUNK)
+        gB = _rsum(gs * Bt[None, :, :], 1)  # (BLOCK_D, CHUNK)
         du = gB * dt
         if HAS_D:
             du += Dv[:, None] * dy
-            dD_acc += tl.sum(dy * u, axis=1)
-        ddt = gB * u + tl.sum(gs * ah_prev * A[:, :, None], axis=1)
+            dD_acc += _rsum(dy * u, 1)
+        ddt = gB * u + _rsum(gs * ah_prev * A[:, :, None], 1)
         if SOFTPLUS:
             ddt = ddt / (1.0 + tl.exp(-raw))  # softplus' = sigmoid
         ddt = tl.where(t_ok[None, :], ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        dA_acc += tl.sum(gs * ah_prev * dt[:, None, :], axis=2)
+        dbias_acc += _rsum(ddt, 1)
+        dA_acc += _rsum(gs * ah_prev * dt[:, None, :], 2)
 
         tl.store(du_ptr + b * sdu_b + d[:, None] * sdu_d + t[None, :], du, mask=t_ok[None, :])
         tl.store(ddelta_ptr + b * sddl_b + d[:, None] * sddl_d + t[None, :], ddt, mask=t_ok[None, :])
         # dB, dC: sum over this program's channels here, over the group's programs by atomics
-        dB_part = tl.sum(gs * dtu[:, None, :], axis=0)  # (BLOCK_N, CHUNK)
-        dC_part = tl.sum(hs * dy[:, None, :], axis=0)
+        dB_part = _rsum(gs * dtu[:, None, :], 0)  # (BLOCK_N, CHUNK)
+        dC_part = _rsum(hs * dy[:, None, :], 0)
         tl.atomic_add(dB_ptr + dBC_off + t[None, :], dB_part, mask=mask_nt)
         tl.atomic_add(dC_ptr + dBC_off + t[None, :], dC_part, mask=mask_nt)
 
