@@ -14,22 +14,24 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # RGB order, 
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def normalize_rgb(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, ImageNet-normalised (channels last)."""
+def normalize_rgb(rgb: np.ndarray, mean: np.ndarray = IMAGENET_MEAN, std: np.ndarray = IMAGENET_STD) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, ImageNet-normalised (or by a checkpoint's mean/std; channels last)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"RGB image must be (H, W, 3), got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
         raise ValueError(f"RGB image must be uint8 (0..255), got {rgb.dtype}")
-    return ((rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((rgb.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
-def normalize_modal(unit: np.ndarray) -> np.ndarray:
+def normalize_modal(unit: np.ndarray, mean: np.ndarray = IMAGENET_MEAN, std: np.ndarray = IMAGENET_STD) -> np.ndarray:
     """(H, W) float32 in [0, 1] (from ModalityScaling.to_unit) -> (H, W, 3) float32, replicated and normalised."""
     unit = np.asarray(unit, dtype=np.float32)
     if unit.ndim != 2:
         raise ValueError(f"modality map must be (H, W) in [0, 1], got shape {unit.shape}")
-    return ((unit[..., None] - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((unit[..., None] - mean) / std).astype(np.float32)
 
 
 def to_chw(image: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Selective-scan kernels and the scan-order ops around them."""
+from .cross_scan import concat_merge, concat_scan, cross_merge, cross_scan
 from .selective_scan import (
     ENV_VAR,
     BackendUnavailable,
@@ -15,4 +16,8 @@ __all__ = [
     "backend_names",
     "selective_scan",
     "selective_scan_reference",
+    "concat_merge",
+    "concat_scan",
+    "cross_merge",
+    "cross_scan",
 ]

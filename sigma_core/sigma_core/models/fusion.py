@@ -1,0 +1,152 @@
+"""Sigma's two fusion blocks, applied at each encoder stage: Cross Mamba (CroMB) and Concat Mamba (ConMB).
+
+Both take and return channels-last maps (B, H, W, C); names follow the published
+code (`backbone.cross_mamba.i.op.*`, `backbone.channel_attn_mamba.i.op.*`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.cross_scan import concat_merge, concat_scan
+from .vmamba import LN_EPS, init_ssm_, scan_directions
+
+
+class CrossSelectiveSSM(nn.Module):
+    """The two single-direction scans of CroMB, with C swapped between modalities (published `CMA_ssm`).
+
+    Suffix 1 belongs to RGB, 2 to X. Inputs (B, d_inner, L) each; outputs (B, L, d_inner) each, normalised.
+    """
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int):
+        super().__init__()
+        self.d_state, self.dt_rank = d_state, dt_rank
+        self.scan_backend = "auto"
+        self.A_log_1 = nn.Parameter(torch.empty(d_inner, d_state))
+        self.A_log_2 = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D_1 = nn.Parameter(torch.empty(d_inner))
+        self.D_2 = nn.Parameter(torch.empty(d_inner))
+        self.x_proj_1 = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.x_proj_2 = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj_1 = nn.Linear(dt_rank, d_inner, bias=True)
+        self.dt_proj_2 = nn.Linear(dt_rank, d_inner, bias=True)
+        self.out_norm_1 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_norm_2 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        for i in (1, 2):
+            x_proj, dt_proj = getattr(self, f"x_proj_{i}"), getattr(self, f"dt_proj_{i}")
+            init_ssm_(x_proj.weight[None], dt_proj.weight[None], dt_proj.bias[None],
+                      getattr(self, f"A_log_{i}"), getattr(self, f"D_{i}"))
+
+    def forward(self, x_rgb: torch.Tensor, x_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Both scans run as one grouped scan (G = 2); swap_c makes each read the other's C.
+        ys = scan_directions(
+            torch.stack([x_rgb, x_other], dim=1),
+            torch.stack([self.x_proj_1.weight, self.x_proj_2.weight]),
+            torch.stack([self.dt_proj_1.weight, self.dt_proj_2.weight]),
+            torch.stack([self.dt_proj_1.bias, self.dt_proj_2.bias]),
+            torch.cat([self.A_log_1, self.A_log_2]),
+            torch.cat([self.D_1, self.D_2]),
+            backend=self.scan_backend,
+            swap_c=True,
+        )
+        return self.out_norm_1(ys[:, 0].transpose(1, 2)), self.out_norm_2(ys[:, 1].transpose(1, 2))
+
+
+class CrossMambaOp(nn.Module):
+    """CroMB body: per-modality in_proj, one shared depthwise conv + SiLU, cross scan, per-modality out_proj."""
+
+    def __init__(self, dim: int, d_state: int = 4, ssm_ratio: float = 2.0, d_conv: int = 3):
+        super().__init__()
+        d_inner = int(ssm_ratio * dim)
+        self.d_inner = d_inner
+        self.in_proj = nn.Linear(dim, d_inner, bias=False)
+        self.in_proj_modalx = nn.Linear(dim, d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
+        self.out_proj_rgb = nn.Linear(d_inner, dim, bias=False)
+        self.out_proj_e = nn.Linear(d_inner, dim, bias=False)
+        self.CMA_ssm = CrossSelectiveSSM(d_inner, d_state, math.ceil(dim / 16))
+
+    def forward(self, rgb: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, height, width, _ = rgb.shape
+        x = torch.cat([self.in_proj(rgb), self.in_proj_modalx(other)], dim=0)  # the conv is shared: one call
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2))).flatten(2)
+        y_rgb, y_other = self.CMA_ssm(x[:batch], x[batch:])
+        shape = (batch, height, width, self.d_inner)
+        return self.out_proj_rgb(y_rgb.reshape(shape)), self.out_proj_e(y_other.reshape(shape))
+
+
+class CrossMambaFusion(nn.Module):
+    """Cross Mamba block: each modality + its cross-scanned update. Two (B, H, W, C) -> two (B, H, W, C)."""
+
+    def __init__(self, dim: int, d_state: int = 4, ssm_ratio: float = 2.0):
+        super().__init__()
+        self.op = CrossMambaOp(dim, d_state=d_state, ssm_ratio=ssm_ratio)
+
+    def forward(self, rgb: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d_rgb, d_other = self.op(rgb, other)
+        return rgb + d_rgb, other + d_other
+
+
+class ConcatMambaOp(nn.Module):
+    """ConMB body: scan of the RGB-then-X concatenated sequence (both ways), crossed channel gates, out_proj."""
+
+    directions = 2
+
+    def __init__(self, dim: int, d_state: int = 4, ssm_ratio: float = 2.0, d_conv: int = 3):
+        super().__init__()
+        d_inner = int(ssm_ratio * dim)
+        rank = math.ceil(dim / 16)
+        k = self.directions
+        self.d_inner = d_inner
+        self.scan_backend = "auto"
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.in_proj = nn.Linear(dim, d_inner, bias=False)
+        self.in_proj_modalx = nn.Linear(dim, d_inner, bias=False)
+        padding = (d_conv - 1) // 2
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=padding, groups=d_inner, bias=True)
+        self.conv2d_modalx = nn.Conv2d(d_inner, d_inner, d_conv, padding=padding, groups=d_inner, bias=True)
+        self.out_norm1 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_norm2 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_proj = nn.Linear(2 * d_inner, dim, bias=False)
+        squeeze = d_inner // 16
+        self.fc1 = nn.Sequential(nn.Linear(d_inner, squeeze, bias=False), nn.SiLU(),
+                                 nn.Linear(squeeze, d_inner, bias=False))
+        self.fc2 = nn.Sequential(nn.Linear(d_inner, squeeze, bias=False), nn.SiLU(),
+                                 nn.Linear(squeeze, d_inner, bias=False))
+        init_ssm_(self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
+
+    def forward(self, rgb: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = rgb.shape
+        a, b = self.in_proj(rgb), self.in_proj_modalx(other)
+        # Squeeze-excitation gates from each modality's projection, applied crosswise below.
+        gate_from_rgb = torch.sigmoid(self.fc1(a.mean(dim=(1, 2))))[:, None, None, :]
+        gate_from_other = torch.sigmoid(self.fc2(b.mean(dim=(1, 2))))[:, None, None, :]
+        a = F.silu(self.conv2d(a.permute(0, 3, 1, 2)))
+        b = F.silu(self.conv2d_modalx(b.permute(0, 3, 1, 2)))
+        ys = scan_directions(
+            concat_scan(a, b), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+            backend=self.scan_backend,
+        )
+        y_rgb, y_other = concat_merge(ys)
+        shape = (batch, height, width, self.d_inner)
+        y_rgb = self.out_norm1(y_rgb.transpose(1, 2).reshape(shape)) * gate_from_other
+        y_other = self.out_norm2(y_other.transpose(1, 2).reshape(shape)) * gate_from_rgb
+        return self.out_proj(torch.cat([y_rgb, y_other], dim=-1))
+
+
+class ConcatMambaFusion(nn.Module):
+    """Concat Mamba block: rgb + other + ConMB(rgb, other). Two (B, H, W, C) -> one fused (B, H, W, C)."""
+
+    def __init__(self, dim: int, d_state: int = 4, ssm_ratio: float = 2.0):
+        super().__init__()
+        self.op = ConcatMambaOp(dim, d_state=d_state, ssm_ratio=ssm_ratio)
+
+    def forward(self, rgb: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return rgb + other + self.op(rgb, other)

@@ -1,0 +1,118 @@
+"""The Sigma network: shared VMamba encoder + per-stage fusion + Mamba decoder, and build_sigma.
+
+State-dict keys match the published model: `backbone.vssm.*`, `backbone.cross_mamba.i.*`,
+`backbone.channel_attn_mamba.i.*`, `decode_head.*`. Variant sizes live in sigma_core.config.VARIANTS.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VARIANTS, SigmaConfig
+from .decoder import MambaDecoder
+from .fusion import ConcatMambaFusion, CrossMambaFusion
+from .vmamba import VSSEncoder
+
+
+class SigmaBackbone(nn.Module):
+    """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first."""
+
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        self.vssm = VSSEncoder(cfg.depths, cfg.dims, d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio,
+                               drop_path_rate=cfg.drop_path_rate)
+        widths = cfg.stage_dims
+        self.cross_mamba = nn.ModuleList(
+            CrossMambaFusion(w, d_state=cfg.fusion_d_state, ssm_ratio=cfg.ssm_ratio) for w in widths
+        )
+        self.channel_attn_mamba = nn.ModuleList(
+            ConcatMambaFusion(w, d_state=cfg.fusion_d_state, ssm_ratio=cfg.ssm_ratio) for w in widths
+        )
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        batch = rgb.shape[0]
+        # One pass over the shared weights for both modalities (same result as two passes).
+        both = self.vssm(torch.cat([rgb, x], dim=0))
+        fused = []
+        for i, feat in enumerate(both):
+            feat = feat.permute(0, 2, 3, 1)
+            f_rgb, f_x = self.cross_mamba[i](feat[:batch], feat[batch:])
+            fused.append(self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2).contiguous())
+        return fused
+
+
+class Sigma(nn.Module):
+    """Sigma RGB-X segmentation network.
+
+    forward(rgb, x): rgb, x (B, 3, H, W) float, each ImageNet-normalised (a single-channel
+    modality repeated to 3 channels) -> logits (B, num_classes, H, W), bilinearly resized to the input.
+    """
+
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        self.config = cfg
+        self.backbone = SigmaBackbone(cfg)
+        self.decode_head = MambaDecoder(cfg.dims, cfg.num_classes, depths=cfg.decoder_depths,
+                                        d_state=cfg.decoder_d_state, ssm_ratio=cfg.ssm_ratio,
+                                        drop_path_rate=cfg.decoder_drop_path_rate)
+        self.set_scan_backend(cfg.scan_backend)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_inputs(rgb, x)
+        logits = self.decode_head(self.backbone(rgb, x))
+        return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
+
+    def forward_features(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """The 4 fused encoder maps, (B, C*2**i, H_i, W_i)."""
+        check_inputs(rgb, x)
+        return self.backbone(rgb, x)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Route every selective scan of the network to ``backend`` ("auto", "reference", "cpu", ...)."""
+        if backend != self.config.scan_backend:
+            self.config = replace(self.config, scan_backend=backend)  # validates the name
+        for module in self.modules():
+            if module is not self and hasattr(module, "scan_backend"):
+                module.scan_backend = backend
+
+    @property
+    def scan_backend(self) -> str:
+        """The configured backend name ("auto" unless set); see ops.resolve_backend for the one used."""
+        return self.config.scan_backend
+
+
+def check_inputs(rgb: torch.Tensor, x: torch.Tensor) -> None:
+    if rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError(f"Sigma expects rgb as (B, 3, H, W), got shape {tuple(rgb.shape)}")
+    if x.shape != rgb.shape:
+        raise ValueError(
+            f"Sigma expects x with rgb's shape {tuple(rgb.shape)} (repeat a 1-channel modality to 3 channels), "
+            f"got {tuple(x.shape)}"
+        )
+    if rgb.shape[2] < 4 or rgb.shape[3] < 4:
+        raise ValueError(f"Sigma needs images of at least 4x4 pixels, got {tuple(rgb.shape[2:])}")
+
+
+def build_sigma(cfg: Union[SigmaConfig, str, None] = None, device: Optional[Union[str, torch.device]] = None,
+                **overrides) -> Sigma:
+    """Build a Sigma network (randomly initialised; load weights with sigma_core.load_weights).
+
+    cfg: a SigmaConfig, or a variant name ("nano", "tiny", "small", "base"); overrides are SigmaConfig
+    fields (e.g. num_classes=40). device: where to allocate ("meta" builds without memory).
+    """
+    if cfg is None or isinstance(cfg, str):
+        cfg = SigmaConfig(variant=cfg or "tiny", **overrides)
+    elif overrides:
+        cfg = SigmaConfig.from_dict({**cfg.to_dict(), **overrides})
+    if device is None:
+        return Sigma(cfg)
+    with torch.device(device):
+        return Sigma(cfg)
+
+
+def variant_names() -> list[str]:
+    return list(VARIANTS)

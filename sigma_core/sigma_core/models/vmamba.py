@@ -1,0 +1,243 @@
+"""The VMamba encoder shared by both modalities: patch embedding, VSS blocks with SS2D, patch merging.
+
+Module and parameter names follow the published code so that its checkpoints
+load by name (see shared/reference/sigma/README.md). Inside stages tensors are
+channels-last, (B, H, W, C); stage outputs are returned channels-first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.cross_scan import cross_merge, cross_scan
+from ..ops.selective_scan import selective_scan
+
+LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on the residual branch (per sample); identity in eval mode or with rate 0."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class Permute(nn.Module):
+    """Tensor.permute as a module (keeps the published `patch_embed.0/.2` indices)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def scan_directions(
+    xs: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+    backend: str = "auto",
+    swap_c: bool = False,
+) -> torch.Tensor:
+    """Selective scan of K sequence sets with per-direction projections, as one grouped scan with G = K.
+
+    xs: (B, K, D, L); x_proj_weight: (K, R + 2N, D) whose output channels are [dt (R), B (N), C (N)];
+    dt_projs_weight: (K, D, R); dt_projs_bias: (K, D); A_logs: (K*D, N); Ds: (K*D,).
+    swap_c: K must be 2; direction k reads its C from the other direction (the Cross Mamba block).
+    Returns (B, K, D, L) in xs' dtype. A, D and the delta bias stay float32.
+    """
+    batch, k, dim, length = xs.shape
+    rank = dt_projs_weight.shape[2]
+    n = A_logs.shape[1]
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
+    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)
+    if swap_c:
+        cs = cs.flip(1)
+    ys = selective_scan(
+        xs.reshape(batch, k * dim, length),
+        dts.reshape(batch, k * dim, length),
+        -torch.exp(A_logs.float()),
+        bs.contiguous(),
+        cs.contiguous(),
+        Ds.float(),
+        dt_projs_bias.float().reshape(-1),
+        delta_softplus=True,
+        backend=backend,
+    )
+    return ys.reshape(batch, k, dim, length)
+
+
+@torch.no_grad()
+def init_ssm_(
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+    dt_min: float = 0.001,
+    dt_max: float = 0.1,
+) -> None:
+    """Mamba's initialisation, in place: A = -(1..N), D = 1, dt log-uniform in [dt_min, dt_max].
+
+    Shapes as in scan_directions (K-first); for training from scratch only, checkpoints overwrite it.
+    """
+    d_inner, rank = dt_projs_weight.shape[-2:]
+    bound = d_inner**-0.5  # nn.Linear's default bound for the x projection
+    x_proj_weight.uniform_(-bound, bound)
+    dt_projs_weight.uniform_(-(rank**-0.5), rank**-0.5)
+    dt = torch.exp(torch.rand_like(dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=1e-4)
+    dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+    n = A_logs.shape[-1]
+    A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32, device=A_logs.device)).expand_as(A_logs))
+    Ds.fill_(1.0)
+
+
+class SS2D(nn.Module):
+    """2-D selective scan over 4 directions (VMamba). (B, H, W, C) -> (B, H, W, C).
+
+    d_inner = ssm_ratio * C, dt_rank = ceil(C / 16); in_proj's first d_inner outputs feed the
+    conv/scan branch, the last d_inner are the SiLU gate z.
+    """
+
+    directions = 4
+
+    def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        rank = math.ceil(d_model / 16)
+        k = self.directions
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, rank
+        self.scan_backend = "auto"
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
+        self.out_norm = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        init_ssm_(self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+        ys = scan_directions(
+            cross_scan(x), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+            backend=self.scan_backend,
+        )
+        y = cross_merge(ys, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        y = self.out_norm(y) * F.silu(z)
+        return self.out_proj(y)
+
+
+class VSSBlock(nn.Module):
+    """x + SS2D(LayerNorm(x)), channels-last. (mlp_ratio 0: the published model has no MLP.)"""
+
+    def __init__(self, dim: int, d_state: int = 16, ssm_ratio: float = 2.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.op(self.norm(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 patch merging ("v1"): (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C); odd sizes padded at the end."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class VSSStage(nn.Module):
+    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
+                 downsample: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i]) for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class VSSEncoder(nn.Module):
+    """VMamba backbone (published `backbone.vssm`). (B, 3, H, W) -> 4 maps (B, C_i, H_i, W_i), channels-first.
+
+    H_1 = floor(H / 4) and each later stage halves (rounding up); C_i = dims * 2**i.
+    """
+
+    def __init__(self, depths: tuple[int, ...], dims: int, d_state: int = 16, ssm_ratio: float = 2.0,
+                 drop_path_rate: float = 0.0, in_chans: int = 3):
+        super().__init__()
+        widths = [dims * 2**i for i in range(len(depths))]
+        self.widths = widths
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(in_chans, dims, kernel_size=4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(dims, eps=LN_EPS)
+        )
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.layers.append(VSSStage(widths[i], depth, d_state, ssm_ratio, rates[start:start + depth],
+                                        downsample=i < len(depths) - 1))
+        for i, width in enumerate(widths):
+            self.add_module(f"outnorm{i}", nn.LayerNorm(width, eps=LN_EPS))
+        self.apply(_init_dense)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x = stage(x)
+            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return outs
+
+
+def _init_dense(module: nn.Module, std: Optional[float] = 0.02) -> None:
+    """VMamba's initialisation of dense layers: truncated normal Linear weights, zero biases, LayerNorm 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
