@@ -1,0 +1,78 @@
+"""Launch the sigma_segmentation node.
+
+    ros2 launch sigma_ros sigma.launch.py rgb_topic:=/camera/color/image_raw modal_topic:=/thermal/image_raw
+    ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda namespace:=front
+
+Arguments: checkpoint, device (empty: the params file's), rgb_topic, modal_topic, camera_info_topic
+(remaps of rgb/image, modal/image, modal/camera_info), namespace, params_file (default: the shipped
+config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets
+the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
+"""
+import os
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def _share_dir() -> Path:
+    """Installed share/sigma_ros, or the source tree when running the file from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("sigma_ros"))
+    except (ImportError, LookupError):
+        return Path(__file__).resolve().parent.parent
+
+
+def _sigma_node(context):
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1", "yes")}
+    for name in ("checkpoint", "device"):
+        if arg(name):  # empty: keep the params file's value
+            overrides[name] = arg(name)
+    env = {}
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_share_dir() / "config" / "fastdds_large_images.xml")
+    return [
+        Node(
+            package="sigma_ros",
+            executable="sigma_node",
+            name="sigma_segmentation",
+            namespace=arg("namespace"),
+            parameters=[arg("params_file"), overrides],
+            remappings=[
+                ("rgb/image", arg("rgb_topic")),
+                ("modal/image", arg("modal_topic")),
+                ("modal/camera_info", arg("camera_info_topic")),
+            ],
+            additional_env=env,
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = _share_dir()
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params file"),
+            DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params file"),
+            DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
+            DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
+            DeclareLaunchArgument(
+                "camera_info_topic", default_value="modal/camera_info", description="depth camera's CameraInfo"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+            DeclareLaunchArgument(
+                "params_file", default_value=str(share / "config" / "sigma.yaml"), description="parameters YAML"
+            ),
+            DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+            OpaqueFunction(function=_sigma_node),
+        ]
+    )

@@ -1,0 +1,104 @@
+"""point_cloud: back-projection of valid depth pixels with labels, and the PointCloud2 layout."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
+from sensor_msgs.msg import CameraInfo  # noqa: E402
+from sigma_ros.point_cloud import (  # noqa: E402
+    POINT_DTYPE,
+    Pinhole,
+    depth_to_metres,
+    labelled_points,
+    pack_rgb,
+    points_to_cloud_msg,
+)
+from std_msgs.msg import Header  # noqa: E402
+
+from sigma_ros import point_cloud  # noqa: E402
+
+H, W = 6, 8
+CAMERA = Pinhole(fx=50.0, fy=40.0, cx=3.5, cy=2.5, width=W, height=H)
+
+
+def _scene(depth):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mask = rng.integers(0, 5, (H, W)).astype(np.uint8)
+    conf = rng.random((H, W)).astype(np.float32)
+    return labelled_points(depth, CAMERA, rgb, mask, conf), rgb, mask, conf
+
+
+def test_millimetres_and_metres_agree_and_invalid_pixels_are_skipped():
+    mm = np.full((H, W), 2000, np.uint16)
+    mm[0, :3] = 0
+    metres = mm.astype(np.float32) / 1000
+    metres[0, :3] = [0.0, np.nan, np.inf]
+    p_mm, *_ = _scene(mm)
+    p_m, *_ = _scene(metres)
+    assert len(p_mm) == len(p_m) == H * W - 3
+    for name in ("x", "y", "z", "label"):
+        np.testing.assert_allclose(p_mm[name], p_m[name])
+    m, valid = depth_to_metres(mm)
+    assert m.dtype == np.float32 and valid.sum() == H * W - 3 and m[1, 1] == pytest.approx(2.0)
+
+
+def test_points_follow_the_pinhole_model_and_carry_the_mask():
+    depth = (np.arange(H * W, dtype=np.float32).reshape(H, W) + 1) * 0.1
+    points, rgb, mask, conf = _scene(depth)
+    assert points.dtype == POINT_DTYPE and len(points) == H * W
+    for v, u in [(0, 0), (2, 5), (5, 7)]:
+        p = points[v * W + u]  # row-major order
+        z = depth[v, u]
+        assert p["x"] == pytest.approx((u - CAMERA.cx) * z / CAMERA.fx, rel=1e-6)
+        assert p["y"] == pytest.approx((v - CAMERA.cy) * z / CAMERA.fy, rel=1e-6)
+        assert p["z"] == pytest.approx(z)
+        assert p["label"] == mask[v, u] and p["confidence"] == conf[v, u]
+        packed = np.float32(p["rgb"]).view(np.uint32)
+        assert [(packed >> 16) & 255, (packed >> 8) & 255, packed & 255] == list(rgb[v, u])
+
+
+def test_smaller_depth_samples_the_mask_at_the_nearest_pixel():
+    depth = np.ones((H // 2, W // 2), np.float32)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    mask = np.arange(H * W, dtype=np.uint8).reshape(H, W)
+    points = labelled_points(depth, CAMERA, rgb, mask, np.ones((H, W), np.float32))
+    assert len(points) == depth.size
+    assert points["label"][0] == mask[1, 1] and points["label"][-1] == mask[H - 1, W - 1]
+    # The intrinsics were halved with the image: the principal point stays at the same ray.
+    half = CAMERA.scaled_to(W // 2, H // 2)
+    assert half.fx == 25.0 and half.cx == pytest.approx(1.5)
+
+
+def test_camera_info_is_read_and_uncalibrated_is_refused():
+    info = CameraInfo(width=W, height=H, k=[50.0, 0.0, 3.5, 0.0, 40.0, 2.5, 0.0, 0.0, 1.0])
+    assert Pinhole.from_camera_info(info) == CAMERA
+    with pytest.raises(ValueError, match="not calibrated"):
+        Pinhole.from_camera_info(CameraInfo(width=W, height=H))
+
+
+def test_numpy_builder_writes_the_declared_layout(monkeypatch):
+    monkeypatch.setattr(point_cloud, "_pc2", None)  # the builder used where sensor_msgs_py is missing
+    points, *_ = _scene(np.full((H, W), 1.5, np.float32))
+    msg = points_to_cloud_msg(points, Header(frame_id="depth_optical"))
+    assert (msg.height, msg.width, msg.point_step) == (1, H * W, 24)
+    assert msg.row_step == 24 * H * W and len(msg.data) == msg.row_step and msg.is_dense
+    assert [(f.name, f.offset, f.datatype) for f in msg.fields] == [
+        ("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("rgb", 12, 7), ("label", 16, 4), ("confidence", 20, 7)
+    ]
+    back = np.frombuffer(bytes(msg.data), POINT_DTYPE)
+    np.testing.assert_array_equal(back, points)
+    assert msg.header.frame_id == "depth_optical"
+
+
+def test_sensor_msgs_py_reads_our_cloud():
+    pc2 = pytest.importorskip("sensor_msgs_py.point_cloud2", reason="sensor_msgs_py is only on real ROS 2 installs")
+    points, *_ = _scene(np.full((H, W), 1.5, np.float32))
+    msg = points_to_cloud_msg(points, Header())
+    read = pc2.read_points(msg, field_names=("x", "y", "z", "label"))
+    np.testing.assert_allclose(read["x"], points["x"])
+    np.testing.assert_array_equal(read["label"], points["label"])
+
+
+def test_pack_rgb_matches_the_pcl_convention():
+    packed = pack_rgb(np.array([[255, 128, 1]], np.uint8))
+    assert packed.dtype == np.float32 and int(packed.view(np.uint32)[0]) == 0xFF8001
