@@ -1,0 +1,438 @@
+"""Offline replay evaluation: a bag through the node's pairing and model, scored against its labels.
+
+For a bag, its RGB and modality topics and a checkpoint, this pairs frames with
+the node's policy (``sigma_core.data.pairing.ApproximateTimePairer``, fed in
+the bag's log-time order, exactly as the node would receive them), segments
+every pair with ``Segmenter`` as the node does, and, where labels exist (a
+mono8 label topic stamped like RGB, or an extracted ``Label/`` folder whose
+files are named by RGB stamp in nanoseconds), scores the masks with
+``sigma_core.engine.metrics``. It reports mIoU and per-class IoU, per-frame
+inference time percentiles, sync skew and unpaired frames, writes the report
+(``report.py``), and optionally an output bag with the node's topics
+(``/segmentation/mask``, ``color_mask``, ``stats``, ``class_map``) for
+Foxglove or RViz.
+
+Unlike the live node, nothing is dropped here: every pair is segmented. Reads
+and writes bags with ``rosbags``; needs no running ROS graph.
+
+Usage::
+
+    sigma-replay-eval BAG --checkpoint model.pt --rgb-topic /rgb/image --modal-topic /thermal/image
+                      [--label-topic /label/image | --label-dir extracted/Label] [--output-bag out_bag]
+                      [--out replay_report]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+from sigma_core.data.bags import (
+    IMAGE_TYPES,
+    BagError,
+    bag_topics,
+    describe_topics,
+    message_to_array,
+    open_bag,
+    stamp_ns,
+)
+from sigma_core.data.image_encoding import to_rgb8
+from sigma_core.data.pairing import ApproximateTimePairer
+
+from . import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
+
+# isort: split
+from .mask_rendering import colorize, lookup_palette, overlay
+from .report import FrameSample, ReplaySummary, format_summary, modal_for_display, pick_samples, write_report
+
+MASK_TOPIC = "/segmentation/mask"
+COLOR_TOPIC = "/segmentation/color_mask"
+STATS_TOPIC = "/segmentation/stats"
+CLASS_MAP_TOPIC = "/segmentation/class_map"
+
+
+@dataclass
+class ReplayOptions:
+    """What to replay. slop (s) and queue_size have the node's meaning and defaults."""
+
+    bag: Path
+    rgb_topic: str
+    modal_topic: str
+    label_topic: Optional[str] = None
+    label_dir: Optional[Path] = None
+    slop: float = 0.05
+    queue_size: int = 10
+    output_bag: Optional[Path] = None
+    output_storage: str = "sqlite3"
+    overlay_alpha: float = 0.5
+    samples: int = 6  # frames in the report's strip
+    max_pairs: Optional[int] = None
+    keep_masks: bool = False  # keep every mask in the result (tests)
+
+
+@dataclass
+class ReplayResult:
+    """The summary plus per-frame details keyed by RGB stamp (ns).
+
+    modal_stamp: the modality stamp paired with each RGB frame; confusion: the frame's
+    (K, K) int64 confusion matrix where labelled; masks: (H, W) uint8, with keep_masks.
+    """
+
+    summary: ReplaySummary
+    modal_stamp: dict[int, int] = field(default_factory=dict)
+    confusion: dict[int, np.ndarray] = field(default_factory=dict)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def stamp_seconds_of_ns(ns: int) -> float:
+    """The float seconds the node's pairing sees for this stamp (sec + nanosec * 1e-9, as in the node)."""
+    sec, nsec = divmod(int(ns), 1_000_000_000)
+    return sec + nsec * 1e-9
+
+
+def read_label_file(label_dir: Path, stamp: int) -> Optional[np.ndarray]:
+    """``label_dir/<stamp_ns>.png`` as (H, W) uint8 class ids, or None if absent."""
+    path = label_dir / f"{stamp}.png"
+    if not path.is_file():
+        return None
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"cannot read label image {path}")
+    return label if label.ndim == 2 else label[..., 0]
+
+
+def sigma_msgs_dir() -> Path:
+    """The folder holding sigma_msgs' .msg files: the installed package's share, else the source tree's."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            installed = Path(get_package_share_directory("sigma_msgs")) / "msg"
+            if installed.is_dir():
+                return installed
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    source = Path(__file__).resolve().parents[2] / "sigma_msgs" / "msg"
+    if source.is_dir():
+        return source
+    raise FileNotFoundError(
+        "cannot find sigma_msgs/msg/*.msg (neither an installed sigma_msgs nor the source tree): "
+        "build sigma_msgs (tools/setup.sh or colcon build) and source its set-up"
+    )
+
+
+def register_sigma_msgs(typestore: Any) -> None:
+    """Register sigma_msgs' message types with a ``rosbags`` typestore, from their .msg definitions."""
+    from rosbags.typesys import get_types_from_msg
+
+    types: dict = {}
+    for msg_file in sorted(sigma_msgs_dir().glob("*.msg")):
+        types.update(get_types_from_msg(msg_file.read_text(), f"sigma_msgs/msg/{msg_file.stem}"))
+    typestore.register(types)
+
+
+class OutputBag:
+    """Writes the node's output topics to a rosbag2 with ``rosbags`` (sigma_msgs registered from its .msg files)."""
+
+    def __init__(self, path: Path, storage: str, class_names: Sequence[str], palette: np.ndarray):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        if path.exists():
+            raise FileExistsError(f"output bag {path} exists already; remove it or choose another --output-bag")
+        plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+        if storage not in plugins:
+            raise ValueError(f"output storage must be sqlite3 or mcap, got {storage!r}")
+        self.ts = get_typestore(Stores.ROS2_KILTED)
+        register_sigma_msgs(self.ts)
+        self.writer = Writer(path, version=9, storage_plugin=plugins[storage])
+        self.writer.open()
+        t = self.ts.types
+        self.Image, self.Header, self.Time = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"], t[
+            "builtin_interfaces/msg/Time"]
+        self.Stats, self.ClassStat = t["sigma_msgs/msg/SegmentationStats"], t["sigma_msgs/msg/ClassStat"]
+        self.ClassMap = t["sigma_msgs/msg/ClassMap"]
+        img = "sensor_msgs/msg/Image"
+        self.conns = {
+            "mask": self.writer.add_connection(MASK_TOPIC, img, typestore=self.ts),
+            "color": self.writer.add_connection(COLOR_TOPIC, img, typestore=self.ts),
+            "stats": self.writer.add_connection(STATS_TOPIC, "sigma_msgs/msg/SegmentationStats", typestore=self.ts),
+            "class_map": self.writer.add_connection(CLASS_MAP_TOPIC, "sigma_msgs/msg/ClassMap", typestore=self.ts),
+        }
+        self.class_names = list(class_names)
+        self.palette = np.asarray(palette, np.uint8).reshape(-1, 3)
+        self._class_map_written = False
+
+    def _header(self, stamp: int, frame_id: str) -> Any:
+        sec, nsec = divmod(int(stamp), 1_000_000_000)
+        return self.Header(self.Time(sec, nsec), frame_id)
+
+    def _image(self, header: Any, arr: np.ndarray, encoding: str) -> Any:
+        from sigma_core.data.image_encoding import array_to_image_fields
+
+        h, w, step, data = array_to_image_fields(arr, encoding)
+        return self.Image(header, h, w, encoding, 0, step, data)
+
+    def write(self, log_ns: int, stamp: int, frame_id: str, mask: np.ndarray, color: np.ndarray,
+              stats: dict[str, Any]) -> None:
+        """One frame's outputs at log time ``log_ns`` (the RGB message's), stamped like the RGB image."""
+        ser = self.ts.serialize_cdr
+        header = self._header(stamp, frame_id)
+        if not self._class_map_written:
+            cm = self.ClassMap(header, np.arange(len(self.class_names), dtype=np.uint16), self.class_names,
+                               self.palette.reshape(-1).copy(), 255)
+            self.writer.write(self.conns["class_map"], log_ns, ser(cm, cm.__msgtype__))
+            self._class_map_written = True
+        for key, arr, enc in (("mask", mask, "mono8"), ("color", color, "rgb8")):
+            msg = self._image(header, arr, enc)
+            self.writer.write(self.conns[key], log_ns, ser(msg, msg.__msgtype__))
+        valid = stats["valid_pixels"]
+        classes = [
+            self.ClassStat(i, n, int(stats["counts"][i]), float(stats["counts"][i] / valid) if valid else 0.0,
+                           float(stats["mean_confidence"][i]))
+            for i, n in enumerate(self.class_names)
+        ]
+        msg = self.Stats(header, stats["model"], stats["modality"], classes, valid, mask.shape[1], mask.shape[0],
+                         stats["inference_ms"], 0.0, stats["sync_skew_ms"], stats["frames_processed"], 0)
+        self.writer.write(self.conns["stats"], log_ns, ser(msg, msg.__msgtype__))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
+    """(role, log_ns, deserialised message) for the replayed topics, in the bag's log-time order."""
+    roles = {opts.rgb_topic: "rgb", opts.modal_topic: "modal"}
+    if opts.label_topic:
+        roles[opts.label_topic] = "label"
+    with open_bag(opts.bag) as reader:
+        available = bag_topics(reader)
+        for topic in roles:
+            if topic not in available:
+                raise BagError(f"bag {opts.bag} has no topic {topic}; its topics are: {describe_topics(reader)}")
+            if available[topic] not in IMAGE_TYPES:
+                raise BagError(f"topic {topic} in {opts.bag} is {available[topic]}, not an Image or CompressedImage")
+        conns = [c for c in reader.connections if c.topic in roles]
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            yield roles[conn.topic], log_ns, reader.deserialize(raw, conn.msgtype)
+
+
+def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = None) -> ReplayResult:
+    """Replay ``opts.bag`` through ``segmenter`` (a sigma_core Segmenter); see the module docstring.
+
+    With ``out_dir``, sample frames for the report are kept (``opts.samples``).
+    """
+    import torch
+    from sigma_core.engine.metrics import ConfusionMatrix
+
+    if opts.label_topic and opts.label_dir:
+        raise ValueError("give either a label topic or a label folder, not both")
+    if opts.label_dir is not None and not Path(opts.label_dir).is_dir():
+        raise FileNotFoundError(f"label folder {opts.label_dir} does not exist")
+    class_names = list(segmenter.class_names)
+    k = len(class_names)
+    table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
+    pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
+    summary = ReplaySummary(mode="offline", source={
+        "bag": str(opts.bag), "rgb_topic": opts.rgb_topic, "modal_topic": opts.modal_topic,
+        "labels": opts.label_topic or (str(opts.label_dir) if opts.label_dir else "none"),
+        "model": segmenter.model_name, "device": str(segmenter.device), "precision": str(segmenter.precision),
+        "slop_s": opts.slop, "queue_size": opts.queue_size,
+    })
+    result = ReplayResult(summary)
+    total = ConfusionMatrix(k)
+    labelled = opts.label_topic is not None or opts.label_dir is not None
+    labels: dict[int, np.ndarray] = {}  # label-topic images waiting for their mask, by stamp
+    waiting: dict[int, np.ndarray] = {}  # masks waiting for their label-topic image, by stamp
+    pixels = np.zeros(k, np.int64)
+    out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette) \
+        if opts.output_bag else None
+    samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def score(stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
+        if label.shape != mask.shape:
+            raise ValueError(f"label at stamp {stamp} ns is {label.shape[1]}x{label.shape[0]}, "
+                             f"mask is {mask.shape[1]}x{mask.shape[0]}: labels must be at the RGB size")
+        frame = ConfusionMatrix(k)
+        frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+        total.matrix += frame.matrix
+        result.confusion[stamp] = frame.matrix.numpy().copy()
+        summary.frames_scored += 1
+
+    start = time.perf_counter()
+    frames_processed = 0
+    try:
+        for role, log_ns, msg in _iter_bag(opts):
+            stamp = stamp_ns(msg)
+            if role == "label":
+                arr, _ = message_to_array(msg)
+                label = np.array(arr if arr.ndim == 2 else arr[..., 0], np.uint8)
+                if stamp in waiting:
+                    score(stamp, waiting.pop(stamp), label)
+                else:
+                    labels[stamp] = label
+                    _forget_old(labels, stamp)
+                continue
+            if role == "rgb":
+                summary.rgb_messages += 1
+            else:
+                summary.modal_messages += 1
+            pair = pairer.add(0 if role == "rgb" else 1, stamp_seconds_of_ns(stamp), (stamp, log_ns, msg))
+            if pair is None:
+                continue
+            (rgb_stamp, rgb_log, rgb_msg), (modal_stamp, _, modal_msg) = pair.first, pair.second
+            summary.expected_pairs += 1
+            rgb_arr, rgb_enc = message_to_array(rgb_msg)
+            rgb = np.ascontiguousarray(to_rgb8(rgb_arr, rgb_enc))
+            modal, _ = message_to_array(modal_msg)
+            h, w = rgb.shape[:2]
+            if modal.shape[:2] != (h, w):  # as the node does: nearest never blends valid with invalid values
+                modal = cv2.resize(modal, (w, h), interpolation=cv2.INTER_NEAREST)
+            t0 = time.perf_counter()
+            mask, confidence = segmenter(rgb, modal)
+            inference_ms = (time.perf_counter() - t0) * 1e3
+            mask = np.ascontiguousarray(mask, np.uint8)
+            frames_processed += 1
+            summary.frames += 1
+            summary.inference_ms.append(inference_ms)
+            summary.sync_skew_ms.append((rgb_stamp - modal_stamp) / 1e6)
+            result.modal_stamp[rgb_stamp] = modal_stamp
+            counts = np.bincount(mask.reshape(-1), minlength=256)[:k]
+            pixels += counts
+            if opts.keep_masks:
+                result.masks[rgb_stamp] = mask
+            if opts.label_dir is not None:
+                label = read_label_file(Path(opts.label_dir), rgb_stamp)
+                if label is not None:
+                    score(rgb_stamp, mask, label)
+            elif opts.label_topic:
+                if rgb_stamp in labels:
+                    score(rgb_stamp, mask, labels.pop(rgb_stamp))
+                else:
+                    waiting[rgb_stamp] = mask
+                    _forget_old(waiting, rgb_stamp)
+            color = None
+            if out_bag is not None:
+                color = colorize(mask, table)
+                conf_sum = np.bincount(mask.reshape(-1), weights=np.asarray(confidence, np.float64).reshape(-1),
+                                       minlength=256)[:k]
+                out_bag.write(rgb_log, rgb_stamp, rgb_msg.header.frame_id, mask, color, {
+                    "counts": counts, "valid_pixels": int(counts.sum()),
+                    "mean_confidence": np.divide(conf_sum, counts, out=np.zeros(k), where=counts > 0),
+                    "model": segmenter.model_name, "modality": segmenter.scaling.modality,
+                    "inference_ms": inference_ms, "sync_skew_ms": (rgb_stamp - modal_stamp) / 1e6,
+                    "frames_processed": frames_processed,
+                })
+            if out_dir is not None and opts.samples > 0:
+                color = colorize(mask, table) if color is None else color
+                samples.append((rgb_stamp, rgb, modal_for_display(modal), overlay(rgb, color, opts.overlay_alpha)))
+                samples = _thin_samples(samples, opts.samples)
+            if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
+                break
+    finally:
+        if out_bag is not None:
+            out_bag.close()
+    summary.wall_seconds = time.perf_counter() - start
+    summary.unpaired_rgb = summary.rgb_messages - summary.expected_pairs
+    summary.unpaired_modal = summary.modal_messages - summary.expected_pairs
+    summary.class_pixels = {n: int(c) for n, c in zip(class_names, pixels)}
+    if labelled:
+        if summary.frames_scored:
+            summary.metrics = total.compute(class_names)
+        missing = summary.frames - summary.frames_scored
+        if missing:
+            summary.notes.append(f"{missing} of {summary.frames} segmented frames had no label")
+    summary.samples = [FrameSample(*s) for s in samples]
+    return result
+
+
+def _forget_old(pending: dict[int, Any], newest: int, horizon_ns: int = 10_000_000_000) -> None:
+    """Drop entries more than ``horizon_ns`` older than ``newest``: bounded memory on long bags."""
+    for s in [s for s in pending if s < newest - horizon_ns]:
+        del pending[s]
+
+
+def _thin_samples(samples: list, count: int) -> list:
+    """Keep at most ~2x``count`` samples spread over the run so far (the final pick spreads ``count``)."""
+    if len(samples) <= 2 * count:
+        return samples
+    keep = pick_samples([s[0] for s in samples], count)
+    return [s for s in samples if s[0] in keep]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sigma-replay-eval",
+        description="Replay a bag through the node's pairing and model offline; score, time and report it.",
+    )
+    p.add_argument("bag", type=Path, help="rosbag2 folder/file (sqlite3 or MCAP) or ROS 1 .bag")
+    p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--rgb-topic", required=True)
+    p.add_argument("--modal-topic", required=True, help="thermal or depth image topic")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--label-topic", help="mono8 class-id topic stamped like RGB")
+    labels.add_argument("--label-dir", type=Path, help="extracted Label/ folder (files named <RGB stamp ns>.png)")
+    p.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (the node's sync.slop)")
+    p.add_argument("--queue-size", type=int, default=10, help="pairing queue size (the node's sync.queue_size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--output-bag", type=Path, help="write /segmentation/{mask,color_mask,stats,class_map} here")
+    p.add_argument("--output-storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    p.add_argument("--out", type=Path, default=Path("replay_report"), help="report folder")
+    p.add_argument("--samples", type=int, default=6, help="frames in the report's strip")
+    p.add_argument("--max-pairs", type=int, help="stop after this many pairs")
+    p.add_argument("--no-html", action="store_true", help="Markdown report only")
+    return p
+
+
+def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
+    """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load."""
+    from sigma_core import Segmenter
+
+    from .node_config import ConfigError, resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(checkpoint)
+    except ConfigError as e:
+        raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
+    return Segmenter.from_checkpoint(str(path), device=device, precision=precision)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    try:
+        seg = load_segmenter(args.checkpoint, args.device, args.precision)
+        opts = ReplayOptions(
+            bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
+            label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,
+            output_storage=args.output_storage, samples=args.samples, max_pairs=args.max_pairs,
+        )
+        result = replay_bag(opts, seg, out_dir=args.out)
+    except (ValueError, OSError) as e:  # BagError is a ValueError
+        print(f"sigma-replay-eval: {e}", file=sys.stderr)
+        return 2
+    summary = result.summary
+    summary.source["checkpoint"] = args.checkpoint or "bundled demo model"
+    paths = write_report(summary, args.out, html_page=not args.no_html)
+    print(format_summary(summary))
+    print(f"report: {paths['markdown']}" + (f" and {paths['html']}" if "html" in paths else ""))
+    if args.output_bag:
+        print(f"output bag: {args.output_bag}")
+    if summary.frames == 0:
+        print("sigma-replay-eval: no frame pairs found; check the topics and --slop", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
