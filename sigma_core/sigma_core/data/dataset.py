@@ -1,0 +1,342 @@
+"""RGB-X segmentation datasets in the published folder layout, with presets for the public benchmarks.
+
+A dataset folder holds an RGB folder, a modality folder, a label folder and
+split lists (one frame name per line). :class:`DatasetSpec` says which folder
+and extension is which, how labels are shifted and how the modality is scaled;
+presets describe MFNet, PST900, NYU Depth V2 and SUN RGB-D as published, and
+``custom`` reads the ``dataset.yaml`` written by extraction and the synthetic
+world. :class:`RGBXDataset` returns network-ready samples.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from .modality import ModalityScaling
+from .transforms import IGNORE_INDEX, to_network
+
+DATASET_YAML = "dataset.yaml"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+
+_NYU40 = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
+    "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling", "books",
+    "refrigerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard", "person", "night stand",
+    "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the files of a dataset are and how to read them.
+
+    label_shift: subtracted from stored label values; stored values below it become 255
+        (ignored). 1 for NYU/SUN (stored 1-based, 0 = unlabelled), 0 otherwise.
+    splits: split name -> candidate list files (the first that exists is used); a split
+        that is not listed is read from ``<split>.txt``.
+    scaling: how raw modality images map to [0, 1]; the benchmarks store 8-bit images, read
+        over the full 0..255 range as the published loader does.
+    """
+
+    name: str
+    classes: Optional[tuple[str, ...]]
+    modality: str = "thermal"
+    scaling: ModalityScaling = field(default_factory=ModalityScaling)
+    palette: Optional[tuple[tuple[int, int, int], ...]] = None
+    label_shift: int = 0
+    rgb_dir: str = "RGB"
+    modal_dir: str = "Modal"
+    label_dir: Optional[str] = "Label"
+    rgb_ext: str = ".png"
+    modal_ext: str = ".png"
+    label_ext: str = ".png"
+    splits: dict = field(default_factory=lambda: {"train": ("train.txt",), "test": ("test.txt",)})
+    image_size: Optional[tuple[int, int]] = None  # (height, width)
+    eval_scales: tuple[float, ...] = (1.0,)
+    eval_flip: bool = False
+    extra: dict = field(default_factory=dict)  # other dataset.yaml keys (source, counts, encodings, ...)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.classes) if self.classes is not None else None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> DatasetSpec:
+        """Read a dataset.yaml (as written by ``sigma-extract`` / ``sigma-synth``)."""
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found: a custom dataset folder needs a {DATASET_YAML}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a mapping of keys, got {type(d).__name__}")
+        return cls.from_dict(d, source=str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = DATASET_YAML) -> DatasetSpec:
+        known = {"name", "classes", "modality", "scaling", "palette", "label_shift", "rgb_dir", "modal_dir",
+                 "label_dir", "rgb_ext", "modal_ext", "label_ext", "splits", "image_size", "eval"}
+        modality = d.get("modality", "thermal")
+        scaling = ModalityScaling.from_dict({"modality": modality, **(d.get("scaling") or {})})
+        classes = d.get("classes")
+        palette = d.get("palette")
+        if classes is not None and palette is not None and len(palette) != len(classes):
+            raise ValueError(f"{source}: palette has {len(palette)} colours for {len(classes)} classes")
+        splits = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (d.get("splits") or {}).items()}
+        ev = d.get("eval") or {}
+        size = d.get("image_size")
+        return cls(
+            name=str(d.get("name", "custom")),
+            classes=tuple(classes) if classes is not None else None,
+            modality=modality,
+            scaling=scaling,
+            palette=tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None,
+            label_shift=int(d.get("label_shift", 0)),
+            rgb_dir=d.get("rgb_dir", "RGB"),
+            modal_dir=d.get("modal_dir", "Modal"),
+            label_dir=d.get("label_dir", "Label"),
+            rgb_ext=d.get("rgb_ext", ".png"),
+            modal_ext=d.get("modal_ext", ".png"),
+            label_ext=d.get("label_ext", ".png"),
+            splits=splits or {"train": ("train.txt",), "test": ("test.txt",)},
+            image_size=tuple(size) if size is not None else None,
+            eval_scales=tuple(float(s) for s in ev.get("scales", (1.0,))),
+            eval_flip=bool(ev.get("flip", False)),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict:
+        """The dataset.yaml form (inverse of from_dict)."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "palette": [list(c) for c in self.palette] if self.palette is not None else None,
+            "modality": self.modality,
+            "scaling": self.scaling.to_dict(),
+            "label_shift": self.label_shift,
+            "rgb_dir": self.rgb_dir,
+            "modal_dir": self.modal_dir,
+            "label_dir": self.label_dir,
+            "rgb_ext": self.rgb_ext,
+            "modal_ext": self.modal_ext,
+            "label_ext": self.label_ext,
+            "splits": {k: list(v) if len(v) > 1 else v[0] for k, v in self.splits.items()},
+            "image_size": list(self.image_size) if self.image_size is not None else None,
+            "eval": {"scales": list(self.eval_scales), "flip": self.eval_flip},
+        }
+        d.update(self.extra)
+        return d
+
+    def write_yaml(self, root: str | os.PathLike) -> Path:
+        path = Path(root) / DATASET_YAML
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+
+_BENCH_SCALING = ModalityScaling("thermal")  # 8-bit images over 0..255, as the published loader reads them
+
+PRESETS: dict[str, DatasetSpec] = {
+    "mfnet": DatasetSpec(
+        name="MFNet",
+        classes=("unlabeled", "car", "person", "bike", "curve", "car stop", "guardrail", "color cone", "bump"),
+        palette=((0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192), (128, 128, 0), (64, 64, 128),
+                 (192, 128, 128), (192, 64, 0)),
+        modality="thermal", scaling=_BENCH_SCALING,
+        splits={"train": ("train2.txt", "train.txt"), "test": ("test.txt",), "val": ("val.txt",)},
+        image_size=(480, 640),
+    ),
+    "pst900": DatasetSpec(
+        name="PST900",
+        classes=("Background", "Extinguisher", "Backpack", "Hand-Drill", "Survivor"),
+        palette=((0, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)),
+        modality="thermal", scaling=_BENCH_SCALING,
+        rgb_dir="rgb_resize", modal_dir="thermal_resize", label_dir="labels_resize",
+        image_size=(720, 1280),
+    ),
+    "nyudepthv2": DatasetSpec(
+        name="NYUDepthv2",
+        classes=_NYU40,
+        modality="depth", scaling=_BENCH_SCALING, label_shift=1,
+        modal_dir="Depth", rgb_ext=".jpg",
+        splits={"train": ("train2.txt", "train.txt"), "test": ("test2.txt", "test.txt")},
+        image_size=(480, 640), eval_scales=(0.75, 1.0, 1.25), eval_flip=True,
+    ),
+    "sunrgbd": DatasetSpec(
+        name="SUNRGBD",
+        classes=_NYU40[:37],
+        modality="depth", scaling=_BENCH_SCALING, label_shift=1,
+        rgb_dir="RGB_resize", modal_dir="Depth_resize", label_dir="labels_resize", rgb_ext=".jpg",
+        splits={"train": ("train2.txt", "train.txt"), "test": ("test2.txt", "test.txt")},
+        image_size=(480, 640), eval_scales=(0.75, 1.0, 1.25), eval_flip=True,
+    ),
+}
+_ALIASES = {"nyu": "nyudepthv2", "nyuv2": "nyudepthv2", "nyudv2": "nyudepthv2", "sun": "sunrgbd", "pst": "pst900"}
+
+
+def resolve_spec(root: str | os.PathLike, preset: Optional[str] = None) -> DatasetSpec:
+    """The spec of a dataset folder: a named preset, or (``None``/``custom``) the folder's dataset.yaml."""
+    if preset is None or preset.lower() == "custom":
+        return DatasetSpec.from_yaml(Path(root) / DATASET_YAML)
+    key = _ALIASES.get(preset.lower().replace("-", "").replace("_", ""), preset.lower().replace("-", ""))
+    if key not in PRESETS:
+        raise ValueError(f"unknown dataset preset {preset!r}; choose one of {', '.join(PRESETS)} or custom")
+    return PRESETS[key]
+
+
+def _frame_name(line: str) -> str:
+    """A split-list line -> frame name: first field, folder and known image extension removed."""
+    first = line.split()[0]
+    base = first.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, ext = os.path.splitext(base)
+    return stem if ext.lower() in IMAGE_EXTS else base
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """cv2.imread (or np.load for .npy) that fails with the file name instead of returning None."""
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot read {path}: {exc}") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        raise OSError(f"cannot decode image {path} (corrupt or unsupported format)")
+    return img
+
+
+class RGBXDataset(torch.utils.data.Dataset):
+    """Samples ``{"rgb": (3, H, W) float32, "modal": (3, H, W) float32, "label": (H, W) int64, "name": str}``.
+
+    rgb/modal are ImageNet-normalised (the modality first scaled to [0, 1] by the spec's
+    ModalityScaling, then replicated to 3 channels); labels use 255 for ignored pixels.
+    ``transform`` (e.g. :class:`~sigma_core.data.transforms.TrainAugmentation`) receives
+    (rgb uint8 (H, W, 3), modal float32 (H, W), label int64 (H, W), rng) with ``rng`` seeded
+    from (seed, epoch, index): call :meth:`set_epoch` each epoch for fresh augmentations.
+    Folders without labels (label_dir null) give all-255 labels.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        preset: Optional[str] = None,
+        transform: Optional[Callable] = None,
+        seed: int = 0,
+        spec: Optional[DatasetSpec] = None,
+        split_file: Optional[str | os.PathLike] = None,
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {self.root}")
+        self.spec = spec if spec is not None else resolve_spec(self.root, preset)
+        self.split = split
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        list_path = Path(split_file) if split_file is not None else self._list_file(split)
+        try:
+            lines = list_path.read_text().splitlines()
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot read split list {list_path}: {exc.strerror}") from None
+        self.names = [_frame_name(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+
+    def _list_file(self, split: str) -> Path:
+        candidates = self.spec.splits.get(split, (f"{split}.txt",))
+        for c in candidates:
+            if (self.root / c).is_file():
+                return self.root / c
+        raise FileNotFoundError(
+            f"no list file for split {split!r} in {self.root}: looked for {', '.join(candidates)}"
+        )
+
+    # --- metadata used by training and evaluation
+    @property
+    def classes(self) -> Optional[tuple[str, ...]]:
+        return self.spec.classes
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.spec.num_classes
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self, index: int) -> tuple[Path, Path, Optional[Path]]:
+        """(rgb, modal, label or None) file paths of one sample."""
+        s, n = self.spec, self.names[index]
+        label = self.root / s.label_dir / f"{n}{s.label_ext}" if s.label_dir else None
+        return self.root / s.rgb_dir / f"{n}{s.rgb_ext}", self.root / s.modal_dir / f"{n}{s.modal_ext}", label
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unaugmented arrays: (H, W, 3) uint8 RGB, (H, W) float32 modality in [0, 1], (H, W) int64 labels."""
+        rgb_path, modal_path, label_path = self.paths(index)
+        bgr = read_image(rgb_path)
+        if bgr.dtype != np.uint8:
+            raise ValueError(f"{rgb_path}: RGB images must be 8-bit, got {bgr.dtype}")
+        if bgr.ndim == 2:
+            rgb = np.repeat(bgr[..., None], 3, axis=2)
+        else:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        modal, _ = self.spec.scaling.to_unit(read_image(modal_path))
+        if label_path is not None:
+            stored = read_image(label_path)
+            if stored.ndim == 3:
+                stored = stored[..., 0]
+            label = shift_labels(stored, self.spec.label_shift)
+        else:
+            label = np.full(rgb.shape[:2], IGNORE_INDEX, np.int64)
+        if not (rgb.shape[:2] == modal.shape == label.shape):
+            raise ValueError(
+                f"sizes differ for frame {self.names[index]!r}: {rgb_path.name} {rgb.shape[:2]}, "
+                f"{modal_path.name} {modal.shape}, label {label.shape}"
+            )
+        return rgb, modal, label
+
+    def __getitem__(self, index: int) -> dict:
+        rgb, modal, label = self.load(index)
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            rgb_n, modal_n, label_n = self.transform(rgb, modal, label, rng)
+        else:
+            rgb_n, modal_n, label_n = to_network(rgb, modal, label)
+        return {
+            "rgb": torch.from_numpy(np.ascontiguousarray(rgb_n)),
+            "modal": torch.from_numpy(np.ascontiguousarray(modal_n)),
+            "label": torch.from_numpy(np.ascontiguousarray(label_n, dtype=np.int64)),
+            "name": self.names[index],
+        }
+
+
+def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:
+    """Stored label image -> (H, W) int64 class ids; with a shift, stored values below it become 255."""
+    label = stored.astype(np.int64)
+    if shift:
+        unlabelled = (label < shift) | (label == IGNORE_INDEX)
+        label = label - shift
+        label[unlabelled] = IGNORE_INDEX
+    return label
+
+
+def with_overrides(spec: DatasetSpec, **changes) -> DatasetSpec:
+    """A copy of ``spec`` with some fields replaced (e.g. another scaling or folder name)."""
+    return replace(spec, **changes)
