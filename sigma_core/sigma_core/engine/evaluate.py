@@ -1,15 +1,22 @@
-"""Test-time prediction of full-image class scores: whole image or sliding window, multi-scale, flip.
+"""Evaluation: test-time prediction (whole image or sliding window, multi-scale, flip) and dataset metrics.
 
-These functions take any ``model(rgb, x) -> logits`` with normalised (B, 3, H, W)
-float inputs and return averaged softmax scores (B, K, H, W) at the input size.
+The prediction functions take any ``model(rgb, x) -> logits`` with normalised
+(B, 3, H, W) float inputs and return summed softmax scores (B, K, H, W) at the
+input size; ``evaluate_dataset`` runs them over a dataset into a confusion matrix.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from .metrics import ConfusionMatrix, SegmentationMetrics
 
 SegModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -87,3 +94,162 @@ def predict_scores(model: SegModel, rgb: torch.Tensor, x: torch.Tensor, mode: st
             probs = logits.softmax(dim=1)
             scores = probs if scores is None else scores + probs
     return scores
+
+
+@dataclass
+class EvalSettings:
+    """How to predict each image (see predict_scores); mirrors the ``eval`` config section."""
+
+    mode: str = "whole"
+    crop_size: Optional[Sequence[int]] = None
+    stride_ratio: float = 2.0 / 3.0
+    scales: Sequence[float] = (1.0,)
+    flip: bool = False
+
+    @classmethod
+    def from_section(cls, section: Any, fallback_crop: Optional[Sequence[int]] = None) -> EvalSettings:
+        return cls(mode=section.mode, crop_size=section.crop_size or fallback_crop,
+                   stride_ratio=section.stride_ratio, scales=tuple(section.scales), flip=section.flip)
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A collated dataset batch -> (rgb (B,3,H,W) float, x (B,3,H,W) float, label (B,H,W) int64)."""
+    if isinstance(batch, dict):
+        return batch["rgb"], batch["modal"], batch["label"]
+    rgb, x, label = batch[:3]
+    return rgb, x, label
+
+
+def blank_modality_like(x: torch.Tensor) -> torch.Tensor:
+    """The network input of an all-zero (dead) thermal/depth image: normalised 0 per channel, like ``x``."""
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return ((0.0 - mean) / std).expand_as(x).contiguous()
+
+
+@torch.inference_mode()
+def evaluate_dataset(model: torch.nn.Module, batches: Iterable[Any], num_classes: int,
+                     settings: Optional[EvalSettings] = None, device: torch.device | str = "cpu",
+                     class_names: Optional[Sequence[str]] = None, blank_modality: bool = False,
+                     on_prediction: Optional[Callable[[np.ndarray, str], None]] = None,
+                     progress: bool = False, all_reduce: bool = False) -> SegmentationMetrics:
+    """Metrics of ``model`` over ``batches`` (a DataLoader of dataset samples).
+
+    blank_modality: replace the thermal/depth input by a blank (all-zero) image, to
+        measure how much the model relies on it.
+    on_prediction: called with each (H, W) uint8 predicted mask and its sample name (the
+        batch's "name" entry, else the running index as 5 digits), e.g. to save colourised predictions.
+    all_reduce: sum the confusion matrix over torch.distributed processes.
+    """
+    settings = settings if settings is not None else EvalSettings()
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, device=device)
+    index = 0
+    iterator = batches
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(batches, desc="evaluate", leave=False, dynamic_ncols=True)
+    try:
+        for batch in iterator:
+            rgb, x, label = unpack_batch(batch)
+            rgb, x, label = rgb.to(device), x.to(device), label.to(device)
+            if blank_modality:
+                x = blank_modality_like(x)
+            scores = predict_scores(model, rgb, x, settings.mode, settings.crop_size, settings.stride_ratio,
+                                    settings.scales, settings.flip)
+            pred = scores.argmax(dim=1)
+            cm.update(pred, label)
+            if on_prediction is not None:
+                names = batch.get("name") if isinstance(batch, dict) else None
+                for j, mask in enumerate(pred.to(torch.uint8).cpu().numpy()):
+                    on_prediction(mask, str(names[j]) if names is not None else f"{index:05d}")
+                    index += 1
+    finally:
+        model.train(was_training)
+    if all_reduce:
+        cm.all_reduce()
+    return cm.compute(class_names)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def load_model_for_evaluation(checkpoint: str, cfg: Any, num_classes: int, device: torch.device):
+    """(model in eval mode, CheckpointMeta or None): ours by its metadata; else a published Sigma checkpoint,
+    built from ``cfg.model`` with the dataset's class count."""
+    from ..checkpoints import CheckpointError, load_checkpoint, load_weights
+    from ..models.sigma import build_sigma
+    from .train import model_config
+
+    try:
+        model, meta = load_checkpoint(checkpoint, device=device,
+                                      scan_backend=None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend)
+    except CheckpointError as exc:
+        if "is not a sigma_core checkpoint" not in str(exc):
+            raise
+        model = build_sigma(model_config(cfg, num_classes))
+        load_weights(model, checkpoint, strict=True)
+        return model.to(device).eval(), None
+    if meta.num_classes != num_classes:
+        raise ValueError(f"{checkpoint} predicts {meta.num_classes} classes but the dataset has {num_classes}")
+    return model, meta
+
+
+def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto", blank_modality: bool = False,
+                   save_predictions: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``cfg.data`` (split ``cfg.data.val_split``) with ``cfg.eval``; write the report.
+
+    Returns the report dict (also written as out_dir/report.json, with report.md and PNG charts).
+    """
+    import time
+
+    import cv2
+    from torch.utils.data import DataLoader, Subset
+
+    from .reports import published_miou, write_evaluation_report
+    from .train import dataset_info, make_dataset
+
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    dataset = make_dataset(cfg.data, cfg.data.val_split, train=False, seed=0)
+    info = dataset_info(dataset)
+    if cfg.eval.limit is not None:
+        dataset = Subset(dataset, range(min(cfg.eval.limit, len(dataset))))
+    model, meta = load_model_for_evaluation(checkpoint, cfg, len(info.class_names), dev)
+    class_names = list(info.class_names)
+    palette = np.asarray(meta.palette if meta is not None else info.palette, dtype=np.uint8)
+    settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
+    on_prediction = None
+    out_dir = Path(out_dir)
+    if save_predictions:
+        pred_dir = out_dir / "predictions"
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+        def on_prediction(mask: np.ndarray, name: str) -> None:
+            cv2.imwrite(str(pred_dir / f"{name}.png"), cv2.cvtColor(palette[mask], cv2.COLOR_RGB2BGR))
+
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    metrics = evaluate_dataset(model, loader, len(class_names), settings, dev, class_names,
+                               blank_modality=blank_modality, on_prediction=on_prediction, progress=True)
+    variant = meta.config.variant if meta is not None else cfg.model.variant
+    report_info = {
+        "checkpoint": str(checkpoint),
+        "model": (meta.config if meta is not None else model.config).name,
+        "dataset": {"preset": cfg.data.preset, "root": cfg.data.root, "split": cfg.data.val_split},
+        "images": len(dataset),
+        "settings": {"mode": settings.mode, "crop_size": settings.crop_size, "stride_ratio": settings.stride_ratio,
+                     "scales": list(settings.scales), "flip": settings.flip, "blank_modality": blank_modality},
+        "device": str(dev),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    published = published_miou(cfg.data.preset, variant) if not blank_modality else None
+    write_evaluation_report(out_dir, metrics, report_info, published)
+    return {**report_info, "metrics": metrics.to_dict(), **({"published": published} if published else {})}

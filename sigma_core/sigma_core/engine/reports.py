@@ -27,7 +27,9 @@ PUBLISHED_MIOU: dict[str, dict[str, float]] = {
 
 def published_miou(preset: Optional[str], variant: Optional[str]) -> Optional[dict[str, Any]]:
     """The published mIoU (%) for a benchmark preset and variant, or None where nothing was published."""
-    table = PUBLISHED_MIOU.get((preset or "").lower())
+    key = (preset or "").lower().replace("-", "").replace("_", "")
+    key = {"nyudepthv2": "nyudv2", "nyu": "nyudv2", "nyuv2": "nyudv2", "sun": "sunrgbd", "pst": "pst900"}.get(key, key)
+    table = PUBLISHED_MIOU.get(key)
     if not table:
         return None
     out: dict[str, Any] = {"source": "Sigma (WACV 2025), github.com/zifuwan/Sigma README", "miou_by_variant": table}

@@ -1,0 +1,125 @@
+"""Evaluation: sliding window vs whole image, test-time augmentation, reports, and the sigma-evaluate CLI."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sigma_core.engine.evaluate import blank_modality_like, predict_scores, sliding_window_logits, window_starts
+from sigma_core.engine.metrics import compute_metrics
+from sigma_core.engine.reports import published_miou, write_evaluation_report
+
+from sigma_core import SigmaConfig, build_sigma
+
+TINY = dict(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=5)
+
+
+class PixelwiseModel(torch.nn.Module):
+    """A 1x1-conv model: each pixel's logits depend on that pixel only, so any tiling gives the same logits."""
+
+    def __init__(self, k=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(6, k, 1)
+        self.calls = []
+
+    def forward(self, rgb, x):
+        self.calls.append(tuple(rgb.shape[-2:]))
+        return self.conv(torch.cat([rgb, x], 1))
+
+
+def test_window_starts_cover_the_image_and_end_flush():
+    assert window_starts(10, 10, 7) == [0]
+    assert window_starts(8, 10, 7) == [0]
+    assert window_starts(25, 10, 7) == [0, 7, 14, 15]
+    starts = window_starts(100, 30, 20)
+    assert starts[0] == 0 and starts[-1] == 70 and all(b - a <= 20 for a, b in zip(starts, starts[1:]))
+
+
+@pytest.fixture(scope="module")
+def tiny_sigma():
+    torch.manual_seed(0)
+    return build_sigma(SigmaConfig(**TINY)).eval()
+
+
+def test_sliding_window_equals_whole_image_when_the_crop_covers_it(tiny_sigma):
+    torch.manual_seed(1)
+    rgb, x = torch.randn(2, 3, 36, 52), torch.randn(2, 3, 36, 52)
+    with torch.inference_mode():
+        whole = predict_scores(tiny_sigma, rgb, x, mode="whole")
+        for crop in ((36, 52), (64, 64)):
+            slid = predict_scores(tiny_sigma, rgb, x, mode="sliding", crop=crop)
+            assert torch.equal(slid, whole)
+
+
+def test_sliding_window_tiles_average_overlaps():
+    model = PixelwiseModel()
+    rgb, x = torch.randn(1, 3, 50, 70), torch.randn(1, 3, 50, 70)
+    with torch.inference_mode():
+        whole = model(rgb, x)
+        model.calls.clear()
+        slid = sliding_window_logits(model, rgb, x, crop=(24, 30), stride_ratio=2 / 3)
+    torch.testing.assert_close(slid, whole, atol=1e-6, rtol=1e-6)
+    assert set(model.calls) == {(24, 30)}
+    assert len(model.calls) == len(window_starts(50, 24, 16)) * len(window_starts(70, 30, 20))
+
+
+def test_sliding_window_on_sigma_differs_from_whole_but_keeps_shape(tiny_sigma):
+    torch.manual_seed(2)
+    rgb, x = torch.randn(1, 3, 48, 64), torch.randn(1, 3, 48, 64)
+    with torch.inference_mode():
+        slid = predict_scores(tiny_sigma, rgb, x, mode="sliding", crop=(32, 32))
+        whole = predict_scores(tiny_sigma, rgb, x)
+    assert slid.shape == whole.shape == (1, 5, 48, 64)
+    torch.testing.assert_close(slid.sum(1), torch.ones(1, 48, 64))
+    assert not torch.allclose(slid, whole)
+
+
+def test_flip_and_multiscale_sum_softmaxes_at_input_size():
+    model = PixelwiseModel()
+    rgb, x = torch.randn(1, 3, 20, 30), torch.randn(1, 3, 20, 30)
+    with torch.inference_mode():
+        scores = predict_scores(model, rgb, x, scales=(0.5, 1.0, 1.5), flip=True)
+        single = predict_scores(model, rgb, x)
+    assert scores.shape == (1, 4, 20, 30)
+    torch.testing.assert_close(scores.sum(1), torch.full((1, 20, 30), 6.0))
+    # a pixelwise model is flip-equivariant: scale 1 with flip is exactly twice scale 1 alone
+    with torch.inference_mode():
+        flipped = predict_scores(model, rgb, x, flip=True)
+    torch.testing.assert_close(flipped, 2 * single)
+
+
+def test_blank_modality_is_the_normalised_zero_image():
+    x = torch.randn(2, 3, 4, 5)
+    blank = blank_modality_like(x)
+    assert blank.shape == x.shape
+    torch.testing.assert_close(blank[0, :, 0, 0], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+
+
+def test_report_files(tmp_path):
+    cm = np.array([[50, 5, 0], [3, 30, 2], [0, 1, 9]])
+    metrics = compute_metrics(cm, ["road", "car", "person"])
+    paths = write_evaluation_report(tmp_path, metrics, {"checkpoint": "x.pt", "images": 3},
+                                    published_miou("mfnet", "tiny"))
+    report = json.loads(paths["json"].read_text())
+    assert report["metrics"]["miou"] == pytest.approx(metrics.miou)
+    assert report["published"]["miou_same_variant"] == 60.2
+    assert [c["class"] for c in report["metrics"]["per_class"]] == ["road", "car", "person"]
+    for key in ("confusion", "class_iou"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| road |" in paths["markdown"].read_text()
+    assert published_miou("pst900", "base") == {"source": published_miou("pst900", "tiny")["source"],
+                                                 "miou_by_variant": {"tiny": 88.6, "small": 87.8}}
+    assert published_miou("my_robot", "tiny") is None
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", str(tmp_path / "nope.pt")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().count("\n") == 0 and "nope.pt does not exist" in missing.stderr
+    bad_key = subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", str(tmp_path / "nope.pt"),
+                              "eval.moed=sliding"], capture_output=True, text=True, timeout=60)
+    assert bad_key.returncode != 0
+    assert "eval.moed" in bad_key.stderr and bad_key.stderr.strip().count("\n") == 0
