@@ -139,7 +139,7 @@ class DatasetSpec:
     def write_yaml(self, root: str | os.PathLike) -> Path:
         path = Path(root) / DATASET_YAML
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
         os.replace(tmp, path)
         return path
 

@@ -475,7 +475,7 @@ def write_dataset(
         "source": {"generator": "sigma_core.data.synthetic", "seed": int(seed), "night_fraction": night_fraction},
         "counts": {s: len(v) for s, v in splits.items()},
     }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(desc, sort_keys=False))
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
     return root
 
 

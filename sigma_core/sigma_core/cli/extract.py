@@ -1,0 +1,97 @@
+"""`ros2 run sigma_core extract` / `sigma-extract`: a bag -> a dataset folder in the published layout.
+
+Examples::
+
+    sigma-extract run1/ --rgb-topic /camera/color/image_raw --modal-topic /thermal/image_raw -o data/run1
+    sigma-extract run1.bag --rgb-topic /rgb/compressed --modal-topic /depth --label-topic /labels \\
+        --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
+
+Pairs are the ones the segmentation node would make (same approximate-time policy,
+--slop and --queue-size). Rerunning skips files that exist.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import fail
+
+PROG = "sigma-extract"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Extract paired RGB + thermal/depth (+ label) frames from a "
+                                "rosbag2 (sqlite3/MCAP) folder or ROS 1 .bag into a dataset folder.")
+    p.add_argument("bag", help="rosbag2 folder (or its .db3/.mcap file) or ROS 1 .bag")
+    p.add_argument("-o", "--out", required=True, help="output dataset folder (created; rerun to resume)")
+    p.add_argument("--rgb-topic", required=True, help="sensor_msgs/Image or CompressedImage topic of the RGB camera")
+    p.add_argument("--modal-topic", required=True, help="thermal or depth Image/CompressedImage topic")
+    p.add_argument("--label-topic", default=None,
+                   help="mono8 class-id Image topic stamped like RGB; frames without a label are then dropped")
+    p.add_argument("--slop", type=float, default=0.05, help="max stamp difference of a pair, seconds (default 0.05)")
+    p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
+    p.add_argument("--min-interval", type=float, default=0.0, help="min seconds between kept pairs (default 0)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="fraction of the recording (in whole time blocks) for test.txt (default 0)")
+    p.add_argument("--split-blocks", type=int, default=10, help="time blocks the recording is cut into (default 10)")
+    p.add_argument("--split-gap", type=float, default=1.0,
+                   help="drop train frames closer than this many seconds to a test frame (default 1.0)")
+    p.add_argument("--modality", choices=("thermal", "depth"), default=None,
+                   help="default: depth for 16UC1/32FC1 or a topic named *depth*, else thermal")
+    p.add_argument("--classes", default=None,
+                   help="class names: a text file (one per line) or a YAML with 'classes' (and palette, scaling), "
+                        "e.g. a dataset.yaml or the file `sigma-synth --describe` writes")
+    p.add_argument("--thermal-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..data.bags import BagError
+    from ..data.extraction import ExtractError, ExtractOptions, extract, load_class_file
+    from ..data.modality import ModalityScaling
+
+    try:
+        info = load_class_file(args.classes) if args.classes else {}
+        modality = args.modality
+        scaling = None
+        base = info.get("scaling")
+        if base is not None and (modality is None or base.get("modality", modality) == modality):
+            scaling = ModalityScaling.from_dict(base)
+            modality = modality or scaling.modality
+        if args.thermal_range is not None or args.max_depth is not None:
+            modality = modality or ("depth" if args.max_depth is not None else "thermal")
+            d = scaling.to_dict() if scaling is not None else {"modality": modality}
+            d["modality"] = modality
+            if args.thermal_range is not None:
+                d["range"] = list(args.thermal_range)
+            if args.max_depth is not None:
+                d["max_range"] = args.max_depth
+            scaling = ModalityScaling.from_dict(d)
+        opts = ExtractOptions(
+            bag=Path(args.bag), out=Path(args.out), rgb_topic=args.rgb_topic, modal_topic=args.modal_topic,
+            label_topic=args.label_topic, slop=args.slop, queue_size=args.queue_size, every=args.every,
+            min_interval=args.min_interval, test_fraction=args.test_fraction, split_blocks=args.split_blocks,
+            split_gap=args.split_gap, modality=modality, scaling=scaling, classes=info.get("classes"),
+            palette=info.get("palette"), progress=not args.quiet,
+        )
+        result = extract(opts)
+    except (ExtractError, BagError, ValueError, OSError) as exc:
+        fail(PROG, exc, 2)
+    except KeyboardInterrupt:
+        fail(PROG, "interrupted; rerun the same command to resume", 130)
+    c = result.counts
+    print(f"{PROG}: {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
+          f"kept {c['kept']}: {c['train']} train, {c['test']} test ({c['dropped_at_split']} dropped at the split); "
+          f"wrote {result.written} files, {result.skipped} existed -> {result.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
