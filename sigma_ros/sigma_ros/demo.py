@@ -1,0 +1,256 @@
+"""The README's first command (``make demo``): the whole system on a synthetic bag, live, with a report.
+
+Steps: (1) record a few seconds of the synthetic RGB-thermal street world to a
+bag (RGB 30 Hz, thermal 9 Hz with jittered stamps, a label topic);
+(2) start the segmentation node in its own process with the bundled model;
+(3) wait until it is ready (its latched class map arrives); (4) replay the bag
+into the ROS graph with ``bag_player`` (original timing); (5) measure with the
+replay evaluator in this process (latency, drops, accuracy against the labels);
+(6) stop the node, write the report, the overlay frames and the logs to the
+output folder and print the summary.
+
+It uses a private ``ROS_DOMAIN_ID`` unless one is set, and the shipped Fast DDS
+profile for camera-sized messages unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is
+set. Exit status: 0 when masks came back and the node ran cleanly, 1 when the
+pipeline failed (the message says where; the logs are in the output folder).
+
+    python -m sigma_ros.demo [--seconds 6] [--output demo_output] [--rate 1.0] [--night]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+DEFAULT_OUTPUT = Path("demo_output")
+PROFILE_NAME = "fastdds_large_images.xml"
+
+
+class DemoError(RuntimeError):
+    """The pipeline failed; the message says at which step and where the logs are."""
+
+
+def config_file(name: str) -> Path:
+    """A file of sigma_ros/config: from the installed share folder, else from the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("sigma_ros")) / "config" / name)
+    except (ImportError, LookupError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / "config" / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"sigma_ros config file {name} not found in {', '.join(map(str, candidates))}")
+
+
+def prepare_environment(env: dict) -> dict:
+    """Private ROS_DOMAIN_ID and the Fast DDS profile (unless the user set them), applied to ``env`` in place."""
+    if not env.get("ROS_DOMAIN_ID"):
+        env["ROS_DOMAIN_ID"] = str(120 + os.getpid() % 100)  # 120..219: clear of the default 0 and of tests' ranges
+    if not env.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file(PROFILE_NAME))
+    return env
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> Optional[int]:
+    """SIGINT, then SIGKILL after ``timeout`` s; returns the exit code (None if it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+        return None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and not args.keep_output:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = prepare_environment(os.environ)  # this process too: rclpy reads both when it starts
+    _log(f"output folder {out.resolve()} (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
+         f"Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']})")
+    started = time.perf_counter()
+
+    # 1. The synthetic bag.
+    from sigma_core.data.synthetic import write_bag
+
+    bag_path = out / "synthetic_bag"
+    t0 = time.perf_counter()
+    record = write_bag(bag_path, storage="sqlite3", seconds=args.seconds, seed=args.seed, night=args.night,
+                       size=tuple(args.size))
+    _log(f"1/5 recorded {args.seconds:g} s of the synthetic world to {bag_path} "
+         f"({len(record.messages)} messages: {record.rgb_topic}, {record.modal_topic}, {record.label_topic}) "
+         f"in {time.perf_counter() - t0:.1f} s")
+
+    # 2. The node, in its own process, as a robot would run it.
+    from sigma_core.engine.evaluate import resolve_device
+
+    from .node_config import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    device = str(resolve_device(args.device))
+    node_log = out / "node.log"
+    node_cmd = [
+        sys.executable, "-m", "sigma_ros.node", "--ros-args",
+        "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
+        "-p", f"sync.slop:={args.slop}", "-p", f"sync.queue_size:={args.queue_size}",
+        "-r", f"rgb/image:={record.rgb_topic}", "-r", f"modal/image:={record.modal_topic}",
+    ]
+    with open(node_log, "w") as log_file:
+        node = subprocess.Popen(node_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    _log(f"2/5 started the node (pid {node.pid}) with {checkpoint.name} on {device}; log {node_log}")
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from .live_evaluator import EvaluatorOptions, ReplayEvaluator
+    from .report import format_summary, write_report
+
+    rclpy.init()
+    evaluator = None
+    executor = SingleThreadedExecutor()
+    stop = threading.Event()
+    spinner = None
+    player = None
+    try:
+        evaluator = ReplayEvaluator(EvaluatorOptions(
+            rgb_topic=record.rgb_topic, modal_topic=record.modal_topic, label_topic=record.label_topic,
+            slop=args.slop, queue_size=args.queue_size, overlay_dir=out / "overlays", samples=6,
+        ))
+        executor.add_node(evaluator)
+        spinner = threading.Thread(target=lambda: _spin(executor, stop), name="evaluator", daemon=True)
+        spinner.start()
+
+        # 3. Ready when the latched class map arrives (published after the model's warm-up).
+        deadline = time.monotonic() + args.startup_timeout
+        while not evaluator.class_map_event.wait(0.2):
+            if node.poll() is not None:
+                raise DemoError(f"the node exited with code {node.returncode} during start-up:\n{_tail(node_log)}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"the node was not ready after {args.startup_timeout:.0f} s:\n{_tail(node_log)}")
+        _log(f"3/5 node ready after {time.perf_counter() - started:.1f} s: classes {', '.join(evaluator.class_names)}")
+
+        # 4. Replay the bag live, in its own process (timing undisturbed by the evaluator).
+        player_log = out / "player.log"
+        topics = [record.rgb_topic, record.modal_topic, record.label_topic]
+        player_cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--rate", str(args.rate),
+                      "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "30"]
+        _log(f"4/5 replaying the bag at rate {args.rate:g} ({args.seconds / args.rate:.1f} s); log {player_log}")
+        with open(player_log, "w") as log_file:
+            player = subprocess.Popen(player_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            code = player.wait(timeout=args.seconds / args.rate + 60)
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"the bag player did not finish in time:\n{_tail(player_log)}") from None
+        if code != 0:
+            raise DemoError(f"the bag player failed (exit code {code}):\n{_tail(player_log)}")
+
+        # 5. Let the last masks arrive: until every pair is answered or nothing came for a while.
+        quiet_deadline = time.monotonic() + 20.0
+        while time.monotonic() < quiet_deadline and not evaluator.all_answered() and evaluator.idle_for() < 2.0:
+            time.sleep(0.1)
+        summary = evaluator.summary()
+        unknown_masks = evaluator.unknown_masks
+    finally:
+        stop.set()
+        if spinner is not None:
+            spinner.join(timeout=5)
+        if player is not None and player.poll() is None:
+            _stop(player)
+        node_code = _stop(node)
+        if evaluator is not None:
+            evaluator.destroy_node()
+        rclpy.try_shutdown()
+
+    summary.source.update({"bag": str(bag_path), "checkpoint": str(checkpoint), "device": device,
+                           "rate": args.rate, "seconds": args.seconds, "seed": args.seed, "night": args.night})
+    paths = write_report(summary, out)
+    overlays = sorted((out / "overlays").glob("*.png"))
+    print()
+    print(format_summary(summary))
+    print()
+    _log(f"5/5 done in {time.perf_counter() - started:.1f} s. Report: {paths['markdown'].resolve()} "
+         f"(and {paths['html'].name}); {len(overlays)} overlay frames in {(out / 'overlays').resolve()}")
+    if node_code not in (0, -signal.SIGINT):
+        raise DemoError(f"the node did not shut down cleanly (exit code {node_code}):\n{_tail(node_log)}")
+    if summary.frames == 0:
+        raise DemoError(f"no masks came back from the node. Node log:\n{_tail(node_log)}")
+    if unknown_masks:
+        raise DemoError(f"{unknown_masks} masks came back with the stamp of no replayed RGB frame")
+    return 0
+
+
+def _spin(executor, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except Exception:  # shutdown races at the end
+            if stop.is_set():
+                return
+            raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sigma-demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic recording (s)")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder for the report, overlays and logs")
+    p.add_argument("--keep-output", action="store_true", help="do not clear the output folder first")
+    p.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
+    p.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    p.add_argument("--night", action="store_true", help="a night scene (dark, noisy RGB; thermal matters)")
+    p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
+    p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")
+    p.add_argument("--queue-size", type=int, default=10, help="the node's sync.queue_size")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.seconds > 0 or not args.rate > 0:
+        print("sigma-demo: --seconds and --rate must be > 0", file=sys.stderr)
+        return 2
+    from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+
+    try:
+        return run_demo(args)
+    except DemoError as e:
+        print(f"[demo] FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[demo] interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # ConfigError (checkpoint), missing files
+        print(f"[demo] FAILED: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""replay_evaluator: watches the node's outputs during a live replay and measures latency, drops and accuracy.
+
+It subscribes to what the node subscribes to (``rgb/image``, ``modal/image``)
+and to the node's outputs (``segmentation/mask``, ``segmentation/stats``,
+``segmentation/class_map``), plus optionally the bag's label topic, and measures:
+
+- end-to-end latency: mask received minus the same RGB frame received, both in
+  this process (so it works with any stamps: bag time, sim time or live);
+- drops: pairs that the node's pairing policy makes from the streams seen here
+  (``ApproximateTimePairer``, as the node) that never got a mask;
+- accuracy against the label topic (``sigma_core.engine.metrics``), per frame and overall;
+- the node's own inference time and sync skew (from ``segmentation/stats``).
+
+It can run in its own process (``replay_evaluator --out report_dir``; it ends when
+the streams go quiet or after ``--duration``) or inside another program (the demo).
+"""
+from __future__ import annotations
+
+from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+
+# isort: split
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import rclpy
+import torch
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image
+from sigma_core.data.pairing import ApproximateTimePairer
+from sigma_core.engine.metrics import ConfusionMatrix
+
+from sigma_msgs.msg import ClassMap, SegmentationStats
+
+from .image_conversion import image_msg_to_array, image_msg_to_rgb8
+from .mask_rendering import colorize, lookup_palette, overlay
+from .qos import latched_qos
+from .report import FrameSample, ReplaySummary, format_summary, modal_for_display, pick_samples, write_report
+
+NODE_NAME = "replay_evaluator"
+
+
+def stamp_ns(msg) -> int:
+    """header.stamp of an rclpy message in integer nanoseconds."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+@dataclass
+class EvaluatorOptions:
+    """Topics (relative names follow the node's namespace and remapping) and what to keep.
+
+    slop (s) and queue_size must equal the node's sync parameters for the drop count to be right.
+    """
+
+    rgb_topic: str = "rgb/image"
+    modal_topic: str = "modal/image"
+    label_topic: Optional[str] = None
+    segmentation_ns: str = "segmentation"
+    slop: float = 0.05
+    queue_size: int = 10
+    overlay_alpha: float = 0.5
+    overlay_dir: Optional[Path] = None  # write every mask's overlay here as <stamp_ns>.png
+    samples: int = 6  # frames in the report's strip
+    history_s: float = 5.0  # how long RGB/modality/label messages are kept for matching
+    keep_masks: bool = False
+
+
+class ReplayEvaluator(Node):
+    """Measures a live replay; read the results with :meth:`summary` (thread-safe)."""
+
+    def __init__(self, opts: EvaluatorOptions, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.opts = opts
+        self._lock = threading.Lock()
+        self.class_map_event = threading.Event()
+        self.class_names: list[str] = []
+        self._table: Optional[np.ndarray] = None
+        self._cm: Optional[ConfusionMatrix] = None
+        self._pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
+        self.expected: dict[int, int] = {}  # RGB stamp -> modality stamp of each pair the node should segment
+        self.rgb_received: dict[int, float] = {}  # RGB stamp -> receive time (perf_counter s)
+        self._rgb_msgs: dict[int, Image] = {}
+        self._modal_msgs: dict[int, Image] = {}
+        self._labels: dict[int, np.ndarray] = {}
+        self._unscored: dict[int, np.ndarray] = {}  # masks waiting for their label
+        self.mask_stamps: list[int] = []
+        self.latency_ms: dict[int, float] = {}
+        self.mask_received: dict[int, float] = {}
+        self.confusion: dict[int, np.ndarray] = {}
+        self.masks: dict[int, np.ndarray] = {}
+        self.node_skew_ms: dict[int, float] = {}
+        self.node_inference_ms: dict[int, float] = {}
+        self.node_dropped = 0
+        self.rgb_count = self.modal_count = 0
+        self.unknown_masks = 0  # masks whose stamp matches no RGB frame seen here
+        self._pixels: Optional[np.ndarray] = None
+        self._samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.first_input: Optional[float] = None
+        self.last_activity = time.perf_counter()
+        self.last_mask: Optional[float] = None
+
+        depth = 100  # generous: the evaluator must not lose what it measures
+        inputs = QoSProfile(depth=depth)
+        ns = opts.segmentation_ns.rstrip("/")
+        self.create_subscription(Image, opts.rgb_topic, self._on_rgb, inputs)
+        self.create_subscription(Image, opts.modal_topic, self._on_modal, inputs)
+        if opts.label_topic:
+            self.create_subscription(Image, opts.label_topic, self._on_label, inputs)
+        self.create_subscription(Image, f"{ns}/mask", self._on_mask, QoSProfile(depth=depth))
+        self.create_subscription(SegmentationStats, f"{ns}/stats", self._on_stats, QoSProfile(depth=depth))
+        self.create_subscription(ClassMap, f"{ns}/class_map", self._on_class_map, latched_qos())
+        if opts.overlay_dir is not None:
+            Path(opts.overlay_dir).mkdir(parents=True, exist_ok=True)
+
+    # --- callbacks ----------------------------------------------------------------------------------
+
+    def _forget(self, table: dict, newest: int) -> None:
+        horizon = newest - int(self.opts.history_s * 1e9)
+        for s in [s for s in table if s < horizon]:
+            del table[s]
+
+    def _on_rgb(self, msg: Image) -> None:
+        now = time.perf_counter()
+        stamp = stamp_ns(msg)
+        with self._lock:
+            self.first_input = self.first_input if self.first_input is not None else now
+            self.last_activity = now
+            self.rgb_count += 1
+            self.rgb_received[stamp] = now
+            self._rgb_msgs[stamp] = msg
+            self._forget(self._rgb_msgs, stamp)
+            self._pair(0, stamp)
+
+    def _on_modal(self, msg: Image) -> None:
+        stamp = stamp_ns(msg)
+        with self._lock:
+            self.last_activity = time.perf_counter()
+            self.modal_count += 1
+            self._modal_msgs[stamp] = msg
+            self._forget(self._modal_msgs, stamp)
+            self._pair(1, stamp)
+
+    def _pair(self, stream: int, stamp: int) -> None:
+        sec, nsec = divmod(stamp, 1_000_000_000)
+        pair = self._pairer.add(stream, sec + nsec * 1e-9, stamp)  # seconds exactly as the node computes them
+        if pair is not None:
+            self.expected[pair.first] = pair.second
+
+    def _on_label(self, msg: Image) -> None:
+        stamp = stamp_ns(msg)
+        label = np.array(image_msg_to_array(msg), np.uint8)
+        with self._lock:
+            self.last_activity = time.perf_counter()
+            if stamp in self._unscored:
+                self._score(stamp, self._unscored.pop(stamp), label)
+            else:
+                self._labels[stamp] = label
+                self._forget(self._labels, stamp)
+
+    def _on_class_map(self, msg: ClassMap) -> None:
+        with self._lock:
+            self.class_names = list(msg.names)
+            palette = np.asarray(msg.colors, np.uint8).reshape(-1, 3)
+            self._table = lookup_palette(palette)
+            if self._cm is None or self._cm.num_classes != len(self.class_names):
+                self._cm = ConfusionMatrix(len(self.class_names))
+                self._pixels = np.zeros(len(self.class_names), np.int64)
+        self.class_map_event.set()
+
+    def _on_stats(self, msg: SegmentationStats) -> None:
+        stamp = stamp_ns(msg)
+        with self._lock:
+            self.node_skew_ms[stamp] = float(msg.sync_skew_ms)
+            self.node_inference_ms[stamp] = float(msg.inference_ms)
+            self.node_dropped = max(self.node_dropped, int(msg.frames_dropped))
+
+    def _on_mask(self, msg: Image) -> None:
+        now = time.perf_counter()
+        stamp = stamp_ns(msg)
+        mask = np.array(image_msg_to_array(msg), np.uint8)  # a copy: the message buffer is reused
+        with self._lock:
+            self.last_activity = self.last_mask = now
+            self.mask_stamps.append(stamp)
+            self.mask_received[stamp] = now
+            if stamp in self.rgb_received:
+                self.latency_ms[stamp] = (now - self.rgb_received[stamp]) * 1e3
+            else:
+                self.unknown_masks += 1
+            if self.opts.keep_masks:
+                self.masks[stamp] = mask
+            if self._pixels is not None:
+                self._pixels += np.bincount(mask.reshape(-1), minlength=256)[: len(self._pixels)]
+            if self.opts.label_topic:
+                if stamp in self._labels:
+                    self._score(stamp, mask, self._labels.pop(stamp))
+                else:
+                    self._unscored[stamp] = mask
+                    self._forget(self._unscored, stamp)
+            rgb_msg = self._rgb_msgs.get(stamp)
+            modal_msg = self._modal_msgs.get(self.expected.get(stamp, -1))
+            table = self._table
+        if rgb_msg is None or table is None:
+            return
+        want_sample = self.opts.samples > 0
+        if not want_sample and self.opts.overlay_dir is None:
+            return
+        rgb = np.ascontiguousarray(image_msg_to_rgb8(rgb_msg))
+        if rgb.shape[:2] != mask.shape:
+            return
+        blended = overlay(rgb, colorize(mask, table), self.opts.overlay_alpha)
+        if self.opts.overlay_dir is not None:
+            cv2.imwrite(str(Path(self.opts.overlay_dir) / f"{stamp}.png"), cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
+        if want_sample:
+            modal = modal_for_display(image_msg_to_array(modal_msg)) if modal_msg is not None \
+                else np.zeros(mask.shape, np.uint8)
+            with self._lock:
+                self._samples.append((stamp, rgb, modal, blended))
+                if len(self._samples) > 2 * self.opts.samples:
+                    keep = pick_samples([s[0] for s in self._samples], self.opts.samples)
+                    self._samples = [s for s in self._samples if s[0] in keep]
+
+    def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
+        if self._cm is None or label.shape != mask.shape:
+            return
+        frame = ConfusionMatrix(self._cm.num_classes)
+        frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+        self._cm.matrix += frame.matrix
+        self.confusion[stamp] = frame.matrix.numpy().copy()
+
+    # --- results ------------------------------------------------------------------------------------
+
+    def idle_for(self) -> float:
+        """Seconds since the last message of any watched topic."""
+        with self._lock:
+            return time.perf_counter() - self.last_activity
+
+    def all_answered(self) -> bool:
+        """True when every expected pair has a mask (and at least one pair was expected)."""
+        with self._lock:
+            return bool(self.expected) and all(s in self.mask_received for s in self.expected)
+
+    def summary(self) -> ReplaySummary:
+        """What was measured so far, as a ReplaySummary (mode "live")."""
+        with self._lock:
+            s = ReplaySummary(mode="live")
+            s.source = {"rgb_topic": self.opts.rgb_topic, "modal_topic": self.opts.modal_topic,
+                        "labels": self.opts.label_topic or "none", "slop_s": self.opts.slop,
+                        "queue_size": self.opts.queue_size}
+            s.rgb_messages, s.modal_messages = self.rgb_count, self.modal_count
+            s.expected_pairs = len(self.expected)
+            masked = set(self.mask_received)
+            s.frames = len(self.mask_stamps)
+            s.dropped = sum(1 for st in self.expected if st not in masked)
+            s.unpaired_rgb = self.rgb_count - len(self.expected)
+            s.unpaired_modal = self.modal_count - len(self.expected)
+            if self.first_input is not None and self.last_mask is not None:
+                s.wall_seconds = self.last_mask - self.first_input
+            first_mask = min(self.mask_received.values()) if self.mask_received else 0.0
+            order = sorted(self.latency_ms, key=lambda st: self.mask_received[st])
+            s.latency_ms = [self.latency_ms[st] for st in order]
+            s.latency_t = [self.mask_received[st] - first_mask for st in order]
+            s.inference_ms = [self.node_inference_ms[st] for st in self.mask_stamps if st in self.node_inference_ms]
+            s.sync_skew_ms = [self.node_skew_ms[st] for st in self.mask_stamps if st in self.node_skew_ms]
+            s.frames_scored = len(self.confusion)
+            if self._cm is not None and self.confusion:
+                s.metrics = self._cm.compute(self.class_names)
+            if self._pixels is not None:
+                s.class_pixels = {n: int(c) for n, c in zip(self.class_names, self._pixels)}
+            if self.unknown_masks:
+                s.notes.append(f"{self.unknown_masks} masks had a stamp of no RGB frame seen by the evaluator")
+            if self.node_dropped:
+                s.notes.append(f"the node reports {self.node_dropped} pairs replaced while the model was busy")
+            unscored = s.frames - s.frames_scored
+            if self.opts.label_topic and unscored:
+                s.notes.append(f"{unscored} masks had no label")
+            s.samples = [FrameSample(*x) for x in sorted(self._samples, key=lambda x: x[0])
+                         if x[0] in pick_samples([y[0] for y in self._samples], self.opts.samples)]
+            return s
+
+
+def spin_until_done(executor, evaluator: ReplayEvaluator, duration: float, idle_timeout: float,
+                    stop: threading.Event = None) -> None:
+    """Spin until ``duration`` s passed, or the streams were quiet for ``idle_timeout`` s after a mask, or ``stop``."""
+    deadline = time.monotonic() + duration if duration > 0 else float("inf")
+    while rclpy.ok() and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        executor.spin_once(timeout_sec=0.1)
+        if evaluator.last_mask is not None and evaluator.idle_for() > idle_timeout:
+            break
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="replay_evaluator",
+                                description="Measure the node's latency, drops and accuracy during a live replay.")
+    p.add_argument("--rgb-topic", default="rgb/image")
+    p.add_argument("--modal-topic", default="modal/image")
+    p.add_argument("--label-topic", help="mono8 class-id topic stamped like RGB (e.g. from the bag)")
+    p.add_argument("--segmentation-ns", default="segmentation", help="namespace of the node's outputs")
+    p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")
+    p.add_argument("--queue-size", type=int, default=10, help="the node's sync.queue_size")
+    p.add_argument("--out", type=Path, default=Path("replay_live_report"), help="report folder")
+    p.add_argument("--save-overlays", action="store_true", help="write every overlay to OUT/overlays/")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
+    p.add_argument("--idle-timeout", type=float, default=3.0, help="stop when quiet this long after a mask")
+    p.add_argument("--samples", type=int, default=6, help="frames in the report's strip")
+    p.add_argument("--no-html", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(sys.argv if argv is None else ["replay_evaluator", *argv])
+    args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    opts = EvaluatorOptions(
+        rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
+        segmentation_ns=args.segmentation_ns, slop=args.slop, queue_size=args.queue_size, samples=args.samples,
+        overlay_dir=args.out / "overlays" if args.save_overlays else None,
+    )
+    evaluator = ReplayEvaluator(opts)
+    executor = SingleThreadedExecutor()
+    executor.add_node(evaluator)
+    try:
+        spin_until_done(executor, evaluator, args.duration, args.idle_timeout)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    summary = evaluator.summary()
+    evaluator.destroy_node()
+    rclpy.try_shutdown()
+    paths = write_report(summary, args.out, html_page=not args.no_html)
+    print(format_summary(summary))
+    print(f"report: {paths['markdown']}")
+    return 0 if summary.frames > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
