@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -93,10 +94,19 @@ def read_checkpoint(path: PathLike) -> Any:
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure gets the file name attached
+    except pickle.UnpicklingError as err:
+        # torch's own message suggests weights_only=False; we never do that, so say what is in the way instead.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" such as {found.group(1)}" if found else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}. It must be a PyTorch checkpoint that "
-            "loads with torch.load(weights_only=True) (tensors and plain data only)."
+            f"{path}: it holds Python objects{what} besides tensors and plain data, and sigma_core loads "
+            "checkpoints only with torch.load(weights_only=True) so that a file can never run code. Re-save "
+            "just its state dict (torch.save(model.state_dict(), ...)) where you trust the file."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any other read failure gets the file name attached
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}. Is it a PyTorch checkpoint "
+            "(torch.save), complete and not truncated?"
         ) from err
 
 
@@ -207,7 +217,7 @@ def load_weights(
             "(or pass allow_new_classes=True to re-initialise only the class head)."
         )
     scope = ENCODER_PREFIX if kind == "vmamba_imagenet" else ""
-    report.missing = [k for k in target if k.startswith(scope) and k not in to_load and k not in report.dropped]
+    report.missing = [k for k in target if k.startswith(scope) and k not in to_load]
     report.loaded = list(to_load)
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f"strict loading failed: {report}")

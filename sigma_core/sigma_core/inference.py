@@ -1,0 +1,247 @@
+"""Segmenter: numpy images in, class-id masks and confidences out.
+
+It owns everything between camera images and the network: modality scaling (raw
+thermal/depth -> [0, 1], recorded in the checkpoint), replicating the single-channel
+modality to 3 channels, ImageNet normalisation of both inputs (sigma_core.data.normalize),
+resizing the modality to the RGB size and both to the model's input size (if the
+checkpoint fixes one) and the result back, batching, inference mode, mixed precision,
+argmax and softmax confidence.
+
+    seg = Segmenter.from_checkpoint("model.pt", device="cpu", precision="fp32")
+    mask, confidence = seg(rgb_u8_hwc, thermal_u16_hw)   # (H, W) uint8, (H, W) float32
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import CheckpointMeta, PathLike, load_checkpoint
+from .data.modality import ModalityScaling
+from .data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_modal, normalize_rgb, to_chw
+from .ops.selective_scan import load_backend, resolve_backend
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+_CANONICAL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_FROM_CHECKPOINT = "checkpoint"
+
+
+def parse_precision(precision: str) -> torch.dtype:
+    """"fp32" | "fp16" | "bf16" (or float32/float16/half/bfloat16) -> torch dtype."""
+    try:
+        return PRECISIONS[str(precision).lower()]
+    except KeyError:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of fp32, fp16, bf16") from None
+
+
+def modal_to_unit(modal: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:
+    """Raw modality (H', W') or (H', W', C) -> (H, W) float32 in [0, 1] at ``size`` = (H, W).
+
+    A modality of another size than RGB is resized to it: nearest for depth (no mixing of
+    valid and invalid pixels), bilinear for thermal.
+    """
+    unit, _ = scaling.to_unit(modal)
+    return resize_unit(unit, scaling, size)
+
+
+def resize_unit(unit: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:
+    if unit.shape[:2] == tuple(size):
+        return unit
+    interp = cv2.INTER_NEAREST if scaling.modality == "depth" else cv2.INTER_LINEAR
+    return cv2.resize(unit, (size[1], size[0]), interpolation=interp)
+
+
+def images_to_inputs(
+    rgb: np.ndarray,
+    modal: np.ndarray,
+    scaling: ModalityScaling,
+    size: Optional[tuple[int, int]] = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image pair -> the network's inputs, numpy (3, h, w) float32 each.
+
+    rgb: (H, W, 3) uint8 RGB. modal: raw thermal/depth, (H', W') or (H', W', C), uint8/uint16/float
+    (NaN/inf allowed: ModalityScaling marks them invalid); resized to (H, W) first.
+    size: (h, w) the network runs at, or None for (H, W). mean/std: for 0..1 values (ImageNet default).
+    Training, evaluation and the Segmenter all use this, so a model sees the same values everywhere.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be an (H, W, 3) uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
+    height, width = rgb.shape[:2]
+    unit = modal_to_unit(modal, scaling, (height, width))
+    if size is not None and tuple(size) != (height, width):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        unit = resize_unit(unit, scaling, tuple(size))
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return to_chw(normalize_rgb(rgb, mean, std)), to_chw(normalize_modal(unit, mean, std))
+
+
+class Segmenter:
+    """A Sigma model with its input/output handling. Call it on numpy images.
+
+    seg(rgb, modal) -> (mask (H, W) uint8 class ids, confidence (H, W) float32 max softmax probability).
+    device: "cpu", "cuda", "cuda:1", ... precision: "fp32", "fp16" or "bf16" (autocast; the scan state and
+    the softmax stay float32). scan_backend: "auto" or a backend name (see sigma_core.ops).
+    input_size: (H, W) to run the network at, None for each image's own size; default: the checkpoint's.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: CheckpointMeta,
+        device: Union[str, torch.device] = "cpu",
+        precision: str = "fp32",
+        scan_backend: str = "auto",
+        input_size: Union[tuple[int, int], None, str] = _FROM_CHECKPOINT,
+    ):
+        self.meta = meta
+        self._device = torch.device(device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}); use 'cpu'")
+        self._dtype = parse_precision(precision)
+        num_classes = meta.config.num_classes
+        if num_classes > 255:
+            raise ValueError(f"{num_classes} classes do not fit a uint8 mask (at most 255)")
+        self.model = model.to(self._device).eval()
+        self.model.set_scan_backend(scan_backend)
+        # Resolve now so a missing backend fails here with its install hint, not on the first frame.
+        self._scan_backend = resolve_backend(scan_backend, self._device.type)
+        load_backend(self._scan_backend)
+        if input_size == _FROM_CHECKPOINT:
+            input_size = meta.input_size
+        self.input_size: Optional[tuple[int, int]] = tuple(input_size) if input_size is not None else None
+        self.scaling = meta.scaling
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        precision: str = "fp32",
+        scan_backend: str = "auto",
+        input_size: Union[tuple[int, int], None, str] = _FROM_CHECKPOINT,
+    ) -> Segmenter:
+        """Load our checkpoint (see sigma_core.save_checkpoint) and wrap it."""
+        model, meta = load_checkpoint(path, device="cpu", scan_backend=scan_backend)
+        return cls(model, meta, device=device, precision=precision, scan_backend=scan_backend, input_size=input_size)
+
+    # --- what the node and tools read ---------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.class_names)
+
+    @property
+    def palette(self) -> list[list[int]]:
+        """One [r, g, b] (0..255) per class id."""
+        return [list(c) for c in self.meta.palette]
+
+    @property
+    def scaling(self) -> ModalityScaling:
+        """How raw modality values become [0, 1]; settable (e.g. a node parameter overrides the thermal range)."""
+        return self._scaling
+
+    @scaling.setter
+    def scaling(self, value: ModalityScaling) -> None:
+        if not isinstance(value, ModalityScaling):
+            raise TypeError(f"scaling must be a ModalityScaling, got {type(value).__name__}")
+        self._scaling = value
+
+    @property
+    def modality(self) -> str:
+        return self._scaling.modality
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.config.num_classes
+
+    @property
+    def model_name(self) -> str:
+        return self.meta.config.name
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def precision(self) -> str:
+        return _CANONICAL[self._dtype]
+
+    @property
+    def scan_backend(self) -> str:
+        """The selective-scan backend actually used (e.g. "cpu", "triton"), "auto" resolved."""
+        return self._scan_backend
+
+    # --- running ------------------------------------------------------------------------------------
+
+    def __call__(self, rgb: np.ndarray, modal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 RGB + raw modality -> ((H, W) uint8 class ids, (H, W) float32 confidence)."""
+        return self.predict_batch([rgb], [modal])[0]
+
+    def predict_batch(self, rgbs: Sequence[np.ndarray], modals: Sequence[np.ndarray],
+                      max_batch: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Lists of image pairs -> list of (mask, confidence), each at its RGB image's size.
+
+        Pairs that run at the same network size go through the network together, max_batch at a time.
+        """
+        if len(rgbs) != len(modals):
+            raise ValueError(f"predict_batch got {len(rgbs)} RGB images but {len(modals)} modality images")
+        inputs = [self._inputs(rgb, modal) for rgb, modal in zip(rgbs, modals)]
+        results: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * len(inputs)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (rgb_in, _) in enumerate(inputs):
+            by_size.setdefault(tuple(rgb_in.shape[1:]), []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), max_batch):
+                chunk = indices[start:start + max_batch]
+                rgb_t = torch.from_numpy(np.stack([inputs[i][0] for i in chunk]))
+                modal_t = torch.from_numpy(np.stack([inputs[i][1] for i in chunk]))
+                logits = self.logits(rgb_t, modal_t)
+                for j, i in enumerate(chunk):
+                    results[i] = self._decide(logits[j:j + 1], tuple(np.asarray(rgbs[i]).shape[:2]))
+        return results  # type: ignore[return-value]
+
+    def logits(self, rgb: torch.Tensor, modal: torch.Tensor) -> torch.Tensor:
+        """Normalised inputs (B, 3, h, w) -> float32 logits (B, K, h, w), in inference mode at this precision."""
+        with torch.inference_mode(), self._autocast():
+            out = self.model(rgb.to(self._device, non_blocking=True), modal.to(self._device, non_blocking=True))
+        return out.float()
+
+    def warmup(self, size: Optional[tuple[int, int]] = None) -> None:
+        """One forward pass on blank images (compiles/caches kernels) so the first real frame is not slow.
+
+        size: (H, W) to warm up at; default the input size, else 480x640.
+        """
+        height, width = size or self.input_size or (480, 640)
+        self.logits(torch.zeros(1, 3, height, width), torch.zeros(1, 3, height, width))
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def _inputs(self, rgb: np.ndarray, modal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        norm = self.meta.normalization
+        return images_to_inputs(rgb, modal, self._scaling, self.input_size, norm["mean"], norm["std"])
+
+    def _decide(self, logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if tuple(logits.shape[2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        confidence, mask = torch.softmax(logits[0], dim=0).max(dim=0)
+        return mask.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32, copy=False)
+
+    def _autocast(self):
+        if self._dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._device.type, dtype=self._dtype)

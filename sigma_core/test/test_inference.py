@@ -1,0 +1,134 @@
+"""Segmenter: numpy images in, masks and confidences out, for thermal and depth, sizes, batches, precisions."""
+import numpy as np
+import pytest
+import torch
+from sigma_core.inference import images_to_inputs
+from sigma_core.ops import available_backends
+
+from sigma_core import ModalityScaling, Segmenter, SigmaConfig, build_sigma, save_checkpoint
+
+CLASSES = ["background", "car", "person", "bike"]
+
+
+def _checkpoint(tmp_path, modality="thermal", input_size=None, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=len(CLASSES))
+    model = build_sigma(cfg)
+    path = tmp_path / f"{modality}_{input_size}.pt"
+    return save_checkpoint(path, model, cfg, class_names=CLASSES, modality=modality, input_size=input_size, **kw)
+
+
+def _images(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    thermal = rng.integers(20000, 40000, (height, width), dtype=np.uint16)
+    return rgb, thermal
+
+
+def _check_output(mask, confidence, size, num_classes=4):
+    assert mask.shape == size and mask.dtype == np.uint8
+    assert confidence.shape == size and confidence.dtype == np.float32
+    assert mask.max() < num_classes
+    assert np.all(confidence >= 1.0 / num_classes - 1e-6) and np.all(confidence <= 1.0 + 1e-6)
+
+
+def test_uint8_rgb_with_uint16_thermal(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path), device="cpu")
+    rgb, thermal = _images(50, 70)
+    mask, confidence = seg(rgb, thermal)
+    _check_output(mask, confidence, (50, 70))
+    assert seg.class_names == CLASSES and len(seg.palette) == 4 and seg.num_classes == 4
+    assert seg.modality == "thermal" and seg.precision == "fp32" and seg.device == torch.device("cpu")
+    assert seg.model_name == "sigma_custom_d32_1-1-1-1"
+    assert seg.scan_backend in available_backends("cpu")
+
+
+def test_segmenter_feeds_the_network_the_published_normalisation(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path, scaling=ModalityScaling("thermal", range=(20000, 40000))))
+    rgb, thermal = _images(40, 56)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    # Written out independently of sigma_core: /255 + ImageNet for RGB; range -> [0, 1], x3, ImageNet for thermal.
+    rgb_in = ((rgb / 255.0 - mean) / std).transpose(2, 0, 1)
+    unit = np.clip((thermal.astype(np.float64) - 20000) / 20000, 0, 1)
+    x_in = ((unit[..., None] - mean) / std).transpose(2, 0, 1)
+    with torch.inference_mode():
+        logits = seg.model(torch.tensor(rgb_in[None], dtype=torch.float32),
+                           torch.tensor(x_in[None], dtype=torch.float32))
+    probs = torch.softmax(logits[0], 0)
+    mask, confidence = seg(rgb, thermal)
+    np.testing.assert_array_equal(mask, probs.argmax(0).numpy())
+    np.testing.assert_allclose(confidence, probs.max(0).values.numpy(), atol=1e-5)
+
+
+def test_float_depth_with_nans_and_a_different_size(tmp_path):
+    path = _checkpoint(tmp_path, modality="depth", scaling=ModalityScaling("depth", max_range=8.0))
+    seg = Segmenter.from_checkpoint(path)
+    rgb, _ = _images(48, 64)
+    depth = np.random.default_rng(1).uniform(0.3, 12.0, (24, 32)).astype(np.float32)
+    depth[3:9, 5:20] = np.nan
+    depth[0, :] = np.inf
+    depth[10:12] = 0.0
+    mask, confidence = seg(rgb, depth)
+    _check_output(mask, confidence, (48, 64))
+    assert np.isfinite(confidence).all()
+    # The depth map is resized to the RGB size before it goes in: same result as feeding it upsampled (nearest).
+    big = np.repeat(np.repeat(depth, 2, axis=0), 2, axis=1)
+    mask_big, _ = seg(rgb, big)
+    np.testing.assert_array_equal(mask, mask_big)
+
+
+def test_fixed_input_size_resizes_in_and_back(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path, input_size=(32, 48)))
+    assert seg.input_size == (32, 48)
+    rgb, thermal = _images(45, 61)
+    _check_output(*seg(rgb, thermal), (45, 61))
+    native = Segmenter.from_checkpoint(_checkpoint(tmp_path, input_size=(32, 48)), input_size=None)
+    assert native.input_size is None
+    _check_output(*native(rgb, thermal), (45, 61))
+
+
+def test_predict_batch_matches_single_calls(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path))
+    pairs = [_images(40, 56, seed=1), _images(33, 47, seed=2), _images(40, 56, seed=3)]
+    batch = seg.predict_batch([p[0] for p in pairs], [p[1] for p in pairs])
+    assert len(batch) == 3
+    for (rgb, thermal), (mask, confidence) in zip(pairs, batch):
+        single_mask, single_conf = seg(rgb, thermal)
+        np.testing.assert_array_equal(mask, single_mask)
+        np.testing.assert_allclose(confidence, single_conf, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_agrees_with_float32(tmp_path, precision):
+    path = _checkpoint(tmp_path, seed=3)
+    rgb, thermal = _images(48, 64, seed=4)
+    mask32, conf32 = Segmenter.from_checkpoint(path)(rgb, thermal)
+    seg = Segmenter.from_checkpoint(path, precision=precision)
+    assert seg.precision == precision
+    mask, confidence = seg(rgb, thermal)
+    _check_output(mask, confidence, (48, 64))
+    assert (mask == mask32).mean() > 0.9
+    assert np.abs(confidence - conf32).max() < 0.05
+
+
+def test_warmup_scaling_override_and_input_errors(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path), scan_backend="reference")
+    assert seg.scan_backend == "reference"
+    seg.warmup((32, 32))
+    seg.scaling = ModalityScaling("thermal", range=(0.0, 100.0))  # what the node does with a parameter
+    assert seg.scaling.range == (0.0, 100.0)
+    rgb, thermal = _images(32, 32)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        seg(rgb.astype(np.float32), thermal)
+    with pytest.raises(ValueError, match="unknown; choose one of fp32, fp16, bf16"):
+        Segmenter.from_checkpoint(_checkpoint(tmp_path), precision="int8")
+
+
+def test_images_to_inputs_replicates_modality():
+    rgb, thermal = _images(20, 30)
+    rgb_in, x_in = images_to_inputs(rgb, thermal, ModalityScaling("thermal"), size=(16, 24))
+    assert rgb_in.shape == x_in.shape == (3, 16, 24) and rgb_in.dtype == x_in.dtype == np.float32
+    # The single channel is repeated before normalisation: undoing the per-channel normalisation agrees.
+    unit = x_in * np.array([0.229, 0.224, 0.225])[:, None, None] + np.array([0.485, 0.456, 0.406])[:, None, None]
+    np.testing.assert_allclose(unit[0], unit[1], atol=1e-6)
+    np.testing.assert_allclose(unit[1], unit[2], atol=1e-6)
