@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import cv2
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -74,13 +73,16 @@ class _Frame:
 
 def load_segmenter(cfg: NodeConfig) -> Any:
     """The sigma_core Segmenter for ``cfg`` (checkpoint, device, precision, modality scaling overrides)."""
+    from sigma_core.engine.evaluate import resolve_device
+
     from sigma_core import Segmenter
 
+    device = str(resolve_device("auto")) if cfg.device == "auto" else cfg.device
     try:
-        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision)
+        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=device, precision=cfg.precision)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"parameter checkpoint: cannot load {str(cfg.checkpoint)!r} on {cfg.device} "
-                          f"{cfg.precision}: {e}") from e
+        raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {device!r} "
+                          f"with precision {cfg.precision}: {e}") from e
     modality = cfg.modality or seg.modality
     if modality != seg.modality or cfg.thermal_range is not None or cfg.depth_max_range is not None:
         base = seg.scaling
@@ -115,13 +117,18 @@ class SigmaSegmentationNode(Node):
 
         self.seg = load_segmenter(self.cfg)
         self.modality: str = self.seg.scaling.modality
+        if self.modality != self.seg.meta.scaling.modality:
+            self.get_logger().warning(
+                f"modality parameter {self.modality!r} overrides the checkpoint's {self.seg.meta.scaling.modality!r}: "
+                "the model was not trained on this input"
+            )
         self.class_names = list(self.seg.class_names)
         palette = self.cfg.palette if self.cfg.palette is not None else np.asarray(self.seg.palette, np.uint8)
         parse_palette(palette.reshape(-1).tolist(), len(self.class_names))  # the palette must fit the model
         self._palette = palette
         self._table = lookup_palette(palette)
         self._alpha = self.cfg.overlay_alpha
-        self.seg.warmup()
+        self.seg.warmup(self.cfg.warmup_size)
 
         self.problems = ProblemLog(self.get_logger().warning)
         self.frames_processed = 0
@@ -274,15 +281,12 @@ class SigmaSegmentationNode(Node):
         rgb = np.ascontiguousarray(image_msg_to_rgb8(rgb_msg))
         raw = image_msg_to_array(modal_msg)
         h, w = rgb.shape[:2]
-        modal = raw
-        if raw.shape[:2] != (h, w):
+        if raw.shape[:2] != (h, w):  # the Segmenter resizes it (nearest for depth): worth a warning, not a drop
             self.problems.report(
                 "size_mismatch",
                 f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
                 "resizing the modality to the RGB size",
             )
-            # Nearest: never blends valid depth/thermal with invalid zeros or NaN.
-            modal = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
         if self.modality == "depth":
             _, valid = depth_to_metres(raw)
             invalid = 1.0 - float(valid.mean())
@@ -294,7 +298,7 @@ class SigmaSegmentationNode(Node):
                 )
 
         start = time.perf_counter()
-        mask, confidence = self.seg(rgb, modal)
+        mask, confidence = self.seg(rgb, raw)
         inference_ms = (time.perf_counter() - start) * 1e3
         if self.cfg.min_inference_ms > inference_ms:  # testing only: a slower model
             time.sleep((self.cfg.min_inference_ms - inference_ms) * 1e-3)

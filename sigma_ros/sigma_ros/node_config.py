@@ -46,6 +46,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)"),
     "output.overlay_alpha": ParameterSpec(0.5, "weight of the class colours in segmentation/overlay, 0..1 (runtime)"),
     "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's"),
+    "warmup.size": ParameterSpec(None, "[height, width] of the warm-up forward; unset: model input size or 480x640"),
     "debug.min_inference_ms": ParameterSpec(0.0, "testing only: pad each forward to at least this many ms"),
 }
 
@@ -65,6 +66,7 @@ class NodeConfig:
     depth_registered: bool
     overlay_alpha: float
     palette: Optional[np.ndarray]  # (K, 3) uint8
+    warmup_size: Optional[tuple[int, int]]  # (H, W)
     min_inference_ms: float
 
 
@@ -174,6 +176,15 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"parameter depth.max_range must be > 0 metres, got {max_range}")
     if not isinstance(v["depth.registered"], bool):
         raise ConfigError(f"parameter depth.registered must be true or false, got {v['depth.registered']!r}")
+    warmup_size = v["warmup.size"]
+    if warmup_size is not None and len(warmup_size) > 0:
+        if len(warmup_size) != 2 or not all(int(_number("warmup.size", x, integer=True)) >= 4 for x in warmup_size):
+            raise ConfigError(
+                f"parameter warmup.size must be [height, width] of at least 4 pixels, got {list(warmup_size)!r}"
+            )
+        warmup_size = (int(warmup_size[0]), int(warmup_size[1]))
+    else:
+        warmup_size = None
     min_ms = float(_number("debug.min_inference_ms", v["debug.min_inference_ms"]))
     if min_ms < 0:
         raise ConfigError(f"parameter debug.min_inference_ms must be >= 0, got {min_ms}")
@@ -192,5 +203,6 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
         depth_registered=v["depth.registered"],
         overlay_alpha=parse_alpha(v["output.overlay_alpha"]),
         palette=parse_palette(v["output.palette"]),
+        warmup_size=warmup_size,
         min_inference_ms=min_ms,
     )
