@@ -21,6 +21,7 @@ from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library 
 
 # isort: split
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -93,7 +94,7 @@ class BagPlayer:
         queue_depth: int = 100,
     ):
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
-        from rosbags.highlevel import AnyReader
+        from sigma_core.data.bags import bag_topics, describe_topics, open_bag
 
         if not rate > 0:
             raise ValueError(f"rate must be > 0, got {rate}")
@@ -105,19 +106,15 @@ class BagPlayer:
             raise ValueError(f"qos must be 'reliable' or 'sensor_data', got {qos!r}")
         self.node, self.bag, self.rate, self.loop = node, Path(bag), float(rate), bool(loop)
         self.start_offset, self.clock_hz = float(start_offset), float(clock_hz)
-        if not self.bag.exists():
-            raise FileNotFoundError(f"bag {self.bag} does not exist")
-        self._reader = AnyReader([self.bag])
-        self._reader.open()
-        available = {c.topic: c.msgtype for c in self._reader.connections}
+        self._stack = contextlib.ExitStack()
+        self._reader = self._stack.enter_context(open_bag(self.bag))
+        available = bag_topics(self._reader)
         wanted = list(topics) if topics else sorted(available)
         missing = [t for t in wanted if t not in available]
         if missing:
-            self._reader.close()
-            raise ValueError(
-                f"bag {self.bag} has no topic {', '.join(missing)}; its topics are: "
-                + ", ".join(f"{t} ({m})" for t, m in sorted(available.items()))
-            )
+            listing = describe_topics(self._reader)
+            self._stack.close()
+            raise ValueError(f"bag {self.bag} has no topic {', '.join(missing)}; its topics are: {listing}")
         self.topics = wanted
         self._connections = [c for c in self._reader.connections if c.topic in wanted]
         profile = qos_profile_sensor_data if qos == "sensor_data" else QoSProfile(depth=queue_depth)
@@ -179,9 +176,7 @@ class BagPlayer:
 
     def play(self, should_stop=lambda: False) -> PlaybackStats:
         """Play once (or until ``should_stop()`` with ``loop``); returns the statistics."""
-        import rclpy
-
-        reader, stats = self._reader, self.stats
+        reader, stats, context = self._reader, self.stats, self.node.context
         bag_start = reader.start_time + int(self.start_offset * 1e9)
         if bag_start >= reader.end_time:
             raise ValueError(
@@ -191,7 +186,7 @@ class BagPlayer:
         convert = None if reader.is2 else reader.typestore.ros1_to_cdr  # ROS 1 bags store ROS 1 serialisation
         self._next_clock = 0.0
         wall_begin = time.perf_counter()
-        while rclpy.ok() and not should_stop():
+        while context.ok() and not should_stop():
             loop_wall0 = time.perf_counter()
             first: Optional[int] = None
             last = bag_start
@@ -200,7 +195,7 @@ class BagPlayer:
                     first = t_ns
                 target = loop_wall0 + (t_ns - first) / 1e9 / self.rate
                 self._sleep_until(target, lambda now, f=first, w=loop_wall0: f + int((now - w) * self.rate * 1e9))
-                if should_stop() or not rclpy.ok():
+                if should_stop() or not context.ok():
                     break
                 data = bytes(raw) if convert is None else convert(bytes(raw), conn.msgtype)
                 if self._clock_pub is not None:
@@ -218,7 +213,7 @@ class BagPlayer:
         return stats
 
     def close(self) -> None:
-        self._reader.close()
+        self._stack.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stats = player.play()
         node.get_logger().info(stats.describe())
         return 0
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:  # BagError is a ValueError
         print(f"bag_player: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
