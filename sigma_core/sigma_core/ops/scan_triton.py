@@ -54,10 +54,16 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 # Decided when the kernels are decorated below: interpreted kernels take CPU tensors.
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
-DEFAULT_CHUNK = 64
+# Tuning, chosen from register counts of the sm_90 compile (cuobjdump, no GPU at hand): a
+# (BLOCK_D, 16, CHUNK) tile at <= 16 float32 values per thread in the forward and <= 8 in the
+# backward compiles without spills; CHUNK 32 needs fewer registers than 64 at the same share.
+# Run times are unmeasured; benchmarks/gpu.py is the place to revisit these.
+DEFAULT_CHUNK = 32
 MAX_BLOCK_D = 8
 # Fewer programs than this leaves SMs idle (an H100 has 132): shrink BLOCK_D to get more.
-MIN_PROGRAMS = 512
+MIN_PROGRAMS = 256
+FWD_VALUES_PER_THREAD = 16
+BWD_VALUES_PER_THREAD = 8
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -262,6 +268,11 @@ def _block_d(dim: int, per_group: int, batch: int) -> int:
     return block
 
 
+def _num_warps(tile_values: int, per_thread: int) -> int:
+    """Warps that spread one (BLOCK_D, BLOCK_N, CHUNK) tile to ``per_thread`` values a thread (1..8)."""
+    return max(1, min(8, tile_values // (32 * per_thread)))
+
+
 def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C)):
@@ -302,6 +313,7 @@ def _scan_forward(u, delta, A, B, C, D, delta_bias, softplus, store_ckpt, block_
         ckpt.stride(0), ckpt.stride(1), ckpt.stride(2),
         HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, STORE_CKPT=store_ckpt,
         BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=_num_warps(block_d * block_n * chunk, FWD_VALUES_PER_THREAD),
     )
     return y, ckpt
 
@@ -333,6 +345,7 @@ def _scan_backward(dy, u, delta, A, B, C, D, delta_bias, ckpt, softplus, block_d
         dB.stride(0), dB.stride(1), dB.stride(2), dD.stride(0),
         HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
         BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=_num_warps(block_d * block_n * chunk, BWD_VALUES_PER_THREAD),
     )
     dA = dA.sum(0)[:, :n_state]
     return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD.sum(0), dbias.sum(0)
