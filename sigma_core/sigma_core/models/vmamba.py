@@ -68,9 +68,10 @@ def scan_directions(
     batch, k, dim, length = xs.shape
     rank = dt_projs_weight.shape[2]
     n = A_logs.shape[1]
-    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
+    # Broadcast matmuls over (B, K) keep xs in its (D, L) layout; einsum would transpose the big map first.
+    x_dbl = torch.matmul(x_proj_weight, xs)  # (B, K, R + 2N, L)
     dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
-    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)
+    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, L)
     if swap_c:
         cs = cs.flip(1)
     ys = selective_scan(

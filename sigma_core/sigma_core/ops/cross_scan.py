@@ -24,10 +24,12 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """(B, D, H, W) map -> (B, 4, D, H*W) sequences in the 4 scan directions."""
     if x.dim() != 4:
         raise ValueError(f"cross_scan expects a (B, D, H, W) map, got shape {tuple(x.shape)}")
-    row = x.flatten(2)
-    col = x.transpose(2, 3).flatten(2)
-    xs = torch.stack([row, col], dim=1)
-    return torch.cat([xs, xs.flip(-1)], dim=1)
+    batch, dim, height, width = x.shape
+    xs = x.new_empty(batch, 4, dim, height * width)  # filled in place: one pass over memory per direction
+    xs[:, 0] = x.flatten(2)
+    xs[:, 1].view(batch, dim, width, height).copy_(x.transpose(2, 3))
+    xs[:, 2:] = xs[:, :2].flip(-1)
+    return xs
 
 
 def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
