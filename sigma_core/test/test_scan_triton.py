@@ -149,6 +149,17 @@ def test_no_grad_forward_skips_checkpoints_and_still_matches(scan_triton):
     assert rel_err(y, y_ref) < 1e-5
 
 
+def test_backward_takes_a_broadcast_output_gradient(scan_triton):
+    """y.sum().backward() hands the kernel a stride-0 gradient."""
+    inputs = make_inputs(1, 2, 1, 2, 20, seed=5, dtype=torch.float32)
+    u = inputs["u"].requires_grad_()
+    scan_triton.selective_scan_triton(**inputs, delta_softplus=True, chunk=8).sum().backward()
+    u_ref = inputs["u"].detach().double().requires_grad_()
+    ref_in = {k: v.detach().double() for k, v in inputs.items() if k != "u"}
+    selective_scan_reference(u=u_ref, **ref_in, delta_softplus=True).sum().backward()
+    assert rel_err(u.grad, u_ref.grad) < 1e-5
+
+
 def test_rejects_what_the_kernel_cannot_do(scan_triton):
     inputs = make_inputs(1, 1, 6, 2, 8, dtype=torch.float32)
     with pytest.raises(ValueError, match="block_d=4"):

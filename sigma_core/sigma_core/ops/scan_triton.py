@@ -281,6 +281,11 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
                 f"triton scan: {name} has dtype {t.dtype}; supported are float32, float16, bfloat16 "
                 "(use backend='reference' for float64)"
             )
+    if max(u.numel(), B.numel()) >= 2**31:
+        raise ValueError(
+            f"triton scan: u of shape {tuple(u.shape)} has 2**31 or more elements (int32 offsets); "
+            "split the batch"
+        )
     devices = {t.device for t in (u, delta, A, B, C, D, delta_bias) if t is not None}
     if len(devices) != 1:
         raise ValueError(f"triton scan: all inputs must be on one device; got {sorted(map(str, devices))}")

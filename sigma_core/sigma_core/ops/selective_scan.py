@@ -65,6 +65,9 @@ def register_backend(backend: ScanBackend) -> None:
 
 register_backend(ScanBackend("reference", ("cpu", "cuda"), 0, ".selective_scan", "selective_scan_reference"))
 register_backend(ScanBackend("cpu", ("cpu",), 10, ".scan_cpu", "selective_scan_cpu"))
+# CUDA: mamba-ssm's compiled kernel ranks first when it imports - it is the published speed
+# yardstick, and the Triton kernel's speed against it is not yet measured (benchmarks/gpu.py);
+# without mamba-ssm, "auto" falls through to Triton, which needs nothing compiled.
 register_backend(ScanBackend("triton", ("cuda",), 10, ".scan_triton", "selective_scan_triton"))
 register_backend(ScanBackend("mamba_ssm", ("cuda",), 20, ".scan_mamba_ssm", "selective_scan_mamba_ssm"))
 
