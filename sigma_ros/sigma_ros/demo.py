@@ -96,34 +96,26 @@ def run_demo(args: argparse.Namespace) -> int:
          f"Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']})")
     started = time.perf_counter()
 
-    # 1. The synthetic bag.
-    from sigma_core.data.synthetic import write_bag
-
-    bag_path = out / "synthetic_bag"
-    t0 = time.perf_counter()
-    record = write_bag(bag_path, storage="sqlite3", seconds=args.seconds, seed=args.seed, night=args.night,
-                       size=tuple(args.size))
-    _log(f"1/5 recorded {args.seconds:g} s of the synthetic world to {bag_path} "
-         f"({len(record.messages)} messages: {record.rgb_topic}, {record.modal_topic}, {record.label_topic}) "
-         f"in {time.perf_counter() - t0:.1f} s")
-
-    # 2. The node, in its own process, as a robot would run it.
+    from sigma_core.data.synthetic import TOPICS, write_bag
     from sigma_core.engine.evaluate import resolve_device
 
     from .node_config import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)  # fails early, naming the file, if the model is missing
     device = str(resolve_device(args.device))
+    rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS["thermal"], TOPICS["label"]
+
+    # 1. The node, in its own process as on a robot; it loads the model while the bag is recorded.
     node_log = out / "node.log"
     node_cmd = [
         sys.executable, "-m", "sigma_ros.node", "--ros-args",
         "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
         "-p", f"sync.slop:={args.slop}", "-p", f"sync.queue_size:={args.queue_size}",
-        "-r", f"rgb/image:={record.rgb_topic}", "-r", f"modal/image:={record.modal_topic}",
+        "-r", f"rgb/image:={rgb_topic}", "-r", f"modal/image:={modal_topic}",
     ]
     with open(node_log, "w") as log_file:
         node = subprocess.Popen(node_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    _log(f"2/5 started the node (pid {node.pid}) with {checkpoint.name} on {device}; log {node_log}")
+    _log(f"1/5 started the node (pid {node.pid}) with {checkpoint.name} on {device}; log {node_log}")
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -138,6 +130,18 @@ def run_demo(args: argparse.Namespace) -> int:
     spinner = None
     player = None
     try:
+        # 2. The synthetic bag.
+        bag_path = out / "synthetic_bag"
+        t0 = time.perf_counter()
+        record = write_bag(bag_path, storage="sqlite3", seconds=args.seconds, seed=args.seed, night=args.night,
+                           size=tuple(args.size))
+        if (record.rgb_topic, record.modal_topic, record.label_topic) != (rgb_topic, modal_topic, label_topic):
+            raise DemoError(f"the synthetic bag's topics {record.rgb_topic}, {record.modal_topic}, "
+                            f"{record.label_topic} differ from the ones the node listens to")
+        _log(f"2/5 recorded {args.seconds:g} s of the synthetic world ({'night' if args.night else 'day'}) to "
+             f"{bag_path}: {len(record.messages)} messages on {rgb_topic}, {modal_topic}, {label_topic} "
+             f"in {time.perf_counter() - t0:.1f} s")
+
         evaluator = ReplayEvaluator(EvaluatorOptions(
             rgb_topic=record.rgb_topic, modal_topic=record.modal_topic, label_topic=record.label_topic,
             slop=args.slop, queue_size=args.queue_size, overlay_dir=out / "overlays", samples=6,
