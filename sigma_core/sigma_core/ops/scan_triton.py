@@ -23,19 +23,22 @@ Precision: u, delta, B, C may be float32, float16 or bfloat16 (each its own);
 everything is computed in float32; y, du, ddelta, dB, dC come back in their
 input's dtype; A, D, delta_bias and their gradients are float32.
 
-Cross-scan fusion (issue 4, item 1) is NOT implemented: the 4-direction
-gather of SS2D includes time-reversed copies, which torch strides cannot
-express, so fusing it means a kernel that takes the (B, d_inner, H, W) map and
-computes per-group source offsets. Whether that beats materialising the
-4-copy (one extra read+write of the map) is unmeasured: no GPU was available
-when this was written. Non-contiguous inputs are accepted as they are
-(strides are passed to the kernels); only the time axis benefits from stride 1.
+Cross-scan fusion (issue 4, item 1) is NOT implemented. Reading u straight from
+the (B, d_inner, H, W) map would need per-group source offsets in the kernel (k=2, 3
+are time-reversed, which torch strides cannot express), and it would save only u's
+copy: SS2D's per-direction x_proj (delta, B, C) and cross_merge's scatter-add read
+and write the same 4-direction layout, so the model code would have to change with
+it. Whether that beats materialising the 4-copy (one extra read + write of the map)
+is unmeasured: no GPU was available when this was written. Non-contiguous inputs are
+accepted as they are (strides are passed to the kernels); only the time axis
+benefits from stride 1.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is first imported) the
 kernels run on CPU tensors; the tests use that.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -52,7 +55,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 # Decided when the kernels are decorated below: interpreted kernels take CPU tensors.
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+# (triton.knobs exists from Triton 3.3; older versions read the variable directly.)
+_knobs = getattr(triton, "knobs", None)
+INTERPRETED: bool = (bool(_knobs.runtime.interpret) if _knobs is not None
+                     else os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 # Tuning, chosen from register counts of the sm_90 compile (cuobjdump, no GPU at hand): a
 # (BLOCK_D, 16, CHUNK) tile at <= 16 float32 values per thread in the forward and <= 8 in the
