@@ -13,7 +13,8 @@ carries the bag time, for nodes run with ``use_sim_time:=true``.
 Usage::
 
     bag_player BAG [--topics /a /b] [--rate 2.0] [--loop] [--start-offset 1.5] [--clock [HZ]]
-               [--wait-for-subscribers] [--delay 0.5] [--ros-args -r /camera/rgb:=/rgb/image]
+               [--wait-for-subscribers] [--wait-for-publisher /segmentation/class_map] [--delay 0.5]
+               [--ros-args -r /camera/rgb:=/rgb/image]
 """
 from __future__ import annotations
 
@@ -149,6 +150,17 @@ class BagPlayer:
         )
         return False
 
+    def wait_for_publishers(self, topics: Sequence[str], timeout: float) -> bool:
+        """Wait until each of ``topics`` has a publisher (e.g. a node's latched output that says it is ready)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            missing = [t for t in topics if self.node.count_publishers(t) < 1]
+            if not missing:
+                return True
+            time.sleep(0.05)
+        self.node.get_logger().warning(f"no publisher after {timeout:.1f} s on: {', '.join(missing)}")
+        return False
+
     # --- playback ---------------------------------------------------------------------------------
 
     def _publish_clock(self, bag_ns: int) -> None:
@@ -232,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--qos", choices=("reliable", "sensor_data"), default="reliable")
     p.add_argument("--wait-for-subscribers", action="store_true", help="wait until every topic has a subscriber")
-    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
+    p.add_argument("--wait-for-publisher", action="append", default=[], metavar="TOPIC",
+                   help="first wait until TOPIC has a publisher, e.g. /segmentation/class_map (the node is ready)")
+    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers/publishers")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to sleep before the first message")
     return p
 
@@ -252,6 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             node, args.bag, topics=args.topics, rate=args.rate, loop=args.loop,
             start_offset=args.start_offset, clock_hz=args.clock, qos=args.qos,
         )
+        if args.wait_for_publisher:
+            player.wait_for_publishers(args.wait_for_publisher, args.wait_timeout)
         if args.wait_for_subscribers:
             player.wait_for_subscribers(args.wait_timeout)
         if args.delay > 0:

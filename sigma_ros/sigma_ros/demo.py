@@ -163,7 +163,8 @@ def run_demo(args: argparse.Namespace) -> int:
         player_log = out / "player.log"
         topics = [record.rgb_topic, record.modal_topic, record.label_topic]
         player_cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--rate", str(args.rate),
-                      "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "30"]
+                      "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "30",
+                      "--wait-for-publisher", "/segmentation/class_map"]
         _log(f"4/5 replaying the bag at rate {args.rate:g} ({args.seconds / args.rate:.1f} s); log {player_log}")
         with open(player_log, "w") as log_file:
             player = subprocess.Popen(player_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)

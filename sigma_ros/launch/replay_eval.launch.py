@@ -1,0 +1,100 @@
+"""Live replay evaluation on a real ROS 2 install: bag player -> sigma_segmentation -> replay evaluator.
+
+    ros2 launch sigma_ros replay_eval.launch.py bag:=/data/run1 rgb_topic:=/camera/color/image_raw \\
+        modal_topic:=/thermal/image_raw label_topic:=/camera/labels out:=replay_report
+
+Arguments: bag (required), rgb_topic, modal_topic, label_topic (empty: no accuracy), checkpoint
+(empty: the params file's, i.e. the bundled model), device, rate, start_offset, use_sim_time (the
+player then publishes /clock and the node follows it), out (report folder), idle_timeout (the
+evaluator stops this long after the last message). The node comes from sigma.launch.py (same
+parameters file and Fast DDS profile); when the evaluator finishes and writes its report, the whole
+launch shuts down. Without `launch` (pip ROS) run the three executables by hand, or `sigma-demo`.
+"""
+import os
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def _share_dir() -> Path:
+    """Installed share/sigma_ros, or the source tree when running the file from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("sigma_ros"))
+    except (ImportError, LookupError):
+        return Path(__file__).resolve().parent.parent
+
+
+def _player_and_evaluator(context):
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    sim_time = arg("use_sim_time").lower() in ("true", "1", "yes")
+    env = {}
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_share_dir() / "config" / "fastdds_large_images.xml")
+    topics = [t for t in (arg("rgb_topic"), arg("modal_topic"), arg("label_topic")) if t]
+    player_args = [arg("bag"), "--rate", arg("rate"), "--start-offset", arg("start_offset"),
+                   "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "300",
+                   # the evaluator subscribes at once; the node only after loading its model
+                   "--wait-for-publisher", "/segmentation/class_map"]
+    if sim_time:
+        player_args.append("--clock")
+    evaluator_args = ["--rgb-topic", arg("rgb_topic"), "--modal-topic", arg("modal_topic"), "--out", arg("out"),
+                      "--idle-timeout", arg("idle_timeout"), "--save-overlays"]
+    if arg("label_topic"):
+        evaluator_args += ["--label-topic", arg("label_topic")]
+    evaluator = Node(package="sigma_ros", executable="replay_evaluator", name="replay_evaluator",
+                     arguments=evaluator_args, additional_env=env, output="screen")
+    player = Node(package="sigma_ros", executable="bag_player", name="bag_player", arguments=player_args,
+                  additional_env=env, output="screen")
+    return [
+        evaluator,
+        player,
+        RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[EmitEvent(event=Shutdown(
+            reason="replay evaluation finished"))])),
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = _share_dir()
+    node = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(share / "launch" / "sigma.launch.py")),
+        launch_arguments={
+            "checkpoint": LaunchConfiguration("checkpoint"),
+            "device": LaunchConfiguration("device"),
+            "rgb_topic": LaunchConfiguration("rgb_topic"),
+            "modal_topic": LaunchConfiguration("modal_topic"),
+            "use_sim_time": LaunchConfiguration("use_sim_time"),
+        }.items(),
+    )
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("bag", description="rosbag2 folder/file or ROS 1 .bag to replay"),
+            DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw", description="RGB topic"),
+            DeclareLaunchArgument("modal_topic", default_value="/thermal/image_raw", description="thermal/depth"),
+            DeclareLaunchArgument("label_topic", default_value="", description="mono8 labels; empty: none"),
+            DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params"),
+            DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params"),
+            DeclareLaunchArgument("rate", default_value="1.0", description="replay speed factor"),
+            DeclareLaunchArgument("start_offset", default_value="0.0", description="seconds of the bag to skip"),
+            DeclareLaunchArgument("use_sim_time", default_value="false", description="replay /clock, node uses it"),
+            DeclareLaunchArgument("out", default_value="replay_report", description="report folder"),
+            DeclareLaunchArgument("idle_timeout", default_value="3.0", description="evaluator stops when quiet"),
+            node,
+            OpaqueFunction(function=_player_and_evaluator),
+        ]
+    )
