@@ -107,6 +107,24 @@ def test_cpu_chunk_size_does_not_change_results(monkeypatch):
         torch.testing.assert_close(run(scan_cpu.selective_scan_cpu, inputs, True), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("tile_elements", [8, 24, 48], ids=["sub-group", "one-group", "two-groups"])
+def test_cpu_tiles_over_batch_and_channels_match_reference(monkeypatch, tile_elements):
+    # N=4, D/G=6: tiles of 2 channels inside a group, of one group, or of two groups x 1 batch row.
+    monkeypatch.setattr(scan_cpu, "TILE_ELEMENTS", tile_elements)
+    inputs = make_inputs(3, 4, 6, 4, 21, seed=11)
+    tiles = scan_cpu._tiles(3, 24, 4, 4)
+    assert len(tiles) == {8: 36, 24: 12, 48: 6}[tile_elements]
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y = run(scan_cpu.selective_scan_cpu, leaves, True)
+    y_ref = run(selective_scan_reference, ref_leaves, True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for name in leaves:
+        torch.testing.assert_close(leaves[name].grad, ref_leaves[name].grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
 def test_cpu_long_sequence_with_strong_decay_stays_finite():
     # Large delta * |A| drives the cumulative decay far below float32's range within a chunk:
     # a cumsum/exp(-cumsum) rewrite would overflow here, the step-wise recurrence must not.
