@@ -212,7 +212,7 @@ def plot_frames(samples: Sequence[FrameSample], path: Path) -> Optional[Path]:
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name)
-        axes[0][j].set_title(f"t={s.stamp_ns / 1e9:.3f}", fontsize=8)
+        axes[0][j].set_title(f"+{(s.stamp_ns - samples[0].stamp_ns) / 1e9:.2f} s", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
