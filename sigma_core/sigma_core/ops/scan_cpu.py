@@ -170,11 +170,24 @@ class _ChunkBuffers:
             step(decay_t, h_prev)  # h_t += exp(dt_t A) * h_{t-1}
 
     def contract(self, x: torch.Tensor, vec: torch.Tensor, out: torch.Tensor) -> None:
-        """out[t, b, g, d] = sum_n x[t, b, g, d, n] * vec[t, b, g, n], for n = len(out) steps."""
-        n = x.shape[0]
-        col = self.column[:n]
-        torch.matmul(x, vec[..., None], out=col)
+        """out[t, b, g, d] = sum_n x[t, b, g, d, n] * vec[t, b, g, n], for n = len(out) steps.
+
+        x: a contiguous (n, batch, G, D/G, N) buffer slice; vec: contiguous (n, batch, G, N).
+        """
+        per_group, n_state = x.shape[-2:]
+        col = self.column[: x.shape[0]]
+        torch.bmm(x.view(-1, per_group, n_state), vec.view(-1, n_state, 1), out=col.view(-1, per_group, 1))
         out.copy_(col[..., 0])
+
+    def reduce_channels(self, row: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out[t, b, g, n] = sum_d row[t, b, g, d] * x[t, b, g, d, n]; out contiguous (n, batch, G, N).
+
+        row: (n, batch, G, D/G), any strides; x: a contiguous (n, batch, G, D/G, N) buffer slice.
+        """
+        per_group, n_state = x.shape[-2:]
+        packed = self.column[: x.shape[0], ..., 0]
+        packed.copy_(row)
+        torch.bmm(packed.view(-1, 1, per_group), x.view(-1, per_group, n_state), out=out.view(-1, 1, n_state))
 
 
 def _scan_forward(u, dt, A, B, C, y, save_states: bool) -> torch.Tensor:
@@ -231,8 +244,8 @@ def _scan_backward(u, dt, A, B, C, states, dy, d_du, d_dt):
             step(decay_t, g_next)
         torch.mul(bufs.decay[0], g[0], out=bufs.carry)
         # dC_t[n] = sum_d dy_t[d] h_t[d, n]; dB_t[n] = sum_d g_t[d, n] du_t[d]; d du_t[d] = sum_n g_t[d, n] B_t[n].
-        torch.matmul(dy_c[:, :, :, None, :], h, out=dC_t[c0:c1, :, :, None, :])
-        torch.matmul(du_c[:, :, :, None, :], g, out=dB_t[c0:c1, :, :, None, :])
+        bufs.reduce_channels(dy_c, h, out=dC_t[c0:c1])
+        bufs.reduce_channels(du_c, g, out=dB_t[c0:c1])
         bufs.contract(g, B_t[c0:c1], out=d_du_t[c0:c1])
         # Through the decay a_t = exp(dt_t A): q_t = dL/da_t * a_t = g_t h_{t-1} a_t;
         # d dt_t = sum_n q_t A, dA = sum_t q_t dt_t.
