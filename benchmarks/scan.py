@@ -142,7 +142,7 @@ def scan_table(quick: bool, naive_stages: set[int], repeats: int) -> None:
         fwd: dict[str, float] = {}
         fwdbwd: dict[str, tuple[float, bool]] = {}
         fwd["plain loop"] = time_forward(plain_loop, inputs, repeats)
-        fwdbwd["plain loop"] = time_forward_backward(plain_loop, inputs, 1, prefix=AUTOGRAD_PREFIX)
+        fwdbwd["plain loop"] = time_forward_backward(plain_loop, inputs, max(1, repeats - 1), prefix=AUTOGRAD_PREFIX)
         if stage in naive_stages:
             fwd["naive ref"] = time_forward(naive_reference, inputs, 1)
         for name in backends:
