@@ -279,7 +279,7 @@ def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal
 
     masks = harness.messages("/t/segmentation/mask")
     stats = harness.messages("/t/segmentation/stats")
-    assert len(masks) >= 0.6 * len(expected), f"{len(masks)} masks for {len(expected)} pairs:\n{node.log()}"
+    assert len(masks) >= 0.5 * len(expected), f"{len(masks)} masks for {len(expected)} pairs:\n{node.log()}"
     print(f"{len(masks)} masks for {len(expected)} pairs, {stats[-1].frames_dropped} dropped")
     for m in masks:
         assert to_ns(m) in expected, "a mask's stamp is not the stamp of a paired RGB frame"
@@ -389,7 +389,7 @@ def test_bad_input_is_logged_and_good_frames_keep_flowing(harness, thermal_node)
 
 def test_a_silent_stream_is_named(harness, thermal_node):
     node, streams = thermal_node
-    deadline = time.monotonic() + 2.5
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and "no messages on /t/modal/image" not in node.log():
         streams.rgb.publish(image(streams.rgb_frame(), "rgb8", time.time_ns()))
         time.sleep(1 / 30)
@@ -408,7 +408,7 @@ def test_sigint_shuts_down_cleanly(thermal_node):
 
 
 def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, checkpoints, harness):
-    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"]})
+    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable"})
     try:
         for topic, typ in [("mask", Image), ("points", PointCloud2), ("stats", SegmentationStats)]:
             harness.subscribe(typ, f"/d/segmentation/{topic}")
@@ -467,6 +467,12 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
                 assert p["label"] == mask[v, u]
         stats = harness.messages("/d/segmentation/stats")[-1]
         assert stats.modality == "depth" and stats.valid_pixels == H * W
+        # A depth frame that is mostly without returns is still segmented, and reported.
+        s = time.time_ns()
+        streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
+        streams.modal.publish(image(np.zeros((H, W), np.uint16), "16UC1", s))
+        assert harness.wait_for(lambda: s in {to_ns(m) for m in harness.messages("/d/segmentation/mask")}, 10)
+        assert "/d/modal/image: 100% of depth pixels are 0/NaN/inf" in node.log()
         code, seconds = node.stop(signal.SIGTERM)
         assert code == 0 and seconds < 5, f"SIGTERM: exit {code} after {seconds:.1f} s:\n{node.log()}"
     finally:
