@@ -1,18 +1,21 @@
 """SigmaConfig: the sizes of a Sigma network, validated, and serialisable into checkpoints.
 
 Variants (stage widths C, 2C, 4C, 8C; parameters for 9 classes; FLOPs of one
-forward at 480x640, batch 1 - dense ops counted by torch.utils.flop_counter,
-the selective scans analytically as 9 FLOPs per state element and step; see
-benchmarks/model.py):
+forward at 480x640, batch 1 - dense ops counted by torch.utils.flop_counter, the
+selective scans analytically as 9 FLOPs per state element and step, a
+multiply-add = 2 FLOPs; latency: one CPU thread of our 2-core CI machine, shared,
+"cpu" scan backend; reproduce with ``python benchmarks/model.py``):
 
-=======  ==============  ===  ===============  ==========  =========
-variant  encoder depths  C    decoder depths   parameters  GFLOPs
-=======  ==============  ===  ===============  ==========  =========
-nano     1, 1, 2, 1      32   1, 1, 1          2.62 M      14.8
-tiny     2, 2, 9, 2      96   4, 4, 4          48.29 M     ~200
-small    2, 2, 27, 2     96   4, 4, 4          69.81 M
-base     2, 2, 27, 2     128  4, 4, 4          121.41 M
-=======  ==============  ===  ===============  ==========  =========
+=======  ==============  ===  ==============  ==========  ======  ============
+variant  encoder depths  C    decoder depths  parameters  GFLOPs  latency
+=======  ==============  ===  ==============  ==========  ======  ============
+nano     1, 1, 2, 1      32   1, 1, 1         3.27 M      14.0    3.8-5.9 s
+tiny     2, 2, 9, 2      96   4, 4, 4         48.29 M     205.8   27-31 s
+small    2, 2, 27, 2     96   4, 4, 4         69.81 M     323.5
+base     2, 2, 27, 2     128  4, 4, 4         121.41 M    542.3
+=======  ==============  ===  ==============  ==========  ======  ============
+
+(nano at 240x320: 3.5 GFLOPs, about 1 s.)
 
 ``tiny``, ``small`` and ``base`` are exactly the published models (their state
 dicts match the published key names and shapes). ``nano`` is ours: the
@@ -29,7 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-# Sizes of each named variant. drop_path_rate is the published encoder stochastic-depth rate.
+# Sizes of each named variant; drop_path_rate: encoder stochastic depth (published values; nano: ours).
 VARIANTS: dict[str, dict[str, Any]] = {
     "nano": {"depths": (1, 1, 2, 1), "dims": 32, "decoder_depths": (1, 1, 1), "drop_path_rate": 0.1},
     "tiny": {"depths": (2, 2, 9, 2), "dims": 96, "decoder_depths": (4, 4, 4), "drop_path_rate": 0.2},

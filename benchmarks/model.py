@@ -1,0 +1,102 @@
+"""Whole-model cost of Sigma variants on this machine: parameters, FLOPs, forward latency.
+
+    python benchmarks/model.py                         # nano and tiny at 480x640, one thread
+    python benchmarks/model.py --variants nano --size 240 320 --repeats 5 --backend cpu
+
+FLOPs of one forward (batch 1): the dense ops (convolutions, linear layers, ...)
+are counted by torch.utils.flop_counter with the selective scans stubbed out;
+each scan is counted analytically as 9 FLOPs per state element and step
+(exp(delta*A), two products for delta*B*u, the state update h*dA + dBu, the
+C.h product and sum) plus 2 per channel and step for the D skip. A
+multiply-add counts as 2 FLOPs throughout.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from contextlib import contextmanager
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from sigma_core.models import vmamba  # noqa: E402
+from sigma_core.ops.selective_scan import resolve_backend  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from sigma_core import SigmaConfig, build_sigma  # noqa: E402
+
+
+@contextmanager
+def counted_scans(totals: dict):
+    """Replace the scan with a zero-cost stub that adds its analytic FLOPs to totals["scan"]."""
+    real = vmamba.selective_scan
+
+    def stub(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
+        batch, dim, length = u.shape
+        n = A.shape[1]
+        totals["scan"] += 9 * batch * dim * length * n + (2 * batch * dim * length if D is not None else 0)
+        totals["scan_calls"] += 1
+        return torch.zeros_like(u)
+
+    vmamba.selective_scan = stub
+    try:
+        yield
+    finally:
+        vmamba.selective_scan = real
+
+
+def count_flops(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, int, int]:
+    """(dense FLOPs, scan FLOPs, scan calls) of one forward at batch 1."""
+    totals = {"scan": 0, "scan_calls": 0}
+    rgb, x = torch.zeros(1, 3, *size), torch.zeros(1, 3, *size)
+    with torch.inference_mode(), counted_scans(totals), FlopCounterMode(display=False) as counter:
+        model(rgb, x)
+    return counter.get_total_flops(), totals["scan"], totals["scan_calls"]
+
+
+def time_forward(model: torch.nn.Module, size: tuple[int, int], repeats: int) -> list[float]:
+    rgb, x = torch.randn(1, 3, *size), torch.randn(1, 3, *size)
+    times = []
+    with torch.inference_mode():
+        model(rgb, x)  # warm-up (allocator, backend import)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(rgb, x)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["nano", "tiny"])
+    parser.add_argument("--size", nargs=2, type=int, default=[480, 640], metavar=("H", "W"))
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed forwards per variant after one warm-up; 0: count only")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backend", default="auto", help="selective-scan backend (default: best for CPU)")
+    parser.add_argument("--num-classes", type=int, default=9)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    size = tuple(args.size)
+    backend = resolve_backend(args.backend, "cpu")
+    print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads} thread(s), scan backend {backend!r}, "
+          f"torch {torch.__version__}")
+    header = f"{'variant':<8} {'params':>10} {'dense GFLOPs':>13} {'scan GFLOPs':>12} {'total GFLOPs':>13} " \
+             f"{'latency s (median)':>19} {'min':>7}"
+    print(header)
+    print("-" * len(header))
+    for name in args.variants:
+        torch.manual_seed(0)
+        model = build_sigma(SigmaConfig(variant=name, num_classes=args.num_classes, scan_backend=backend)).eval()
+        params = sum(p.numel() for p in model.parameters())
+        dense, scan, _ = count_flops(model, size)
+        times = time_forward(model, size, args.repeats) if args.repeats > 0 else []
+        latency = f"{statistics.median(times):>19.2f} {min(times):>7.2f}" if times else f"{'-':>19} {'-':>7}"
+        print(f"{name:<8} {params / 1e6:>9.2f}M {dense / 1e9:>13.1f} {scan / 1e9:>12.1f} {(dense + scan) / 1e9:>13.1f} "
+              f"{latency}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
