@@ -111,6 +111,8 @@ def run_demo(args: argparse.Namespace) -> int:
         sys.executable, "-m", "sigma_ros.node", "--ros-args",
         "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
         "-p", f"sync.slop:={args.slop}", "-p", f"sync.queue_size:={args.queue_size}",
+        # Warm up at the bag's size (the default, 480x640, takes tens of seconds on a small CPU).
+        "-p", f"warmup.size:=[{args.size[0]}, {args.size[1]}]",
         "-r", f"rgb/image:={rgb_topic}", "-r", f"modal/image:={modal_topic}",
     ]
     with open(node_log, "w") as log_file:

@@ -19,7 +19,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from replay_helpers import synthetic_bag, tiny_checkpoint  # noqa: E402
+from replay_helpers import SIZE, synthetic_bag, tiny_checkpoint  # noqa: E402
 from sigma_core.engine.metrics import compute_metrics  # noqa: E402
 from sigma_ros.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
 from sigma_ros.replay_eval import ReplayOptions, replay_bag  # noqa: E402
@@ -40,6 +40,7 @@ def live(tmp_path_factory):
     node_log = open(root / "node.log", "w")
     node = subprocess.Popen(
         [sys.executable, "-m", "sigma_ros.node", "--ros-args", "-p", f"checkpoint:={ckpt}", "-p", "device:=cpu",
+         "-p", f"warmup.size:=[{SIZE[0]}, {SIZE[1]}]",
          "-r", f"rgb/image:={record.rgb_topic}", "-r", f"modal/image:={record.modal_topic}"],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     context = rclpy.Context()
