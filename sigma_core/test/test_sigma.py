@@ -19,9 +19,10 @@ def _reference_file(name: str) -> Path:
     return path
 
 
-def test_parity_with_published_code():
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_parity_with_published_code(backend):
     fixture = torch.load(_reference_file(PARITY.name), map_location="cpu", weights_only=True)
-    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
+    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9, scan_backend=backend)).eval()
     report = load_weights(model, fixture["state_dict"])
     assert not report.missing and not report.unexpected and len(report.loaded) == 538
     with torch.inference_mode():
@@ -98,6 +99,13 @@ def test_batch_items_are_independent():
         both = model(rgb, x)
         second = model(rgb[1:], x[1:])
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_drop_path_rates_follow_the_published_spacing():
+    model = build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_drop_path_rate=0.15), device="meta")
+    rates = [[b.drop_path.rate for b in model.decode_head.layers_up[i].blocks] for i in (1, 2, 3)]
+    assert rates[2] == pytest.approx([0.0, 0.01, 0.02, 0.03])  # linspace(0, 0.15, 16): the last stage starts at 0
+    assert rates[0] == pytest.approx([0.08, 0.09, 0.10, 0.11])
 
 
 def test_variants_and_nano():

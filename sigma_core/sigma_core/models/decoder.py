@@ -141,10 +141,13 @@ class MambaDecoder(nn.Module):
     def __init__(self, dims: int, num_classes: int, depths: tuple[int, ...] = (4, 4, 4), d_state: int = 4,
                  ssm_ratio: float = 2.0, drop_path_rate: float = 0.1):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        # Stochastic-depth rates spaced as published: over a 4-entry depth list ordered from the shallowest
+        # stage (4th entry unused), so the first decoder stage (the deepest features) gets the highest rates.
+        spaced = [depths[2], depths[1], depths[0], depths[0]]
+        rates = torch.linspace(0, drop_path_rate, sum(spaced), device="cpu").tolist()
         self.layers_up = nn.ModuleList([PatchExpand(8 * dims)])
         for i, depth in enumerate(depths):
-            start = sum(depths[:i])
+            start = sum(spaced[:2 - i])
             self.layers_up.append(DecoderStage(dims * 2 ** (2 - i), depth, d_state, ssm_ratio,
                                                rates[start:start + depth], upsample=i < len(depths) - 1))
         self.norm_up = nn.LayerNorm(dims, eps=LN_EPS)
