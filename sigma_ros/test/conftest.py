@@ -1,2 +1,3 @@
 import os
+
 os.environ.setdefault("ROS_DOMAIN_ID", "0")

