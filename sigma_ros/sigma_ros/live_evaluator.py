@@ -43,7 +43,7 @@ from sigma_msgs.msg import ClassMap, SegmentationStats
 from .image_conversion import image_msg_to_array, image_msg_to_rgb8
 from .mask_rendering import colorize, lookup_palette, overlay
 from .qos import latched_qos
-from .report import FrameSample, ReplaySummary, format_summary, modal_for_display, pick_samples, write_report
+from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, modal_for_display, write_report
 
 NODE_NAME = "replay_evaluator"
 
@@ -102,7 +102,7 @@ class ReplayEvaluator(Node):
         self.rgb_count = self.modal_count = 0
         self.unknown_masks = 0  # masks whose stamp matches no RGB frame seen here
         self._pixels: Optional[np.ndarray] = None
-        self._samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._samples = SampleKeeper(opts.samples)
         self.first_input: Optional[float] = None
         self.last_activity = time.perf_counter()
         self.last_mask: Optional[float] = None
@@ -207,9 +207,10 @@ class ReplayEvaluator(Node):
             rgb_msg = self._rgb_msgs.get(stamp)
             modal_msg = self._modal_msgs.get(self.expected.get(stamp, -1))
             table = self._table
+            index = len(self.mask_stamps) - 1
+            want_sample = self._samples.wants(index)
         if rgb_msg is None or table is None:
             return
-        want_sample = self.opts.samples > 0
         if not want_sample and self.opts.overlay_dir is None:
             return
         rgb = np.ascontiguousarray(image_msg_to_rgb8(rgb_msg))
@@ -222,10 +223,7 @@ class ReplayEvaluator(Node):
             modal = modal_for_display(image_msg_to_array(modal_msg)) if modal_msg is not None \
                 else np.zeros(mask.shape, np.uint8)
             with self._lock:
-                self._samples.append((stamp, rgb, modal, blended))
-                if len(self._samples) > 2 * self.opts.samples:
-                    keep = pick_samples([s[0] for s in self._samples], self.opts.samples)
-                    self._samples = [s for s in self._samples if s[0] in keep]
+                self._samples.add(index, FrameSample(stamp, rgb, modal, blended))
 
     def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if self._cm is None or label.shape != mask.shape:
@@ -286,8 +284,7 @@ class ReplayEvaluator(Node):
             unscored = s.frames - s.frames_scored
             if self.opts.label_topic and unscored:
                 s.notes.append(f"{unscored} masks had no label")
-            s.samples = [FrameSample(*x) for x in sorted(self._samples, key=lambda x: x[0])
-                         if x[0] in pick_samples([y[0] for y in self._samples], self.opts.samples)]
+            s.samples = self._samples.items()
             return s
 
 

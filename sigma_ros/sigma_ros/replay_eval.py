@@ -48,7 +48,14 @@ from . import ros_env  # noqa: F401  (before rclpy, imported below through node_
 
 # isort: split
 from .mask_rendering import colorize, lookup_palette, overlay
-from .report import FrameSample, ReplaySummary, format_summary, modal_for_display, pick_samples, write_report
+from .report import (
+    FrameSample,
+    ReplaySummary,
+    SampleKeeper,
+    format_summary,
+    modal_for_display,
+    write_report,
+)
 
 MASK_TOPIC = "/segmentation/mask"
 COLOR_TOPIC = "/segmentation/color_mask"
@@ -254,7 +261,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     pixels = np.zeros(k, np.int64)
     out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette) \
         if opts.output_bag else None
-    samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    samples = SampleKeeper(opts.samples if out_dir is not None else 0)
 
     def score(stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if label.shape != mask.shape:
@@ -330,10 +337,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                     "inference_ms": inference_ms, "sync_skew_ms": (rgb_stamp - modal_stamp) / 1e6,
                     "frames_processed": frames_processed,
                 })
-            if out_dir is not None and opts.samples > 0:
+            if samples.wants(frames_processed - 1):
                 color = colorize(mask, table) if color is None else color
-                samples.append((rgb_stamp, rgb, modal_for_display(modal), overlay(rgb, color, opts.overlay_alpha)))
-                samples = _thin_samples(samples, opts.samples)
+                samples.add(frames_processed - 1, FrameSample(rgb_stamp, rgb, modal_for_display(modal),
+                                                              overlay(rgb, color, opts.overlay_alpha)))
             if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
                 break
     finally:
@@ -349,7 +356,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         missing = summary.frames - summary.frames_scored
         if missing:
             summary.notes.append(f"{missing} of {summary.frames} segmented frames had no label")
-    summary.samples = [FrameSample(*s) for s in samples]
+    summary.samples = samples.items()
     return result
 
 
@@ -357,14 +364,6 @@ def _forget_old(pending: dict[int, Any], newest: int, horizon_ns: int = 10_000_0
     """Drop entries more than ``horizon_ns`` older than ``newest``: bounded memory on long bags."""
     for s in [s for s in pending if s < newest - horizon_ns]:
         del pending[s]
-
-
-def _thin_samples(samples: list, count: int) -> list:
-    """Keep at most ~2x``count`` samples spread over the run so far (the final pick spreads ``count``)."""
-    if len(samples) <= 2 * count:
-        return samples
-    keep = pick_samples([s[0] for s in samples], count)
-    return [s for s in samples if s[0] in keep]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -327,10 +327,33 @@ def modal_for_display(modal: np.ndarray) -> np.ndarray:
     return (255 * scaled).astype(np.uint8)
 
 
-def pick_samples(stamps: Sequence[int], count: int) -> set[int]:
-    """``count`` stamps spread evenly over ``stamps`` (all if fewer)."""
-    stamps = sorted(stamps)
-    if len(stamps) <= count:
-        return set(stamps)
-    idx = np.linspace(0, len(stamps) - 1, count).round().astype(int)
-    return {stamps[i] for i in idx}
+class SampleKeeper:
+    """Keeps about ``count`` evenly spaced items of a stream of unknown length, in bounded memory.
+
+    Item ``index`` (0, 1, 2, ... in arrival order) is kept while it is a multiple of the stride;
+    the stride doubles whenever more than ``2 * count`` items are kept. Ask :meth:`wants` before
+    preparing an item (e.g. rendering an overlay) to skip the work for items that would be dropped.
+    """
+
+    def __init__(self, count: int):
+        self.count = max(0, int(count))
+        self.stride = 1
+        self._items: dict[int, Any] = {}
+
+    def wants(self, index: int) -> bool:
+        return self.count > 0 and index % self.stride == 0
+
+    def add(self, index: int, item: Any) -> None:
+        if not self.wants(index):
+            return
+        self._items[index] = item
+        while len(self._items) > 2 * self.count:
+            self.stride *= 2
+            self._items = {i: v for i, v in self._items.items() if i % self.stride == 0}
+
+    def items(self) -> list:
+        """At most ``count`` kept items, spread evenly, in arrival order."""
+        keys = sorted(self._items)
+        if len(keys) > self.count:
+            keys = [keys[i] for i in np.linspace(0, len(keys) - 1, self.count).round().astype(int)]
+        return [self._items[k] for k in keys]

@@ -1,0 +1,62 @@
+"""report: percentiles, evenly spread frame samples in bounded memory, and pages without labels or samples."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sigma_core.engine.metrics import compute_metrics
+from sigma_ros.report import ReplaySummary, SampleKeeper, format_summary, modal_for_display, percentiles, write_report
+
+
+def test_percentiles_and_empty():
+    p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert p["count"] == 5 and p["p50"] == 3.0 and p["max"] == 100.0 and p["mean"] == pytest.approx(22.0)
+    assert percentiles([-5.0, 1.0], absolute=True)["max"] == 5.0
+    assert percentiles([]) == {"count": 0, "mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+
+
+@pytest.mark.parametrize("total", [3, 6, 7, 50, 1000])
+def test_sample_keeper_spreads_evenly_in_bounded_memory(total):
+    keeper = SampleKeeper(6)
+    peak = 0
+    for i in range(total):
+        if keeper.wants(i):
+            keeper.add(i, i)
+        peak = max(peak, len(keeper._items))
+    kept = keeper.items()
+    assert peak <= 12
+    assert len(kept) == min(6, total) and kept == sorted(kept) and kept[0] == 0
+    if total >= 50:
+        gaps = np.diff(kept)
+        assert kept[-1] >= total * 0.6 and gaps.max() <= 2.5 * gaps.min()  # spread over the run, not bunched
+
+
+def test_modal_for_display_stretches_any_dtype():
+    raw = np.array([[29000, 30000], [31000, 29000]], np.uint16)
+    shown = modal_for_display(raw)
+    assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
+    depth = np.array([[np.nan, 1.0], [2.0, 3.0]], np.float32)
+    assert modal_for_display(depth)[0, 0] == 0 and modal_for_display(depth)[1, 1] == 255
+
+
+def test_report_without_labels_or_samples(tmp_path):
+    s = ReplaySummary(mode="offline", source={"bag": "b"}, rgb_messages=30, modal_messages=9, expected_pairs=9,
+                      frames=9, unpaired_rgb=21, wall_seconds=3.0, inference_ms=[10.0] * 9, sync_skew_ms=[-2.0] * 9,
+                      class_pixels={"road": 30, "car": 10})
+    paths = write_report(s, tmp_path)
+    assert "class_iou" not in paths and "frames" not in paths and paths["latency"].is_file()
+    assert "No labels" in paths["markdown"].read_text()
+    text = format_summary(s)
+    assert "n/a (no labels)" in text and "3.00 FPS" in text and "75.0%" in text  # road's share of pixels
+    assert json.loads(paths["json"].read_text())["metrics"] is None
+
+
+def test_summary_with_metrics_lists_every_class():
+    cm = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])
+    s = ReplaySummary(mode="live", frames=2, frames_scored=2, metrics=compute_metrics(cm, ["road", "car", "sky"]),
+                      latency_ms=[50.0, 70.0], latency_t=[0.0, 0.1])
+    text = format_summary(s)
+    assert "latency" in text and "p50 60.0 ms" in text
+    assert "road" in text and "car" in text and "sky" in text and "n/a" in text  # sky: no truth, no prediction
+    assert f"mIoU {100 * s.metrics.miou:.1f}%" in text
