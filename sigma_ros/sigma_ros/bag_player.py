@@ -186,6 +186,18 @@ class BagPlayer:
             # Sleep most of the way, then yield in short steps: time.sleep overshoots by ~0.1-1 ms.
             time.sleep(remaining - 0.0005 if remaining > 0.002 else 0.0001)
 
+    def _ros1_converters(self) -> dict[str, Any]:
+        """topic -> function from ROS 1 bytes to ROS 2 CDR bytes (headers lose ``seq``, field names follow ROS 2)."""
+        from rosbags.convert.converter import generate_message_converter
+        from rosbags.typesys import Stores, get_typestore
+
+        ros2, cache = get_typestore(Stores.ROS2_KILTED), {}
+        return {
+            c.topic: generate_message_converter(self._reader.typestore, ros2, c.msgtype, c.msgtype, cache,
+                                                src_is2=False, dst_is2=True)
+            for c in self._connections
+        }
+
     def play(self, should_stop=lambda: False) -> PlaybackStats:
         """Play once (or until ``should_stop()`` with ``loop``); returns the statistics."""
         reader, stats, context = self._reader, self.stats, self.node.context
@@ -195,7 +207,7 @@ class BagPlayer:
                 f"start offset {self.start_offset:.3f} s is past the end of {self.bag} "
                 f"({(reader.end_time - reader.start_time) / 1e9:.3f} s long)"
             )
-        convert = None if reader.is2 else reader.typestore.ros1_to_cdr  # ROS 1 bags store ROS 1 serialisation
+        convert = None if reader.is2 else self._ros1_converters()
         self._next_clock = 0.0
         wall_begin = time.perf_counter()
         while context.ok() and not should_stop():
@@ -209,7 +221,7 @@ class BagPlayer:
                 self._sleep_until(target, lambda now, f=first, w=loop_wall0: f + int((now - w) * self.rate * 1e9))
                 if should_stop() or not context.ok():
                     break
-                data = bytes(raw) if convert is None else convert(bytes(raw), conn.msgtype)
+                data = bytes(raw) if convert is None else bytes(convert[conn.topic](raw))
                 if self._clock_pub is not None:
                     self._publish_clock(t_ns)
                 self._publishers[conn.topic].publish(data)
