@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
@@ -31,12 +32,14 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     out = tmp_path / "demo_output"
     bundled = bundled_model()
     # The bundled model is what `make demo` runs; before it exists, a tiny model exercises the same pipeline.
-    model_args = [] if bundled else ["--checkpoint", str(tiny_checkpoint(tmp_path / "tiny.pt"))]
+    # The bundled model runs at the size it was trained for (the demo's default); the tiny one on smaller images.
+    model_args = [] if bundled else ["--checkpoint", str(tiny_checkpoint(tmp_path / "tiny.pt")),
+                                     "--size", str(SIZE[0]), str(SIZE[1])]
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)  # the demo must pick the shipped profile itself
     done = subprocess.run(
         [sys.executable, "-m", "sigma_ros.demo", "--seconds", "2", "--output", str(out), "--device", "cpu",
-         "--size", str(SIZE[0]), str(SIZE[1]), *model_args],
+         *model_args],
         env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
@@ -58,8 +61,11 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert f"mIoU {100 * metrics['miou']:.1f}%" in text
     names = [c["class"] for c in metrics["per_class"]]
     assert all(re.search(rf"^    {re.escape(n)} ", text, re.M) for n in names), "per-class lines"
-    if bundled:
-        assert metrics["miou"] > 0.3, "the bundled model must segment the synthetic world far above chance"
+    if bundled:  # it must segment the synthetic world far above content-blind chance
+        from sigma_core.engine.metrics import chance_miou
+
+        chance = chance_miou(np.array([c["pixels"] for c in metrics["per_class"]]))
+        assert metrics["miou"] > max(0.25, 2 * chance["uniform"], 2 * chance["majority"]), (metrics["miou"], chance)
 
     # The report and the overlay frames are where the demo says.
     report = re.search(r"Report: (\S+report\.md)", text)
