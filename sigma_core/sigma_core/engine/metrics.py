@@ -123,3 +123,20 @@ def compute_metrics(confusion: np.ndarray, class_names: Optional[Sequence[str]] 
         class_names=names,
         confusion=cm,
     )
+
+
+def chance_miou(pixels_per_class: np.ndarray) -> dict[str, float]:
+    """mIoU of two content-blind predictors on a set with these ground-truth pixel counts (K,).
+
+    "uniform": each pixel gets a uniformly random class (expected IoU_k =
+    (p_k/K) / (1/K + p_k - p_k/K)); "majority": every pixel gets the most frequent class.
+    Classes absent from the ground truth are left out, as in compute_metrics (the
+    uniform predictor still hits them, so they would count as IoU 0; leaving them out
+    favours chance, which is the conservative side for a "beats chance" check).
+    """
+    counts = np.asarray(pixels_per_class, dtype=np.float64)
+    present = counts > 0
+    k = counts.size
+    p = counts / counts.sum()
+    uniform = (p / k) / (1.0 / k + p - p / k)
+    return {"uniform": float(uniform[present].mean()), "majority": float(p.max() / present.sum())}

@@ -413,7 +413,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             iteration += 1
             if ctx.is_main:
                 if iteration % cfg.train.log_every == 0 or iteration == 1:
-                    iter_log.write({"epoch": epoch + 1, "iteration": iteration, "loss": f"{value:.6f}",
+                    iter_log.write({"epoch": epoch + 1, "iteration": iteration, "loss": repr(value),
                                     "lr": f"{lr:.4e}"})
                     if writer is not None:
                         writer.add_scalar("train/loss", value, iteration)

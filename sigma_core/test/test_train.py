@@ -1,0 +1,163 @@
+"""Training: config/overrides, schedule, loss goes down, beats chance, exact kill-and-resume, torchrun (gloo, CPU)."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from sigma_core.checkpoints import load_checkpoint
+from sigma_core.data.synthetic import CLASSES, write_dataset
+from sigma_core.engine.config import TrainConfig, apply_overrides, list_presets, parse_value
+from sigma_core.engine.metrics import chance_miou
+from sigma_core.engine.schedule import WarmupPolySchedule
+from sigma_core.engine.train import list_checkpoints, state_path_for, train
+
+TINY = ["model.variant=null", "model.depths=[1,1,1,1]", "model.dims=32", "model.decoder_depths=[1,1,1]",
+        "model.drop_path_rate=0.1", "data.crop_size=[32,48]", "data.scales=[0.75,1.0,1.25]", "data.batch_size=4",
+        "data.num_workers=0", "optim.lr=2e-3", "train.device=cpu", "train.threads=1", "train.progress=false",
+        "train.tensorboard=false", "train.log_every=1", "train.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """64 synthetic RGB-thermal scenes, 32x48: 48 for training, 16 held out."""
+    return write_dataset(tmp_path_factory.mktemp("synth"), n=64, seed=3, size=(32, 48))
+
+
+def tiny_config(root, out, *extra):
+    return TrainConfig.load(None, [*TINY, f"data.root={root}", f"train.out_dir={out}", *extra])
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_defaults_are_the_published_recipe_and_overrides_parse():
+    cfg = TrainConfig.load()
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size) == (6e-5, 0.01, 8)
+    assert (cfg.schedule.epochs, cfg.schedule.warmup_epochs, cfg.schedule.power) == (500, 10, 0.9)
+    assert cfg.data.scales == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert parse_value("6e-5") == 6e-5 and parse_value("[1, 2]") == [1, 2] and parse_value("null") is None
+    assert apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "data.root=x"]) == {
+        "optim": {"lr": 3e-4}, "data": {"root": "x"}}
+    cfg = TrainConfig.load("mfnet", ["data.batch_size=2", "eval.flip=true"])
+    assert (cfg.data.preset, cfg.data.batch_size, cfg.eval.flip, cfg.model.variant) == ("mfnet", 2, True, "tiny")
+    assert set(list_presets()) >= {"mfnet", "pst900", "nyudv2", "sunrgbd", "custom", "synthetic_demo"}
+    for preset in list_presets():
+        TrainConfig.load(preset)
+    assert TrainConfig.load("nyudv2").eval.scales == [0.75, 1.0, 1.25]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "optim.lrr"),
+    ("optimizer.lr=1", "unknown section"),
+    ("data.batch_size=many", "data.batch_size must be an integer"),
+    ("eval.mode=tiled", "eval.mode"),
+    ("lr=1", "section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.load(None, [override])
+
+
+def test_warmup_then_poly_schedule():
+    s = WarmupPolySchedule(1.0, total_iters=110, warmup_iters=10, power=0.9, warmup_start=0.0)
+    assert s.lr_at(0) == 0.0 and s.lr_at(5) == pytest.approx(0.5) and s.lr_at(10) == 1.0
+    assert s.lr_at(60) == pytest.approx(0.5 ** 0.9)
+    assert s.lr_at(109) == pytest.approx((1 / 100) ** 0.9)
+    lrs = [s.lr_at(i) for i in range(10, 110)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path / "run", "schedule.epochs=5", "schedule.warmup_epochs=1", "train.eval_every=2",
+                      "data.limit=32", "train.tensorboard=true")
+    result = train(cfg)
+    losses = result.losses
+    assert len(losses) == 5 * 8
+    assert sum(losses[-8:]) / 8 < 0.75 * sum(losses[:8]) / 8
+    final = result.evaluations[5]  # on the 16 held-out scenes
+    chance = chance_miou(final.pixels_per_class)
+    assert final.miou > max(chance.values()) + 0.05, (final.miou, chance)
+    assert final.class_names == list(CLASSES)
+    # files: resumable checkpoints (last K), best by mIoU in our format, CSV and TensorBoard logs
+    assert [e for e, _ in list_checkpoints(tmp_path / "run")] == [3, 4, 5]
+    model, meta = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert meta.class_names == list(CLASSES) and meta.modality == "thermal"
+    assert meta.extra["training"]["miou"] == pytest.approx(result.best_miou)
+    assert result.best_miou == max(m.miou for m in result.evaluations.values())
+    rows = read_csv(tmp_path / "run" / "epochs.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 6)) and rows[1]["miou"] and not rows[2]["miou"]
+    assert [float(r["loss"]) for r in read_csv(tmp_path / "run" / "train_log.csv")] == losses
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def sigma_train(*args):
+    return subprocess.Popen([sys.executable, "-m", "sigma_core.cli.train", *TINY, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(synth, tmp_path):
+    common = [f"data.root={synth}", "schedule.epochs=6", "schedule.warmup_epochs=1", "train.eval_every=0",
+              "data.limit=12", "train.keep_last=10"]
+    straight_dir, run = tmp_path / "straight", tmp_path / "killed"
+    straight = sigma_train(*common, f"train.out_dir={straight_dir}")
+    # The same run in another process, killed (SIGKILL: no clean-up) once epoch 2 is checkpointed.
+    killed = sigma_train(*common, f"train.out_dir={run}")
+    deadline = time.monotonic() + 120
+    while not (run / "epoch_0002.pt").exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert (run / "epoch_0002.pt").exists(), killed.stderr.read()
+    for epoch in range(3, 7):  # if it got further than epoch 2, forget that
+        (run / f"epoch_{epoch:04d}.pt").unlink(missing_ok=True)
+        state_path_for(run / f"epoch_{epoch:04d}.pt").unlink(missing_ok=True)
+    assert straight.wait(timeout=180) == 0, straight.stderr.read()
+
+    resumed = sigma_train(*common, f"train.out_dir={run}", "--resume", "auto")  # finds epoch_0002.pt
+    assert resumed.wait(timeout=180) == 0, resumed.stderr.read()
+    # every loss equal to the last bit (the log keeps the float's repr), the log continuing without the
+    # killed run's later rows; final weights identical
+    assert read_csv(run / "train_log.csv") == read_csv(straight_dir / "train_log.csv")
+    assert len(read_csv(run / "train_log.csv")) == 6 * 3
+    a = load_checkpoint(straight_dir / "epoch_0006.pt")[0].state_dict()
+    b = load_checkpoint(run / "epoch_0006.pt")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(state_path_for(run / "epoch_0006.pt"), weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (6, 18)
+    # a finished run resumes to nothing more
+    again = train(tiny_config(synth, run, *common[1:], "train.resume=auto"))
+    assert again.epochs_run == []
+
+
+def test_torchrun_two_processes_gloo(synth, tmp_path):
+    run = tmp_path / "ddp"
+    args = [*TINY, f"data.root={synth}", f"train.out_dir={run}", "schedule.epochs=1", "schedule.warmup_epochs=0",
+            "train.eval_every=1", "data.limit=16", "eval.limit=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", "-m", "sigma_core.cli.train", *args],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: 1 epochs") == 1, proc.stdout  # rank 0 reports
+    model, meta = load_checkpoint(run / "epoch_0001.pt")
+    assert meta.class_names == list(CLASSES) and meta.config.dims == 32
+    assert not any(k.startswith("module.") for k in model.state_dict())
+    state = torch.load(state_path_for(run / "epoch_0001.pt"), weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["iteration"] == 2  # 16 samples / (2 processes x batch 4)
+    assert (run / "best.pt").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", "optim.lr=oops"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "optim.lr must be a number" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={tmp_path / 'none'}",
+                              f"train.out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "none" in missing.stderr
