@@ -56,6 +56,7 @@ from .report import (
     modal_for_display,
     write_report,
 )
+from .segmentation_stats import count_classes
 
 MASK_TOPIC = "/segmentation/mask"
 COLOR_TOPIC = "/segmentation/color_mask"
@@ -146,9 +147,12 @@ def register_sigma_msgs(typestore: Any) -> None:
 
 
 class OutputBag:
-    """Writes the node's output topics to a rosbag2 with ``rosbags`` (sigma_msgs registered from its .msg files)."""
+    """Writes the node's output topics to a rosbag2: messages built by the node's own code (rclpy types,
+    ``segmentation_stats.stats_msg``), serialised by rclpy, stored with ``rosbags`` (sigma_msgs registered
+    from its .msg files so the bag carries their definitions)."""
 
-    def __init__(self, path: Path, storage: str, class_names: Sequence[str], palette: np.ndarray):
+    def __init__(self, path: Path, storage: str, class_names: Sequence[str], palette: np.ndarray, model: str,
+                 modality: str):
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import Stores, get_typestore
 
@@ -157,58 +161,49 @@ class OutputBag:
         plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
         if storage not in plugins:
             raise ValueError(f"output storage must be sqlite3 or mcap, got {storage!r}")
-        self.ts = get_typestore(Stores.ROS2_KILTED)
-        register_sigma_msgs(self.ts)
+        ts = get_typestore(Stores.ROS2_KILTED)
+        register_sigma_msgs(ts)
         self.writer = Writer(path, version=9, storage_plugin=plugins[storage])
         self.writer.open()
-        t = self.ts.types
-        self.Image, self.Header, self.Time = t["sensor_msgs/msg/Image"], t["std_msgs/msg/Header"], t[
-            "builtin_interfaces/msg/Time"]
-        self.Stats, self.ClassStat = t["sigma_msgs/msg/SegmentationStats"], t["sigma_msgs/msg/ClassStat"]
-        self.ClassMap = t["sigma_msgs/msg/ClassMap"]
         img = "sensor_msgs/msg/Image"
         self.conns = {
-            "mask": self.writer.add_connection(MASK_TOPIC, img, typestore=self.ts),
-            "color": self.writer.add_connection(COLOR_TOPIC, img, typestore=self.ts),
-            "stats": self.writer.add_connection(STATS_TOPIC, "sigma_msgs/msg/SegmentationStats", typestore=self.ts),
-            "class_map": self.writer.add_connection(CLASS_MAP_TOPIC, "sigma_msgs/msg/ClassMap", typestore=self.ts),
+            "mask": self.writer.add_connection(MASK_TOPIC, img, typestore=ts),
+            "color": self.writer.add_connection(COLOR_TOPIC, img, typestore=ts),
+            "stats": self.writer.add_connection(STATS_TOPIC, "sigma_msgs/msg/SegmentationStats", typestore=ts),
+            "class_map": self.writer.add_connection(CLASS_MAP_TOPIC, "sigma_msgs/msg/ClassMap", typestore=ts),
         }
-        self.class_names = list(class_names)
+        self.class_names, self.model, self.modality = list(class_names), model, modality
         self.palette = np.asarray(palette, np.uint8).reshape(-1, 3)
-        self._class_map_written = False
-
-    def _header(self, stamp: int, frame_id: str) -> Any:
-        sec, nsec = divmod(int(stamp), 1_000_000_000)
-        return self.Header(self.Time(sec, nsec), frame_id)
-
-    def _image(self, header: Any, arr: np.ndarray, encoding: str) -> Any:
-        from sigma_core.data.image_encoding import array_to_image_fields
-
-        h, w, step, data = array_to_image_fields(arr, encoding)
-        return self.Image(header, h, w, encoding, 0, step, data)
+        self.frames = 0
 
     def write(self, log_ns: int, stamp: int, frame_id: str, mask: np.ndarray, color: np.ndarray,
-              stats: dict[str, Any]) -> None:
-        """One frame's outputs at log time ``log_ns`` (the RGB message's), stamped like the RGB image."""
-        ser = self.ts.serialize_cdr
-        header = self._header(stamp, frame_id)
-        if not self._class_map_written:
-            cm = self.ClassMap(header, np.arange(len(self.class_names), dtype=np.uint16), self.class_names,
-                               self.palette.reshape(-1).copy(), 255)
-            self.writer.write(self.conns["class_map"], log_ns, ser(cm, cm.__msgtype__))
-            self._class_map_written = True
-        for key, arr, enc in (("mask", mask, "mono8"), ("color", color, "rgb8")):
-            msg = self._image(header, arr, enc)
-            self.writer.write(self.conns[key], log_ns, ser(msg, msg.__msgtype__))
-        valid = stats["valid_pixels"]
-        classes = [
-            self.ClassStat(i, n, int(stats["counts"][i]), float(stats["counts"][i] / valid) if valid else 0.0,
-                           float(stats["mean_confidence"][i]))
-            for i, n in enumerate(self.class_names)
-        ]
-        msg = self.Stats(header, stats["model"], stats["modality"], classes, valid, mask.shape[1], mask.shape[0],
-                         stats["inference_ms"], 0.0, stats["sync_skew_ms"], stats["frames_processed"], 0)
-        self.writer.write(self.conns["stats"], log_ns, ser(msg, msg.__msgtype__))
+              counts: Any, inference_ms: float, sync_skew_ms: float) -> None:
+        """One frame's outputs at log time ``log_ns`` (the RGB message's), stamped like the RGB image.
+
+        counts: ``segmentation_stats.count_classes`` of the mask. latency_ms is 0 (no live clock offline).
+        """
+        from builtin_interfaces.msg import Time
+        from rclpy.serialization import serialize_message
+        from std_msgs.msg import Header
+
+        from sigma_msgs.msg import ClassMap
+
+        from .image_conversion import array_to_image_msg
+        from .segmentation_stats import stats_msg
+
+        sec, nsec = divmod(int(stamp), 1_000_000_000)
+        header = Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id)
+        if self.frames == 0:
+            cmap = ClassMap(header=header, ids=list(range(len(self.class_names))), names=self.class_names,
+                            colors=self.palette.reshape(-1).tolist())
+            self.writer.write(self.conns["class_map"], log_ns, serialize_message(cmap))
+        self.frames += 1
+        self.writer.write(self.conns["mask"], log_ns, serialize_message(array_to_image_msg(mask, "mono8", header)))
+        self.writer.write(self.conns["color"], log_ns, serialize_message(array_to_image_msg(color, "rgb8", header)))
+        stats = stats_msg(header, counts, self.class_names, model=self.model, modality=self.modality,
+                          width=mask.shape[1], height=mask.shape[0], inference_ms=inference_ms, latency_ms=0.0,
+                          sync_skew_ms=sync_skew_ms, frames_processed=self.frames, frames_dropped=0)
+        self.writer.write(self.conns["stats"], log_ns, serialize_message(stats))
 
     def close(self) -> None:
         self.writer.close()
@@ -259,8 +254,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     labels: dict[int, np.ndarray] = {}  # label-topic images waiting for their mask, by stamp
     waiting: dict[int, np.ndarray] = {}  # masks waiting for their label-topic image, by stamp
     pixels = np.zeros(k, np.int64)
-    out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette) \
-        if opts.output_bag else None
+    out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette,
+                        segmenter.model_name, segmenter.scaling.modality) if opts.output_bag else None
     samples = SampleKeeper(opts.samples if out_dir is not None else 0)
 
     def score(stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
@@ -311,8 +306,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             summary.inference_ms.append(inference_ms)
             summary.sync_skew_ms.append((rgb_stamp - modal_stamp) / 1e6)
             result.modal_stamp[rgb_stamp] = modal_stamp
-            counts = np.bincount(mask.reshape(-1), minlength=256)[:k]
-            pixels += counts
+            counts = count_classes(mask, np.asarray(confidence, np.float32), k)
+            pixels += counts.pixel_count
             if opts.keep_masks:
                 result.masks[rgb_stamp] = mask
             if opts.label_dir is not None:
@@ -328,15 +323,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             color = None
             if out_bag is not None:
                 color = colorize(mask, table)
-                conf_sum = np.bincount(mask.reshape(-1), weights=np.asarray(confidence, np.float64).reshape(-1),
-                                       minlength=256)[:k]
-                out_bag.write(rgb_log, rgb_stamp, rgb_msg.header.frame_id, mask, color, {
-                    "counts": counts, "valid_pixels": int(counts.sum()),
-                    "mean_confidence": np.divide(conf_sum, counts, out=np.zeros(k), where=counts > 0),
-                    "model": segmenter.model_name, "modality": segmenter.scaling.modality,
-                    "inference_ms": inference_ms, "sync_skew_ms": (rgb_stamp - modal_stamp) / 1e6,
-                    "frames_processed": frames_processed,
-                })
+                out_bag.write(rgb_log, rgb_stamp, rgb_msg.header.frame_id, mask, color, counts, inference_ms,
+                              (rgb_stamp - modal_stamp) / 1e6)
             if samples.wants(frames_processed - 1):
                 color = colorize(mask, table) if color is None else color
                 samples.add(frames_processed - 1, FrameSample(rgb_stamp, rgb, modal_for_display(modal),

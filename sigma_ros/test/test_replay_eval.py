@@ -110,8 +110,16 @@ def test_output_bag_holds_the_node_topics(world, replayed):
     assert set(masks) == set(replayed.masks)
     for stamp, mask in masks.items():
         np.testing.assert_array_equal(mask, replayed.masks[stamp])
-    # The stats are real sigma_msgs CDR: rclpy reads them.
+    # The stats are real sigma_msgs CDR: rclpy reads them, and so does a reader that only has the bag's definitions.
     stats = [deserialize_message(bytes(raw), SegmentationStats) for raw in by_topic["/segmentation/stats"]]
+    from rosbags.typesys import Stores, get_typestore
+    from sigma_ros.replay_eval import register_sigma_msgs
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    register_sigma_msgs(store)
+    generic = store.deserialize_cdr(by_topic["/segmentation/stats"][0], "sigma_msgs/msg/SegmentationStats")
+    assert generic.valid_pixels == stats[0].valid_pixels and [c.name for c in generic.classes][:2] == [
+        c.name for c in stats[0].classes][:2]
     assert len(stats) == len(masks) and len(by_topic["/segmentation/class_map"]) == 1
     for st in stats:
         assert sum(c.pixel_count for c in st.classes) == st.valid_pixels == 64 * 96
