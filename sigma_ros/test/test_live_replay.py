@@ -5,6 +5,7 @@ not dropped equals the offline replay's on the same frames; drops and pairs add 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,8 +62,17 @@ def live(tmp_path_factory):
 
     thread = threading.Thread(target=spin, daemon=True)
     thread.start()
+    # The replay_evaluator command as well (what the launch file runs), measuring the same replay.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "sigma_ros.live_evaluator", "--rgb-topic", record.rgb_topic, "--modal-topic",
+         record.modal_topic, "--label-topic", record.label_topic, "--out", str(root / "cli_report"),
+         "--idle-timeout", "2", "--duration", "120", "--no-html"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert evaluator.class_map_event.wait(90), (root / "node.log").read_text()[-3000:]
+        deadline = time.monotonic() + 30  # both evaluators subscribed to the masks before the replay starts
+        while evaluator.count_subscribers("/segmentation/mask") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         player = subprocess.run(
             [sys.executable, "-m", "sigma_ros.bag_player", str(record.path), "--wait-for-subscribers",
              "--wait-for-publisher", "/segmentation/class_map",
@@ -73,7 +83,10 @@ def live(tmp_path_factory):
         while time.monotonic() < deadline and not evaluator.all_answered() and evaluator.idle_for() < 2.0:
             time.sleep(0.1)
         summary = evaluator.summary()
-        result = {"record": record, "ckpt": ckpt, "summary": summary, "masks": dict(evaluator.masks),
+        cli_out, _ = cli.communicate(timeout=30)
+        result = {"cli_rc": cli.returncode, "cli_out": cli_out,
+                  "cli_summary": json.loads((root / "cli_report" / "summary.json").read_text()),
+                  "record": record, "ckpt": ckpt, "summary": summary, "masks": dict(evaluator.masks),
                   "confusion": dict(evaluator.confusion), "node_skew_ms": dict(evaluator.node_skew_ms),
                   "expected": dict(evaluator.expected), "unknown": evaluator.unknown_masks, "root": root}
     finally:
@@ -86,6 +99,9 @@ def live(tmp_path_factory):
             node.kill()
             node_rc = None
         node_log.close()
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=5)
         evaluator.destroy_node()
         rclpy.try_shutdown(context=context)
     result["node_rc"] = node_rc
@@ -139,6 +155,15 @@ def test_live_accuracy_equals_offline_on_the_frames_not_dropped(live, offline):
     if len(same_pair) == s.frames:
         live_miou, offline_miou = s.metrics.miou, compute_metrics(offline_cm).miou
         assert live_miou == pytest.approx(offline_miou, abs=1e-12)
+
+
+def test_replay_evaluator_command_measures_the_same_replay(live):
+    s, cli = live["summary"], live["cli_summary"]
+    assert live["cli_rc"] == 0, live["cli_out"]
+    assert "Sigma live replay summary" in live["cli_out"] and "report:" in live["cli_out"]
+    assert cli["rgb_messages"] == s.rgb_messages and cli["modal_messages"] == s.modal_messages
+    assert cli["frames"] == s.frames and cli["frames_scored"] == s.frames_scored
+    assert cli["metrics"]["miou"] == pytest.approx(s.metrics.miou, abs=1e-12)
 
 
 def test_overlays_written_for_every_mask(live):
