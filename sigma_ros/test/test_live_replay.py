@@ -110,7 +110,11 @@ def live(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline(live):
+    import torch
+
     from sigma_core import Segmenter
+
+    torch.set_num_threads(1)  # as the node process (OMP_NUM_THREADS=1): the same arithmetic, the same masks
 
     rec = live["record"]
     seg = Segmenter.from_checkpoint(str(live["ckpt"]), device="cpu", precision="fp32")
