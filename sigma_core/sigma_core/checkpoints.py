@@ -14,7 +14,6 @@ import colorsys
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -25,6 +24,7 @@ from torch import nn
 from .config import SigmaConfig
 from .data.modality import ModalityScaling
 from .data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from .files import atomic_torch_save
 
 FORMAT = "sigma_core.checkpoint"
 FORMAT_VERSION = 1
@@ -323,18 +323,7 @@ def save_checkpoint(
         "input_size": list(meta.input_size) if meta.input_size is not None else None,
         "extra": meta.extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def read_meta(obj: Mapping[str, Any], source: str = "<checkpoint>") -> CheckpointMeta:

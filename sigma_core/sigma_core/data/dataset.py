@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..files import atomic_write_text
 from .modality import ModalityScaling
 from .transforms import IGNORE_INDEX, to_network
 
@@ -137,11 +138,8 @@ class DatasetSpec:
         return d
 
     def write_yaml(self, root: str | os.PathLike) -> Path:
-        path = Path(root) / DATASET_YAML
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
-        os.replace(tmp, path)
-        return path
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        return atomic_write_text(Path(root) / DATASET_YAML, text)
 
 
 _BENCH_SCALING = ModalityScaling("thermal")  # 8-bit images over 0..255, as the published loader reads them

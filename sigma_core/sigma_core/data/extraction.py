@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from ..files import atomic_write_bytes
 from .bags import IMAGE_TYPES, BagError, bag_topics, describe_topics, message_to_array, open_bag, stamp_ns
 from .dataset import DatasetSpec
 from .image_encoding import to_rgb8
@@ -188,13 +189,6 @@ def split_by_time(pairs: list[FramePair], test_fraction: float, blocks: int, gap
         if near >= gap:
             kept.append(p)
     return kept, test, len(train) - len(kept)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _encode(ext: str, img: np.ndarray, what: str) -> bytes:
@@ -378,7 +372,7 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
             data = _encode(".png", arr, path.name)
         else:
             data = _encode(modal_ext, _modal_for_file(arr, enc), path.name)
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         result.written += 1
         bar.update(1)
         if not any(jobs.values()):
@@ -399,7 +393,7 @@ def _modal_for_file(arr: np.ndarray, enc: str) -> np.ndarray:
 
 def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str, result: ExtractResult) -> None:
     def write_text(path: Path, text: str) -> None:
-        _atomic_write(path, text.encode())
+        atomic_write_bytes(path, text.encode())
 
     write_text(out / "train.txt", "".join(f"{p.name}\n" for p in result.train))
     write_text(out / "test.txt", "".join(f"{p.name}\n" for p in result.test))

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import yaml
 
+from ..files import atomic_write_bytes
 from .modality import ModalityScaling
 
 CLASSES = ("background", "road", "building", "vegetation", "person", "vehicle", "mannequin", "cone")
@@ -393,20 +394,13 @@ def world_description(modality: str = "thermal") -> dict:
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_png(path: Path, image: np.ndarray, rgb_order: bool = False) -> None:
     """Lossless PNG (8 or 16 bit), written atomically. ``rgb_order``: image is RGB (PNG files hold BGR for cv2)."""
     img = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb_order else image
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    _atomic_write(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def write_dataset(
