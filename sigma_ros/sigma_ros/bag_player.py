@@ -131,23 +131,25 @@ class BagPlayer:
 
     # --- set-up helpers ---------------------------------------------------------------------------
 
-    def wait_for_subscribers(self, timeout: float, settle: float = 0.5) -> bool:
-        """Wait until every played topic has a subscriber (bounded by ``timeout`` s); True if they all do.
+    def wait_for_subscribers(self, timeout: float, settle: float = 1.0) -> bool:
+        """Wait until every played topic has a subscriber and has matched every subscription the graph knows
+        of (bounded by ``timeout`` s), then ``settle`` s more; True if they all matched.
 
-        A publisher that counts a subscriber has discovered it, but the subscriber may not yet
-        have matched this writer, so wait ``settle`` s more before the first message.
+        A subscriber that this publisher counts may not yet have matched the publisher in turn, and a
+        volatile subscription misses what is sent before that: hence the settle time.
         """
         deadline = time.monotonic() + timeout
+
+        def waiting() -> list[str]:
+            return [t for t, p in self._publishers.items()
+                    if p.get_subscription_count() < max(1, self.node.count_subscribers(p.topic_name))]
+
         while time.monotonic() < deadline:
-            lonely = [t for t, p in self._publishers.items() if p.get_subscription_count() < 1]
-            if not lonely:
+            if not waiting():
                 time.sleep(settle)
                 return True
             time.sleep(0.05)
-        self.node.get_logger().warning(
-            f"no subscriber after {timeout:.1f} s on: "
-            + ", ".join(t for t, p in self._publishers.items() if p.get_subscription_count() < 1)
-        )
+        self.node.get_logger().warning(f"subscribers not matched after {timeout:.1f} s on: {', '.join(waiting())}")
         return False
 
     def wait_for_publishers(self, topics: Sequence[str], timeout: float) -> bool:
