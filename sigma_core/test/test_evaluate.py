@@ -123,3 +123,42 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
                               "eval.moed=sliding"], capture_output=True, text=True, timeout=60)
     assert bad_key.returncode != 0
     assert "eval.moed" in bad_key.stderr and bad_key.stderr.strip().count("\n") == 0
+
+
+def test_sigma_evaluate_on_a_dataset_ours_and_published_format(tmp_path, capsys):
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.cli.evaluate import main
+    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING, write_dataset
+
+    root = write_dataset(tmp_path / "synth", n=8, seed=5, size=(32, 48), test_fraction=0.5)
+    torch.manual_seed(0)
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(CLASSES)})
+    model = build_sigma(cfg)
+    ours = save_checkpoint(tmp_path / "ours.pt", model, cfg, class_names=CLASSES, palette=PALETTE,
+                           modality="thermal", scaling=THERMAL_SCALING)
+    assert main([str(ours), "--data-root", str(root), "--out", str(tmp_path / "r1"), "--save-predictions",
+                 "--device", "cpu", "data.num_workers=0"]) == 0
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert report["images"] == 4 and report["dataset"]["split"] == "test"
+    assert [c["class"] for c in report["metrics"]["per_class"]] == list(CLASSES)
+    assert "published" not in report
+    for name in ("report.md", "confusion_matrix.png", "class_iou.png"):
+        assert (tmp_path / "r1" / name).is_file()
+    predictions = sorted(p.stem for p in (tmp_path / "r1" / "predictions").glob("*.png"))
+    assert predictions == sorted((root / "test.txt").read_text().split())
+    assert "mIoU" in capsys.readouterr().out
+
+    # the same weights as a published-style checkpoint (state dict under "model", DDP prefix): same numbers
+    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "published.pth")
+    assert main([str(tmp_path / "published.pth"), "--data-root", str(root), "--out", str(tmp_path / "r2"),
+                 "--device", "cpu", "data.num_workers=0", "model.variant=null", "model.depths=[1,1,1,1]",
+                 "model.dims=32", "model.decoder_depths=[1,1,1]"]) == 0
+    again = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert again["metrics"] == report["metrics"]
+
+    # blanking the thermal input changes the predictions
+    assert main([str(ours), "--data-root", str(root), "--out", str(tmp_path / "r3"), "--blank-modality",
+                 "--device", "cpu", "data.num_workers=0"]) == 0
+    blank = json.loads((tmp_path / "r3" / "report.json").read_text())
+    assert blank["settings"]["blank_modality"] and blank["metrics"]["confusion_matrix"] != report["metrics"][
+        "confusion_matrix"]

@@ -28,7 +28,7 @@ from .evaluate import EvalSettings, evaluate_dataset
 from .metrics import SegmentationMetrics, chance_miou
 from .reports import metrics_table, per_class_table, plot_class_iou, write_json
 
-MODEL_FILE = "sigma_nano_synthetic.pt"
+MODEL_FILE = "sigma_nano_synthetic.pt"  # names shared with sigma_core.assets
 REPORT_JSON = "sigma_nano_synthetic_report.json"
 REPORT_MD = "sigma_nano_synthetic_report.md"
 # The training/held-out world (write_dataset arguments) and a small independent check set for the tests.
@@ -92,7 +92,7 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
                       "report": REPORT_JSON, "train_config": config_text}}
     save_checkpoint(target, model, meta.config, class_names=meta.class_names, modality=meta.modality,
                     palette=meta.palette, normalization=meta.normalization, scaling=meta.scaling, extra=extra,
-                    half=True)
+                    input_size=tuple(DEMO_DATA["size"]), half=True)  # run at the scale it was trained for
     # Evaluate exactly what ships: the half-precision file, loaded back as float32.
     model, meta = load_checkpoint(target)
     names = meta.class_names
@@ -151,6 +151,10 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
         f"blanked (all zeros): fusion adds {100 * (night.miou - blank.miou):.1f} points at night. "
         f"Chance level on the test set: uniform random {100 * chance['uniform']:.1f}, majority class "
         f"{100 * chance['majority']:.1f} mIoU.",
+        "",
+        "Blanking the thermal input breaks day scenes as well: the model never saw a missing thermal image in "
+        "training, so this gap measures how much the model relies on thermal, not what an RGB-only model "
+        "would reach.",
         "",
         "Per-class IoU (%):",
         "",

@@ -1,13 +1,14 @@
 """The training loop: the published recipe, exact resume, AMP, DistributedDataParallel via torchrun.
 
-Resume is exact at epoch boundaries: checkpoints hold the model, the optimiser,
-the AMP scaler, the epoch/iteration, the best mIoU so far and every RNG state;
-the data order comes from a DistributedSampler whose state is (seed, epoch), the
-DataLoader workers' seeds from a generator re-seeded from (seed, epoch), and the
-augmentations and drop-path draws in the main process from the restored RNG
-states. So `train` killed after epoch e and resumed from its
-checkpoint produces the same losses as an uninterrupted run (bit-for-bit on CPU
-with ``train.deterministic``).
+Resume is exact at epoch boundaries: an ``epoch_NNNN.pt`` checkpoint (our
+self-describing format, loadable by the node) has an ``epoch_NNNN.state.pt``
+beside it with the optimiser, the AMP scaler, the epoch/iteration, the best
+mIoU so far and every process's RNG states. The data order comes from a
+DistributedSampler whose state is (seed, epoch), the augmentations from RNGs
+the dataset derives from (seed, epoch, index), DataLoader worker seeds from a
+generator re-seeded per epoch, and drop-path draws from the restored torch RNG.
+So a run killed after epoch e and resumed from its checkpoint produces the same
+losses as an uninterrupted run (bit for bit on CPU with ``train.deterministic``).
 
 Under ``torchrun`` (env WORLD_SIZE > 1) each process trains on its shard
 (NCCL on GPUs, gloo on CPU); rank 0 evaluates, logs and writes checkpoints.
