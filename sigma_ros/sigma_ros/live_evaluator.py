@@ -43,7 +43,7 @@ from sigma_msgs.msg import ClassMap, SegmentationStats
 from .image_conversion import image_msg_to_array, image_msg_to_rgb8
 from .mask_rendering import colorize, lookup_palette, overlay
 from .qos import latched_qos
-from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, modal_for_display, write_report
+from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"
 
@@ -220,7 +220,7 @@ class ReplayEvaluator(Node):
         if self.opts.overlay_dir is not None:
             cv2.imwrite(str(Path(self.opts.overlay_dir) / f"{stamp}.png"), cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
         if want_sample:
-            modal = modal_for_display(image_msg_to_array(modal_msg)) if modal_msg is not None \
+            modal = np.array(image_msg_to_array(modal_msg)) if modal_msg is not None \
                 else np.zeros(mask.shape, np.uint8)
             with self._lock:
                 self._samples.add(index, FrameSample(stamp, rgb, modal, blended))

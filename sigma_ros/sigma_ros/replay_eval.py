@@ -53,7 +53,6 @@ from .report import (
     ReplaySummary,
     SampleKeeper,
     format_summary,
-    modal_for_display,
     write_report,
 )
 from .segmentation_stats import count_classes
@@ -327,7 +326,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                               (rgb_stamp - modal_stamp) / 1e6)
             if samples.wants(frames_processed - 1):
                 color = colorize(mask, table) if color is None else color
-                samples.add(frames_processed - 1, FrameSample(rgb_stamp, rgb, modal_for_display(modal),
+                samples.add(frames_processed - 1, FrameSample(rgb_stamp, rgb, np.array(modal),
                                                               overlay(rgb, color, opts.overlay_alpha)))
             if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
                 break

@@ -26,7 +26,8 @@ from sigma_core.engine.reports import metrics_table, per_class_table, plot_class
 
 @dataclass
 class FrameSample:
-    """One frame for the strip: (H, W, 3) uint8 RGB, (H, W) uint8 modality for display, (H, W, 3) uint8 overlay."""
+    """One frame for the strip: (H, W, 3) uint8 RGB, (H, W) raw modality (any dtype; the strip stretches all
+    samples to one shared range), (H, W, 3) uint8 overlay."""
 
     stamp_ns: int
     rgb: np.ndarray
@@ -202,10 +203,12 @@ def plot_frames(samples: Sequence[FrameSample], path: Path) -> Optional[Path]:
     plt = _pyplot()
     n = len(samples)
     h, w = samples[0].rgb.shape[:2]
+    value_range = shared_range([s.modal for s in samples])  # one scale: brightness compares across frames
     col_w = 2.6
     fig, axes = plt.subplots(3, n, figsize=(col_w * n, 3 * col_w * h / w + 0.6), squeeze=False)
     for j, s in enumerate(samples):
-        for i, (img, name) in enumerate(((s.rgb, "RGB"), (s.modal, "modality"), (s.overlay, "overlay"))):
+        modal = modal_for_display(s.modal, value_range)
+        for i, (img, name) in enumerate(((s.rgb, "RGB"), (modal, "modality"), (s.overlay, "overlay"))):
             ax = axes[i][j]
             ax.imshow(img, cmap="inferno" if img.ndim == 2 else None)
             ax.set_xticks([])
@@ -311,20 +314,34 @@ def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = 
     return paths
 
 
-def modal_for_display(modal: np.ndarray) -> np.ndarray:
-    """Any (H, W) modality array (uint8, uint16, float; NaN allowed) -> (H, W) uint8 stretched to its range."""
+def modal_for_display(modal: np.ndarray, value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """Any (H, W) modality array (uint8, uint16, float; NaN allowed) -> (H, W) uint8 for display.
+
+    Values are stretched from ``value_range`` (default: the array's own finite min..max) to 0..255;
+    invalid values (NaN, inf) show as 0.
+    """
     a = np.asarray(modal)
     if a.ndim == 3:
         a = a[..., 0]
-    if a.dtype == np.uint8:
-        return a
     v = a.astype(np.float32)
     finite = np.isfinite(v)
-    if not finite.any():
-        return np.zeros(a.shape, np.uint8)
-    lo, hi = float(v[finite].min()), float(v[finite].max())
+    if value_range is None:
+        if not finite.any():
+            return np.zeros(a.shape, np.uint8)
+        value_range = (float(v[finite].min()), float(v[finite].max()))
+    lo, hi = value_range
     scaled = (np.where(finite, v, lo) - lo) / (hi - lo if hi > lo else 1.0)
-    return (255 * scaled).astype(np.uint8)
+    return (255 * np.clip(scaled, 0.0, 1.0)).astype(np.uint8)
+
+
+def shared_range(arrays: Sequence[np.ndarray]) -> Optional[tuple[float, float]]:
+    """The 1st..99th percentile of the finite values of all ``arrays`` (one display range for a strip)."""
+    values = [np.asarray(a, np.float32)[np.isfinite(np.asarray(a, np.float32))] for a in arrays]
+    values = [v for v in values if v.size]
+    if not values:
+        return None
+    allv = np.concatenate(values)
+    return float(np.percentile(allv, 1)), float(np.percentile(allv, 99))
 
 
 class SampleKeeper:

@@ -6,7 +6,15 @@ import json
 import numpy as np
 import pytest
 from sigma_core.engine.metrics import compute_metrics
-from sigma_ros.report import ReplaySummary, SampleKeeper, format_summary, modal_for_display, percentiles, write_report
+from sigma_ros.report import (
+    ReplaySummary,
+    SampleKeeper,
+    format_summary,
+    modal_for_display,
+    percentiles,
+    shared_range,
+    write_report,
+)
 
 
 def test_percentiles_and_empty():
@@ -38,6 +46,10 @@ def test_modal_for_display_stretches_any_dtype():
     assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
     depth = np.array([[np.nan, 1.0], [2.0, 3.0]], np.float32)
     assert modal_for_display(depth)[0, 0] == 0 and modal_for_display(depth)[1, 1] == 255
+    # A shared range keeps brightness comparable across frames: a cooler frame stays darker.
+    warm, cool = np.full((2, 2), 31000, np.uint16), np.full((2, 2), 29000, np.uint16)
+    rng = shared_range([warm, cool])
+    assert modal_for_display(cool, rng).max() < modal_for_display(warm, rng).min()
 
 
 def test_report_without_labels_or_samples(tmp_path):
