@@ -161,3 +161,20 @@ def test_cli_errors_are_one_line(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={tmp_path / 'none'}",
                               f"train.out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "none" in missing.stderr
+
+
+def test_fine_tuning_init_drops_a_class_head_of_another_size(tmp_path):
+    from sigma_core.engine.train import initialise_from, model_config
+
+    from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+
+    cfg = TrainConfig.load(None, TINY)
+    torch.manual_seed(0)
+    source = build_sigma(model_config(cfg, 5))
+    path = save_checkpoint(tmp_path / "five.pt", source, source.config)
+    target = build_sigma(model_config(cfg, len(CLASSES)))
+    assert isinstance(target.config, SigmaConfig) and target.config.num_classes == len(CLASSES)
+    report = initialise_from(target, str(path))
+    assert "decode_head.output.weight" in report.dropped and not report.missing
+    src, dst = source.state_dict(), target.state_dict()
+    assert all(torch.equal(src[k], dst[k]) for k in src if not k.startswith("decode_head.output"))

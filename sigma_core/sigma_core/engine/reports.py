@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from ..files import atomic_write_text
 from .metrics import SegmentationMetrics
 
 # mIoU (%) of the published Sigma checkpoints, from the "Results" tables of the
@@ -39,15 +39,9 @@ def published_miou(preset: Optional[str], variant: Optional[str]) -> Optional[di
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), NaN-free."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
-    os.replace(tmp, path)
+    """Write JSON atomically (readers never see half a report)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    os.chmod(path, 0o644)  # the temporary file was private; a report is for reading
 
 
 def _pct(v: Optional[float]) -> str:

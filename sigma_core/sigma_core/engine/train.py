@@ -19,7 +19,6 @@ import csv
 import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import SigmaConfig
+from ..files import atomic_torch_save
 from .config import TrainConfig
 from .evaluate import EvalSettings, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
@@ -173,16 +173,8 @@ def prune_checkpoints(out_dir: Path, keep_last: int) -> list[Path]:
 
 
 def write_training_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save atomically (temporary file, then rename); tensors and plain data only (weights_only-loadable)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save atomically; tensors and plain data only (loadable with weights_only=True)."""
+    atomic_torch_save(state, path)
 
 
 class CsvLog:
