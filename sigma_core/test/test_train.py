@@ -179,3 +179,19 @@ def test_fine_tuning_init_drops_a_class_head_of_another_size(tmp_path):
     assert set(report.missing) <= {"decode_head.output.weight"}
     src, dst = source.state_dict(), target.state_dict()
     assert all(torch.equal(src[k], dst[k]) for k in src if not k.startswith("decode_head.output"))
+
+
+def test_modality_dropout_blanks_whole_samples():
+    from sigma_core.engine.evaluate import blank_modality_like
+    from sigma_core.engine.train import drop_modality
+
+    x = torch.randn(64, 3, 4, 5)
+    assert drop_modality(x, 0.0) is x
+    assert torch.equal(drop_modality(x, 1.0), blank_modality_like(x))
+    torch.manual_seed(0)
+    out = drop_modality(x, 0.5)
+    blanked = [torch.equal(o, b) for o, b in zip(out, blank_modality_like(x))]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(b != k for b, k in zip(blanked, kept)) and 16 < sum(blanked) < 48
+    with pytest.raises(ValueError, match="data.modality_dropout"):
+        TrainConfig.load(None, ["data.modality_dropout=1.5"])

@@ -46,6 +46,8 @@ class DataSection:
 
     crop_size: (H, W) random crop in training; None trains on whole images (they must share a size).
     scales: random rescale factors drawn per training sample (published {0.5 ... 1.75}).
+    modality_dropout: blank the second modality of this share of training samples (not in the
+        published recipe), so the model also copes with a dead thermal/depth camera.
     """
 
     preset: str = "custom"
@@ -58,6 +60,7 @@ class DataSection:
     batch_size: int = 8  # per process; the published recipe is 8 in total on its GPUs
     num_workers: int = 4
     limit: Optional[int] = None  # use only the first N training samples (quick experiments)
+    modality_dropout: float = 0.0  # probability that a training sample's thermal/depth input is blanked (zeros)
 
 
 @dataclass
@@ -188,6 +191,8 @@ class TrainConfig:
             raise bad("data.batch_size", f"must be >= 1, got {self.data.batch_size}")
         if self.data.crop_size is not None and (len(self.data.crop_size) != 2 or min(self.data.crop_size) < 1):
             raise bad("data.crop_size", f"must be [H, W] or null, got {self.data.crop_size}")
+        if not 0.0 <= self.data.modality_dropout <= 1.0:
+            raise bad("data.modality_dropout", f"must be a probability in [0, 1], got {self.data.modality_dropout}")
         if not self.data.scales or min(self.data.scales) <= 0:
             raise bad("data.scales", f"must be a non-empty list of positive factors, got {self.data.scales}")
         if self.optim.lr <= 0 or self.optim.weight_decay < 0:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ..config import SigmaConfig
 from ..files import atomic_torch_save
 from .config import TrainConfig
-from .evaluate import EvalSettings, evaluate_dataset, unpack_batch
+from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
 from .schedule import WarmupPolySchedule
 
@@ -131,6 +131,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def drop_modality(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """(B, 3, H, W) normalised modality input -> the same with each sample blanked (all-zero image) with
+    ``probability``; draws from the torch RNG (restored on resume)."""
+    if probability <= 0.0:
+        return x
+    drop = torch.rand(x.shape[0], device=x.device) < probability
+    if not bool(drop.any()):
+        return x
+    return torch.where(drop.view(-1, 1, 1, 1), blank_modality_like(x), x)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -383,6 +394,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                        leave=False)
         for batch in loader:
             rgb, x, label = (t.to(ctx.device, non_blocking=True) for t in unpack_batch(batch))
+            x = drop_modality(x, cfg.data.modality_dropout)
             lr = schedule.apply(optimizer, iteration)
             with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = criterion(net(rgb, x).float(), label.long())
