@@ -260,6 +260,7 @@ def build_datasets(cfg: TrainConfig):
 
 
 def model_config(cfg: TrainConfig, num_classes: int) -> SigmaConfig:
+    """The SigmaConfig of the ``model`` section with the dataset's class count (validated by SigmaConfig)."""
     m = cfg.model
     kwargs: dict[str, Any] = {"variant": m.variant, "num_classes": num_classes, "scan_backend": m.scan_backend}
     for name in ("depths", "dims", "decoder_depths", "drop_path_rate"):
