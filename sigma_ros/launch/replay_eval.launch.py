@@ -48,7 +48,9 @@ def _player_and_evaluator(context):
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_share_dir() / "config" / "fastdds_large_images.xml")
     topics = [t for t in (arg("rgb_topic"), arg("modal_topic"), arg("label_topic")) if t]
     player_args = [arg("bag"), "--rate", arg("rate"), "--start-offset", arg("start_offset"),
-                   "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "300",
+                   "--topics", *topics, "--wait-timeout", "300",
+                   # the node and the evaluator must both hear the first frame
+                   "--wait-for-subscribers", f"{arg('rgb_topic')}=2", f"{arg('modal_topic')}=2",
                    # the evaluator subscribes at once; the node only after loading its model
                    "--wait-for-publisher", "/segmentation/class_map"]
     if sim_time:

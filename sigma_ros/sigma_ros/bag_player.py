@@ -13,7 +13,8 @@ carries the bag time, for nodes run with ``use_sim_time:=true``.
 Usage::
 
     bag_player BAG [--topics /a /b] [--rate 2.0] [--loop] [--start-offset 1.5] [--clock [HZ]]
-               [--wait-for-subscribers] [--wait-for-publisher /segmentation/class_map] [--delay 0.5]
+               [--wait-for-subscribers [/camera/color/image_raw=2 ...]] [--wait-for-publisher /segmentation/class_map]
+               [--delay 0.5]
                [--ros-args -r /camera/rgb:=/rgb/image]
 """
 from __future__ import annotations
@@ -131,18 +132,27 @@ class BagPlayer:
 
     # --- set-up helpers ---------------------------------------------------------------------------
 
-    def wait_for_subscribers(self, timeout: float, settle: float = 1.0) -> bool:
-        """Wait until every played topic has a subscriber and has matched every subscription the graph knows
-        of (bounded by ``timeout`` s), then ``settle`` s more; True if they all matched.
+    def wait_for_subscribers(self, timeout: float, minimum: Optional[dict[str, int]] = None,
+                             settle: float = 1.0) -> bool:
+        """Wait until every played topic has matched its subscribers (bounded by ``timeout`` s), then ``settle``
+        s more; True if they all did.
 
-        A subscriber that this publisher counts may not yet have matched the publisher in turn, and a
-        volatile subscription misses what is sent before that: hence the settle time.
+        A topic needs at least ``minimum[topic]`` subscriptions (default 1) and every subscription the
+        graph knows of; give the count where several processes must all hear the first message (a node and
+        an evaluator on the same camera topic). A subscriber that this publisher counts may not yet have
+        matched the publisher in turn, and a volatile subscription misses what is sent before that: hence
+        the settle time.
         """
+        minimum = dict(minimum or {})
+        unknown = [t for t in minimum if t not in self._publishers]
+        if unknown:
+            raise ValueError(f"--wait-for-subscribers names {', '.join(unknown)}, which this player does not play "
+                             f"({', '.join(self._publishers)})")
         deadline = time.monotonic() + timeout
 
         def waiting() -> list[str]:
-            return [t for t, p in self._publishers.items()
-                    if p.get_subscription_count() < max(1, self.node.count_subscribers(p.topic_name))]
+            return [f"{t} ({p.get_subscription_count()} of {minimum.get(t, 1)})" for t, p in self._publishers.items()
+                    if p.get_subscription_count() < max(minimum.get(t, 1), self.node.count_subscribers(p.topic_name))]
 
         while time.monotonic() < deadline:
             if not waiting():
@@ -242,6 +252,17 @@ class BagPlayer:
         self._stack.close()
 
 
+def parse_minimum(items: Sequence[str]) -> dict[str, int]:
+    """['/rgb=2', '/labels=1'] -> {'/rgb': 2, '/labels': 1}; ValueError naming a malformed item."""
+    out = {}
+    for item in items:
+        topic, sep, count = item.rpartition("=")
+        if not sep or not topic or not count.isdigit():
+            raise ValueError(f"--wait-for-subscribers takes TOPIC=N items, got {item!r}")
+        out[topic] = int(count)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bag_player",
@@ -257,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish /clock with the bag time (default 40 Hz when given) for use_sim_time nodes",
     )
     p.add_argument("--qos", choices=("reliable", "sensor_data"), default="reliable")
-    p.add_argument("--wait-for-subscribers", action="store_true", help="wait until every topic has a subscriber")
+    p.add_argument("--wait-for-subscribers", nargs="*", metavar="TOPIC=N", default=None,
+                   help="wait until every topic has a subscriber (TOPIC=N: at least N on TOPIC) before playing")
     p.add_argument("--wait-for-publisher", action="append", default=[], metavar="TOPIC",
                    help="first wait until TOPIC has a publisher, e.g. /segmentation/class_map (the node is ready)")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers/publishers")
@@ -282,8 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         if args.wait_for_publisher:
             player.wait_for_publishers(args.wait_for_publisher, args.wait_timeout)
-        if args.wait_for_subscribers:
-            player.wait_for_subscribers(args.wait_timeout)
+        if args.wait_for_subscribers is not None:
+            player.wait_for_subscribers(args.wait_timeout, parse_minimum(args.wait_for_subscribers))
         if args.delay > 0:
             time.sleep(args.delay)
         node.get_logger().info(f"playing {args.bag} ({', '.join(player.topics)}) at rate {args.rate}")

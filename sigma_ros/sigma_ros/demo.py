@@ -165,7 +165,9 @@ def run_demo(args: argparse.Namespace) -> int:
         player_log = out / "player.log"
         topics = [record.rgb_topic, record.modal_topic, record.label_topic]
         player_cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--rate", str(args.rate),
-                      "--topics", *topics, "--wait-for-subscribers", "--wait-timeout", "30",
+                      "--topics", *topics, "--wait-timeout", "30",
+                      # the node and the evaluator must both hear the first frame
+                      "--wait-for-subscribers", f"{rgb_topic}=2", f"{modal_topic}=2", f"{label_topic}=1",
                       "--wait-for-publisher", "/segmentation/class_map"]
         _log(f"4/5 replaying the bag at rate {args.rate:g} ({args.seconds / args.rate:.1f} s); log {player_log}")
         with open(player_log, "w") as log_file:

@@ -42,6 +42,7 @@ from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .image_conversion import image_msg_to_array, image_msg_to_rgb8
 from .mask_rendering import colorize, lookup_palette, overlay
+from .pair_synchronizer import stamp_seconds
 from .qos import latched_qos
 from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
@@ -137,7 +138,7 @@ class ReplayEvaluator(Node):
             self.rgb_received[stamp] = now
             self._rgb_msgs[stamp] = msg
             self._forget(self._rgb_msgs, stamp)
-            self._pair(0, stamp)
+            self._pair(0, msg, stamp)
 
     def _on_modal(self, msg: Image) -> None:
         stamp = stamp_ns(msg)
@@ -146,11 +147,10 @@ class ReplayEvaluator(Node):
             self.modal_count += 1
             self._modal_msgs[stamp] = msg
             self._forget(self._modal_msgs, stamp)
-            self._pair(1, stamp)
+            self._pair(1, msg, stamp)
 
-    def _pair(self, stream: int, stamp: int) -> None:
-        sec, nsec = divmod(stamp, 1_000_000_000)
-        pair = self._pairer.add(stream, sec + nsec * 1e-9, stamp)  # seconds exactly as the node computes them
+    def _pair(self, stream: int, msg: Image, stamp: int) -> None:
+        pair = self._pairer.add(stream, stamp_seconds(msg), stamp)  # seconds exactly as the node computes them
         if pair is not None:
             self.expected[pair.first] = pair.second
 

@@ -48,6 +48,7 @@ from . import ros_env  # noqa: F401  (before rclpy, imported below through node_
 
 # isort: split
 from .mask_rendering import colorize, lookup_palette, overlay
+from .pair_synchronizer import stamp_seconds
 from .report import (
     FrameSample,
     ReplaySummary,
@@ -94,12 +95,6 @@ class ReplayResult:
     modal_stamp: dict[int, int] = field(default_factory=dict)
     confusion: dict[int, np.ndarray] = field(default_factory=dict)
     masks: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-def stamp_seconds_of_ns(ns: int) -> float:
-    """The float seconds the node's pairing sees for this stamp (sec + nanosec * 1e-9, as in the node)."""
-    sec, nsec = divmod(int(ns), 1_000_000_000)
-    return sec + nsec * 1e-9
 
 
 def read_label_file(label_dir: Path, stamp: int) -> Optional[np.ndarray]:
@@ -285,7 +280,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                 summary.rgb_messages += 1
             else:
                 summary.modal_messages += 1
-            pair = pairer.add(0 if role == "rgb" else 1, stamp_seconds_of_ns(stamp), (stamp, log_ns, msg))
+            pair = pairer.add(0 if role == "rgb" else 1, stamp_seconds(msg), (stamp, log_ns, msg))
             if pair is None:
                 continue
             (rgb_stamp, rgb_log, rgb_msg), (modal_stamp, _, modal_msg) = pair.first, pair.second

@@ -72,8 +72,9 @@ def _spin(executor, context):
 
 def _play(bag_path, *extra, timeout=60):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
-    cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--wait-for-subscribers",
-           "--wait-timeout", "20", *extra]
+    cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--wait-timeout", "20", *extra]
+    if "--wait-for-subscribers" not in extra:
+        cmd.append("--wait-for-subscribers")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -166,3 +167,13 @@ def test_ros1_bag_is_converted_to_ros2_messages(tmp_path, listener):
             msg = reader.deserialize(raw, conn.msgtype)
             np.testing.assert_array_equal(image_msg_to_array(got[stamp_ns(msg)]), message_to_array(msg)[0])
             assert got[stamp_ns(msg)].header.frame_id == msg.header.frame_id
+
+
+def test_subscriber_minimums_are_parsed_and_checked(bag):
+    from sigma_ros.bag_player import parse_minimum
+
+    assert parse_minimum(["/a/b=2", "/c=1"]) == {"/a/b": 2, "/c": 1}
+    with pytest.raises(ValueError, match="TOPIC=N"):
+        parse_minimum(["/a/b"])
+    done = _play(bag.path, "--topics", bag.rgb_topic, "--wait-for-subscribers", "/not/played=1", timeout=30)
+    assert done.returncode == 2 and "/not/played" in done.stderr

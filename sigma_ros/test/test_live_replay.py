@@ -74,9 +74,12 @@ def live(tmp_path_factory):
         while evaluator.count_subscribers("/segmentation/mask") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         player = subprocess.run(
-            [sys.executable, "-m", "sigma_ros.bag_player", str(record.path), "--wait-for-subscribers",
-             "--wait-for-publisher", "/segmentation/class_map",
-             "--topics", record.rgb_topic, record.modal_topic, record.label_topic],
+            [sys.executable, "-m", "sigma_ros.bag_player", str(record.path),
+             "--topics", record.rgb_topic, record.modal_topic, record.label_topic,
+             "--wait-for-publisher", "/segmentation/class_map", "--wait-timeout", "60",
+             # the node and both evaluators hear every camera frame; both evaluators every label
+             "--wait-for-subscribers", f"{record.rgb_topic}=3", f"{record.modal_topic}=3",
+             f"{record.label_topic}=2"],
             env=env, capture_output=True, text=True, timeout=60)
         assert player.returncode == 0, player.stderr
         deadline = time.monotonic() + 15
