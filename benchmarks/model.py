@@ -21,11 +21,11 @@ from contextlib import contextmanager
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-from sigma_core.models import vmamba  # noqa: E402
-from sigma_core.ops.selective_scan import resolve_backend  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from sigma_core import SigmaConfig, build_sigma  # noqa: E402
+from sigma_core.models import vmamba  # noqa: E402
+from sigma_core.ops.selective_scan import resolve_backend  # noqa: E402
 
 
 @contextmanager

@@ -27,6 +27,7 @@ if "--threads" not in sys.argv:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from sigma_core.ops.selective_scan import available_backends, selective_scan  # noqa: E402
 
 # Sigma-T: stage s has K=4 directions x d_inner = 2 * 96 * 2**s channels over (120 / 2**s) x (160 / 2**s) tokens.

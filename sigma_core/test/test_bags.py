@@ -1,6 +1,7 @@
 """BagWriter / open_bag: images survive every storage byte for byte."""
 import numpy as np
 import pytest
+
 from sigma_core.data.bags import BagError, BagWriter, bag_topics, message_to_array, open_bag, stamp_ns
 from sigma_core.data.image_encoding import encode_compressed
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from sigma_core.checkpoints import CheckpointError, LfsPointerError, default_palette
 
 from sigma_core import ModalityScaling, SigmaConfig, build_sigma, load_checkpoint, load_weights, save_checkpoint
+from sigma_core.checkpoints import CheckpointError, LfsPointerError, default_palette
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
 SMALL = dict(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1))

@@ -1,6 +1,7 @@
 """Scan-order ops: the 4-direction cross scan and the concatenated multimodal scan, against explicit indexing."""
 import pytest
 import torch
+
 from sigma_core.ops import concat_merge, concat_scan, cross_merge, cross_scan
 
 

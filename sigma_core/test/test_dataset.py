@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from sigma_core.data.dataset import PRESETS, DatasetSpec, RGBXDataset, resolve_spec
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from sigma_core.data.synthetic import write_dataset

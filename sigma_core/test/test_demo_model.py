@@ -5,11 +5,11 @@ import json
 import cv2
 import pytest
 import torch
+
+from sigma_core import Segmenter
 from sigma_core.assets import demo_checkpoint, demo_report
 from sigma_core.engine.demo_model import CHECK_DATA, write_demo_data
 from sigma_core.engine.metrics import ConfusionMatrix
-
-from sigma_core import Segmenter
 
 
 @pytest.fixture(scope="module")

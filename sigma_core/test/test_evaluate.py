@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from sigma_core import SigmaConfig, build_sigma
 from sigma_core.engine.evaluate import blank_modality_like, predict_scores, sliding_window_logits, window_starts
 from sigma_core.engine.metrics import compute_metrics
 from sigma_core.engine.reports import published_miou, write_evaluation_report
-
-from sigma_core import SigmaConfig, build_sigma
 
 TINY = dict(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=5)
 

@@ -5,6 +5,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+
 from sigma_core.cli.extract import main as extract_main
 from sigma_core.data.bags import BagWriter, message_to_array, open_bag, stamp_ns
 from sigma_core.data.dataset import RGBXDataset

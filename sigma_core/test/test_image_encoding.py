@@ -4,6 +4,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+
 from sigma_core.data.image_encoding import (
     ENCODINGS,
     array_to_image_fields,

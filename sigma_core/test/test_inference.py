@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from sigma_core.inference import images_to_inputs
-from sigma_core.ops import available_backends
 
 from sigma_core import ModalityScaling, Segmenter, SigmaConfig, build_sigma, save_checkpoint
+from sigma_core.inference import images_to_inputs
+from sigma_core.ops import available_backends
 
 CLASSES = ["background", "car", "person", "bike"]
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from sigma_core.engine.metrics import ConfusionMatrix, compute_metrics
 
 

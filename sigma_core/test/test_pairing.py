@@ -1,4 +1,5 @@
 import pytest
+
 from sigma_core.data.pairing import ApproximateTimePairer
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from sigma_core.ops.selective_scan import BackendUnavailable, load_backend, selective_scan_reference
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import types
 
 import pytest
 import torch
+
 from sigma_core.ops.selective_scan import BackendUnavailable, selective_scan_reference
 
 INTERFACE = "mamba_ssm.ops.selective_scan_interface"

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+
 from sigma_core.ops.selective_scan import selective_scan_reference
 
 pytest.importorskip("triton")

@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+
 from sigma_core.ops import scan_cpu
 from sigma_core.ops.selective_scan import (
     ENV_VAR,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from sigma_core.models.sigma import Sigma
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
+from sigma_core.models.sigma import Sigma
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
 PARITY = REFERENCE / "parity_small.pt"

@@ -1,6 +1,7 @@
 """The synthetic world: deterministic, geometrically consistent, and built so that fusion matters."""
 import numpy as np
 import yaml
+
 from sigma_core.data.bags import open_bag, stamp_ns
 from sigma_core.data.synthetic import CLASS_ID, CLASSES, TOPICS, Intrinsics, Scene, write_bag, write_dataset
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+
 from sigma_core.checkpoints import load_checkpoint
 from sigma_core.data.synthetic import CLASSES, write_dataset
 from sigma_core.engine.config import TrainConfig, apply_overrides, list_presets, parse_value
@@ -164,9 +165,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_fine_tuning_init_drops_a_class_head_of_another_size(tmp_path):
-    from sigma_core.engine.train import initialise_from, model_config
-
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+    from sigma_core.engine.train import initialise_from, model_config
 
     cfg = TrainConfig.load(None, TINY)
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """The published augmentations keep RGB, modality and labels aligned, pad with 0/255, and are seeded."""
 import numpy as np
 import pytest
+
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_rgb, modal_to_input
 from sigma_core.data.transforms import TrainAugmentation, random_crop_pad, to_network
 

@@ -96,6 +96,7 @@ class BagPlayer:
         queue_depth: int = 100,
     ):
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
+
         from sigma_core.data.bags import bag_topics, describe_topics, open_bag
 
         if not rate > 0:

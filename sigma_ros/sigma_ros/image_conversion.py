@@ -11,8 +11,9 @@ from typing import Optional
 
 import numpy as np
 from sensor_msgs.msg import Image
-from sigma_core.data.image_encoding import array_to_image_fields, image_to_array, to_rgb8
 from std_msgs.msg import Header
+
+from sigma_core.data.image_encoding import array_to_image_fields, image_to_array, to_rgb8
 
 __all__ = ["image_msg_to_array", "image_msg_to_rgb8", "array_to_image_msg", "RGB_ENCODINGS", "MODAL_ENCODINGS"]
 

@@ -26,9 +26,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from sigma_core.data.modality import ModalityScaling
 from std_msgs.msg import Header
 
+from sigma_core.data.modality import ModalityScaling
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .frame_mailbox import LatestMailbox
@@ -73,9 +73,8 @@ class _Frame:
 
 def load_segmenter(cfg: NodeConfig) -> Any:
     """The sigma_core Segmenter for ``cfg`` (checkpoint, device, precision, modality scaling overrides)."""
-    from sigma_core.engine.evaluate import resolve_device
-
     from sigma_core import Segmenter
+    from sigma_core.engine.evaluate import resolve_device
 
     device = str(resolve_device("auto")) if cfg.device == "auto" else cfg.device
     try:

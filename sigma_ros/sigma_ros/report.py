@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
 from sigma_core.engine.metrics import SegmentationMetrics
 from sigma_core.engine.reports import metrics_table, per_class_table, plot_class_iou, write_json
 

@@ -10,9 +10,9 @@ def tiny_checkpoint(path: Path) -> Path:
     """The smallest Sigma (dims 32, one block per stage), randomly initialised with a fixed seed, for the
     synthetic world's classes, palette and thermal scaling."""
     import torch
-    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING
 
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING
 
     torch.manual_seed(0)
     cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=len(CLASSES))

@@ -18,6 +18,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from replay_helpers import synthetic_bag  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+
 from sigma_ros.bag_player import BagPlayer  # noqa: E402
 from sigma_ros.image_conversion import image_msg_to_array  # noqa: E402
 

@@ -6,8 +6,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 from sensor_msgs.msg import Image  # noqa: E402
-from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array, image_msg_to_rgb8  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+
+from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array, image_msg_to_rgb8  # noqa: E402
 
 RNG = np.random.default_rng(0)
 CASES = [

@@ -21,6 +21,7 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from replay_helpers import SIZE, synthetic_bag, tiny_checkpoint  # noqa: E402
+
 from sigma_core.engine.metrics import compute_metrics  # noqa: E402
 from sigma_ros.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
 from sigma_ros.replay_eval import ReplayOptions, replay_bag  # noqa: E402

@@ -1,6 +1,7 @@
 """mask_rendering: palette lookup (ignore id black), colour mask and overlay blend."""
 import numpy as np
 import pytest
+
 from sigma_ros.mask_rendering import colorize, lookup_palette, overlay
 
 

@@ -27,11 +27,11 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+
 from sigma_core.data.pairing import ApproximateTimePairer  # noqa: E402
+from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
 from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array  # noqa: E402
 from sigma_ros.point_cloud import POINT_DTYPE  # noqa: E402
-
-from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 DOMAIN_ID = 150 + os.getpid() % 60  # private to this test module's run
@@ -47,9 +47,9 @@ FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
 def checkpoints(tmp_path_factory):
     """A tiny thermal and a tiny depth checkpoint (the same random network), written once per module."""
     import torch
-    from sigma_core.data.modality import ModalityScaling
 
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+    from sigma_core.data.modality import ModalityScaling
 
     torch.manual_seed(0)
     cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=len(CLASSES))

@@ -4,6 +4,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 from sensor_msgs.msg import CameraInfo  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from sigma_ros import point_cloud  # noqa: E402
 from sigma_ros.point_cloud import (  # noqa: E402
     POINT_DTYPE,
     Pinhole,
@@ -12,9 +15,6 @@ from sigma_ros.point_cloud import (  # noqa: E402
     pack_rgb,
     points_to_cloud_msg,
 )
-from std_msgs.msg import Header  # noqa: E402
-
-from sigma_ros import point_cloud  # noqa: E402
 
 H, W = 6, 8
 CAMERA = Pinhole(fx=50.0, fy=40.0, cx=3.5, cy=2.5, width=W, height=H)

@@ -10,16 +10,16 @@ import yaml
 
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from replay_helpers import synthetic_bag, tiny_checkpoint  # noqa: E402
+
 from sigma_ros.replay_eval import ReplayOptions, main, replay_bag  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 1.5 s synthetic bag, the tiny checkpoint, its Segmenter, and the bag extracted with sigma-extract."""
+    from sigma_core import Segmenter
     from sigma_core.cli.extract import main as extract_main
     from sigma_core.data.synthetic import world_description
-
-    from sigma_core import Segmenter
 
     root = tmp_path_factory.mktemp("replay")
     record = synthetic_bag(root / "bag", seconds=1.5)
@@ -90,8 +90,8 @@ def test_replay_counts_pairs_skew_and_timing(world, replayed):
 def test_output_bag_holds_the_node_topics(world, replayed):
     from rclpy.serialization import deserialize_message
     from rosbags.highlevel import AnyReader
-    from sigma_core.data.bags import message_to_array, stamp_ns
 
+    from sigma_core.data.bags import message_to_array, stamp_ns
     from sigma_msgs.msg import SegmentationStats
 
     by_topic: dict[str, list] = {}
@@ -113,6 +113,7 @@ def test_output_bag_holds_the_node_topics(world, replayed):
     # The stats are real sigma_msgs CDR: rclpy reads them, and so does a reader that only has the bag's definitions.
     stats = [deserialize_message(bytes(raw), SegmentationStats) for raw in by_topic["/segmentation/stats"]]
     from rosbags.typesys import Stores, get_typestore
+
     from sigma_ros.replay_eval import register_sigma_msgs
 
     store = get_typestore(Stores.ROS2_KILTED)

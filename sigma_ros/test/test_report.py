@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from sigma_core.engine.metrics import compute_metrics
 from sigma_ros.report import (
     ReplaySummary,
