@@ -35,9 +35,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
+
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import ConfusionMatrix
-
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .image_conversion import image_msg_to_array, image_msg_to_rgb8

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
+
 from sigma_core.data.bags import (
     IMAGE_TYPES,
     BagError,
@@ -226,6 +227,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     With ``out_dir``, sample frames for the report are kept (``opts.samples``).
     """
     import torch
+
     from sigma_core.engine.metrics import ConfusionMatrix
 
     if opts.label_topic and opts.label_dir:
@@ -375,9 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
     """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load."""
-    from sigma_core.engine.evaluate import resolve_device
-
     from sigma_core import Segmenter
+    from sigma_core.engine.evaluate import resolve_device
 
     from .node_config import ConfigError, resolve_checkpoint
 
