@@ -46,7 +46,7 @@ class StreamWatch:
     def __init__(self, topics: Sequence[str], clock: Callable[[], float] = time.monotonic):
         self.topics = list(topics)
         self._clock = clock
-        self._started = clock()
+        self._first_seen: Optional[float] = None  # when the first message of any stream arrived
         self._last_stamp: list[Optional[float]] = [None] * len(topics)
         self._last_seen: list[Optional[float]] = [None] * len(topics)
 
@@ -56,6 +56,8 @@ class StreamWatch:
         Out-of-order messages do not move the stream's last stamp.
         """
         self._last_seen[stream] = self._clock()
+        if self._first_seen is None:
+            self._first_seen = self._last_seen[stream]
         previous = self._last_stamp[stream]
         if previous is not None and stamp <= previous:
             return previous
@@ -64,8 +66,12 @@ class StreamWatch:
 
     def silent(self, after_s: float) -> list[tuple[str, float]]:
         """Streams with nothing for ``after_s`` seconds while another stream is live: [(topic, seconds silent)]."""
-        now = self._clock()
-        ages = [now - (seen if seen is not None else self._started) for seen in self._last_seen]
-        if not any(age < after_s for age in ages):
+        if self._first_seen is None:
             return []  # nothing live at all: no camera running yet, not one broken stream
+        now = self._clock()
+        # A stream never heard from counts as silent since the other stream went live, not since start-up:
+        # cameras started after the node must not be reported the moment their first frame arrives.
+        ages = [now - (seen if seen is not None else self._first_seen) for seen in self._last_seen]
+        if not any(age < after_s for age in ages):
+            return []  # everything stopped together (e.g. a paused bag), not one broken stream
         return [(topic, age) for topic, age in zip(self.topics, ages) if age >= after_s]
