@@ -100,6 +100,7 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
         "test (RGB + thermal)": evaluate_split(model, data, "test", class_names=names),
         "test, thermal blanked": evaluate_split(model, data, "test", blank_modality=True, class_names=names),
         "day (RGB + thermal)": evaluate_split(model, data, "test_day", class_names=names),
+        "day, thermal blanked": evaluate_split(model, data, "test_day", blank_modality=True, class_names=names),
         "night (RGB + thermal)": evaluate_split(model, data, "test_night", class_names=names),
         "night, thermal blanked": evaluate_split(model, data, "test_night", blank_modality=True, class_names=names),
     }
@@ -108,6 +109,7 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
         check = evaluate_split(model, check_dir, "test", class_names=names)
     chance = chance_miou(results["test (RGB + thermal)"].pixels_per_class)
     night, blank = results["night (RGB + thermal)"], results["night, thermal blanked"]
+    day_blank = results["day, thermal blanked"]
     report = {
         "model_file": MODEL_FILE,
         "model": meta.config.name,
@@ -152,9 +154,10 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
         f"Chance level on the test set: uniform random {100 * chance['uniform']:.1f}, majority class "
         f"{100 * chance['majority']:.1f} mIoU.",
         "",
-        "Blanking the thermal input breaks day scenes as well: the model never saw a missing thermal image in "
-        "training, so this gap measures how much the model relies on thermal, not what an RGB-only model "
-        "would reach.",
+        f"The model was trained with the thermal input blanked for a quarter of the samples "
+        f"(data.modality_dropout), so it also runs on RGB alone: without thermal it keeps "
+        f"{100 * day_blank.miou:.1f} mIoU by day but only {100 * blank.miou:.1f} at night, where RGB is dark "
+        "and noisy; with thermal, night scenes come close to day scenes.",
         "",
         "Per-class IoU (%):",
         "",
