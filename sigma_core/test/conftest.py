@@ -6,3 +6,4 @@ import torch  # noqa: E402
 
 # The CI machine has 2 cores; a second OpenMP thread stalls badly under contention.
 torch.set_num_threads(1)
+

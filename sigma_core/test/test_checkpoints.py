@@ -2,23 +2,16 @@
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from reference_data import reference_file
 
 from sigma_core import ModalityScaling, SigmaConfig, build_sigma, load_checkpoint, load_weights, save_checkpoint
 from sigma_core.checkpoints import CheckpointError, LfsPointerError, default_palette
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
 SMALL = dict(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1))
 
-
-def _reference_file(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference file {path} is absent (CI puts shared/ beside the clone)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def _old_vmamba_name(key: str) -> str:
 
 @pytest.mark.parametrize("naming", ["current", "old"])
 def test_vmamba_imagenet_checkpoint_loads_into_encoder(tmp_path, tiny_model, naming):
-    ref = json.loads(_reference_file("keys_vssm_tiny_imagenet.json").read_text())
+    ref = json.loads(reference_file("keys_vssm_tiny_imagenet.json").read_text())
     # Each tensor gets a distinct constant so we can check it landed under the right name.
     state = {key: torch.full(shape, float(i) / 1000) for i, (key, shape) in enumerate(ref["shapes"].items())}
     if naming == "old":
@@ -64,7 +57,7 @@ def test_vmamba_imagenet_checkpoint_loads_into_encoder(tmp_path, tiny_model, nam
 
 
 def test_published_sigma_checkpoint_with_module_prefix(tmp_path):
-    fixture = torch.load(_reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
+    fixture = torch.load(reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
     path = tmp_path / "sigma_published.pth"
     torch.save({"model": {"module." + k: v for k, v in fixture["state_dict"].items()}, "epoch": 3}, path)
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9))
@@ -75,7 +68,7 @@ def test_published_sigma_checkpoint_with_module_prefix(tmp_path):
 
 
 def test_shape_mismatch_names_key_and_shapes():
-    fixture = torch.load(_reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
+    fixture = torch.load(reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=5))
     with pytest.raises(CheckpointError, match=r"decode_head\.output\.weight: checkpoint \(9, 32, 1, 1\) vs model "
                                               r"\(5, 32, 1, 1\)"):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_data import reference_file
 
 from sigma_core.ops.selective_scan import BackendUnavailable, load_backend, selective_scan_reference
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared" / "reference" / "sigma"
 CUDA_BACKENDS = ("triton", "mamba_ssm")
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -133,9 +133,7 @@ def test_triton_gradients_in_half_precision_keep_input_dtypes():
 
 
 def parity_model(backend: str):
-    path = REFERENCE / "parity_small.pt"
-    if not path.exists():
-        pytest.skip(f"reference file {path} is absent")
+    path = reference_file("parity_small.pt")
     try:
         from sigma_core import SigmaConfig, build_sigma, load_weights
     except (ImportError, AttributeError) as err:

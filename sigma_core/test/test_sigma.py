@@ -1,27 +1,17 @@
 """The Sigma network: parity with the published code, published key maps, variants, training step, odd sizes."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from reference_data import reference_file
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models.sigma import Sigma
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
-PARITY = REFERENCE / "parity_small.pt"
-
-
-def _reference_file(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference file {path} is absent (CI puts shared/ beside the clone)")
-    return path
-
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
 def test_parity_with_published_code(backend):
-    fixture = torch.load(_reference_file(PARITY.name), map_location="cpu", weights_only=True)
+    fixture = torch.load(reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9, scan_backend=backend)).eval()
     report = load_weights(model, fixture["state_dict"])
     assert not report.missing and not report.unexpected and len(report.loaded) == 538
@@ -37,7 +27,7 @@ def test_parity_with_published_code(backend):
 
 def test_parity_is_sensitive_to_a_small_weight_change():
     # Guards the test above against passing vacuously (e.g. a model that ignores a block).
-    fixture = torch.load(_reference_file(PARITY.name), map_location="cpu", weights_only=True)
+    fixture = torch.load(reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
     state = dict(fixture["state_dict"])
     key = "backbone.cross_mamba.1.op.CMA_ssm.x_proj_2.weight"
@@ -53,7 +43,7 @@ def test_parity_is_sensitive_to_a_small_weight_change():
     [("tiny", 9, "tiny"), ("small", 9, "small"), ("base", 9, "base"), ("tiny", 40, "tiny_nyu")],
 )
 def test_published_keys_shapes_and_parameter_counts(variant, num_classes, reference):
-    ref = json.loads(_reference_file(f"keys_sigma_{reference}.json").read_text())
+    ref = json.loads(reference_file(f"keys_sigma_{reference}.json").read_text())
     model = build_sigma(SigmaConfig(variant=variant, num_classes=num_classes), device="meta")
     ours = [(k, list(t.shape)) for k, t in model.state_dict().items()]
     assert ours == list(ref["shapes"].items())  # same keys, shapes and order
