@@ -95,11 +95,25 @@ def images_to_inputs(
     return to_chw(normalize_rgb(rgb, mean, std)), to_chw(normalize_modal(unit, mean, std))
 
 
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """The torch device for ``device``: "auto" is CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given.
+
+    Raises ValueError when CUDA is asked for but not available.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); use 'cpu'")
+    return dev
+
+
 class Segmenter:
     """A Sigma model with its input/output handling. Call it on numpy images.
 
     seg(rgb, modal) -> (mask (H, W) uint8 class ids, confidence (H, W) float32 max softmax probability).
-    device: "cpu", "cuda", "cuda:1", ... precision: "fp32", "fp16" or "bf16" (autocast; the scan state and
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    precision: "fp32", "fp16" or "bf16" (autocast; the scan state and
     the softmax stay float32). scan_backend: "auto" or a backend name (see sigma_core.ops).
     input_size: (H, W) to run the network at, None for each image's own size; default: the checkpoint's.
     """
@@ -114,9 +128,7 @@ class Segmenter:
         input_size: Union[tuple[int, int], None, str] = _FROM_CHECKPOINT,
     ):
         self.meta = meta
-        self._device = torch.device(device)
-        if self._device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}); use 'cpu'")
+        self._device = resolve_device(device)
         self._dtype = parse_precision(precision)
         num_classes = meta.config.num_classes
         if num_classes > 255:

@@ -97,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     from sigma_core.data.synthetic import TOPICS, write_bag
-    from sigma_core.engine.evaluate import resolve_device
+    from sigma_core.inference import resolve_device
 
     from .node_config import resolve_checkpoint
 

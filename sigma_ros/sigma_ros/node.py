@@ -74,13 +74,11 @@ class _Frame:
 def load_segmenter(cfg: NodeConfig) -> Any:
     """The sigma_core Segmenter for ``cfg`` (checkpoint, device, precision, modality scaling overrides)."""
     from sigma_core import Segmenter
-    from sigma_core.engine.evaluate import resolve_device
 
-    device = str(resolve_device("auto")) if cfg.device == "auto" else cfg.device
     try:
-        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=device, precision=cfg.precision)
+        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {device!r} "
+        raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {cfg.device!r} "
                           f"with precision {cfg.precision}: {e}") from e
     modality = cfg.modality or seg.modality
     if modality != seg.modality or cfg.thermal_range is not None or cfg.depth_max_range is not None:

@@ -378,16 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
 def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
     """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load."""
     from sigma_core import Segmenter
-    from sigma_core.engine.evaluate import resolve_device
 
     from .node_config import ConfigError, resolve_checkpoint
 
     try:
         path = resolve_checkpoint(checkpoint)
-        dev = resolve_device(device)
-    except (ConfigError, RuntimeError) as e:
+    except ConfigError as e:
         raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
-    return Segmenter.from_checkpoint(str(path), device=dev, precision=precision)
+    return Segmenter.from_checkpoint(str(path), device=device, precision=precision)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from ..inference import resolve_device
 from .metrics import ConfusionMatrix, SegmentationMetrics
 
 SegModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -171,15 +172,6 @@ def evaluate_dataset(model: torch.nn.Module, batches: Iterable[Any], num_classes
     if all_reduce:
         cm.all_reduce()
     return cm.compute(class_names)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def load_model_for_evaluation(checkpoint: str, cfg: Any, num_classes: int, device: torch.device):
