@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_rgb, modal_to_input
+from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_rgb, normalize_modal, to_chw
 from sigma_core.data.transforms import TrainAugmentation, random_crop_pad, to_network
 
 COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20], [20, 230, 230]], np.uint8)
@@ -81,7 +81,7 @@ def test_small_images_are_padded_with_zero_and_ignore():
 def test_to_network_matches_the_shared_normalisation():
     rgb, modal, label = _blocks()
     r, m, lab = to_network(rgb, modal, label)
-    np.testing.assert_array_equal(m, modal_to_input(modal))
+    np.testing.assert_array_equal(m, to_chw(normalize_modal(modal)))
     np.testing.assert_array_equal(denormalize_rgb(r), rgb)
     np.testing.assert_array_equal(lab, label)
 

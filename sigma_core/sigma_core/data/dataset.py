@@ -10,7 +10,7 @@ world. :class:`RGBXDataset` returns network-ready samples.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -333,8 +333,3 @@ def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:
         label = label - shift
         label[unlabelled] = IGNORE_INDEX
     return label
-
-
-def with_overrides(spec: DatasetSpec, **changes) -> DatasetSpec:
-    """A copy of ``spec`` with some fields replaced (e.g. another scaling or folder name)."""
-    return replace(spec, **changes)

@@ -39,16 +39,6 @@ def to_chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(image, (2, 0, 1)))
 
 
-def rgb_to_input(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 network input."""
-    return to_chw(normalize_rgb(rgb))
-
-
-def modal_to_input(unit: np.ndarray) -> np.ndarray:
-    """(H, W) float32 in [0, 1] -> (3, H, W) float32 network input."""
-    return to_chw(normalize_modal(unit))
-
-
 def denormalize_rgb(chw: np.ndarray) -> np.ndarray:
     """(3, H, W) normalised float -> (H, W, 3) uint8 RGB, for visualising network inputs."""
     hwc = np.transpose(np.asarray(chw, dtype=np.float32), (1, 2, 0)) * IMAGENET_STD + IMAGENET_MEAN
