@@ -42,6 +42,10 @@ class LfsPointerError(CheckpointError):
     """The file is a Git LFS pointer, not the checkpoint it points to."""
 
 
+class NotOurCheckpointError(CheckpointError):
+    """The file holds weights but not our format (e.g. a published Sigma or VMamba checkpoint)."""
+
+
 @dataclass
 class LoadReport:
     """What load_weights did. Keys are the model's state-dict keys.
@@ -329,7 +333,7 @@ def save_checkpoint(
 def read_meta(obj: Mapping[str, Any], source: str = "<checkpoint>") -> CheckpointMeta:
     """CheckpointMeta from a loaded checkpoint object of our format."""
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
-        raise CheckpointError(
+        raise NotOurCheckpointError(
             f"{source} is not a sigma_core checkpoint (no format={FORMAT!r}); for published Sigma or VMamba "
             "weights build the model with build_sigma and use load_weights, then save_checkpoint"
         )

@@ -177,16 +177,14 @@ def evaluate_dataset(model: torch.nn.Module, batches: Iterable[Any], num_classes
 def load_model_for_evaluation(checkpoint: str, cfg: Any, num_classes: int, device: torch.device):
     """(model in eval mode, CheckpointMeta or None): ours by its metadata; else a published Sigma checkpoint,
     built from ``cfg.model`` with the dataset's class count."""
-    from ..checkpoints import CheckpointError, load_checkpoint, load_weights
+    from ..checkpoints import NotOurCheckpointError, load_checkpoint, load_weights
     from ..models.sigma import build_sigma
     from .train import model_config
 
     try:
         model, meta = load_checkpoint(checkpoint, device=device,
                                       scan_backend=None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend)
-    except CheckpointError as exc:
-        if "is not a sigma_core checkpoint" not in str(exc):
-            raise
+    except NotOurCheckpointError:
         model = build_sigma(model_config(cfg, num_classes))
         load_weights(model, checkpoint, strict=True)
         return model.to(device).eval(), None
