@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from sigma_core.data.bags import stamp_ns
     from sigma_msgs.msg import SegmentationStats
     from sigma_ros.image_conversion import array_to_image_msg
 
@@ -112,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     def on_mask(msg):
         now = time.time_ns()
         with lock:
-            received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = now
+            received[stamp_ns(msg)] = now
 
     def on_stats(msg):
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg)
         with lock:
             forward[stamp] = msg.inference_ms
             node_latency[stamp] = msg.latency_ms
@@ -135,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     rgb_msg = array_to_image_msg(rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8), "rgb8")
     modal_msg = array_to_image_msg(rng.integers(0, 65535, (args.height, args.width), dtype=np.uint16), "mono16")
 
-    def publish(stamp_ns: int) -> None:
+    def publish(stamp: int) -> None:
         for msg in (rgb_msg, modal_msg):
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
             msg.header.frame_id = "camera"
         pub_rgb.publish(rgb_msg)
         pub_modal.publish(modal_msg)

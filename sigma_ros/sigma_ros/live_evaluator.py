@@ -36,6 +36,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
+from sigma_core.data.bags import stamp_ns
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import ConfusionMatrix
 from sigma_msgs.msg import ClassMap, SegmentationStats
@@ -47,11 +48,6 @@ from .qos import latched_qos
 from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"
-
-
-def stamp_ns(msg) -> int:
-    """header.stamp of an rclpy message in integer nanoseconds."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from replay_helpers import synthetic_bag  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_ros.bag_player import BagPlayer  # noqa: E402
 from sigma_ros.image_conversion import image_msg_to_array  # noqa: E402
 
@@ -79,17 +80,13 @@ def _play(bag_path, *extra, timeout=60):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _stamp(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 def test_rate_factor_timing_and_exact_bytes(bag, listener):
     rate = 2.0
     done = _play(bag.path, "--rate", str(rate))
     assert done.returncode == 0, done.stderr
     time.sleep(0.5)
     log_of = {(t, s): log for log, t, s in bag.messages}
-    all_msgs = [(recv, topic, _stamp(m)) for topic, items in listener.items() if topic != "/clock"
+    all_msgs = [(recv, topic, stamp_ns(m)) for topic, items in listener.items() if topic != "/clock"
                 for recv, m in items]
     assert len(all_msgs) == len(bag.messages), "reliable playback must deliver every message"
     all_msgs.sort()
@@ -108,8 +105,8 @@ def test_rate_factor_timing_and_exact_bytes(bag, listener):
     with AnyReader([bag.path]) as reader:
         conn = [c for c in reader.connections if c.topic == bag.rgb_topic][0]
         first = reader.deserialize(next(iter(reader.messages(connections=[conn])))[2], conn.msgtype)
-    sent = {_stamp(m): m for _, m in listener[bag.rgb_topic]}
-    received = image_msg_to_array(sent[_stamp(first)])
+    sent = {stamp_ns(m): m for _, m in listener[bag.rgb_topic]}
+    received = image_msg_to_array(sent[stamp_ns(first)])
     np.testing.assert_array_equal(received.reshape(-1), first.data)
     assert "played" in done.stderr + done.stdout
 
@@ -121,7 +118,7 @@ def test_start_offset_and_clock(bag, listener):
     time.sleep(0.5)
     start = min(log for log, _, _ in bag.messages)
     expected = [(t, s) for log, t, s in bag.messages if log >= start + 1_000_000_000 and t != bag.label_topic]
-    got = [(t, _stamp(m)) for t in (bag.rgb_topic, bag.modal_topic) for _, m in listener.get(t, [])]
+    got = [(t, stamp_ns(m)) for t in (bag.rgb_topic, bag.modal_topic) for _, m in listener.get(t, [])]
     assert sorted(got) == sorted(expected) and bag.label_topic not in listener
     clock = [c.clock.sec * 1_000_000_000 + c.clock.nanosec for _, c in listener["/clock"]]
     assert len(clock) >= 20  # ~0.25 s of playback at 100 Hz plus one per message
@@ -158,9 +155,9 @@ def test_ros1_bag_is_converted_to_ros2_messages(tmp_path, listener):
     done = _play(ros1.path, "--rate", "4", "--topics", ros1.rgb_topic)
     assert done.returncode == 0, done.stderr
     time.sleep(0.5)
-    got = {_stamp(m): m for _, m in listener.get(ros1.rgb_topic, [])}
+    got = {stamp_ns(m): m for _, m in listener.get(ros1.rgb_topic, [])}
     assert sorted(got) == sorted(ros1.stamps(ros1.rgb_topic))
-    from sigma_core.data.bags import message_to_array, open_bag, stamp_ns
+    from sigma_core.data.bags import message_to_array, open_bag
 
     with open_bag(ros1.path) as reader:
         conn = [c for c in reader.connections if c.topic == ros1.rgb_topic][0]

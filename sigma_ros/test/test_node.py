@@ -28,6 +28,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
+from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_core.data.pairing import ApproximateTimePairer  # noqa: E402
 from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
 from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array  # noqa: E402
@@ -182,14 +183,9 @@ def start_node(tmp_path_factory, ns, params) -> NodeProcess:
 # --- stream helpers ----------------------------------------------------------------------------------------
 
 
-def to_ns(msg) -> int:
-    s = msg.header.stamp
-    return s.sec * 1_000_000_000 + s.nanosec
-
-
-def image(arr, encoding, stamp_ns, frame_id="camera") -> Image:
+def image(arr, encoding, stamp, frame_id="camera") -> Image:
     msg = array_to_image_msg(arr, encoding)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
     msg.header.frame_id = frame_id
     return msg
 
@@ -275,19 +271,19 @@ def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal
     run_schedule(base, events)
     # The last pair is never replaced by a newer one, so it is always served: wait for it.
     last = max(expected)
-    harness.wait_for(lambda: last in {to_ns(m) for m in harness.messages("/t/segmentation/stats")}, timeout=10)
+    harness.wait_for(lambda: last in {stamp_ns(m) for m in harness.messages("/t/segmentation/stats")}, timeout=10)
 
     masks = harness.messages("/t/segmentation/mask")
     stats = harness.messages("/t/segmentation/stats")
     assert len(masks) >= 0.5 * len(expected), f"{len(masks)} masks for {len(expected)} pairs:\n{node.log()}"
     print(f"{len(masks)} masks for {len(expected)} pairs, {stats[-1].frames_dropped} dropped")
     for m in masks:
-        assert to_ns(m) in expected, "a mask's stamp is not the stamp of a paired RGB frame"
+        assert stamp_ns(m) in expected, "a mask's stamp is not the stamp of a paired RGB frame"
         assert (m.height, m.width, m.encoding, m.header.frame_id) == (H, W, "mono8", "camera")
         ids = image_msg_to_array(m)
         assert set(np.unique(ids).tolist()) <= set(range(len(CLASSES))) | {255}
-    by_stamp = {to_ns(s): s for s in stats}
-    assert set(by_stamp) >= {to_ns(m) for m in masks}
+    by_stamp = {stamp_ns(s): s for s in stats}
+    assert set(by_stamp) >= {stamp_ns(m) for m in masks}
     for stamp, s in by_stamp.items():
         assert (s.width, s.height, s.modality) == (W, H, "thermal")
         assert [c.name for c in s.classes] == CLASSES
@@ -299,7 +295,7 @@ def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal
     # Outputs computed only for subscribers: these three have one here, so they were produced.
     for topic, encoding in [("overlay", "rgb8"), ("color_mask", "rgb8"), ("confidence", "32FC1")]:
         got = harness.messages(f"/t/segmentation/{topic}")
-        assert got and got[-1].encoding == encoding and to_ns(got[-1]) in expected
+        assert got and got[-1].encoding == encoding and stamp_ns(got[-1]) in expected
     conf = image_msg_to_array(harness.messages("/t/segmentation/confidence")[-1])
     assert conf.shape == (H, W) and 1 / len(CLASSES) - 1e-6 <= conf.min() and conf.max() <= 1 + 1e-6
 
@@ -342,10 +338,10 @@ def test_palette_and_alpha_change_at_run_time(harness, thermal_node):
     stamp = time.time_ns()
     streams.rgb.publish(image(streams.rgb_frame(), "rgb8", stamp))
     streams.modal.publish(image(streams.thermal_frame(), "mono16", stamp))
-    assert harness.wait_for(lambda: any(to_ns(m) == stamp for m in harness.messages("/t/segmentation/overlay"))
-                            and any(to_ns(m) == stamp for m in harness.messages("/t/segmentation/mask")), 10)
-    over = next(m for m in harness.messages("/t/segmentation/overlay") if to_ns(m) == stamp)
-    mask = next(m for m in harness.messages("/t/segmentation/mask") if to_ns(m) == stamp)
+    assert harness.wait_for(lambda: any(stamp_ns(m) == stamp for m in harness.messages("/t/segmentation/overlay"))
+                            and any(stamp_ns(m) == stamp for m in harness.messages("/t/segmentation/mask")), 10)
+    over = next(m for m in harness.messages("/t/segmentation/overlay") if stamp_ns(m) == stamp)
+    mask = next(m for m in harness.messages("/t/segmentation/mask") if stamp_ns(m) == stamp)
     np.testing.assert_array_equal(image_msg_to_array(over), np.asarray(palette, np.uint8).reshape(-1, 3)[
         image_msg_to_array(mask)])
 
@@ -374,11 +370,11 @@ def test_bad_input_is_logged_and_good_frames_keep_flowing(harness, thermal_node)
         streams.modal.publish(modal)
         time.sleep(0.1)
     served = {stamps[2], stamps[3], *stamps[4:]}
-    assert harness.wait_for(lambda: served <= {to_ns(m) for m in harness.messages("/t/segmentation/mask")}, 10), (
+    assert harness.wait_for(lambda: served <= {stamp_ns(m) for m in harness.messages("/t/segmentation/mask")}, 10), (
         f"good frames were not all served: {node.log()}")
     masks = harness.messages("/t/segmentation/mask")
     assert all((m.height, m.width) == (H, W) for m in masks)
-    assert stamps[0] not in {to_ns(m) for m in masks} and stamps[1] not in {to_ns(m) for m in masks}
+    assert stamps[0] not in {stamp_ns(m) for m in masks} and stamps[1] not in {stamp_ns(m) for m in masks}
     log = node.log()
     assert "/t/rgb/image: unsupported encoding 'yuv422'" in log
     assert "/t/rgb/image: rgb8 image 80x64" in log and "needs 15360 bytes" in log
@@ -446,9 +442,9 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
             streams.modal.publish(image(depth, encoding, s, frame_id="depth_optical"))
             time.sleep(0.25)
         assert harness.wait_for(
-            lambda: set(sent) <= {to_ns(m) for m in harness.messages("/d/segmentation/points")}, 10), node.log()
-        clouds = {to_ns(m): m for m in harness.messages("/d/segmentation/points")}
-        masks = {to_ns(m): image_msg_to_array(m) for m in harness.messages("/d/segmentation/mask")}
+            lambda: set(sent) <= {stamp_ns(m) for m in harness.messages("/d/segmentation/points")}, 10), node.log()
+        clouds = {stamp_ns(m): m for m in harness.messages("/d/segmentation/points")}
+        masks = {stamp_ns(m): image_msg_to_array(m) for m in harness.messages("/d/segmentation/mask")}
         for s, depth in sent.items():
             cloud, mask = clouds[s], masks[s]
             metres = depth.astype(np.float32) / (1000 if depth.dtype == np.uint16 else 1)
@@ -471,7 +467,7 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
         s = time.time_ns()
         streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
         streams.modal.publish(image(np.zeros((H, W), np.uint16), "16UC1", s))
-        assert harness.wait_for(lambda: s in {to_ns(m) for m in harness.messages("/d/segmentation/mask")}, 10)
+        assert harness.wait_for(lambda: s in {stamp_ns(m) for m in harness.messages("/d/segmentation/mask")}, 10)
         assert "/d/modal/image: 100% of depth pixels are 0/NaN/inf" in node.log()
         code, seconds = node.stop(signal.SIGTERM)
         assert code == 0 and seconds < 5, f"SIGTERM: exit {code} after {seconds:.1f} s:\n{node.log()}"

@@ -125,8 +125,7 @@ def test_output_bag_holds_the_node_topics(world, replayed):
     for st in stats:
         assert sum(c.pixel_count for c in st.classes) == st.valid_pixels == 64 * 96
         assert sum(c.fraction for c in st.classes) == pytest.approx(1.0, abs=1e-5)
-        stamp = st.header.stamp.sec * 1_000_000_000 + st.header.stamp.nanosec
-        counts = np.bincount(replayed.masks[stamp].reshape(-1), minlength=len(st.classes))
+        counts = np.bincount(replayed.masks[stamp_ns(st)].reshape(-1), minlength=len(st.classes))
         assert [c.pixel_count for c in st.classes] == counts.tolist()
 
 
