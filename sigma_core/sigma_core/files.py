@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+"""Atomic file writes (bytes, text, images, torch objects): a reader (or a resumed run) sees the old file or the
+new one, never half of one."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import cv2
+import numpy as np
 import torch
 
 
@@ -41,3 +44,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def atomic_write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Encode ``image`` in the format of the path's extension and write it atomically.
+
+    image: OpenCV layout, (H, W) or (H, W, 3/4) in BGR(A) order; uint8/uint16 for PNG, float32 for TIFF.
+    PNG uses compression level 1: lossless like any level, and much faster to write than the default.
+    Raises OSError naming the file when OpenCV cannot encode the array.
+    """
+    path = Path(path)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if path.suffix.lower() == ".png" else []
+    try:
+        ok, buf = cv2.imencode(path.suffix, np.ascontiguousarray(image), params)
+    except cv2.error:  # unsupported channel count or dtype
+        ok = False
+    if not ok:
+        raise OSError(f"OpenCV cannot encode {path} from a {image.shape} {image.dtype} array: PNG takes 1, 3 or 4 "
+                      "channels of uint8/uint16, TIFF also float32")
+    return atomic_write_bytes(path, buf.tobytes())

@@ -1,6 +1,8 @@
+import cv2
+import numpy as np
 import pytest
 
-from sigma_core.files import atomic_open, atomic_torch_save, atomic_write_text
+from sigma_core.files import atomic_open, atomic_torch_save, atomic_write_image, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -19,3 +21,16 @@ def test_torch_save_round_trips(tmp_path):
 
     path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "x.pt")
     assert torch.load(path, weights_only=True)["w"].tolist() == [0, 1, 2]
+
+
+def test_images_round_trip_losslessly_by_extension(tmp_path):
+    mono16 = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300
+    depth = np.linspace(0.0, 9.5, 12 * 16, dtype=np.float32).reshape(12, 16)
+    depth[0, 0] = np.nan
+    np.testing.assert_array_equal(cv2.imread(str(atomic_write_image(tmp_path / "a" / "t.png", mono16)),
+                                             cv2.IMREAD_UNCHANGED), mono16)
+    np.testing.assert_array_equal(cv2.imread(str(atomic_write_image(tmp_path / "d.tiff", depth)),
+                                             cv2.IMREAD_UNCHANGED), depth)
+    with pytest.raises(OSError, match="x.png"):
+        atomic_write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+    assert not (tmp_path / "x.png").exists()

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_image, atomic_write_text
 from .bags import IMAGE_TYPES, BagError, bag_topics, describe_topics, message_to_array, open_bag, stamp_ns
 from .dataset import DatasetSpec
 from .image_encoding import to_rgb8
@@ -189,14 +189,6 @@ def split_by_time(pairs: list[FramePair], test_fraction: float, blocks: int, gap
         if near >= gap:
             kept.append(p)
     return kept, test, len(train) - len(kept)
-
-
-def _encode(ext: str, img: np.ndarray, what: str) -> bytes:
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if ext == ".png" else []
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img), params)
-    if not ok:
-        raise ExtractError(f"could not encode {what} ({img.shape} {img.dtype}) as {ext}")
-    return buf.tobytes()
 
 
 def _clean_stale_tmp(folders: list[Path]) -> None:
@@ -365,14 +357,14 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
         arr, enc = message_to_array(reader.deserialize(raw, conn.msgtype))
         role = role_of[topic]
         if role == "RGB":
-            data = _encode(".png", cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR), path.name)
+            image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
         elif role == "label":
             if arr.dtype != np.uint8 or arr.ndim != 2:
                 raise ExtractError(f"label message {i} on {topic} is {enc}, expected mono8 class ids")
-            data = _encode(".png", arr, path.name)
+            image = arr
         else:
-            data = _encode(modal_ext, _modal_for_file(arr, enc), path.name)
-        atomic_write_bytes(path, data)
+            image = _modal_for_file(arr, enc)
+        atomic_write_image(path, image)
         result.written += 1
         bar.update(1)
         if not any(jobs.values()):
@@ -392,18 +384,15 @@ def _modal_for_file(arr: np.ndarray, enc: str) -> np.ndarray:
 
 
 def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str, result: ExtractResult) -> None:
-    def write_text(path: Path, text: str) -> None:
-        atomic_write_bytes(path, text.encode())
-
-    write_text(out / "train.txt", "".join(f"{p.name}\n" for p in result.train))
-    write_text(out / "test.txt", "".join(f"{p.name}\n" for p in result.test))
+    atomic_write_text(out / "train.txt", "".join(f"{p.name}\n" for p in result.train))
+    atomic_write_text(out / "test.txt", "".join(f"{p.name}\n" for p in result.test))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["name", "rgb_stamp_ns", "modal_stamp_ns", "skew_ms", "split"])
     rows = [(p, "train") for p in result.train] + [(p, "test") for p in result.test]
     for p, split in sorted(rows, key=lambda r: r[0].rgb_stamp):
         w.writerow([p.name, p.rgb_stamp, p.modal_stamp, f"{(p.rgb_stamp - p.modal_stamp) * 1e-6:.3f}", split])
-    write_text(out / "pairs.csv", buf.getvalue())
+    atomic_write_text(out / "pairs.csv", buf.getvalue())
     rgb, mod = infos["RGB"], infos["modality"]
     scaling = opts.scaling or ModalityScaling(modality)
     spec = DatasetSpec(

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import yaml
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_image
 from .modality import ModalityScaling
 
 CLASSES = ("background", "road", "building", "vegetation", "person", "vehicle", "mannequin", "cone")
@@ -394,15 +394,6 @@ def world_description(modality: str = "thermal") -> dict:
     }
 
 
-def write_png(path: Path, image: np.ndarray, rgb_order: bool = False) -> None:
-    """Lossless PNG (8 or 16 bit), written atomically. ``rgb_order``: image is RGB (PNG files hold BGR for cv2)."""
-    img = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb_order else image
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise OSError(f"could not encode {path} as PNG")
-    atomic_write_bytes(path, buf.tobytes())
-
-
 def write_dataset(
     root: str | os.PathLike,
     n: int = 64,
@@ -437,9 +428,9 @@ def write_dataset(
         night = bool(rng.random() < night_fraction)
         frame = Scene.random(seed=int(seed) * 100003 + i, size=size, night=night).render(0.0)
         name = f"{i:05d}"
-        write_png(root / "RGB" / f"{name}.png", frame.rgb, rgb_order=True)
-        write_png(root / "Modal" / f"{name}.png", frame.modal(modality))
-        write_png(root / "Label" / f"{name}.png", frame.label)
+        atomic_write_image(root / "RGB" / f"{name}.png", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+        atomic_write_image(root / "Modal" / f"{name}.png", frame.modal(modality))
+        atomic_write_image(root / "Label" / f"{name}.png", frame.label)
         meta[name] = {"night": night}
         if i in test_ids:
             splits["test"].append(name)

@@ -204,6 +204,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     import cv2
     from torch.utils.data import DataLoader, Subset
 
+    from ..files import atomic_write_image
     from .reports import published_miou, write_evaluation_report
     from .train import dataset_info, make_dataset
 
@@ -224,7 +225,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
         pred_dir.mkdir(parents=True, exist_ok=True)
 
         def on_prediction(mask: np.ndarray, name: str) -> None:
-            cv2.imwrite(str(pred_dir / f"{name}.png"), cv2.cvtColor(palette[mask], cv2.COLOR_RGB2BGR))
+            atomic_write_image(pred_dir / f"{name}.png", cv2.cvtColor(palette[mask], cv2.COLOR_RGB2BGR))
 
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     metrics = evaluate_dataset(model, loader, len(class_names), settings, dev, class_names,
