@@ -15,10 +15,19 @@ from std_msgs.msg import Header
 
 from sigma_core.data.image_encoding import array_to_image_fields, image_to_array, to_rgb8
 
-__all__ = ["image_msg_to_array", "image_msg_to_rgb8", "array_to_image_msg", "RGB_ENCODINGS", "MODAL_ENCODINGS"]
+__all__ = [
+    "image_msg_to_array",
+    "image_msg_to_rgb8",
+    "array_to_image_msg",
+    "RGB_ENCODINGS",
+    "MODAL_ENCODINGS",
+    "DEPTH_ENCODINGS",
+]
 
+# What the node accepts on each input (sigma_core.data.image_encoding decodes more).
 RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 MODAL_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
+DEPTH_ENCODINGS = ("16UC1", "32FC1")  # millimetres / metres (REP 118)
 
 
 def image_msg_to_array(msg: Image) -> np.ndarray:

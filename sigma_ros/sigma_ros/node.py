@@ -33,6 +33,7 @@ from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .frame_mailbox import LatestMailbox
 from .image_conversion import (
+    DEPTH_ENCODINGS,
     MODAL_ENCODINGS,
     RGB_ENCODINGS,
     array_to_image_msg,
@@ -61,7 +62,6 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
-DEPTH_ENCODINGS = ("16UC1", "32FC1")
 MOSTLY_INVALID_DEPTH = 0.5  # warn when more than this fraction of a depth frame has no return
 
 
@@ -164,6 +164,7 @@ class SigmaSegmentationNode(Node):
             else None
         )
         self.topics = (self.sub_rgb.topic_name, self.sub_modal.topic_name)
+        self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
         self.watch = StreamWatch(self.topics)
         self.create_timer(1.0, self._check_silence)
         self.add_on_set_parameters_callback(self._validate_runtime_parameters)
@@ -192,7 +193,7 @@ class SigmaSegmentationNode(Node):
                 f"{topic}: stamp {stamp:.6f} s is not after the previous {previous:.6f} s; message skipped",
             )
             return
-        allowed = RGB_ENCODINGS if stream == 0 else (DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
+        allowed = self._accepted[stream]
         if msg.encoding not in allowed:
             self.problems.report(
                 "unsupported_encoding",
