@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 import yaml
 
-from ..files import atomic_write_image
+from ..files import atomic_write_image, atomic_write_text
+from .dataset import DatasetSpec
 from .modality import ModalityScaling
 
 CLASSES = ("background", "road", "building", "vegetation", "person", "vehicle", "mannequin", "cone")
@@ -438,29 +439,25 @@ def write_dataset(
         else:
             splits["train"].append(name)
     for split, names in splits.items():
-        (root / f"{split}.txt").write_text("".join(f"{s}\n" for s in names))
-    (root / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=True))
+        atomic_write_text(root / f"{split}.txt", "".join(f"{s}\n" for s in names))
+    atomic_write_text(root / "meta.yaml", yaml.safe_dump(meta, sort_keys=True))
     h, w = size
-    desc = {
-        "format": "sigma-rgbx-1",
-        "name": "synthetic",
-        **world_description(modality),
-        "label_shift": 0,
-        "rgb_dir": "RGB",
-        "modal_dir": "Modal",
-        "label_dir": "Label",
-        "rgb_ext": ".png",
-        "modal_ext": ".png",
-        "label_ext": ".png",
-        "splits": {s: f"{s}.txt" for s in splits},
-        "image_size": [h, w],
-        "encodings": {"rgb": "rgb8", "modal": "mono16" if modality == "thermal" else "16UC1"},
-        "intrinsics": Intrinsics.for_size(h, w).k,
-        "eval": {"scales": [1.0], "flip": False},
-        "source": {"generator": "sigma_core.data.synthetic", "seed": int(seed), "night_fraction": night_fraction},
-        "counts": {s: len(v) for s, v in splits.items()},
-    }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
+    DatasetSpec(
+        name="synthetic",
+        classes=tuple(CLASSES),
+        palette=tuple(tuple(c) for c in PALETTE),
+        modality=modality,
+        scaling=scaling_for(modality),
+        splits={s: (f"{s}.txt",) for s in splits},
+        image_size=(h, w),
+        extra={
+            "format": "sigma-rgbx-1",
+            "encodings": {"rgb": "rgb8", "modal": "mono16" if modality == "thermal" else "16UC1"},
+            "intrinsics": Intrinsics.for_size(h, w).k,
+            "source": {"generator": "sigma_core.data.synthetic", "seed": int(seed), "night_fraction": night_fraction},
+            "counts": {s: len(v) for s, v in splits.items()},
+        },
+    ).write_yaml(root)
     return root
 
 
