@@ -112,6 +112,8 @@ def test_report_files(tmp_path):
     assert published_miou("pst900", "base") == {"source": published_miou("pst900", "tiny")["source"],
                                                  "miou_by_variant": {"tiny": 88.6, "small": 87.8}}
     assert published_miou("my_robot", "tiny") is None
+    # the config preset, the dataset preset and an alias name the same benchmark
+    assert {published_miou(n, "tiny")["miou_same_variant"] for n in ("nyudv2", "NYUDepthv2", "nyu")} == {53.9}
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):

@@ -182,11 +182,18 @@ PRESETS: dict[str, DatasetSpec] = {
 _ALIASES = {"nyu": "nyudepthv2", "nyuv2": "nyudepthv2", "nyudv2": "nyudepthv2", "sun": "sunrgbd", "pst": "pst900"}
 
 
+def preset_key(name: str) -> str:
+    """A preset name as users spell it ("NYU-Depth-v2", "nyudv2", "PST") -> its key in PRESETS ("nyudepthv2",
+    "pst900"); other names come back lower-cased without "-" and "_" (not a known preset)."""
+    key = name.lower().replace("-", "").replace("_", "")
+    return _ALIASES.get(key, key)
+
+
 def resolve_spec(root: str | os.PathLike, preset: Optional[str] = None) -> DatasetSpec:
     """The spec of a dataset folder: a named preset, or (``None``/``custom``) the folder's dataset.yaml."""
     if preset is None or preset.lower() == "custom":
         return DatasetSpec.from_yaml(Path(root) / DATASET_YAML)
-    key = _ALIASES.get(preset.lower().replace("-", "").replace("_", ""), preset.lower().replace("-", ""))
+    key = preset_key(preset)
     if key not in PRESETS:
         raise ValueError(f"unknown dataset preset {preset!r}; choose one of {', '.join(PRESETS)} or custom")
     return PRESETS[key]

@@ -12,24 +12,23 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..data.dataset import preset_key
 from ..files import atomic_write_text
 from .metrics import SegmentationMetrics
 
 # mIoU (%) of the published Sigma checkpoints, from the "Results" tables of the
-# public Sigma README (github.com/zifuwan/Sigma). Only what is stated there.
+# public Sigma README (github.com/zifuwan/Sigma). Only what is stated there. Keyed like dataset PRESETS.
 PUBLISHED_MIOU: dict[str, dict[str, float]] = {
     "mfnet": {"tiny": 60.2, "small": 61.1, "base": 61.3},
     "pst900": {"tiny": 88.6, "small": 87.8},
-    "nyudv2": {"tiny": 53.9, "small": 57.0},
+    "nyudepthv2": {"tiny": 53.9, "small": 57.0},
     "sunrgbd": {"tiny": 50.0, "small": 52.4},
 }
 
 
 def published_miou(preset: Optional[str], variant: Optional[str]) -> Optional[dict[str, Any]]:
     """The published mIoU (%) for a benchmark preset and variant, or None where nothing was published."""
-    key = (preset or "").lower().replace("-", "").replace("_", "")
-    key = {"nyudepthv2": "nyudv2", "nyu": "nyudv2", "nyuv2": "nyudv2", "sun": "sunrgbd", "pst": "pst900"}.get(key, key)
-    table = PUBLISHED_MIOU.get(key)
+    table = PUBLISHED_MIOU.get(preset_key(preset)) if preset else None
     if not table:
         return None
     out: dict[str, Any] = {"source": "Sigma (WACV 2025), github.com/zifuwan/Sigma README", "miou_by_variant": table}
