@@ -47,13 +47,28 @@ def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
-def plot_confusion(metrics: SegmentationMetrics, path: Path, title: str = "Confusion matrix") -> Path:
-    """Row-normalised confusion matrix (each true class sums to 1) as a PNG."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (imported late: only reports need it, and no display is needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)  # pyplot keeps every open figure alive otherwise
+    return path
+
+
+def plot_confusion(metrics: SegmentationMetrics, path: Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix (each true class sums to 1) as a PNG."""
+    plt = _pyplot()
     cm = metrics.confusion.astype(np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -73,22 +88,13 @@ def plot_confusion(metrics: SegmentationMetrics, path: Path, title: str = "Confu
                     ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_class_iou(metrics: SegmentationMetrics, path: Path, title: str = "Per-class IoU",
                    compare: Optional[dict[str, SegmentationMetrics]] = None) -> Path:
     """Bar chart of per-class IoU (%); ``compare`` adds named bar series (e.g. "thermal blanked")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     series = {"model": metrics, **(compare or {})}
     k = len(metrics.class_names)
     width = 0.8 / len(series)
@@ -103,12 +109,7 @@ def plot_class_iou(metrics: SegmentationMetrics, path: Path, title: str = "Per-c
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def metrics_table(results: dict[str, SegmentationMetrics]) -> str:
