@@ -10,9 +10,6 @@ evaluator stops this long after the last message). The node comes from sigma.lau
 parameters file and Fast DDS profile); when the evaluator finishes and writes its report, the whole
 launch shuts down. Without `launch` (pip ROS) run the three executables by hand, or `sigma-demo`.
 """
-import os
-from pathlib import Path
-
 from launch import LaunchDescription
 from launch.actions import (
     DeclareLaunchArgument,
@@ -27,15 +24,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-
-def _share_dir() -> Path:
-    """Installed share/sigma_ros, or the source tree when running the file from a checkout."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("sigma_ros"))
-    except (ImportError, LookupError):
-        return Path(__file__).resolve().parent.parent
+from sigma_ros.package_files import fastdds_profile_env, share_file
 
 
 def _player_and_evaluator(context):
@@ -43,9 +32,7 @@ def _player_and_evaluator(context):
         return LaunchConfiguration(name).perform(context)
 
     sim_time = arg("use_sim_time").lower() in ("true", "1", "yes")
-    env = {}
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_share_dir() / "config" / "fastdds_large_images.xml")
+    env = fastdds_profile_env()
     topics = [t for t in (arg("rgb_topic"), arg("modal_topic"), arg("label_topic")) if t]
     player_args = [arg("bag"), "--rate", arg("rate"), "--start-offset", arg("start_offset"),
                    "--topics", *topics, "--wait-timeout", "300",
@@ -72,9 +59,8 @@ def _player_and_evaluator(context):
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = _share_dir()
     node = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(share / "launch" / "sigma.launch.py")),
+        PythonLaunchDescriptionSource(str(share_file("launch", "sigma.launch.py"))),
         launch_arguments={
             "checkpoint": LaunchConfiguration("checkpoint"),
             "device": LaunchConfiguration("device"),

@@ -8,23 +8,12 @@ Arguments: checkpoint, device (empty: the params file's), rgb_topic, modal_topic
 config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets
 the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
-import os
-from pathlib import Path
-
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-
-def _share_dir() -> Path:
-    """Installed share/sigma_ros, or the source tree when running the file from a checkout."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("sigma_ros"))
-    except (ImportError, LookupError):
-        return Path(__file__).resolve().parent.parent
+from sigma_ros.package_files import fastdds_profile_env, share_file
 
 
 def _sigma_node(context):
@@ -35,9 +24,7 @@ def _sigma_node(context):
     for name in ("checkpoint", "device"):
         if arg(name):  # empty: keep the params file's value
             overrides[name] = arg(name)
-    env = {}
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_share_dir() / "config" / "fastdds_large_images.xml")
+    env = fastdds_profile_env()
     return [
         Node(
             package="sigma_ros",
@@ -58,7 +45,6 @@ def _sigma_node(context):
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = _share_dir()
     return LaunchDescription(
         [
             DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params file"),
@@ -70,7 +56,7 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(
-                "params_file", default_value=str(share / "config" / "sigma.yaml"), description="parameters YAML"
+                "params_file", default_value=str(share_file("config", "sigma.yaml")), description="parameters YAML"
             ),
             DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
             OpaqueFunction(function=_sigma_node),

@@ -29,36 +29,20 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .package_files import fastdds_profile_env
+
 DEFAULT_OUTPUT = Path("demo_output")
-PROFILE_NAME = "fastdds_large_images.xml"
 
 
 class DemoError(RuntimeError):
     """The pipeline failed; the message says at which step and where the logs are."""
 
 
-def config_file(name: str) -> Path:
-    """A file of sigma_ros/config: from the installed share folder, else from the source tree."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("sigma_ros")) / "config" / name)
-    except (ImportError, LookupError):
-        pass
-    candidates.append(Path(__file__).resolve().parents[1] / "config" / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"sigma_ros config file {name} not found in {', '.join(map(str, candidates))}")
-
-
 def prepare_environment(env: dict) -> dict:
     """Private ROS_DOMAIN_ID and the Fast DDS profile (unless the user set them), applied to ``env`` in place."""
     if not env.get("ROS_DOMAIN_ID"):
         env["ROS_DOMAIN_ID"] = str(120 + os.getpid() % 100)  # 120..219: clear of the default 0 and of tests' ranges
-    if not env.get("FASTDDS_DEFAULT_PROFILES_FILE"):
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file(PROFILE_NAME))
+    env.update(fastdds_profile_env(env))
     return env
 
 
