@@ -1,5 +1,5 @@
-"""Atomic file writes (bytes, text, images, torch objects): a reader (or a resumed run) sees the old file or the
-new one, never half of one."""
+"""Our file I/O. Writes are atomic (bytes, text, images, torch objects): a reader (or a resumed run) sees the old
+file or the new one, never half of one. YAML mappings are read with errors that name the file."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,25 @@ from typing import IO, Any, Iterator
 import cv2
 import numpy as np
 import torch
+import yaml
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of keys a YAML file holds; an empty file gives {}.
+
+    Raises ValueError naming the file when it is not valid YAML or holds something else (a list, a bare
+    value); OSError (e.g. FileNotFoundError) as reading the file raises it.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML; fix it where the parser stopped: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of keys (key: value lines), got a {type(data).__name__}")
+    return data
 
 
 @contextmanager

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sigma_core.files import atomic_open, atomic_torch_save, atomic_write_image, atomic_write_text
+from sigma_core.files import atomic_open, atomic_torch_save, atomic_write_image, atomic_write_text, read_yaml_mapping
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -34,3 +34,14 @@ def test_images_round_trip_losslessly_by_extension(tmp_path):
     with pytest.raises(OSError, match="x.png"):
         atomic_write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_yaml_mapping_errors_name_the_file(tmp_path):
+    assert read_yaml_mapping(atomic_write_text(tmp_path / "ok.yaml", "a: 1\nb: [2, 3]\n")) == {"a": 1, "b": [2, 3]}
+    assert read_yaml_mapping(atomic_write_text(tmp_path / "empty.yaml", "")) == {}
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        read_yaml_mapping(atomic_write_text(tmp_path / "broken.yaml", "a: [1\n"))
+    with pytest.raises(ValueError, match="list.yaml must hold a mapping.*got a list"):
+        read_yaml_mapping(atomic_write_text(tmp_path / "list.yaml", "- 1\n- 2\n"))
+    with pytest.raises(FileNotFoundError):
+        read_yaml_mapping(tmp_path / "missing.yaml")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_yaml_mapping
 from .modality import ModalityScaling
 from .transforms import IGNORE_INDEX, to_network
 
@@ -73,13 +73,12 @@ class DatasetSpec:
         """Read a dataset.yaml (as written by ``sigma-extract`` / ``sigma-synth``)."""
         path = Path(path)
         try:
-            d = yaml.safe_load(path.read_text())
+            d = read_yaml_mapping(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} not found: a custom dataset folder needs a {DATASET_YAML}") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a mapping of keys, got {type(d).__name__}")
+        if not d:
+            raise ValueError(f"{path} is empty; it needs the dataset's keys (classes, modality, ...), "
+                             "as sigma-extract writes them")
         return cls.from_dict(d, source=str(path))
 
     @classmethod

@@ -27,10 +27,9 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
-from ..files import atomic_write_image, atomic_write_text
+from ..files import atomic_write_image, atomic_write_text, read_yaml_mapping
 from .bags import IMAGE_TYPES, BagError, bag_topics, describe_topics, message_to_array, open_bag, stamp_ns
 from .dataset import DatasetSpec
 from .image_encoding import to_rgb8
@@ -124,19 +123,18 @@ def load_class_file(path: str | os.PathLike) -> dict:
     """Classes (and palette, modality, scaling if present) from a YAML file with a ``classes`` list (e.g. a
     dataset.yaml or the synthetic world's description), or a text file with one class name per line."""
     path = Path(path)
+    is_yaml = path.suffix in (".yaml", ".yml")
     try:
-        text = path.read_text()
+        content = read_yaml_mapping(path) if is_yaml else path.read_text()
     except OSError as exc:
         raise ExtractError(f"cannot read classes file {path}: {exc.strerror}") from None
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ExtractError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(d, dict) or not isinstance(d.get("classes"), list):
+    except ValueError as exc:  # not YAML, or not a mapping
+        raise ExtractError(str(exc)) from None
+    if is_yaml:
+        if not isinstance(content.get("classes"), list):
             raise ExtractError(f"{path} has no 'classes' list")
-        return {k: d[k] for k in ("classes", "palette", "modality", "scaling") if d.get(k) is not None}
-    names = [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
+        return {k: content[k] for k in ("classes", "palette", "modality", "scaling") if content.get(k) is not None}
+    names = [s.strip() for s in content.splitlines() if s.strip() and not s.lstrip().startswith("#")]
     if not names:
         raise ExtractError(f"{path} lists no class names (one per line)")
     return {"classes": names}

@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
+from ..files import read_yaml_mapping
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -178,7 +180,7 @@ class TrainConfig:
         source = "defaults"
         if config is not None:
             path = resolve_config_path(config)
-            data = read_yaml(path)
+            data = read_yaml_mapping(path)
             source = str(path)
         data = apply_overrides(data, overrides)
         return cls.from_dict(data, source if not overrides else f"{source} with overrides")
@@ -230,18 +232,6 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
     if not preset.is_file():
         raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()}")
     return preset
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    return data
 
 
 def parse_value(text: str) -> Any:
