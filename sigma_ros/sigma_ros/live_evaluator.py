@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 import rclpy
-import torch
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -42,6 +41,7 @@ from sigma_core.engine.metrics import ConfusionMatrix
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .image_conversion import image_msg_to_array, image_msg_to_rgb8
+from .label_matching import LabelMatcher, forget_older, frame_confusion
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import stamp_seconds
 from .qos import latched_qos
@@ -86,8 +86,8 @@ class ReplayEvaluator(Node):
         self.rgb_received: dict[int, float] = {}  # RGB stamp -> receive time (perf_counter s)
         self._rgb_msgs: dict[int, Image] = {}
         self._modal_msgs: dict[int, Image] = {}
-        self._labels: dict[int, np.ndarray] = {}
-        self._unscored: dict[int, np.ndarray] = {}  # masks waiting for their label
+        self._history_ns = int(opts.history_s * 1e9)
+        self._labels = LabelMatcher(self._score, self._history_ns)
         self.mask_stamps: list[int] = []
         self.latency_ms: dict[int, float] = {}
         self.mask_received: dict[int, float] = {}
@@ -119,11 +119,6 @@ class ReplayEvaluator(Node):
 
     # --- callbacks ----------------------------------------------------------------------------------
 
-    def _forget(self, table: dict, newest: int) -> None:
-        horizon = newest - int(self.opts.history_s * 1e9)
-        for s in [s for s in table if s < horizon]:
-            del table[s]
-
     def _on_rgb(self, msg: Image) -> None:
         now = time.perf_counter()
         stamp = stamp_ns(msg)
@@ -133,7 +128,7 @@ class ReplayEvaluator(Node):
             self.rgb_count += 1
             self.rgb_received[stamp] = now
             self._rgb_msgs[stamp] = msg
-            self._forget(self._rgb_msgs, stamp)
+            forget_older(self._rgb_msgs, stamp, self._history_ns)
             self._pair(0, msg, stamp)
 
     def _on_modal(self, msg: Image) -> None:
@@ -142,7 +137,7 @@ class ReplayEvaluator(Node):
             self.last_activity = time.perf_counter()
             self.modal_count += 1
             self._modal_msgs[stamp] = msg
-            self._forget(self._modal_msgs, stamp)
+            forget_older(self._modal_msgs, stamp, self._history_ns)
             self._pair(1, msg, stamp)
 
     def _pair(self, stream: int, msg: Image, stamp: int) -> None:
@@ -155,11 +150,7 @@ class ReplayEvaluator(Node):
         label = np.array(image_msg_to_array(msg), np.uint8)
         with self._lock:
             self.last_activity = time.perf_counter()
-            if stamp in self._unscored:
-                self._score(stamp, self._unscored.pop(stamp), label)
-            else:
-                self._labels[stamp] = label
-                self._forget(self._labels, stamp)
+            self._labels.add_label(stamp, label)
 
     def _on_class_map(self, msg: ClassMap) -> None:
         with self._lock:
@@ -195,11 +186,7 @@ class ReplayEvaluator(Node):
             if self._pixels is not None:
                 self._pixels += np.bincount(mask.reshape(-1), minlength=256)[: len(self._pixels)]
             if self.opts.label_topic:
-                if stamp in self._labels:
-                    self._score(stamp, mask, self._labels.pop(stamp))
-                else:
-                    self._unscored[stamp] = mask
-                    self._forget(self._unscored, stamp)
+                self._labels.add_mask(stamp, mask)
             rgb_msg = self._rgb_msgs.get(stamp)
             modal_msg = self._modal_msgs.get(self.expected.get(stamp, -1))
             table = self._table
@@ -224,10 +211,9 @@ class ReplayEvaluator(Node):
     def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if self._cm is None or label.shape != mask.shape:
             return
-        frame = ConfusionMatrix(self._cm.num_classes)
-        frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
-        self._cm.matrix += frame.matrix
-        self.confusion[stamp] = frame.matrix.numpy().copy()
+        frame = frame_confusion(mask, label, self._cm.num_classes)
+        self._cm.matrix += frame
+        self.confusion[stamp] = frame.numpy()
 
     # --- results ------------------------------------------------------------------------------------
 

@@ -226,9 +226,9 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
     With ``out_dir``, sample frames for the report are kept (``opts.samples``).
     """
-    import torch
-
     from sigma_core.engine.metrics import ConfusionMatrix
+
+    from .label_matching import LabelMatcher, frame_confusion
 
     if opts.label_topic and opts.label_dir:
         raise ValueError("give either a label topic or a label folder, not both")
@@ -247,8 +247,6 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     result = ReplayResult(summary)
     total = ConfusionMatrix(k)
     labelled = opts.label_topic is not None or opts.label_dir is not None
-    labels: dict[int, np.ndarray] = {}  # label-topic images waiting for their mask, by stamp
-    waiting: dict[int, np.ndarray] = {}  # masks waiting for their label-topic image, by stamp
     pixels = np.zeros(k, np.int64)
     out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette,
                         segmenter.model_name, segmenter.scaling.modality) if opts.output_bag else None
@@ -258,11 +256,12 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         if label.shape != mask.shape:
             raise ValueError(f"label at stamp {stamp} ns is {label.shape[1]}x{label.shape[0]}, "
                              f"mask is {mask.shape[1]}x{mask.shape[0]}: labels must be at the RGB size")
-        frame = ConfusionMatrix(k)
-        frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
-        total.matrix += frame.matrix
-        result.confusion[stamp] = frame.matrix.numpy().copy()
+        frame = frame_confusion(mask, label, k)
+        total.matrix += frame
+        result.confusion[stamp] = frame.numpy()
         summary.frames_scored += 1
+
+    matcher = LabelMatcher(score, horizon_ns=10_000_000_000)  # masks and label-topic images, by stamp
 
     start = time.perf_counter()
     frames_processed = 0
@@ -272,11 +271,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             if role == "label":
                 arr, _ = message_to_array(msg)
                 label = np.array(arr if arr.ndim == 2 else arr[..., 0], np.uint8)
-                if stamp in waiting:
-                    score(stamp, waiting.pop(stamp), label)
-                else:
-                    labels[stamp] = label
-                    _forget_old(labels, stamp)
+                matcher.add_label(stamp, label)
                 continue
             if role == "rgb":
                 summary.rgb_messages += 1
@@ -311,11 +306,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                 if label is not None:
                     score(rgb_stamp, mask, label)
             elif opts.label_topic:
-                if rgb_stamp in labels:
-                    score(rgb_stamp, mask, labels.pop(rgb_stamp))
-                else:
-                    waiting[rgb_stamp] = mask
-                    _forget_old(waiting, rgb_stamp)
+                matcher.add_mask(rgb_stamp, mask)
             color = None
             if out_bag is not None:
                 color = colorize(mask, table)
@@ -342,12 +333,6 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             summary.notes.append(f"{missing} of {summary.frames} segmented frames had no label")
     summary.samples = samples.items()
     return result
-
-
-def _forget_old(pending: dict[int, Any], newest: int, horizon_ns: int = 10_000_000_000) -> None:
-    """Drop entries more than ``horizon_ns`` older than ``newest``: bounded memory on long bags."""
-    for s in [s for s in pending if s < newest - horizon_ns]:
-        del pending[s]
 
 
 def build_parser() -> argparse.ArgumentParser:
