@@ -375,9 +375,6 @@ def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     try:
         seg = load_segmenter(args.checkpoint, args.device, args.precision)
         opts = ReplayOptions(
