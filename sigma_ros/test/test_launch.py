@@ -1,16 +1,30 @@
-"""launch/sigma.launch.py: compiles here; where `launch` is installed, builds a launch description."""
+"""launch/*.launch.py: compile here; where `launch` is installed, build their launch descriptions."""
 import importlib.util
 import py_compile
 from pathlib import Path
 
 import pytest
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "sigma.launch.py"
+LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+ARGUMENTS = {  # launch file -> arguments it must declare
+    "sigma.launch.py": {"checkpoint", "device", "rgb_topic", "modal_topic", "namespace", "params_file", "use_sim_time"},
+    "replay_eval.launch.py": {"bag", "rgb_topic", "modal_topic", "label_topic", "checkpoint", "rate", "use_sim_time",
+                              "out"},
+}
 
 
-def test_launch_file_compiles():
-    py_compile.compile(str(LAUNCH), doraise=True)
+def launch_description(name: str):
+    pytest.importorskip("launch_ros", reason="launch/launch_ros are only on real ROS 2 installs")
+    spec = importlib.util.spec_from_file_location(name.split(".")[0] + "_launch", LAUNCH_DIR / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description()
+
+
+@pytest.mark.parametrize("name", sorted(ARGUMENTS))
+def test_launch_file_compiles(name):
+    py_compile.compile(str(LAUNCH_DIR / name), doraise=True)
 
 
 def test_fastdds_profile_is_well_formed_and_sized_for_images():
@@ -24,17 +38,20 @@ def test_fastdds_profile_is_well_formed_and_sized_for_images():
     assert participant.get("is_default_profile") == "true"
 
 
-def test_generate_launch_description():
-    pytest.importorskip("launch_ros", reason="launch/launch_ros are only on real ROS 2 installs")
-    from launch import LaunchContext, LaunchDescription
+@pytest.mark.parametrize("name", sorted(ARGUMENTS))
+def test_generate_launch_description(name):
+    description = launch_description(name)
+    from launch import LaunchDescription
 
-    spec = importlib.util.spec_from_file_location("sigma_launch", LAUNCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
     assert isinstance(description, LaunchDescription)
     names = {a.name for a in description.get_launch_arguments()}
-    assert {"checkpoint", "device", "rgb_topic", "modal_topic", "namespace", "params_file", "use_sim_time"} <= names
+    assert ARGUMENTS[name] <= names
+
+
+def test_sigma_launch_actions_visit_with_the_default_arguments():
+    description = launch_description("sigma.launch.py")
+    from launch import LaunchContext
+
     context = LaunchContext()
     for action in description.entities:
         action.visit(context)

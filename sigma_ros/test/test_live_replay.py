@@ -26,7 +26,6 @@ from sigma_core.engine.metrics import compute_metrics  # noqa: E402
 from sigma_ros.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
 from sigma_ros.replay_eval import ReplayOptions, replay_bag  # noqa: E402
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "replay_eval.launch.py"
 DOMAIN_ID = 40 + os.getpid() % 30  # private to this module (other test modules use other ranges)
 PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 
@@ -177,24 +176,3 @@ def test_replay_evaluator_command_measures_the_same_replay(live):
 def test_overlays_written_for_every_mask(live):
     files = sorted((live["root"] / "overlays").glob("*.png"))
     assert {int(f.stem) for f in files} == set(live["masks"])
-
-
-def test_launch_file_compiles():
-    import py_compile
-
-    py_compile.compile(str(LAUNCH), doraise=True)
-
-
-def test_launch_file_builds_a_description():
-    pytest.importorskip("launch_ros", reason="launch/launch_ros are only on real ROS 2 installs")
-    import importlib.util
-
-    from launch import LaunchDescription
-
-    spec = importlib.util.spec_from_file_location("replay_eval_launch", LAUNCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    assert isinstance(description, LaunchDescription)
-    names = {a.name for a in description.get_launch_arguments()}
-    assert {"bag", "rgb_topic", "modal_topic", "label_topic", "checkpoint", "rate", "use_sim_time", "out"} <= names
