@@ -13,6 +13,11 @@ import numpy as np
 import torch
 import yaml
 
+# What open() gives a new file under this process's umask (read once: reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping of keys a YAML file holds; an empty file gives {}.
@@ -39,6 +44,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it private; the result should read like any file we write
         with os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, path)

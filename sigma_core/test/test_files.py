@@ -16,6 +16,12 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["data.txt"]
 
 
+def test_written_files_get_the_permissions_of_a_plain_write(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
 def test_torch_save_round_trips(tmp_path):
     import torch
 

@@ -6,7 +6,6 @@ shown beside ours for the known benchmarks.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,7 +39,6 @@ def published_miou(preset: Optional[str], variant: Optional[str]) -> Optional[di
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (readers never see half a report)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    os.chmod(path, 0o644)  # the temporary file was private; a report is for reading
 
 
 def _pct(v: Optional[float]) -> str:
