@@ -30,14 +30,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import SigmaConfig
-from ..files import atomic_torch_save
+from ..data.transforms import IGNORE_INDEX
+from ..files import atomic_torch_save, atomic_write_text
 from ..inference import resolve_device
 from .config import TrainConfig
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
 from .schedule import WarmupPolySchedule
 
-IGNORE_INDEX = 255
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
@@ -183,11 +183,6 @@ def prune_checkpoints(out_dir: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def write_training_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save atomically; tensors and plain data only (loadable with weights_only=True)."""
-    atomic_torch_save(state, path)
-
-
 class CsvLog:
     """Append-only CSV with a header; on resume, rows past the resume point are dropped first."""
 
@@ -312,7 +307,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     out_dir = Path(cfg.train.out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(cfg.to_yaml())
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
 
     train_ds, val_ds = build_datasets(cfg)
     info = dataset_info(train_ds)
@@ -468,7 +463,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 }
                 checkpoint = out_dir / f"epoch_{done:04d}.pt"
                 # State first: a checkpoint file without its state beside it is never listed as resumable.
-                write_training_state(state_path_for(checkpoint), train_state)
+                atomic_torch_save(train_state, state_path_for(checkpoint))  # plain data: loads with weights_only
                 summary = {"epoch": done, "iteration": iteration,
                            "miou": None if metrics is None else float(metrics.miou),
                            "train_state_file": state_path_for(checkpoint).name}
