@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_ID = 255  # mask value for unlabelled / invalid pixels (sigma_msgs/ClassMap.ignore_id)
+from sigma_core.data.transforms import IGNORE_INDEX  # 255: unlabelled / invalid (sigma_msgs/ClassMap.ignore_id)
 
 
 def lookup_palette(palette: np.ndarray) -> np.ndarray:
     """(K, 3) uint8 palette -> (256, 3) uint8 lookup table; ids without a colour (incl. 255) are black."""
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    if len(palette) > IGNORE_ID:
-        raise ValueError(f"palette has {len(palette)} colours; at most {IGNORE_ID} classes fit a mono8 mask")
+    if len(palette) > IGNORE_INDEX:
+        raise ValueError(f"palette has {len(palette)} colours; at most {IGNORE_INDEX} classes fit a mono8 mask")
     table = np.zeros((256, 3), np.uint8)
     table[: len(palette)] = palette
     return table

@@ -9,8 +9,6 @@ from std_msgs.msg import Header
 
 from sigma_msgs.msg import ClassStat, SegmentationStats
 
-from .mask_rendering import IGNORE_ID
-
 
 @dataclass(frozen=True)
 class ClassCounts:
@@ -73,4 +71,4 @@ def stats_msg(
     return msg
 
 
-__all__ = ["ClassCounts", "count_classes", "stats_msg", "IGNORE_ID"]
+__all__ = ["ClassCounts", "count_classes", "stats_msg"]
