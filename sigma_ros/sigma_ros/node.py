@@ -120,10 +120,8 @@ class SigmaSegmentationNode(Node):
                 "the model was not trained on this input"
             )
         self.class_names = list(self.seg.class_names)
-        palette = self.cfg.palette if self.cfg.palette is not None else np.asarray(self.seg.palette, np.uint8)
-        parse_palette(palette.reshape(-1).tolist(), len(self.class_names))  # the palette must fit the model
-        self._palette = palette
-        self._table = lookup_palette(palette)
+        self._use_palette(self.cfg.palette)
+        parse_palette(self._palette.reshape(-1).tolist(), len(self.class_names))  # the palette must fit the model
         self._alpha = self.cfg.overlay_alpha
         self.seg.warmup(self.cfg.warmup_size)
 
@@ -247,10 +245,13 @@ class SigmaSegmentationNode(Node):
             if p.name == "output.overlay_alpha":
                 self._alpha = parse_alpha(p.value)
             elif p.name == "output.palette":
-                palette = parse_palette(p.value, len(self.class_names))
-                self._palette = palette if palette is not None else np.asarray(self.seg.palette, np.uint8)
-                self._table = lookup_palette(self._palette)
+                self._use_palette(parse_palette(p.value, len(self.class_names)))
                 self._publish_class_map()
+
+    def _use_palette(self, palette: Optional[np.ndarray]) -> None:
+        """(K, 3) uint8 class colours, or None for the checkpoint's; also the lookup table the worker renders with."""
+        self._palette = palette if palette is not None else np.asarray(self.seg.palette, np.uint8)
+        self._table = lookup_palette(self._palette)
 
     def _publish_class_map(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())
@@ -308,10 +309,11 @@ class SigmaSegmentationNode(Node):
         if self.pub_confidence.get_subscription_count():
             conf = np.ascontiguousarray(confidence, np.float32)
             self.pub_confidence.publish(array_to_image_msg(conf, "32FC1", header))
+        want_color = self.pub_color.get_subscription_count() > 0
         want_overlay = self.pub_overlay.get_subscription_count() > 0
-        if want_overlay or self.pub_color.get_subscription_count():
+        if want_color or want_overlay:
             color = colorize(mask, self._table)
-            if self.pub_color.get_subscription_count():
+            if want_color:
                 self.pub_color.publish(array_to_image_msg(color, "rgb8", header))
             if want_overlay:
                 self.pub_overlay.publish(array_to_image_msg(overlay(rgb, color, self._alpha), "rgb8", header))
@@ -319,7 +321,8 @@ class SigmaSegmentationNode(Node):
             self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
 
         counts = count_classes(mask, confidence, len(self.class_names))
-        latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(rgb_msg)) * 1e3
+        rgb_stamp = stamp_seconds(rgb_msg)
+        latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - rgb_stamp) * 1e3
         self.pub_stats.publish(
             stats_msg(
                 header,
@@ -331,7 +334,7 @@ class SigmaSegmentationNode(Node):
                 height=h,
                 inference_ms=inference_ms,
                 latency_ms=latency_ms,
-                sync_skew_ms=(stamp_seconds(rgb_msg) - stamp_seconds(modal_msg)) * 1e3,
+                sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
                 frames_dropped=self._mailbox.dropped,
             )
