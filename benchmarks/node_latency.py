@@ -39,8 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "sigma_ros" / "config" / "fastdds_large_images.xml"
 NS = "/bench"
 
 
@@ -77,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(PROFILE))
+    from sigma_ros.package_files import fastdds_profile_env
+
+    os.environ.update(fastdds_profile_env())
     from sigma_ros import ros_env  # noqa: F401  (before rclpy)
 
     # isort: split
