@@ -100,11 +100,11 @@ class BagPlayer:
         from sigma_core.data.bags import bag_topics, describe_topics, open_bag
 
         if not rate > 0:
-            raise ValueError(f"rate must be > 0, got {rate}")
+            raise ValueError(f"rate (--rate) must be > 0, got {rate}")
         if start_offset < 0:
-            raise ValueError(f"start_offset must be >= 0 seconds, got {start_offset}")
+            raise ValueError(f"start_offset (--start-offset) must be >= 0 seconds, got {start_offset}")
         if clock_hz < 0:
-            raise ValueError(f"clock rate must be >= 0 Hz, got {clock_hz}")
+            raise ValueError(f"clock rate (--clock) must be >= 0 Hz, got {clock_hz}")
         if qos not in ("reliable", "sensor_data"):
             raise ValueError(f"qos must be 'reliable' or 'sensor_data', got {qos!r}")
         self.node, self.bag, self.rate, self.loop = node, Path(bag), float(rate), bool(loop)

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.seconds > 0 or not args.rate > 0:
-        print("sigma-demo: --seconds and --rate must be > 0", file=sys.stderr)
+        print(f"sigma-demo: --seconds and --rate must be > 0, got {args.seconds:g} and {args.rate:g}", file=sys.stderr)
         return 2
     from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 

@@ -345,7 +345,11 @@ class SigmaSegmentationNode(Node):
         camera = self._camera
         if camera is None:
             topic = self.sub_info.topic_name
-            self.problems.report("no_camera_info", f"segmentation/points has subscribers but no CameraInfo on {topic}")
+            self.problems.report(
+                "no_camera_info",
+                f"segmentation/points has subscribers but no CameraInfo has arrived on {topic}: remap "
+                "modal/camera_info to the depth camera's camera_info topic (launch argument camera_info_topic)",
+            )
             return
         points = labelled_points(depth, camera, rgb, mask, confidence)
         cloud_header = Header(stamp=header.stamp, frame_id=self._camera_frame or modal_msg.header.frame_id)
