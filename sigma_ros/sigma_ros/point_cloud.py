@@ -146,7 +146,8 @@ def points_to_cloud_msg(points: np.ndarray, header: Header) -> PointCloud2:
     if points.dtype != POINT_DTYPE:
         raise ValueError(f"points must have dtype POINT_DTYPE, got {points.dtype}")
     if _pc2 is not None:
-        msg = _pc2.create_cloud(header, POINT_FIELDS, points, point_step=POINT_DTYPE.itemsize)
+        # No point_step argument: Humble's create_cloud has none, and POINT_FIELDS already end at 24 bytes.
+        msg = _pc2.create_cloud(header, POINT_FIELDS, points)
         msg.is_dense = True  # invalid depth was skipped: no NaN points
         return msg
     msg = PointCloud2()
