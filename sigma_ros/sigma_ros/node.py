@@ -62,6 +62,8 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
+# Post-set parameter callbacks came with Iron; on Humble the validating callback applies the values itself.
+_POST_SET_CALLBACKS = hasattr(Node, "add_post_set_parameters_callback")
 MOSTLY_INVALID_DEPTH = 0.5  # warn when more than this fraction of a depth frame has no return
 
 
@@ -166,7 +168,8 @@ class SigmaSegmentationNode(Node):
         self.watch = StreamWatch(self.topics)
         self.create_timer(1.0, self._check_silence)
         self.add_on_set_parameters_callback(self._validate_runtime_parameters)
-        self.add_post_set_parameters_callback(self._apply_runtime_parameters)
+        if _POST_SET_CALLBACKS:
+            self.add_post_set_parameters_callback(self._apply_runtime_parameters)
 
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
@@ -238,6 +241,8 @@ class SigmaSegmentationNode(Node):
                     parse_palette(p.value, len(self.class_names))
         except ConfigError as e:
             return SetParametersResult(successful=False, reason=str(e))
+        if not _POST_SET_CALLBACKS:  # Humble: the values are valid, so apply them now
+            self._apply_runtime_parameters(params)
         return SetParametersResult(successful=True)
 
     def _apply_runtime_parameters(self, params: list[Parameter]) -> None:

@@ -321,6 +321,30 @@ def _set_parameter(harness, name, value, type_):
     return future.result().results[0]
 
 
+def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkeypatch):
+    """Humble has no post-set parameter callbacks: the validating callback applies valid values itself."""
+    from rclpy.parameter import Parameter
+
+    import sigma_ros.node as node_module
+
+    monkeypatch.setattr(node_module, "_POST_SET_CALLBACKS", False)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = node_module.SigmaSegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoints["thermal"])), Parameter("device", value="cpu"),
+        Parameter("warmup.size", value=[32, 32])])
+    try:
+        assert node.set_parameters([Parameter("output.overlay_alpha", value=0.25)])[0].successful
+        assert not node.set_parameters([Parameter("output.overlay_alpha", value=2.0)])[0].successful
+        assert node._alpha == 0.25
+        palette = list(range(12))
+        assert node.set_parameters([Parameter("output.palette", value=palette)])[0].successful
+        np.testing.assert_array_equal(node._palette.reshape(-1), palette)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 def test_palette_and_alpha_change_at_run_time(harness, thermal_node):
     harness.subscribe(ClassMap, "/t/segmentation/class_map", latched=True)
     palette = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]
