@@ -44,7 +44,7 @@ from .image_conversion import image_msg_to_array, image_msg_to_rgb8
 from .label_matching import LabelMatcher, forget_older, frame_confusion
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import stamp_seconds
-from .qos import latched_qos
+from .qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"
@@ -68,6 +68,7 @@ class EvaluatorOptions:
     samples: int = 6  # frames in the report's strip
     history_s: float = 5.0  # how long RGB/modality/label messages are kept for matching
     keep_masks: bool = False
+    input_qos: str = "reliable"  # of the camera/label subscriptions: "sensor_data" to hear best-effort cameras
 
 
 class ReplayEvaluator(Node):
@@ -105,7 +106,7 @@ class ReplayEvaluator(Node):
         self.last_mask: Optional[float] = None
 
         depth = 100  # generous: the evaluator must not lose what it measures
-        inputs = QoSProfile(depth=depth)
+        inputs = input_qos(opts.input_qos, depth)
         ns = opts.segmentation_ns.rstrip("/")
         self.create_subscription(Image, opts.rgb_topic, self._on_rgb, inputs)
         self.create_subscription(Image, opts.modal_topic, self._on_modal, inputs)
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=3.0, help="stop when quiet this long after a mask")
     p.add_argument("--samples", type=int, default=6, help="frames in the report's strip")
     p.add_argument("--no-html", action="store_true")
+    p.add_argument("--input-qos", choices=INPUT_QOS_NAMES, default="reliable",
+                   help="QoS of the camera and label subscriptions: reliable (bag_player's default) or sensor_data "
+                        "(best effort, to hear live camera drivers)")
     return p
 
 
@@ -307,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = EvaluatorOptions(
         rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
         segmentation_ns=args.segmentation_ns, slop=args.slop, queue_size=args.queue_size, samples=args.samples,
-        overlay_dir=args.out / "overlays" if args.save_overlays else None,
+        overlay_dir=args.out / "overlays" if args.save_overlays else None, input_qos=args.input_qos,
     )
     evaluator = ReplayEvaluator(opts)
     executor = SingleThreadedExecutor()
