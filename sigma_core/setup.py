@@ -19,7 +19,6 @@ setup(
     maintainer_email="maintainers@example.com",
     description="Sigma RGB-thermal/depth semantic segmentation: network, kernels, data, training. Imports no ROS.",
     license="MIT",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # `ros2 run sigma_core <name>` runs the short names; the sigma-* names are for pip users.

@@ -21,7 +21,6 @@ setup(
     maintainer_email="maintainers@example.com",
     description="ROS 2 node for Sigma RGB-thermal/depth semantic segmentation.",
     license="MIT",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "sigma_node = sigma_ros.node:main",
