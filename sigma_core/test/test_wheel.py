@@ -1,5 +1,6 @@
 """The researcher's path: `pip install ./sigma_core` gets a wheel with the model, the presets and no ROS."""
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -8,9 +9,12 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_wheel_carries_the_bundled_model_and_the_training_presets(tmp_path):
+    # Build from a copy: setuptools leaves build/ in the source folder, and stale files there leak into later wheels.
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "sigma_core", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(REPO / "sigma_core")],
+         str(source)],
         capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
