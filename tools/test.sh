@@ -9,7 +9,14 @@ source tools/env.sh
 echo "[test] ruff"
 ruff check .
 # rclpy and our messages must import here, or the ROS tests would only skip.
-python -c "import rclpy, sigma_msgs.msg" || { echo "[test] rclpy or sigma_msgs does not import: run tools/setup.sh" >&2; exit 1; }
+if ! python -c "import rclpy, sigma_msgs.msg"; then
+  if [[ -n "${ROS_DISTRO:-}" ]]; then
+    echo "[test] rclpy or sigma_msgs does not import: build the workspace with colcon and source install/setup.bash" >&2
+  else
+    echo "[test] rclpy or sigma_msgs does not import: rerun tools/setup.sh (rm .venv/.sigma-setup-stamp to force)" >&2
+  fi
+  exit 1
+fi
 echo "[test] pytest"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 set +e
