@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import concat_merge, concat_scan
-from .vmamba import LN_EPS, init_ssm_, scan_directions
+from .vmamba import LN_EPS, declare_scan_parameters, init_ssm_, scan_directions
 
 
 class CrossSelectiveSSM(nn.Module):
@@ -102,11 +102,7 @@ class ConcatMambaOp(nn.Module):
         k = self.directions
         self.d_inner = d_inner
         self.scan_backend = "auto"
-        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        declare_scan_parameters(self, k, d_inner, rank, d_state)
         self.in_proj = nn.Linear(dim, d_inner, bias=False)
         self.in_proj_modalx = nn.Linear(dim, d_inner, bias=False)
         padding = (d_conv - 1) // 2

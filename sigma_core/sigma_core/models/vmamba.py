@@ -88,6 +88,20 @@ def scan_directions(
     return ys.reshape(batch, k, dim, length)
 
 
+def declare_scan_parameters(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int) -> None:
+    """Register the per-direction scan parameters under the published names (uninitialised; see init_ssm_).
+
+    x_proj_weight (K, dt_rank + 2N, d_inner), dt_projs_weight (K, d_inner, dt_rank), dt_projs_bias (K, d_inner),
+    A_logs (K * d_inner, N), Ds (K * d_inner), with K = directions and N = d_state.
+    """
+    k = directions
+    module.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
+    module.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
+    module.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+    module.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+    module.Ds = nn.Parameter(torch.empty(k * d_inner))
+
+
 @torch.no_grad()
 def init_ssm_(
     x_proj_weight: torch.Tensor,
@@ -130,11 +144,7 @@ class SS2D(nn.Module):
         k = self.directions
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, rank
         self.scan_backend = "auto"
-        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        declare_scan_parameters(self, k, d_inner, rank, d_state)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
         self.out_norm = nn.LayerNorm(d_inner, eps=LN_EPS)
