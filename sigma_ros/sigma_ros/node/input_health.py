@@ -21,9 +21,11 @@ class ProblemLog:
                  clock: Callable[[], float] = time.monotonic):
         self._log = log
         self._period = period_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
+        self.clock = clock
+        self._last_logged: dict[str, float] = {}
         self.counts: Counter[str] = Counter()
+        self.last: dict[str, tuple[float, str]] = {}  # kind -> (clock time, message) of its latest report
+        self._counts_before: Counter[str] = Counter()  # counts at the previous ``recent`` call
 
     def report(self, kind: str, message: str) -> bool:
         """Count one ``kind`` problem; log ``message`` unless this kind was logged within the period.
@@ -31,13 +33,23 @@ class ProblemLog:
         Returns True if it was logged.
         """
         self.counts[kind] += 1
-        now = self._clock()
-        last = self._last.get(kind)
+        now = self.clock()
+        self.last[kind] = (now, message)
+        last = self._last_logged.get(kind)
         if last is not None and now - last < self._period:
             return False
-        self._last[kind] = now
+        self._last_logged[kind] = now
         self._log(f"{message} [{kind}: {self.counts[kind]} so far]")
         return True
+
+    def take_recent(self, since: float) -> dict[str, int]:
+        """Kinds reported at or after clock time ``since``, with how many reports since the previous call
+        (one per report period: it starts the next count)."""
+        counts = self.counts.copy()
+        recent = {kind: counts[kind] - self._counts_before[kind]
+                  for kind, (when, _) in list(self.last.items()) if when >= since}
+        self._counts_before = counts
+        return {kind: max(n, 1) for kind, n in recent.items()}
 
 
 class StreamWatch:

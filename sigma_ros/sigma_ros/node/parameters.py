@@ -15,10 +15,11 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .qos import INPUT_QOS_NAMES
-
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
+INPUT_QOS_NAMES = ("sensor_data", "reliable")
+OUTPUT_QOS_NAMES = ("reliable", "best_effort")
+TRANSPORTS = ("raw", "compressed")
 RUNTIME_PARAMETERS = ("output.overlay_alpha", "output.palette")  # cheap: may change while running
 
 
@@ -41,11 +42,18 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner"),
     "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable"),
     "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live"),
+    "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, "
+                                            "depth on <topic>/compressedDepth)"),
     "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's"),
     "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)"),
     "output.overlay_alpha": ParameterSpec(0.5, "weight of the class colours in segmentation/overlay, 0..1 (runtime)"),
     "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's"),
+    "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays latched)"),
+    "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)"),
+    "lifecycle": ParameterSpec(False, "true: a managed node, configured/activated through the lifecycle services"),
+    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports"),
+    "diagnostics.stall_timeout_s": ParameterSpec(5.0, "/diagnostics ERROR: images arrive, no mask for this long"),
     "warmup.size": ParameterSpec(None, "[height, width] of the warm-up forward; unset: model input size or 480x640"),
     "debug.min_inference_ms": ParameterSpec(0.0, "testing only: pad each forward to at least this many ms"),
 }
@@ -61,11 +69,17 @@ class NodeConfig:
     sync_queue_size: int
     input_qos: str
     silent_warning_s: float
+    input_transport: str
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
     depth_registered: bool
     overlay_alpha: float
     palette: Optional[np.ndarray]  # (K, 3) uint8
+    output_qos: str
+    output_depth: int
+    lifecycle: bool
+    diagnostics_period_s: float
+    stall_timeout_s: float
     warmup_size: Optional[tuple[int, int]]  # (H, W)
     min_inference_ms: float
 
@@ -82,6 +96,27 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"parameter {name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def _positive(name: str, value: Any) -> float:
+    value = float(_number(name, value))
+    if not value > 0:
+        raise ConfigError(f"parameter {name} must be > 0 seconds, got {value}")
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
+    return value
+
+
+def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
+    """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
+    spec = PARAMETERS
+    lifecycle = _boolean("lifecycle", values.get("lifecycle", spec["lifecycle"].default))
+    period = _positive("diagnostics.period_s", values.get("diagnostics.period_s", spec["diagnostics.period_s"].default))
+    return lifecycle, period
 
 
 def parse_alpha(value: Any) -> float:
@@ -185,6 +220,10 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
         warmup_size = (int(warmup_size[0]), int(warmup_size[1]))
     else:
         warmup_size = None
+    output_depth = int(_number("output.depth", v["output.depth"], integer=True))
+    if output_depth < 1:
+        raise ConfigError(f"parameter output.depth must be >= 1, got {output_depth}")
+    lifecycle, diagnostics_period = parse_start_options(v)
     min_ms = float(_number("debug.min_inference_ms", v["debug.min_inference_ms"]))
     if min_ms < 0:
         raise ConfigError(f"parameter debug.min_inference_ms must be >= 0, got {min_ms}")
@@ -198,11 +237,17 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
         sync_queue_size=queue_size,
         input_qos=_choice("input.qos", v["input.qos"], INPUT_QOS_NAMES),
         silent_warning_s=silent,
+        input_transport=_choice("input.transport", v["input.transport"], TRANSPORTS),
         thermal_range=thermal_range,
         depth_max_range=max_range,
         depth_registered=v["depth.registered"],
         overlay_alpha=parse_alpha(v["output.overlay_alpha"]),
         palette=parse_palette(v["output.palette"]),
+        output_qos=_choice("output.qos", v["output.qos"], OUTPUT_QOS_NAMES),
+        output_depth=output_depth,
+        lifecycle=lifecycle,
+        diagnostics_period_s=diagnostics_period,
+        stall_timeout_s=_positive("diagnostics.stall_timeout_s", v["diagnostics.stall_timeout_s"]),
         warmup_size=warmup_size,
         min_inference_ms=min_ms,
     )

@@ -1,9 +1,17 @@
 """sigma_segmentation: the ROS 2 node that segments synchronized RGB + thermal/depth frames.
 
 Data path: subscriptions (executor thread) -> input checks -> approximate-time
-pairing -> a single-slot mailbox -> one inference thread -> publishers. The
+pairing -> a single-slot mailbox -> one inference thread (decode, the shared
+per-frame step ``segmentation_step.segment_pair``) -> publishers. The
 subscriptions never wait for the model; while it is busy, a newer pair replaces
 the waiting one (counted in ``frames_dropped``), so latency cannot build up.
+
+The node is a managed (lifecycle) node inside: configure loads and warms the
+model and creates the publishers, activate subscribes and starts the inference
+thread, deactivate stops processing (the model stays loaded), cleanup frees the
+model. By default it walks through configure and activate itself at start-up
+(a plain node, no lifecycle services); with ``lifecycle:=true`` it offers the
+standard lifecycle services and waits for a manager (e.g. nav2_lifecycle_manager).
 
 Run: ``sigma_node --ros-args -p checkpoint:=model.pt`` or
 ``python -m sigma_ros.node --ros-args --params-file config/sigma.yaml``.
@@ -13,9 +21,9 @@ from __future__ import annotations
 from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
+import gc
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,14 +31,17 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from sigma_core.data.modality import ModalityScaling
+from sigma_core.data.bags import message_to_array
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
+from ..segmentation_step import load_segmenter, segment_pair
+from .diagnostics import HealthMonitor, HealthReport, NodeDiagnostics, decide_health
 from .frame_mailbox import LatestMailbox
 from .image_conversion import (
     DEPTH_ENCODINGS,
@@ -38,7 +49,6 @@ from .image_conversion import (
     RGB_ENCODINGS,
     array_to_image_msg,
     image_msg_to_array,
-    image_msg_to_rgb8,
 )
 from .input_health import ProblemLog, StreamWatch
 from .mask_rendering import colorize, lookup_palette, overlay
@@ -51,10 +61,11 @@ from .parameters import (
     parse_alpha,
     parse_node_config,
     parse_palette,
+    parse_start_options,
 )
 from .point_cloud import Pinhole, depth_to_metres, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
-from .segmentation_stats import count_classes, stats_msg
+from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -65,42 +76,26 @@ NODE_NAME = "sigma_segmentation"
 # Post-set parameter callbacks came with Iron; on Humble the validating callback applies the values itself.
 _POST_SET_CALLBACKS = hasattr(Node, "add_post_set_parameters_callback")
 MOSTLY_INVALID_DEPTH = 0.5  # warn when more than this fraction of a depth frame has no return
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 @dataclass
 class _Frame:
-    rgb: Image
-    modal: Image
+    rgb: Any  # sensor_msgs Image or CompressedImage
+    modal: Any
 
 
-def load_segmenter(cfg: NodeConfig) -> Any:
-    """The sigma_core Segmenter for ``cfg`` (checkpoint, device, precision, modality scaling overrides)."""
-    from sigma_core import Segmenter
-
-    try:
-        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {cfg.device!r} "
-                          f"with precision {cfg.precision}: {e}") from e
-    modality = cfg.modality or seg.modality
-    if modality != seg.modality or cfg.thermal_range is not None or cfg.depth_max_range is not None:
-        base = seg.scaling
-        seg.scaling = ModalityScaling(
-            modality=modality,
-            range=cfg.thermal_range if cfg.thermal_range is not None else base.range,
-            max_range=cfg.depth_max_range if cfg.depth_max_range is not None else base.max_range,
-        )
-    return seg
-
-
-class SigmaSegmentationNode(Node):
+class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     """Subscribes ``rgb/image``, ``modal/image`` (and ``modal/camera_info`` for depth); publishes ``segmentation/*``.
 
-    Raises ConfigError from the constructor when a parameter is invalid.
+    With ``input.transport:=compressed`` it subscribes ``rgb/image/compressed`` and
+    ``modal/image/compressed`` (``modal/image/compressedDepth`` for depth) instead, after remapping
+    of the base topics, as image_transport does. Raises ConfigError from the constructor when a
+    parameter is invalid or, unless ``lifecycle`` is true, when the model cannot be configured.
     """
 
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, **kwargs)
+        Node.__init__(self, NODE_NAME, **kwargs)
         for name, spec in PARAMETERS.items():
             self.declare_parameter(
                 name,
@@ -111,81 +106,205 @@ class SigmaSegmentationNode(Node):
                     read_only=name not in RUNTIME_PARAMETERS,
                 ),
             )
-        values = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.cfg = parse_node_config(values)
-
-        self.seg = load_segmenter(self.cfg)
-        self.modality: str = self.seg.scaling.modality
-        if self.modality != self.seg.meta.scaling.modality:
-            self.get_logger().warning(
-                f"modality parameter {self.modality!r} overrides the checkpoint's {self.seg.meta.scaling.modality!r}: "
-                "the model was not trained on this input"
-            )
-        self.class_names = list(self.seg.class_names)
-        self._use_palette(self.cfg.palette)
-        parse_palette(self._palette.reshape(-1).tolist(), len(self.class_names))  # the palette must fit the model
-        self._alpha = self.cfg.overlay_alpha
-        self.seg.warmup(self.cfg.warmup_size)
-
+        self.managed, period = parse_start_options({n: self.get_parameter(n).value for n in PARAMETERS})
+        self.cfg: Optional[NodeConfig] = None
+        self.seg: Any = None
+        self.state = "unconfigured"
+        self._configure_error: Optional[str] = None
         self.problems = ProblemLog(self.get_logger().warning)
+        self.health = HealthMonitor(2)
         self.frames_processed = 0
+        self._dropped_before = 0  # frames dropped by earlier activations' mailboxes
         self._mailbox: LatestMailbox[_Frame] = LatestMailbox()
+        self._mailbox.close()
+        self._worker: Optional[threading.Thread] = None
+        self._subscriptions_active: list = []
+        self._silence_timer = None
         self._camera: Optional[Pinhole] = None
         self._camera_frame = ""
-        if self.modality == "depth" and not self.cfg.depth_registered:
+        self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
+        self.add_on_set_parameters_callback(self._validate_runtime_parameters)
+        if _POST_SET_CALLBACKS:
+            self.add_post_set_parameters_callback(self._apply_runtime_parameters)
+        self.diagnostics = NodeDiagnostics(self, self._health_report, period)
+        if self.managed:
+            self.get_logger().info("lifecycle node: waiting for configure")
+            return
+        if self.trigger_configure() != SUCCESS:
+            raise ConfigError(self._configure_error or "configure failed")  # main() logs it and exits 2
+        self.trigger_activate()
+
+    # --- lifecycle transitions ---------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read the parameters, load and warm the model, create the publishers. FAILURE with the reason logged."""
+        try:
+            cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
+            seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, modality=cfg.modality,
+                                 thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
+            if cfg.palette is not None:  # the palette must fit the model
+                parse_palette(cfg.palette.reshape(-1).tolist(), len(seg.class_names))
+            seg.warmup(cfg.warmup_size)
+        except (ConfigError, RuntimeError, ValueError, OSError) as e:  # e.g. out of GPU memory while warming up
+            self._configure_error = str(e) if isinstance(e, ConfigError) else f"warm-up failed: {e}"
+            if self.managed:
+                self.get_logger().error(f"configure failed: {e}")
+            return FAILURE
+        self._configure_error = None
+        self.cfg, self.seg = cfg, seg
+        self.modality: str = seg.scaling.modality
+        if self.modality != seg.meta.scaling.modality:
+            self.get_logger().warning(
+                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
+                "the model was not trained on this input"
+            )
+        self.class_names = list(seg.class_names)
+        self._use_palette(cfg.palette)
+        self._alpha = cfg.overlay_alpha
+        if self.modality == "depth" and not cfg.depth_registered:
             self.get_logger().warning(
                 "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
             )
+        self._create_publishers(cfg)
+        self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
+        self.state = "inactive"
+        if self.managed:
+            self.get_logger().info(f"configured: {self._describe()}")
+        return super().on_configure(state)
 
-        out = output_qos()
-        self.pub_mask = self.create_publisher(Image, "segmentation/mask", out)
-        self.pub_color = self.create_publisher(Image, "segmentation/color_mask", out)
-        self.pub_overlay = self.create_publisher(Image, "segmentation/overlay", out)
-        self.pub_confidence = self.create_publisher(Image, "segmentation/confidence", out)
-        self.pub_stats = self.create_publisher(SegmentationStats, "segmentation/stats", out)
-        self.pub_class_map = self.create_publisher(ClassMap, "segmentation/class_map", latched_qos())
-        self.pub_label_info = (
-            self.create_publisher(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Publishers on, subscriptions created, inference thread started."""
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_class_map()
+        self.sync = PairSynchronizer(self.cfg.sync_queue_size, self.cfg.sync_slop, self._on_pair)
+        self._create_subscriptions(self.cfg)
+        self.watch = StreamWatch(self.topics)
+        self.health.reset()
+        self._silence_timer = self.create_timer(1.0, self._check_silence)
+        self._mailbox = LatestMailbox()
+        self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
+        self._worker.start()
+        self.state = "active"
+        self.get_logger().info(f"{'active' if self.managed else 'ready'}: {self._describe()}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing: subscriptions gone, the frame in hand finished; the model stays loaded."""
+        self._stop_processing()
+        self.state = "inactive"
+        self.get_logger().info("inactive: subscriptions closed, model kept")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model (and its GPU memory) and the publishers; back to unconfigured."""
+        self._release_model()
+        self.get_logger().info("unconfigured: model released")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: stop processing and free the model."""
+        self._stop_processing()
+        self._release_model()
+        self.state = "finalized"
+        return super().on_shutdown(state)
+
+    def _describe(self) -> str:
+        info = f", {self.sub_info.topic_name}" if getattr(self, "sub_info", None) else ""
+        subs = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        return (
+            f"model {self.seg.model_name} ({len(self.class_names)} classes, {self.modality}) "
+            f"on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
+            f"pairing (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
+            f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
+            f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
+            f"{self.cfg.output_depth})"
         )
+
+    def _create_publishers(self, cfg: NodeConfig) -> None:
+        out = output_qos(cfg.output_qos, cfg.output_depth)
+        pub = self.create_lifecycle_publisher
+        self.pub_mask = pub(Image, "segmentation/mask", out)
+        self.pub_color = pub(Image, "segmentation/color_mask", out)
+        self.pub_overlay = pub(Image, "segmentation/overlay", out)
+        self.pub_confidence = pub(Image, "segmentation/confidence", out)
+        self.pub_stats = pub(SegmentationStats, "segmentation/stats", out)
+        self.pub_class_map = pub(ClassMap, "segmentation/class_map", latched_qos())
+        self.pub_label_info = pub(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
         self.pub_points = (
-            self.create_publisher(PointCloud2, "segmentation/points", out)
-            if self.modality == "depth" and self.cfg.depth_registered
+            pub(PointCloud2, "segmentation/points", out)
+            if self.modality == "depth" and cfg.depth_registered
             else None
         )
-        self._publish_class_map()
+        self._publishers_owned = [p for p in (self.pub_mask, self.pub_color, self.pub_overlay, self.pub_confidence,
+                                              self.pub_stats, self.pub_class_map, self.pub_label_info,
+                                              self.pub_points) if p is not None]
 
-        self.sync = PairSynchronizer(self.cfg.sync_queue_size, self.cfg.sync_slop, self._on_pair)
-        qos = input_qos(self.cfg.input_qos)
-        self.sub_rgb = self.create_subscription(Image, "rgb/image", lambda m: self._on_image(0, m), qos)
-        self.sub_modal = self.create_subscription(Image, "modal/image", lambda m: self._on_image(1, m), qos)
+    def _create_subscriptions(self, cfg: NodeConfig) -> None:
+        qos = input_qos(cfg.input_qos)
+        if cfg.input_transport == "compressed":
+            # image_transport's naming: the base topic (remapped) plus the transport's suffix.
+            modal_suffix = "compressedDepth" if self.modality == "depth" else "compressed"
+            kinds = [(CompressedImage, f"{self.topics[0]}/compressed"),
+                     (CompressedImage, f"{self.topics[1]}/{modal_suffix}")]
+        else:
+            kinds = [(Image, self.topics[0]), (Image, self.topics[1])]
+        self._subscriptions_active = [
+            self.create_subscription(msg_type, topic, lambda m, i=i: self._on_image(i, m), qos)
+            for i, (msg_type, topic) in enumerate(kinds)
+        ]
         self.sub_info = (
             self.create_subscription(CameraInfo, "modal/camera_info", self._on_camera_info, qos)
             if self.pub_points is not None
             else None
         )
-        self.topics = (self.sub_rgb.topic_name, self.sub_modal.topic_name)
-        self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
-        self.watch = StreamWatch(self.topics)
-        self.create_timer(1.0, self._check_silence)
-        self.add_on_set_parameters_callback(self._validate_runtime_parameters)
-        if _POST_SET_CALLBACKS:
-            self.add_post_set_parameters_callback(self._apply_runtime_parameters)
+        if self.sub_info is not None:
+            self._subscriptions_active.append(self.sub_info)
 
-        self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
-        self._worker.start()
-        info = f", {self.sub_info.topic_name}" if self.sub_info else ""
-        self.get_logger().info(
-            f"ready: model {self.seg.model_name} ({len(self.class_names)} classes, {self.modality}) "
-            f"on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
-            f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
-            f"input QoS {self.cfg.input_qos}; in: {self.topics[0]}, {self.topics[1]}{info}; "
-            f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/*"
-        )
+    def _stop_processing(self) -> None:
+        for sub in self._subscriptions_active:
+            self.destroy_subscription(sub)
+        self._subscriptions_active = []
+        self.sub_info = None
+        if self._silence_timer is not None:
+            self.destroy_timer(self._silence_timer)
+            self._silence_timer = None
+        self._dropped_before += self._mailbox.dropped
+        self._mailbox.close()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=30.0)
+        self._worker = None
+
+    def _release_model(self) -> None:
+        for pub in getattr(self, "_publishers_owned", []):
+            self.destroy_lifecycle_publisher(pub)
+        self._publishers_owned = []
+        device = getattr(self.seg, "device", None)
+        self.seg = None
+        gc.collect()
+        if device is not None and getattr(device, "type", "") == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        self.state = "unconfigured"
 
     # --- input (executor thread) -------------------------------------------------------------------
 
-    def _on_image(self, stream: int, msg: Image) -> None:
-        topic = self.topics[stream]
+    def _accepts(self, stream: int, encoding: str, what: str) -> bool:
+        """Whether stream ``stream`` may carry ``encoding``; reports the problem if not."""
+        allowed = self._accepted[stream]
+        if encoding in allowed:
+            return True
+        self.problems.report(
+            "unsupported_encoding",
+            f"{what}: unsupported encoding {encoding!r} for {'RGB' if stream == 0 else self.modality}; "
+            f"expected one of {', '.join(allowed)}; message skipped",
+        )
+        return False
+
+    def _on_image(self, stream: int, msg: Any) -> None:
+        topic = self._subscriptions_active[stream].topic_name
+        self.health.received(stream)
         stamp = stamp_seconds(msg)
         previous = self.watch.received(stream, stamp)
         if previous is not None:
@@ -194,19 +313,14 @@ class SigmaSegmentationNode(Node):
                 f"{topic}: stamp {stamp:.6f} s is not after the previous {previous:.6f} s; message skipped",
             )
             return
-        allowed = self._accepted[stream]
-        if msg.encoding not in allowed:
-            self.problems.report(
-                "unsupported_encoding",
-                f"{topic}: unsupported encoding {msg.encoding!r} for {'RGB' if stream == 0 else self.modality}; "
-                f"expected one of {', '.join(allowed)}; message skipped",
-            )
-            return
-        try:
-            image_msg_to_array(msg)  # a view: checks size, step and data length without copying
-        except ValueError as e:
-            self.problems.report("bad_image", f"{topic}: {e}; message skipped")
-            return
+        if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
+            if not self._accepts(stream, msg.encoding, topic):
+                return
+            try:
+                image_msg_to_array(msg)  # a view: checks size, step and data length without copying
+            except ValueError as e:
+                self.problems.report("bad_image", f"{topic}: {e}; message skipped")
+                return
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
@@ -219,7 +333,8 @@ class SigmaSegmentationNode(Node):
         except ValueError as e:
             self.problems.report("bad_camera_info", f"{self.sub_info.topic_name}: {e}")
 
-    def _on_pair(self, rgb: Image, modal: Image) -> None:
+    def _on_pair(self, rgb: Any, modal: Any) -> None:
+        self.health.paired()
         self._mailbox.put(_Frame(rgb, modal))
 
     def _check_silence(self) -> None:
@@ -227,18 +342,33 @@ class SigmaSegmentationNode(Node):
             self.problems.report(
                 "silent_stream",
                 f"no messages on {topic} for {seconds:.1f} s while the other camera publishes: "
-                "check the driver, the topic remapping and input.qos",
+                "check the driver, the topic remapping, input.qos and input.transport",
             )
+
+    def _health_report(self) -> HealthReport:
+        info = [("state", self.state)]
+        if self.seg is not None:
+            info += [("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
+                     ("scan backend", str(self.seg.scan_backend)), ("model", self.seg.model_name),
+                     ("checkpoint", str(self.cfg.checkpoint)), ("input transport", self.cfg.input_transport)]
+        topics = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        return decide_health(
+            self.health.take(), self.problems, topics, state=self.state, configure_error=self._configure_error,
+            stall_timeout_s=self.cfg.stall_timeout_s if self.cfg else 5.0,
+            frames_processed=self.frames_processed, frames_dropped=self._dropped_before + self._mailbox.dropped,
+            info=info,
+        )
 
     # --- runtime parameters ------------------------------------------------------------------------
 
     def _validate_runtime_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        classes = len(self.class_names) if self.seg is not None else None  # checked against the model at configure
         try:
             for p in params:
                 if p.name == "output.overlay_alpha":
                     parse_alpha(p.value)
                 elif p.name == "output.palette":
-                    parse_palette(p.value, len(self.class_names))
+                    parse_palette(p.value, classes)
         except ConfigError as e:
             return SetParametersResult(successful=False, reason=str(e))
         if not _POST_SET_CALLBACKS:  # Humble: the values are valid, so apply them now
@@ -246,12 +376,15 @@ class SigmaSegmentationNode(Node):
         return SetParametersResult(successful=True)
 
     def _apply_runtime_parameters(self, params: list[Parameter]) -> None:
+        if self.seg is None:
+            return  # configure reads the parameters
         for p in params:
             if p.name == "output.overlay_alpha":
                 self._alpha = parse_alpha(p.value)
             elif p.name == "output.palette":
                 self._use_palette(parse_palette(p.value, len(self.class_names)))
-                self._publish_class_map()
+                if self.state == "active":
+                    self._publish_class_map()
 
     def _use_palette(self, palette: Optional[np.ndarray]) -> None:
         """(K, 3) uint8 class colours, or None for the checkpoint's; also the lookup table the worker renders with."""
@@ -271,8 +404,9 @@ class SigmaSegmentationNode(Node):
     # --- inference (worker thread) -----------------------------------------------------------------
 
     def _run_worker(self) -> None:
-        while not self._mailbox.closed:
-            frame = self._mailbox.take(timeout=0.5)
+        mailbox = self._mailbox
+        while not mailbox.closed:
+            frame = mailbox.take(timeout=0.5)
             if frame is None:
                 continue
             try:
@@ -280,17 +414,24 @@ class SigmaSegmentationNode(Node):
             except Exception as e:  # a bad frame must not stop the node
                 self.problems.report("processing_error", f"frame at {stamp_seconds(frame.rgb):.6f} s failed: {e!r}")
 
+    def _decode(self, stream: int, msg: Any) -> Optional[tuple[np.ndarray, str]]:
+        """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
+        topic = self._subscriptions_active[stream].topic_name if len(self._subscriptions_active) > stream else ""
+        try:
+            arr, encoding = message_to_array(msg)
+        except ValueError as e:
+            self.problems.report("bad_image", f"{topic}: {e}; frame skipped")
+            return None
+        if not self._accepts(stream, encoding, topic):
+            return None
+        return arr, encoding
+
     def _process(self, frame: _Frame) -> None:
         rgb_msg, modal_msg = frame.rgb, frame.modal
-        rgb = np.ascontiguousarray(image_msg_to_rgb8(rgb_msg))
-        raw = image_msg_to_array(modal_msg)
-        h, w = rgb.shape[:2]
-        if raw.shape[:2] != (h, w):  # the Segmenter resizes it (nearest for depth): worth a warning, not a drop
-            self.problems.report(
-                "size_mismatch",
-                f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
-                "resizing the modality to the RGB size",
-            )
+        decoded = self._decode(0, rgb_msg), self._decode(1, modal_msg)
+        if decoded[0] is None or decoded[1] is None:
+            return
+        (rgb_arr, rgb_encoding), (raw, _) = decoded
         if self.modality == "depth":
             _, valid = depth_to_metres(raw)
             invalid = 1.0 - float(valid.mean())
@@ -301,19 +442,21 @@ class SigmaSegmentationNode(Node):
                     "they are left out of segmentation/points",
                 )
 
-        start = time.perf_counter()
-        mask, confidence = self.seg(rgb, raw)
-        inference_ms = (time.perf_counter() - start) * 1e3
-        if self.cfg.min_inference_ms > inference_ms:  # testing only: a slower model
-            time.sleep((self.cfg.min_inference_ms - inference_ms) * 1e-3)
-        mask = np.ascontiguousarray(mask, np.uint8)
+        result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
+        rgb, mask, confidence = result.rgb, result.mask, result.confidence
+        h, w = mask.shape
+        if result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
+            self.problems.report(
+                "size_mismatch",
+                f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
+                "resizing the modality to the RGB size",
+            )
 
         header = rgb_msg.header
         self.pub_mask.publish(array_to_image_msg(mask, "mono8", header))
         self.frames_processed += 1
         if self.pub_confidence.get_subscription_count():
-            conf = np.ascontiguousarray(confidence, np.float32)
-            self.pub_confidence.publish(array_to_image_msg(conf, "32FC1", header))
+            self.pub_confidence.publish(array_to_image_msg(confidence, "32FC1", header))
         want_color = self.pub_color.get_subscription_count() > 0
         want_overlay = self.pub_overlay.get_subscription_count() > 0
         if want_color or want_overlay:
@@ -325,35 +468,35 @@ class SigmaSegmentationNode(Node):
         if self.pub_points is not None and self.pub_points.get_subscription_count():
             self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
 
-        counts = count_classes(mask, confidence, len(self.class_names))
         rgb_stamp = stamp_seconds(rgb_msg)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - rgb_stamp) * 1e3
+        self.health.output(result.inference_ms, latency_ms)
         self.pub_stats.publish(
             stats_msg(
                 header,
-                counts,
+                result.counts,
                 self.class_names,
                 model=self.seg.model_name,
                 modality=self.modality,
                 width=w,
                 height=h,
-                inference_ms=inference_ms,
+                inference_ms=result.inference_ms,
                 latency_ms=latency_ms,
                 sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
-                frames_dropped=self._mailbox.dropped,
+                frames_dropped=self._dropped_before + self._mailbox.dropped,
             )
         )
 
-    def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Image, rgb: np.ndarray,
+    def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Any, rgb: np.ndarray,
                         mask: np.ndarray, confidence: np.ndarray) -> None:
         camera = self._camera
         if camera is None:
-            topic = self.sub_info.topic_name
             self.problems.report(
                 "no_camera_info",
-                f"segmentation/points has subscribers but no CameraInfo has arrived on {topic}: remap "
-                "modal/camera_info to the depth camera's camera_info topic (launch argument camera_info_topic)",
+                f"segmentation/points has subscribers but no CameraInfo has arrived on "
+                f"{self.resolve_topic_name('modal/camera_info')}: remap modal/camera_info to the depth camera's "
+                "camera_info topic (launch argument camera_info_topic)",
             )
             return
         points = labelled_points(depth, camera, rgb, mask, confidence)
@@ -362,9 +505,7 @@ class SigmaSegmentationNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the inference thread (it finishes the frame in hand), then the node."""
-        self._mailbox.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        self._stop_processing()
         super().destroy_node()
 
 
