@@ -125,17 +125,15 @@ def decide_health(
     frames_processed: int,
     frames_dropped: int,
     info: Sequence[tuple[str, str]] = (),
-    now: Optional[float] = None,
 ) -> HealthReport:
     """The status of one period: level, one-line message and key-values (see the module docstring).
 
     topics: the input topics, in the order of ``window.received``; state: the lifecycle state
     (unconfigured / inactive / active); configure_error: why the last configure failed, if it did;
-    info: fixed key-values (device, precision, scan backend, checkpoint, ...) listed after the rates;
-    now: the problem log's clock time.
+    info: fixed key-values (device, precision, scan backend, checkpoint, ...) listed after the rates.
+    Starts the problem log's next period (``ProblemLog.take_recent``).
     """
-    now = problems.clock() if now is None else now
-    recent = problems.take_recent(now - window.seconds)
+    recent = problems.take_recent()
     inputs = sum(window.received)
     if configure_error is not None:
         level, message = ERROR, f"configure failed: {configure_error}"

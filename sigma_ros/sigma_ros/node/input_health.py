@@ -21,7 +21,7 @@ class ProblemLog:
                  clock: Callable[[], float] = time.monotonic):
         self._log = log
         self._period = period_s
-        self.clock = clock
+        self._clock = clock
         self._last_logged: dict[str, float] = {}
         self.counts: Counter[str] = Counter()
         self.last: dict[str, tuple[float, str]] = {}  # kind -> (clock time, message) of its latest report
@@ -33,7 +33,7 @@ class ProblemLog:
         Returns True if it was logged.
         """
         self.counts[kind] += 1
-        now = self.clock()
+        now = self._clock()
         self.last[kind] = (now, message)
         last = self._last_logged.get(kind)
         if last is not None and now - last < self._period:
@@ -42,14 +42,12 @@ class ProblemLog:
         self._log(f"{message} [{kind}: {self.counts[kind]} so far]")
         return True
 
-    def take_recent(self, since: float) -> dict[str, int]:
-        """Kinds reported at or after clock time ``since``, with how many reports since the previous call
-        (one per report period: it starts the next count)."""
+    def take_recent(self) -> dict[str, int]:
+        """Kinds reported since the previous call, with how many reports (one call per report period)."""
         counts = self.counts.copy()
-        recent = {kind: counts[kind] - self._counts_before[kind]
-                  for kind, (when, _) in list(self.last.items()) if when >= since}
+        recent = {kind: n - self._counts_before[kind] for kind, n in counts.items() if n > self._counts_before[kind]}
         self._counts_before = counts
-        return {kind: max(n, 1) for kind, n in recent.items()}
+        return recent
 
 
 class StreamWatch:
