@@ -9,7 +9,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-INPUT_QOS_NAMES = ("sensor_data", "reliable")
+from .parameters import INPUT_QOS_NAMES
 
 
 def input_qos(name: str, depth: int = 5) -> QoSProfile:
