@@ -236,8 +236,8 @@ class SigmaSegmentationNode(Node):
             )
             return
         if verdict is Stamp.JUMPED_BACK:
-            self._time_went_back(f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before the previous "
-                                 f"{previous:.6f} s (a bag loop or restart, or a clock stepped back)")
+            self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
+                                 f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
         allowed = self._accepted[stream]
         if msg.encoding not in allowed:
             self.problems.report(
@@ -267,15 +267,16 @@ class SigmaSegmentationNode(Node):
         self.watch.paired()
         self._mailbox.put(_Frame(rgb, modal))
 
-    def _time_went_back(self, why: str) -> None:
+    def _time_went_back(self, kind: str, why: str) -> None:
         """Stamps or the clock jumped back: start the streams and the pairing over instead of waiting for the old
         time to come back (what tf2 and message_filters users expect)."""
         self.watch.restart()
         self.sync.reset()
-        self.problems.report("time_jump", f"time went back: {why}; restarted the streams and the pairing")
+        self.problems.report(kind, f"time went back: {why}; restarted the streams and the pairing")
 
     def _on_clock_jump(self, jump: Any) -> None:
-        self._time_went_back(f"the node's clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s (/clock reset)")
+        self._time_went_back("clock_jump",
+                             f"the node's clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s (/clock reset)")
 
     def _check_inputs(self) -> None:
         """Every second: say why no segmentation comes out when inputs are missing, silent or never pair."""
@@ -308,8 +309,9 @@ class SigmaSegmentationNode(Node):
         that exist elsewhere (a missing remapping)."""
         known = dict(self.get_topic_names_and_types())
         image_type = "sensor_msgs/msg/Image"
-        wrong = [f"{t} carries {', '.join(known[t])}, not {image_type}" for t in topics or self.topics
-                 if t in known and image_type not in known[t]]
+        # The graph lists our own subscriptions' type too: look for any other type on the same name.
+        others = {t: [ty for ty in known.get(t, []) if ty != image_type] for t in topics or self.topics}
+        wrong = [f"{t} carries {', '.join(types)}, not {image_type}" for t, types in others.items() if types]
         if wrong:
             return "; ".join(wrong) + " (remap to a raw Image topic)"
         images = sorted(t for t, types in known.items() if image_type in types and t not in self.topics

@@ -11,9 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +19,29 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
+from node_helpers import (  # noqa: E402, I001
+    CLASSES,
+    H,
+    Harness,
+    Streams,
+    W,
+    image,
+    run_schedule,
+    start_node,
+    write_checkpoints,
+)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_core.data.pairing import ApproximateTimePairer  # noqa: E402
 from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
-from sigma_ros.node.image_conversion import array_to_image_msg, image_msg_to_array  # noqa: E402
+from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 from sigma_ros.node.point_cloud import POINT_DTYPE  # noqa: E402
 
-PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 DOMAIN_ID = 150 + os.getpid() % 60  # private to this test module's run
-H, W = 64, 80
-CLASSES = ["road", "car", "person", "sky"]
 FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
 
 
@@ -47,185 +51,14 @@ FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A tiny thermal and a tiny depth checkpoint (the same random network), written once per module."""
-    import torch
-
-    from sigma_core import SigmaConfig, build_sigma, save_checkpoint
-    from sigma_core.data.modality import ModalityScaling
-
-    torch.manual_seed(0)
-    cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=len(CLASSES))
-    model = build_sigma(cfg).eval()
-    root = tmp_path_factory.mktemp("ckpt")
-    thermal = save_checkpoint(root / "thermal.pt", model, cfg, class_names=CLASSES, modality="thermal")
-    depth = save_checkpoint(root / "depth.pt", model, cfg, class_names=CLASSES, modality="depth",
-                            scaling=ModalityScaling(modality="depth", max_range=8.0))
-    return {"thermal": Path(thermal), "depth": Path(depth)}
-
-
-class Harness:
-    """An rclpy node spinning in a background thread: publishers for the inputs, collectors for the outputs."""
-
-    def __init__(self):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("sigma_test_harness", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.lock = threading.Lock()
-        self.got: dict[str, list] = defaultdict(list)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                return
-
-    def publisher(self, msg_type, topic):
-        return self.node.create_publisher(msg_type, topic, 10)
-
-    def subscribe(self, msg_type, topic, latched=False):
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        if latched:
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-        def collect(msg):
-            with self.lock:
-                self.got[topic].append(msg)
-
-        return self.node.create_subscription(msg_type, topic, collect, qos)
-
-    def messages(self, topic) -> list:
-        with self.lock:
-            return list(self.got[topic])
-
-    def clear(self, *topics):
-        with self.lock:
-            for t in topics:
-                self.got[t].clear()
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
+    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
 def harness():
-    h = Harness()
+    h = Harness(DOMAIN_ID)
     yield h
     h.close()
-
-
-class NodeProcess:
-    """``python -m sigma_ros.node`` in namespace ``ns``; its log goes to a file we can read while it runs."""
-
-    def __init__(self, log_dir: Path, ns: str, params: dict):
-        self.ns = ns
-        self.log_path = log_dir / f"{ns.strip('/')}.log"
-        env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
-                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-        cmd = [sys.executable, "-m", "sigma_ros.node", "--ros-args", "-r", f"__ns:={ns}",
-               "-p", f"warmup.size:=[{H}, {W}]"]
-        for name, value in params.items():
-            cmd += ["-p", f"{name}:={value}"]
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_log(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.log()
-            time.sleep(0.05)
-        return False
-
-    def wait_ready(self, timeout: float = 90.0):
-        assert self.wait_log("ready:", timeout), f"node {self.ns} did not start:\n{self.log()}"
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> tuple[int, float]:
-        """Send ``sig``; (exit code, seconds to exit)."""
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        return code, time.monotonic() - start
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
-def start_node(tmp_path_factory, ns, params) -> NodeProcess:
-    node = NodeProcess(tmp_path_factory.mktemp("logs"), ns, params)
-    node.wait_ready()
-    return node
-
-
-# --- stream helpers ----------------------------------------------------------------------------------------
-
-
-def image(arr, encoding, stamp, frame_id="camera") -> Image:
-    msg = array_to_image_msg(arr, encoding)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
-
-
-class Streams:
-    """Publishers for one node's inputs, with stamps in integer nanoseconds on the wall clock."""
-
-    def __init__(self, h: Harness, ns: str):
-        self.h = h
-        self.rgb = h.publisher(Image, f"{ns}/rgb/image")
-        self.modal = h.publisher(Image, f"{ns}/modal/image")
-        self.info = h.publisher(CameraInfo, f"{ns}/modal/camera_info")
-        self.rng = np.random.default_rng(7)
-
-    def rgb_frame(self, shape=(H, W)):
-        return self.rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-
-    def thermal_frame(self, shape=(H, W)):
-        return self.rng.integers(0, 65535, shape, dtype=np.uint16)
-
-    def until_served(self, mask_topic: str, modal=None, timeout: float = 30.0):
-        """Publish pairs every 0.1 s until the node answers (DDS discovery done), then forget those masks."""
-        modal = modal or (lambda: image(self.thermal_frame(), "mono16", stamp))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.h.messages(mask_topic):
-            stamp = time.time_ns()
-            self.rgb.publish(image(self.rgb_frame(), "rgb8", stamp))
-            self.modal.publish(modal() if callable(modal) else modal)
-            time.sleep(0.1)
-        assert self.h.messages(mask_topic), f"no mask on {mask_topic} within {timeout} s"
-        time.sleep(0.3)
-
-
-def run_schedule(base_ns: int, events):
-    """events: [(t seconds after wall time base_ns, callable)], each called at its time (stamps = send times)."""
-    for t, fire in sorted(events, key=lambda e: e[0]):
-        delay = (base_ns - time.time_ns()) / 1e9 + t
-        if delay > 0:
-            time.sleep(delay)
-        fire()
 
 
 # --- the thermal node -------------------------------------------------------------------------------------
@@ -235,7 +68,7 @@ def run_schedule(base_ns: int, events):
 def thermal_node(tmp_path_factory, checkpoints, harness):
     node = start_node(tmp_path_factory, "/t", {
         "checkpoint": checkpoints["thermal"], "sync.slop": 0.015, "input.silent_warning_s": 1.0,
-    })
+    }, DOMAIN_ID)
     ns = "/t"
     for topic, typ in [("mask", Image), ("stats", SegmentationStats), ("overlay", Image),
                        ("color_mask", Image), ("confidence", Image)]:
@@ -431,7 +264,8 @@ def test_sigint_shuts_down_cleanly(thermal_node):
 
 
 def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, checkpoints, harness):
-    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable"})
+    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable"},
+                      DOMAIN_ID)
     try:
         for topic, typ in [("mask", Image), ("points", PointCloud2), ("stats", SegmentationStats)]:
             harness.subscribe(typ, f"/d/segmentation/{topic}")
@@ -513,7 +347,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_slow_model_drops_frames_without_backlog(tmp_path_factory, checkpoints, harness):
-    node = start_node(tmp_path_factory, "/s", {"checkpoint": checkpoints["thermal"], "debug.min_inference_ms": 150.0})
+    node = start_node(tmp_path_factory, "/s", {"checkpoint": checkpoints["thermal"], "debug.min_inference_ms": 150.0},
+                      DOMAIN_ID)
     try:
         harness.subscribe(SegmentationStats, "/s/segmentation/stats")
         harness.subscribe(Image, "/s/segmentation/mask")
