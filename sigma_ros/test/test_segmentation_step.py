@@ -30,7 +30,7 @@ def test_loader_names_the_checkpoint_and_the_reason(tmp_path):
 
 def test_step_resizes_the_modality_as_the_segmenter_and_counts_classes(tmp_path):
     import torch
-    from ros_harness import write_checkpoints
+    from node_helpers import write_checkpoints
 
     torch.set_num_threads(1)
     seg = load_segmenter(str(write_checkpoints(tmp_path)["thermal"]), "cpu", thermal_range=(20000.0, 40000.0))
@@ -51,7 +51,7 @@ def test_step_resizes_the_modality_as_the_segmenter_and_counts_classes(tmp_path)
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
-from ros_harness import Harness, start_node, write_checkpoints  # noqa: E402
+from node_helpers import Harness, start_node, write_checkpoints  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import BagWriter, open_bag, stamp_ns  # noqa: E402

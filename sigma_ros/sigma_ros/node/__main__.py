@@ -1,5 +1,5 @@
 import sys
 
-from .segmentation_node import main
+from . import main
 
 sys.exit(main())

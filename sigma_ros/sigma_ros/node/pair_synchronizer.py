@@ -35,14 +35,22 @@ class PairSynchronizer:
     def __init__(self, queue_size: int, slop: float, on_pair: PairCallback, use_message_filters: bool = True):
         self._lock = threading.Lock()
         self._on_pair = on_pair
-        if use_message_filters and _mf is not None:
-            self.backend = "message_filters"
+        self._queue_size, self._slop = queue_size, slop
+        self.backend = "message_filters" if use_message_filters and _mf is not None else "sigma_core"
+        self._start()
+
+    def _start(self) -> None:
+        if self.backend == "message_filters":
             self._inputs = (_mf.SimpleFilter(), _mf.SimpleFilter())
-            self._sync = _mf.ApproximateTimeSynchronizer(list(self._inputs), queue_size, slop)
-            self._sync.registerCallback(on_pair)
+            self._sync = _mf.ApproximateTimeSynchronizer(list(self._inputs), self._queue_size, self._slop)
+            self._sync.registerCallback(self._on_pair)
         else:
-            self.backend = "sigma_core"
-            self._pairer = ApproximateTimePairer(queue_size=queue_size, slop=slop)
+            self._pairer = ApproximateTimePairer(queue_size=self._queue_size, slop=self._slop)
+
+    def reset(self) -> None:
+        """Forget every waiting message (time went back: old stamps would never pair with new ones)."""
+        with self._lock:
+            self._start()
 
     def add_rgb(self, msg: Any) -> None:
         self._add(0, msg)

@@ -1,17 +1,25 @@
-"""The node's ROS parameters: declaration, documentation and validation into a plain dataclass.
+"""The node's ROS parameters, each declared once: default, meaning, parser, and whether it may change at run time.
 
 Every parameter is declared with dynamic typing so that a YAML ``1`` where
-``1.0`` was meant is accepted; :func:`parse_node_config` then checks types and
-ranges and raises :class:`ConfigError` naming the parameter, the bad value and
-what to do. Parameters documented as "unset" default to what the checkpoint
-records. ``config/sigma.yaml`` documents the same parameters for users.
+``1.0`` was meant is accepted; each spec's parser then checks type and range
+and raises :class:`ConfigError` naming the parameter, the bad value and what to
+do. Parameters documented as "unset" default to what the checkpoint records.
+``config/sigma.yaml`` documents the same parameters for users.
+
+Adding a parameter is one entry in :data:`PARAMETERS` (plus its field in
+:class:`NodeConfig`); a ``runtime=True`` one is then validated and applied by
+:class:`RuntimeParameters` while the node runs, with no code in the node unless
+changing it has side effects. Nothing here imports rclpy.
 """
 from __future__ import annotations
 
+import difflib
+import math
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -20,42 +28,201 @@ MODALITIES = ("thermal", "depth")
 INPUT_QOS_NAMES = ("sensor_data", "reliable")
 OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
-RUNTIME_PARAMETERS = ("output.overlay_alpha", "output.palette")  # cheap: may change while running
+MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
+# Parameters every rclpy node accepts besides its own (and the qos_overrides.* family).
+ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
+ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
 
 
 class ConfigError(ValueError):
     """A parameter is missing or invalid; the message says which and what to do."""
 
 
+Parser = Callable[[str, Any], Any]  # (parameter name, raw value) -> parsed value; ConfigError if invalid
+
+
+# --- parsers: (name, raw value) -> value, ConfigError naming the parameter ---------------------------------------
+
+
+def _number(name: str, value: Any, *, integer: bool = False) -> float:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, (bool, np.bool_)) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"parameter {name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"parameter {name} must be a finite number, got {value!r}")
+    return value
+
+
+def _sequence(name: str, value: Any, what: str) -> list:
+    """A list-like parameter value as a list (ROS arrays arrive as lists or array.array); ConfigError for scalars."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise ConfigError(f"parameter {name} must be a list {what}, got {value!r}")
+    return list(value)
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0)
+
+
+def positive(name: str, value: Any) -> float:
+    value = float(_number(name, value))
+    if not value > 0:
+        raise ConfigError(f"parameter {name} must be > 0, got {value}")
+    return value
+
+
+def non_negative(name: str, value: Any) -> float:
+    value = float(_number(name, value))
+    if value < 0:
+        raise ConfigError(f"parameter {name} must be >= 0, got {value}")
+    return value
+
+
+def positive_integer(name: str, value: Any) -> int:
+    value = int(_number(name, value, integer=True))
+    if value < 1:
+        raise ConfigError(f"parameter {name} must be >= 1, got {value}")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
+    return value
+
+
+def choice(*choices: str) -> Parser:
+    def parse(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"parameter {name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    return parse
+
+
+def optional_choice(*choices: str) -> Parser:
+    """Empty string: None (the checkpoint decides); else one of ``choices``."""
+    def parse(name: str, value: Any) -> Optional[str]:
+        return None if value == "" else choice(*choices)(name, value)
+    return parse
+
+
+def device(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ConfigError(f"parameter {name} must be auto, cpu, cuda or cuda:N; got {value!r}")
+    return value
+
+
+def checkpoint(name: str, value: Any) -> Path:
+    if not isinstance(value, str):
+        raise ConfigError(f"parameter {name} must be a path (a string), got {value!r}: quote it in YAML")
+    return resolve_checkpoint(value)
+
+
+def thermal_range(name: str, value: Any) -> Optional[tuple[float, float]]:
+    if _unset(value):
+        return None
+    values = _sequence(name, value, "[low, high]")
+    if len(values) != 2:
+        raise ConfigError(f"parameter {name} must be [low, high], got {values!r}")
+    lo, hi = (float(_number(name, x)) for x in values)
+    if not hi > lo:
+        raise ConfigError(f"parameter {name} must have high > low, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def optional_positive(name: str, value: Any) -> Optional[float]:
+    return None if value is None else positive(name, value)
+
+
+def image_size(name: str, value: Any) -> Optional[tuple[int, int]]:
+    """[height, width] in pixels, 4..MAX_IMAGE_SIDE each; unset: None."""
+    if _unset(value):
+        return None
+    values = _sequence(name, value, "[height, width]")
+    if len(values) != 2 or not all(4 <= int(_number(name, x, integer=True)) <= MAX_IMAGE_SIDE for x in values):
+        raise ConfigError(
+            f"parameter {name} must be [height, width] of 4..{MAX_IMAGE_SIDE} pixels, got {values!r}"
+        )
+    return int(values[0]), int(values[1])
+
+
+def overlay_alpha(name: str, value: Any) -> float:
+    alpha = float(_number(name, value))
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"parameter {name} must be within 0..1, got {alpha}")
+    return alpha
+
+
+def palette(name: str, value: Any) -> Optional[np.ndarray]:
+    """Flat [r, g, b, r, g, b, ...] list -> (K, 3) uint8; None/empty stays None (the checkpoint's palette)."""
+    if _unset(value):
+        return None
+    values = _sequence(name, value, "of integers [r, g, b, ...]")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        raise ConfigError(f"parameter {name} must be a list of integers 0..255, got {values!r}")
+    if len(values) % 3 or not all(0 <= v <= 255 for v in values):
+        raise ConfigError(
+            f"parameter {name} must be flat RGB triplets [r, g, b, ...] with values 0..255; "
+            f"got {len(values)} values {values!r}"
+        )
+    return np.asarray(values, np.uint8).reshape(-1, 3)
+
+
+# --- the parameters ----------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ParameterSpec:
     default: Any  # None: unset, the checkpoint decides
     description: str
+    parse: Parser
+    field: str  # the NodeConfig attribute that holds the parsed value
+    runtime: bool = False  # may change while the node runs (ros2 param set)
 
 
 PARAMETERS: dict[str, ParameterSpec] = {
-    "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo"),
-    "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N"),
-    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)"),
-    "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's"),
-    "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds"),
-    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner"),
-    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable"),
-    "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live"),
-    "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, "
-                                            "depth on <topic>/compressedDepth)"),
-    "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's"),
-    "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's"),
-    "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)"),
-    "output.overlay_alpha": ParameterSpec(0.5, "weight of the class colours in segmentation/overlay, 0..1 (runtime)"),
-    "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's"),
-    "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays latched)"),
-    "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)"),
-    "lifecycle": ParameterSpec(False, "true: a managed node, configured/activated through the lifecycle services"),
-    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports"),
-    "diagnostics.stall_timeout_s": ParameterSpec(5.0, "/diagnostics ERROR: images arrive, no mask for this long"),
-    "warmup.size": ParameterSpec(None, "[height, width] of the warm-up forward; unset: model input size or 480x640"),
-    "debug.min_inference_ms": ParameterSpec(0.0, "testing only: pad each forward to at least this many ms"),
+    "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo",
+                                checkpoint, "checkpoint"),
+    "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
+    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)", choice(*PRECISIONS),
+                               "precision"),
+    "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
+                              "modality"),
+    "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,
+                               "sync_slop"),
+    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", positive_integer,
+                                     "sync_queue_size"),
+    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable",
+                               choice(*INPUT_QOS_NAMES), "input_qos"),
+    "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live",
+                                            positive, "silent_warning_s"),
+    "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, depth "
+                                     "on <topic>/compressedDepth)", choice(*TRANSPORTS), "input_transport"),
+    "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's",
+                                   thermal_range, "thermal_range"),
+    "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
+                                     optional_positive, "depth_max_range"),
+    "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)",
+                                      boolean, "depth_registered"),
+    "output.overlay_alpha": ParameterSpec(0.5, "weight of the class colours in segmentation/overlay, 0..1 (runtime)",
+                                          overlay_alpha, "overlay_alpha", runtime=True),
+    "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's "
+                                    "(runtime)", palette, "palette", runtime=True),
+    "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays "
+                                "latched)", choice(*OUTPUT_QOS_NAMES), "output_qos"),
+    "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)",
+                                  positive_integer, "output_depth"),
+    "lifecycle": ParameterSpec(False, "true: a managed node, configured and activated through the lifecycle services",
+                               boolean, "lifecycle"),
+    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports", positive,
+                                          "diagnostics_period_s"),
+    "diagnostics.stall_timeout_s": ParameterSpec(5.0, "/diagnostics ERROR when images arrive but no mask comes out "
+                                                 "for this long, seconds", positive, "stall_timeout_s"),
+    "warmup.size": ParameterSpec(None, "[height, width] of the warm-up forward; unset: model input size or 480x640",
+                                 image_size, "warmup_size"),
+    "debug.min_inference_ms": ParameterSpec(0.0, "testing only: pad each forward to at least this many ms",
+                                            non_negative, "min_inference_ms"),
 }
 
 
@@ -84,67 +251,7 @@ class NodeConfig:
     min_inference_ms: float
 
 
-def _number(name: str, value: Any, *, integer: bool = False) -> float:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"parameter {name} must be {kind}, got {value!r}")
-    return value
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"parameter {name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _positive(name: str, value: Any) -> float:
-    value = float(_number(name, value))
-    if not value > 0:
-        raise ConfigError(f"parameter {name} must be > 0 seconds, got {value}")
-    return value
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
-    return value
-
-
-def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
-    """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
-    spec = PARAMETERS
-    lifecycle = _boolean("lifecycle", values.get("lifecycle", spec["lifecycle"].default))
-    period = _positive("diagnostics.period_s", values.get("diagnostics.period_s", spec["diagnostics.period_s"].default))
-    return lifecycle, period
-
-
-def parse_alpha(value: Any) -> float:
-    alpha = float(_number("output.overlay_alpha", value))
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"parameter output.overlay_alpha must be within 0..1, got {alpha}")
-    return alpha
-
-
-def parse_palette(value: Any, num_classes: Optional[int] = None) -> Optional[np.ndarray]:
-    """Flat [r, g, b, r, g, b, ...] list -> (K, 3) uint8; None/empty stays None (the checkpoint's palette)."""
-    if value is None or (hasattr(value, "__len__") and len(value) == 0):
-        return None
-    values = list(value)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"parameter output.palette must be a list of integers 0..255, got {values!r}")
-    if len(values) % 3 or not all(0 <= v <= 255 for v in values):
-        raise ConfigError(
-            f"parameter output.palette must be flat RGB triplets [r, g, b, ...] with values 0..255; "
-            f"got {len(values)} values {values!r}"
-        )
-    palette = np.asarray(values, np.uint8).reshape(-1, 3)
-    if num_classes is not None and len(palette) != num_classes:
-        raise ConfigError(
-            f"parameter output.palette has {len(palette)} colours but the model has {num_classes} classes: "
-            f"give {3 * num_classes} values or leave it unset"
-        )
-    return palette
+assert {s.field for s in PARAMETERS.values()} == {f.name for f in fields(NodeConfig)}, "one field per parameter"
 
 
 def resolve_checkpoint(value: str) -> Path:
@@ -170,84 +277,119 @@ def resolve_checkpoint(value: str) -> Path:
     return path
 
 
+def check_palette_fits(palette: Optional[np.ndarray], num_classes: int) -> None:
+    """ConfigError unless ``palette`` (K, 3) has one colour per class (None: the checkpoint's, always fits)."""
+    if palette is not None and len(palette) != num_classes:
+        raise ConfigError(
+            f"parameter output.palette has {len(palette)} colours but the model has {num_classes} classes: "
+            f"give {3 * num_classes} values or leave it unset"
+        )
+
+
+def check_known(names: Iterable[str]) -> None:
+    """ConfigError naming the first parameter that is neither ours nor a standard rclpy one, and the closest known."""
+    for name in sorted(names):
+        if name in PARAMETERS or name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, list(PARAMETERS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown parameter {name!r}: {hint}known parameters are {', '.join(PARAMETERS)} (sigma_node --help)"
+        )
+
+
 def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     """Parameter values by name (missing ones take their defaults) -> NodeConfig; ConfigError if invalid."""
-    unknown = set(values) - set(PARAMETERS)
-    if unknown:
-        raise ConfigError(f"unknown parameters {sorted(unknown)}; known: {sorted(PARAMETERS)}")
-    v = {name: values.get(name, spec.default) for name, spec in PARAMETERS.items()}
+    check_known(values)
+    parsed = {spec.field: spec.parse(name, values.get(name, spec.default)) for name, spec in PARAMETERS.items()}
+    return NodeConfig(**parsed)
 
-    device = v["device"]
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"parameter device must be auto, cpu, cuda or cuda:N; got {device!r}")
-    modality = v["modality"] or None
-    if modality is not None:
-        _choice("modality", modality, MODALITIES)
 
-    slop = float(_number("sync.slop", v["sync.slop"]))
-    if not slop > 0:
-        raise ConfigError(f"parameter sync.slop must be > 0 seconds, got {slop}")
-    queue_size = int(_number("sync.queue_size", v["sync.queue_size"], integer=True))
-    if queue_size < 1:
-        raise ConfigError(f"parameter sync.queue_size must be >= 1, got {queue_size}")
-    silent = float(_number("input.silent_warning_s", v["input.silent_warning_s"]))
-    if not silent > 0:
-        raise ConfigError(f"parameter input.silent_warning_s must be > 0 seconds, got {silent}")
+def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
+    """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
+    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default))
+                 for name in ("lifecycle", "diagnostics.period_s"))
 
-    thermal_range = v["thermal.range"]
-    if thermal_range is not None and len(thermal_range) > 0:
-        if len(thermal_range) != 2:
-            raise ConfigError(f"parameter thermal.range must be [low, high], got {list(thermal_range)!r}")
-        lo, hi = (float(_number("thermal.range", x)) for x in thermal_range)
-        if not hi > lo:
-            raise ConfigError(f"parameter thermal.range must have high > low, got [{lo}, {hi}]")
-        thermal_range = (lo, hi)
-    else:
-        thermal_range = None
-    max_range = v["depth.max_range"]
-    if max_range is not None:
-        max_range = float(_number("depth.max_range", max_range))
-        if not max_range > 0:
-            raise ConfigError(f"parameter depth.max_range must be > 0 metres, got {max_range}")
-    if not isinstance(v["depth.registered"], bool):
-        raise ConfigError(f"parameter depth.registered must be true or false, got {v['depth.registered']!r}")
-    warmup_size = v["warmup.size"]
-    if warmup_size is not None and len(warmup_size) > 0:
-        if len(warmup_size) != 2 or not all(int(_number("warmup.size", x, integer=True)) >= 4 for x in warmup_size):
-            raise ConfigError(
-                f"parameter warmup.size must be [height, width] of at least 4 pixels, got {list(warmup_size)!r}"
-            )
-        warmup_size = (int(warmup_size[0]), int(warmup_size[1]))
-    else:
-        warmup_size = None
-    output_depth = int(_number("output.depth", v["output.depth"], integer=True))
-    if output_depth < 1:
-        raise ConfigError(f"parameter output.depth must be >= 1, got {output_depth}")
-    lifecycle, diagnostics_period = parse_start_options(v)
-    min_ms = float(_number("debug.min_inference_ms", v["debug.min_inference_ms"]))
-    if min_ms < 0:
-        raise ConfigError(f"parameter debug.min_inference_ms must be >= 0, got {min_ms}")
 
-    return NodeConfig(
-        checkpoint=resolve_checkpoint(v["checkpoint"]),
-        device=device,
-        precision=_choice("precision", v["precision"], PRECISIONS),
-        modality=modality,
-        sync_slop=slop,
-        sync_queue_size=queue_size,
-        input_qos=_choice("input.qos", v["input.qos"], INPUT_QOS_NAMES),
-        silent_warning_s=silent,
-        input_transport=_choice("input.transport", v["input.transport"], TRANSPORTS),
-        thermal_range=thermal_range,
-        depth_max_range=max_range,
-        depth_registered=v["depth.registered"],
-        overlay_alpha=parse_alpha(v["output.overlay_alpha"]),
-        palette=parse_palette(v["output.palette"]),
-        output_qos=_choice("output.qos", v["output.qos"], OUTPUT_QOS_NAMES),
-        output_depth=output_depth,
-        lifecycle=lifecycle,
-        diagnostics_period_s=diagnostics_period,
-        stall_timeout_s=_positive("diagnostics.stall_timeout_s", v["diagnostics.stall_timeout_s"]),
-        warmup_size=warmup_size,
-        min_inference_ms=min_ms,
-    )
+def describe_parameters() -> str:
+    """One line per parameter: name, default, meaning (for ``sigma_node --help``)."""
+    width = max(map(len, PARAMETERS))
+    lines = []
+    for name, spec in PARAMETERS.items():
+        default = "unset" if spec.default is None else repr(spec.default)
+        lines.append(f"  {name:<{width}}  {spec.description} [default: {default}]")
+    return "\n".join(lines)
+
+
+# --- runtime changes -----------------------------------------------------------------------------------------------
+
+
+class RuntimeParameters:
+    """Validates and applies changes of the ``runtime=True`` parameters while a node runs.
+
+    ``cfg`` is the current NodeConfig (readers take ``self.cfg`` once per use), or None while a lifecycle
+    node is unconfigured (changes are then only parsed: configure reads them). ``fits(cfg)`` raises
+    ConfigError when a candidate configuration does not fit the running model; ``on_change(old, new)``
+    runs after a change is accepted, for side effects such as republishing the class map.
+    Every change is answered: an invalid one of any type is refused with a reason, never an exception.
+    """
+
+    def __init__(self, cfg: Optional[NodeConfig], fits: Callable[[NodeConfig], None] = lambda cfg: None,
+                 on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None):
+        self.cfg = cfg
+        self._fits = fits
+        self._on_change = on_change
+        self._lock = threading.Lock()
+
+    def candidate(self, changes: Mapping[str, Any]) -> Optional[NodeConfig]:
+        """The configuration after ``changes`` (name -> raw value); ConfigError if one is invalid."""
+        updates = {}
+        for name, value in changes.items():
+            spec = PARAMETERS.get(name)
+            if spec is None:
+                continue  # not ours (use_sim_time, qos_overrides.*): rclpy's
+            if not spec.runtime:
+                raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
+            updates[spec.field] = spec.parse(name, value)
+        if self.cfg is None:
+            return None
+        new = replace(self.cfg, **updates)
+        self._fits(new)
+        return new
+
+    def validate(self, changes: Mapping[str, Any]) -> Optional[str]:
+        """None if ``changes`` may be applied, else the reason it may not."""
+        try:
+            self.candidate(changes)
+        except ConfigError as e:
+            return str(e)
+        except Exception as e:  # an answer, never an exception out of the executor
+            return f"cannot set {', '.join(changes)} to {list(changes.values())!r}: {e!r}"
+        return None
+
+    def apply(self, changes: Mapping[str, Any]) -> None:
+        """Apply already validated ``changes``."""
+        with self._lock:
+            old, self.cfg = self.cfg, self.candidate(changes)
+        if old is not None and self.cfg is not None:
+            self._on_change(old, self.cfg)
+
+    def attach(self, node: Any) -> None:
+        """Install the callbacks on an rclpy ``node``: validate on set, apply after set.
+
+        Post-set callbacks came with Iron; on Humble the validating callback applies valid values itself.
+        """
+        from rcl_interfaces.msg import SetParametersResult  # only here: parsing needs no ROS
+
+        post_set = hasattr(node, "add_post_set_parameters_callback")
+
+        def on_set(params: list) -> SetParametersResult:
+            changes = {p.name: p.value for p in params}
+            reason = self.validate(changes)
+            if reason is None and not post_set:
+                self.apply(changes)
+            return SetParametersResult(successful=reason is None, reason=reason or "")
+
+        node.add_on_set_parameters_callback(on_set)
+        if post_set:
+            node.add_post_set_parameters_callback(lambda params: self.apply({p.name: p.value for p in params}))

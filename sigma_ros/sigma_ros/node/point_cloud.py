@@ -9,6 +9,7 @@ the sizes may differ, the mask is then sampled at the nearest pixel).
 from __future__ import annotations
 
 import array
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,11 +68,15 @@ class Pinhole:
 
     @classmethod
     def from_camera_info(cls, msg: CameraInfo) -> Pinhole:
-        """From CameraInfo's K matrix; ValueError if fx or fy is not positive (an uncalibrated camera)."""
+        """From CameraInfo's K matrix; ValueError if fx or fy is not positive and finite (an uncalibrated camera),
+        or cx, cy is not finite."""
         k = msg.k
         fx, fy, cx, cy = float(k[0]), float(k[4]), float(k[2]), float(k[5])
-        if not (fx > 0 and fy > 0):
-            raise ValueError(f"CameraInfo K has fx={fx}, fy={fy}: the camera is not calibrated (need fx, fy > 0)")
+        if not (0 < fx < math.inf and 0 < fy < math.inf):
+            raise ValueError(f"CameraInfo K has fx={fx}, fy={fy}: the camera is not calibrated "
+                             "(need finite fx, fy > 0)")
+        if not (math.isfinite(cx) and math.isfinite(cy)):
+            raise ValueError(f"CameraInfo K has cx={cx}, cy={cy}: need finite principal point")
         return cls(fx, fy, cx, cy, int(msg.width), int(msg.height))
 
     def scaled_to(self, width: int, height: int) -> Pinhole:

@@ -21,7 +21,11 @@ from __future__ import annotations
 from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
+from .. import stop_signals
+
+# isort: split
 import gc
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -29,11 +33,13 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -50,20 +56,22 @@ from .image_conversion import (
     array_to_image_msg,
     image_msg_to_array,
 )
-from .input_health import ProblemLog, StreamWatch
+from .input_health import JUMP_BACK_TOLERANCE_S, ProblemLog, Stamp, StreamWatch, modality_problem
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .parameters import (
+    MAX_IMAGE_SIDE,
     PARAMETERS,
-    RUNTIME_PARAMETERS,
     ConfigError,
     NodeConfig,
-    parse_alpha,
+    RuntimeParameters,
+    check_known,
+    check_palette_fits,
+    describe_parameters,
     parse_node_config,
-    parse_palette,
     parse_start_options,
 )
-from .point_cloud import Pinhole, depth_to_metres, labelled_points, points_to_cloud_msg
+from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
 from .segmentation_stats import stats_msg
 
@@ -73,9 +81,6 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
-# Post-set parameter callbacks came with Iron; on Humble the validating callback applies the values itself.
-_POST_SET_CALLBACKS = hasattr(Node, "add_post_set_parameters_callback")
-MOSTLY_INVALID_DEPTH = 0.5  # warn when more than this fraction of a depth frame has no return
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
@@ -96,18 +101,27 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
 
     def __init__(self, **kwargs: Any):
         Node.__init__(self, NODE_NAME, **kwargs)
+        try:
+            self._start()
+        except BaseException:  # a half-built node still releases what it holds
+            self.destroy_node()
+            raise
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter (refusing unknown ones given to this node); their values by name. ConfigError."""
+        # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
+        check_known(getattr(self, "_parameter_overrides", {}))
         for name, spec in PARAMETERS.items():
-            self.declare_parameter(
-                name,
-                spec.default,
-                ParameterDescriptor(
-                    description=spec.description,
-                    dynamic_typing=True,
-                    read_only=name not in RUNTIME_PARAMETERS,
-                ),
-            )
-        self.managed, period = parse_start_options({n: self.get_parameter(n).value for n in PARAMETERS})
-        self.cfg: Optional[NodeConfig] = None
+            descriptor = ParameterDescriptor(description=spec.description, dynamic_typing=True,
+                                             read_only=not spec.runtime)
+            self.declare_parameter(name, spec.default, descriptor)
+        return {name: self.get_parameter(name).value for name in PARAMETERS}
+
+    def _start(self) -> None:
+        self.managed, period = parse_start_options(self._declare_parameters())
+        # The configuration lives in self.runtime (self.cfg; None until configured): runtime parameter
+        # changes replace it whole.
+        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change)
         self.seg: Any = None
         self.state = "unconfigured"
         self._configure_error: Optional[str] = None
@@ -124,9 +138,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._camera_frame = ""
         self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
         LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
-        self.add_on_set_parameters_callback(self._validate_runtime_parameters)
-        if _POST_SET_CALLBACKS:
-            self.add_post_set_parameters_callback(self._apply_runtime_parameters)
+        self.runtime.attach(self)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-JUMP_BACK_TOLERANCE_S),
+                          on_clock_change=False),
+            post_callback=self._on_clock_jump,
+        )
         self.diagnostics = NodeDiagnostics(self, self._health_report, period)
         if self.managed:
             self.get_logger().info("lifecycle node: waiting for configure")
@@ -141,47 +158,65 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """Read the parameters, load and warm the model, create the publishers. FAILURE with the reason logged."""
         try:
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
-            seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, modality=cfg.modality,
-                                 thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
-            if cfg.palette is not None:  # the palette must fit the model
-                parse_palette(cfg.palette.reshape(-1).tolist(), len(seg.class_names))
-            seg.warmup(cfg.warmup_size)
-        except (ConfigError, RuntimeError, ValueError, OSError) as e:  # e.g. out of GPU memory while warming up
-            self._configure_error = str(e) if isinstance(e, ConfigError) else f"warm-up failed: {e}"
+            self._load_model(cfg)
+        except ConfigError as e:
+            self.seg = None
+            self._configure_error = str(e)
             if self.managed:
                 self.get_logger().error(f"configure failed: {e}")
             return FAILURE
         self._configure_error = None
-        self.cfg, self.seg = cfg, seg
-        self.modality: str = seg.scaling.modality
-        if self.modality != seg.meta.scaling.modality:
-            self.get_logger().warning(
-                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
-                "the model was not trained on this input"
-            )
-        self.class_names = list(seg.class_names)
+        self.runtime.cfg = cfg
         self._use_palette(cfg.palette)
-        self._alpha = cfg.overlay_alpha
         if self.modality == "depth" and not cfg.depth_registered:
             self.get_logger().warning(
                 "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
             )
         self._create_publishers(cfg)
+        self.sync = PairSynchronizer(cfg.sync_queue_size, cfg.sync_slop, self._on_pair)
         self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
         self.state = "inactive"
         if self.managed:
             self.get_logger().info(f"configured: {self._describe()}")
         return super().on_configure(state)
 
+    def _load_model(self, cfg: NodeConfig) -> None:
+        """Load the checkpoint and run the warm-up forward pass; ConfigError naming what does not fit."""
+        self.get_logger().info(f"loading checkpoint {cfg.checkpoint}")
+        seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, modality=cfg.modality,
+                             thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
+        self.seg, self.modality, self.class_names = seg, seg.scaling.modality, list(seg.class_names)
+        if self.modality != seg.meta.scaling.modality:
+            self.get_logger().warning(
+                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
+                "the model was not trained on this input"
+            )
+        self._fits_model(cfg)
+        if seg.input_size is not None and max(seg.input_size) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} records input size {list(seg.input_size)}"
+                              f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
+        size = cfg.warmup_size or seg.input_size or (480, 640)
+        self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
+        try:
+            seg.warmup(size)
+        except (RuntimeError, MemoryError) as e:  # torch: out of memory, or a size the network cannot take
+            raise ConfigError(f"warm-up forward pass at {size[0]}x{size[1]} failed ({e}); set warmup.size to the "
+                              "camera's [height, width]") from None
+
+    @property
+    def cfg(self) -> Optional[NodeConfig]:
+        """The current configuration (runtime parameters may have replaced it since configure); None before."""
+        return self.runtime.cfg
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Publishers on, subscriptions created, inference thread started."""
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._publish_class_map()
-        self.sync = PairSynchronizer(self.cfg.sync_queue_size, self.cfg.sync_slop, self._on_pair)
+        self.sync.reset()  # no half pair from an earlier activation
         self._create_subscriptions(self.cfg)
         self.watch = StreamWatch(self.topics)
         self.health.reset()
-        self._silence_timer = self.create_timer(1.0, self._check_silence)
+        self._silence_timer = self.create_timer(1.0, self._check_inputs)
         self._mailbox = LatestMailbox()
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
@@ -213,9 +248,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         info = f", {self.sub_info.topic_name}" if getattr(self, "sub_info", None) else ""
         subs = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
         return (
-            f"model {self.seg.model_name} ({len(self.class_names)} classes, {self.modality}) "
-            f"on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
-            f"pairing (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
+            f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
+            f"{self.modality}) on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
+            f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
             f"{self.cfg.output_depth})"
@@ -281,6 +316,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._publishers_owned = []
         device = getattr(self.seg, "device", None)
         self.seg = None
+        self.runtime.cfg = None
         gc.collect()
         if device is not None and getattr(device, "type", "") == "cuda":
             import torch
@@ -306,13 +342,23 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         topic = self._subscriptions_active[stream].topic_name
         self.health.received(stream)
         stamp = stamp_seconds(msg)
-        previous = self.watch.received(stream, stamp)
-        if previous is not None:
+        verdict, previous = self.watch.received(stream, stamp)
+        if verdict is Stamp.ZERO:
+            self.problems.report(
+                "zero_stamp",
+                f"{topic}: header.stamp is zero (the publisher does not stamp its images); pairing needs the "
+                "capture time: fix the driver; message skipped",
+            )
+            return
+        if verdict is Stamp.OUT_OF_ORDER:
             self.problems.report(
                 "out_of_order",
                 f"{topic}: stamp {stamp:.6f} s is not after the previous {previous:.6f} s; message skipped",
             )
             return
+        if verdict is Stamp.JUMPED_BACK:
+            self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
+                                 f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
         if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
             if not self._accepts(stream, msg.encoding, topic):
                 return
@@ -335,15 +381,68 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
 
     def _on_pair(self, rgb: Any, modal: Any) -> None:
         self.health.paired()
+        self.watch.paired()
         self._mailbox.put(_Frame(rgb, modal))
 
-    def _check_silence(self) -> None:
-        for topic, seconds in self.watch.silent(self.cfg.silent_warning_s):
+    def _time_went_back(self, kind: str, why: str) -> None:
+        """Stamps or the clock jumped back: start the streams and the pairing over instead of waiting for the old
+        time to come back (what tf2 and message_filters users expect)."""
+        if self.state != "active":
+            return
+        self.watch.restart()
+        self.sync.reset()
+        self.problems.report(kind, f"time went back: {why}; restarted the streams and the pairing")
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        self._time_went_back("clock_jump",
+                             f"the node's clock jumped by {jump.delta.nanoseconds * 1e-9:.3f} s (/clock reset)")
+
+    def _check_inputs(self) -> None:
+        """Every second: say why no segmentation comes out when inputs are missing, silent or never pair."""
+        topics = [sub.topic_name for sub in self._subscriptions_active[:2]]
+        after = self.cfg.silent_warning_s
+        waited = self.watch.nothing_for(after)
+        if waited is not None:
+            self.problems.report(
+                "no_input",
+                f"no messages on {topics[0]} or {topics[1]} for {waited:.0f} s: "
+                f"{self._input_hint()}",
+            )
+        for topic, seconds in self.watch.silent(after):
             self.problems.report(
                 "silent_stream",
                 f"no messages on {topic} for {seconds:.1f} s while the other camera publishes: "
-                "check the driver, the topic remapping, input.qos and input.transport",
+                f"check the driver, the topic remapping and input.qos; {self._input_hint([topic])}",
             )
+        offset = self.watch.unpaired(after)
+        if offset is not None:
+            self.problems.report(
+                "no_pairs",
+                f"{topics[0]} and {topics[1]} both arrive but no pair within sync.slop "
+                f"{self.cfg.sync_slop} s for {after:.0f} s: the newest stamps differ by {offset:+.3f} s "
+                "(RGB minus modality). If the cameras run on different clocks, synchronise them (PTP/chrony) or "
+                "stamp both from one clock; if they are just far apart in time, raise sync.slop",
+            )
+
+    def _input_hint(self, topics: Optional[list[str]] = None) -> str:
+        """What the graph says about ``topics`` (default both inputs): another message type, or Image topics
+        that exist elsewhere (a missing remapping)."""
+        known = dict(self.get_topic_names_and_types())
+        compressed = self.cfg.input_transport == "compressed"
+        image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+        # The graph lists our own subscriptions' type too: look for any other type on the same name.
+        subscribed = [sub.topic_name for sub in self._subscriptions_active[:2]]
+        others = {t: [ty for ty in known.get(t, []) if ty != image_type] for t in topics or subscribed}
+        wrong = [f"{t} carries {', '.join(types)}, not {image_type}" for t, types in others.items() if types]
+        if wrong:
+            return "; ".join(wrong) + f" (remap to a{' compressed' if compressed else ' raw Image'} topic, or set " \
+                "input.transport)"
+        images = sorted(t for t, types in known.items() if image_type in types and t not in subscribed
+                        and not t.startswith(self.pub_mask.topic_name.rsplit("/", 1)[0]))
+        what = image_type.rsplit("/", 1)[1]
+        found = f"{what} topics seen: {', '.join(images[:6])}" if images else f"no {what} topic is published"
+        return (f"check that the cameras run and remap rgb/image:=... modal/image:=... ({found}), input.qos and "
+                "input.transport")
 
     def _health_report(self) -> HealthReport:
         info = [("state", self.state)]
@@ -361,30 +460,16 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
 
     # --- runtime parameters ------------------------------------------------------------------------
 
-    def _validate_runtime_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        classes = len(self.class_names) if self.seg is not None else None  # checked against the model at configure
-        try:
-            for p in params:
-                if p.name == "output.overlay_alpha":
-                    parse_alpha(p.value)
-                elif p.name == "output.palette":
-                    parse_palette(p.value, classes)
-        except ConfigError as e:
-            return SetParametersResult(successful=False, reason=str(e))
-        if not _POST_SET_CALLBACKS:  # Humble: the values are valid, so apply them now
-            self._apply_runtime_parameters(params)
-        return SetParametersResult(successful=True)
+    def _fits_model(self, cfg: NodeConfig) -> None:
+        """ConfigError if ``cfg`` does not fit the loaded model (a palette with one colour per class)."""
+        check_palette_fits(cfg.palette, len(self.class_names))
 
-    def _apply_runtime_parameters(self, params: list[Parameter]) -> None:
-        if self.seg is None:
-            return  # configure reads the parameters
-        for p in params:
-            if p.name == "output.overlay_alpha":
-                self._alpha = parse_alpha(p.value)
-            elif p.name == "output.palette":
-                self._use_palette(parse_palette(p.value, len(self.class_names)))
-                if self.state == "active":
-                    self._publish_class_map()
+    def _on_runtime_change(self, old: NodeConfig, new: NodeConfig) -> None:
+        """Side effects of runtime changes; plain values (overlay alpha) are read from ``self.cfg`` when used."""
+        if new.palette is not old.palette:
+            self._use_palette(new.palette)
+            if self.state == "active":
+                self._publish_class_map()
 
     def _use_palette(self, palette: Optional[np.ndarray]) -> None:
         """(K, 3) uint8 class colours, or None for the checkpoint's; also the lookup table the worker renders with."""
@@ -432,15 +517,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if decoded[0] is None or decoded[1] is None:
             return
         (rgb_arr, rgb_encoding), (raw, _) = decoded
-        if self.modality == "depth":
-            _, valid = depth_to_metres(raw)
-            invalid = 1.0 - float(valid.mean())
-            if invalid > MOSTLY_INVALID_DEPTH:
-                self.problems.report(
-                    "invalid_depth",
-                    f"{self.topics[1]}: {invalid:.0%} of depth pixels are 0/NaN/inf (no return); "
-                    "they are left out of segmentation/points",
-                )
+        self._check_modality(raw)
 
         result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
         rgb, mask, confidence = result.rgb, result.mask, result.confidence
@@ -464,12 +541,13 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             if want_color:
                 self.pub_color.publish(array_to_image_msg(color, "rgb8", header))
             if want_overlay:
-                self.pub_overlay.publish(array_to_image_msg(overlay(rgb, color, self._alpha), "rgb8", header))
+                blended = overlay(rgb, color, self.cfg.overlay_alpha)
+                self.pub_overlay.publish(array_to_image_msg(blended, "rgb8", header))
         if self.pub_points is not None and self.pub_points.get_subscription_count():
             self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
 
         rgb_stamp = stamp_seconds(rgb_msg)
-        latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - rgb_stamp) * 1e3
+        latency_ms = self._latency_ms(rgb_stamp)
         self.health.output(result.inference_ms, latency_ms)
         self.pub_stats.publish(
             stats_msg(
@@ -488,6 +566,35 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             )
         )
 
+    def _check_modality(self, raw: np.ndarray) -> None:
+        """Warn when most of a modality image carries nothing for the model (no depth return, thermal clipped)."""
+        found = modality_problem(raw, self.seg.scaling)
+        if found is None:
+            return
+        kind, fraction = found
+        topic = self.topics[1]
+        if kind == "invalid_depth":
+            message = (f"{topic}: {fraction:.0%} of depth pixels are 0/NaN/inf (no return); "
+                       "they are left out of segmentation/points")
+        else:
+            finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+            seen = f"{finite.min()}..{finite.max()}" if finite.size else "all NaN/inf"
+            lo_hi = self.seg.scaling.range
+            message = (f"{topic}: {fraction:.0%} of thermal pixels are NaN/inf or outside the thermal range "
+                       f"{list(lo_hi) if lo_hi else 'of the image'} ({raw.dtype} values {seen}), so the model sees "
+                       "a blank thermal image: set thermal.range to the camera's [low, high] raw values "
+                       "(mono8: [0, 255]; 32FC1 Kelvin: e.g. [250, 350]) or check the camera")
+        self.problems.report(kind, message)
+
+    def _latency_ms(self, rgb_stamp: float) -> float:
+        """Node clock minus the RGB stamp, ms; NaN while the clock has no time yet (use_sim_time before /clock)."""
+        now = self.get_clock().now().nanoseconds
+        if now == 0:
+            self.problems.report("no_clock", "use_sim_time is true but no /clock message has arrived: latency_ms "
+                                 "is NaN until one does (play the bag with --clock)")
+            return float("nan")
+        return (now * 1e-9 - rgb_stamp) * 1e3
+
     def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Any, rgb: np.ndarray,
                         mask: np.ndarray, confidence: np.ndarray) -> None:
         camera = self._camera
@@ -504,23 +611,59 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.pub_points.publish(points_to_cloud_msg(points, cloud_header))
 
     def destroy_node(self) -> None:
-        """Stop the inference thread (it finishes the frame in hand), then the node."""
-        self._stop_processing()
+        """Stop the inference thread (it finishes the frame in hand), then the node. Safe on a half-built node."""
+        if hasattr(self, "_mailbox"):
+            self._stop_processing()
         super().destroy_node()
 
 
+ROS_ARGUMENT_ERRORS = (_rclpy.RCLError, _rclpy.RCLInvalidROSArgsError, _rclpy.UnknownROSArgsError)
+
+
+def _rcl_message(error: Exception) -> str:
+    """An rcl error's message without the C source locations it carries."""
+    return re.sub(r",? at /\S+:\d+", "", " ".join(str(error).split())).strip()
+
+
+USAGE = """usage: sigma_node [-h] [--ros-args -p NAME:=VALUE ... --params-file FILE -r FROM:=TO ...]
+
+Segments synchronized RGB + thermal/depth images with a Sigma checkpoint.
+Subscribes rgb/image, modal/image (sensor_msgs/Image; depth: also modal/camera_info; with
+input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth);
+publishes segmentation/mask, color_mask, overlay, confidence, stats, points (depth), class_map,
+and /diagnostics. With -p lifecycle:=true it waits for the lifecycle services (configure, activate).
+
+parameters (--ros-args -p NAME:=VALUE, or a params file such as config/sigma.yaml):
+{parameters}
+
+example: sigma_node --ros-args -p checkpoint:=model.pt -r rgb/image:=/camera/color/image_raw \\
+             -r modal/image:=/thermal/image_raw
+"""
+
+
 def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``sigma_node``: 0 on a clean shutdown, 2 on invalid parameters."""
-    rclpy.init(args=args)
+    """Entry point of ``sigma_node``: 0 on a clean shutdown or a stop signal, 2 on invalid parameters or arguments."""
+    stop_signals.install()
+    argv = sys.argv if args is None else ["sigma_node", *args]
+    if "-h" in argv[1:] or "--help" in argv[1:]:
+        print(USAGE.format(parameters=describe_parameters()))
+        return 0
+    log = rclpy.logging.get_logger(NODE_NAME)
     node = None
     try:
-        node = SigmaSegmentationNode()
+        try:
+            rclpy.init(args=argv, **stop_signals.ros_init_options())
+            node = SigmaSegmentationNode()
+        except ROS_ARGUMENT_ERRORS as e:  # unparsable --ros-args, -p value or params file
+            log.error(f"invalid --ros-args or parameters file: {_rcl_message(e)}")
+            return 2
         # One executor thread is enough: inference has its own thread, so callbacks never wait for the model.
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=stop_signals.SPIN_STEP_S)  # a signal is noticed between steps
     except ConfigError as e:
-        rclpy.logging.get_logger(NODE_NAME).error(f"invalid configuration: {e}")
+        log.error(f"invalid configuration: {e}")
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

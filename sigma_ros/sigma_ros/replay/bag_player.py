@@ -22,9 +22,15 @@ from __future__ import annotations
 from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
+from .. import stop_signals
+
+# isort: split
 import argparse
 import contextlib
 import importlib
+import importlib.machinery
+import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,21 +62,59 @@ class PlaybackStats:
         )
 
 
+# A ROS interface name: package (lower case, digits, underscores; REP 144), kind, type (CamelCase).
+ROS_INTERFACE_NAME = re.compile(r"(?P<package>[a-z][a-z0-9_]*)/(?P<kind>msg|srv|action)/(?P<name>[A-Z][A-Za-z0-9]*)")
+
+
+def _installed_search_path() -> list[str]:
+    """sys.path without the working directory: a bag's type name must never run code from where we stand."""
+    cwd = os.path.realpath(os.getcwd())
+    return [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != cwd]
+
+
+def _check_interface_package(package: str, kind: str, msgtype: str, hint: str) -> None:
+    """ImportError unless ``package`` is an installed ROS interface package with a ``kind`` folder (no import)."""
+    try:
+        from ament_index_python.packages import get_resource
+
+        get_resource("rosidl_interfaces", package)
+    except LookupError:
+        raise ImportError(f"message type {msgtype}: {package} is not an installed ROS interface package "
+                          f"(not in the ament index){hint}") from None
+    except (ImportError, OSError):
+        pass  # no ament index here (AMENT_PREFIX_PATH unset): the file check below decides
+    spec = importlib.machinery.PathFinder.find_spec(package, _installed_search_path())
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not any(os.path.isfile(os.path.join(folder, kind, "__init__.py")) for folder in folders):
+        raise ImportError(f"message type {msgtype}: no installed ROS interface package {package} with {kind}/ "
+                          f"in this Python{hint}")
+
+
 def message_class(msgtype: str) -> Any:
-    """'sensor_msgs/msg/Image' -> the rclpy message class; ImportError naming the type if it is not installed."""
+    """'sensor_msgs/msg/Image' -> the rclpy message class, from installed ROS interface packages only.
+
+    Type names come from the bag file, so they are data, not code to run: only ROS interface names
+    (``pkg/msg/Type``, ``pkg/Type`` for ROS 1) of packages in the ament index (or, without one, installed
+    packages that have the ``msg``/``srv``/``action`` folder) are imported, never from the working directory.
+    ImportError naming the type otherwise.
+    """
+    hint = "; install its package or leave its topic out with --topics"
     parts = msgtype.split("/")
     if len(parts) == 2:  # ROS 1 style 'pkg/Type'
         parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3:
-        raise ImportError(f"cannot make a message class from type name {msgtype!r}")
-    package, kind, name = parts
+    match = ROS_INTERFACE_NAME.fullmatch("/".join(parts))
+    if match is None:
+        raise ImportError(f"message type {msgtype!r} is not a ROS interface name (package/msg/Type){hint}")
+    package, kind, name = match.group("package", "kind", "name")
+    _check_interface_package(package, kind, msgtype, hint)
+    saved = sys.path[:]
+    sys.path[:] = _installed_search_path()
     try:
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError) as err:
-        raise ImportError(
-            f"message type {msgtype} is not installed in this Python ({err}); install its package or leave "
-            "its topic out with --topics"
-        ) from None
+        raise ImportError(f"message type {msgtype} is not installed in this Python ({err}){hint}") from None
+    finally:
+        sys.path[:] = saved
 
 
 class BagPlayer:
@@ -289,23 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    stop_signals.install()  # SIGINT/SIGTERM stop it quietly in every phase (waiting, playing)
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.utilities import remove_ros_args
 
     argv = list(sys.argv if argv is None else ["bag_player", *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
-    node = rclpy.create_node("bag_player")
-    player = None
+    node = player = None
     try:
+        rclpy.init(args=argv, **stop_signals.ros_init_options())
+        node = rclpy.create_node("bag_player")
         player = BagPlayer(
             node, args.bag, topics=args.topics, rate=args.rate, loop=args.loop,
             start_offset=args.start_offset, clock_hz=args.clock, qos=args.qos,
         )
         if args.wait_for_publisher:
+            node.get_logger().info(f"waiting for a publisher on {', '.join(args.wait_for_publisher)}")
             player.wait_for_publishers(args.wait_for_publisher, args.wait_timeout)
         if args.wait_for_subscribers is not None:
+            node.get_logger().info(f"waiting for subscribers on {', '.join(player.topics)}")
             player.wait_for_subscribers(args.wait_timeout, parse_minimum(args.wait_for_subscribers))
         if args.delay > 0:
             time.sleep(args.delay)
@@ -321,9 +368,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if player is not None:
             player.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_lifecycle_states_and_a_failed_configure():
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from ros_harness import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
+from node_helpers import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 DOMAIN_ID = 90 + os.getpid() % 30

@@ -1,5 +1,8 @@
-"""input_health: throttled counted problem reports, stamp order and silent-stream detection."""
-from sigma_ros.node.input_health import ProblemLog, StreamWatch
+"""input_health: throttled counted problem reports, stamps (order, jumps back, zero), silence, pairing, modality."""
+import numpy as np
+
+from sigma_core.data.modality import ModalityScaling
+from sigma_ros.node.input_health import ProblemLog, Stamp, StreamWatch, modality_problem
 
 
 class FakeClock:
@@ -24,12 +27,59 @@ def test_problems_are_counted_always_and_logged_once_per_period():
 
 def test_out_of_order_stamps_are_reported_with_the_previous_one():
     watch = StreamWatch(["/rgb", "/thermal"], clock=FakeClock())
-    assert watch.received(0, 1.0) is None
-    assert watch.received(0, 2.0) is None
-    assert watch.received(0, 1.5) == 2.0
-    assert watch.received(0, 2.0) == 2.0  # a repeated stamp is not newer either
-    assert watch.received(1, 1.0) is None  # streams are independent
-    assert watch.received(0, 2.1) is None
+    assert watch.received(0, 1.0) == (Stamp.NEW, None)
+    assert watch.received(0, 2.0) == (Stamp.NEW, 1.0)
+    assert watch.received(0, 1.7) == (Stamp.OUT_OF_ORDER, 2.0)
+    assert watch.received(0, 2.0) == (Stamp.OUT_OF_ORDER, 2.0)  # a repeated stamp is not newer either
+    assert watch.received(1, 1.0) == (Stamp.NEW, None)  # streams are independent
+    assert watch.received(0, 2.1) == (Stamp.NEW, 2.0)
+    assert watch.received(1, 0.0) == (Stamp.ZERO, 1.0)
+
+
+def test_time_going_back_restarts_every_stream():
+    watch = StreamWatch(["/rgb", "/thermal"], clock=FakeClock())
+    for t in (10.0, 10.1, 10.2):
+        watch.received(0, t)
+        watch.received(1, t)
+    assert watch.received(0, 0.05) == (Stamp.JUMPED_BACK, 10.2)  # a bag loop: far older
+    assert watch.received(1, 0.05) == (Stamp.NEW, None)  # the other stream starts over too, not "out of order"
+    assert watch.received(0, 0.1) == (Stamp.NEW, 0.05)
+    # A short loop (a step back within the tolerance) is recognised once it persists.
+    verdicts = [watch.received(0, 0.01 + 0.01 * i)[0] for i in range(5)]
+    assert verdicts == [Stamp.OUT_OF_ORDER] * 4 + [Stamp.JUMPED_BACK]
+
+
+def test_streams_that_arrive_but_never_pair_are_measured():
+    clock = FakeClock()
+    watch = StreamWatch(["/rgb", "/thermal"], clock=clock)
+    assert watch.nothing_for(3.0) is None
+    clock.t += 3.5
+    assert watch.nothing_for(3.0) == 3.5  # no message at all
+    for i in range(40):  # thermal on its own clock, 250 s behind
+        watch.received(0, 1000.0 + i / 10)
+        watch.received(1, 750.0 + i / 10)
+        clock.t += 0.1
+    assert watch.nothing_for(3.0) is None
+    assert watch.unpaired(3.0) == 250.0
+    watch.paired()
+    assert watch.unpaired(3.0) is None
+    clock.t += 4
+    assert watch.unpaired(3.0) is None  # streams stopped: that is silence, not a pairing problem
+
+
+def test_modality_images_that_carry_nothing_are_found():
+    counts = ModalityScaling("thermal", range=(20000.0, 40000.0))
+    mono8 = np.full((4, 5), 200, np.uint8)  # a mono8 camera into a 16-bit model: all below the range
+    assert modality_problem(mono8, counts) == ("unusable_thermal", 1.0)
+    assert modality_problem(np.full((4, 5), 30000, np.uint16), counts) is None
+    kelvin = ModalityScaling("thermal", range=(0.0, 1.0))
+    assert modality_problem(np.full((4, 5), 300.0, np.float32), kelvin) == ("unusable_thermal", 1.0)
+    nan = np.full((4, 5), np.nan, np.float32)
+    assert modality_problem(nan, ModalityScaling("thermal")) == ("unusable_thermal", 1.0)
+    assert modality_problem(np.zeros((4, 5), np.uint8), ModalityScaling("thermal")) is None  # full dtype range
+    depth = np.zeros((4, 5), np.uint16)
+    depth[0] = 1000
+    assert modality_problem(depth, ModalityScaling("depth")) == ("invalid_depth", 0.75)
 
 
 def test_silent_stream_is_named_only_while_the_other_is_live():

@@ -1,12 +1,22 @@
-"""Node parameters: validation with errors that name the parameter, and the shipped YAML's agreement."""
+"""Node parameters: validation with errors that name the parameter, runtime changes, the shipped YAML's agreement.
+
+Parsing needs no ROS: these tests run without rclpy.
+"""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
-from sigma_ros.node.parameters import PARAMETERS, ConfigError, parse_node_config, parse_palette  # noqa: E402
+from sigma_ros.node.parameters import (
+    PARAMETERS,
+    ConfigError,
+    RuntimeParameters,
+    check_palette_fits,
+    parse_node_config,
+)
 
 YAML = Path(__file__).resolve().parents[2] / "config" / "sigma.yaml"
 
@@ -47,6 +57,18 @@ def test_defaults_and_overrides(ckpt):
         ({"output.palette": [1, 2]}, "palette"),
         ({"output.palette": [1, 2, 300]}, "palette"),
         ({"sigma.unknown": 1}, "unknown"),
+        ({"chekpoint": "x.pt"}, "unknown parameter 'chekpoint': did you mean 'checkpoint'"),
+        ({"checkpoint": 5}, "checkpoint must be a path"),
+        ({"sync.slop": float("inf")}, "sync.slop must be a finite number"),
+        ({"sync.slop": float("nan")}, "sync.slop must be a finite number"),
+        ({"depth.max_range": float("inf")}, "depth.max_range must be a finite"),
+        ({"thermal.range": 5.0}, "thermal.range must be a list"),
+        ({"warmup.size": 480}, "warmup.size must be a list"),
+        ({"warmup.size": [100000, 100000]}, "warmup.size must be .height, width. of 4..8192"),
+        ({"output.palette": 5}, "output.palette must be a list"),
+        ({"output.palette": True}, "output.palette must be a list"),
+        ({"device": 1}, "device"),
+        ({"depth.registered": "yes"}, "depth.registered"),
     ],
 )
 def test_invalid_values_name_the_parameter(ckpt, override, match):
@@ -66,11 +88,37 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
             parse_node_config({})
 
 
-def test_palette_must_match_the_model():
-    assert parse_palette([], 3) is None
-    np.testing.assert_array_equal(parse_palette([0, 0, 0, 255, 255, 255], 2), [[0, 0, 0], [255, 255, 255]])
+def test_palette_must_match_the_model(ckpt):
+    assert parse_node_config({"checkpoint": ckpt, "output.palette": []}).palette is None
+    palette = parse_node_config({"checkpoint": ckpt, "output.palette": [0, 0, 0, 255, 255, 255]}).palette
+    np.testing.assert_array_equal(palette, [[0, 0, 0], [255, 255, 255]])
+    check_palette_fits(palette, 2)
     with pytest.raises(ConfigError, match="2 colours but the model has 3 classes"):
-        parse_palette([0, 0, 0, 255, 255, 255], 3)
+        check_palette_fits(palette, 3)
+
+
+@pytest.mark.parametrize("value", [5, 5.0, True, "red", [1.5, 2.0, 3.0], [1, 2], None, {"r": 1}, float("nan")])
+def test_every_runtime_change_is_answered_whatever_its_type(ckpt, value):
+    changed = []
+    runtime = RuntimeParameters(parse_node_config({"checkpoint": ckpt}), fits=lambda cfg: check_palette_fits(
+        cfg.palette, 2), on_change=lambda old, new: changed.append(new))
+    for name in ("output.palette", "output.overlay_alpha"):
+        reason = runtime.validate({name: value})
+        if value is None and name == "output.palette":  # unset: back to the checkpoint's palette
+            assert reason is None
+            continue
+        assert reason and name in reason, (name, value, reason)
+    assert runtime.validate({"sync.slop": 0.1}) == "parameter sync.slop is read once at start-up; restart the node " \
+        "to change it"
+    assert runtime.validate({"use_sim_time": True}) is None  # rclpy's own parameter, not ours to judge
+    runtime.apply({"output.overlay_alpha": 1, "output.palette": [1, 2, 3, 4, 5, 6]})
+    assert runtime.cfg.overlay_alpha == 1.0 and runtime.cfg.palette.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert changed == [runtime.cfg]
+
+
+def test_parameters_import_without_rclpy():
+    code = "import sys, sigma_ros.node.parameters; sys.exit('rclpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def _flatten(d, prefix=""):

@@ -19,10 +19,20 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
+from node_helpers import (  # noqa: E402, I001
+    CLASSES,
+    H,
+    Harness,
+    Streams,
+    W,
+    image,
+    run_schedule,
+    start_node,
+    write_checkpoints,
+)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from ros_harness import CLASSES, H, Harness, Streams, W, image, start_node, write_checkpoints  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
@@ -40,6 +50,7 @@ FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    """A tiny thermal and a tiny depth checkpoint (the same random network), written once per module."""
     return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
@@ -48,15 +59,6 @@ def harness():
     h = Harness(DOMAIN_ID)
     yield h
     h.close()
-
-
-def run_schedule(base_ns: int, events):
-    """events: [(t seconds after wall time base_ns, callable)], each called at its time (stamps = send times)."""
-    for t, fire in sorted(events, key=lambda e: e[0]):
-        delay = (base_ns - time.time_ns()) / 1e9 + t
-        if delay > 0:
-            time.sleep(delay)
-        fire()
 
 
 # --- the thermal node -------------------------------------------------------------------------------------
@@ -154,11 +156,13 @@ def _set_parameter(harness, name, value, type_):
 
 def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkeypatch):
     """Humble has no post-set parameter callbacks: the validating callback applies valid values itself."""
+    from rclpy.node import Node
     from rclpy.parameter import Parameter
 
     import sigma_ros.node.segmentation_node as node_module
 
-    monkeypatch.setattr(node_module, "_POST_SET_CALLBACKS", False)
+    if hasattr(Node, "add_post_set_parameters_callback"):
+        monkeypatch.delattr(Node, "add_post_set_parameters_callback")  # as on Humble
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN_ID)
     node = node_module.SigmaSegmentationNode(context=context, parameter_overrides=[
@@ -167,7 +171,7 @@ def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkey
     try:
         assert node.set_parameters([Parameter("output.overlay_alpha", value=0.25)])[0].successful
         assert not node.set_parameters([Parameter("output.overlay_alpha", value=2.0)])[0].successful
-        assert node._alpha == 0.25
+        assert node.cfg.overlay_alpha == 0.25
         palette = list(range(12))
         assert node.set_parameters([Parameter("output.palette", value=palette)])[0].successful
         np.testing.assert_array_equal(node._palette.reshape(-1), palette)
@@ -220,20 +224,14 @@ def test_bad_input_is_logged_and_good_frames_keep_flowing(harness, thermal_node)
         # Out of order: older than the frame before.
         (image(good, "rgb8", stamps[2] - 50_000_000), image(streams.thermal_frame(), "mono16", stamps[2] - 50_000_000)),
     ] + [(image(good, "rgb8", s), image(streams.thermal_frame(), "mono16", s)) for s in stamps[4:]]
-    served = {stamps[2], stamps[3], *stamps[4:]}
-
-    def answered():
-        return {stamp_ns(m) for m in harness.messages("/t/segmentation/mask")}
-
-    for rgb, modal in sends:
+    served = [None, None, stamps[2], stamps[3], None, *stamps[4:]]  # the mask each send must give, if any
+    for (rgb, modal), stamp in zip(sends, served):
         streams.rgb.publish(rgb)
         streams.modal.publish(modal)
-        stamp = stamp_ns(rgb)
-        if stamp in served:  # one good pair at a time: none is dropped for a busy model, however slow
-            harness.wait_for(lambda stamp=stamp: stamp in answered(), 10)
-        else:
-            time.sleep(0.1)
-    assert served <= answered(), f"good frames not served: {sorted(served - answered())} of {stamps}: {node.log()}"
+        # One pair at a time: the node serves the newest pair, so a busy machine may replace one sent too soon.
+        if stamp is not None:
+            assert harness.wait_for(lambda s=stamp: s in {stamp_ns(m) for m in harness.messages(
+                "/t/segmentation/mask")}, 10), f"good frame {stamp} not served: {node.log()}"
     masks = harness.messages("/t/segmentation/mask")
     assert all((m.height, m.width) == (H, W) for m in masks)
     assert stamps[0] not in {stamp_ns(m) for m in masks} and stamps[1] not in {stamp_ns(m) for m in masks}
@@ -252,7 +250,8 @@ def test_a_silent_stream_is_named(harness, thermal_node):
         streams.rgb.publish(image(streams.rgb_frame(), "rgb8", time.time_ns()))
         time.sleep(1 / 30)
     assert "no messages on /t/modal/image" in node.log()
-    assert "no messages on /t/rgb/image" not in node.log()
+    # (a pause between tests may log "no messages on /t/rgb/image or /t/modal/image": both silent, not one)
+    assert "no messages on /t/rgb/image for" not in node.log()
 
 
 def test_sigint_shuts_down_cleanly(thermal_node):

@@ -18,7 +18,7 @@ pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from ros_harness import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
+from node_helpers import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402

@@ -16,8 +16,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
+from node_helpers import H, Harness, W, start_node, write_checkpoints  # noqa: E402
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy  # noqa: E402
-from ros_harness import H, Harness, W, start_node, write_checkpoints  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402

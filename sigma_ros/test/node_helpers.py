@@ -1,5 +1,10 @@
-"""Test harness for real node processes: an rclpy node in this process (publishers, collectors) and
-``python -m sigma_ros.node`` processes with their logs, on a test-private ROS domain."""
+"""Shared pieces of the node's real-process tests (importable from every test folder: conftest.py's folder is on
+sys.path): tiny checkpoints, a harness node in the test process, node
+processes (``python -m sigma_ros.node``) with their logs, and camera stream helpers.
+
+Images are 64x80 and the model is the smallest Sigma (dims 32, one block per stage) to keep the 2-core CI
+machine responsive. Every test module passes its own private ROS domain id.
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import rclpy
@@ -25,7 +31,7 @@ CLASSES = ["road", "car", "person", "sky"]
 
 
 def write_checkpoints(root: Path) -> dict[str, Path]:
-    """A tiny thermal and a tiny depth checkpoint (the same random network: dims 32, one block per stage)."""
+    """A tiny thermal and a tiny depth checkpoint (the same random network), written once per module."""
     import torch
 
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
@@ -44,7 +50,6 @@ class Harness:
     """An rclpy node spinning in a background thread: publishers for the inputs, collectors for the outputs."""
 
     def __init__(self, domain_id: int):
-        self.domain_id = domain_id
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("sigma_test_harness", context=self.context)
@@ -104,16 +109,18 @@ class Harness:
 class NodeProcess:
     """``python -m sigma_ros.node`` in namespace ``ns``; its log goes to a file we can read while it runs."""
 
-    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, args: tuple = (),
-                 warmup: tuple = (H, W)):
+    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, warmup: bool = True, args: tuple = ()):
+        """args: more ``--ros-args`` (remappings ``-r from:=to``)."""
         self.ns = ns
         self.log_path = log_dir / f"{ns.strip('/')}.log"
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-        cmd = [sys.executable, "-m", "sigma_ros.node", "--ros-args", "-r", f"__ns:={ns}",
-               "-p", f"warmup.size:=[{warmup[0]}, {warmup[1]}]", *args]
+        cmd = [sys.executable, "-m", "sigma_ros.node", "--ros-args", "-r", f"__ns:={ns}"]
+        if warmup:
+            cmd += ["-p", f"warmup.size:=[{H}, {W}]"]
         for name, value in params.items():
             cmd += ["-p", f"{name}:={value}"]
+        cmd += list(args)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -130,8 +137,19 @@ class NodeProcess:
             time.sleep(0.05)
         return False
 
-    def wait_ready(self, timeout: float = 90.0):
-        assert self.wait_log("ready:", timeout), f"node {self.ns} did not start:\n{self.log()}"
+    def count(self, text: str) -> int:
+        return self.log().count(text)
+
+    def wait_exit(self, timeout: float) -> tuple[Optional[int], float]:
+        """(exit code or None if still running after ``timeout`` s, seconds waited)."""
+        start = time.monotonic()
+        try:
+            return self.proc.wait(timeout=timeout), time.monotonic() - start
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic() - start
+
+    def wait_ready(self, timeout: float = 90.0, text: str = "ready:"):
+        assert self.wait_log(text, timeout), f"node {self.ns} did not start:\n{self.log()}"
 
     def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> tuple[int, float]:
         """Send ``sig``; (exit code, seconds to exit)."""
@@ -147,9 +165,10 @@ class NodeProcess:
         self._log.close()
 
 
-def start_node(tmp_path_factory, ns, params, domain_id, ready="ready:", **kwargs) -> NodeProcess:
+def start_node(tmp_path_factory, ns, params, domain_id: int, ready: str = "ready:", **kwargs) -> NodeProcess:
+    """A node process that has logged ``ready`` (a lifecycle node: "lifecycle node: waiting for configure")."""
     node = NodeProcess(tmp_path_factory.mktemp("logs"), ns, params, domain_id, **kwargs)
-    assert node.wait_log(ready, 90.0), f"node {ns} did not start:\n{node.log()}"
+    node.wait_ready(text=ready)
     return node
 
 
@@ -163,8 +182,9 @@ def image(arr, encoding, stamp, frame_id="camera") -> Image:
 class Streams:
     """Publishers for one node's inputs, with stamps in integer nanoseconds on the wall clock."""
 
-    def __init__(self, h: Harness, ns: str):
+    def __init__(self, h: Harness, ns: str, thermal_values: tuple[int, int] = (0, 65535)):
         self.h = h
+        self.thermal_values = thermal_values  # uniform raw thermal values in [low, high)
         self.rgb = h.publisher(Image, f"{ns}/rgb/image")
         self.modal = h.publisher(Image, f"{ns}/modal/image")
         self.info = h.publisher(CameraInfo, f"{ns}/modal/camera_info")
@@ -174,7 +194,7 @@ class Streams:
         return self.rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
 
     def thermal_frame(self, shape=(H, W)):
-        return self.rng.integers(0, 65535, shape, dtype=np.uint16)
+        return self.rng.integers(*self.thermal_values, shape, dtype=np.uint16)
 
     def until_served(self, mask_topic: str, modal=None, timeout: float = 30.0):
         """Publish pairs every 0.1 s until the node answers (DDS discovery done), then forget those masks."""
@@ -189,3 +209,10 @@ class Streams:
         time.sleep(0.3)
 
 
+def run_schedule(base_ns: int, events):
+    """events: [(t seconds after wall time base_ns, callable)], each called at its time (stamps = send times)."""
+    for t, fire in sorted(events, key=lambda e: e[0]):
+        delay = (base_ns - time.time_ns()) / 1e9 + t
+        if delay > 0:
+            time.sleep(delay)
+        fire()

@@ -1,0 +1,56 @@
+"""SIGINT/SIGTERM stop a sigma_ros process promptly and quietly in every phase: start-up, model loading, warm-up,
+spinning, shutdown.
+
+rclpy's own handlers only shut the ROS context down: Python code running in the main thread (loading a
+checkpoint, a warm-up forward pass, waiting for subscribers) carries on, then fails on the dead context with
+a traceback, and work still in flight (an inference thread publishing) sees "context is invalid". Instead,
+:func:`install` makes the first SIGINT or SIGTERM raise KeyboardInterrupt in the main thread wherever it is,
+so ``main`` unwinds and shuts down in order; a second signal during that shutdown exits at once with the
+conventional code 128 + signal number. Pair it with ``rclpy.init(signal_handler_options=NO)`` (see
+:func:`ros_init_options`) and spin in short steps (the main thread only notices the signal between them).
+Imports no ROS.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SPIN_STEP_S = 0.1  # spin_once timeout: how soon a signal is noticed while spinning
+
+_stopping = False
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _stopping
+    if _stopping:  # a second signal: the user does not want to wait for the orderly shutdown
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(128 + signum)
+    _stopping = True
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def install() -> None:
+    """From now on SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (call it from the main thread)."""
+    global _stopping
+    _stopping = False
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def stopping() -> bool:
+    """True once a stop signal has arrived."""
+    return _stopping
+
+
+def ros_init_options() -> dict:
+    """Keyword arguments for ``rclpy.init`` that leave SIGINT/SIGTERM to :func:`install`'s handlers."""
+    from rclpy.signals import SignalHandlerOptions
+
+    return {"signal_handler_options": SignalHandlerOptions.NO}
