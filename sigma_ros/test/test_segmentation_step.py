@@ -8,6 +8,8 @@ bilinear resizing); every mask must be identical, pixel for pixel.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +19,12 @@ from sigma_ros.node.parameters import ConfigError
 from sigma_ros.segmentation_step import count_classes, load_segmenter, segment_pair
 
 H, W = 64, 80
+
+
+def test_the_step_imports_no_ros():
+    code = ("import sys, sigma_ros.segmentation_step; "
+            "sys.exit(any(m.startswith(('rclpy', 'sensor_msgs')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_loader_names_the_checkpoint_and_the_reason(tmp_path):

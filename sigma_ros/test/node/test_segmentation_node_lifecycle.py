@@ -6,10 +6,12 @@ the reason in the log and on /diagnostics, and the node stays unconfigured.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -19,6 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from node_helpers import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
@@ -152,3 +155,33 @@ def test_configure_failure_returns_failure_with_the_reason(tmp_path_factory, tmp
         assert node.proc.poll() is None, "a failed configure leaves the node running, unconfigured"
     finally:
         node.kill()
+
+
+def test_cleanup_frees_the_model_and_configure_loads_it_again(tmp_path):
+    """In process: after cleanup nothing holds the network any more (on a GPU, empty_cache then returns its memory)."""
+    from rclpy.parameter import Parameter
+
+    from sigma_ros.node.segmentation_node import SigmaSegmentationNode
+
+    ckpt = write_checkpoints(tmp_path)["thermal"]
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = SigmaSegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("device", value="cpu"),
+        Parameter("lifecycle", value=True), Parameter("warmup.size", value=[32, 32])])
+    try:
+        assert node.seg is None and node.cfg is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        network = weakref.ref(node.seg.model)
+        assert node.cfg.checkpoint == ckpt and network() is not None
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert network() is not None, "deactivate keeps the model"
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        gc.collect()
+        assert network() is None and node.seg is None and node.cfg is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.seg is not None
+        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS and node.seg is None
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
