@@ -183,6 +183,40 @@ def test_any_runtime_parameter_value_is_answered(f_node, harness, name, value):
     serve_one(harness, streams, "/f")  # still segmenting
 
 
+def test_bag_player_loop_keeps_the_node_segmenting(tmp_path, checkpoints, harness):
+    """Fault 2 as users met it: `bag_player --loop` gave 0 outputs from the second loop on."""
+    from sigma_core.data.synthetic import TOPICS, write_bag
+
+    rec = write_bag(tmp_path / "bag", seconds=1.0, seed=3, size=(64, 96))
+    node = NodeProcess(tmp_path, "/l", {"checkpoint": checkpoints["thermal"]}, DOMAIN_ID)
+    harness.subscribe(Image, "/l/segmentation/mask")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
+    player = None
+    try:
+        node.wait_ready()
+        player = subprocess.Popen(
+            [sys.executable, "-m", "sigma_ros.replay.bag_player", str(rec.path), "--loop", "--topics",
+             TOPICS["rgb"], TOPICS["thermal"], "--wait-for-subscribers", "--wait-timeout", "60", "--ros-args",
+             "-r", f"{TOPICS['rgb']}:=/l/rgb/image", "-r", f"{TOPICS['thermal']}:=/l/modal/image"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def after_a_loop() -> int:  # masks received after the stamps went back (a new loop)
+            stamps = [stamp_ns(m) for m in harness.messages("/l/segmentation/mask")]
+            backs = [i for i in range(1, len(stamps)) if stamps[i] < stamps[i - 1]]
+            return len(stamps) - backs[-1] if backs else 0
+
+        assert harness.wait_for(lambda: after_a_loop() >= 3, 90), node.log()
+        assert "time went back: /l/" in node.log() and "restarted the streams and the pairing" in node.log()
+        player.send_signal(signal.SIGINT)
+        out, _ = player.communicate(timeout=20)
+        assert player.returncode == 0 and "Traceback" not in out, out
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+            player.wait()
+        node.kill()
+
+
 # --- a node on simulated time (/c): latency before the first /clock, a /clock reset -------------------------
 
 

@@ -74,6 +74,10 @@ def test_camera_info_is_read_and_uncalibrated_is_refused():
     assert Pinhole.from_camera_info(info) == CAMERA
     with pytest.raises(ValueError, match="not calibrated"):
         Pinhole.from_camera_info(CameraInfo(width=W, height=H))
+    for k, match in [([float("inf"), 0, 1, 0, 1, 1, 0, 0, 1], "not calibrated"),
+                     ([1, 0, float("nan"), 0, 1, 1, 0, 0, 1], "finite principal point")]:
+        with pytest.raises(ValueError, match=match):  # an infinite fx gave points at infinity / NaN
+            Pinhole.from_camera_info(CameraInfo(width=W, height=H, k=[float(v) for v in k]))
 
 
 def test_numpy_builder_writes_the_declared_layout(monkeypatch):

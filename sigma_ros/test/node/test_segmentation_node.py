@@ -82,6 +82,14 @@ def thermal_node(tmp_path_factory, checkpoints, harness):
 def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal_node):
     node, streams = thermal_node
     topics = [f"/t/segmentation/{t}" for t in ("mask", "stats", "overlay", "color_mask", "confidence")]
+    # The node's counters before this run, once the start-up pairs are all done (no stats for 1 s).
+    quiet_since, seen = time.monotonic(), len(harness.messages("/t/segmentation/stats"))
+    deadline = time.monotonic() + 20
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if len(harness.messages("/t/segmentation/stats")) != seen:
+            quiet_since, seen = time.monotonic(), len(harness.messages("/t/segmentation/stats"))
+    before = harness.messages("/t/segmentation/stats")[-1]
     harness.clear(*topics)
     base = time.time_ns() + 100_000_000
     rng = np.random.default_rng(1)
@@ -104,12 +112,17 @@ def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal
     run_schedule(base, events)
     # The last pair is never replaced by a newer one, so it is always served: wait for it.
     last = max(expected)
-    harness.wait_for(lambda: last in {stamp_ns(m) for m in harness.messages("/t/segmentation/stats")}, timeout=10)
+    assert harness.wait_for(lambda: last in {stamp_ns(m) for m in harness.messages("/t/segmentation/mask")}
+                            and last in {stamp_ns(m) for m in harness.messages("/t/segmentation/stats")}, 60)
 
     masks = harness.messages("/t/segmentation/mask")
     stats = harness.messages("/t/segmentation/stats")
-    assert len(masks) >= 0.5 * len(expected), f"{len(masks)} masks for {len(expected)} pairs:\n{node.log()}"
-    print(f"{len(masks)} masks for {len(expected)} pairs, {stats[-1].frames_dropped} dropped")
+    # How many pairs the model keeps up with depends on the machine's load; what the node guarantees is that
+    # every pair is segmented or counted as dropped (the pairing is order independent at this slop).
+    processed, dropped = (stats[-1].frames_processed - before.frames_processed,
+                          stats[-1].frames_dropped - before.frames_dropped)
+    assert processed == len(masks) and processed + dropped == len(expected), (processed, dropped, len(expected))
+    print(f"{len(masks)} masks for {len(expected)} pairs, {dropped} dropped")
     for m in masks:
         assert stamp_ns(m) in expected, "a mask's stamp is not the stamp of a paired RGB frame"
         assert (m.height, m.width, m.encoding, m.header.frame_id) == (H, W, "mono8", "camera")
@@ -124,7 +137,6 @@ def test_masks_carry_the_paired_rgb_stamps_and_consistent_stats(harness, thermal
         assert sum(c.fraction for c in s.classes) == pytest.approx(1.0, abs=1e-5)
         assert s.sync_skew_ms == pytest.approx((stamp - expected[stamp]) / 1e6, abs=1e-3)
         assert s.inference_ms > 0 and s.latency_ms >= s.inference_ms
-    assert stats[-1].frames_processed > stats[0].frames_processed
     # Outputs computed only for subscribers: these three have one here, so they were produced.
     for topic, encoding in [("overlay", "rgb8"), ("color_mask", "rgb8"), ("confidence", "32FC1")]:
         got = harness.messages(f"/t/segmentation/{topic}")
@@ -302,9 +314,9 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
             streams.info.publish(info)
             streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s, frame_id="color_optical"))
             streams.modal.publish(image(depth, encoding, s, frame_id="depth_optical"))
-            time.sleep(0.25)
-        assert harness.wait_for(
-            lambda: set(sent) <= {stamp_ns(m) for m in harness.messages("/d/segmentation/points")}, 10), node.log()
+            # One at a time: a pair sent while the model is busy may be replaced by the next (counted as dropped).
+            assert harness.wait_for(
+                lambda s=s: s in {stamp_ns(m) for m in harness.messages("/d/segmentation/points")}, 30), node.log()
         clouds = {stamp_ns(m): m for m in harness.messages("/d/segmentation/points")}
         masks = {stamp_ns(m): image_msg_to_array(m) for m in harness.messages("/d/segmentation/mask")}
         for s, depth in sent.items():
@@ -367,12 +379,14 @@ def test_slow_model_drops_frames_without_backlog(tmp_path_factory, checkpoints, 
         rss_after = _rss_mb(node.proc.pid)
         harness.wait_for(lambda: False, 0.5)
         stats = harness.messages("/s/segmentation/stats")
-        assert len(stats) >= 8, node.log()
+        assert len(stats) >= 4, node.log()
         latency = np.array([s.latency_ms for s in stats])
+        frame_ms = max(150.0, max(s.inference_ms for s in stats))  # one forward, padded to 150 ms
         quarter = len(latency) // 4
-        # Each frame waits at most one forward pass: latency stays ~1-2 forwards and does not grow.
-        assert latency.max() < 1000, latency
-        assert latency[-quarter:].mean() < latency[:quarter].mean() + 150, latency
+        # Each frame waits at most one forward pass: latency stays ~1-2 forwards and does not grow (a backlog
+        # would reach seconds in 4 s); the margins are for a loaded machine's scheduling, not the model.
+        assert latency.max() < 2 * frame_ms + 1000, latency
+        assert latency[-quarter:].mean() < latency[:quarter].mean() + 2 * frame_ms, latency
         assert stats[-1].frames_dropped > stats[0].frames_dropped + 30
         assert rss_after - rss_before < 50, f"RSS grew {rss_before:.0f} -> {rss_after:.0f} MB"
     finally:

@@ -175,3 +175,77 @@ def test_subscriber_minimums_are_parsed_and_checked(bag):
         parse_minimum(["/a/b"])
     done = _play(bag.path, "--topics", bag.rgb_topic, "--wait-for-subscribers", "/not/played=1", timeout=30)
     assert done.returncode == 2 and "/not/played" in done.stderr
+
+
+def _bag_with_type(path: Path, msgtype: str) -> Path:
+    """A one-message bag whose connection claims the type name ``msgtype`` (a type name is data from the file)."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg("int32 data", msgtype))
+    with Writer(path, version=9) as writer:
+        conn = writer.add_connection("/odd", msgtype, typestore=store)
+        writer.write(conn, 1, store.serialize_cdr(store.types[msgtype](data=1), msgtype))
+    return path
+
+
+def test_type_names_from_the_bag_never_import_other_code(tmp_path):
+    """Issue 12, fault 7: 'this/msg/Image' imported the standard library's ``this``; a module in the working
+    directory named by the bag ran. Only installed ROS interface packages are imported."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evilpkg" / "msg"
+    evil.mkdir(parents=True)
+    (tmp_path / "evilpkg" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (evil / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Image: pass\n")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID))
+    for msgtype, expected in [("this/msg/Image", "this is not an installed ROS interface package"),
+                              ("evilpkg/msg/Image", "evilpkg is not an installed ROS interface package"),
+                              ("sensor_msgs/msg/NoSuchType", "is not installed in this Python")]:
+        bag = _bag_with_type(tmp_path / msgtype.replace("/", "_"), msgtype)
+        done = subprocess.run([sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag)], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert expected in done.stderr and "--topics" in done.stderr and "Traceback" not in done.stderr
+        assert "Beautiful is better than ugly" not in done.stdout, "the Zen of Python: `this` was imported"
+        assert not marker.exists(), f"{msgtype}: a module from the working directory ran"
+
+
+def test_message_class_accepts_only_ros_interface_names():
+    from sigma_ros.replay.bag_player import message_class
+
+    assert message_class("sensor_msgs/msg/Image") is Image
+    assert message_class("sensor_msgs/Image") is Image  # ROS 1 spelling
+    for bad in ["os.path/msg/X", "../x/msg/Y", "sensor_msgs/msg/image", "Sensor/msg/Image", "a/b/c/d", "x"]:
+        with pytest.raises(ImportError, match="not a ROS interface name"):
+            message_class(bad)
+
+
+def test_stop_while_waiting_for_subscribers_is_quiet(bag, tmp_path):
+    """Issue 12, fault 5: SIGINT while bag_player waits for subscribers printed a traceback."""
+    import signal
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
+               PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    log = tmp_path / "player.log"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with open(log, "w") as out:
+            # Nine subscribers on the RGB topic will never come: it waits until the signal.
+            proc = subprocess.Popen([sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag.path),
+                                     "--wait-for-subscribers", f"{bag.rgb_topic}=9", "--wait-timeout", "120"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 60
+                while "waiting for subscribers" not in log.read_text() and time.monotonic() < deadline:
+                    assert proc.poll() is None, log.read_text()
+                    time.sleep(0.05)
+                time.sleep(0.3)
+                proc.send_signal(sig)
+                start = time.monotonic()
+                code = proc.wait(timeout=10)
+                assert code == 0 and time.monotonic() - start < 5, log.read_text()
+                assert "Traceback" not in log.read_text(), log.read_text()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
