@@ -214,7 +214,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._publish_class_map()
         self.sync.reset()  # no half pair from an earlier activation
         self._create_subscriptions(self.cfg)
-        self.watch = StreamWatch(self.topics)
+        self.watch = StreamWatch([sub.topic_name for sub in self._subscriptions_active[:2]])  # as subscribed
         self.health.reset()
         self._silence_timer = self.create_timer(1.0, self._check_inputs)
         self._mailbox = LatestMailbox()
