@@ -22,13 +22,11 @@ pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from node_helpers import (  # noqa: E402
     PROFILE,
     H,
-    Harness,
     NodeProcess,
     Streams,
     W,
     image,
     start_node,
-    write_checkpoints,
 )
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -40,18 +38,6 @@ from sigma_msgs.msg import SegmentationStats  # noqa: E402
 
 DOMAIN_ID = 100 + os.getpid() % 40  # private to this module (test_segmentation_node uses 150..209)
 THERMAL_RANGE = (20000, 40000)  # the /f node's thermal.range: a 16-bit camera's useful band
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = Harness(DOMAIN_ID)
-    yield h
-    h.close()
 
 
 def masks_of(harness, ns: str) -> set[int]:

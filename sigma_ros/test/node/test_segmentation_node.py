@@ -22,13 +22,11 @@ pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from node_helpers import (  # noqa: E402, I001
     CLASSES,
     H,
-    Harness,
     Streams,
     W,
     image,
     run_schedule,
     start_node,
-    write_checkpoints,
 )
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
@@ -43,22 +41,6 @@ from sigma_ros.node.point_cloud import POINT_DTYPE  # noqa: E402
 
 DOMAIN_ID = 150 + os.getpid() % 60  # private to this test module's run
 FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
-
-
-# --- fixtures: checkpoints, the harness node in this process, node processes -------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A tiny thermal and a tiny depth checkpoint (the same random network), written once per module."""
-    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = Harness(DOMAIN_ID)
-    yield h
-    h.close()
 
 
 # --- the thermal node -------------------------------------------------------------------------------------
