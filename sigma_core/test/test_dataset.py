@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sigma_core.data.dataset import PRESETS, DatasetSpec, RGBXDataset, resolve_spec
+from sigma_core.data.errors import DataError
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from sigma_core.data.synthetic import write_dataset
 from sigma_core.data.transforms import TrainAugmentation
@@ -92,10 +93,10 @@ def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):
     _fake_folder(tmp_path, spec)
     ds = RGBXDataset(tmp_path, "train", preset="mfnet")
     (tmp_path / "Modal" / "a1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"Modal/a1\.png"):
+    with pytest.raises(DataError, match=r"missing file .*Modal/a1\.png"):
         ds[0]
     (tmp_path / "Label" / "b2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    with pytest.raises(OSError, match=r"Label/b2\.png"):
+    with pytest.raises(DataError, match=r"cannot decode label image .*Label/b2\.png"):
         ds[1]
     with pytest.raises(FileNotFoundError, match="test.txt"):
         RGBXDataset(tmp_path, "test", preset="mfnet")

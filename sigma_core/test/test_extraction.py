@@ -53,6 +53,18 @@ def _node_pairs(path, rgb_topic, modal_topic, slop=0.05, queue_size=10):
     return sorted(pairs)
 
 
+def _labelled_frames(path, rgb_topic, modal_topic, label_topic, slop=0.05):
+    """What a labelled extraction must give: each label with the RGB frame of its stamp and the nearest
+    modality frame strictly within the slop (found here by brute force over all modality stamps)."""
+    rgb, modal, labels = (set(_messages(path, t)) for t in (rgb_topic, modal_topic, label_topic))
+    out = []
+    for st in sorted(labels):
+        best = min(modal, key=lambda m: (abs(m - st), m))
+        if st in rgb and abs(best - st) < slop * 1e9:
+            out.append((st, best))
+    return out
+
+
 def _pairs_csv(out):
     with open(out / "pairs.csv") as f:
         return [(int(r["rgb_stamp_ns"]), int(r["modal_stamp_ns"]), r["name"], r["split"]) for r in csv.DictReader(f)]
@@ -70,11 +82,18 @@ def test_sqlite3_round_trip_is_pixel_exact_and_pairs_are_the_nodes(bags, tmp_pat
     stamps_in_bag_order = [s for _, t, s in rec.messages if t in (RGB, THERMAL)]
     assert stamps_in_bag_order != sorted(stamps_in_bag_order)
 
+    unlabelled = extract(ExtractOptions(rec.path, tmp_path / "pairs", RGB, THERMAL, progress=False))
+    rows = _pairs_csv(tmp_path / "pairs")
+    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, RGB, THERMAL)
+    assert len(rows) == unlabelled.counts["pairs"] == unlabelled.counts["modal_messages"] == 18  # 9 Hz x 2 s
+
     out = tmp_path / "ds"
     res = extract(ExtractOptions(rec.path, out, RGB, THERMAL, label_topic=LABEL, progress=False))
     rows = _pairs_csv(out)
-    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, RGB, THERMAL)
-    assert len(rows) == res.counts["pairs"] == res.counts["modal_messages"] == 18  # 9 Hz x 2 s, all paired
+    # every RGB frame (30 Hz) is labelled: each one near enough to a thermal frame (9 Hz) is kept
+    assert [(a, b) for a, b, _, _ in rows] == _labelled_frames(rec.path, RGB, THERMAL, LABEL)
+    assert len(rows) == res.counts["pairs"] == res.counts["labelled_pairs"] > 18
+    assert res.counts["labels_without_modal"] == 60 - len(rows) and res.counts["labels_without_rgb"] == 0
     rgb_msgs, th_msgs, lab_msgs = (_messages(rec.path, t) for t in (RGB, THERMAL, LABEL))
     for rgb_st, th_st, name, _ in rows:
         assert name == str(rgb_st)
@@ -100,7 +119,7 @@ def test_compressed_mcap_rgb_jpeg_and_16bit_png_thermal(bags, tmp_path):
     out = tmp_path / "ds"
     extract(ExtractOptions(rec.path, out, rec.rgb_topic, rec.modal_topic, label_topic=LABEL, progress=False))
     rows = _pairs_csv(out)
-    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, rec.rgb_topic, rec.modal_topic)
+    assert [(a, b) for a, b, _, _ in rows] == _labelled_frames(rec.path, rec.rgb_topic, rec.modal_topic, LABEL)
     rgb_msgs, th_msgs = _messages(rec.path, rec.rgb_topic), _messages(rec.path, rec.modal_topic)
     for rgb_st, th_st, name, _ in rows[:5]:
         arr, enc = rgb_msgs[rgb_st]  # the decoded JPEG: extraction stores exactly these pixels
@@ -110,7 +129,7 @@ def test_compressed_mcap_rgb_jpeg_and_16bit_png_thermal(bags, tmp_path):
     # a .mcap file path inside the bag folder works too
     mcap_file = next(rec.path.glob("*.mcap"))
     res = extract(ExtractOptions(mcap_file, tmp_path / "ds2", rec.rgb_topic, rec.modal_topic, progress=False))
-    assert res.counts["pairs"] == len(rows)
+    assert res.counts["pairs"] == len(_node_pairs(rec.path, rec.rgb_topic, rec.modal_topic))
 
 
 def test_ros1_depth_bag(bags, tmp_path):
