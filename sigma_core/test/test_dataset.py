@@ -130,3 +130,111 @@ def test_augmented_samples_are_reproducible_per_seed_and_epoch(tmp_path):
         a.set_epoch(epoch)
         outs.add(a[0]["label"].numpy().tobytes())
     assert len(outs) > 1  # epochs see different augmentations
+
+
+# --- bad data is stopped where it enters, with one line naming the file ---------------------------------------------
+
+TINY_TRAIN = ["model.variant=null", "model.depths=[1,1,1,1]", "model.dims=32", "model.decoder_depths=[1,1,1]",
+              "data.crop_size=[32,48]", "data.scales=[1.0]", "data.batch_size=2", "train.device=cpu",
+              "train.threads=1", "train.progress=false", "train.tensorboard=false", "schedule.epochs=1",
+              "schedule.warmup_epochs=0"]
+
+
+def _set_classes(root: Path, classes) -> None:
+    spec = DatasetSpec.from_yaml(root / "dataset.yaml")
+    palette = spec.palette[:len(classes)] if spec.palette is not None else None
+    DatasetSpec.from_dict({**spec.to_dict(), "classes": list(classes),
+                           "palette": [list(c) for c in palette] if palette else None}).write_yaml(root)
+
+
+def _one_error_line(err: str, prog: str) -> str:
+    assert "Traceback" not in err and "Original" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"{prog}: error: ")
+    return line
+
+
+def test_labels_beyond_the_class_list_are_an_error_naming_file_value_and_count(tmp_path):
+    root = write_dataset(tmp_path / "synth", n=4, seed=1, size=(24, 32))
+    ds = RGBXDataset(root, "train")
+    assert ds.num_classes == 8 and int(ds[0]["label"].max()) <= 7
+    _set_classes(root, ["background", "road", "building"])  # the files hold ids 0..7
+    ds = RGBXDataset(root, "train")
+    stored = cv2.imread(str(ds.paths(0)[2]), cv2.IMREAD_UNCHANGED)
+    worst = int(stored.max())
+    assert worst >= 3
+    with pytest.raises(DataError, match=rf"{ds.names[0]}\.png holds label value 3, .*has 3 classes: stored values "
+                                        r"must be 0\.\.2 or 255 \(ignore\); list every class in .*dataset\.yaml"):
+        ds[0]
+
+
+def test_a_stray_label_value_stops_sigma_train_with_one_line_not_an_index_error(tmp_path, capsys):
+    """One 200 in an 8-class dataset: before, training crashed mid-epoch with a bare IndexError from the loss;
+    now the worker's error reaches the user as one line naming the file (DataLoader workers included)."""
+    from sigma_core.cli.train import main
+
+    root = write_dataset(tmp_path / "synth", n=8, seed=2, size=(32, 48), test_fraction=0.25)
+    name = (root / "train.txt").read_text().split()[3]
+    label_path = root / "Label" / f"{name}.png"
+    label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    label[5, 7] = 200
+    cv2.imwrite(str(label_path), label)
+    for workers in (0, 2):
+        with pytest.raises(SystemExit) as exc:
+            main([*TINY_TRAIN, f"data.root={root}", f"train.out_dir={tmp_path / f'run{workers}'}",
+                  f"data.num_workers={workers}"])
+        assert exc.value.code == 2
+        line = _one_error_line(capsys.readouterr().err, "sigma-train")
+        assert f"Label/{name}.png holds label value 200" in line and "8 classes" in line
+        assert "IndexError" not in line and "DataLoader worker" not in line
+
+
+def test_sigma_evaluate_refuses_labels_it_would_silently_not_score(tmp_path, capsys):
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.cli.evaluate import main
+    from sigma_core.models.sigma import SigmaConfig, build_sigma
+
+    root = write_dataset(tmp_path / "synth", n=4, seed=3, size=(32, 48), test_fraction=0.5)
+    _set_classes(root, ["background", "road", "building"])
+    cfg = SigmaConfig(variant=None, depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "three.pt", build_sigma(cfg), cfg, class_names=["a", "b", "c"],
+                           modality="thermal")
+    for workers in (0, 2):
+        with pytest.raises(SystemExit) as exc:
+            main([str(ckpt), "--data-root", str(root), "--out", str(tmp_path / "r"), "--device", "cpu",
+                  f"data.num_workers={workers}"])
+        assert exc.value.code == 2
+        line = _one_error_line(capsys.readouterr().err, "sigma-evaluate")
+        assert "holds label value" in line and "3 classes" in line and "dataset.yaml" in line
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken"], ids=["empty", "corrupt"])
+def test_an_undecodable_png_stops_training_with_one_line(tmp_path, capsys, content):
+    from sigma_core.cli.train import main
+
+    root = write_dataset(tmp_path / "synth", n=6, seed=4, size=(32, 48), test_fraction=0.34)
+    name = (root / "train.txt").read_text().split()[1]
+    (root / "Modal" / f"{name}.png").write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY_TRAIN, f"data.root={root}", f"train.out_dir={tmp_path / 'run'}", "data.num_workers=2"])
+    assert exc.value.code == 2
+    line = _one_error_line(capsys.readouterr().err, "sigma-train")
+    assert f"cannot decode image {root / 'Modal' / name}.png" in line
+
+
+def test_data_error_rebuilt_from_a_dataloader_worker_keeps_the_original_message():
+    raised = DataError("missing file /data/RGB/x.png")
+    assert str(raised) == "missing file /data/RGB/x.png"
+    loader = torch.utils.data.DataLoader(_Failing(), num_workers=1)
+    with pytest.raises(DataError) as exc:
+        next(iter(loader))
+    assert str(exc.value) == "cannot decode image /data/Modal/7.png (corrupt)"
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise DataError("cannot decode image /data/Modal/7.png (corrupt)")

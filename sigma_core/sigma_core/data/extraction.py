@@ -221,7 +221,7 @@ def _modal_ext(info: _TopicInfo) -> str:
 
 def _first_image_info(reader, conn, topic: str, bag) -> _TopicInfo:
     for c, msg in read_messages(reader, [conn], bag):
-        arr, enc = message_to_array(msg)
+        arr, enc = _to_array(msg, topic)
         return _TopicInfo(topic, c.msgtype, enc, tuple(arr.shape), str(arr.dtype))
     raise ExtractError(f"topic {topic} has no messages")
 
@@ -363,8 +363,15 @@ def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
     return scan
 
 
+def _to_array(msg, topic: str) -> tuple[np.ndarray, str]:
+    try:
+        return message_to_array(msg)
+    except ValueError as exc:  # a corrupt or unsupported image: name the message
+        raise ExtractError(f"cannot decode the image stamped {stamp_ns(msg)} ns on {topic}: {exc}") from None
+
+
 def _label_ids(msg, topic: str, stamp: int) -> np.ndarray:
-    arr, enc = message_to_array(msg)
+    arr, enc = _to_array(msg, topic)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ExtractError(f"label message stamped {stamp} ns on {topic} is {enc} {arr.shape}, "
                            "expected mono8 class ids")
@@ -486,7 +493,7 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
         paths = jobs[topic].pop(i, None)
         if paths is None:
             continue
-        arr, enc = message_to_array(msg)
+        arr, enc = _to_array(msg, topic)
         role = role_of[topic]
         if role == "RGB":
             image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
