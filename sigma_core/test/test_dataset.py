@@ -5,9 +5,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from reference_data import realdata_file
 
 from sigma_core.data.dataset import PRESETS, DatasetSpec, RGBXDataset, resolve_spec
 from sigma_core.data.errors import DataError
+from sigma_core.data.modality import ModalityScaling, depth_to_metres
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from sigma_core.data.synthetic import write_dataset
 from sigma_core.data.transforms import TrainAugmentation
@@ -238,3 +240,117 @@ class _Failing(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         raise DataError("cannot decode image /data/Modal/7.png (corrupt)")
+
+
+# --- real dataset files, laid out as their releases are downloaded (shared/realdata) --------------------------------
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src)
+
+
+def test_original_mfnet_release_loads_with_the_mfnet_preset(tmp_path):
+    """MFNet as released: images/ with 4-channel PNGs (R, G, B, thermal), labels/, train/val/test lists."""
+    frame = realdata_file("rgbt/mfnet/01234N.png")
+    root = tmp_path / "ir_seg_dataset"
+    names = ["00001D", "00002D", "01234N", "01235N"]
+    label = np.zeros((480, 640), np.uint8)
+    label[100:200, 300:400] = 2  # person
+    label[300:, :] = 4  # curve
+    for n in names:
+        _link(frame, root / "images" / f"{n}.png")
+        cv2.imwrite(str(_mkparent(root / "labels" / f"{n}.png")), label)
+    for split, members in {"train": names[:2], "val": names[2:3], "test": names[3:], "test_day": [],
+                           "test_night": names[3:]}.items():
+        (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in members))
+    spec = resolve_spec(root, "mfnet")
+    assert (spec.rgb_dir, spec.modal_channel, spec.label_dir) == ("images", 3, "labels")
+    train = RGBXDataset(root, "train", preset="mfnet")
+    assert train.names == ["00001D", "00002D", "01234N"]  # the published training set: train + val
+    assert RGBXDataset(root, "val", preset="mfnet").names == ["01234N"]
+    assert RGBXDataset(root, "test_night", preset="mfnet").names == ["01235N"]
+    rgb, modal, lab = train.load(2)
+    bgra = cv2.imread(str(frame), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(rgb, bgra[..., 2::-1])  # R, G, B from the first three channels
+    np.testing.assert_allclose(modal, bgra[..., 3] / 255.0, atol=1e-6)  # thermal from the fourth
+    assert 8 / 255 - 1e-6 <= modal.min() and modal.max() <= 243 / 255 + 1e-6  # the README's thermal range
+    assert np.array_equal(lab, label)
+    assert train[0]["rgb"].shape == (3, 480, 640)
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_nyu_depth_16bit_png_reads_as_the_published_loader_within_1_over_255(tmp_path):
+    """Real NYUv2 frame 1 in the nyudepthv2 layout: depth is uint16 (value / 10000 = m); the published loader
+    reads it with cv2.IMREAD_GRAYSCALE (8 bit) / 255, ours over the uint16 range: equal within 1/255.
+    Labels: 0 = void -> 255 (ignored), k -> k - 1."""
+    depth_file = realdata_file("rgbd/nyuv2/0001/depth_0.1mm.png")
+    label_file = realdata_file("rgbd/nyuv2/0001/label40.png")
+    root = tmp_path / "NYUDepthv2"
+    rgb = cv2.imread(str(realdata_file("rgbd/nyuv2/0001/rgb.png")), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(_mkparent(root / "RGB" / "0001.jpg")), rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    _link(depth_file, root / "Depth" / "0001.png")
+    _link(label_file, root / "Label" / "0001.png")
+    (root / "test.txt").write_text("0001\n")
+    ds = RGBXDataset(root, "test", preset="nyudv2")
+    _, modal, label = ds.load(0)
+    published = cv2.imread(str(depth_file), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    assert np.abs(modal - published).max() <= 1 / 255
+    stored = cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(label == 255, stored == 0)
+    assert np.array_equal(label[stored > 0], stored[stored > 0].astype(np.int64) - 1)
+    assert label[stored > 0].max() <= 39
+    # in metres with the documented option: value / 10000, 1.80..3.62 m as its README says
+    metres = depth_to_metres(cv2.imread(str(depth_file), cv2.IMREAD_UNCHANGED), "nyu")
+    assert 1.79 < metres.min() < 1.81 and 3.61 < metres.max() < 3.63
+
+
+def test_pst900_release_layout_with_8bit_thermal_and_its_labels(tmp_path):
+    """PST900 as released: train/ and test/, each with rgb/, thermal/ (8-bit), labels/; no list files."""
+    root = tmp_path / "PST900_RGBT_Dataset"
+    for split in ("train", "test"):
+        _link(realdata_file("rgbt/pst900/rgb.png"), root / split / "rgb" / "32_bag_frame.png")
+        _link(realdata_file("rgbt/pst900/thermal_DERIVED.png"), root / split / "thermal" / "32_bag_frame.png")
+        _link(realdata_file("rgbt/pst900/label_DERIVED.png"), root / split / "labels" / "32_bag_frame.png")
+    ds = RGBXDataset(root, "test", preset="pst900")
+    assert ds.spec.split_folders and ds.names == ["32_bag_frame"] and ds.num_classes == 5
+    rgb, modal, label = ds.load(0)
+    thermal = cv2.imread(str(realdata_file("rgbt/pst900/thermal_DERIVED.png")), cv2.IMREAD_UNCHANGED)
+    assert rgb.shape == (720, 1280, 3) and thermal.dtype == np.uint8
+    np.testing.assert_allclose(modal, thermal / 255.0, atol=1e-6)
+    assert np.bincount(label.ravel(), minlength=5).tolist() == [896434, 5172, 14806, 5188, 0]
+
+
+@pytest.mark.parametrize("units, file, per_metre", [
+    ("tum", "rgbd/tum/TUM_depth.png", 5000.0),  # TUM RGB-D: value / 5000 = m
+    ("redwood", "rgbd/redwood/depth_00000.png", 1000.0),  # Redwood: millimetres, as ROS 16UC1
+    ("0.1mm", "rgbd/nyuv2/0001/depth_0.1mm.png", 10000.0),  # NYU Depth V2 PNGs: value / 10000 = m
+])
+def test_depth_unit_conventions_on_real_frames(units, file, per_metre):
+    raw = cv2.imread(str(realdata_file(file)), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    metres = depth_to_metres(raw, units)
+    np.testing.assert_allclose(metres, raw.astype(np.float64) / per_metre, rtol=1e-6)
+    scaling = ModalityScaling("depth", max_range=10.0, depth_units=units)
+    unit, valid = scaling.to_unit(raw)
+    assert np.array_equal(valid, raw > 0)
+    np.testing.assert_allclose(unit[valid], np.minimum(raw[valid] / per_metre, 10.0) / 10.0, rtol=1e-5)
+    # selectable from a dataset.yaml
+    spec = DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "scaling": {"depth_units": units}})
+    assert spec.scaling.depth_units == scaling.depth_units
+    assert DatasetSpec.from_dict(spec.to_dict()).scaling == spec.scaling
+
+
+def test_sunrgbd_raw_depth_bits_are_rotated_back_to_millimetres():
+    """SUN RGB-D stores raw depth as uint16 with its bits rotated: mm = (v >> 3) | (v << 13) in 16 bits.
+    Built from the real Redwood depth (millimetres), stored the SUN RGB-D way, read back exactly."""
+    mm = cv2.imread(str(realdata_file("rgbd/redwood/depth_00000.png")), cv2.IMREAD_UNCHANGED)
+    stored = ((mm.astype(np.uint32) << 3) | (mm.astype(np.uint32) >> 13)).astype(np.uint16)
+    assert not np.array_equal(stored, mm)
+    np.testing.assert_allclose(depth_to_metres(stored, "sunrgbd"), mm / 1000.0, rtol=1e-6)
+    assert stored.max() == 8 * mm.max()  # what a reader that ignores the rotation would take as millimetres
+    with pytest.raises(ValueError, match="depth_units must be one of"):
+        ModalityScaling("depth", depth_units="inches")
