@@ -44,6 +44,10 @@ def resolve_bag_path(path: str | os.PathLike) -> Path:
     return p
 
 
+_CORRUPT_HINT = ("the file is corrupt or truncated (an interrupted recording or copy): copy it again, or repair it "
+                 "(`ros2 bag reindex` for rosbag2, `mcap recover` for MCAP, `rosbag reindex` for ROS 1)")
+
+
 @contextmanager
 def open_bag(path: str | os.PathLike) -> Iterator[Any]:
     """``with open_bag(path) as reader:`` an opened ``rosbags.highlevel.AnyReader``, closed on exit."""
@@ -54,15 +58,11 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
     try:
         reader.open()
     except Exception as exc:  # rosbags raises several reader-specific error types
-        raise BagError(f"cannot read bag {p}: {exc}") from exc
+        raise BagError(f"cannot read bag {p}: {exc}; {_CORRUPT_HINT}") from exc
     try:
         yield reader
     finally:
         reader.close()
-
-
-_CORRUPT_HINT = ("the file is corrupt or truncated (an interrupted recording or copy): copy it again, or repair it "
-                 "(`ros2 bag reindex` for rosbag2, `mcap recover` for MCAP, `rosbag reindex` for ROS 1)")
 
 
 def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, Any]]:

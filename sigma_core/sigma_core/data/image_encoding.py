@@ -263,7 +263,9 @@ def decode_rvl(data: bytes) -> np.ndarray:
         run_lengths.append(nonzeros)
         pos += nonzeros
         i += 2 + nonzeros
-    if pos != n or i > len(vals):
+    if i > len(vals):
+        raise ValueError(f"RVL data ends {i - len(vals)} values short of its {cols}x{rows} pixels: truncated")
+    if pos != n:
         raise ValueError(f"RVL data codes {pos} pixels for a {cols}x{rows} image: corrupt")
     is_delta = np.ones(i, dtype=bool)
     is_delta[header_at] = False
