@@ -460,7 +460,7 @@ def test_real_ros1_bags_list_their_topics_as_the_bag_does_and_decode(name, tmp_p
         assert resolve_topic(reader, topic) == topic
         assert resolve_topic(reader, "/" + topic.lstrip("/")) == topic  # as a ROS 2 user types it
         conns = [c for c in reader.connections if c.topic == topic]
-        (conn, msg), = list(read_messages(reader, conns, bag))
+        (conn, _, msg), = list(read_messages(reader, conns, bag))
         arr, enc = message_to_array(msg)
     assert conn.msgtype == "sensor_msgs/msg/CompressedImage" and msg.format == "jpg"
     assert arr.shape == shape and enc == "bgr8"
@@ -481,7 +481,7 @@ def test_sigma_extract_on_the_real_jpeg_stream_with_a_slashless_topic(tmp_path, 
     real = realdata_file("rosbags/ubiquity_fiducials/fiducial_board_611.bag")
     topic = REAL_BAGS["fiducial_board_611.bag"][0]
     with open_bag(real) as reader:
-        (_, msg), = list(read_messages(reader, [c for c in reader.connections if c.topic == topic], real))
+        (_, _, msg), = list(read_messages(reader, [c for c in reader.connections if c.topic == topic], real))
     jpeg, st0 = bytes(msg.data), stamp_ns(msg)
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     grey = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (1280, 720))

@@ -65,15 +65,16 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
         reader.close()
 
 
-def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, Any]]:
-    """``(connection, deserialized message)`` of ``connections`` in bag order; BagError naming the bag and the
-    topic for data that cannot be read or deserialized, instead of the storage library's own exceptions."""
+def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, int, Any]]:
+    """``(connection, log time ns, deserialized message)`` of ``connections`` in bag order; BagError naming the
+    bag and the topic for data that cannot be read or deserialized, instead of the storage library's own
+    exceptions (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file)."""
     where = f"bag {bag}" if bag else "the bag"
     conn = None
     it = iter(reader.messages(connections=connections))
     while True:
         try:
-            conn, _, raw = next(it)
+            conn, log_ns, raw = next(it)
         except StopIteration:
             return
         except Exception as exc:  # rosbags' readers raise ReaderError, struct.error, OverflowError, ...
@@ -84,7 +85,7 @@ def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[
         except Exception as exc:
             raise BagError(f"cannot deserialize a {conn.msgtype} message on {conn.topic} in {where}: "
                            f"{type(exc).__name__}: {exc}; {_CORRUPT_HINT}") from exc
-        yield conn, msg
+        yield conn, log_ns, msg
 
 
 def resolve_topic(reader, topic: str) -> Optional[str]:

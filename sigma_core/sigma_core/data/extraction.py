@@ -220,7 +220,7 @@ def _modal_ext(info: _TopicInfo) -> str:
 
 
 def _first_image_info(reader, conn, topic: str, bag) -> _TopicInfo:
-    for c, msg in read_messages(reader, [conn], bag):
+    for c, _, msg in read_messages(reader, [conn], bag):
         arr, enc = _to_array(msg, topic)
         return _TopicInfo(topic, c.msgtype, enc, tuple(arr.shape), str(arr.dtype))
     raise ExtractError(f"topic {topic} has no messages")
@@ -348,7 +348,7 @@ def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
     if opts.label_topic:
         streams[opts.label_topic] = (scan.label, None)
     bar = tqdm(total=total, desc="pairing", unit="msg", disable=not opts.progress, leave=False)
-    for conn, msg in read_messages(reader, conns, opts.bag):
+    for conn, _, msg in read_messages(reader, conns, opts.bag):
         bar.update(1)
         st = stamp_ns(msg)
         stream, number = streams[conn.topic]
@@ -486,7 +486,7 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
     todo_conns = [c for t, cs in conns.items() if jobs[t] for c in cs]
     index = dict.fromkeys(conns, 0)
     bar = tqdm(total=n_jobs, desc="writing", unit="file", disable=not opts.progress, leave=False)
-    for conn, msg in read_messages(reader, todo_conns, opts.bag):
+    for conn, _, msg in read_messages(reader, todo_conns, opts.bag):
         topic = conn.topic
         i = index[topic]
         index[topic] = i + 1
