@@ -6,8 +6,10 @@ Examples::
     sigma-extract run1.bag --rgb-topic /rgb/compressed --modal-topic /depth --label-topic /labels \\
         --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
 
-Pairs are the ones the segmentation node would make (same approximate-time policy,
---slop and --queue-size). Rerunning skips files that exist.
+Without labels, pairs are the ones the segmentation node would make (same
+approximate-time policy, --slop and --queue-size). With --label-topic, every label
+is kept with the RGB frame of its stamp and the nearest modality frame within --slop;
+labels that cannot be kept are counted with the reason. Rerunning skips files that exist.
 """
 from __future__ import annotations
 
