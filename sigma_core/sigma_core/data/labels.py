@@ -137,8 +137,8 @@ def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:
 
 def out_of_range_values(label: np.ndarray, num_classes: int) -> np.ndarray:
     """Sorted distinct values of ``label`` that are neither a class id (0..K-1) nor 255 (ignore)."""
-    values = np.unique(label)
-    return values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
+    bad = ((label < 0) | (label >= num_classes)) & (label != IGNORE_INDEX)  # no sort of the whole image
+    return np.unique(label[bad]) if bad.any() else np.empty(0, label.dtype)
 
 
 def check_label_values(label: np.ndarray, num_classes: Optional[int], where: str, fix: str,
