@@ -9,7 +9,7 @@ from reference_data import realdata_file
 
 from sigma_core.data.dataset import PRESETS, DatasetSpec, RGBXDataset, resolve_spec
 from sigma_core.data.errors import DataError
-from sigma_core.data.modality import ModalityScaling, depth_to_metres
+from sigma_core.data.modality import depth_to_metres
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from sigma_core.data.synthetic import write_dataset
 from sigma_core.data.transforms import TrainAugmentation
@@ -329,19 +329,25 @@ def test_pst900_release_layout_with_8bit_thermal_and_its_labels(tmp_path):
     ("redwood", "rgbd/redwood/depth_00000.png", 1000.0),  # Redwood: millimetres, as ROS 16UC1
     ("0.1mm", "rgbd/nyuv2/0001/depth_0.1mm.png", 10000.0),  # NYU Depth V2 PNGs: value / 10000 = m
 ])
-def test_depth_unit_conventions_on_real_frames(units, file, per_metre):
+def test_depth_unit_conventions_on_real_frames(units, file, per_metre, tmp_path):
+    """A custom depth dataset names how its PNGs store depth (dataset.yaml depth_units); the model sees metres."""
     raw = cv2.imread(str(realdata_file(file)), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16
-    metres = depth_to_metres(raw, units)
-    np.testing.assert_allclose(metres, raw.astype(np.float64) / per_metre, rtol=1e-6)
-    scaling = ModalityScaling("depth", max_range=10.0, depth_units=units)
-    unit, valid = scaling.to_unit(raw)
-    assert np.array_equal(valid, raw > 0)
-    np.testing.assert_allclose(unit[valid], np.minimum(raw[valid] / per_metre, 10.0) / 10.0, rtol=1e-5)
-    # selectable from a dataset.yaml
-    spec = DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "scaling": {"depth_units": units}})
-    assert spec.scaling.depth_units == scaling.depth_units
-    assert DatasetSpec.from_dict(spec.to_dict()).scaling == spec.scaling
+    np.testing.assert_allclose(depth_to_metres(raw, units), raw.astype(np.float64) / per_metre, rtol=1e-6)
+    root = tmp_path / "rgbd"
+    cv2.imwrite(str(_mkparent(root / "RGB" / "f.png")), np.zeros((*raw.shape, 3), np.uint8))
+    _link(realdata_file(file), root / "Modal" / "f.png")
+    (root / "train.txt").write_text("f\n")
+    spec = DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "scaling": {"max_range": 10.0},
+                                  "depth_units": units, "label_dir": None})
+    spec.write_yaml(root)
+    ds = RGBXDataset(root, "train")
+    assert DatasetSpec.from_yaml(root / "dataset.yaml") == spec and ds.spec.depth_units == spec.depth_units
+    _, modal, _ = ds.load(0)
+    valid = raw > 0
+    np.testing.assert_allclose(modal[valid], np.minimum(raw[valid] / per_metre, 10.0) / 10.0, rtol=1e-5)
+    assert (modal[~valid] == 0).all()
+    assert "depth_units" not in spec.scaling.to_dict()  # checkpoints keep metres: the robot's 16UC1 is mm
 
 
 def test_sunrgbd_raw_depth_bits_are_rotated_back_to_millimetres():
@@ -352,5 +358,5 @@ def test_sunrgbd_raw_depth_bits_are_rotated_back_to_millimetres():
     assert not np.array_equal(stored, mm)
     np.testing.assert_allclose(depth_to_metres(stored, "sunrgbd"), mm / 1000.0, rtol=1e-6)
     assert stored.max() == 8 * mm.max()  # what a reader that ignores the rotation would take as millimetres
-    with pytest.raises(ValueError, match="depth_units must be one of"):
-        ModalityScaling("depth", depth_units="inches")
+    with pytest.raises(ValueError, match="dataset.yaml: depth_units must be one of mm, 0.1mm, 0.2mm, sunrgbd"):
+        DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "depth_units": "inches"})

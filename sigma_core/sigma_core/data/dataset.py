@@ -25,7 +25,7 @@ import yaml
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
 from .labels import check_label_values, read_label_image, shift_labels
-from .modality import ModalityScaling
+from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
 
 DATASET_YAML = "dataset.yaml"
@@ -56,6 +56,9 @@ class DatasetSpec:
         over the full 0..255 range as the published loader does.
     palette: RGB colour per class; colour label images are mapped through it when every
         colour matches exactly (grey and indexed PNGs hold the ids themselves).
+    depth_units: how integer depth files store depth (see :func:`~sigma_core.data.modality.depth_to_metres`:
+        "mm" default, "0.1mm"/"nyu", "0.2mm"/"tum", "sunrgbd"); a depth dataset whose unit is not
+        millimetres is read as metres before ``scaling``, so the model sees metres whatever the files hold.
     """
 
     name: str
@@ -76,6 +79,7 @@ class DatasetSpec:
     eval_flip: bool = False
     split_folders: bool = False
     modal_channel: Optional[int] = None
+    depth_units: str = "mm"
     extra: dict = field(default_factory=dict)  # other dataset.yaml keys (source, counts, encodings, ...)
 
     @property
@@ -99,7 +103,7 @@ class DatasetSpec:
     def from_dict(cls, d: dict, source: str = DATASET_YAML) -> DatasetSpec:
         known = {"name", "classes", "modality", "scaling", "palette", "label_shift", "rgb_dir", "modal_dir",
                  "label_dir", "rgb_ext", "modal_ext", "label_ext", "splits", "image_size", "eval", "split_folders",
-                 "modal_channel"}
+                 "modal_channel", "depth_units"}
         modality = d.get("modality", "thermal")
         scaling = ModalityScaling.from_dict({"modality": modality, **(d.get("scaling") or {})})
         classes = d.get("classes")
@@ -128,6 +132,7 @@ class DatasetSpec:
             eval_flip=bool(ev.get("flip", False)),
             split_folders=bool(d.get("split_folders", False)),
             modal_channel=int(d["modal_channel"]) if d.get("modal_channel") is not None else None,
+            depth_units=_depth_units(d, source),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -154,6 +159,8 @@ class DatasetSpec:
             d["split_folders"] = True
         if self.modal_channel is not None:
             d["modal_channel"] = self.modal_channel
+        if self.depth_units != "mm":
+            d["depth_units"] = self.depth_units
         d.update(self.extra)
         return d
 
@@ -218,6 +225,13 @@ def preset_key(name: str) -> str:
     "pst900"); other names come back lower-cased without "-" and "_" (not a known preset)."""
     key = name.lower().replace("-", "").replace("_", "")
     return _ALIASES.get(key, key)
+
+
+def _depth_units(d: dict, source: str) -> str:
+    try:
+        return depth_units_key(d.get("depth_units", "mm"))
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def _has_layout(root: Path, spec: DatasetSpec) -> bool:
@@ -366,7 +380,7 @@ class RGBXDataset(torch.utils.data.Dataset):
             rgb = np.repeat(bgr[..., None], 3, axis=2)
         else:
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        modal, _ = self.spec.scaling.to_unit(self._modal_channel(read_image(modal_path), modal_path))
+        modal, _ = self.spec.scaling.to_unit(self._modal_raw(modal_path))
         if label_path is not None:
             stored = read_label_image(label_path, self.spec.palette)
             label = shift_labels(stored, self.spec.label_shift)
@@ -380,14 +394,19 @@ class RGBXDataset(torch.utils.data.Dataset):
             )
         return rgb, modal, label
 
-    def _modal_channel(self, raw: np.ndarray, path: Path) -> np.ndarray:
+    def _modal_raw(self, path: Path) -> np.ndarray:
+        """The modality file as the scaling expects it: its channel (modal_channel), integer depth in metres."""
+        raw = read_image(path)
         ch = self.spec.modal_channel
-        if ch is None:
-            return raw
-        if raw.ndim != 3 or raw.shape[2] <= ch:
-            raise DataError(f"{path}: expected the modality in channel {ch} of a multi-channel image "
-                            f"(as the {self.spec.name} release stores it), got shape {raw.shape}")
-        return raw[..., ch]
+        if ch is not None:
+            if raw.ndim != 3 or raw.shape[2] <= ch:
+                raise DataError(f"{path}: expected the modality in channel {ch} of a multi-channel image "
+                                f"(as the {self.spec.name} release stores it), got shape {raw.shape}")
+            raw = raw[..., ch]
+        if (self.spec.scaling.modality == "depth" and self.spec.depth_units != "mm"
+                and np.issubdtype(raw.dtype, np.integer)):
+            raw = depth_to_metres(raw[..., 0] if raw.ndim == 3 else raw, self.spec.depth_units)
+        return raw
 
     def _label_fix(self) -> str:
         if self.spec.name not in {p.name for p in PRESETS.values()}:

@@ -13,8 +13,10 @@ import numpy as np
 
 MODALITIES = ("thermal", "depth")
 
-# Units of integer depth images: metres per stored value. "sunrgbd" is SUN RGB-D's raw depth PNG: uint16
+# How datasets store integer depth: metres per stored value. "sunrgbd" is SUN RGB-D's raw depth PNG: uint16
 # millimetres with the 16 bits rotated right by 3 (mm = (v >> 3) | (v << 13), as its toolbox reads it).
+# A property of the files, not of the model: the robot's 16UC1 topics are millimetres (REP 118), so the
+# dataset converts to metres and checkpoints never carry a unit.
 DEPTH_UNITS: dict[str, float] = {"mm": 1e-3, "0.1mm": 1e-4, "0.2mm": 2e-4, "sunrgbd": 1e-3}
 DEPTH_UNIT_ALIASES = {"ros": "mm", "redwood": "mm", "nyu": "0.1mm", "nyuv2": "0.1mm", "tum": "0.2mm"}
 
@@ -26,18 +28,13 @@ class ModalityScaling:
     thermal: ``range`` = (low, high) in raw units (counts, Kelvin, ...); values are
         clipped to it. None means the dtype's full range for integers (uint8: 0..255,
         uint16: 0..65535) and per-image min..max for floats.
-    depth: floats are metres; integer images are in ``depth_units``: "mm" (the ROS 16UC1
-        convention, Redwood; default), "0.1mm" (NYU Depth V2 PNGs, value / 10000 = m),
-        "0.2mm" (TUM RGB-D, value / 5000 = m) or "sunrgbd" (SUN RGB-D raw depth: millimetres
-        with the bits rotated, mm = (v >> 3) | (v << 13) in 16 bits); aliases "ros",
-        "redwood", "nyu", "tum". ``max_range`` (metres) maps to 1, farther is clipped; 0, NaN
-        and inf are invalid and become 0.
+    depth: uint16 is millimetres, floats are metres; ``max_range`` (metres) maps to 1,
+        farther is clipped; 0, NaN and inf are invalid and become 0.
     """
 
     modality: str = "thermal"
     range: Optional[tuple[float, float]] = None
     max_range: float = 10.0
-    depth_units: str = "mm"
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -49,11 +46,6 @@ class ModalityScaling:
             object.__setattr__(self, "range", (float(lo), float(hi)))
         if not self.max_range > 0:
             raise ValueError(f"depth max_range must be > 0 metres, got {self.max_range}")
-        units = DEPTH_UNIT_ALIASES.get(str(self.depth_units).lower(), str(self.depth_units).lower())
-        if units not in DEPTH_UNITS:
-            raise ValueError(f"depth_units must be one of {', '.join([*DEPTH_UNITS, *DEPTH_UNIT_ALIASES])}, "
-                             f"got {self.depth_units!r}")
-        object.__setattr__(self, "depth_units", units)
 
     def to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) or (H, W, C) raw array -> ((H, W) float32 in [0, 1], (H, W) bool valid mask).
@@ -84,10 +76,9 @@ class ModalityScaling:
         return np.clip(unit, 0.0, 1.0).astype(np.float32), valid
 
     def _depth_to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        metres = raw.astype(np.float32)
         if np.issubdtype(raw.dtype, np.integer):
-            metres = depth_to_metres(raw, self.depth_units)
-        else:
-            metres = raw.astype(np.float32)
+            metres = metres / 1000.0  # millimetres, the ROS 16UC1 convention
         valid = np.isfinite(metres) & (metres > 0)
         unit = np.where(valid, np.minimum(metres, self.max_range) / self.max_range, 0.0)
         return unit.astype(np.float32), valid
@@ -104,13 +95,26 @@ class ModalityScaling:
             modality=d.get("modality", "thermal"),
             range=tuple(rng) if rng is not None else None,
             max_range=float(d.get("max_range", 10.0)),
-            depth_units=str(d.get("depth_units", "mm")),
         )
 
 
+def depth_units_key(units: str) -> str:
+    """A depth unit name as users spell it ("TUM", "nyu", "0.1mm") -> its key in DEPTH_UNITS; ValueError listing
+    the choices for an unknown one."""
+    key = DEPTH_UNIT_ALIASES.get(str(units).lower(), str(units).lower())
+    if key not in DEPTH_UNITS:
+        raise ValueError(f"depth_units must be one of {', '.join([*DEPTH_UNITS, *DEPTH_UNIT_ALIASES])}, got {units!r}")
+    return key
+
+
 def depth_to_metres(raw: np.ndarray, units: str = "mm") -> np.ndarray:
-    """(H, W) integer depth in ``units`` (see ModalityScaling) -> (H, W) float32 metres (0 stays 0: no return)."""
-    units = DEPTH_UNIT_ALIASES.get(units, units)
+    """(H, W) integer depth as a dataset stores it -> (H, W) float32 metres (0 stays 0: no return).
+
+    units: "mm" (ROS 16UC1, Redwood), "0.1mm" (NYU Depth V2 PNGs, value / 10000 = m), "0.2mm" (TUM RGB-D,
+    value / 5000 = m), "sunrgbd" (SUN RGB-D raw depth: millimetres with the bits rotated, mm = (v >> 3) |
+    (v << 13) in 16 bits), or an alias ("ros", "redwood", "nyu", "tum").
+    """
+    units = depth_units_key(units)
     if units == "sunrgbd":
         v = raw.astype(np.uint16)
         raw = (v >> 3) | (v << 13)  # uint16 arithmetic: the top bits fall off, as in the toolbox
