@@ -409,8 +409,9 @@ def test_corrupt_mcap_and_ros1_bags_end_with_one_line(bags, tmp_path, capsys):
 
 def test_ros1_bag_with_a_damaged_message_record_ends_with_one_line(bags, tmp_path, capsys):
     raw = bytearray(bags["ros1"].path.read_bytes())
-    op = raw.find(b"op=\x05", len(raw) // 3)  # the header of a chunk record (op 5) past the first third
-    raw[op - 8:op - 4] = (0x7FFFFFFF).to_bytes(4, "little")  # an absurd field length in it
+    op = raw.find(b"op=\x05")  # the first chunk record (op 5): its header length precedes its first field
+    assert op > 8 and raw[op - 4:op] == (4).to_bytes(4, "little")
+    raw[op - 8:op - 4] = (0x7FFFFFFF).to_bytes(4, "little")
     bad = tmp_path / "damaged.bag"
     bad.write_bytes(bytes(raw))
     with pytest.raises(SystemExit) as exc:

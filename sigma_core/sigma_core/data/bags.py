@@ -65,13 +65,13 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
         reader.close()
 
 
-def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, int, Any]]:
-    """``(connection, log time ns, deserialized message)`` of ``connections`` in bag order; BagError naming the
-    bag and the topic for data that cannot be read or deserialized, instead of the storage library's own
-    exceptions (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file)."""
+def read_raw_messages(reader, connections, bag: str | os.PathLike = "", **kwargs) -> Iterator[tuple[Any, int, Any]]:
+    """``reader.messages(connections=..., **kwargs)`` (``(connection, log time ns, raw bytes)`` in bag order,
+    ``start``/``stop`` in ns), with BagError naming the bag instead of the storage library's own exceptions
+    (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file)."""
     where = f"bag {bag}" if bag else "the bag"
     conn = None
-    it = iter(reader.messages(connections=connections))
+    it = iter(reader.messages(connections=connections, **kwargs))
     while True:
         try:
             conn, log_ns, raw = next(it)
@@ -80,6 +80,14 @@ def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[
         except Exception as exc:  # rosbags' readers raise ReaderError, struct.error, OverflowError, ...
             after = f" after a message on {conn.topic}" if conn is not None else ""
             raise BagError(f"cannot read {where}{after}: {type(exc).__name__}: {exc}; {_CORRUPT_HINT}") from exc
+        yield conn, log_ns, raw
+
+
+def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, int, Any]]:
+    """``(connection, log time ns, deserialized message)`` of ``connections`` in bag order; BagError naming the
+    bag and the topic for data that cannot be read (see :func:`read_raw_messages`) or deserialized."""
+    where = f"bag {bag}" if bag else "the bag"
+    for conn, log_ns, raw in read_raw_messages(reader, connections, bag):
         try:
             msg = reader.deserialize(raw, conn.msgtype)
         except Exception as exc:
