@@ -28,6 +28,12 @@ def test_indexed_png_is_read_as_its_indices_not_its_colours(tmp_path):
     label = read_label_image(path)
     assert label.dtype == np.uint8 and np.array_equal(label, ids)
     assert sorted(np.unique(label)) == [0, 1, 2, 255]
+    # a 2-bit indexed PNG (4 palette entries), as small annotation exports are
+    small = Image.fromarray(np.array([[0, 1, 2, 3]] * 2, np.uint8), mode="P")
+    small.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0, 0, 0, 200])
+    small.save(tmp_path / "two_bit.png", bits=2)
+    assert is_indexed_png(tmp_path / "two_bit.png")
+    assert read_label_image(tmp_path / "two_bit.png").tolist() == [[0, 1, 2, 3]] * 2
 
 
 def test_grey_and_grey_as_rgb_labels(tmp_path):
