@@ -92,7 +92,7 @@ def test_lifecycle_states_and_a_failed_configure():
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_helpers import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
+from node_helpers import Streams, image, start_node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 DOMAIN_ID = 90 + os.getpid() % 30
@@ -100,18 +100,16 @@ NS = "/g"
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    harness = Harness(DOMAIN_ID)
-    ckpt = write_checkpoints(tmp_path_factory.mktemp("ckpt"))["thermal"]
-    node = start_node(tmp_path_factory, NS, {"checkpoint": ckpt, "sync.slop": 0.02, "diagnostics.period_s": 0.5,
-                                             "diagnostics.stall_timeout_s": 1.5}, DOMAIN_ID)
+def probe(tmp_path_factory, checkpoints, harness):
+    params = {"checkpoint": checkpoints["thermal"], "sync.slop": 0.02, "diagnostics.period_s": 0.5,
+              "diagnostics.stall_timeout_s": 1.5}
+    node = start_node(tmp_path_factory, NS, params, DOMAIN_ID)
     harness.subscribe(DiagnosticArray, "/diagnostics")
     harness.subscribe(Image, f"{NS}/segmentation/mask")
     streams = Streams(harness, NS)
     streams.until_served(f"{NS}/segmentation/mask")
     yield harness, node, streams
     node.kill()
-    harness.close()
 
 
 def _statuses(harness):

@@ -20,7 +20,7 @@ pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from node_helpers import Harness, Streams, image, start_node, write_checkpoints  # noqa: E402
+from node_helpers import Streams, image, start_node  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -28,13 +28,6 @@ from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_msgs.msg import ClassMap  # noqa: E402
 
 DOMAIN_ID = 210 + os.getpid() % 20
-
-
-@pytest.fixture(scope="module")
-def harness():
-    h = Harness(DOMAIN_ID)
-    yield h
-    h.close()
 
 
 def _call(harness, srv_type, name, request):
@@ -84,9 +77,9 @@ def _masks_during(harness, topic, seconds: float) -> int:
     return len(harness.messages(topic))
 
 
-def test_lifecycle_transitions_with_masks_only_while_active(tmp_path_factory, harness):
+def test_lifecycle_transitions_with_masks_only_while_active(tmp_path_factory, checkpoints, harness):
     ns, mask_topic = "/l", "/l/segmentation/mask"
-    ckpt = write_checkpoints(tmp_path_factory.mktemp("ckpt"))["thermal"]
+    ckpt = checkpoints["thermal"]
     node = start_node(tmp_path_factory, ns, {"checkpoint": ckpt, "lifecycle": "true"}, DOMAIN_ID,
                       ready="lifecycle node: waiting for configure")
     pairs = None
@@ -157,13 +150,13 @@ def test_configure_failure_returns_failure_with_the_reason(tmp_path_factory, tmp
         node.kill()
 
 
-def test_cleanup_frees_the_model_and_configure_loads_it_again(tmp_path):
+def test_cleanup_frees_the_model_and_configure_loads_it_again(checkpoints):
     """In process: after cleanup nothing holds the network any more (on a GPU, empty_cache then returns its memory)."""
     from rclpy.parameter import Parameter
 
     from sigma_ros.node.segmentation_node import SigmaSegmentationNode
 
-    ckpt = write_checkpoints(tmp_path)["thermal"]
+    ckpt = checkpoints["thermal"]
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN_ID)
     node = SigmaSegmentationNode(context=context, parameter_overrides=[

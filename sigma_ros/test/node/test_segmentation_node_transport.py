@@ -16,7 +16,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
-from node_helpers import H, Harness, W, start_node, write_checkpoints  # noqa: E402
+from node_helpers import H, W, start_node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
@@ -39,10 +39,8 @@ def compressed(arr, encoding, fmt, stamp) -> CompressedImage:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    harness = Harness(DOMAIN_ID)
-    ckpt = write_checkpoints(tmp_path_factory.mktemp("ckpt"))["thermal"]
-    proc = start_node(tmp_path_factory, NS, {"checkpoint": ckpt, "input.transport": "compressed",
+def node(tmp_path_factory, checkpoints, harness):
+    proc = start_node(tmp_path_factory, NS, {"checkpoint": checkpoints["thermal"], "input.transport": "compressed",
                                              "output.qos": "best_effort", "output.depth": 2}, DOMAIN_ID,
                       args=("-r", "rgb/image:=/cam/color", "-r", "modal/image:=/cam/thermal"))
     harness.subscribe(Image, f"{NS}/segmentation/mask", reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -51,7 +49,6 @@ def node(tmp_path_factory):
     thermal_pub = harness.publisher(CompressedImage, "/cam/thermal/compressed")
     yield harness, proc, rgb_pub, thermal_pub
     proc.kill()
-    harness.close()
 
 
 def test_jpeg_rgb_and_16bit_png_thermal_give_masks_stamped_like_the_rgb(node):
