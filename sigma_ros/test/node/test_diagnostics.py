@@ -137,11 +137,17 @@ def _stream(streams, seconds: float, modal_offset_ns: int = 0, rgb_offset_ns: in
         time.sleep(0.1)
 
 
+def _describe(status) -> str:
+    head = (f"name: {status.name}\nlevel: {_level(status)}\nmessage: {status.message}\n"
+            f"hardware_id: {status.hardware_id}\n")
+    return head + "".join(f"  {kv.key}: {kv.value}\n" for kv in status.values)
+
+
 def _level(status) -> int:
     return status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
 
 
-def test_diagnostics_ok_warn_error_from_a_running_node(probe, tmp_path):
+def test_diagnostics_ok_warn_error_from_a_running_node(probe):
     harness, node, streams = probe
     # OK with plausible rates while pairs flow.
     harness.clear("/diagnostics")
@@ -158,10 +164,7 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe, tmp_path):
     assert float(values["latency p50 (ms)"]) >= float(values["inference p50 (ms)"])
     assert values["device"] == "cpu" and values["precision"] == "fp32" and values["state"] == "active"
     assert values["checkpoint"].endswith("thermal.pt") and values["scan backend"]
-    text = f"name: {status.name}\nlevel: {_level(status)}\nmessage: {status.message}\nhardware_id: " \
-           f"{status.hardware_id}\n" + "".join(f"  {kv.key}: {kv.value}\n" for kv in status.values)
-    print(f"\n/diagnostics while pairs flow:\n{text}")
-    (tmp_path / "diagnostics_ok.txt").write_text(text)
+    print(f"\n/diagnostics while pairs flow:\n{_describe(status)}")
     # WARN after a burst of bad frames, naming the kind and the last message.
     harness.clear("/diagnostics")
     _stream(streams, 1.5, bad_rgb_every=2)
@@ -170,6 +173,7 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe, tmp_path):
     assert "unsupported_encoding" in warn[-1].message
     values = {kv.key: kv.value for kv in warn[-1].values}
     assert "unsupported encoding 'yuv422'" in values["last unsupported_encoding"]
+    print(f"/diagnostics after bad frames:\n{_describe(warn[-1])}")
     # ERROR when both streams arrive but nothing pairs: thermal stamped 3 s ahead (slop 0.02 s; the
     # pairing queues span 1 s).
     harness.clear("/diagnostics")
@@ -179,6 +183,7 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe, tmp_path):
     assert "no RGB/modality pairs" in error[-1].message
     values = {kv.key: kv.value for kv in error[-1].values}
     assert float(values["/g/rgb/image rate (Hz)"]) > 5 and float(values["pair rate (Hz)"]) == 0
+    print(f"/diagnostics when nothing pairs:\n{_describe(error[-1])}")
     # Pairs flow again (RGB stamped like the thermal camera now): back to OK.
     harness.clear("/diagnostics")
     _stream(streams, 2.0, modal_offset_ns=3_000_000_000, rgb_offset_ns=3_000_000_000)
