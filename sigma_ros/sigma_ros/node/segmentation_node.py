@@ -94,7 +94,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     """Subscribes ``rgb/image``, ``modal/image`` (and ``modal/camera_info`` for depth); publishes ``segmentation/*``.
 
     With ``input.transport:=compressed`` it subscribes ``rgb/image/compressed`` and
-    ``modal/image/compressed`` (``modal/image/compressedDepth`` for depth) instead, after remapping
+    ``modal/image/compressed`` (``modal/image/compressedDepth`` for depth: png or rvl) instead, after remapping
     of the base topics, as image_transport does. Raises ConfigError from the constructor when a
     parameter is invalid or, unless ``lifecycle`` is true, when the model cannot be configured.
     """

@@ -94,3 +94,39 @@ def test_best_effort_output_qos_is_honoured(node):
     # The masks reached the best-effort subscriber (previous test); a reliable subscriber cannot match.
     assert harness.messages(f"{NS}/segmentation/mask")
     assert harness.messages(f"{NS}/segmentation/stats") == []
+
+
+def test_depth_over_compressed_depth_gives_masks(tmp_path_factory, checkpoints, harness):
+    """Depth models hear image_transport's compressedDepth (12-byte header + 16-bit PNG, millimetres)."""
+    import struct
+
+    import cv2
+
+    ns = "/cd"
+    proc = start_node(tmp_path_factory, ns, {"checkpoint": checkpoints["depth"], "input.transport": "compressed"},
+                      DOMAIN_ID)
+    try:
+        harness.subscribe(Image, f"{ns}/segmentation/mask")
+        rgb_pub = harness.publisher(CompressedImage, f"{ns}/rgb/image/compressed")
+        depth_pub = harness.publisher(CompressedImage, f"{ns}/modal/image/compressedDepth")
+        rng = np.random.default_rng(9)
+        sent = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not set(sent) & {stamp_ns(m) for m in harness.messages(
+                f"{ns}/segmentation/mask")}:
+            stamp = time.time_ns()
+            depth_mm = rng.integers(300, 8000, (H, W)).astype(np.uint16)
+            _, png = cv2.imencode(".png", depth_mm)
+            msg = CompressedImage(format="16UC1; compressedDepth png", data=struct.pack("<iff", 0, 0.0, 0.0)
+                                  + png.tobytes())
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            rgb_pub.publish(compressed(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8", "jpeg", stamp))
+            depth_pub.publish(msg)
+            sent.append(stamp)
+            time.sleep(0.2)
+        masks = [m for m in harness.messages(f"{ns}/segmentation/mask") if stamp_ns(m) in sent]
+        assert masks, proc.log()
+        assert (masks[-1].height, masks[-1].width) == (H, W)
+        assert f"in: {ns}/rgb/image/compressed, {ns}/modal/image/compressedDepth" in proc.log()
+    finally:
+        proc.kill()
