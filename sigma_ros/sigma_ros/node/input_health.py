@@ -36,7 +36,7 @@ class ProblemLog:
         self._last_logged: dict[str, float] = {}
         self.counts: Counter[str] = Counter()
         self.last: dict[str, tuple[float, str]] = {}  # kind -> (clock time, message) of its latest report
-        self._counts_before: Counter[str] = Counter()  # counts at the previous ``recent`` call
+        self._counts_before: Counter[str] = Counter()  # counts at the previous ``take_recent`` call
 
     def report(self, kind: str, message: str) -> bool:
         """Count one ``kind`` problem; log ``message`` unless this kind was logged within the period.
@@ -85,6 +85,7 @@ class StreamWatch:
         self._last_stamp: list[Optional[float]] = [None] * len(topics)
         self._behind: list[int] = [0] * len(topics)  # out-of-order messages in a row
         self._pairs_since: Optional[float] = None  # last pair, or when pairing (re)started with every stream live
+        self._since_pair: list[int] = [0] * len(topics)  # messages accepted per stream since then
         self.pairs = 0
 
     def received(self, stream: int, stamp: float) -> tuple[Stamp, Optional[float]]:
@@ -109,8 +110,10 @@ class StreamWatch:
     def _accept(self, stream: int, stamp: float) -> None:
         self._last_stamp[stream] = stamp
         self._behind[stream] = 0
+        self._since_pair[stream] += 1
         if self._pairs_since is None and all(s is not None for s in self._last_stamp):
             self._pairs_since = self._clock()
+            self._since_pair = [0] * len(self.topics)
 
     def restart(self) -> None:
         """Forget every stream's stamps (time went back): the next message of each stream is new."""
@@ -122,6 +125,7 @@ class StreamWatch:
         """A pair was made."""
         self.pairs += 1
         self._pairs_since = self._clock()
+        self._since_pair = [0] * len(self.topics)
 
     def silent(self, after_s: float) -> list[tuple[str, float]]:
         """Streams with nothing for ``after_s`` seconds while another stream is live: [(topic, seconds silent)]."""
@@ -141,13 +145,17 @@ class StreamWatch:
         return waited if self._first_seen is None and waited >= after_s else None
 
     def unpaired(self, after_s: float) -> Optional[float]:
-        """Every stream live but no pair for ``after_s`` seconds: the newest stamp offset (stream 0 minus stream 1,
-        seconds); else None."""
+        """Every stream delivered since the last pair (or since pairing started), yet no pair for ``after_s`` seconds:
+        the newest stamp offset (stream 0 minus stream 1, seconds); else None.
+
+        Streams count as arriving while their newest message is less than 3 ``after_s`` old (a loaded machine
+        delivers in bursts); after that they stopped, which silent() reports.
+        """
         now = self._clock()
-        if self._pairs_since is None or now - self._pairs_since < after_s:
+        if self._pairs_since is None or now - self._pairs_since < after_s or not all(self._since_pair):
             return None
-        if any(seen is None or now - seen >= after_s for seen in self._last_seen):
-            return None  # a stream stopped: silent() says so
+        if any(seen is None or now - seen >= 3 * after_s for seen in self._last_seen):
+            return None
         return self._last_stamp[0] - self._last_stamp[1]
 
 

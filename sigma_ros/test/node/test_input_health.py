@@ -1,5 +1,6 @@
 """input_health: throttled counted problem reports, stamps (order, jumps back, zero), silence, pairing, modality."""
 import numpy as np
+import pytest
 
 from sigma_core.data.modality import ModalityScaling
 from sigma_ros.node.input_health import ProblemLog, Stamp, StreamWatch, modality_problem
@@ -60,10 +61,15 @@ def test_streams_that_arrive_but_never_pair_are_measured():
         watch.received(1, 750.0 + i / 10)
         clock.t += 0.1
     assert watch.nothing_for(3.0) is None
-    assert watch.unpaired(3.0) == 250.0
+    assert watch.unpaired(3.0) == pytest.approx(250.0)
     watch.paired()
     assert watch.unpaired(3.0) is None
     clock.t += 4
+    assert watch.unpaired(3.0) is None  # nothing arrived since the pair
+    watch.received(0, 1004.0)
+    watch.received(1, 754.0)
+    assert watch.unpaired(3.0) == pytest.approx(250.0)  # both arrive (a burst after a pause), and still no pair
+    clock.t += 9
     assert watch.unpaired(3.0) is None  # streams stopped: that is silence, not a pairing problem
 
 

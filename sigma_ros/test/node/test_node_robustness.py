@@ -102,7 +102,7 @@ def test_no_input_names_the_topics_and_a_topic_of_another_type(f_node, harness):
 def test_streams_that_never_pair_are_explained_with_their_offset(f_node, harness):
     """Fault 3a: both cameras live, one on a clock 1 s behind: zero outputs must not mean zero log lines."""
     node, streams = f_node
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "no pair within sync.slop" not in node.log():
         now = time.time_ns()
         streams.rgb.publish(image(streams.rgb_frame(), "rgb8", now))
