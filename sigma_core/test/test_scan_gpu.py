@@ -108,13 +108,13 @@ def test_backward_matches_float64_reference_at_sigma_t_shapes(backend, stage):
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_half_precision_agrees_with_float32(backend, dtype, tol):
-    """Stage 1 (L = 4800) in half precision: state in float32, so only input/output rounding shows."""
+    """Stage 1 (L = 4800) in half precision: state and output in float32, so only input rounding shows."""
     fn = scan_backend(backend)
     x, y_ref, _ = stage_case(1, dtype)  # reference on the same rounded inputs
     with torch.no_grad():
         y = fn(**x, delta_softplus=True)
         y32 = fn(**{k: v.float() for k, v in x.items()}, delta_softplus=True)
-    assert y.dtype == dtype
+    assert y.dtype == torch.float32
     assert rel_err(y, y_ref) < tol
     assert rel_err(y, y32) < tol
 
@@ -163,10 +163,10 @@ def test_parity_fixture_on_gpu_with_tf32_off(backend):
 
 @pytest.mark.gpu
 @needs_cuda
-# Bounds about 4x the CPU autocast result with the reference scan (fp16: 1.9e-3 / 0.9989,
-# bf16: 1.4e-2 / 0.9926; logits span +-0.97).
-@pytest.mark.parametrize("dtype, max_logit_diff, min_agreement", [(torch.float16, 1e-2, 0.99),
-                                                                   (torch.bfloat16, 6e-2, 0.97)])
+# The targets of issue 11 (measured on CPU autocast: fp16 1.2e-3 / 0.9988, bf16 1.0e-2 / 0.9938;
+# logits span +-0.97): fp16 masks agree on >= 99.5 %, bf16 logits within 0.02.
+@pytest.mark.parametrize("dtype, max_logit_diff, min_agreement", [(torch.float16, 1e-2, 0.995),
+                                                                   (torch.bfloat16, 2e-2, 0.97)])
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_parity_fixture_under_autocast(backend, dtype, max_logit_diff, min_agreement):
     model, fixture = parity_model(backend)
@@ -176,6 +176,7 @@ def test_parity_fixture_under_autocast(backend, dtype, max_logit_diff, min_agree
     diff = (logits - fixture["logits"]).abs().max().item()
     agreement = (logits.argmax(1) == fixture["logits"].argmax(1)).float().mean().item()
     print(f"{backend} {dtype}: max logit diff {diff:.2e}, mask agreement {agreement:.4f}")
+    assert torch.isfinite(logits).all()
     assert diff < max_logit_diff and agreement >= min_agreement
 
 
