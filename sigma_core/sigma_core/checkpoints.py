@@ -399,8 +399,8 @@ def load_weights(
     report = LoadReport(source=source, kind=kind)
     if kind == "vmamba_imagenet":
         state = _vmamba_to_sigma_keys(state, report)
-    check_finite(state, source)
     _check_same_architecture(model, state, kind, obj, source)
+    check_finite(state, source)
     target = model.state_dict()
     head_keys = {"decode_head.output.weight", "decode_head.output.bias"}
     mismatched = []
