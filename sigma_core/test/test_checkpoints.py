@@ -184,6 +184,18 @@ def test_published_file_loads_with_a_preset_and_gives_the_fixture_logits(publish
         torch.testing.assert_close(model(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("layout", ["bare", "model", "state_dict", "bare_module"])
+def test_every_published_layout_loads(tmp_path, fixture, layout):
+    state = fixture["state_dict"]
+    if layout.endswith("module"):
+        state = {f"module.{k}": v for k, v in state.items()}
+    obj = state if layout.startswith("bare") else {layout: state, "epoch": 3}
+    torch.save(obj, tmp_path / "sigma.pth")
+    model, _ = load_model(tmp_path / "sigma.pth", dataset="mfnet")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("reference,variant,classes", [("tiny", "tiny", 9), ("small", "small", 9),
                                                        ("base", "base", 9), ("tiny_nyu", "tiny", 40)])
 def test_architecture_inferred_from_published_key_maps(reference, variant, classes):
@@ -239,6 +251,10 @@ def test_published_file_without_dataset_names_the_presets(published, tmp_path):
         load_model(published)
     with pytest.raises(CheckpointError, match=r"dataset 'mfnett' is neither a known preset nor an existing file"):
         load_model(published, dataset="mfnett")
+    (tmp_path / "unnamed").mkdir()
+    (tmp_path / "unnamed" / "dataset.yaml").write_text("name: unnamed\nmodality: depth\n")
+    with pytest.raises(CheckpointError, match=r"dataset 'unnamed' names no classes"):
+        load_model(published, dataset=tmp_path / "unnamed")
 
 
 def test_dataset_for_our_own_checkpoint_is_ignored_with_a_warning(tmp_path):
