@@ -1,10 +1,13 @@
-"""shared/reference/sigma beside the checkout: the published architecture's parity fixture and key maps."""
+"""shared/ beside the checkout: the published architecture's parity fixture and key maps (reference/sigma),
+real RGB-thermal frames (realdata/rgbt), and test inputs built from them."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
+REALDATA = REFERENCE_DIR.parents[1] / "realdata" / "rgbt"  # shared/realdata/rgbt: real RGB-thermal frames
 
 
 def reference_file(name: str) -> Path:
@@ -34,3 +37,27 @@ def write_published_checkpoint(path: Path, state_dict: dict) -> Path:
     torch.save({"model": {f"module.{k}": v for k, v in state_dict.items()}, "optimizer": optimizer,
                 "epoch": 500, "iteration": 50000}, path)
     return path
+
+
+def real_rgbt_frames() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(name, (H, W, 3) uint8 RGB, (H, W) uint8 thermal)]: the MFNet night frame (RGB + thermal in one
+    4-channel PNG) and the PST900 pair, from shared/realdata (a failure where they are missing)."""
+    import cv2
+
+    mfnet = cv2.imread(str(REALDATA / "mfnet" / "01234N.png"), cv2.IMREAD_UNCHANGED)
+    pst_rgb = cv2.imread(str(REALDATA / "pst900" / "rgb.png"))
+    pst_thermal = cv2.imread(str(REALDATA / "pst900" / "thermal_DERIVED.png"), cv2.IMREAD_UNCHANGED)
+    assert mfnet is not None and pst_rgb is not None and pst_thermal is not None, f"real frames missing in {REALDATA}"
+    return [("mfnet", cv2.cvtColor(mfnet[..., :3], cv2.COLOR_BGR2RGB), mfnet[..., 3]),
+            ("pst900", cv2.cvtColor(pst_rgb, cv2.COLOR_BGR2RGB), pst_thermal)]
+
+
+def synthetic_rgbt_frames(n: int = 4) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(name, (120, 160, 3) uint8 RGB, uint16 thermal)]: n synthetic street scenes, day and night alternating."""
+    from sigma_core.data.synthetic import Scene
+
+    frames = []
+    for i in range(n):
+        frame = Scene.random(100 + i, night=bool(i % 2)).render()
+        frames.append((f"synthetic_{i}", frame.rgb, frame.thermal))
+    return frames

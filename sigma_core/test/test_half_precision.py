@@ -8,39 +8,15 @@ on at least 99.5 % and bf16 logits stay within 0.02; every logit finite.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pytest
 import torch
-from reference_data import parity_fixture
+from reference_data import parity_fixture, real_rgbt_frames, synthetic_rgbt_frames
 
 from sigma_core import Segmenter, SigmaConfig, build_sigma, load_weights
 from sigma_core.models.vmamba import SS2D
 
-REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "rgbt"
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _real_frames() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The MFNet night frame (RGB + thermal in one 4-channel PNG) and the PST900 pair, as cameras give them."""
-    mfnet = cv2.imread(str(REALDATA / "mfnet" / "01234N.png"), cv2.IMREAD_UNCHANGED)
-    pst_rgb = cv2.imread(str(REALDATA / "pst900" / "rgb.png"))
-    pst_thermal = cv2.imread(str(REALDATA / "pst900" / "thermal_DERIVED.png"), cv2.IMREAD_UNCHANGED)
-    assert mfnet is not None and pst_rgb is not None and pst_thermal is not None, f"real frames missing in {REALDATA}"
-    return [("mfnet", cv2.cvtColor(mfnet[..., :3], cv2.COLOR_BGR2RGB), mfnet[..., 3]),
-            ("pst900", cv2.cvtColor(pst_rgb, cv2.COLOR_BGR2RGB), pst_thermal)]
-
-
-def _synthetic_frames(n: int = 4) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    from sigma_core.data.synthetic import Scene
-
-    frames = []
-    for i in range(n):
-        frame = Scene.random(100 + i, night=bool(i % 2)).render()
-        frames.append((f"synthetic_{i}", frame.rgb, frame.thermal))
-    return frames
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +24,7 @@ def bundled_fp32_masks():
     from sigma_core.assets import demo_checkpoint
 
     path = demo_checkpoint()
-    frames = _real_frames() + _synthetic_frames()
+    frames = real_rgbt_frames() + synthetic_rgbt_frames()
     seg = Segmenter.from_checkpoint(path, precision="fp32")
     return path, frames, [seg(rgb, modal)[0] for _, rgb, modal in frames]
 
