@@ -231,3 +231,29 @@ def test_kernels_compile_for_hopper_without_a_gpu(pointer_dtype, monkeypatch):
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         assert compiled.asm["cubin"], kernel.__name__
         assert ".target sm_90" in compiled.asm["ptx"]
+
+
+def test_ss2d_under_float16_autocast_through_the_triton_kernels(scan_triton, monkeypatch):
+    """The path a GPU takes: SS2D under fp16 autocast with its scans in the Triton kernels (interpreted here),
+    and a merged scan output beyond float16's 65504 before out_norm: finite, and close to float32."""
+    from sigma_core.models.vmamba import SS2D
+
+    registry = importlib.import_module("sigma_core.ops.selective_scan")
+    monkeypatch.setitem(registry._loaded, "triton", scan_triton.selective_scan_triton)
+    torch.manual_seed(0)
+    block = SS2D(16, d_state=16).eval()
+    with torch.no_grad():
+        block.A_logs.fill_(-8.0)  # almost no decay
+        block.x_proj_weight.mul_(150.0)  # large B and C
+    x = torch.randn(1, 4, 4, 16) * 3
+    norm_input = []
+    block.out_norm.register_forward_hook(lambda module, inputs, out: norm_input.append(inputs[0]))
+    with torch.inference_mode():
+        block.scan_backend = "reference"
+        want = block(x)
+        block.scan_backend = "triton"
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = block(x)
+    assert norm_input[0].abs().max() > 65504 and norm_input[1].dtype == torch.float32
+    assert torch.isfinite(got).all()
+    assert (got.float() - want).abs().max().item() <= 0.02 * want.abs().max().item()
