@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from reference_data import parity_fixture, reference_file, write_published_checkpoint
+from reference_data import reference_file, write_published_checkpoint
 
 from sigma_core import ModalityScaling, SigmaConfig, build_sigma, load_checkpoint, load_weights, save_checkpoint
 from sigma_core.checkpoints import (
@@ -161,16 +161,6 @@ def test_checkpoint_metadata_is_validated(tmp_path):
 # --- published checkpoints in every tool: architecture from the keys, the rest from a dataset -------------
 
 PARITY_CONFIG = SigmaConfig(depths=(1, 1, 2, 1), dims=32, decoder_depths=(4, 4, 4), num_classes=9)
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    return parity_fixture()
-
-
-@pytest.fixture
-def published(tmp_path, fixture):
-    return write_published_checkpoint(tmp_path / "sigma_published.pth", fixture["state_dict"])
 
 
 def test_published_file_loads_with_a_preset_and_gives_the_fixture_logits(published, fixture):

@@ -4,20 +4,9 @@ import sys
 
 import pytest
 import torch
-from reference_data import parity_fixture, write_published_checkpoint
 
 from sigma_core.checkpoints import load_checkpoint, load_model
 from sigma_core.cli.import_checkpoint import main
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    return parity_fixture()
-
-
-@pytest.fixture
-def published(tmp_path, fixture):
-    return write_published_checkpoint(tmp_path / "sigma_published.pth", fixture["state_dict"])
 
 
 def test_import_writes_our_checkpoint_with_identical_logits(tmp_path, published, fixture, capsys):
