@@ -1,13 +1,14 @@
-"""shared/ beside the checkout: the published architecture's parity fixture and key maps (reference/sigma),
-real RGB-thermal frames (realdata/rgbt), and test inputs built from them."""
+"""shared/ beside the checkout: the published architecture's parity fixture and key maps (shared/reference/sigma),
+and real sensor frames, labels and bags published by others (shared/realdata, see its README)."""
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
-REALDATA = REFERENCE_DIR.parents[1] / "realdata" / "rgbt"  # shared/realdata/rgbt: real RGB-thermal frames
+SHARED_DIR = Path(__file__).resolve().parents[2].parent / "shared"
+REFERENCE_DIR = SHARED_DIR / "reference" / "sigma"
+REALDATA_DIR = SHARED_DIR / "realdata"
 
 
 def reference_file(name: str) -> Path:
@@ -17,6 +18,15 @@ def reference_file(name: str) -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"reference file {path} is missing: CI must have shared/ beside the clone")
         pytest.skip(f"reference file {path} is absent (shared/ belongs beside the checkout)")
+    return path
+
+
+def realdata_file(name: str) -> Path:
+    """A file of shared/realdata (e.g. "rgbt/mfnet/01234N.png"). A missing one fails the test, never skips it:
+    these tests are the only check that real downloads load, and CI always has shared/ beside the clone."""
+    path = REALDATA_DIR / name
+    if not path.is_file():
+        pytest.fail(f"real data file {path} is missing: shared/realdata must be beside the checkout (see its README)")
     return path
 
 
@@ -44,10 +54,9 @@ def real_rgbt_frames() -> list[tuple[str, np.ndarray, np.ndarray]]:
     4-channel PNG) and the PST900 pair, from shared/realdata (a failure where they are missing)."""
     import cv2
 
-    mfnet = cv2.imread(str(REALDATA / "mfnet" / "01234N.png"), cv2.IMREAD_UNCHANGED)
-    pst_rgb = cv2.imread(str(REALDATA / "pst900" / "rgb.png"))
-    pst_thermal = cv2.imread(str(REALDATA / "pst900" / "thermal_DERIVED.png"), cv2.IMREAD_UNCHANGED)
-    assert mfnet is not None and pst_rgb is not None and pst_thermal is not None, f"real frames missing in {REALDATA}"
+    mfnet = cv2.imread(str(realdata_file("rgbt/mfnet/01234N.png")), cv2.IMREAD_UNCHANGED)
+    pst_rgb = cv2.imread(str(realdata_file("rgbt/pst900/rgb.png")))
+    pst_thermal = cv2.imread(str(realdata_file("rgbt/pst900/thermal_DERIVED.png")), cv2.IMREAD_UNCHANGED)
     return [("mfnet", cv2.cvtColor(mfnet[..., :3], cv2.COLOR_BGR2RGB), mfnet[..., 3]),
             ("pst900", cv2.cvtColor(pst_rgb, cv2.COLOR_BGR2RGB), pst_thermal)]
 
