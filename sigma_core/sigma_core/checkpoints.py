@@ -463,7 +463,8 @@ class CheckpointMeta:
     {"mean": [3], "std": [3]} for 0..1 inputs, both modalities; input_size: (H, W) the network runs at,
     or None for each image's own size; extra: free plain data (training run, metrics, ...).
     notes / warnings: what load_model inferred (a published file's architecture, its dataset) / ignored
-    (a dataset given for our own checkpoint), for the tools to print or log; never saved.
+    (a dataset given for our own checkpoint), for the tools to print or log; published: the metadata
+    came from a dataset, not from the file. None of these three is saved.
     """
 
     config: SigmaConfig
@@ -476,6 +477,7 @@ class CheckpointMeta:
     source: Optional[str] = None
     notes: list[str] = field(default_factory=list)  # what load_model inferred (not saved)
     warnings: list[str] = field(default_factory=list)  # what load_model ignored (not saved)
+    published: bool = False  # built by load_model from a published file and a dataset (not saved)
 
     @property
     def modality(self) -> str:
@@ -650,10 +652,19 @@ def meta_from_dataset(cfg: SigmaConfig, dataset: DatasetLike, source: str) -> Ch
             f"{source} predicts {cfg.num_classes} classes but dataset {spec.name!r} has {len(classes)}: "
             "give the dataset the checkpoint was trained on")
     palette = [list(c) for c in spec.palette] if spec.palette is not None else default_palette(len(classes))
-    meta = CheckpointMeta(config=cfg, class_names=classes, palette=palette, scaling=spec.scaling,
+    scaling, notes = spec.scaling, []
+    if scaling.modality != spec.modality:
+        # The NYU Depth V2 / SUN RGB-D presets read the benchmarks' 8-bit depth images over 0..255; a robot's
+        # depth topic is metres (32FC1) or millimetres (16UC1), so the model gets depth scaling, default range.
+        scaling = ModalityScaling(modality=spec.modality)
+        notes.append(f"dataset {spec.name!r} stores {spec.modality} as 8-bit images; robot {spec.modality} is mapped "
+                     f"to 0..1 over 0..{scaling.max_range:g} m (node parameter depth.max_range): check that this "
+                     "matches how the training data was encoded")
+    meta = CheckpointMeta(config=cfg, class_names=classes, palette=palette, scaling=scaling,
                           input_size=tuple(spec.image_size) if spec.image_size is not None else None,
-                          extra={"imported_from": source, "dataset": spec.name}, source=source)
-    _validate_meta(meta, spec.scaling.modality, source)
+                          extra={"imported_from": source, "dataset": spec.name}, source=source, notes=notes,
+                          published=True)
+    _validate_meta(meta, scaling.modality, source)
     return meta
 
 
@@ -698,7 +709,7 @@ def load_model(path: PathLike, dataset: Optional[DatasetLike] = None, device: Un
     if scan_backend is not None:
         cfg = SigmaConfig.from_dict({**cfg.to_dict(), "scan_backend": scan_backend})
     meta = meta_from_dataset(cfg, dataset, source)
-    meta.notes.append(f"{source}: published Sigma checkpoint, architecture inferred from its keys: "
+    meta.notes.insert(0, f"{source}: published Sigma checkpoint, architecture inferred from its keys: "
                       f"{describe_config(cfg)}; classes, palette, scaling and input size from dataset "
                       f"{meta.extra['dataset']!r}")
     model = build_sigma(cfg)

@@ -235,6 +235,16 @@ def test_dataset_from_yaml_folder_class_list_and_alias(tmp_path, published):
         load_model(published, dataset="NYU-Depth-v2")
 
 
+def test_depth_presets_give_depth_scaling_for_the_robot(tmp_path, fixture):
+    state = dict(fixture["state_dict"])
+    state["decode_head.output.weight"] = torch.randn(40, 32, 1, 1, generator=torch.Generator().manual_seed(4))
+    path = write_published_checkpoint(tmp_path / "sigma_nyu.pth", state)
+    _, meta = load_model(path, dataset="nyudepthv2")
+    assert meta.num_classes == 40 and meta.class_names[0] == "wall" and meta.published
+    assert meta.modality == "depth" and meta.scaling == ModalityScaling("depth")
+    assert "inferred from its keys" in meta.notes[0] and "8-bit images" in meta.notes[1]
+
+
 def test_published_file_without_dataset_names_the_presets(published, tmp_path):
     with pytest.raises(DatasetNeededError, match=r"sigma_published\.pth is a published Sigma checkpoint.*"
                                                  r"mfnet, pst900, nyudepthv2, sunrgbd"):

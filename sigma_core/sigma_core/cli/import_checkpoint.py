@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..checkpoints import describe_config, load_model, save_checkpoint
 
         model, meta = load_model(args.checkpoint, dataset=args.dataset)
-        if meta.warnings:  # the dataset was ignored: the file is ours already
+        if not meta.published:  # our own checkpoint: it names its classes already
             raise ValueError(f"{args.checkpoint} is already a sigma_core checkpoint; use it as it is")
         for note in meta.notes:
             print(note)
