@@ -47,12 +47,15 @@ def load_segmenter(
     device: str = "auto",
     precision: str = "fp32",
     *,
+    dataset: Optional[str] = None,
     modality: Optional[str] = None,
     thermal_range: Optional[tuple[float, float]] = None,
     depth_max_range: Optional[float] = None,
 ) -> Any:
     """The sigma_core Segmenter the node and replay run: ``checkpoint`` ('' = the bundled demo model).
 
+    dataset: what a published Sigma checkpoint (.pth) was trained on (see sigma_core.checkpoints.load_model);
+    the Segmenter's ``meta.notes`` / ``meta.warnings`` say what was inferred or ignored, for the caller to show.
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
     checkpoint's). Raises ConfigError naming the checkpoint, device and precision and the reason
     when it cannot be loaded there.
@@ -61,7 +64,7 @@ def load_segmenter(
 
     path = checkpoint if isinstance(checkpoint, Path) else resolve_checkpoint(str(checkpoint))
     try:
-        seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision)
+        seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                           f"with precision {precision}: {e}") from e

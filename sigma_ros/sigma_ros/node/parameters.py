@@ -119,6 +119,13 @@ def checkpoint(name: str, value: Any) -> Path:
     return resolve_checkpoint(value)
 
 
+def optional_text(name: str, value: Any) -> Optional[str]:
+    """A name or path; empty: None."""
+    if not isinstance(value, str):
+        raise ConfigError(f"parameter {name} must be a preset name or a file path, got {value!r}")
+    return value or None
+
+
 def thermal_range(name: str, value: Any) -> Optional[tuple[float, float]]:
     if _unset(value):
         return None
@@ -184,6 +191,9 @@ class ParameterSpec:
 PARAMETERS: dict[str, ParameterSpec] = {
     "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo",
                                 checkpoint, "checkpoint"),
+    "dataset": ParameterSpec("", "for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, "
+                             "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
+                             "warning for sigma_core checkpoints", optional_text, "dataset"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)", choice(*PRECISIONS),
                                "precision"),
@@ -229,6 +239,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
 @dataclass(frozen=True)
 class NodeConfig:
     checkpoint: Path
+    dataset: Optional[str]  # None: the checkpoint says (ours); a published checkpoint needs it
     device: str
     precision: str
     modality: Optional[str]  # None: the checkpoint's

@@ -44,6 +44,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.bags import message_to_array
+from sigma_core.inference import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from ..segmentation_step import load_segmenter, segment_pair
@@ -183,8 +184,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _load_model(self, cfg: NodeConfig) -> None:
         """Load the checkpoint and run the warm-up forward pass; ConfigError naming what does not fit."""
         self.get_logger().info(f"loading checkpoint {cfg.checkpoint}")
-        seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, modality=cfg.modality,
+        seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, dataset=cfg.dataset, modality=cfg.modality,
                              thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
+        for note in seg.meta.notes:  # what was inferred from a published checkpoint
+            self.get_logger().info(note)
+        for warning in seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
+            self.get_logger().warning(warning)
         self.seg, self.modality, self.class_names = seg, seg.scaling.modality, list(seg.class_names)
         if self.modality != seg.meta.scaling.modality:
             self.get_logger().warning(
@@ -496,6 +501,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 continue
             try:
                 self._process(frame)
+            except NonFiniteOutputError as e:  # never published as a confident-looking mask
+                self.problems.report("non_finite_output", f"frame at {stamp_seconds(frame.rgb):.6f} s not "
+                                                          f"published: {e}")
             except Exception as e:  # a bad frame must not stop the node
                 self.problems.report("processing_error", f"frame at {stamp_seconds(frame.rgb):.6f} s failed: {e!r}")
 

@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bag", type=Path, help="rosbag2 folder/file (sqlite3 or MCAP) or ROS 1 .bag")
     p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--dataset", default=None,
+                   help="for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, pst900, "
+                        "nyudepthv2, sunrgbd, or a dataset.yaml / class-list file)")
     p.add_argument("--rgb-topic", required=True)
     p.add_argument("--modal-topic", required=True, help="thermal or depth image topic")
     labels = p.add_mutually_exclusive_group()
@@ -363,9 +366,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         try:
-            seg = load_segmenter(args.checkpoint, args.device, args.precision)
+            seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
         except ConfigError as e:  # the node's wording names its parameter; here it is a flag
             raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
+        for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:  # what a .pth needed inferred
+            print(line)
         opts = ReplayOptions(
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,
