@@ -45,6 +45,21 @@ def test_grey_and_grey_as_rgb_labels(tmp_path):
     assert np.array_equal(read_label_image(tmp_path / "grey3.png"), ids)
 
 
+def test_low_bit_depth_grey_labels_are_read_as_their_values_not_rescaled(tmp_path):
+    """A 1-bit mask (0 background, 1 object) or a 2/4-bit grey label: OpenCV and Pillow scale the samples to
+    0..255 (1 -> 255, the ignore id), which would silently drop every labelled pixel."""
+    mask = np.zeros((4, 8), np.uint8)
+    mask[:, 4:] = 1
+    Image.fromarray(mask.astype(bool)).save(tmp_path / "mask1.png")  # mode "1": a 1-bit grey PNG
+    assert read_label_image(tmp_path / "mask1.png").tolist() == mask.tolist()
+    ids = np.array([[0, 1, 2, 3]] * 2, np.uint8)
+    Image.fromarray(ids, "L").save(tmp_path / "grey2.png", bits=2)
+    assert read_label_image(tmp_path / "grey2.png").tolist() == ids.tolist()
+    ids4 = np.arange(16, dtype=np.uint8).reshape(2, 8)
+    Image.fromarray(ids4, "L").save(tmp_path / "grey4.png", bits=4)
+    assert read_label_image(tmp_path / "grey4.png").tolist() == ids4.tolist()
+
+
 def test_colour_label_is_an_error_unless_every_colour_is_in_the_palette(tmp_path):
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[1, :] = (255, 0, 0)

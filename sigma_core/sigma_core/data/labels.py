@@ -3,7 +3,8 @@
 One place for what a label may hold, used where labels enter: the dataset
 reader (training, evaluation), bag extraction and the replay evaluators.
 
-- Grey PNGs (8 or 16 bit) hold class ids directly (MFNet, NYU, PST900, ours).
+- Grey PNGs (8 or 16 bit) hold class ids directly (MFNet, NYU, PST900, ours); 1/2/4-bit grey PNGs
+  (binary masks) hold them too, undoing the decoders' scaling to 0..255.
 - Indexed ("P" mode) PNGs, the usual output of annotation tools and VOC-style
   datasets, hold class ids as palette indices: they are read as indices, not
   as their colours (OpenCV would return colours).
@@ -26,16 +27,37 @@ from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_INDEXED = 3  # IHDR colour type of palette images
+_PNG_GREY = 0  # IHDR colour type of grey images (1, 2, 4, 8 or 16 bits)
+
+
+def png_header(head: bytes) -> Optional[tuple[int, int]]:
+    """(bit depth, IHDR colour type) of PNG data from its first 26 bytes; None if it is not a PNG."""
+    if len(head) < 26 or head[:8] != _PNG_MAGIC or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _file_png_header(path: str | os.PathLike) -> Optional[tuple[int, int]]:
+    try:
+        with open(path, "rb") as f:
+            return png_header(f.read(26))
+    except OSError:
+        return None
 
 
 def is_indexed_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a palette-mode PNG (IHDR colour type 3), from its first 26 bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-    except OSError:
-        return False
-    return len(head) == 26 and head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR" and head[25] == _PNG_INDEXED
+    header = _file_png_header(path)
+    return header is not None and header[1] == _PNG_INDEXED
+
+
+def unscale_low_bit_grey(decoded: np.ndarray, header: Optional[tuple[int, int]]) -> np.ndarray:
+    """Undo the decoders' scaling of 1/2/4-bit grey PNG samples to 0..255 (OpenCV and Pillow both give
+    1 -> 255 for a 1-bit mask, 1 -> 85 for 2 bits): a label's samples are class ids, not brightness.
+    ``header``: :func:`png_header` of the file; other images come back unchanged."""
+    if header is None or header[1] != _PNG_GREY or header[0] >= 8 or decoded.dtype != np.uint8:
+        return decoded
+    return decoded // (255 // ((1 << header[0]) - 1))  # exact: the decoders multiply by 255 / (2^bits - 1)
 
 
 def _read_indexed_png(path: Path) -> np.ndarray:
@@ -108,7 +130,8 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing label file {path}")
-    if is_indexed_png(path):
+    header = _file_png_header(path)
+    if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(path)
     if path.suffix == ".npy":
         try:
@@ -120,6 +143,7 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
         if stored is None:
             raise DataError(f"cannot decode label image {path} (empty, corrupt or not an image); "
                             "re-export it or remove its name from the split list")
+        stored = unscale_low_bit_grey(stored, header)
     if not np.issubdtype(stored.dtype, np.integer):
         raise DataError(f"{path}: labels must be integer class ids, the file holds {stored.dtype}")
     return label_from_array(stored, str(path), palette)
