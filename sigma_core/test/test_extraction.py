@@ -373,6 +373,52 @@ def test_label_ids_beyond_the_classes_file_stop_extraction_with_one_line(bags, t
     assert not (tmp_path / "ds").exists()  # stopped before writing anything
 
 
+def _png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_compressed_label_topics_are_read_as_class_ids_and_jpeg_labels_refused(tmp_path, capsys):
+    """Labels published as CompressedImage: an indexed PNG (an annotation tool's export) gives its indices, a 1-bit
+    mask its 0/1 (decoders give colours, and 255 = ignore for the mask's 1); a JPEG label (lossy) is refused."""
+    from PIL import Image
+
+    ids = np.zeros((4, 6), np.uint8)
+    ids[:, 2:4], ids[:, 4:] = 1, 2
+    indexed = Image.fromarray(ids, mode="P")
+    indexed.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    mask = (ids > 0)
+    payloads = {"indexed": ("png", _png_bytes(indexed), ids),
+                "mask": ("mono8; png compressed mono8", _png_bytes(Image.fromarray(mask)), mask.astype(np.uint8)),
+                "jpeg": ("mono8; jpeg compressed mono8", cv2.imencode(".jpg", ids)[1].tobytes(), None)}
+    for kind, (fmt, data, want) in payloads.items():
+        path = tmp_path / kind
+        with BagWriter(path, "mcap") as bag:
+            for k in range(3):
+                st = T0 + k * 100_000_000
+                bag.write("/rgb", st + 1, bag.image(st, "c", np.full((4, 6, 3), k, np.uint8), "rgb8"))
+                bag.write("/thermal", st + 2, bag.image(st, "t", np.full((4, 6), k, np.uint8), "mono8"))
+                bag.write("/label", st + 3, bag.compressed_image(st, "c", fmt, data))
+        args = [str(path), "-o", str(tmp_path / f"ds_{kind}"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                "--label-topic", "/label", "--quiet"]
+        if want is None:
+            with pytest.raises(SystemExit) as exc:
+                extract_main(args)
+            assert exc.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "a label must be lossless" in err and "ns on /label" in err
+            continue
+        assert extract_main(args) == 0
+        capsys.readouterr()
+        labels = sorted((tmp_path / f"ds_{kind}" / "Label").glob("*.png"))
+        assert len(labels) == 3
+        for f in labels:
+            assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), want), kind
+
+
 # --- corrupt and unusual recordings ----------------------------------------------------------------------------------
 
 def _message_record_offsets(data: bytes) -> list[int]:

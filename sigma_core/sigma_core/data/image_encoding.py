@@ -154,6 +154,12 @@ def _format_parts(fmt: str) -> tuple[str, str]:
     return original, {"jpg": "jpeg"}.get(kind, kind)
 
 
+def compressed_kind(fmt: str) -> str:
+    """The compression of a CompressedImage ``format``: "jpeg", "png", "tiff", "compresseddepth" or the format
+    itself lower-cased ("rgb8; jpeg compressed bgr8" -> "jpeg")."""
+    return _format_parts(fmt)[1]
+
+
 def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
     """CompressedImage ``format`` and ``data`` -> (array, encoding of that array).
 

@@ -15,6 +15,7 @@ reader (training, evaluation), bag extraction and the replay evaluators.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .image_encoding import compressed_kind, image_to_array
 from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,19 +62,20 @@ def unscale_low_bit_grey(decoded: np.ndarray, header: Optional[tuple[int, int]])
     return decoded // (255 // ((1 << header[0]) - 1))  # exact: the decoders multiply by 255 / (2^bits - 1)
 
 
-def _read_indexed_png(path: Path) -> np.ndarray:
+def _read_indexed_png(source, where: str) -> np.ndarray:
+    """Palette indices of an indexed PNG (a path or a binary file object; ``where`` names it in errors)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode != "P":
-                raise DataError(f"{path}: expected a palette (P mode) PNG, Pillow reads it as {img.mode}")
+                raise DataError(f"{where}: expected a palette (P mode) PNG, Pillow reads it as {img.mode}")
             return np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError ... for broken files
-        raise DataError(f"cannot decode label image {path} ({exc}); re-export or remove the file") from None
+        raise DataError(f"cannot decode label image {where} ({exc}); re-export or remove the file") from None
 
 
 def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], where: str) -> np.ndarray:
@@ -132,7 +135,7 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
         raise DataError(f"missing label file {path}")
     header = _file_png_header(path)
     if header is not None and header[1] == _PNG_INDEXED:
-        return _read_indexed_png(path)
+        return _read_indexed_png(path, str(path))
     if path.suffix == ".npy":
         try:
             stored = np.load(path, allow_pickle=False)
@@ -147,6 +150,48 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     if not np.issubdtype(stored.dtype, np.integer):
         raise DataError(f"{path}: labels must be integer class ids, the file holds {stored.dtype}")
     return label_from_array(stored, str(path), palette)
+
+
+def label_from_message(msg, where: str) -> np.ndarray:
+    """A label ``sensor_msgs`` Image or CompressedImage (rclpy or rosbags) -> (H, W) class ids, uint8 or uint16.
+
+    Read as the label files are (:func:`read_label_image`): an indexed PNG gives its indices, a 1/2/4-bit
+    grey PNG its values, a 3/4-channel image with equal channels is grey. DataError naming ``where`` for a
+    colour or float image (a colour's first channel is not a class id), a JPEG (lossy: it blurs class ids
+    at every edge) and data that cannot be decoded.
+    """
+    try:
+        if hasattr(msg, "encoding"):
+            stored = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+            encoding = msg.encoding
+        else:
+            stored, encoding = _decode_compressed_label(msg.format, bytes(memoryview(msg.data)), where)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read {where}: {exc}") from None
+    if not np.issubdtype(stored.dtype, np.integer):
+        raise DataError(f"{where} is {encoding}: labels must be mono8 (or mono16) class ids")
+    try:
+        return label_from_array(np.asarray(stored), where)
+    except DataError:
+        raise DataError(f"{where} is {encoding} {stored.shape}, a colour image: its values are not class ids; "
+                        "publish labels as mono8 class ids (0..K-1, 255 = ignore) or an indexed png "
+                        "CompressedImage") from None
+
+
+def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndarray, str]:
+    kind = compressed_kind(fmt)
+    if kind != "png":
+        raise DataError(f"{where} is a {fmt!r} CompressedImage: a label must be lossless (png CompressedImage or "
+                        "a mono8 Image); JPEG changes class ids along every edge")
+    header = png_header(data[:26])
+    if header is not None and header[1] == _PNG_INDEXED:
+        return _read_indexed_png(io.BytesIO(data), where), "indexed png"
+    stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if stored is None:
+        raise DataError(f"cannot decode {where} ({fmt!r}, {len(data)} bytes): corrupt or truncated data")
+    return unscale_low_bit_grey(stored, header), "png"
 
 
 def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:
