@@ -106,6 +106,23 @@ def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):
         RGBXDataset(tmp_path, "train")  # no preset: needs a dataset.yaml
 
 
+def test_a_truncated_jpeg_is_an_error_not_an_image_with_grey_rows(tmp_path):
+    """NYU/SUN RGB are JPEGs: one cut short (an interrupted download) decodes with its missing rows grey and only
+    a libjpeg warning; it must stop with the file's name. Bytes a camera appends after the image are fine."""
+    _fake_folder(tmp_path, PRESETS["nyudepthv2"], list_name="train.txt")
+    ds = RGBXDataset(tmp_path, "train", preset="nyudepthv2")
+    whole = ds.load(1)[0]
+    jpeg = tmp_path / "RGB" / "b2.jpg"
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data + b"vendor trailer")
+    np.testing.assert_array_equal(ds.load(1)[0], whole)
+    scan = data.rfind(b"\xff\xda")
+    jpeg.write_bytes(data[: scan + (len(data) - scan) // 2])  # cut in the middle of the image data
+    assert cv2.imread(str(jpeg)) is not None  # what OpenCV makes of it: an image
+    with pytest.raises(DataError, match=r"cannot decode image .*RGB/b2\.jpg \(empty, corrupt, truncated"):
+        ds.load(1)
+
+
 def test_custom_dataset_yaml_from_the_synthetic_world(tmp_path):
     root = write_dataset(tmp_path / "synth", n=12, seed=2, night_fraction=0.5, size=(48, 64))
     spec = DatasetSpec.from_yaml(root / "dataset.yaml")
