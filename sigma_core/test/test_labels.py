@@ -82,6 +82,21 @@ def test_pst900_colour_visualisation_maps_back_to_its_ids_through_the_preset_pal
     assert np.bincount(mapped.ravel(), minlength=5).tolist() == [896434, 5172, 14806, 5188, 0]
 
 
+def test_colour_labels_map_through_the_palette_even_when_every_colour_is_grey(tmp_path):
+    """PST900's toolkit colours survivors white (255, 255, 255): a frame holding only background and survivors
+    has equal channels, and was read as grey, the survivors becoming 255 (ignored) while the same colour in
+    any other frame maps to class 4. The real frame's colours, cut to its black and white pixels."""
+    vis = cv2.imread(str(realdata_file("rgbt/pst900/label_vis.png")), cv2.IMREAD_UNCHANGED)[:40, :60].copy()
+    vis[10:20, 10:30] = 255  # survivors, white
+    assert (vis[..., 0] == vis[..., 1]).all() and (vis[..., 0] == vis[..., 2]).all()
+    cv2.imwrite(str(tmp_path / "bw.png"), vis)
+    ids = read_label_image(tmp_path / "bw.png", PRESETS["pst900"].palette)
+    assert np.bincount(ids.ravel(), minlength=5).tolist() == [40 * 60 - 200, 0, 0, 0, 200]
+    # grey ids saved as 3 equal channels still read as grey when they are not all palette colours
+    cv2.imwrite(str(tmp_path / "grey3.png"), np.full((2, 3, 3), 3, np.uint8))
+    assert read_label_image(tmp_path / "grey3.png", PRESETS["pst900"].palette).tolist() == [[3] * 3] * 2
+
+
 def test_empty_and_corrupt_label_files_name_the_file(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"cannot decode label image .*empty\.png"):

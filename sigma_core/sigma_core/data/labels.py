@@ -9,8 +9,9 @@ reader (training, evaluation), bag extraction and the replay evaluators.
   datasets, hold class ids as palette indices: they are read as indices, not
   as their colours (OpenCV would return colours).
 - A colour (RGB) label is only accepted when every pixel's colour is one of
-  the dataset's palette colours exactly; it then maps to that palette index.
-  A 3-channel image whose channels are equal is read as grey.
+  the dataset's palette colours exactly; it then maps to that palette index
+  (also when those colours are all grey, as PST900's black and white).
+  Otherwise a 3-channel image whose channels are equal is read as grey.
 - Class ids are 0..K-1 for a K-class dataset; 255 marks ignored pixels.
 """
 from __future__ import annotations
@@ -78,15 +79,20 @@ def _read_indexed_png(source, where: str) -> np.ndarray:
         raise DataError(f"cannot decode label image {where} ({exc}); re-export or remove the file") from None
 
 
-def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], where: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB label -> (H, W) uint8 palette indices; DataError if a colour is not in the palette."""
+def _palette_indices(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) RGB -> ((H, W) uint8 palette index, (H, W) bool: the colour is in the palette)."""
     pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     c = colour_rgb.astype(np.int64)
     codes = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
     pal_codes = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
     order = np.argsort(pal_codes, kind="stable")
     pos = np.searchsorted(pal_codes[order], codes).clip(0, len(pal_codes) - 1)
-    found = pal_codes[order][pos] == codes
+    return order[pos].astype(np.uint8), pal_codes[order][pos] == codes
+
+
+def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], where: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB label -> (H, W) uint8 palette indices; DataError if a colour is not in the palette."""
+    ids, found = _palette_indices(colour_rgb, palette)
     if not found.all():
         bad = np.unique(colour_rgb[~found].reshape(-1, 3), axis=0)
         shown = ", ".join(f"RGB{tuple(int(v) for v in c)}" for c in bad[:4])
@@ -95,31 +101,37 @@ def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], whe
             f"({int((~found).sum())} pixels, e.g. {shown}): labels must hold class ids (grey or indexed PNG); "
             "convert it, or give the palette whose colours it uses"
         )
-    return order[pos].astype(np.uint8)
+    return ids
 
 
 def label_from_array(stored: np.ndarray, where: str, palette: Optional[Sequence[Sequence[int]]] = None,
                      colour_order: str = "bgr") -> np.ndarray:
     """A decoded label image -> (H, W) class ids (uint8/uint16 as stored).
 
-    Grey stays as is; 3/4-channel images with equal channels are grey; other colour images are
-    mapped through ``palette`` (RGB triples) when every colour matches exactly, else DataError.
+    Grey stays as is. A 3/4-channel image whose colours are all ``palette`` colours (RGB triples) maps
+    through it, even when they are all grey (PST900's black and white: a frame of background and survivors
+    only); otherwise one with equal channels is grey; other colour images are a DataError.
     ``colour_order``: channel order of ``stored`` ("bgr" as OpenCV decodes, or "rgb").
     """
     if stored.ndim == 2:
         return stored
     if stored.ndim != 3 or stored.shape[2] not in (1, 3, 4):
         raise DataError(f"{where}: a label image must be (H, W) class ids, got shape {stored.shape}")
+    if stored.shape[2] == 1:
+        return np.ascontiguousarray(stored[..., 0])
     colour = stored[..., :3]
-    if stored.shape[2] == 1 or (np.array_equal(colour[..., 0], colour[..., 1])
-                                and np.array_equal(colour[..., 0], colour[..., 2])):
+    rgb = colour[..., ::-1] if colour_order == "bgr" else colour
+    if palette is not None and stored.dtype == np.uint8:
+        ids, found = _palette_indices(rgb, palette)
+        if found.all():
+            return ids
+    if np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]):
         return np.ascontiguousarray(stored[..., 0])
     if palette is None:
         raise DataError(
             f"{where} is a colour image, not class ids: labels must be grey or indexed PNGs holding class ids "
             "(0..K-1, 255 = ignore); convert it, or give the dataset a palette to map its colours through"
         )
-    rgb = colour[..., ::-1] if colour_order == "bgr" else colour
     return colours_to_ids(rgb, palette, where)
 
 
