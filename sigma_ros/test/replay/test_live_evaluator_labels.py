@@ -58,19 +58,21 @@ def test_labels_with_ids_beyond_the_models_classes_are_counted_not_scored():
         checks = ((1, _mono8(1, good), lambda: 1_000_000_000 in evaluator.confusion),
                   (2, _mono8(2, bad), lambda: evaluator.bad_labels),
                   (3, _image(3, colour, "rgb8"), lambda: evaluator.unreadable_labels),
-                  (4, _image(4, wide, "mono16"), lambda: evaluator.bad_labels >= 2))
+                  (4, _image(4, wide, "mono16"), lambda: evaluator.bad_labels >= 2),
+                  (5, _mono8(5, good[:2, :3]), lambda: evaluator.misfit_labels))  # not at the mask size
         for stamp_s, label, handled in checks:
             while time.monotonic() < deadline and not handled():  # publish until heard (DDS matching takes time)
                 labels.publish(label)
                 masks.publish(_mono8(stamp_s, mask))
                 for _ in range(10):
                     executor.spin_once(timeout_sec=0.02)
-        assert evaluator.bad_labels >= 2 and evaluator.unreadable_labels >= 1
+        assert evaluator.bad_labels >= 2 and evaluator.unreadable_labels >= 1 and evaluator.misfit_labels >= 1
         assert list(evaluator.confusion) == [1_000_000_000]
         notes = evaluator.summary().notes
         assert any("labels on /cam/label were not scored: they hold class ids the model does not predict "
                    "(it has 3 classes)" in n for n in notes)
         assert any("messages on /cam/label hold no class ids (colour or float images)" in n for n in notes)
+        assert any("labels on /cam/label were not scored: they are not at the mask's (RGB) size" in n for n in notes)
         evaluator.destroy_node()
         driver.destroy_node()
     finally:
