@@ -329,6 +329,39 @@ def test_labels_that_cannot_be_kept_are_counted_with_the_reason(tmp_path, capsys
     assert (counts["labelled_pairs"], counts["labels_without_rgb"], counts["labels_without_modal"]) == (6, 1, 3)
 
 
+def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsys):
+    """Extract the pairs, then rerun with the label topic into the same folder (resume): the labelled frames pair
+    RGB k with its nearest thermal frame (+40 ms), the node's pairs had the one that arrived first (-45 ms).
+    Keeping the existing Modal files would mix the -45 ms frame into frames whose pairs.csv says +40 ms: it is an
+    error instead."""
+    path = tmp_path / "run"
+    with BagWriter(path, "sqlite3") as bag:
+        for k in range(10):
+            st = T0 + k * 100_000_000
+            for dt, v in ((-45_000_000, 100 + k), (40_000_000, k)):
+                bag.write("/thermal", st + dt, bag.image(st + dt, "t", np.full((4, 4), v, np.uint8), "mono8"))
+            bag.write("/rgb", st + 5_000_000, bag.image(st, "c", np.full((4, 4, 3), k, np.uint8), "rgb8"))
+            bag.write("/label", st + 6_000_000, bag.image(st, "c", np.zeros((4, 4), np.uint8), "mono8"))
+    out = tmp_path / "ds"
+    args = [str(path), "-o", str(out), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--quiet"]
+    assert extract_main(args) == 0
+    rows = _pairs_csv(out)
+    assert len(rows) == 10 and all(r[1] - r[0] == -45_000_000 for r in rows)  # the node's pairs
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        extract_main([*args, "--label-topic", "/label"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds frames extracted with other pairs or topics" in err
+    assert "extract into a new folder" in err
+    assert [r[:2] for r in _pairs_csv(out)] == [r[:2] for r in rows]  # nothing changed
+    assert extract_main([*args, "--label-topic", "/label", "-o", str(tmp_path / "new")]) == 0
+    for r in _pairs_csv(tmp_path / "new"):
+        assert r[1] - r[0] == 40_000_000
+        assert _value_of(tmp_path / "new" / "Modal" / f"{r[2]}.png") == _value_of(tmp_path / "new" / "RGB" /
+                                                                                  f"{r[2]}.png")
+
+
 @pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "pairs"])
 def test_repeated_stamps_keep_one_frame_per_stamp_from_one_message_each(tmp_path, labelled):
     """A looped recording (or a driver bug): the same 10 stamps twice, with other pixels the second time. One frame

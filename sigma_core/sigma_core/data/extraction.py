@@ -277,9 +277,11 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         result.counts = {
             **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
         }
+        sources = _check_existing_frames(out, train + test, opts, _modal_ext(infos["modality"]))
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
         for d in folders:
             d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / SOURCES_CSV, sources)  # before the frames: a rerun after an interruption checks them
         _clean_stale_tmp(folders)
         _write_frames(reader, conns, wanted, infos, train + test, out, opts, result)
     _write_lists_and_yaml(out, opts, infos, modality, result)
@@ -472,6 +474,46 @@ def _notes(scan: _Scan, counts: dict, opts: ExtractOptions) -> list[str]:
             ids = sorted({int(v) for a in scan.label_ids.values() for v in a} - {255})
             notes.append(f"the labels use class ids {ids}; name the classes with --classes (training needs them)")
     return notes
+
+
+SOURCES_CSV = ".frame_sources.csv"  # what each file in RGB/, Modal/, Label/ was extracted from (for resuming)
+_SOURCE_FIELDS = ("name", "rgb_topic", "rgb_stamp_ns", "modal_topic", "modal_stamp_ns", "label_topic")
+
+
+def _check_existing_frames(out: Path, pairs: list[FramePair], opts: ExtractOptions, modal_ext: str) -> str:
+    """Existing files are kept (resume), so each must be what this run would write: the same topic and message
+    stamp, as recorded in ``out/.frame_sources.csv``. ExtractError otherwise (a rerun with another --slop,
+    topic or --label-topic would mix messages into one frame). Returns the updated record's text."""
+    path = out / SOURCES_CSV
+    known: dict[str, dict] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            known = {r["name"]: r for r in csv.DictReader(f)}
+    conflicts = []
+    for p in pairs:
+        row = dict(known.get(p.name) or dict.fromkeys(_SOURCE_FIELDS, ""), name=p.name)
+        wants = [(f"RGB/{p.name}.png", {"rgb_topic": opts.rgb_topic, "rgb_stamp_ns": str(p.rgb_stamp)}),
+                 (f"Modal/{p.name}{modal_ext}",
+                  {"modal_topic": opts.modal_topic, "modal_stamp_ns": str(p.modal_stamp)})]
+        if opts.label_topic:
+            wants.append((f"Label/{p.name}.png", {"label_topic": opts.label_topic}))
+        for rel, fields in wants:
+            if (out / rel).exists() and any(row[k] != v for k, v in fields.items()):
+                was = ", ".join(f"{row[k] or '?'}" for k in fields)
+                conflicts.append(f"{rel} is from {was}, this run takes {', '.join(fields.values())}")
+            row.update(fields)
+        known[p.name] = row
+    if conflicts:
+        raise ExtractError(
+            f"{out} holds frames extracted with other pairs or topics ({len(conflicts)} files, e.g. {conflicts[0]}); "
+            "files already there are kept, never overwritten, so this run would mix messages: extract into a new "
+            "folder"
+        )
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_SOURCE_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(known[n] for n in sorted(known))
+    return buf.getvalue()
 
 
 def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Path, opts, result) -> None:
