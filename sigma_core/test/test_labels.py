@@ -72,6 +72,13 @@ def test_colour_label_is_an_error_unless_every_colour_is_in_the_palette(tmp_path
     assert ids[0].tolist() == [0] * 5 and ids[1].tolist() == [2] * 5 and ids[2].tolist() == [1] * 5
     with pytest.raises(DataError, match=r"not all in the dataset's palette \(5 pixels, e\.g\. RGB\(255, 0, 0\)"):
         read_label_image(tmp_path / "colour.png", [(0, 0, 0), (0, 0, 255)])
+    # a 16-bit colour image: (0, 1, 0) would code like the 8-bit (1, 0, 0) ... no palette mapping, an error
+    wide = np.zeros((2, 2, 3), np.uint16)
+    wide[0, 0] = (0, 1, 0)
+    wide[1, 1] = (0, 0, 256)
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    with pytest.raises(DataError, match=r"wide\.png is a uint16 colour image, not class ids"):
+        read_label_image(tmp_path / "wide.png", [(0, 0, 0), (1, 0, 0), (0, 1, 0)])
 
 
 def test_pst900_colour_visualisation_maps_back_to_its_ids_through_the_preset_palette():

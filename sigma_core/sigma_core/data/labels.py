@@ -127,10 +127,11 @@ def label_from_array(stored: np.ndarray, where: str, palette: Optional[Sequence[
             return ids
     if np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]):
         return np.ascontiguousarray(stored[..., 0])
-    if palette is None:
+    if palette is None or stored.dtype != np.uint8:  # a palette holds 8-bit colours
         raise DataError(
-            f"{where} is a colour image, not class ids: labels must be grey or indexed PNGs holding class ids "
-            "(0..K-1, 255 = ignore); convert it, or give the dataset a palette to map its colours through"
+            f"{where} is a {'' if stored.dtype == np.uint8 else f'{stored.dtype} '}colour image, not class ids: "
+            "labels must be grey or indexed PNGs holding class ids (0..K-1, 255 = ignore); convert it, or give the "
+            "dataset a palette to map its 8-bit colours through"
         )
     return colours_to_ids(rgb, palette, where)
 
