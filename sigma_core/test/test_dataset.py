@@ -88,6 +88,14 @@ def test_split_list_lines_with_folders_and_extensions(tmp_path):
     _fake_folder(tmp_path, spec, names=("00001D", "00002N"), list_name="test.txt")
     (tmp_path / "test.txt").write_text("RGB/00001D.png\n\n# comment\n00002N\n")
     assert RGBXDataset(tmp_path, "test", preset="mfnet").names == ["00001D", "00002N"]
+    # a list saved by a Windows editor: UTF-8 byte-order mark and CRLF line ends
+    (tmp_path / "test.txt").write_bytes("\ufeff00001D\r\n00002N\r\n".encode("utf-8"))
+    ds = RGBXDataset(tmp_path, "test", preset="mfnet")
+    assert ds.names == ["00001D", "00002N"]
+    ds.load(0)
+    (tmp_path / "test.txt").write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(DataError, match=r"split list .*test\.txt is not UTF-8 text"):
+        RGBXDataset(tmp_path, "test", preset="mfnet")
 
 
 def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):

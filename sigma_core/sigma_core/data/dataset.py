@@ -323,9 +323,12 @@ class RGBXDataset(torch.utils.data.Dataset):
         self.names = []
         for list_path in lists:
             try:
-                lines = list_path.read_text().splitlines()
+                lines = list_path.read_text(encoding="utf-8-sig").splitlines()  # -sig: drop a Windows BOM
             except OSError as exc:
                 raise FileNotFoundError(f"cannot read split list {list_path}: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"split list {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "it must list one frame name per line") from None
             self.names += [_frame_name(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
     def _list_files(self, split: str) -> list[Path]:
