@@ -114,6 +114,15 @@ def test_empty_and_corrupt_label_files_name_the_file(tmp_path):
         read_label_image(tmp_path / "cut.png")
     with pytest.raises(DataError, match=r"missing label file .*nope\.png"):
         read_label_image(tmp_path / "nope.png")
+    # a mask saved as JPEG (whatever its name): lossy, its class ids change along every edge
+    ids = np.zeros((16, 16), np.uint8)
+    ids[4:12, 4:12] = 2
+    cv2.imwrite(str(tmp_path / "mask.jpg"), ids)
+    (tmp_path / "mask.png").write_bytes((tmp_path / "mask.jpg").read_bytes())
+    assert set(np.unique(cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED))) - {0, 2}  # not the ids
+    for name in ("mask.jpg", "mask.png"):
+        with pytest.raises(DataError, match=rf"{name} is a JPEG: lossy compression changes class ids"):
+            read_label_image(tmp_path / name)
 
 
 def test_label_value_check_names_the_value_the_class_count_and_the_fix():

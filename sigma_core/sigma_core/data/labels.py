@@ -30,6 +30,7 @@ from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_INDEXED = 3  # IHDR colour type of palette images
+_JPEG_MAGIC = b"\xff\xd8"
 _PNG_GREY = 0  # IHDR colour type of grey images (1, 2, 4, 8 or 16 bits)
 
 
@@ -155,7 +156,11 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read label {path}: {exc}") from None
     else:
-        stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = np.fromfile(path, np.uint8)
+        if data[:2].tobytes() == _JPEG_MAGIC:
+            raise DataError(f"{path} is a JPEG: lossy compression changes class ids along every edge, so it cannot "
+                            "hold a label; export the labels as PNG")
+        stored = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if stored is None:
             raise DataError(f"cannot decode label image {path} (empty, corrupt or not an image); "
                             "re-export it or remove its name from the split list")
