@@ -452,6 +452,31 @@ def test_compressed_label_topics_are_read_as_class_ids_and_jpeg_labels_refused(t
             assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), want), kind
 
 
+@pytest.mark.parametrize("empty_topic", ["/rgb", "/label"])
+def test_an_empty_compressed_message_ends_with_one_line(tmp_path, capsys, empty_topic):
+    """A glitching driver publishes a CompressedImage with no data: OpenCV asserts (cv2.error, a traceback)
+    instead of returning None; it must end with one line naming the message."""
+    path = tmp_path / "run"
+    ok_jpeg = cv2.imencode(".jpg", np.zeros((4, 6, 3), np.uint8))[1].tobytes()
+    ok_png = cv2.imencode(".png", np.zeros((4, 6), np.uint8))[1].tobytes()
+    with BagWriter(path, "mcap") as bag:
+        for k in range(3):
+            st = T0 + k * 100_000_000
+            empty = k == 2
+            bag.write("/rgb", st + 1, bag.compressed_image(st, "c", "jpeg",
+                                                           b"" if empty and empty_topic == "/rgb" else ok_jpeg))
+            bag.write("/thermal", st + 2, bag.image(st, "t", np.full((4, 6), k, np.uint8), "mono8"))
+            bag.write("/label", st + 3, bag.compressed_image(st, "c", "png",
+                                                             b"" if empty and empty_topic == "/label" else ok_png))
+    with pytest.raises(SystemExit) as exc:
+        extract_main([str(path), "-o", str(tmp_path / "ds"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                      "--label-topic", "/label", "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"stamped {T0 + 200_000_000} ns on {empty_topic}" in err and "0 bytes" in err
+
+
 # --- corrupt and unusual recordings ----------------------------------------------------------------------------------
 
 def _message_record_offsets(data: bytes) -> list[int]:

@@ -191,7 +191,7 @@ def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
         return _decode_compressed_depth(original or "16UC1", buf, fmt)
     if kind not in ("jpeg", "png", "tiff"):
         raise ValueError(f"unsupported CompressedImage format {fmt!r}: expected jpeg, png or compressedDepth")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None  # OpenCV asserts on empty data
     if img is None:
         raise ValueError(f"could not decode CompressedImage ({fmt!r}, {buf.size} bytes): corrupt or truncated data")
     return img, _encoding_of_decoded(img, original)

@@ -206,7 +206,7 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
     header = png_header(data[:26])
     if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(io.BytesIO(data), where), "indexed png"
-    stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if stored is None:
         raise DataError(f"cannot decode {where} ({fmt!r}, {len(data)} bytes): corrupt or truncated data")
     return unscale_low_bit_grey(stored, header), "png"
