@@ -355,6 +355,10 @@ def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsy
     assert len(err.splitlines()) == 1 and "holds frames extracted with other pairs or topics" in err
     assert "extract into a new folder" in err
     assert [r[:2] for r in _pairs_csv(out)] == [r[:2] for r in rows]  # nothing changed
+    (out / ".frame_sources.csv").write_text("garbage\nx,y\n")  # a damaged record: the files are of unknown origin
+    with pytest.raises(SystemExit):
+        extract_main(args)
+    assert "holds frames extracted with other pairs or topics" in capsys.readouterr().err
     assert extract_main([*args, "--label-topic", "/label", "-o", str(tmp_path / "new")]) == 0
     for r in _pairs_csv(tmp_path / "new"):
         assert r[1] - r[0] == 40_000_000

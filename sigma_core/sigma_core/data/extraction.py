@@ -488,7 +488,8 @@ def _check_existing_frames(out: Path, pairs: list[FramePair], opts: ExtractOptio
     known: dict[str, dict] = {}
     if path.is_file():
         with open(path, newline="") as f:
-            known = {r["name"]: r for r in csv.DictReader(f)}
+            rows = ({k: r.get(k) or "" for k in _SOURCE_FIELDS} for r in csv.DictReader(f))
+            known = {r["name"]: r for r in rows if r["name"]}  # a damaged record only makes files unknown
     conflicts = []
     for p in pairs:
         row = dict(known.get(p.name) or dict.fromkeys(_SOURCE_FIELDS, ""), name=p.name)
