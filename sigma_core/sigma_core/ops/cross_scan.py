@@ -14,6 +14,8 @@ Two layouts are used by Sigma:
   splits into the RGB half and the X half.
 
 The ops are plain differentiable tensor reshapes (autograd works through them).
+``cross_scan_order`` / ``concat_scan_order`` give the same layouts as tables of positions, for kernels that
+read the directions by index instead of from these copies (``scan_numba.selective_scan_ordered_numba``).
 """
 from __future__ import annotations
 
@@ -60,3 +62,16 @@ def concat_merge(ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y = ys[:, 0] + ys[:, 1].flip(-1)
     half = ys.shape[3] // 2
     return y[..., :half], y[..., half:]
+
+
+def cross_scan_order(height: int, width: int) -> torch.Tensor:
+    """(4, L) int64, L = height*width: step t of direction k reads row-major position order[k, t] (as cross_scan)."""
+    rows = torch.arange(height * width)
+    cols = rows.view(height, width).t().flatten()  # step w*H + h reads position h*W + w
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+
+
+def concat_scan_order(length: int) -> torch.Tensor:
+    """(2, 2L) int64: the two directions of concat_scan over the RGB-then-X sequence of 2 * length positions."""
+    seq = torch.arange(2 * length)
+    return torch.stack([seq, seq.flip(0)])
