@@ -162,15 +162,15 @@ def test_entry_point_dispatches_to_named_backend(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     inputs = make_inputs(1, 2, 2, 4, 10)
     calls = []
-    real = scan_cpu.selective_scan_cpu
+    auto = resolve_backend("auto", "cpu")
+    real = registry.load_backend(auto)
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
     # The registry looks the function up on first load; spy on the cached entry for this test only.
-    registry.load_backend("cpu")
-    monkeypatch.setitem(registry._loaded, "cpu", spy)
+    monkeypatch.setitem(registry._loaded, auto, spy)
     y = selective_scan(**inputs, delta_softplus=True)
     assert len(calls) == 1
     torch.testing.assert_close(y, run(selective_scan_reference, inputs, True), rtol=1e-10, atol=1e-10)

@@ -19,6 +19,8 @@ read the directions by index instead of from these copies (``scan_numba.selectiv
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -64,14 +66,22 @@ def concat_merge(ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y[..., :half], y[..., half:]
 
 
-def cross_scan_order(height: int, width: int) -> torch.Tensor:
-    """(4, L) int64, L = height*width: step t of direction k reads row-major position order[k, t] (as cross_scan)."""
-    rows = torch.arange(height * width)
+@functools.lru_cache(maxsize=64)
+def cross_scan_order(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(4, L) int64, L = height*width: step t of direction k reads row-major position order[k, t] (as cross_scan).
+
+    Cached per size and device: treat the result as read-only.
+    """
+    rows = torch.arange(height * width, device=device)
     cols = rows.view(height, width).t().flatten()  # step w*H + h reads position h*W + w
     return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
 
 
-def concat_scan_order(length: int) -> torch.Tensor:
-    """(2, 2L) int64: the two directions of concat_scan over the RGB-then-X sequence of 2 * length positions."""
-    seq = torch.arange(2 * length)
+@functools.lru_cache(maxsize=64)
+def concat_scan_order(length: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(2, 2L) int64: the two directions of concat_scan over the RGB-then-X sequence of 2 * length positions.
+
+    Cached per size and device: treat the result as read-only.
+    """
+    seq = torch.arange(2 * length, device=device)
     return torch.stack([seq, seq.flip(0)])
