@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    from ..data.errors import DataError
     from ..engine.config import TrainConfig
 
     overrides = list(args.overrides)
@@ -74,6 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 save_predictions=args.save_predictions)
     except KeyboardInterrupt:
         fail(PROG, "interrupted", 130)
+    except DataError as exc:  # a dataset file or label value: one line naming it, usage-error status
+        fail(PROG, exc, 2)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         fail(PROG, exc)
     m = report["metrics"]

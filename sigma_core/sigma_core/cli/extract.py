@@ -6,12 +6,15 @@ Examples::
     sigma-extract run1.bag --rgb-topic /rgb/compressed --modal-topic /depth --label-topic /labels \\
         --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
 
-Pairs are the ones the segmentation node would make (same approximate-time policy,
---slop and --queue-size). Rerunning skips files that exist.
+Without labels, pairs are the ones the segmentation node would make (same
+approximate-time policy, --slop and --queue-size). With --label-topic, every label
+is kept with the RGB frame of its stamp and the nearest modality frame within --slop;
+labels that cannot be kept are counted with the reason. Rerunning skips files that exist.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rgb-topic", required=True, help="sensor_msgs/Image or CompressedImage topic of the RGB camera")
     p.add_argument("--modal-topic", required=True, help="thermal or depth Image/CompressedImage topic")
     p.add_argument("--label-topic", default=None,
-                   help="mono8 class-id Image topic stamped like RGB; frames without a label are then dropped")
+                   help="mono8 class-id Image topic stamped like RGB: each label is kept with its RGB frame and the "
+                        "nearest modality frame within --slop; unlabelled frames are then left out")
     p.add_argument("--slop", type=float, default=0.05, help="max stamp difference of a pair, seconds (default 0.05)")
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
@@ -87,7 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         fail(PROG, "interrupted; rerun the same command to resume", 130)
     c = result.counts
-    print(f"{PROG}: {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
+    for note in result.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    found = (f"{c['pairs']} labelled frames from {c['label_messages']} labels" if "label_messages" in c
+             else f"{c['pairs']} pairs")
+    print(f"{PROG}: {found}, {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
           f"kept {c['kept']}: {c['train']} train, {c['test']} test ({c['dropped_at_split']} dropped at the split); "
           f"wrote {result.written} files, {result.skipped} existed -> {result.out}")
     return 0

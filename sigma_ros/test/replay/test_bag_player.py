@@ -20,11 +20,11 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
-from sigma_ros.bag_player import BagPlayer  # noqa: E402
-from sigma_ros.image_conversion import image_msg_to_array  # noqa: E402
+from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
+from sigma_ros.replay.bag_player import BagPlayer  # noqa: E402
 
 DOMAIN_ID = 10 + os.getpid() % 30  # private to this module (other test modules use other ranges)
-PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def _spin(executor, context):
 
 def _play(bag_path, *extra, timeout=60):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
-    cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--wait-timeout", "20", *extra]
+    cmd = [sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag_path), "--wait-timeout", "20", *extra]
     if "--wait-for-subscribers" not in extra:
         cmd.append("--wait-for-subscribers")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -168,10 +168,25 @@ def test_ros1_bag_is_converted_to_ros2_messages(tmp_path, listener):
 
 
 def test_subscriber_minimums_are_parsed_and_checked(bag):
-    from sigma_ros.bag_player import parse_minimum
+    from sigma_ros.replay.bag_player import parse_minimum
 
     assert parse_minimum(["/a/b=2", "/c=1"]) == {"/a/b": 2, "/c": 1}
     with pytest.raises(ValueError, match="TOPIC=N"):
         parse_minimum(["/a/b"])
     done = _play(bag.path, "--topics", bag.rgb_topic, "--wait-for-subscribers", "/not/played=1", timeout=30)
     assert done.returncode == 2 and "/not/played" in done.stderr
+
+
+def test_a_corrupt_bag_ends_with_one_line_not_a_traceback(tmp_path):
+    ros1 = synthetic_bag(tmp_path / "old.bag", seconds=0.5, seed=7, storage="ros1")
+    raw = bytearray(ros1.path.read_bytes())
+    op = raw.find(b"op=\x05")  # the first chunk record (op 5): its header length precedes its first field
+    assert op > 8 and raw[op - 4:op] == (4).to_bytes(4, "little")
+    raw[op - 8:op - 4] = (0x7FFFFFFF).to_bytes(4, "little")
+    damaged = tmp_path / "damaged.bag"
+    damaged.write_bytes(bytes(raw))
+    done = _play(damaged, "--rate", "4", timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("bag_player: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"bag_player: cannot read bag {damaged}")
+    assert "corrupt or truncated" in errors[0]
