@@ -196,7 +196,8 @@ def _sigmoid_impl(x):
 #   u (batch, Cu, P): set k, channel c reads u channel k * u_step + c (u_step = per, or 0 if shared)
 #   delta (batch, K * per, P); A (K * per, N); B, C (batch, G, N, P): set k reads B group k, C group c_group[k]
 #   Dskip, bias (K * per,); order (K or 1, L): step t of set k reads position order[k, t] (< P)
-#   out (batch, Co, P): step t of set k, channel c adds into out channel k * out_step + c at position order[k, t]
+#   out (batch, Co, P): step t of set k, channel c goes to out channel k * out_step + c at position order[k, t]
+#     (summed over the sets if out_step is 0: merged; each order row must then be a permutation of the P positions)
 #   states (batch, K, blocks, chunks, N, LANES): the state before each chunk (saved if save_states)
 
 
@@ -268,12 +269,17 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
                         hn = _exp(dt_buf[t, c] * a_blk[n, c]) * h[n, c] + du_buf[t, c] * bt
                         h[n, c] = hn
                         y_buf[t, c] += hn * ct
-            # Pass 3: skip term, back into position order.
+            # Pass 3: skip term, back into position order. Each set writes its own channels, or (merged) the
+            # first set writes every position and the others add to it: out needs no zeroing.
             for c in range(width):
                 ch = ch0 + c
                 oc = k * out_step + c0 + c
-                for t in range(steps):
-                    out[b, oc, order[row, t0 + t]] += y_buf[t, c] + Dskip[ch] * u_buf[t, c]
+                if k == 0 or out_step != 0:
+                    for t in range(steps):
+                        out[b, oc, order[row, t0 + t]] = y_buf[t, c] + Dskip[ch] * u_buf[t, c]
+                else:
+                    for t in range(steps):
+                        out[b, oc, order[row, t0 + t]] += y_buf[t, c] + Dskip[ch] * u_buf[t, c]
 
 
 @njit(**_JIT)
@@ -392,7 +398,7 @@ def _backward_row(b, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, 
 @njit(**_JIT)
 def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
              save_states, softplus):
-    """The forward on one thread. out (zeroed) accumulates; states is filled if save_states."""
+    """The forward on one thread: writes out; fills states if save_states."""
     for job in range(u.shape[0] * ((A.shape[0] // c_group.shape[0] + LANES - 1) // LANES)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
                      states, save_states, softplus)
@@ -492,7 +498,7 @@ class _NumbaScan(torch.autograd.Function):
         A_s, D_s, bias_s = (t.detach().to(state).contiguous() for t in (A, Dskip, bias))
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
-        out = torch.zeros(batch, per if layout.merged else sets * per, positions, dtype=state)
+        out = torch.empty(batch, per if layout.merged else sets * per, positions, dtype=state)
         blocks, chunks = -(-per // LANES), -(-length // CHUNK)
         need_grad = any(ctx.needs_input_grad[:7])
         states = torch.empty((batch, sets, blocks, chunks, A.shape[1], LANES) if need_grad else (0,) * 6,

@@ -182,7 +182,8 @@ def selective_scan_ordered(
     """
     batch, dim, positions = u.shape
     k, length = order.shape
-    if delta.shape != (batch, k * dim, positions) or B.shape[:2] != (batch, k) or B.shape[3] != positions:
+    if (delta.shape != (batch, k * dim, positions) or B.shape[:2] != (batch, k) or B.shape[3] != positions
+            or length != positions):
         raise ValueError(f"selective_scan_ordered: u {tuple(u.shape)}, delta {tuple(delta.shape)}, B "
                          f"{tuple(B.shape)} do not fit order {tuple(order.shape)} (K=order.shape[0])")
     name = resolve_backend(backend, u.device.type)
