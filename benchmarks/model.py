@@ -86,6 +86,7 @@ def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], ro
             continue
         runnable.append((setup, backend, dtype))
     times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}
+    cpu_times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}  # robust on a shared machine
 
     def forward(backend: str, dtype: torch.dtype, inputs) -> None:
         model.set_scan_backend(backend)
@@ -97,13 +98,17 @@ def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], ro
             forward(backend, dtype, (rgb, x))
         for _ in range(rounds):
             for setup, backend, dtype in runnable:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 forward(backend, dtype, (rgb, x))
                 times[setup].append(time.perf_counter() - start)
-    base = min(times[runnable[-1][0]])
+                cpu_times[setup].append(time.process_time() - start_cpu)
+    base, base_cpu = min(times[runnable[-1][0]]), min(cpu_times[runnable[-1][0]])
     for setup, values in times.items():
-        print(f"  {setup:<14} min {min(values):7.2f} s   median {statistics.median(values):7.2f} s   "
-              f"{base / min(values):5.2f}x vs {runnable[-1][0]}", flush=True)
+        cpu = cpu_times[setup]
+        print(f"  {setup:<14} wall min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
+              f"{base / min(values):5.2f}x   process CPU min {min(cpu):6.2f} s  "
+              f"median {statistics.median(cpu):6.2f} s  "
+              f"{base_cpu / min(cpu):5.2f}x  (ratios vs {runnable[-1][0]})", flush=True)
 
 
 def main(argv=None) -> None:
