@@ -204,3 +204,22 @@ def test_shape_errors_name_the_tensor():
     inputs["B"] = inputs["B"][..., :9]
     with pytest.raises(ValueError, match=r"B must be \(batch=1, G, N=4, L=10\)"):
         selective_scan(**inputs, backend="cpu")
+
+
+def test_ordered_scan_runs_on_every_backend_and_checks_its_shapes():
+    from sigma_core.ops import cross_scan_order, selective_scan_ordered
+
+    g = torch.Generator().manual_seed(13)
+    batch, k, dim, n, height, width = 1, 4, 3, 4, 3, 4
+    positions = height * width
+    args = (torch.randn(batch, dim, positions, generator=g), torch.randn(batch, k * dim, positions, generator=g),
+            -torch.rand(k * dim, n, generator=g) - 0.1, torch.randn(batch, k, n, positions, generator=g),
+            torch.randn(batch, k, n, positions, generator=g), torch.randn(k * dim, generator=g),
+            torch.randn(k * dim, generator=g))
+    order = cross_scan_order(height, width)
+    want = selective_scan_ordered(*(a.double() for a in args), True, order, backend="reference")  # gathered copies
+    for backend in registry.available_backends("cpu"):
+        got = selective_scan_ordered(*args, True, order, backend=backend)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=backend)
+    with pytest.raises(ValueError, match=r"do not fit order \(4, 11\)"):
+        selective_scan_ordered(*args, True, order[:, :11])
