@@ -72,9 +72,10 @@ def cross_scan_order(height: int, width: int, device: torch.device | str = "cpu"
 
     Cached per size and device: treat the result as read-only.
     """
-    rows = torch.arange(height * width, device=device)
-    cols = rows.view(height, width).t().flatten()  # step w*H + h reads position h*W + w
-    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+    with torch.inference_mode(False):  # a cached inference tensor could not be used under autograd later
+        rows = torch.arange(height * width, device=device)
+        cols = rows.view(height, width).t().flatten()  # step w*H + h reads position h*W + w
+        return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,5 +84,6 @@ def concat_scan_order(length: int, device: torch.device | str = "cpu") -> torch.
 
     Cached per size and device: treat the result as read-only.
     """
-    seq = torch.arange(2 * length, device=device)
-    return torch.stack([seq, seq.flip(0)])
+    with torch.inference_mode(False):  # a cached inference tensor could not be used under autograd later
+        seq = torch.arange(2 * length, device=device)
+        return torch.stack([seq, seq.flip(0)])
