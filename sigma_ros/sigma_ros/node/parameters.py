@@ -195,7 +195,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                              "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
                              "warning for sigma_core checkpoints", optional_text, "dataset"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
-    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)", choice(*PRECISIONS),
+    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)", choice(*PRECISIONS),
                                "precision"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
                               "modality"),
