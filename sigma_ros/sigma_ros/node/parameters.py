@@ -98,6 +98,17 @@ def choice(*choices: str) -> Parser:
     return parse
 
 
+def optional_text(what: str) -> Parser:
+    """Empty string: None; else the string itself (ConfigError naming ``what`` for another type)."""
+    def parse(name: str, value: Any) -> Optional[str]:
+        if value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"parameter {name} must be {what}, got {value!r}")
+        return value
+    return parse
+
+
 def optional_choice(*choices: str) -> Parser:
     """Empty string: None (the checkpoint decides); else one of ``choices``."""
     def parse(name: str, value: Any) -> Optional[str]:
@@ -182,6 +193,10 @@ class ParameterSpec:
 PARAMETERS: dict[str, ParameterSpec] = {
     "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo",
                                 checkpoint, "checkpoint"),
+    "dataset": ParameterSpec("", "for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, "
+                                 "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
+                                 "warning for sigma_core checkpoints", optional_text("a preset name or a file path"),
+                             "dataset"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)", choice(*PRECISIONS),
                                "precision"),
@@ -215,6 +230,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
 @dataclass(frozen=True)
 class NodeConfig:
     checkpoint: Path
+    dataset: Optional[str]  # None: the checkpoint says (ours); a published checkpoint needs it
     device: str
     precision: str
     modality: Optional[str]  # None: the checkpoint's
