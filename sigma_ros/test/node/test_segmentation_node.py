@@ -398,7 +398,7 @@ def test_published_checkpoint_with_a_dataset_segments_like_sigma_core(tmp_path_f
     seg = Segmenter.from_checkpoint(checkpoint, dataset=classes)
     torch.testing.assert_close(seg.logits(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
     ns = "/pub"
-    node = start_node(tmp_path_factory, ns, {"checkpoint": checkpoint, "dataset": classes})
+    node = start_node(tmp_path_factory, ns, {"checkpoint": checkpoint, "dataset": classes}, DOMAIN_ID)
     try:
         assert "published Sigma checkpoint, architecture inferred from its keys" in node.log()
         for topic in ("mask", "confidence"):
