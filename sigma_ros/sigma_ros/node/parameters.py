@@ -100,6 +100,17 @@ def choice(*choices: str) -> Parser:
     return parse
 
 
+def optional_text(what: str) -> Parser:
+    """Empty string: None; else the string itself (ConfigError naming ``what`` for another type)."""
+    def parse(name: str, value: Any) -> Optional[str]:
+        if value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"parameter {name} must be {what}, got {value!r}")
+        return value
+    return parse
+
+
 def optional_choice(*choices: str) -> Parser:
     """Empty string: None (the checkpoint decides); else one of ``choices``."""
     def parse(name: str, value: Any) -> Optional[str]:
@@ -117,13 +128,6 @@ def checkpoint(name: str, value: Any) -> Path:
     if not isinstance(value, str):
         raise ConfigError(f"parameter {name} must be a path (a string), got {value!r}: quote it in YAML")
     return resolve_checkpoint(value)
-
-
-def optional_text(name: str, value: Any) -> Optional[str]:
-    """A name or path; empty: None."""
-    if not isinstance(value, str):
-        raise ConfigError(f"parameter {name} must be a preset name or a file path, got {value!r}")
-    return value or None
 
 
 def thermal_range(name: str, value: Any) -> Optional[tuple[float, float]]:
@@ -192,11 +196,12 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo",
                                 checkpoint, "checkpoint"),
     "dataset": ParameterSpec("", "for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, "
-                             "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
-                             "warning for sigma_core checkpoints", optional_text, "dataset"),
+                                 "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
+                                 "warning for sigma_core checkpoints", optional_text("a preset name or a file path"),
+                             "dataset"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
-    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)", choice(*PRECISIONS),
-                               "precision"),
+    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)",
+                               choice(*PRECISIONS), "precision"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
                               "modality"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,

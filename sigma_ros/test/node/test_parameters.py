@@ -58,7 +58,6 @@ def test_defaults_and_overrides(ckpt):
         ({"output.palette": [1, 2]}, "palette"),
         ({"output.palette": [1, 2, 300]}, "palette"),
         ({"sigma.unknown": 1}, "unknown"),
-        ({"dataset": 3}, "dataset"),
         ({"chekpoint": "x.pt"}, "unknown parameter 'chekpoint': did you mean 'checkpoint'"),
         ({"checkpoint": 5}, "checkpoint must be a path"),
         ({"sync.slop": float("inf")}, "sync.slop must be a finite number"),
@@ -71,6 +70,7 @@ def test_defaults_and_overrides(ckpt):
         ({"output.palette": True}, "output.palette must be a list"),
         ({"device": 1}, "device"),
         ({"depth.registered": "yes"}, "depth.registered"),
+        ({"dataset": 3}, "dataset"),
     ],
 )
 def test_invalid_values_name_the_parameter(ckpt, override, match):

@@ -250,8 +250,9 @@ def test_a_silent_stream_is_named(harness, thermal_node):
 
 def test_sigint_shuts_down_cleanly(thermal_node):
     node, _ = thermal_node
-    code, seconds = node.stop(signal.SIGINT)
-    assert code == 0 and seconds < 5, f"exit {code} after {seconds:.1f} s:\n{node.log()}"
+    code, seconds = node.stop(signal.SIGINT, timeout=30)
+    # Bounded, not timed: a loaded machine may take seconds to finish the frame in hand and shut DDS down.
+    assert code == 0 and seconds < 20, f"exit {code} after {seconds:.1f} s:\n{node.log()}"
     assert "Traceback" not in node.log()
 
 
@@ -325,8 +326,8 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
         streams.modal.publish(image(np.zeros((H, W), np.uint16), "16UC1", s))
         assert harness.wait_for(lambda: s in {stamp_ns(m) for m in harness.messages("/d/segmentation/mask")}, 10)
         assert "/d/modal/image: 100% of depth pixels are 0/NaN/inf" in node.log()
-        code, seconds = node.stop(signal.SIGTERM)
-        assert code == 0 and seconds < 5, f"SIGTERM: exit {code} after {seconds:.1f} s:\n{node.log()}"
+        code, seconds = node.stop(signal.SIGTERM, timeout=30)
+        assert code == 0 and seconds < 20, f"SIGTERM: exit {code} after {seconds:.1f} s:\n{node.log()}"
     finally:
         node.kill()
 

