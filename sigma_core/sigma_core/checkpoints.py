@@ -636,10 +636,12 @@ def resolve_dataset(dataset: DatasetLike) -> Any:
     from .data.dataset import DATASET_YAML, PRESETS, DatasetSpec, preset_key
     from .files import read_yaml_mapping
 
+    # As typed in a launch file or YAML: " mfnet", "NYU Depth V2" name the presets too.
+    named = preset_key(dataset.strip().replace(" ", "")) if isinstance(dataset, str) else None
     if isinstance(dataset, DatasetSpec):
         spec = dataset
-    elif isinstance(dataset, str) and preset_key(dataset) in PRESETS:
-        spec = PRESETS[preset_key(dataset)]
+    elif named in PRESETS:
+        spec = PRESETS[named]
     else:
         path = Path(dataset)
         if path.is_dir():

@@ -215,6 +215,17 @@ def test_incomplete_state_dict_names_the_missing_key(fixture):
         infer_sigma_config(state, "x.pth")
 
 
+def test_dataset_preset_names_as_typed_in_launch_files():
+    """Spaces around or inside a preset name (a YAML value, a launch argument) still name it; a typo is an
+    error naming the presets."""
+    from sigma_core.checkpoints import resolve_dataset
+
+    assert resolve_dataset(" mfnet ").name == resolve_dataset("mfnet").name
+    assert resolve_dataset("NYU Depth V2").name == resolve_dataset("nyudepthv2").name
+    with pytest.raises(CheckpointError, match=r"'mfnett' is neither a known preset .*mfnet, pst900"):
+        resolve_dataset("mfnett")
+
+
 def test_dataset_from_yaml_folder_class_list_and_alias(tmp_path, published):
     spec = DatasetSpec(name="robot", classes=tuple(f"c{i}" for i in range(9)), modality="depth",
                        scaling=ModalityScaling("depth", max_range=6.0), image_size=(240, 320))
