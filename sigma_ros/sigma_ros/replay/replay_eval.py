@@ -47,6 +47,7 @@ from sigma_core.data.bags import (
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.labels import read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
+from sigma_core.inference import NonFiniteOutputError
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 
@@ -272,6 +273,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
     start = time.perf_counter()
     frames_processed = 0
+    non_finite, first_non_finite = 0, ""
     try:
         for role, log_ns, msg in _iter_bag(opts):
             stamp = stamp_ns(msg)
@@ -296,7 +298,14 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             if modal.shape[:2] != (h, w):  # as the node does: nearest never blends valid with invalid values
                 modal = cv2.resize(modal, (w, h), interpolation=cv2.INTER_NEAREST)
             t0 = time.perf_counter()
-            mask, confidence = segmenter(rgb, modal)
+            try:
+                mask, confidence = segmenter(rgb, modal)
+            except NonFiniteOutputError as e:  # as the node does: no mask rather than a meaningless one
+                non_finite += 1
+                first_non_finite = first_non_finite or f"first at stamp {rgb_stamp} ns: {e}"
+                if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
+                    break
+                continue
             inference_ms = (time.perf_counter() - t0) * 1e3
             mask = np.ascontiguousarray(mask, np.uint8)
             frames_processed += 1
@@ -329,6 +338,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         if out_bag is not None:
             out_bag.close()
     summary.wall_seconds = time.perf_counter() - start
+    if non_finite:
+        summary.dropped += non_finite
+        summary.notes.append(f"{non_finite} of {summary.expected_pairs} pairs got NaN/infinite logits and no mask "
+                             f"(not scored, counted as dropped); {first_non_finite}")
     summary.unpaired_rgb = summary.rgb_messages - summary.expected_pairs
     summary.unpaired_modal = summary.modal_messages - summary.expected_pairs
     summary.class_pixels = {n: int(c) for n, c in zip(class_names, pixels)}
