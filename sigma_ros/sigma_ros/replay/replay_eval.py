@@ -45,7 +45,7 @@ from sigma_core.data.bags import (
     stamp_ns,
 )
 from sigma_core.data.image_encoding import to_rgb8
-from sigma_core.data.labels import read_label_image
+from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.inference import NonFiniteOutputError
 
@@ -278,9 +278,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         for role, log_ns, msg in _iter_bag(opts):
             stamp = stamp_ns(msg)
             if role == "label":
-                arr, _ = message_to_array(msg)
-                label = np.array(arr if arr.ndim == 2 else arr[..., 0], np.uint8)
-                matcher.add_label(stamp, label)
+                label = label_from_message(msg, f"the label stamped {stamp} ns on {opts.label_topic}")
+                matcher.add_label(stamp, np.array(label))
                 continue
             if role == "rgb":
                 summary.rgb_messages += 1
