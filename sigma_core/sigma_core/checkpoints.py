@@ -38,6 +38,8 @@ FORMAT = "sigma_core.checkpoint"
 FORMAT_VERSION = 1
 ENCODER_PREFIX = "backbone.vssm."
 LFS_MAGIC = b"version https://git-lfs"
+ZIP_MAGIC = b"PK"  # torch.save (PyTorch >= 1.6): a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format: pickles, protocol 2 and up
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,12 +110,22 @@ def read_checkpoint(path: PathLike) -> Any:
             "the repository was cloned without Git LFS. Fetch the real file with `git lfs install && git lfs pull` "
             "in that repository, or download the file itself (e.g. from the project's release or model page)."
         )
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy did not complete; "
+                              "fetch the file again")
+    if not head.startswith(ZIP_MAGIC) and not head.startswith(PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before PyTorch 1.6, a "
+            f"pickle), but this file starts with {head[:8]!r}{_looks_like(head)}. Give the .pth/.pt file itself.")
     check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's own message suggests weights_only=False; we never do that, so say what is in the way instead.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not found and "Unsupported" not in str(err):
+            raise CheckpointError(f"cannot read checkpoint {path}: it is not a torch.save file or it is damaged "
+                                  f"({str(err).splitlines()[0][:200]}). Download or copy the file again.") from err
         what = f" such as {found.group(1)}" if found else ""
         raise CheckpointError(
             f"{path}: it holds Python objects{what} besides tensors and plain data, and sigma_core loads "
@@ -127,6 +139,21 @@ def read_checkpoint(path: PathLike) -> Any:
         ) from err
 
 
+def _looks_like(head: bytes) -> str:
+    """" (a PNG image)" etc. for the start of a file that is not a checkpoint, "" when unknown."""
+    kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy array",
+             b"\x89HDF": "an HDF5 (Keras) file", b"<": "HTML or XML, e.g. a download page instead of the file",
+             b"\x1f\x8b": "a gzip archive (unpack it first)", b"\x08": "possibly ONNX or TensorFlow protobuf"}
+    for magic, kind in kinds.items():
+        if head.startswith(magic):
+            return f" ({kind})"
+    try:
+        head.decode("utf-8")
+        return " (text)"
+    except UnicodeDecodeError:
+        return ""
+
+
 def check_archive(path: PathLike) -> None:
     """Refuse a damaged torch.save zip archive: every member must pass its CRC-32 check.
 
@@ -136,6 +163,11 @@ def check_archive(path: PathLike) -> None:
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(len(ZIP_MAGIC)) == ZIP_MAGIC:  # starts as a zip but has no directory at its end: cut short
+                raise CheckpointError(f"checkpoint {path} is damaged: a zip archive without its end (truncated, "
+                                      f"{path.stat().st_size:,} bytes), e.g. an interrupted download. Download or "
+                                      "copy the file again.")
         return
     try:
         with zipfile.ZipFile(path) as archive:
@@ -604,10 +636,12 @@ def resolve_dataset(dataset: DatasetLike) -> Any:
     from .data.dataset import DATASET_YAML, PRESETS, DatasetSpec, preset_key
     from .files import read_yaml_mapping
 
+    # As typed in a launch file or YAML: " mfnet", "NYU Depth V2" name the presets too.
+    named = preset_key(dataset.strip().replace(" ", "")) if isinstance(dataset, str) else None
     if isinstance(dataset, DatasetSpec):
         spec = dataset
-    elif isinstance(dataset, str) and preset_key(dataset) in PRESETS:
-        spec = PRESETS[preset_key(dataset)]
+    elif named in PRESETS:
+        spec = PRESETS[named]
     else:
         path = Path(dataset)
         if path.is_dir():

@@ -215,6 +215,17 @@ def test_incomplete_state_dict_names_the_missing_key(fixture):
         infer_sigma_config(state, "x.pth")
 
 
+def test_dataset_preset_names_as_typed_in_launch_files():
+    """Spaces around or inside a preset name (a YAML value, a launch argument) still name it; a typo is an
+    error naming the presets."""
+    from sigma_core.checkpoints import resolve_dataset
+
+    assert resolve_dataset(" mfnet ").name == resolve_dataset("mfnet").name
+    assert resolve_dataset("NYU Depth V2").name == resolve_dataset("nyudepthv2").name
+    with pytest.raises(CheckpointError, match=r"'mfnett' is neither a known preset .*mfnet, pst900"):
+        resolve_dataset("mfnett")
+
+
 def test_dataset_from_yaml_folder_class_list_and_alias(tmp_path, published):
     spec = DatasetSpec(name="robot", classes=tuple(f"c{i}" for i in range(9)), modality="depth",
                        scaling=ModalityScaling("depth", max_range=6.0), image_size=(240, 320))
@@ -321,8 +332,37 @@ def test_damaged_archive_is_refused_naming_the_file(tmp_path):
         load_model(bad)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt is damaged: a zip archive without its end"):
         load_model(truncated)
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, fixture):
+    """What users pass by mistake: an image, a NumPy array, a text/HTML page, an empty file, a cut-off
+    legacy-format file. Each is one clear error naming the file, never 'it holds Python objects'."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((4, 4, 3), np.uint8))
+    np.save(tmp_path / "weights.npy", np.zeros(3))
+    (tmp_path / "page.pth").write_text("<!DOCTYPE html><html>Sign in to download</html>")
+    (tmp_path / "notes.pth").write_text("epoch 500 miou 0.56\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    expected = {"mask.png": r"mask\.png is not a PyTorch checkpoint: .*\(a PNG image\)",
+                "weights.npy": r"weights\.npy is not a PyTorch checkpoint: .*\(a NumPy \.npy array\)",
+                "page.pth": r"page\.pth is not a PyTorch checkpoint: .*\(HTML or XML",
+                "notes.pth": r"notes\.pth is not a PyTorch checkpoint: .*\(text\)",
+                "empty.pth": r"empty\.pth is empty \(0 bytes\)"}
+    for name, message in expected.items():
+        with pytest.raises(CheckpointError, match=message) as info:
+            load_model(tmp_path / name, dataset="mfnet")
+        assert "Python objects" not in str(info.value)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(fixture["state_dict"], legacy, _use_new_zipfile_serialization=False)
+    model, _ = load_model(legacy, dataset="mfnet")  # the pre-1.6 format still loads
+    cut = tmp_path / "legacy_cut.pth"
+    cut.write_bytes(legacy.read_bytes()[: legacy.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*legacy_cut\.pth"):
+        load_model(cut, dataset="mfnet")
 
 
 def test_non_finite_weights_are_refused(tmp_path, fixture):

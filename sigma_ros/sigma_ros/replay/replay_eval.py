@@ -45,6 +45,7 @@ from sigma_core.data.bags import (
 )
 from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
+from sigma_core.inference import NonFiniteOutputError
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 
@@ -271,6 +272,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
     start = time.perf_counter()
     frames_processed = 0
+    non_finite, first_non_finite = 0, ""
     try:
         for role, log_ns, msg in _iter_bag(opts):
             stamp = stamp_ns(msg)
@@ -289,7 +291,14 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             summary.expected_pairs += 1
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
             modal, _ = message_to_array(modal_msg)
-            frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal)  # what the node runs, resizing included
+            try:
+                frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal)  # what the node runs, resizing included
+            except NonFiniteOutputError as e:  # as the node does: no mask rather than a meaningless one
+                non_finite += 1
+                first_non_finite = first_non_finite or f"first at stamp {rgb_stamp} ns: {e}"
+                if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
+                    break
+                continue
             rgb, mask, counts, inference_ms = frame.rgb, frame.mask, frame.counts, frame.inference_ms
             frames_processed += 1
             summary.frames += 1
@@ -320,6 +329,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         if out_bag is not None:
             out_bag.close()
     summary.wall_seconds = time.perf_counter() - start
+    if non_finite:
+        summary.dropped += non_finite
+        summary.notes.append(f"{non_finite} of {summary.expected_pairs} pairs got NaN/infinite logits and no mask "
+                             f"(not scored, counted as dropped); {first_non_finite}")
     summary.unpaired_rgb = summary.rgb_messages - summary.expected_pairs
     summary.unpaired_modal = summary.modal_messages - summary.expected_pairs
     summary.class_pixels = {n: int(c) for n, c in zip(class_names, pixels)}

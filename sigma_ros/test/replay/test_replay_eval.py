@@ -280,3 +280,22 @@ def test_published_checkpoint_needs_and_takes_a_dataset(world, published_parity,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mfnet, pst900, nyudepthv2, sunrgbd" in err
+
+
+def test_non_finite_logits_give_no_mask_and_are_counted(world):
+    """A model whose logits overflow (here: an infinite class weight) must not have its frames scored as masks;
+    the replay goes on, counts them as dropped and says why (before: a traceback from sigma-replay-eval)."""
+    import torch
+
+    from sigma_core import Segmenter
+
+    seg = Segmenter.from_checkpoint(str(world["ckpt"]), device="cpu", precision="fp32")
+    with torch.no_grad():
+        seg.model.decode_head.output.weight[1] = float("inf")
+    rec = world["record"]
+    result = replay_bag(ReplayOptions(rec.path, rec.rgb_topic, rec.modal_topic, label_dir=world["dataset"] / "Label",
+                                      max_pairs=3), seg)
+    summary = result.summary
+    assert summary.expected_pairs == 3 and summary.frames == 0 and summary.frames_scored == 0
+    assert summary.dropped == 3 and summary.metrics is None
+    assert any("3 of 3 pairs got NaN/infinite logits" in note for note in summary.notes), summary.notes
