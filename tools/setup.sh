@@ -31,7 +31,7 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 
 if [[ -z "${ROS_DISTRO:-}" ]]; then
   "${pip[@]}" ros-kilted-rclpy ros-kilted-rmw-fastrtps-cpp ros-kilted-std-msgs ros-kilted-sensor-msgs \
-    ros-kilted-diagnostic-msgs ros-kilted-rosidl-default-generators ros-kilted-ament-cmake \
+    ros-kilted-diagnostic-msgs ros-kilted-lifecycle-msgs ros-kilted-rosidl-default-generators ros-kilted-ament-cmake \
     ros-kilted-ament-package ros-kilted-ament-cmake-include-directories \
     ros-kilted-rosidl-core-generators ros-kilted-ament-cmake-ros-core catkin-pkg
   # The wheels' CMake exports name the wheel builder's Python and numpy include dirs.

@@ -88,6 +88,14 @@ def test_split_list_lines_with_folders_and_extensions(tmp_path):
     _fake_folder(tmp_path, spec, names=("00001D", "00002N"), list_name="test.txt")
     (tmp_path / "test.txt").write_text("RGB/00001D.png\n\n# comment\n00002N\n")
     assert RGBXDataset(tmp_path, "test", preset="mfnet").names == ["00001D", "00002N"]
+    # a list saved by a Windows editor: UTF-8 byte-order mark and CRLF line ends
+    (tmp_path / "test.txt").write_bytes("\ufeff00001D\r\n00002N\r\n".encode("utf-8"))
+    ds = RGBXDataset(tmp_path, "test", preset="mfnet")
+    assert ds.names == ["00001D", "00002N"]
+    ds.load(0)
+    (tmp_path / "test.txt").write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(DataError, match=r"split list .*test\.txt is not UTF-8 text"):
+        RGBXDataset(tmp_path, "test", preset="mfnet")
 
 
 def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):
@@ -104,6 +112,23 @@ def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):
         RGBXDataset(tmp_path, "test", preset="mfnet")
     with pytest.raises(FileNotFoundError, match="dataset.yaml"):
         RGBXDataset(tmp_path, "train")  # no preset: needs a dataset.yaml
+
+
+def test_a_truncated_jpeg_is_an_error_not_an_image_with_grey_rows(tmp_path):
+    """NYU/SUN RGB are JPEGs: one cut short (an interrupted download) decodes with its missing rows grey and only
+    a libjpeg warning; it must stop with the file's name. Bytes a camera appends after the image are fine."""
+    _fake_folder(tmp_path, PRESETS["nyudepthv2"], list_name="train.txt")
+    ds = RGBXDataset(tmp_path, "train", preset="nyudepthv2")
+    whole = ds.load(1)[0]
+    jpeg = tmp_path / "RGB" / "b2.jpg"
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data + b"vendor trailer")
+    np.testing.assert_array_equal(ds.load(1)[0], whole)
+    scan = data.rfind(b"\xff\xda")
+    jpeg.write_bytes(data[: scan + (len(data) - scan) // 2])  # cut in the middle of the image data
+    assert cv2.imread(str(jpeg)) is not None  # what OpenCV makes of it: an image
+    with pytest.raises(DataError, match=r"cannot decode image .*RGB/b2\.jpg \(empty, corrupt, truncated"):
+        ds.load(1)
 
 
 def test_custom_dataset_yaml_from_the_synthetic_world(tmp_path):

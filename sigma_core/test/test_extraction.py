@@ -329,6 +329,43 @@ def test_labels_that_cannot_be_kept_are_counted_with_the_reason(tmp_path, capsys
     assert (counts["labelled_pairs"], counts["labels_without_rgb"], counts["labels_without_modal"]) == (6, 1, 3)
 
 
+def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsys):
+    """Extract the pairs, then rerun with the label topic into the same folder (resume): the labelled frames pair
+    RGB k with its nearest thermal frame (+40 ms), the node's pairs had the one that arrived first (-45 ms).
+    Keeping the existing Modal files would mix the -45 ms frame into frames whose pairs.csv says +40 ms: it is an
+    error instead."""
+    path = tmp_path / "run"
+    with BagWriter(path, "sqlite3") as bag:
+        for k in range(10):
+            st = T0 + k * 100_000_000
+            for dt, v in ((-45_000_000, 100 + k), (40_000_000, k)):
+                bag.write("/thermal", st + dt, bag.image(st + dt, "t", np.full((4, 4), v, np.uint8), "mono8"))
+            bag.write("/rgb", st + 5_000_000, bag.image(st, "c", np.full((4, 4, 3), k, np.uint8), "rgb8"))
+            bag.write("/label", st + 6_000_000, bag.image(st, "c", np.zeros((4, 4), np.uint8), "mono8"))
+    out = tmp_path / "ds"
+    args = [str(path), "-o", str(out), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--quiet"]
+    assert extract_main(args) == 0
+    rows = _pairs_csv(out)
+    assert len(rows) == 10 and all(r[1] - r[0] == -45_000_000 for r in rows)  # the node's pairs
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        extract_main([*args, "--label-topic", "/label"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds frames extracted with other pairs or topics" in err
+    assert "extract into a new folder" in err
+    assert [r[:2] for r in _pairs_csv(out)] == [r[:2] for r in rows]  # nothing changed
+    (out / ".frame_sources.csv").write_text("garbage\nx,y\n")  # a damaged record: the files are of unknown origin
+    with pytest.raises(SystemExit):
+        extract_main(args)
+    assert "holds frames extracted with other pairs or topics" in capsys.readouterr().err
+    assert extract_main([*args, "--label-topic", "/label", "-o", str(tmp_path / "new")]) == 0
+    for r in _pairs_csv(tmp_path / "new"):
+        assert r[1] - r[0] == 40_000_000
+        assert _value_of(tmp_path / "new" / "Modal" / f"{r[2]}.png") == _value_of(tmp_path / "new" / "RGB" /
+                                                                                  f"{r[2]}.png")
+
+
 @pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "pairs"])
 def test_repeated_stamps_keep_one_frame_per_stamp_from_one_message_each(tmp_path, labelled):
     """A looped recording (or a driver bug): the same 10 stamps twice, with other pixels the second time. One frame
@@ -371,6 +408,77 @@ def test_label_ids_beyond_the_classes_file_stop_extraction_with_one_line(bags, t
     assert f"ns on {LABEL} holds label value" in err and "the dataset has 3 classes" in err
     assert "the --classes file must name every class id the labels use" in err
     assert not (tmp_path / "ds").exists()  # stopped before writing anything
+
+
+def _png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_compressed_label_topics_are_read_as_class_ids_and_jpeg_labels_refused(tmp_path, capsys):
+    """Labels published as CompressedImage: an indexed PNG (an annotation tool's export) gives its indices, a 1-bit
+    mask its 0/1 (decoders give colours, and 255 = ignore for the mask's 1); a JPEG label (lossy) is refused."""
+    from PIL import Image
+
+    ids = np.zeros((4, 6), np.uint8)
+    ids[:, 2:4], ids[:, 4:] = 1, 2
+    indexed = Image.fromarray(ids, mode="P")
+    indexed.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    mask = (ids > 0)
+    payloads = {"indexed": ("png", _png_bytes(indexed), ids),
+                "mask": ("mono8; png compressed mono8", _png_bytes(Image.fromarray(mask)), mask.astype(np.uint8)),
+                "jpeg": ("mono8; jpeg compressed mono8", cv2.imencode(".jpg", ids)[1].tobytes(), None)}
+    for kind, (fmt, data, want) in payloads.items():
+        path = tmp_path / kind
+        with BagWriter(path, "mcap") as bag:
+            for k in range(3):
+                st = T0 + k * 100_000_000
+                bag.write("/rgb", st + 1, bag.image(st, "c", np.full((4, 6, 3), k, np.uint8), "rgb8"))
+                bag.write("/thermal", st + 2, bag.image(st, "t", np.full((4, 6), k, np.uint8), "mono8"))
+                bag.write("/label", st + 3, bag.compressed_image(st, "c", fmt, data))
+        args = [str(path), "-o", str(tmp_path / f"ds_{kind}"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                "--label-topic", "/label", "--quiet"]
+        if want is None:
+            with pytest.raises(SystemExit) as exc:
+                extract_main(args)
+            assert exc.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "a label must be lossless" in err and "ns on /label" in err
+            continue
+        assert extract_main(args) == 0
+        capsys.readouterr()
+        labels = sorted((tmp_path / f"ds_{kind}" / "Label").glob("*.png"))
+        assert len(labels) == 3
+        for f in labels:
+            assert np.array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), want), kind
+
+
+@pytest.mark.parametrize("empty_topic", ["/rgb", "/label"])
+def test_an_empty_compressed_message_ends_with_one_line(tmp_path, capsys, empty_topic):
+    """A glitching driver publishes a CompressedImage with no data: OpenCV asserts (cv2.error, a traceback)
+    instead of returning None; it must end with one line naming the message."""
+    path = tmp_path / "run"
+    ok_jpeg = cv2.imencode(".jpg", np.zeros((4, 6, 3), np.uint8))[1].tobytes()
+    ok_png = cv2.imencode(".png", np.zeros((4, 6), np.uint8))[1].tobytes()
+    with BagWriter(path, "mcap") as bag:
+        for k in range(3):
+            st = T0 + k * 100_000_000
+            empty = k == 2
+            bag.write("/rgb", st + 1, bag.compressed_image(st, "c", "jpeg",
+                                                           b"" if empty and empty_topic == "/rgb" else ok_jpeg))
+            bag.write("/thermal", st + 2, bag.image(st, "t", np.full((4, 6), k, np.uint8), "mono8"))
+            bag.write("/label", st + 3, bag.compressed_image(st, "c", "png",
+                                                             b"" if empty and empty_topic == "/label" else ok_png))
+    with pytest.raises(SystemExit) as exc:
+        extract_main([str(path), "-o", str(tmp_path / "ds"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                      "--label-topic", "/label", "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"stamped {T0 + 200_000_000} ns on {empty_topic}" in err and "0 bytes" in err
 
 
 # --- corrupt and unusual recordings ----------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ def test_jpeg_decodes_close_and_rejects_16_bit():
 def test_compressed_errors():
     with pytest.raises(ValueError, match="could not decode"):
         decode_compressed("png", b"\x89PNG\r\n\x1a\n garbage")
+    for fmt in ("jpeg", "png", "rgb8; jpeg compressed bgr8"):  # an empty message, as a glitching driver sends
+        with pytest.raises(ValueError, match=r"could not decode CompressedImage .*0 bytes"):
+            decode_compressed(fmt, b"")
     with pytest.raises(ValueError, match="unsupported CompressedImage format 'webp'"):
         decode_compressed("webp", b"x")
 

@@ -45,6 +45,21 @@ def test_grey_and_grey_as_rgb_labels(tmp_path):
     assert np.array_equal(read_label_image(tmp_path / "grey3.png"), ids)
 
 
+def test_low_bit_depth_grey_labels_are_read_as_their_values_not_rescaled(tmp_path):
+    """A 1-bit mask (0 background, 1 object) or a 2/4-bit grey label: OpenCV and Pillow scale the samples to
+    0..255 (1 -> 255, the ignore id), which would silently drop every labelled pixel."""
+    mask = np.zeros((4, 8), np.uint8)
+    mask[:, 4:] = 1
+    Image.fromarray(mask.astype(bool)).save(tmp_path / "mask1.png")  # mode "1": a 1-bit grey PNG
+    assert read_label_image(tmp_path / "mask1.png").tolist() == mask.tolist()
+    ids = np.array([[0, 1, 2, 3]] * 2, np.uint8)
+    Image.fromarray(ids, "L").save(tmp_path / "grey2.png", bits=2)
+    assert read_label_image(tmp_path / "grey2.png").tolist() == ids.tolist()
+    ids4 = np.arange(16, dtype=np.uint8).reshape(2, 8)
+    Image.fromarray(ids4, "L").save(tmp_path / "grey4.png", bits=4)
+    assert read_label_image(tmp_path / "grey4.png").tolist() == ids4.tolist()
+
+
 def test_colour_label_is_an_error_unless_every_colour_is_in_the_palette(tmp_path):
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[1, :] = (255, 0, 0)
@@ -57,6 +72,13 @@ def test_colour_label_is_an_error_unless_every_colour_is_in_the_palette(tmp_path
     assert ids[0].tolist() == [0] * 5 and ids[1].tolist() == [2] * 5 and ids[2].tolist() == [1] * 5
     with pytest.raises(DataError, match=r"not all in the dataset's palette \(5 pixels, e\.g\. RGB\(255, 0, 0\)"):
         read_label_image(tmp_path / "colour.png", [(0, 0, 0), (0, 0, 255)])
+    # a 16-bit colour image: (0, 1, 0) would code like the 8-bit (1, 0, 0) ... no palette mapping, an error
+    wide = np.zeros((2, 2, 3), np.uint16)
+    wide[0, 0] = (0, 1, 0)
+    wide[1, 1] = (0, 0, 256)
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    with pytest.raises(DataError, match=r"wide\.png is a uint16 colour image, not class ids"):
+        read_label_image(tmp_path / "wide.png", [(0, 0, 0), (1, 0, 0), (0, 1, 0)])
 
 
 def test_pst900_colour_visualisation_maps_back_to_its_ids_through_the_preset_palette():
@@ -65,6 +87,21 @@ def test_pst900_colour_visualisation_maps_back_to_its_ids_through_the_preset_pal
     mapped = read_label_image(realdata_file("rgbt/pst900/label_vis.png"), PRESETS["pst900"].palette)
     assert np.array_equal(mapped, ids)
     assert np.bincount(mapped.ravel(), minlength=5).tolist() == [896434, 5172, 14806, 5188, 0]
+
+
+def test_colour_labels_map_through_the_palette_even_when_every_colour_is_grey(tmp_path):
+    """PST900's toolkit colours survivors white (255, 255, 255): a frame holding only background and survivors
+    has equal channels, and was read as grey, the survivors becoming 255 (ignored) while the same colour in
+    any other frame maps to class 4. The real frame's colours, cut to its black and white pixels."""
+    vis = cv2.imread(str(realdata_file("rgbt/pst900/label_vis.png")), cv2.IMREAD_UNCHANGED)[:40, :60].copy()
+    vis[10:20, 10:30] = 255  # survivors, white
+    assert (vis[..., 0] == vis[..., 1]).all() and (vis[..., 0] == vis[..., 2]).all()
+    cv2.imwrite(str(tmp_path / "bw.png"), vis)
+    ids = read_label_image(tmp_path / "bw.png", PRESETS["pst900"].palette)
+    assert np.bincount(ids.ravel(), minlength=5).tolist() == [40 * 60 - 200, 0, 0, 0, 200]
+    # grey ids saved as 3 equal channels still read as grey when they are not all palette colours
+    cv2.imwrite(str(tmp_path / "grey3.png"), np.full((2, 3, 3), 3, np.uint8))
+    assert read_label_image(tmp_path / "grey3.png", PRESETS["pst900"].palette).tolist() == [[3] * 3] * 2
 
 
 def test_empty_and_corrupt_label_files_name_the_file(tmp_path):
@@ -77,6 +114,15 @@ def test_empty_and_corrupt_label_files_name_the_file(tmp_path):
         read_label_image(tmp_path / "cut.png")
     with pytest.raises(DataError, match=r"missing label file .*nope\.png"):
         read_label_image(tmp_path / "nope.png")
+    # a mask saved as JPEG (whatever its name): lossy, its class ids change along every edge
+    ids = np.zeros((16, 16), np.uint8)
+    ids[4:12, 4:12] = 2
+    cv2.imwrite(str(tmp_path / "mask.jpg"), ids)
+    (tmp_path / "mask.png").write_bytes((tmp_path / "mask.jpg").read_bytes())
+    assert set(np.unique(cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED))) - {0, 2}  # not the ids
+    for name in ("mask.jpg", "mask.png"):
+        with pytest.raises(DataError, match=rf"{name} is a JPEG: lossy compression changes class ids"):
+            read_label_image(tmp_path / name)
 
 
 def test_label_value_check_names_the_value_the_class_count_and_the_fix():

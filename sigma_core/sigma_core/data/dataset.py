@@ -24,6 +24,7 @@ import yaml
 
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
+from .image_encoding import jpeg_is_truncated
 from .labels import check_label_values, read_label_image, shift_labels
 from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
@@ -275,9 +276,13 @@ def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from None
-    img = cv2.imread(str(path), flags)
-    if img is None:
-        raise DataError(f"cannot decode image {path} (empty, corrupt or not an image); "
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None or jpeg_is_truncated(data):  # libjpeg fills a truncated JPEG's missing rows grey, silently
+        raise DataError(f"cannot decode image {path} (empty, corrupt, truncated or not an image); "
                         "replace the file or remove its name from the split list")
     return img
 
@@ -318,9 +323,12 @@ class RGBXDataset(torch.utils.data.Dataset):
         self.names = []
         for list_path in lists:
             try:
-                lines = list_path.read_text().splitlines()
+                lines = list_path.read_text(encoding="utf-8-sig").splitlines()  # -sig: drop a Windows BOM
             except OSError as exc:
                 raise FileNotFoundError(f"cannot read split list {list_path}: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"split list {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "it must list one frame name per line") from None
             self.names += [_frame_name(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
     def _list_files(self, split: str) -> list[Path]:

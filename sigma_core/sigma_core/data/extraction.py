@@ -51,7 +51,7 @@ from .bags import (
 from .dataset import DatasetSpec
 from .errors import DataError
 from .image_encoding import to_rgb8
-from .labels import check_label_values
+from .labels import check_label_values, label_from_message
 from .modality import MODALITIES, ModalityScaling
 from .pairing import ApproximateTimePairer
 
@@ -219,8 +219,12 @@ def _modal_ext(info: _TopicInfo) -> str:
     return FLOAT_EXT if info.dtype == "float32" else ".png"
 
 
-def _first_image_info(reader, conn, topic: str, bag) -> _TopicInfo:
+def _first_image_info(reader, conn, topic: str, bag, label: bool = False) -> _TopicInfo:
     for c, _, msg in read_messages(reader, [conn], bag):
+        if label:
+            arr = _label_array(msg, topic)
+            return _TopicInfo(topic, c.msgtype, getattr(msg, "encoding", "") or msg.format, tuple(arr.shape),
+                              str(arr.dtype))
         arr, enc = _to_array(msg, topic)
         return _TopicInfo(topic, c.msgtype, enc, tuple(arr.shape), str(arr.dtype))
     raise ExtractError(f"topic {topic} has no messages")
@@ -253,7 +257,8 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         if opts.label_topic:
             wanted["label"] = opts.label_topic
         conns = {t: [c for c in reader.connections if c.topic == t] for t in set(wanted.values())}
-        infos = {role: _first_image_info(reader, conns[t][0], t, opts.bag) for role, t in wanted.items()}
+        infos = {role: _first_image_info(reader, conns[t][0], t, opts.bag, role == "label")
+                 for role, t in wanted.items()}
         _check_encodings(infos)
         modality = _decide_modality(opts, infos["modality"])
         all_conns = [c for t in conns for c in conns[t]]
@@ -272,9 +277,11 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         result.counts = {
             **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
         }
+        sources = _check_existing_frames(out, train + test, opts, _modal_ext(infos["modality"]))
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
         for d in folders:
             d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / SOURCES_CSV, sources)  # before the frames: a rerun after an interruption checks them
         _clean_stale_tmp(folders)
         _write_frames(reader, conns, wanted, infos, train + test, out, opts, result)
     _write_lists_and_yaml(out, opts, infos, modality, result)
@@ -356,7 +363,7 @@ def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
         if i is None:
             continue  # a repeated stamp: keeping one message per stamp keeps RGB, modality and label together
         if number is None:
-            scan.label_ids[st] = _label_ids(msg, conn.topic, st)
+            scan.label_ids[st] = _label_ids(msg, conn.topic)
         else:
             scan.arrival.append((number, st, i))
     bar.close()
@@ -370,12 +377,20 @@ def _to_array(msg, topic: str) -> tuple[np.ndarray, str]:
         raise ExtractError(f"cannot decode the image stamped {stamp_ns(msg)} ns on {topic}: {exc}") from None
 
 
-def _label_ids(msg, topic: str, stamp: int) -> np.ndarray:
-    arr, enc = _to_array(msg, topic)
-    if arr.dtype != np.uint8 or arr.ndim != 2:
-        raise ExtractError(f"label message stamped {stamp} ns on {topic} is {enc} {arr.shape}, "
-                           "expected mono8 class ids")
-    return np.flatnonzero(np.bincount(arr.reshape(-1), minlength=256))
+def _label_array(msg, topic: str) -> np.ndarray:
+    """A label message -> (H, W) uint8 class ids, read as label files are (indexed PNGs as indices, ...)."""
+    where = f"the label stamped {stamp_ns(msg)} ns on {topic}"
+    try:
+        arr = label_from_message(msg, where)
+    except DataError as exc:
+        raise ExtractError(str(exc)) from None
+    if arr.dtype != np.uint8:
+        raise ExtractError(f"{where} is {arr.dtype}: labels must be mono8 class ids (0..255, 255 = ignore)")
+    return arr
+
+
+def _label_ids(msg, topic: str) -> np.ndarray:
+    return np.flatnonzero(np.bincount(_label_array(msg, topic).reshape(-1), minlength=256))
 
 
 def _node_pairs(scan: _Scan, opts: ExtractOptions) -> list[FramePair]:
@@ -461,6 +476,47 @@ def _notes(scan: _Scan, counts: dict, opts: ExtractOptions) -> list[str]:
     return notes
 
 
+SOURCES_CSV = ".frame_sources.csv"  # what each file in RGB/, Modal/, Label/ was extracted from (for resuming)
+_SOURCE_FIELDS = ("name", "rgb_topic", "rgb_stamp_ns", "modal_topic", "modal_stamp_ns", "label_topic")
+
+
+def _check_existing_frames(out: Path, pairs: list[FramePair], opts: ExtractOptions, modal_ext: str) -> str:
+    """Existing files are kept (resume), so each must be what this run would write: the same topic and message
+    stamp, as recorded in ``out/.frame_sources.csv``. ExtractError otherwise (a rerun with another --slop,
+    topic or --label-topic would mix messages into one frame). Returns the updated record's text."""
+    path = out / SOURCES_CSV
+    known: dict[str, dict] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = ({k: r.get(k) or "" for k in _SOURCE_FIELDS} for r in csv.DictReader(f))
+            known = {r["name"]: r for r in rows if r["name"]}  # a damaged record only makes files unknown
+    conflicts = []
+    for p in pairs:
+        row = dict(known.get(p.name) or dict.fromkeys(_SOURCE_FIELDS, ""), name=p.name)
+        wants = [(f"RGB/{p.name}.png", {"rgb_topic": opts.rgb_topic, "rgb_stamp_ns": str(p.rgb_stamp)}),
+                 (f"Modal/{p.name}{modal_ext}",
+                  {"modal_topic": opts.modal_topic, "modal_stamp_ns": str(p.modal_stamp)})]
+        if opts.label_topic:
+            wants.append((f"Label/{p.name}.png", {"label_topic": opts.label_topic}))
+        for rel, fields in wants:
+            if (out / rel).exists() and any(row[k] != v for k, v in fields.items()):
+                was = ", ".join(f"{row[k] or '?'}" for k in fields)
+                conflicts.append(f"{rel} is from {was}, this run takes {', '.join(fields.values())}")
+            row.update(fields)
+        known[p.name] = row
+    if conflicts:
+        raise ExtractError(
+            f"{out} holds frames extracted with other pairs or topics ({len(conflicts)} files, e.g. {conflicts[0]}); "
+            "files already there are kept, never overwritten, so this run would mix messages: extract into a new "
+            "folder"
+        )
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_SOURCE_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(known[n] for n in sorted(known))
+    return buf.getvalue()
+
+
 def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Path, opts, result) -> None:
     names = [p.name for p in pairs]
     if len(set(names)) != len(names):  # one frame per RGB stamp is the invariant the scan keeps
@@ -493,16 +549,15 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
         paths = jobs[topic].pop(i, None)
         if paths is None:
             continue
-        arr, enc = _to_array(msg, topic)
         role = role_of[topic]
-        if role == "RGB":
-            image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
-        elif role == "label":
-            if arr.dtype != np.uint8 or arr.ndim != 2:
-                raise ExtractError(f"label message {i} on {topic} is {enc}, expected mono8 class ids")
-            image = arr
+        if role == "label":
+            image = _label_array(msg, topic)
         else:
-            image = _modal_for_file(arr, enc)
+            arr, enc = _to_array(msg, topic)
+            if role == "RGB":
+                image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
+            else:
+                image = _modal_for_file(arr, enc)
         for path in paths:
             atomic_write_image(path, image)
             result.written += 1

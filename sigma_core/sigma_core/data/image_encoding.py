@@ -154,6 +154,28 @@ def _format_parts(fmt: str) -> tuple[str, str]:
     return original, {"jpg": "jpeg"}.get(kind, kind)
 
 
+def jpeg_is_truncated(data: Any) -> bool:
+    """Whether JPEG ``data`` (bytes-like or uint8 array) stops before its end-of-image marker.
+
+    libjpeg only warns ("Premature end of JPEG file") and fills the missing rows grey, so ``cv2.imread``
+    hands back a damaged image as if it were whole (``cv2.imdecode`` of this OpenCV build refuses it, but
+    that is not documented behaviour). The main image's last scan (``FF DA``) must be followed by its end
+    marker (``FF D9``; it cannot occur inside entropy-coded data); an EXIF thumbnail's own end marker comes
+    before that scan, and bytes a camera appends after the end are allowed.
+    """
+    raw = _as_byte_array(data).tobytes()
+    if raw[:2] != b"\xff\xd8":
+        return False
+    last_scan = raw.rfind(b"\xff\xda")
+    return last_scan < 0 or raw.find(b"\xff\xd9", last_scan + 2) < 0
+
+
+def compressed_kind(fmt: str) -> str:
+    """The compression of a CompressedImage ``format``: "jpeg", "png", "tiff", "compresseddepth" or the format
+    itself lower-cased ("rgb8; jpeg compressed bgr8" -> "jpeg")."""
+    return _format_parts(fmt)[1]
+
+
 def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
     """CompressedImage ``format`` and ``data`` -> (array, encoding of that array).
 
@@ -169,7 +191,7 @@ def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
         return _decode_compressed_depth(original or "16UC1", buf, fmt)
     if kind not in ("jpeg", "png", "tiff"):
         raise ValueError(f"unsupported CompressedImage format {fmt!r}: expected jpeg, png or compressedDepth")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None  # OpenCV asserts on empty data
     if img is None:
         raise ValueError(f"could not decode CompressedImage ({fmt!r}, {buf.size} bytes): corrupt or truncated data")
     return img, _encoding_of_decoded(img, original)

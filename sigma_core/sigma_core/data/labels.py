@@ -3,17 +3,20 @@
 One place for what a label may hold, used where labels enter: the dataset
 reader (training, evaluation), bag extraction and the replay evaluators.
 
-- Grey PNGs (8 or 16 bit) hold class ids directly (MFNet, NYU, PST900, ours).
+- Grey PNGs (8 or 16 bit) hold class ids directly (MFNet, NYU, PST900, ours); 1/2/4-bit grey PNGs
+  (binary masks) hold them too, undoing the decoders' scaling to 0..255.
 - Indexed ("P" mode) PNGs, the usual output of annotation tools and VOC-style
   datasets, hold class ids as palette indices: they are read as indices, not
   as their colours (OpenCV would return colours).
 - A colour (RGB) label is only accepted when every pixel's colour is one of
-  the dataset's palette colours exactly; it then maps to that palette index.
-  A 3-channel image whose channels are equal is read as grey.
+  the dataset's palette colours exactly; it then maps to that palette index
+  (also when those colours are all grey, as PST900's black and white).
+  Otherwise a 3-channel image whose channels are equal is read as grey.
 - Class ids are 0..K-1 for a K-class dataset; 255 marks ignored pixels.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,46 +25,75 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .image_encoding import compressed_kind, image_to_array
 from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_INDEXED = 3  # IHDR colour type of palette images
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_GREY = 0  # IHDR colour type of grey images (1, 2, 4, 8 or 16 bits)
+
+
+def png_header(head: bytes) -> Optional[tuple[int, int]]:
+    """(bit depth, IHDR colour type) of PNG data from its first 26 bytes; None if it is not a PNG."""
+    if len(head) < 26 or head[:8] != _PNG_MAGIC or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _file_png_header(path: str | os.PathLike) -> Optional[tuple[int, int]]:
+    try:
+        with open(path, "rb") as f:
+            return png_header(f.read(26))
+    except OSError:
+        return None
 
 
 def is_indexed_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a palette-mode PNG (IHDR colour type 3), from its first 26 bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-    except OSError:
-        return False
-    return len(head) == 26 and head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR" and head[25] == _PNG_INDEXED
+    header = _file_png_header(path)
+    return header is not None and header[1] == _PNG_INDEXED
 
 
-def _read_indexed_png(path: Path) -> np.ndarray:
+def unscale_low_bit_grey(decoded: np.ndarray, header: Optional[tuple[int, int]]) -> np.ndarray:
+    """Undo the decoders' scaling of 1/2/4-bit grey PNG samples to 0..255 (OpenCV and Pillow both give
+    1 -> 255 for a 1-bit mask, 1 -> 85 for 2 bits): a label's samples are class ids, not brightness.
+    ``header``: :func:`png_header` of the file; other images come back unchanged."""
+    if header is None or header[1] != _PNG_GREY or header[0] >= 8 or decoded.dtype != np.uint8:
+        return decoded
+    return decoded // (255 // ((1 << header[0]) - 1))  # exact: the decoders multiply by 255 / (2^bits - 1)
+
+
+def _read_indexed_png(source, where: str) -> np.ndarray:
+    """Palette indices of an indexed PNG (a path or a binary file object; ``where`` names it in errors)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode != "P":
-                raise DataError(f"{path}: expected a palette (P mode) PNG, Pillow reads it as {img.mode}")
+                raise DataError(f"{where}: expected a palette (P mode) PNG, Pillow reads it as {img.mode}")
             return np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError ... for broken files
-        raise DataError(f"cannot decode label image {path} ({exc}); re-export or remove the file") from None
+        raise DataError(f"cannot decode label image {where} ({exc}); re-export or remove the file") from None
 
 
-def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], where: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB label -> (H, W) uint8 palette indices; DataError if a colour is not in the palette."""
+def _palette_indices(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) RGB -> ((H, W) uint8 palette index, (H, W) bool: the colour is in the palette)."""
     pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     c = colour_rgb.astype(np.int64)
     codes = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
     pal_codes = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
     order = np.argsort(pal_codes, kind="stable")
     pos = np.searchsorted(pal_codes[order], codes).clip(0, len(pal_codes) - 1)
-    found = pal_codes[order][pos] == codes
+    return order[pos].astype(np.uint8), pal_codes[order][pos] == codes
+
+
+def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], where: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB label -> (H, W) uint8 palette indices; DataError if a colour is not in the palette."""
+    ids, found = _palette_indices(colour_rgb, palette)
     if not found.all():
         bad = np.unique(colour_rgb[~found].reshape(-1, 3), axis=0)
         shown = ", ".join(f"RGB{tuple(int(v) for v in c)}" for c in bad[:4])
@@ -70,31 +102,38 @@ def colours_to_ids(colour_rgb: np.ndarray, palette: Sequence[Sequence[int]], whe
             f"({int((~found).sum())} pixels, e.g. {shown}): labels must hold class ids (grey or indexed PNG); "
             "convert it, or give the palette whose colours it uses"
         )
-    return order[pos].astype(np.uint8)
+    return ids
 
 
 def label_from_array(stored: np.ndarray, where: str, palette: Optional[Sequence[Sequence[int]]] = None,
                      colour_order: str = "bgr") -> np.ndarray:
     """A decoded label image -> (H, W) class ids (uint8/uint16 as stored).
 
-    Grey stays as is; 3/4-channel images with equal channels are grey; other colour images are
-    mapped through ``palette`` (RGB triples) when every colour matches exactly, else DataError.
+    Grey stays as is. A 3/4-channel image whose colours are all ``palette`` colours (RGB triples) maps
+    through it, even when they are all grey (PST900's black and white: a frame of background and survivors
+    only); otherwise one with equal channels is grey; other colour images are a DataError.
     ``colour_order``: channel order of ``stored`` ("bgr" as OpenCV decodes, or "rgb").
     """
     if stored.ndim == 2:
         return stored
     if stored.ndim != 3 or stored.shape[2] not in (1, 3, 4):
         raise DataError(f"{where}: a label image must be (H, W) class ids, got shape {stored.shape}")
-    colour = stored[..., :3]
-    if stored.shape[2] == 1 or (np.array_equal(colour[..., 0], colour[..., 1])
-                                and np.array_equal(colour[..., 0], colour[..., 2])):
+    if stored.shape[2] == 1:
         return np.ascontiguousarray(stored[..., 0])
-    if palette is None:
-        raise DataError(
-            f"{where} is a colour image, not class ids: labels must be grey or indexed PNGs holding class ids "
-            "(0..K-1, 255 = ignore); convert it, or give the dataset a palette to map its colours through"
-        )
+    colour = stored[..., :3]
     rgb = colour[..., ::-1] if colour_order == "bgr" else colour
+    if palette is not None and stored.dtype == np.uint8:
+        ids, found = _palette_indices(rgb, palette)
+        if found.all():
+            return ids
+    if np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]):
+        return np.ascontiguousarray(stored[..., 0])
+    if palette is None or stored.dtype != np.uint8:  # a palette holds 8-bit colours
+        raise DataError(
+            f"{where} is a {'' if stored.dtype == np.uint8 else f'{stored.dtype} '}colour image, not class ids: "
+            "labels must be grey or indexed PNGs holding class ids (0..K-1, 255 = ignore); convert it, or give the "
+            "dataset a palette to map its 8-bit colours through"
+        )
     return colours_to_ids(rgb, palette, where)
 
 
@@ -108,21 +147,69 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing label file {path}")
-    if is_indexed_png(path):
-        return _read_indexed_png(path)
+    header = _file_png_header(path)
+    if header is not None and header[1] == _PNG_INDEXED:
+        return _read_indexed_png(path, str(path))
     if path.suffix == ".npy":
         try:
             stored = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read label {path}: {exc}") from None
     else:
-        stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = np.fromfile(path, np.uint8)
+        if data[:2].tobytes() == _JPEG_MAGIC:
+            raise DataError(f"{path} is a JPEG: lossy compression changes class ids along every edge, so it cannot "
+                            "hold a label; export the labels as PNG")
+        stored = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if stored is None:
             raise DataError(f"cannot decode label image {path} (empty, corrupt or not an image); "
                             "re-export it or remove its name from the split list")
+        stored = unscale_low_bit_grey(stored, header)
     if not np.issubdtype(stored.dtype, np.integer):
         raise DataError(f"{path}: labels must be integer class ids, the file holds {stored.dtype}")
     return label_from_array(stored, str(path), palette)
+
+
+def label_from_message(msg, where: str) -> np.ndarray:
+    """A label ``sensor_msgs`` Image or CompressedImage (rclpy or rosbags) -> (H, W) class ids, uint8 or uint16.
+
+    Read as the label files are (:func:`read_label_image`): an indexed PNG gives its indices, a 1/2/4-bit
+    grey PNG its values, a 3/4-channel image with equal channels is grey. DataError naming ``where`` for a
+    colour or float image (a colour's first channel is not a class id), a JPEG (lossy: it blurs class ids
+    at every edge) and data that cannot be decoded.
+    """
+    try:
+        if hasattr(msg, "encoding"):
+            stored = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+            encoding = msg.encoding
+        else:
+            stored, encoding = _decode_compressed_label(msg.format, bytes(memoryview(msg.data)), where)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read {where}: {exc}") from None
+    if not np.issubdtype(stored.dtype, np.integer):
+        raise DataError(f"{where} is {encoding}: labels must be mono8 (or mono16) class ids")
+    try:
+        return label_from_array(np.asarray(stored), where)
+    except DataError:
+        raise DataError(f"{where} is {encoding} {stored.shape}, a colour image: its values are not class ids; "
+                        "publish labels as mono8 class ids (0..K-1, 255 = ignore) or an indexed png "
+                        "CompressedImage") from None
+
+
+def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndarray, str]:
+    kind = compressed_kind(fmt)
+    if kind != "png":
+        raise DataError(f"{where} is a {fmt!r} CompressedImage: a label must be lossless (png CompressedImage or "
+                        "a mono8 Image); JPEG changes class ids along every edge")
+    header = png_header(data[:26])
+    if header is not None and header[1] == _PNG_INDEXED:
+        return _read_indexed_png(io.BytesIO(data), where), "indexed png"
+    stored = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if stored is None:
+        raise DataError(f"cannot decode {where} ({fmt!r}, {len(data)} bytes): corrupt or truncated data")
+    return unscale_low_bit_grey(stored, header), "png"
 
 
 def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:

@@ -33,8 +33,10 @@ class ProblemLog:
         self._log = log
         self._period = period_s
         self._clock = clock
-        self._last: dict[str, float] = {}
+        self._last_logged: dict[str, float] = {}
         self.counts: Counter[str] = Counter()
+        self.last: dict[str, tuple[float, str]] = {}  # kind -> (clock time, message) of its latest report
+        self._counts_before: Counter[str] = Counter()  # counts at the previous ``take_recent`` call
 
     def report(self, kind: str, message: str) -> bool:
         """Count one ``kind`` problem; log ``message`` unless this kind was logged within the period.
@@ -43,12 +45,20 @@ class ProblemLog:
         """
         self.counts[kind] += 1
         now = self._clock()
-        last = self._last.get(kind)
+        self.last[kind] = (now, message)
+        last = self._last_logged.get(kind)
         if last is not None and now - last < self._period:
             return False
-        self._last[kind] = now
+        self._last_logged[kind] = now
         self._log(f"{message} [{kind}: {self.counts[kind]} so far]")
         return True
+
+    def take_recent(self) -> dict[str, int]:
+        """Kinds reported since the previous call, with how many reports (one call per report period)."""
+        counts = self.counts.copy()
+        recent = {kind: n - self._counts_before[kind] for kind, n in counts.items() if n > self._counts_before[kind]}
+        self._counts_before = counts
+        return recent
 
 
 class Stamp(Enum):

@@ -26,6 +26,8 @@ import numpy as np
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
 INPUT_QOS_NAMES = ("sensor_data", "reliable")
+OUTPUT_QOS_NAMES = ("reliable", "best_effort")
+TRANSPORTS = ("raw", "compressed")
 MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
 # Parameters every rclpy node accepts besides its own (and the qos_overrides.* family).
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -210,6 +212,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                choice(*INPUT_QOS_NAMES), "input_qos"),
     "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live",
                                             positive, "silent_warning_s"),
+    "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, depth "
+                                     "on <topic>/compressedDepth)", choice(*TRANSPORTS), "input_transport"),
     "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's",
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
@@ -220,6 +224,16 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                           overlay_alpha, "overlay_alpha", runtime=True),
     "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's "
                                     "(runtime)", palette, "palette", runtime=True),
+    "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays "
+                                "latched)", choice(*OUTPUT_QOS_NAMES), "output_qos"),
+    "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)",
+                                  positive_integer, "output_depth"),
+    "lifecycle": ParameterSpec(False, "true: a managed node, configured and activated through the lifecycle services",
+                               boolean, "lifecycle"),
+    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports", positive,
+                                          "diagnostics_period_s"),
+    "diagnostics.stall_timeout_s": ParameterSpec(5.0, "/diagnostics ERROR when images arrive but no mask comes out "
+                                                 "for this long, seconds", positive, "stall_timeout_s"),
     "warmup.size": ParameterSpec(None, "[height, width] of the warm-up forward; unset: model input size or 480x640",
                                  image_size, "warmup_size"),
     "debug.min_inference_ms": ParameterSpec(0.0, "testing only: pad each forward to at least this many ms",
@@ -238,11 +252,17 @@ class NodeConfig:
     sync_queue_size: int
     input_qos: str
     silent_warning_s: float
+    input_transport: str
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
     depth_registered: bool
     overlay_alpha: float
     palette: Optional[np.ndarray]  # (K, 3) uint8
+    output_qos: str
+    output_depth: int
+    lifecycle: bool
+    diagnostics_period_s: float
+    stall_timeout_s: float
     warmup_size: Optional[tuple[int, int]]  # (H, W)
     min_inference_ms: float
 
@@ -301,6 +321,12 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     return NodeConfig(**parsed)
 
 
+def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
+    """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
+    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default))
+                 for name in ("lifecycle", "diagnostics.period_s"))
+
+
 def describe_parameters() -> str:
     """One line per parameter: name, default, meaning (for ``sigma_node --help``)."""
     width = max(map(len, PARAMETERS))
@@ -317,20 +343,21 @@ def describe_parameters() -> str:
 class RuntimeParameters:
     """Validates and applies changes of the ``runtime=True`` parameters while a node runs.
 
-    ``cfg`` is the current NodeConfig (readers take ``self.cfg`` once per use). ``fits(cfg)`` raises
+    ``cfg`` is the current NodeConfig (readers take ``self.cfg`` once per use), or None while a lifecycle
+    node is unconfigured (changes are then only parsed: configure reads them). ``fits(cfg)`` raises
     ConfigError when a candidate configuration does not fit the running model; ``on_change(old, new)``
     runs after a change is accepted, for side effects such as republishing the class map.
     Every change is answered: an invalid one of any type is refused with a reason, never an exception.
     """
 
-    def __init__(self, cfg: NodeConfig, fits: Callable[[NodeConfig], None] = lambda cfg: None,
+    def __init__(self, cfg: Optional[NodeConfig], fits: Callable[[NodeConfig], None] = lambda cfg: None,
                  on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None):
         self.cfg = cfg
         self._fits = fits
         self._on_change = on_change
         self._lock = threading.Lock()
 
-    def candidate(self, changes: Mapping[str, Any]) -> NodeConfig:
+    def candidate(self, changes: Mapping[str, Any]) -> Optional[NodeConfig]:
         """The configuration after ``changes`` (name -> raw value); ConfigError if one is invalid."""
         updates = {}
         for name, value in changes.items():
@@ -340,6 +367,8 @@ class RuntimeParameters:
             if not spec.runtime:
                 raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
             updates[spec.field] = spec.parse(name, value)
+        if self.cfg is None:
+            return None
         new = replace(self.cfg, **updates)
         self._fits(new)
         return new
@@ -358,7 +387,8 @@ class RuntimeParameters:
         """Apply already validated ``changes``."""
         with self._lock:
             old, self.cfg = self.cfg, self.candidate(changes)
-        self._on_change(old, self.cfg)
+        if old is not None and self.cfg is not None:
+            self._on_change(old, self.cfg)
 
     def attach(self, node: Any) -> None:
         """Install the callbacks on an rclpy ``node``: validate on set, apply after set.

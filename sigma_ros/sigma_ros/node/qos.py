@@ -9,7 +9,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-from .parameters import INPUT_QOS_NAMES
+from .parameters import INPUT_QOS_NAMES, OUTPUT_QOS_NAMES
 
 
 def input_qos(name: str, depth: int = 5) -> QoSProfile:
@@ -37,12 +37,19 @@ def input_qos(name: str, depth: int = 5) -> QoSProfile:
     raise ValueError(f"input.qos must be one of {INPUT_QOS_NAMES}, got {name!r}")
 
 
-def output_qos(depth: int = 5) -> QoSProfile:
-    """Per-frame outputs: reliable (matches best-effort and reliable subscribers), keep last ``depth``."""
+def output_qos(name: str = "reliable", depth: int = 5) -> QoSProfile:
+    """QoS of the per-frame outputs (masks, overlays, stats, points): keep last ``depth``, volatile.
+
+    ``reliable`` matches reliable and best-effort subscribers; ``best_effort`` (what camera-like
+    streams over Wi-Fi use: no retransmission of a stale mask) matches best-effort subscribers only.
+    """
+    reliability = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}.get(name)
+    if reliability is None:
+        raise ValueError(f"output.qos must be one of {OUTPUT_QOS_NAMES}, got {name!r}")
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
         depth=depth,
-        reliability=ReliabilityPolicy.RELIABLE,
+        reliability=reliability,
         durability=DurabilityPolicy.VOLATILE,
     )
 

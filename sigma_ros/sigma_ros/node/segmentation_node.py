@@ -1,9 +1,17 @@
 """sigma_segmentation: the ROS 2 node that segments synchronized RGB + thermal/depth frames.
 
 Data path: subscriptions (executor thread) -> input checks -> approximate-time
-pairing -> a single-slot mailbox -> one inference thread -> publishers. The
+pairing -> a single-slot mailbox -> one inference thread (decode, the shared
+per-frame step ``segmentation_step.segment_pair``) -> publishers. The
 subscriptions never wait for the model; while it is busy, a newer pair replaces
 the waiting one (counted in ``frames_dropped``), so latency cannot build up.
+
+The node is a managed (lifecycle) node inside: configure loads and warms the
+model and creates the publishers, activate subscribes and starts the inference
+thread, deactivate stops processing (the model stays loaded), cleanup frees the
+model. By default it walks through configure and activate itself at start-up
+(a plain node, no lifecycle services); with ``lifecycle:=true`` it offers the
+standard lifecycle services and waits for a manager (e.g. nav2_lifecycle_manager).
 
 Run: ``sigma_node --ros-args -p checkpoint:=model.pt`` or
 ``python -m sigma_ros.node --ros-args --params-file config/sigma.yaml``.
@@ -16,10 +24,10 @@ from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library
 from .. import stop_signals
 
 # isort: split
+import gc
 import re
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,14 +38,17 @@ from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from sigma_core.data.modality import ModalityScaling
+from sigma_core.data.bags import message_to_array
 from sigma_core.inference import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
+from ..segmentation_step import load_segmenter, segment_pair
+from .diagnostics import HealthMonitor, HealthReport, NodeDiagnostics, decide_health
 from .frame_mailbox import LatestMailbox
 from .image_conversion import (
     DEPTH_ENCODINGS,
@@ -45,7 +56,6 @@ from .image_conversion import (
     RGB_ENCODINGS,
     array_to_image_msg,
     image_msg_to_array,
-    image_msg_to_rgb8,
 )
 from .input_health import JUMP_BACK_TOLERANCE_S, ProblemLog, Stamp, StreamWatch, modality_problem
 from .mask_rendering import colorize, lookup_palette, overlay
@@ -60,10 +70,11 @@ from .parameters import (
     check_palette_fits,
     describe_parameters,
     parse_node_config,
+    parse_start_options,
 )
 from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
-from .segmentation_stats import count_classes, stats_msg
+from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -71,161 +82,270 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 @dataclass
 class _Frame:
-    rgb: Image
-    modal: Image
+    rgb: Any  # sensor_msgs Image or CompressedImage
+    modal: Any
 
 
-def load_segmenter(cfg: NodeConfig) -> Any:
-    """The sigma_core Segmenter for ``cfg`` (checkpoint, device, precision, modality scaling overrides)."""
-    from sigma_core import Segmenter
-
-    try:
-        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision,
-                                        dataset=cfg.dataset)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {cfg.device!r} "
-                          f"with precision {cfg.precision}: {e}") from e
-    modality = cfg.modality or seg.modality
-    if modality != seg.modality or cfg.thermal_range is not None or cfg.depth_max_range is not None:
-        base = seg.scaling
-        seg.scaling = ModalityScaling(
-            modality=modality,
-            range=cfg.thermal_range if cfg.thermal_range is not None else base.range,
-            max_range=cfg.depth_max_range if cfg.depth_max_range is not None else base.max_range,
-        )
-    return seg
-
-
-class SigmaSegmentationNode(Node):
+class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     """Subscribes ``rgb/image``, ``modal/image`` (and ``modal/camera_info`` for depth); publishes ``segmentation/*``.
 
-    Raises ConfigError from the constructor when a parameter is invalid.
+    With ``input.transport:=compressed`` it subscribes ``rgb/image/compressed`` and
+    ``modal/image/compressed`` (``modal/image/compressedDepth`` for depth: png or rvl) instead, after remapping
+    of the base topics, as image_transport does. Raises ConfigError from the constructor when a
+    parameter is invalid or, unless ``lifecycle`` is true, when the model cannot be configured.
     """
 
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, **kwargs)
+        Node.__init__(self, NODE_NAME, **kwargs)
         try:
             self._start()
         except BaseException:  # a half-built node still releases what it holds
             self.destroy_node()
             raise
 
-    def _declare_parameters(self) -> NodeConfig:
-        """Declare every parameter (refusing unknown ones given to this node) and parse them; ConfigError."""
+    def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter (refusing unknown ones given to this node); their values by name. ConfigError."""
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
         check_known(getattr(self, "_parameter_overrides", {}))
         for name, spec in PARAMETERS.items():
             descriptor = ParameterDescriptor(description=spec.description, dynamic_typing=True,
                                              read_only=not spec.runtime)
             self.declare_parameter(name, spec.default, descriptor)
-        return parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
-
-    def _load_model(self) -> None:
-        """Load the checkpoint and run the warm-up forward pass; ConfigError naming what does not fit."""
-        self.get_logger().info(f"loading checkpoint {self.cfg.checkpoint}")
-        self.seg = load_segmenter(self.cfg)
-        for note in self.seg.meta.notes:  # what was inferred from a published checkpoint
-            self.get_logger().info(note)
-        for warning in self.seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
-            self.get_logger().warning(warning)
-        self.modality: str = self.seg.scaling.modality
-        if self.modality != self.seg.meta.scaling.modality:
-            self.get_logger().warning(
-                f"modality parameter {self.modality!r} overrides the checkpoint's {self.seg.meta.scaling.modality!r}: "
-                "the model was not trained on this input"
-            )
-        self.class_names = list(self.seg.class_names)
-        self._fits_model(self.cfg)
-        self._use_palette(self.cfg.palette)
-        if self.seg.input_size is not None and max(self.seg.input_size) > MAX_IMAGE_SIDE:
-            raise ConfigError(f"checkpoint {str(self.cfg.checkpoint)!r} records input size {list(self.seg.input_size)}"
-                              f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
-        size = self.cfg.warmup_size or self.seg.input_size or (480, 640)
-        self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
-        try:
-            self.seg.warmup(size)
-        except (RuntimeError, MemoryError) as e:  # torch: out of memory, or a size the network cannot take
-            raise ConfigError(f"warm-up forward pass at {size[0]}x{size[1]} failed ({e}); set warmup.size to the "
-                              "camera's [height, width]") from None
+        return {name: self.get_parameter(name).value for name in PARAMETERS}
 
     def _start(self) -> None:
-        # The configuration lives in self.runtime (self.cfg): runtime parameter changes replace it whole.
-        self.runtime = RuntimeParameters(self._declare_parameters(), fits=self._fits_model,
-                                         on_change=self._on_runtime_change)
-        self._load_model()
-
+        self.managed, period = parse_start_options(self._declare_parameters())
+        # The configuration lives in self.runtime (self.cfg; None until configured): runtime parameter
+        # changes replace it whole.
+        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change)
+        self.seg: Any = None
+        self.state = "unconfigured"
+        self._configure_error: Optional[str] = None
         self.problems = ProblemLog(self.get_logger().warning)
+        self.health = HealthMonitor(2)
         self.frames_processed = 0
+        self._dropped_before = 0  # frames dropped by earlier activations' mailboxes
         self._mailbox: LatestMailbox[_Frame] = LatestMailbox()
+        self._mailbox.close()
+        self._worker: Optional[threading.Thread] = None
+        self._subscriptions_active: list = []
+        self._silence_timer = None
         self._camera: Optional[Pinhole] = None
         self._camera_frame = ""
-        if self.modality == "depth" and not self.cfg.depth_registered:
-            self.get_logger().warning(
-                "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
-            )
-
-        out = output_qos()
-        self.pub_mask = self.create_publisher(Image, "segmentation/mask", out)
-        self.pub_color = self.create_publisher(Image, "segmentation/color_mask", out)
-        self.pub_overlay = self.create_publisher(Image, "segmentation/overlay", out)
-        self.pub_confidence = self.create_publisher(Image, "segmentation/confidence", out)
-        self.pub_stats = self.create_publisher(SegmentationStats, "segmentation/stats", out)
-        self.pub_class_map = self.create_publisher(ClassMap, "segmentation/class_map", latched_qos())
-        self.pub_label_info = (
-            self.create_publisher(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
-        )
-        self.pub_points = (
-            self.create_publisher(PointCloud2, "segmentation/points", out)
-            if self.modality == "depth" and self.cfg.depth_registered
-            else None
-        )
-        self._publish_class_map()
-
-        self.sync = PairSynchronizer(self.cfg.sync_queue_size, self.cfg.sync_slop, self._on_pair)
-        qos = input_qos(self.cfg.input_qos)
-        self.sub_rgb = self.create_subscription(Image, "rgb/image", lambda m: self._on_image(0, m), qos)
-        self.sub_modal = self.create_subscription(Image, "modal/image", lambda m: self._on_image(1, m), qos)
-        self.sub_info = (
-            self.create_subscription(CameraInfo, "modal/camera_info", self._on_camera_info, qos)
-            if self.pub_points is not None
-            else None
-        )
-        self.topics = (self.sub_rgb.topic_name, self.sub_modal.topic_name)
-        self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
-        self.watch = StreamWatch(self.topics)
-        self.create_timer(1.0, self._check_inputs)
+        self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
+        self.runtime.attach(self)
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-JUMP_BACK_TOLERANCE_S),
                           on_clock_change=False),
             post_callback=self._on_clock_jump,
         )
-        self.runtime.attach(self)
+        self.diagnostics = NodeDiagnostics(self, self._health_report, period)
+        if self.managed:
+            self.get_logger().info("lifecycle node: waiting for configure")
+            return
+        if self.trigger_configure() != SUCCESS:
+            raise ConfigError(self._configure_error or "configure failed")  # main() logs it and exits 2
+        self.trigger_activate()
 
-        self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
-        self._worker.start()
-        info = f", {self.sub_info.topic_name}" if self.sub_info else ""
-        self.get_logger().info(
-            f"ready: model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
-            f"{self.modality}) "
-            f"on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
-            f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
-            f"input QoS {self.cfg.input_qos}; in: {self.topics[0]}, {self.topics[1]}{info}; "
-            f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/*"
-        )
+    # --- lifecycle transitions ---------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read the parameters, load and warm the model, create the publishers. FAILURE with the reason logged."""
+        try:
+            cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
+            self._load_model(cfg)
+        except ConfigError as e:
+            self.seg = None
+            self._configure_error = str(e)
+            if self.managed:
+                self.get_logger().error(f"configure failed: {e}")
+            return FAILURE
+        self._configure_error = None
+        self.runtime.cfg = cfg
+        self._use_palette(cfg.palette)
+        if self.modality == "depth" and not cfg.depth_registered:
+            self.get_logger().warning(
+                "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
+            )
+        self._create_publishers(cfg)
+        self.sync = PairSynchronizer(cfg.sync_queue_size, cfg.sync_slop, self._on_pair)
+        self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
+        self.state = "inactive"
+        if self.managed:
+            self.get_logger().info(f"configured: {self._describe()}")
+        return super().on_configure(state)
+
+    def _load_model(self, cfg: NodeConfig) -> None:
+        """Load the checkpoint and run the warm-up forward pass; ConfigError naming what does not fit."""
+        self.get_logger().info(f"loading checkpoint {cfg.checkpoint}")
+        seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, dataset=cfg.dataset, modality=cfg.modality,
+                             thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
+        for note in seg.meta.notes:  # what was inferred from a published checkpoint
+            self.get_logger().info(note)
+        for warning in seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
+            self.get_logger().warning(warning)
+        self.seg, self.modality, self.class_names = seg, seg.scaling.modality, list(seg.class_names)
+        if self.modality != seg.meta.scaling.modality:
+            self.get_logger().warning(
+                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
+                "the model was not trained on this input"
+            )
+        self._fits_model(cfg)
+        if seg.input_size is not None and max(seg.input_size) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} records input size {list(seg.input_size)}"
+                              f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
+        size = cfg.warmup_size or seg.input_size or (480, 640)
+        self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
+        try:
+            seg.warmup(size)
+        except (RuntimeError, MemoryError) as e:  # torch: out of memory, or a size the network cannot take
+            raise ConfigError(f"warm-up forward pass at {size[0]}x{size[1]} failed ({e}); set warmup.size to the "
+                              "camera's [height, width]") from None
 
     @property
-    def cfg(self) -> NodeConfig:
-        """The current configuration (runtime parameters may have replaced it since start-up)."""
+    def cfg(self) -> Optional[NodeConfig]:
+        """The current configuration (runtime parameters may have replaced it since configure); None before."""
         return self.runtime.cfg
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Publishers on, subscriptions created, inference thread started."""
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_class_map()
+        self.sync.reset()  # no half pair from an earlier activation
+        self._create_subscriptions(self.cfg)
+        self.watch = StreamWatch([sub.topic_name for sub in self._subscriptions_active[:2]])  # as subscribed
+        self.health.reset()
+        self._silence_timer = self.create_timer(1.0, self._check_inputs)
+        self._mailbox = LatestMailbox()
+        self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
+        self._worker.start()
+        self.state = "active"
+        self.get_logger().info(f"{'active' if self.managed else 'ready'}: {self._describe()}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing: subscriptions gone, the frame in hand finished; the model stays loaded."""
+        self._stop_processing()
+        self.state = "inactive"
+        self.get_logger().info("inactive: subscriptions closed, model kept")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model (and its GPU memory) and the publishers; back to unconfigured."""
+        self._release_model()
+        self.get_logger().info("unconfigured: model released")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: stop processing and free the model."""
+        self._stop_processing()
+        self._release_model()
+        self.state = "finalized"
+        return super().on_shutdown(state)
+
+    def _describe(self) -> str:
+        info = f", {self.sub_info.topic_name}" if getattr(self, "sub_info", None) else ""
+        subs = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        return (
+            f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
+            f"{self.modality}) on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
+            f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
+            f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
+            f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
+            f"{self.cfg.output_depth})"
+        )
+
+    def _create_publishers(self, cfg: NodeConfig) -> None:
+        out = output_qos(cfg.output_qos, cfg.output_depth)
+        pub = self.create_lifecycle_publisher
+        self.pub_mask = pub(Image, "segmentation/mask", out)
+        self.pub_color = pub(Image, "segmentation/color_mask", out)
+        self.pub_overlay = pub(Image, "segmentation/overlay", out)
+        self.pub_confidence = pub(Image, "segmentation/confidence", out)
+        self.pub_stats = pub(SegmentationStats, "segmentation/stats", out)
+        self.pub_class_map = pub(ClassMap, "segmentation/class_map", latched_qos())
+        self.pub_label_info = pub(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
+        self.pub_points = (
+            pub(PointCloud2, "segmentation/points", out)
+            if self.modality == "depth" and cfg.depth_registered
+            else None
+        )
+        self._publishers_owned = [p for p in (self.pub_mask, self.pub_color, self.pub_overlay, self.pub_confidence,
+                                              self.pub_stats, self.pub_class_map, self.pub_label_info,
+                                              self.pub_points) if p is not None]
+
+    def _create_subscriptions(self, cfg: NodeConfig) -> None:
+        qos = input_qos(cfg.input_qos)
+        if cfg.input_transport == "compressed":
+            # image_transport's naming: the base topic (remapped) plus the transport's suffix.
+            modal_suffix = "compressedDepth" if self.modality == "depth" else "compressed"
+            kinds = [(CompressedImage, f"{self.topics[0]}/compressed"),
+                     (CompressedImage, f"{self.topics[1]}/{modal_suffix}")]
+        else:
+            kinds = [(Image, self.topics[0]), (Image, self.topics[1])]
+        self._subscriptions_active = [
+            self.create_subscription(msg_type, topic, lambda m, i=i: self._on_image(i, m), qos)
+            for i, (msg_type, topic) in enumerate(kinds)
+        ]
+        self.sub_info = (
+            self.create_subscription(CameraInfo, "modal/camera_info", self._on_camera_info, qos)
+            if self.pub_points is not None
+            else None
+        )
+        if self.sub_info is not None:
+            self._subscriptions_active.append(self.sub_info)
+
+    def _stop_processing(self) -> None:
+        for sub in self._subscriptions_active:
+            self.destroy_subscription(sub)
+        self._subscriptions_active = []
+        self.sub_info = None
+        if self._silence_timer is not None:
+            self.destroy_timer(self._silence_timer)
+            self._silence_timer = None
+        self._dropped_before += self._mailbox.dropped
+        self._mailbox.close()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=30.0)
+        self._worker = None
+
+    def _release_model(self) -> None:
+        for pub in getattr(self, "_publishers_owned", []):
+            self.destroy_lifecycle_publisher(pub)
+        self._publishers_owned = []
+        device = getattr(self.seg, "device", None)
+        self.seg = None
+        self.runtime.cfg = None
+        gc.collect()
+        if device is not None and getattr(device, "type", "") == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        self.state = "unconfigured"
 
     # --- input (executor thread) -------------------------------------------------------------------
 
-    def _on_image(self, stream: int, msg: Image) -> None:
-        topic = self.topics[stream]
+    def _accepts(self, stream: int, encoding: str, what: str) -> bool:
+        """Whether stream ``stream`` may carry ``encoding``; reports the problem if not."""
+        allowed = self._accepted[stream]
+        if encoding in allowed:
+            return True
+        self.problems.report(
+            "unsupported_encoding",
+            f"{what}: unsupported encoding {encoding!r} for {'RGB' if stream == 0 else self.modality}; "
+            f"expected one of {', '.join(allowed)}; message skipped",
+        )
+        return False
+
+    def _on_image(self, stream: int, msg: Any) -> None:
+        topic = self._subscriptions_active[stream].topic_name
+        self.health.received(stream)
         stamp = stamp_seconds(msg)
         verdict, previous = self.watch.received(stream, stamp)
         if verdict is Stamp.ZERO:
@@ -244,19 +364,14 @@ class SigmaSegmentationNode(Node):
         if verdict is Stamp.JUMPED_BACK:
             self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
                                  f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
-        allowed = self._accepted[stream]
-        if msg.encoding not in allowed:
-            self.problems.report(
-                "unsupported_encoding",
-                f"{topic}: unsupported encoding {msg.encoding!r} for {'RGB' if stream == 0 else self.modality}; "
-                f"expected one of {', '.join(allowed)}; message skipped",
-            )
-            return
-        try:
-            image_msg_to_array(msg)  # a view: checks size, step and data length without copying
-        except ValueError as e:
-            self.problems.report("bad_image", f"{topic}: {e}; message skipped")
-            return
+        if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
+            if not self._accepts(stream, msg.encoding, topic):
+                return
+            try:
+                image_msg_to_array(msg)  # a view: checks size, step and data length without copying
+            except ValueError as e:
+                self.problems.report("bad_image", f"{topic}: {e}; message skipped")
+                return
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
@@ -269,13 +384,16 @@ class SigmaSegmentationNode(Node):
         except ValueError as e:
             self.problems.report("bad_camera_info", f"{self.sub_info.topic_name}: {e}")
 
-    def _on_pair(self, rgb: Image, modal: Image) -> None:
+    def _on_pair(self, rgb: Any, modal: Any) -> None:
+        self.health.paired()
         self.watch.paired()
         self._mailbox.put(_Frame(rgb, modal))
 
     def _time_went_back(self, kind: str, why: str) -> None:
         """Stamps or the clock jumped back: start the streams and the pairing over instead of waiting for the old
         time to come back (what tf2 and message_filters users expect)."""
+        if self.state != "active":
+            return
         self.watch.restart()
         self.sync.reset()
         self.problems.report(kind, f"time went back: {why}; restarted the streams and the pairing")
@@ -286,12 +404,13 @@ class SigmaSegmentationNode(Node):
 
     def _check_inputs(self) -> None:
         """Every second: say why no segmentation comes out when inputs are missing, silent or never pair."""
+        topics = [sub.topic_name for sub in self._subscriptions_active[:2]]
         after = self.cfg.silent_warning_s
         waited = self.watch.nothing_for(after)
         if waited is not None:
             self.problems.report(
                 "no_input",
-                f"no messages on {self.topics[0]} or {self.topics[1]} for {waited:.0f} s: "
+                f"no messages on {topics[0]} or {topics[1]} for {waited:.0f} s: "
                 f"{self._input_hint()}",
             )
         for topic, seconds in self.watch.silent(after):
@@ -304,7 +423,7 @@ class SigmaSegmentationNode(Node):
         if offset is not None:
             self.problems.report(
                 "no_pairs",
-                f"{self.topics[0]} and {self.topics[1]} both arrive but no pair within sync.slop "
+                f"{topics[0]} and {topics[1]} both arrive but no pair within sync.slop "
                 f"{self.cfg.sync_slop} s for {after:.0f} s: the newest stamps differ by {offset:+.3f} s "
                 "(RGB minus modality). If the cameras run on different clocks, synchronise them (PTP/chrony) or "
                 "stamp both from one clock; if they are just far apart in time, raise sync.slop",
@@ -314,16 +433,35 @@ class SigmaSegmentationNode(Node):
         """What the graph says about ``topics`` (default both inputs): another message type, or Image topics
         that exist elsewhere (a missing remapping)."""
         known = dict(self.get_topic_names_and_types())
-        image_type = "sensor_msgs/msg/Image"
+        compressed = self.cfg.input_transport == "compressed"
+        image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
         # The graph lists our own subscriptions' type too: look for any other type on the same name.
-        others = {t: [ty for ty in known.get(t, []) if ty != image_type] for t in topics or self.topics}
+        subscribed = [sub.topic_name for sub in self._subscriptions_active[:2]]
+        others = {t: [ty for ty in known.get(t, []) if ty != image_type] for t in topics or subscribed}
         wrong = [f"{t} carries {', '.join(types)}, not {image_type}" for t, types in others.items() if types]
         if wrong:
-            return "; ".join(wrong) + " (remap to a raw Image topic)"
-        images = sorted(t for t, types in known.items() if image_type in types and t not in self.topics
+            return "; ".join(wrong) + f" (remap to a{' compressed' if compressed else ' raw Image'} topic, or set " \
+                "input.transport)"
+        images = sorted(t for t, types in known.items() if image_type in types and t not in subscribed
                         and not t.startswith(self.pub_mask.topic_name.rsplit("/", 1)[0]))
-        found = f"Image topics seen: {', '.join(images[:6])}" if images else "no Image topic is published"
-        return f"check that the cameras run and remap rgb/image:=... modal/image:=... ({found}), and input.qos"
+        what = image_type.rsplit("/", 1)[1]
+        found = f"{what} topics seen: {', '.join(images[:6])}" if images else f"no {what} topic is published"
+        return (f"check that the cameras run and remap rgb/image:=... modal/image:=... ({found}), input.qos and "
+                "input.transport")
+
+    def _health_report(self) -> HealthReport:
+        info = [("state", self.state)]
+        if self.seg is not None:
+            info += [("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
+                     ("scan backend", str(self.seg.scan_backend)), ("model", self.seg.model_name),
+                     ("checkpoint", str(self.cfg.checkpoint)), ("input transport", self.cfg.input_transport)]
+        topics = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        return decide_health(
+            self.health.take(), self.problems, topics, state=self.state, configure_error=self._configure_error,
+            stall_timeout_s=self.cfg.stall_timeout_s if self.cfg else 5.0,
+            frames_processed=self.frames_processed, frames_dropped=self._dropped_before + self._mailbox.dropped,
+            info=info,
+        )
 
     # --- runtime parameters ------------------------------------------------------------------------
 
@@ -335,7 +473,8 @@ class SigmaSegmentationNode(Node):
         """Side effects of runtime changes; plain values (overlay alpha) are read from ``self.cfg`` when used."""
         if new.palette is not old.palette:
             self._use_palette(new.palette)
-            self._publish_class_map()
+            if self.state == "active":
+                self._publish_class_map()
 
     def _use_palette(self, palette: Optional[np.ndarray]) -> None:
         """(K, 3) uint8 class colours, or None for the checkpoint's; also the lookup table the worker renders with."""
@@ -355,8 +494,9 @@ class SigmaSegmentationNode(Node):
     # --- inference (worker thread) -----------------------------------------------------------------
 
     def _run_worker(self) -> None:
-        while not self._mailbox.closed:
-            frame = self._mailbox.take(timeout=0.5)
+        mailbox = self._mailbox
+        while not mailbox.closed:
+            frame = mailbox.take(timeout=0.5)
             if frame is None:
                 continue
             try:
@@ -367,32 +507,41 @@ class SigmaSegmentationNode(Node):
             except Exception as e:  # a bad frame must not stop the node
                 self.problems.report("processing_error", f"frame at {stamp_seconds(frame.rgb):.6f} s failed: {e!r}")
 
+    def _decode(self, stream: int, msg: Any) -> Optional[tuple[np.ndarray, str]]:
+        """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
+        topic = self._subscriptions_active[stream].topic_name if len(self._subscriptions_active) > stream else ""
+        try:
+            arr, encoding = message_to_array(msg)
+        except ValueError as e:
+            self.problems.report("bad_image", f"{topic}: {e}; frame skipped")
+            return None
+        if not self._accepts(stream, encoding, topic):
+            return None
+        return arr, encoding
+
     def _process(self, frame: _Frame) -> None:
         rgb_msg, modal_msg = frame.rgb, frame.modal
-        rgb = np.ascontiguousarray(image_msg_to_rgb8(rgb_msg))
-        raw = image_msg_to_array(modal_msg)
-        h, w = rgb.shape[:2]
-        if raw.shape[:2] != (h, w):  # the Segmenter resizes it (nearest for depth): worth a warning, not a drop
+        decoded = self._decode(0, rgb_msg), self._decode(1, modal_msg)
+        if decoded[0] is None or decoded[1] is None:
+            return
+        (rgb_arr, rgb_encoding), (raw, _) = decoded
+        self._check_modality(raw)
+
+        result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
+        rgb, mask, confidence = result.rgb, result.mask, result.confidence
+        h, w = mask.shape
+        if result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
             self.problems.report(
                 "size_mismatch",
                 f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
                 "resizing the modality to the RGB size",
             )
-        self._check_modality(raw)
-
-        start = time.perf_counter()
-        mask, confidence = self.seg(rgb, raw)
-        inference_ms = (time.perf_counter() - start) * 1e3
-        if self.cfg.min_inference_ms > inference_ms:  # testing only: a slower model
-            time.sleep((self.cfg.min_inference_ms - inference_ms) * 1e-3)
-        mask = np.ascontiguousarray(mask, np.uint8)
 
         header = rgb_msg.header
         self.pub_mask.publish(array_to_image_msg(mask, "mono8", header))
         self.frames_processed += 1
         if self.pub_confidence.get_subscription_count():
-            conf = np.ascontiguousarray(confidence, np.float32)
-            self.pub_confidence.publish(array_to_image_msg(conf, "32FC1", header))
+            self.pub_confidence.publish(array_to_image_msg(confidence, "32FC1", header))
         want_color = self.pub_color.get_subscription_count() > 0
         want_overlay = self.pub_overlay.get_subscription_count() > 0
         if want_color or want_overlay:
@@ -405,23 +554,23 @@ class SigmaSegmentationNode(Node):
         if self.pub_points is not None and self.pub_points.get_subscription_count():
             self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
 
-        counts = count_classes(mask, confidence, len(self.class_names))
         rgb_stamp = stamp_seconds(rgb_msg)
         latency_ms = self._latency_ms(rgb_stamp)
+        self.health.output(result.inference_ms, latency_ms)
         self.pub_stats.publish(
             stats_msg(
                 header,
-                counts,
+                result.counts,
                 self.class_names,
                 model=self.seg.model_name,
                 modality=self.modality,
                 width=w,
                 height=h,
-                inference_ms=inference_ms,
+                inference_ms=result.inference_ms,
                 latency_ms=latency_ms,
                 sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
-                frames_dropped=self._mailbox.dropped,
+                frames_dropped=self._dropped_before + self._mailbox.dropped,
             )
         )
 
@@ -454,15 +603,15 @@ class SigmaSegmentationNode(Node):
             return float("nan")
         return (now * 1e-9 - rgb_stamp) * 1e3
 
-    def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Image, rgb: np.ndarray,
+    def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Any, rgb: np.ndarray,
                         mask: np.ndarray, confidence: np.ndarray) -> None:
         camera = self._camera
         if camera is None:
-            topic = self.sub_info.topic_name
             self.problems.report(
                 "no_camera_info",
-                f"segmentation/points has subscribers but no CameraInfo has arrived on {topic}: remap "
-                "modal/camera_info to the depth camera's camera_info topic (launch argument camera_info_topic)",
+                f"segmentation/points has subscribers but no CameraInfo has arrived on "
+                f"{self.resolve_topic_name('modal/camera_info')}: remap modal/camera_info to the depth camera's "
+                "camera_info topic (launch argument camera_info_topic)",
             )
             return
         points = labelled_points(depth, camera, rgb, mask, confidence)
@@ -471,11 +620,8 @@ class SigmaSegmentationNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the inference thread (it finishes the frame in hand), then the node. Safe on a half-built node."""
-        mailbox, worker = getattr(self, "_mailbox", None), getattr(self, "_worker", None)
-        if mailbox is not None:
-            mailbox.close()
-        if worker is not None and worker.is_alive():
-            worker.join(timeout=10.0)
+        if hasattr(self, "_mailbox"):
+            self._stop_processing()
         super().destroy_node()
 
 
@@ -490,8 +636,10 @@ def _rcl_message(error: Exception) -> str:
 USAGE = """usage: sigma_node [-h] [--ros-args -p NAME:=VALUE ... --params-file FILE -r FROM:=TO ...]
 
 Segments synchronized RGB + thermal/depth images with a Sigma checkpoint.
-Subscribes rgb/image, modal/image (sensor_msgs/Image; depth: also modal/camera_info);
-publishes segmentation/mask, color_mask, overlay, confidence, stats, points (depth), class_map.
+Subscribes rgb/image, modal/image (sensor_msgs/Image; depth: also modal/camera_info; with
+input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth);
+publishes segmentation/mask, color_mask, overlay, confidence, stats, points (depth), class_map,
+and /diagnostics. With -p lifecycle:=true it waits for the lifecycle services (configure, activate).
 
 parameters (--ros-args -p NAME:=VALUE, or a params file such as config/sigma.yaml):
 {parameters}

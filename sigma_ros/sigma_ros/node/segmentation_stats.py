@@ -1,34 +1,13 @@
-"""Per-frame class statistics of a mask -> sigma_msgs/SegmentationStats."""
+"""Per-frame class statistics of a mask (``segmentation_step.count_classes``) -> sigma_msgs/SegmentationStats."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 from std_msgs.msg import Header
 
 from sigma_msgs.msg import ClassStat, SegmentationStats
 
-
-@dataclass(frozen=True)
-class ClassCounts:
-    """pixel_count (K,) int64, mean_confidence (K,) float64, valid_pixels = pixel_count.sum()."""
-
-    pixel_count: np.ndarray
-    mean_confidence: np.ndarray
-    valid_pixels: int
-
-
-def count_classes(mask: np.ndarray, confidence: np.ndarray, num_classes: int) -> ClassCounts:
-    """(H, W) uint8 class ids and (H, W) float32 confidence -> per-class counts and mean confidence.
-
-    Pixels equal to the ignore id (255) or outside 0..num_classes-1 are not valid.
-    """
-    ids = mask.reshape(-1)
-    counts = np.bincount(ids, minlength=256)[:num_classes]
-    conf_sum = np.bincount(ids, weights=confidence.reshape(-1), minlength=256)[:num_classes]
-    mean = np.divide(conf_sum, counts, out=np.zeros(num_classes), where=counts > 0)
-    return ClassCounts(counts, mean, int(counts.sum()))
+from ..segmentation_step import ClassCounts
 
 
 def stats_msg(
@@ -71,4 +50,4 @@ def stats_msg(
     return msg
 
 
-__all__ = ["ClassCounts", "count_classes", "stats_msg"]
+__all__ = ["stats_msg"]

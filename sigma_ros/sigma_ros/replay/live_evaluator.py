@@ -37,6 +37,7 @@ from sensor_msgs.msg import Image
 
 from sigma_core.data.bags import stamp_ns
 from sigma_core.data.errors import DataError
+from sigma_core.data.labels import label_from_message
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import ConfusionMatrix
 from sigma_msgs.msg import ClassMap, SegmentationStats
@@ -101,6 +102,8 @@ class ReplayEvaluator(Node):
         self.rgb_count = self.modal_count = 0
         self.unknown_masks = 0  # masks whose stamp matches no RGB frame seen here
         self.bad_labels = 0  # labels holding ids the model does not predict (not scored)
+        self.unreadable_labels = 0  # label messages that hold no class ids (colour, float images)
+        self.misfit_labels = 0  # labels whose size is not the mask's (not scored)
         self._pixels: Optional[np.ndarray] = None
         self._samples = SampleKeeper(opts.samples)
         self.first_input: Optional[float] = None
@@ -150,7 +153,14 @@ class ReplayEvaluator(Node):
 
     def _on_label(self, msg: Image) -> None:
         stamp = stamp_ns(msg)
-        label = np.array(image_msg_to_array(msg), np.uint8)
+        try:
+            label = np.array(label_from_message(msg, f"the label stamped {stamp} ns on {self.opts.label_topic}"))
+        except DataError as err:  # a colour or float image: its values are no class ids; counted, said throttled
+            with self._lock:
+                self.last_activity = time.perf_counter()
+                self.unreadable_labels += 1
+            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            return
         with self._lock:
             self.last_activity = time.perf_counter()
             self._labels.add_label(stamp, label)
@@ -212,7 +222,13 @@ class ReplayEvaluator(Node):
                 self._samples.add(index, FrameSample(stamp, rgb, modal, blended))
 
     def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
-        if self._cm is None or label.shape != mask.shape:
+        if self._cm is None:
+            return
+        if label.shape != mask.shape:  # not scored, and said: it would otherwise read as "masks had no label"
+            self.misfit_labels += 1
+            self.get_logger().error(
+                f"the label stamped {stamp} ns on {self.opts.label_topic} is {label.shape[1]}x{label.shape[0]}, "
+                f"the mask {mask.shape[1]}x{mask.shape[0]}: labels must be at the RGB size", throttle_duration_sec=5.0)
             return
         try:
             check_label_ids(label, self.class_names, f"the label stamped {stamp} ns on {self.opts.label_topic}")
@@ -273,7 +289,15 @@ class ReplayEvaluator(Node):
             if self.node_dropped:
                 s.notes.append(f"the node reports {self.node_dropped} pairs replaced while the model was busy")
             unscored = s.frames - s.frames_scored - self.bad_labels
-            if self.opts.label_topic and unscored:
+            if self.unreadable_labels:
+                s.notes.append(f"{self.unreadable_labels} messages on {self.opts.label_topic} hold no class ids "
+                               "(colour or float images) and were not scored; publish mono8 class-id labels")
+                unscored -= self.unreadable_labels
+            if self.misfit_labels:
+                s.notes.append(f"{self.misfit_labels} labels on {self.opts.label_topic} were not scored: they are not "
+                               "at the mask's (RGB) size")
+                unscored -= self.misfit_labels
+            if self.opts.label_topic and unscored > 0:
                 s.notes.append(f"{unscored} masks had no label")
             if self.bad_labels:
                 s.notes.append(f"{self.bad_labels} labels on {self.opts.label_topic} were not scored: they hold "

@@ -3,7 +3,7 @@
 For a bag, its RGB and modality topics and a checkpoint, this pairs frames with
 the node's policy (``sigma_core.data.pairing.ApproximateTimePairer``, fed in
 the bag's log-time order, exactly as the node would receive them), segments
-every pair with ``Segmenter`` as the node does, and, where labels exist (a
+every pair with the node's own per-frame step (``segmentation_step``), and, where labels exist (a
 mono8 label topic stamped like RGB, or an extracted ``Label/`` folder whose
 files are named by RGB stamp in nanoseconds), scores the masks with
 ``sigma_core.engine.metrics``. It reports mIoU and per-class IoU, per-frame
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from sigma_core.data.bags import (
@@ -44,8 +43,7 @@ from sigma_core.data.bags import (
     resolve_topic,
     stamp_ns,
 )
-from sigma_core.data.image_encoding import to_rgb8
-from sigma_core.data.labels import read_label_image
+from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
@@ -53,7 +51,8 @@ from .. import ros_env  # noqa: F401  (before rclpy, imported below through node
 # isort: split
 from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
-from ..node.segmentation_stats import count_classes
+from ..node.parameters import ConfigError
+from ..segmentation_step import load_segmenter, segment_pair
 from .report import (
     FrameSample,
     ReplaySummary,
@@ -176,7 +175,7 @@ class OutputBag:
               counts: Any, inference_ms: float, sync_skew_ms: float) -> None:
         """One frame's outputs at log time ``log_ns`` (the RGB message's), stamped like the RGB image.
 
-        counts: ``segmentation_stats.count_classes`` of the mask. latency_ms is 0 (no live clock offline).
+        counts: ``segmentation_step.count_classes`` of the mask. latency_ms is 0 (no live clock offline).
         """
         from builtin_interfaces.msg import Time
         from rclpy.serialization import serialize_message
@@ -276,9 +275,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         for role, log_ns, msg in _iter_bag(opts):
             stamp = stamp_ns(msg)
             if role == "label":
-                arr, _ = message_to_array(msg)
-                label = np.array(arr if arr.ndim == 2 else arr[..., 0], np.uint8)
-                matcher.add_label(stamp, label)
+                label = label_from_message(msg, f"the label stamped {stamp} ns on {opts.label_topic}")
+                matcher.add_label(stamp, np.array(label))
                 continue
             if role == "rgb":
                 summary.rgb_messages += 1
@@ -290,21 +288,14 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             (rgb_stamp, rgb_log, rgb_msg), (modal_stamp, _, modal_msg) = pair.first, pair.second
             summary.expected_pairs += 1
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
-            rgb = np.ascontiguousarray(to_rgb8(rgb_arr, rgb_enc))
             modal, _ = message_to_array(modal_msg)
-            h, w = rgb.shape[:2]
-            if modal.shape[:2] != (h, w):  # as the node does: nearest never blends valid with invalid values
-                modal = cv2.resize(modal, (w, h), interpolation=cv2.INTER_NEAREST)
-            t0 = time.perf_counter()
-            mask, confidence = segmenter(rgb, modal)
-            inference_ms = (time.perf_counter() - t0) * 1e3
-            mask = np.ascontiguousarray(mask, np.uint8)
+            frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal)  # what the node runs, resizing included
+            rgb, mask, counts, inference_ms = frame.rgb, frame.mask, frame.counts, frame.inference_ms
             frames_processed += 1
             summary.frames += 1
             summary.inference_ms.append(inference_ms)
             summary.sync_skew_ms.append((rgb_stamp - modal_stamp) / 1e6)
             result.modal_stamp[rgb_stamp] = modal_stamp
-            counts = count_classes(mask, np.asarray(confidence, np.float32), k)
             pixels += counts.pixel_count
             if opts.keep_masks:
                 result.masks[rgb_stamp] = mask
@@ -370,30 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_segmenter(checkpoint: str, device: str, precision: str, dataset: Optional[str] = None) -> Any:
-    """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load.
-
-    dataset: what a published Sigma checkpoint was trained on (see sigma_core.checkpoints.load_model); its
-    notes (inferred architecture) and warnings (an ignored dataset) are printed.
-    """
-    from sigma_core import Segmenter
-
-    from ..node.parameters import ConfigError, resolve_checkpoint
-
-    try:
-        path = resolve_checkpoint(checkpoint)
-    except ConfigError as e:
-        raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
-    seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
-    for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:
-        print(line)
-    return seg
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        seg = load_segmenter(args.checkpoint, args.device, args.precision, args.dataset)
+        try:
+            seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
+        except ConfigError as e:  # the node's wording names its parameter; here it is a flag
+            raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
+        for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:  # what a .pth needed inferred
+            print(line)
         opts = ReplayOptions(
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,

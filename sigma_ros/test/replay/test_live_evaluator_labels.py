@@ -24,6 +24,12 @@ def _mono8(stamp_s: int, values: np.ndarray) -> Image:
                  width=values.shape[1], encoding="mono8", step=values.shape[1], data=values.astype(np.uint8).tobytes())
 
 
+def _image(stamp_s: int, values: np.ndarray, encoding: str) -> Image:
+    row = values.shape[1] * values.itemsize * (values.shape[2] if values.ndim == 3 else 1)
+    return Image(header=Header(stamp=Time(sec=stamp_s), frame_id="cam"), height=values.shape[0],
+                 width=values.shape[1], encoding=encoding, step=row, data=values.tobytes())
+
+
 def test_labels_with_ids_beyond_the_models_classes_are_counted_not_scored():
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 40)
     rclpy.init()
@@ -45,17 +51,28 @@ def test_labels_with_ids_beyond_the_models_classes_are_counted_not_scored():
         while time.monotonic() < deadline and not evaluator.class_map_event.is_set():
             executor.spin_once(timeout_sec=0.05)
         assert evaluator.class_map_event.is_set()
-        checks = ((1, good, lambda: 1_000_000_000 in evaluator.confusion), (2, bad, lambda: evaluator.bad_labels))
+        colour = np.zeros((4, 6, 3), np.uint8)
+        colour[..., 0] = 1  # a colour label: its first channel (all 1) is no class id
+        wide = np.ones((4, 6), np.uint16)
+        wide[0, 0] = 257  # a 16-bit label: 257 is not class 1 (it was cast to uint8)
+        checks = ((1, _mono8(1, good), lambda: 1_000_000_000 in evaluator.confusion),
+                  (2, _mono8(2, bad), lambda: evaluator.bad_labels),
+                  (3, _image(3, colour, "rgb8"), lambda: evaluator.unreadable_labels),
+                  (4, _image(4, wide, "mono16"), lambda: evaluator.bad_labels >= 2),
+                  (5, _mono8(5, good[:2, :3]), lambda: evaluator.misfit_labels))  # not at the mask size
         for stamp_s, label, handled in checks:
             while time.monotonic() < deadline and not handled():  # publish until heard (DDS matching takes time)
-                labels.publish(_mono8(stamp_s, label))
+                labels.publish(label)
                 masks.publish(_mono8(stamp_s, mask))
                 for _ in range(10):
                     executor.spin_once(timeout_sec=0.02)
-        assert evaluator.bad_labels >= 1 and list(evaluator.confusion) == [1_000_000_000]
+        assert evaluator.bad_labels >= 2 and evaluator.unreadable_labels >= 1 and evaluator.misfit_labels >= 1
+        assert list(evaluator.confusion) == [1_000_000_000]
         notes = evaluator.summary().notes
         assert any("labels on /cam/label were not scored: they hold class ids the model does not predict "
                    "(it has 3 classes)" in n for n in notes)
+        assert any("messages on /cam/label hold no class ids (colour or float images)" in n for n in notes)
+        assert any("labels on /cam/label were not scored: they are not at the mask's (RGB) size" in n for n in notes)
         evaluator.destroy_node()
         driver.destroy_node()
     finally:

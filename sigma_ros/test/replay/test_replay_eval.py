@@ -207,16 +207,70 @@ def test_label_folder_of_indexed_pngs_is_read_as_class_ids(world, tmp_path):
         np.testing.assert_array_equal(by_index.confusion[stamp], cm)
 
 
+def _relabelled_bag(rec, path, make_label):
+    """rec's bag with every label message replaced by ``make_label(bag_writer, stamp, frame_id, ids)``."""
+    from sigma_core.data.bags import BagWriter, message_to_array, open_bag, read_messages, stamp_ns
+
+    with open_bag(rec.path) as reader, BagWriter(path, "sqlite3") as out:
+        for conn, log_ns, msg in read_messages(reader, reader.connections, rec.path):
+            if conn.msgtype != "sensor_msgs/msg/Image":
+                continue
+            arr, enc = message_to_array(msg)
+            if conn.topic == rec.label_topic:
+                msg = make_label(out, stamp_ns(msg), msg.header.frame_id, np.array(arr))
+            else:
+                msg = out.image(stamp_ns(msg), msg.header.frame_id, np.array(arr), enc)
+            out.write(conn.topic, log_ns, msg)
+    return path
+
+
+def test_label_topic_is_read_as_class_ids_or_refused_never_by_its_first_channel(world, tmp_path, capsys):
+    """A colour label topic (bgr8: class colours) was scored by its blue channel, a misread without a word: it is
+    a one-line error. An indexed-PNG CompressedImage label topic scores exactly like the mono8 one."""
+    import io
+
+    from PIL import Image
+
+    from sigma_core.data.synthetic import world_description
+
+    rec = world["record"]
+    palette = np.array(world_description("thermal")["palette"], np.uint8)
+
+    def colour(out, stamp, frame_id, ids):
+        return out.image(stamp, frame_id, palette[ids][..., ::-1].copy(), "bgr8")
+
+    def indexed(out, stamp, frame_id, ids):
+        img = Image.fromarray(ids, mode="P")
+        img.putpalette(palette.reshape(-1).tolist())
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return out.compressed_image(stamp, frame_id, "png", buf.getvalue())
+
+    rc = main([str(_relabelled_bag(rec, tmp_path / "colour", colour)), "--checkpoint", str(world["ckpt"]),
+               "--rgb-topic", rec.rgb_topic, "--modal-topic", rec.modal_topic, "--label-topic", rec.label_topic,
+               "--device", "cpu", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"ns on {rec.label_topic} is bgr8" in err and "a colour image: its values are not class ids" in err
+    grey = replay_bag(ReplayOptions(rec.path, rec.rgb_topic, rec.modal_topic, label_topic=rec.label_topic,
+                                    max_pairs=4), world["seg"])
+    by_index = replay_bag(ReplayOptions(_relabelled_bag(rec, tmp_path / "indexed", indexed), rec.rgb_topic,
+                                        rec.modal_topic, label_topic=rec.label_topic, max_pairs=4), world["seg"])
+    assert by_index.summary.frames_scored == grey.summary.frames_scored == 4
+    for stamp, cm in grey.confusion.items():
+        np.testing.assert_array_equal(by_index.confusion[stamp], cm)
+
+
 def test_published_checkpoint_needs_and_takes_a_dataset(world, published_parity, tmp_path, capsys):
     """The parity network as a published file: --dataset (a class list) makes it run; its Segmenter gives the
     fixture's logits; without --dataset the tool stops with one line naming the presets."""
     import torch
 
-    from sigma_ros.replay.replay_eval import load_segmenter
+    from sigma_ros.segmentation_step import load_segmenter  # the node's loader, which replay runs too
 
     rec, checkpoint = world["record"], published_parity["checkpoint"]
     fixture = published_parity["fixture"]
-    seg = load_segmenter(str(checkpoint), "cpu", "fp32", str(published_parity["classes"]))
+    seg = load_segmenter(str(checkpoint), "cpu", "fp32", dataset=str(published_parity["classes"]))
     torch.testing.assert_close(seg.logits(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
     args = [str(rec.path), "--checkpoint", str(checkpoint), "--rgb-topic", rec.rgb_topic, "--modal-topic",
             rec.modal_topic, "--device", "cpu", "--max-pairs", "3", "--no-html", "--out", str(tmp_path / "report")]

@@ -1,4 +1,5 @@
-"""Shared pieces of the node's real-process tests: tiny checkpoints, a harness node in the test process, node
+"""Shared pieces of the node's real-process tests (importable from every test folder: conftest.py's folder is on
+sys.path): tiny checkpoints, a harness node in the test process, node
 processes (``python -m sigma_ros.node``) with their logs, and camera stream helpers.
 
 Images are 64x80 and the model is the smallest Sigma (dims 32, one block per stage) to keep the 2-core CI
@@ -24,7 +25,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from sigma_ros.node.image_conversion import array_to_image_msg
 
-PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
+PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 H, W = 64, 80
 CLASSES = ["road", "car", "person", "sky"]
 
@@ -69,8 +70,8 @@ class Harness:
     def publisher(self, msg_type, topic):
         return self.node.create_publisher(msg_type, topic, 10)
 
-    def subscribe(self, msg_type, topic, latched=False):
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    def subscribe(self, msg_type, topic, latched=False, reliability=ReliabilityPolicy.RELIABLE):
+        qos = QoSProfile(depth=50, reliability=reliability)
         if latched:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -108,7 +109,8 @@ class Harness:
 class NodeProcess:
     """``python -m sigma_ros.node`` in namespace ``ns``; its log goes to a file we can read while it runs."""
 
-    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, warmup: bool = True):
+    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, warmup: bool = True, args: tuple = ()):
+        """args: more ``--ros-args`` (remappings ``-r from:=to``)."""
         self.ns = ns
         self.log_path = log_dir / f"{ns.strip('/')}.log"
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
@@ -118,6 +120,7 @@ class NodeProcess:
             cmd += ["-p", f"warmup.size:=[{H}, {W}]"]
         for name, value in params.items():
             cmd += ["-p", f"{name}:={value}"]
+        cmd += list(args)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -145,8 +148,8 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             return None, time.monotonic() - start
 
-    def wait_ready(self, timeout: float = 90.0):
-        assert self.wait_log("ready:", timeout), f"node {self.ns} did not start:\n{self.log()}"
+    def wait_ready(self, timeout: float = 90.0, text: str = "ready:"):
+        assert self.wait_log(text, timeout), f"node {self.ns} did not start:\n{self.log()}"
 
     def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> tuple[int, float]:
         """Send ``sig``; (exit code, seconds to exit)."""
@@ -162,9 +165,10 @@ class NodeProcess:
         self._log.close()
 
 
-def start_node(tmp_path_factory, ns, params, domain_id: int) -> NodeProcess:
-    node = NodeProcess(tmp_path_factory.mktemp("logs"), ns, params, domain_id)
-    node.wait_ready()
+def start_node(tmp_path_factory, ns, params, domain_id: int, ready: str = "ready:", **kwargs) -> NodeProcess:
+    """A node process that has logged ``ready`` (a lifecycle node: "lifecycle node: waiting for configure")."""
+    node = NodeProcess(tmp_path_factory.mktemp("logs"), ns, params, domain_id, **kwargs)
+    node.wait_ready(text=ready)
     return node
 
 
