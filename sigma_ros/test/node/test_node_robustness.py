@@ -231,6 +231,9 @@ def test_sim_time_latency_before_clock_and_a_clock_reset(tmp_path_factory, check
             return sim["ns"]
 
         stamp = serve_one(harness, streams, "/c", stamp_of=tick)
+        # stats follow the mask: wait for them too
+        assert harness.wait_for(lambda: any(stamp_ns(s) == stamp for s in harness.messages("/c/segmentation/stats")),
+                                10)
         stats = next(s for s in harness.messages("/c/segmentation/stats") if stamp_ns(s) == stamp)
         assert abs(stats.latency_ms) < 60_000, stats.latency_ms  # sim time, not 1.8e12 ms
         # The simulation restarts: /clock back to 10 s, then frames from there.
