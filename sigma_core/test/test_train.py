@@ -13,8 +13,9 @@ from sigma_core.checkpoints import load_checkpoint
 from sigma_core.data.synthetic import CLASSES, write_dataset
 from sigma_core.engine.config import TrainConfig, apply_overrides, list_presets, parse_value
 from sigma_core.engine.metrics import chance_miou
+from sigma_core.engine.run_folder import list_checkpoints, state_path_for
 from sigma_core.engine.schedule import WarmupPolySchedule
-from sigma_core.engine.train import list_checkpoints, state_path_for, train
+from sigma_core.engine.train import train
 
 TINY = ["model.variant=null", "model.depths=[1,1,1,1]", "model.dims=32", "model.decoder_depths=[1,1,1]",
         "model.drop_path_rate=0.1", "data.crop_size=[32,48]", "data.scales=[0.75,1.0,1.25]", "data.batch_size=4",
@@ -166,7 +167,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_fine_tuning_init_drops_a_class_head_of_another_size(tmp_path):
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
-    from sigma_core.engine.train import initialise_from, model_config
+    from sigma_core.engine.builders import initialise_from, model_config
 
     cfg = TrainConfig.load(None, TINY)
     torch.manual_seed(0)
@@ -195,3 +196,98 @@ def test_modality_dropout_blanks_whole_samples():
     assert all(b != k for b, k in zip(blanked, kept)) and 16 < sum(blanked) < 48
     with pytest.raises(ValueError, match="data.modality_dropout"):
         TrainConfig.load(None, ["data.modality_dropout=1.5"])
+
+
+def run_in_child(fn, kill_at_write=None):
+    """Run ``fn()`` in a forked process; with ``kill_at_write`` N it SIGKILLs itself as its N-th atomic write
+    is about to land (the temporary written, not yet renamed). Returns (exit status, writes it made)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest clean-up may run here
+        os.close(read)
+        code = 1
+        try:
+            real_replace, count = os.replace, [0]
+
+            def replace(src, dst):
+                count[0] += 1
+                if count[0] == kill_at_write:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_replace(src, dst)
+
+            os.replace = replace
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os.write(write, str(count[0]).encode())
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        text = f.read()
+    return status, int(text) if text else None
+
+
+def test_every_kill_point_resumes_to_a_consistent_run(synth, tmp_path):
+    """SIGKILL at each write of a run (config, logs, checkpoint, state, best.pt), then resume: the run ends as an
+    uninterrupted one does: the same losses and epochs.csv rows, best.pt holding the best mIoU the state records,
+    no temporaries left behind."""
+    common = ["schedule.epochs=3", "schedule.warmup_epochs=0", "train.eval_every=1", "data.limit=8",
+              "eval.limit=4", "train.keep_last=2", "train.tensorboard=false"]
+    straight = tmp_path / "straight"
+    status, writes = run_in_child(lambda: train(tiny_config(synth, straight, *common)))
+    assert status == 0 and writes >= 3 + 2 * 3
+    reference_log = read_csv(straight / "train_log.csv")
+    reference_epochs = [{k: r[k] for k in ("epoch", "iteration", "mean_loss", "miou", "checkpoint")}
+                        for r in read_csv(straight / "epochs.csv")]
+    for n in range(1, writes + 1):
+        run = tmp_path / f"killed_at_{n}"
+        status, _ = run_in_child(lambda run=run: train(tiny_config(synth, run, *common)), kill_at_write=n)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, n
+        if not run.exists():
+            continue
+        status, _ = run_in_child(lambda run=run: train(tiny_config(synth, run, *common, "train.resume=auto")))
+        assert status == 0, n
+        assert read_csv(run / "train_log.csv") == reference_log, n
+        epochs = [{k: r[k] for k in ("epoch", "iteration", "mean_loss", "miou", "checkpoint")}
+                  for r in read_csv(run / "epochs.csv")]
+        assert epochs == reference_epochs, n
+        state = torch.load(state_path_for(run / "epoch_0003.pt"), weights_only=True)
+        best = load_checkpoint(run / "best.pt")[1].extra["training"]
+        assert (best["epoch"], best["miou"]) == (state["best"]["epoch"], state["best"]["miou"]), n
+        assert best["miou"] == pytest.approx(max(float(r["miou"]) for r in epochs), abs=1e-6), n
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], n
+
+
+def test_a_failed_start_writes_nothing_and_a_new_run_never_replaces_another(synth, tmp_path):
+    out = tmp_path / "out"
+    bad = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={synth}",
+                          f"train.out_dir={out}", "data.batch_size=1000"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "fewer than one batch" in bad.stderr and not out.exists()
+    out.mkdir()
+    (out / "epochs.csv").write_text("epoch\n1\n")
+    again = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={synth}",
+                            f"train.out_dir={out}", "schedule.epochs=1", "schedule.warmup_epochs=0"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "--resume auto" in again.stderr and again.stderr.count("\n") == 1
+    assert (out / "epochs.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in out.iterdir()) == ["epochs.csv"]
+
+
+def test_no_weight_decay_follows_the_tags_the_model_declares():
+    from sigma_core.engine.builders import build_model
+    from sigma_core.engine.train import parameter_groups
+
+    model = build_model(TrainConfig.load(None, TINY), len(CLASSES))
+    decay, no_decay = parameter_groups(model, 0.01)
+    tagged = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    leaves = {n.rsplit(".", 1)[-1] for n in tagged}
+    assert leaves == {"A_logs", "Ds", "A_log_1", "A_log_2", "D_1", "D_2"}
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in no_decay_ids) == (name in tagged or p.ndim <= 1), name
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+    assert any(p.ndim > 1 for p in no_decay["params"])  # the 2-D A_log matrices, by their tag

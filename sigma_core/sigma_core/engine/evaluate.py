@@ -178,14 +178,13 @@ def load_model_for_evaluation(checkpoint: str, cfg: Any, num_classes: int, devic
     """(model in eval mode, CheckpointMeta or None): ours by its metadata; else a published Sigma checkpoint,
     built from ``cfg.model`` with the dataset's class count."""
     from ..checkpoints import NotOurCheckpointError, load_checkpoint, load_weights
-    from ..models.sigma import build_sigma
-    from .train import model_config
+    from .builders import build_model
 
     try:
         model, meta = load_checkpoint(checkpoint, device=device,
                                       scan_backend=None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend)
     except NotOurCheckpointError:
-        model = build_sigma(model_config(cfg, num_classes))
+        model = build_model(cfg, num_classes)
         load_weights(model, checkpoint, strict=True)
         return model.to(device).eval(), None
     if meta.num_classes != num_classes:
@@ -202,18 +201,16 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     import time
 
     import cv2
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from ..files import atomic_write_image
+    from .builders import dataset_info, evaluation_dataset
     from .reports import published_miou, write_evaluation_report
-    from .train import dataset_info, make_dataset
 
     started = time.perf_counter()
     dev = resolve_device(device)
-    dataset = make_dataset(cfg.data, cfg.data.val_split, train=False, seed=0)
+    dataset = evaluation_dataset(cfg)  # ValueError when the split is empty
     info = dataset_info(dataset)
-    if cfg.eval.limit is not None:
-        dataset = Subset(dataset, range(min(cfg.eval.limit, len(dataset))))
     model, meta = load_model_for_evaluation(checkpoint, cfg, len(info.class_names), dev)
     class_names = list(info.class_names)
     palette = np.asarray(meta.palette if meta is not None else info.palette, dtype=np.uint8)
