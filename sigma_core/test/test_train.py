@@ -1,6 +1,7 @@
 """Training: config/overrides, schedule, loss goes down, beats chance, exact kill-and-resume, torchrun (gloo, CPU)."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -291,3 +292,23 @@ def test_no_weight_decay_follows_the_tags_the_model_declares():
         assert (id(p) in no_decay_ids) == (name in tagged or p.ndim <= 1), name
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
     assert any(p.ndim > 1 for p in no_decay["params"])  # the 2-D A_log matrices, by their tag
+
+
+def test_start_up_summary_crop_from_the_dataset_and_a_memory_warning(synth, tmp_path, capsys, monkeypatch):
+    """The custom preset's 480x640 crop on 32x48 frames trains at 32x48 (the size dataset.yaml records); with too
+    little memory free the run warns with settings that fit before its first iteration; resuming says so."""
+    import sigma_core.engine.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 80 * 2**20)
+    args = ["data.crop_size=[480,640]", "schedule.warmup_epochs=0", "data.limit=8", "eval.limit=2",
+            "data.batch_size=8"]
+    train(tiny_config(synth, tmp_path / "run", *args, "schedule.epochs=1"))
+    out, err = capsys.readouterr()
+    assert "crop 32x48, batch 8" in out and "8 training images" in out and "2 validation images" in out
+    assert "device cpu, 1 threads" in out and "starting at epoch 1 of 1" in out
+    assert "warning: training needs about" in err and "80 MiB are available" in err
+    assert re.search(r"settings that fit: data\.batch_size=\d", err), err
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 64 * 2**30)
+    train(tiny_config(synth, tmp_path / "run", *args, "schedule.epochs=2", "train.resume=auto"))
+    out, err = capsys.readouterr()
+    assert "resumed from epoch 1" in out and "best val mIoU" in out and "1 epochs to go" in out and not err

@@ -163,8 +163,14 @@ def memory_warning(estimate: MemoryEstimate, available: Optional[int], processes
             options.append(f"data.batch_size=1 data.crop_size=[{small[0]},{small[1]}]")
     fit = ("; settings that fit: " + ", or ".join(options)) if options else \
         "; even one 32x32 sample does not fit: choose a smaller model.variant"
-    return (f"training needs about {need / GIB:.1f} GiB (batch {estimate.batch} at {h}x{w}: "
-            f"{estimate.activations() / GIB:.1f} GiB activations, "
-            f"{estimate.parameters * OPTIMISER_BYTES_PER_PARAMETER / GIB:.1f} GiB weights and optimiser state) but "
-            f"{available / GIB:.1f} GiB are available{' per process' if processes_per_device > 1 else ''}; "
+    return (f"training needs about {size_text(need)} (batch {estimate.batch} at {h}x{w}: "
+            f"{size_text(estimate.activations())} activations, "
+            f"{size_text(estimate.parameters * OPTIMISER_BYTES_PER_PARAMETER)} weights and optimiser state) but "
+            f"{size_text(available)} {'are' if processes_per_device == 1 else 'is'} available"
+            f"{f' for {processes_per_device} processes' if processes_per_device > 1 else ''}; "
             f"the run may be killed for lack of memory{fit}")
+
+
+def size_text(n: float) -> str:
+    """Bytes as GiB with one decimal, or MiB below 1 GiB."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
