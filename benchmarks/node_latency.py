@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sigma_core.data.bags import stamp_ns
     from sigma_msgs.msg import SegmentationStats
-    from sigma_ros.image_conversion import array_to_image_msg
+    from sigma_ros.node.image_conversion import array_to_image_msg
 
     workdir = Path(tempfile.mkdtemp(prefix="sigma_node_latency_"))
     net_h, net_w = (int(v) for v in args.net_size.lower().split("x"))

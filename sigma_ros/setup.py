@@ -24,12 +24,12 @@ setup(
     entry_points={
         "console_scripts": [
             "sigma_node = sigma_ros.node:main",
-            "replay_eval = sigma_ros.replay_eval:main",
-            "sigma-replay-eval = sigma_ros.replay_eval:main",
-            "bag_player = sigma_ros.bag_player:main",
-            "replay_evaluator = sigma_ros.live_evaluator:main",
-            "demo = sigma_ros.demo:main",
-            "sigma-demo = sigma_ros.demo:main",
+            "replay_eval = sigma_ros.replay.replay_eval:main",
+            "sigma-replay-eval = sigma_ros.replay.replay_eval:main",
+            "bag_player = sigma_ros.replay.bag_player:main",
+            "replay_evaluator = sigma_ros.replay.live_evaluator:main",
+            "demo = sigma_ros.replay.demo:main",
+            "sigma-demo = sigma_ros.replay.demo:main",
         ],
     },
 )

@@ -6,4 +6,4 @@ cd "$root"
 bash tools/setup.sh
 # shellcheck disable=SC1091
 source tools/env.sh
-exec python -m sigma_ros.demo "$@"
+exec python -m sigma_ros.replay.demo "$@"

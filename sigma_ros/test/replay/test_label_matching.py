@@ -1,7 +1,7 @@
 """label_matching: masks meet their labels in either order, stale ones are forgotten, frames are scored."""
 import numpy as np
 
-from sigma_ros.label_matching import LabelMatcher, forget_older, frame_confusion
+from sigma_ros.replay.label_matching import LabelMatcher, forget_older, frame_confusion
 
 S = 1_000_000_000  # one second in ns
 

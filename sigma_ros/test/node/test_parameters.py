@@ -1,4 +1,4 @@
-"""node_config: parameter validation with errors that name the parameter, and the shipped YAML's agreement."""
+"""Node parameters: validation with errors that name the parameter, and the shipped YAML's agreement."""
 from pathlib import Path
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
-from sigma_ros.node_config import PARAMETERS, ConfigError, parse_node_config, parse_palette  # noqa: E402
+from sigma_ros.node.parameters import PARAMETERS, ConfigError, parse_node_config, parse_palette  # noqa: E402
 
-YAML = Path(__file__).resolve().parents[1] / "config" / "sigma.yaml"
+YAML = Path(__file__).resolve().parents[2] / "config" / "sigma.yaml"
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 from sensor_msgs.msg import Image  # noqa: E402
 
-from sigma_ros.pair_synchronizer import PairSynchronizer, stamp_seconds  # noqa: E402
+from sigma_ros.node.pair_synchronizer import PairSynchronizer, stamp_seconds  # noqa: E402
 
 
 def _img(t: float) -> Image:

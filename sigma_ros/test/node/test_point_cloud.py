@@ -6,8 +6,8 @@ pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip whe
 from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from sigma_ros import point_cloud  # noqa: E402
-from sigma_ros.point_cloud import (  # noqa: E402
+from sigma_ros.node import point_cloud  # noqa: E402
+from sigma_ros.node.point_cloud import (  # noqa: E402
     POINT_DTYPE,
     Pinhole,
     depth_to_metres,

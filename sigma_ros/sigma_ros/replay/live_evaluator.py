@@ -16,7 +16,7 @@ the streams go quiet or after ``--duration``) or inside another program (the dem
 """
 from __future__ import annotations
 
-from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
 import argparse
@@ -40,11 +40,11 @@ from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import ConfusionMatrix
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
-from .image_conversion import image_msg_to_array, image_msg_to_rgb8
+from ..node.image_conversion import image_msg_to_array, image_msg_to_rgb8
+from ..node.mask_rendering import colorize, lookup_palette, overlay
+from ..node.pair_synchronizer import stamp_seconds
+from ..node.qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .label_matching import LabelMatcher, forget_older, frame_confusion
-from .mask_rendering import colorize, lookup_palette, overlay
-from .pair_synchronizer import stamp_seconds
-from .qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"

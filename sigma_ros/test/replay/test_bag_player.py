@@ -20,11 +20,11 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
-from sigma_ros.bag_player import BagPlayer  # noqa: E402
-from sigma_ros.image_conversion import image_msg_to_array  # noqa: E402
+from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
+from sigma_ros.replay.bag_player import BagPlayer  # noqa: E402
 
 DOMAIN_ID = 10 + os.getpid() % 30  # private to this module (other test modules use other ranges)
-PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def _spin(executor, context):
 
 def _play(bag_path, *extra, timeout=60):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
-    cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--wait-timeout", "20", *extra]
+    cmd = [sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag_path), "--wait-timeout", "20", *extra]
     if "--wait-for-subscribers" not in extra:
         cmd.append("--wait-for-subscribers")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -168,7 +168,7 @@ def test_ros1_bag_is_converted_to_ros2_messages(tmp_path, listener):
 
 
 def test_subscriber_minimums_are_parsed_and_checked(bag):
-    from sigma_ros.bag_player import parse_minimum
+    from sigma_ros.replay.bag_player import parse_minimum
 
     assert parse_minimum(["/a/b=2", "/c=1"]) == {"/a/b": 2, "/c": 1}
     with pytest.raises(ValueError, match="TOPIC=N"):

@@ -45,11 +45,12 @@ from sigma_core.data.bags import (
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.pairing import ApproximateTimePairer
 
-from . import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
+from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 
 # isort: split
-from .mask_rendering import colorize, lookup_palette, overlay
-from .pair_synchronizer import stamp_seconds
+from ..node.mask_rendering import colorize, lookup_palette, overlay
+from ..node.pair_synchronizer import stamp_seconds
+from ..node.segmentation_stats import count_classes
 from .report import (
     FrameSample,
     ReplaySummary,
@@ -57,7 +58,6 @@ from .report import (
     format_summary,
     write_report,
 )
-from .segmentation_stats import count_classes
 
 MASK_TOPIC = "/segmentation/mask"
 COLOR_TOPIC = "/segmentation/color_mask"
@@ -183,8 +183,8 @@ class OutputBag:
 
         from sigma_msgs.msg import ClassMap
 
-        from .image_conversion import array_to_image_msg
-        from .segmentation_stats import stats_msg
+        from ..node.image_conversion import array_to_image_msg
+        from ..node.segmentation_stats import stats_msg
 
         sec, nsec = divmod(int(stamp), 1_000_000_000)
         header = Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id)
@@ -364,7 +364,7 @@ def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
     """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load."""
     from sigma_core import Segmenter
 
-    from .node_config import ConfigError, resolve_checkpoint
+    from ..node.parameters import ConfigError, resolve_checkpoint
 
     try:
         path = resolve_checkpoint(checkpoint)

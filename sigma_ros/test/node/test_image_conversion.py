@@ -8,7 +8,7 @@ pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip whe
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array, image_msg_to_rgb8  # noqa: E402
+from sigma_ros.node.image_conversion import array_to_image_msg, image_msg_to_array, image_msg_to_rgb8  # noqa: E402
 
 RNG = np.random.default_rng(0)
 CASES = [

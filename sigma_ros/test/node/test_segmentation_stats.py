@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 from std_msgs.msg import Header  # noqa: E402
 
-from sigma_ros.segmentation_stats import count_classes, stats_msg  # noqa: E402
+from sigma_ros.node.segmentation_stats import count_classes, stats_msg  # noqa: E402
 
 
 def test_counts_fractions_and_confidence():

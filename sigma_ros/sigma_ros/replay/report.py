@@ -1,6 +1,6 @@
 """Replay reports a person would rather look at than read: summary, Markdown/HTML page and plots.
 
-Offline replay (``replay_eval``) and live replay (``live_evaluator``, the demo)
+Offline replay (``replay.replay_eval``) and live replay (``replay.live_evaluator``, the demo)
 both fill one :class:`ReplaySummary`; this module turns it into
 
 - ``summary.json`` (machine-readable; what tests and scripts check),

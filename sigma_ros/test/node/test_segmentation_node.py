@@ -31,10 +31,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_core.data.pairing import ApproximateTimePairer  # noqa: E402
 from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
-from sigma_ros.image_conversion import array_to_image_msg, image_msg_to_array  # noqa: E402
-from sigma_ros.point_cloud import POINT_DTYPE  # noqa: E402
+from sigma_ros.node.image_conversion import array_to_image_msg, image_msg_to_array  # noqa: E402
+from sigma_ros.node.point_cloud import POINT_DTYPE  # noqa: E402
 
-PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 DOMAIN_ID = 150 + os.getpid() % 60  # private to this test module's run
 H, W = 64, 80
 CLASSES = ["road", "car", "person", "sky"]
@@ -325,7 +325,7 @@ def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkey
     """Humble has no post-set parameter callbacks: the validating callback applies valid values itself."""
     from rclpy.parameter import Parameter
 
-    import sigma_ros.node as node_module
+    import sigma_ros.node.segmentation_node as node_module
 
     monkeypatch.setattr(node_module, "_POST_SET_CALLBACKS", False)
     context = rclpy.Context()

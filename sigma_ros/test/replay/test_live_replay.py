@@ -23,11 +23,11 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from replay_helpers import SIZE, synthetic_bag, tiny_checkpoint  # noqa: E402
 
 from sigma_core.engine.metrics import compute_metrics  # noqa: E402
-from sigma_ros.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
-from sigma_ros.replay_eval import ReplayOptions, replay_bag  # noqa: E402
+from sigma_ros.replay.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
+from sigma_ros.replay.replay_eval import ReplayOptions, replay_bag  # noqa: E402
 
 DOMAIN_ID = 40 + os.getpid() % 30  # private to this module (other test modules use other ranges)
-PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def live(tmp_path_factory):
     thread.start()
     # The replay_evaluator command as well (what the launch file runs), measuring the same replay.
     cli = subprocess.Popen(
-        [sys.executable, "-m", "sigma_ros.live_evaluator", "--rgb-topic", record.rgb_topic, "--modal-topic",
+        [sys.executable, "-m", "sigma_ros.replay.live_evaluator", "--rgb-topic", record.rgb_topic, "--modal-topic",
          record.modal_topic, "--label-topic", record.label_topic, "--out", str(root / "cli_report"),
          "--idle-timeout", "2", "--duration", "120", "--no-html"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -74,7 +74,7 @@ def live(tmp_path_factory):
         while evaluator.count_subscribers("/segmentation/mask") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         player = subprocess.run(
-            [sys.executable, "-m", "sigma_ros.bag_player", str(record.path),
+            [sys.executable, "-m", "sigma_ros.replay.bag_player", str(record.path),
              "--topics", record.rgb_topic, record.modal_topic, record.label_topic,
              "--wait-for-publisher", "/segmentation/class_map", "--wait-timeout", "60",
              # the node and both evaluators hear every camera frame; both evaluators every label

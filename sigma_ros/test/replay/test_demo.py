@@ -1,4 +1,4 @@
-"""`make demo` (python -m sigma_ros.demo) end to end, short: it runs, and its printed summary, report files and
+"""`make demo` (python -m sigma_ros.replay.demo) end to end, short: it runs, and its printed summary, report files and
 overlays agree with each other and with the bag it recorded."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)  # the demo must pick the shipped profile itself
     done = subprocess.run(
-        [sys.executable, "-m", "sigma_ros.demo", "--seconds", "2", "--output", str(out), "--device", "cpu",
+        [sys.executable, "-m", "sigma_ros.replay.demo", "--seconds", "2", "--output", str(out), "--device", "cpu",
          *model_args],
         env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -85,6 +85,6 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
 def test_demo_fails_loudly_without_a_model(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID))
     done = subprocess.run(
-        [sys.executable, "-m", "sigma_ros.demo", "--seconds", "1", "--output", str(tmp_path / "o"),
+        [sys.executable, "-m", "sigma_ros.replay.demo", "--seconds", "1", "--output", str(tmp_path / "o"),
          "--checkpoint", str(tmp_path / "missing.pt")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "missing.pt" in done.stderr

@@ -19,7 +19,7 @@ Usage::
 """
 from __future__ import annotations
 
-from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
 import argparse

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sigma_core.engine.metrics import compute_metrics
-from sigma_ros.report import (
+from sigma_ros.replay.report import (
     ReplaySummary,
     SampleKeeper,
     format_summary,

@@ -10,7 +10,7 @@ Run: ``sigma_node --ros-args -p checkpoint:=model.pt`` or
 """
 from __future__ import annotations
 
-from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
 # isort: split
 import sys
@@ -42,7 +42,8 @@ from .image_conversion import (
 )
 from .input_health import ProblemLog, StreamWatch
 from .mask_rendering import colorize, lookup_palette, overlay
-from .node_config import (
+from .pair_synchronizer import PairSynchronizer, stamp_seconds
+from .parameters import (
     PARAMETERS,
     RUNTIME_PARAMETERS,
     ConfigError,
@@ -51,7 +52,6 @@ from .node_config import (
     parse_node_config,
     parse_palette,
 )
-from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .point_cloud import Pinhole, depth_to_metres, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
 from .segmentation_stats import count_classes, stats_msg

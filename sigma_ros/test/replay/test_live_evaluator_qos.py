@@ -8,8 +8,8 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from sigma_ros.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
-from sigma_ros.qos import input_qos  # noqa: E402
+from sigma_ros.node.qos import input_qos  # noqa: E402
+from sigma_ros.replay.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
 
 
 @pytest.mark.parametrize("qos_name, expect_heard", [("sensor_data", True), ("reliable", False)])

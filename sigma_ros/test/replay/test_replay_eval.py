@@ -11,7 +11,7 @@ import yaml
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from replay_helpers import synthetic_bag, tiny_checkpoint  # noqa: E402
 
-from sigma_ros.replay_eval import ReplayOptions, main, replay_bag  # noqa: E402
+from sigma_ros.replay.replay_eval import ReplayOptions, main, replay_bag  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_output_bag_holds_the_node_topics(world, replayed):
     stats = [deserialize_message(bytes(raw), SegmentationStats) for raw in by_topic["/segmentation/stats"]]
     from rosbags.typesys import Stores, get_typestore
 
-    from sigma_ros.replay_eval import register_sigma_msgs
+    from sigma_ros.replay.replay_eval import register_sigma_msgs
 
     store = get_typestore(Stores.ROS2_KILTED)
     register_sigma_msgs(store)
@@ -130,7 +130,7 @@ def test_output_bag_holds_the_node_topics(world, replayed):
 
 
 def test_report_files_and_summary(world, replayed):
-    from sigma_ros.report import format_summary, write_report
+    from sigma_ros.replay.report import format_summary, write_report
 
     paths = write_report(replayed.summary, world["root"] / "report")
     for key in ("json", "markdown", "html", "latency", "class_iou", "frames"):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sigma_ros.mask_rendering import colorize, lookup_palette, overlay
+from sigma_ros.node.mask_rendering import colorize, lookup_palette, overlay
 
 
 def test_colorize_uses_the_palette_and_blacks_out_unlabelled():

@@ -14,7 +14,7 @@ profile for camera-sized messages unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is
 set. Exit status: 0 when masks came back and the node ran cleanly, 1 when the
 pipeline failed (the message says where; the logs are in the output folder).
 
-    python -m sigma_ros.demo [--seconds 6] [--output demo_output] [--rate 1.0] [--night]
+    python -m sigma_ros.replay.demo [--seconds 6] [--output demo_output] [--rate 1.0] [--night]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .package_files import fastdds_profile_env
+from ..package_files import fastdds_profile_env
 
 DEFAULT_OUTPUT = Path("demo_output")
 
@@ -86,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from sigma_core.data.synthetic import TOPICS, write_bag
     from sigma_core.inference import resolve_device
 
-    from .node_config import resolve_checkpoint
+    from ..node.parameters import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)  # fails early, naming the file, if the model is missing
     device = str(resolve_device(args.device))
@@ -151,7 +151,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # 4. Replay the bag live, in its own process (timing undisturbed by the evaluator).
         player_log = out / "player.log"
         topics = [record.rgb_topic, record.modal_topic, record.label_topic]
-        player_cmd = [sys.executable, "-m", "sigma_ros.bag_player", str(bag_path), "--rate", str(args.rate),
+        player_cmd = [sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag_path), "--rate", str(args.rate),
                       "--topics", *topics, "--wait-timeout", "30",
                       # the node and the evaluator must both hear the first frame
                       "--wait-for-subscribers", f"{rgb_topic}=2", f"{modal_topic}=2", f"{label_topic}=1",
@@ -233,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.seconds > 0 or not args.rate > 0:
         print(f"sigma-demo: --seconds and --rate must be > 0, got {args.seconds:g} and {args.rate:g}", file=sys.stderr)
         return 2
-    from . import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
+    from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 
     try:
         return run_demo(args)

@@ -2,7 +2,7 @@
 import threading
 import time
 
-from sigma_ros.frame_mailbox import LatestMailbox
+from sigma_ros.node.frame_mailbox import LatestMailbox
 
 
 def test_newest_item_wins_and_replacements_are_counted():

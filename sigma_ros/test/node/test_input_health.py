@@ -1,5 +1,5 @@
 """input_health: throttled counted problem reports, stamp order and silent-stream detection."""
-from sigma_ros.input_health import ProblemLog, StreamWatch
+from sigma_ros.node.input_health import ProblemLog, StreamWatch
 
 
 class FakeClock:

@@ -1,0 +1,5 @@
+import sys
+
+from .segmentation_node import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Replay side: the bag player, live and offline replay evaluation, reports and the demo."""
