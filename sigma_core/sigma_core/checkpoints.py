@@ -96,6 +96,9 @@ def read_checkpoint(path: PathLike) -> Any:
             "the repository was cloned without Git LFS. Fetch the real file with `git lfs install && git lfs pull` "
             "in that repository, or download the file itself (e.g. from the project's release or model page)."
         )
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (legacy: a pickle)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint but {_file_kind(head)}: give a .pt/.pth file "
+                              "written by torch.save, e.g. best.pt from sigma-train or a published Sigma .pth")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -112,6 +115,20 @@ def read_checkpoint(path: PathLike) -> Any:
             f"cannot read checkpoint {path}: {type(err).__name__}: {err}. Is it a PyTorch checkpoint "
             "(torch.save), complete and not truncated?"
         ) from err
+
+
+def _file_kind(head: bytes) -> str:
+    """What the first bytes of a file say it is, for error messages."""
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+                        (b"MM\x00*", "a TIFF image"), (b"SQLite format 3", "an SQLite database (a ROS 2 bag?)"),
+                        (b"\x89MCAP", "an MCAP file (a ROS 2 bag?)"), (b"#ROSBAG", "a ROS 1 bag")):
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "neither a zip archive nor a pickle"
 
 
 def state_dict_of(obj: Any, source: str = "<state dict>") -> tuple[dict[str, torch.Tensor], str]:

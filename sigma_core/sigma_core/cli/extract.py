@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: depth for 16UC1/32FC1 or a topic named *depth*, else thermal")
     p.add_argument("--classes", default=None,
                    help="class names: a text file (one per line) or a YAML with 'classes' (and palette, scaling), "
-                        "e.g. a dataset.yaml or the file `sigma-synth --describe` writes")
+                        "e.g. a dataset.yaml or the file `sigma-synth describe FILE` writes")
     p.add_argument("--thermal-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
     p.add_argument("--max-depth", type=float, default=None,
