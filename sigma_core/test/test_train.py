@@ -313,3 +313,11 @@ def test_start_up_summary_crop_from_the_dataset_and_a_memory_warning(synth, tmp_
     train(tiny_config(synth, tmp_path / "run", *args, "schedule.epochs=2", "train.resume=auto"))
     out, err = capsys.readouterr()
     assert "resumed from epoch 1" in out and "best val mIoU" in out and "1 epochs to go" in out and not err
+
+
+def test_an_empty_validation_split_stops_training_before_it_starts(tmp_path):
+    root = write_dataset(tmp_path / "no_test", n=8, seed=1, size=(32, 48), test_fraction=0.0)
+    assert (root / "test.txt").read_text().split() == []
+    with pytest.raises(ValueError, match=r"split 'test' holds no images.*--test-fraction.*no best\.pt can be chosen"):
+        train(tiny_config(root, tmp_path / "run", "schedule.epochs=1", "schedule.warmup_epochs=0"))
+    assert not (tmp_path / "run").exists()

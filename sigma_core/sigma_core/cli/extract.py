@@ -7,11 +7,13 @@ Examples::
         --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
 
 Pairs are the ones the segmentation node would make (same approximate-time policy,
---slop and --queue-size). Rerunning skips files that exist.
+--slop and --queue-size). Rerunning the same command resumes (files that exist are skipped);
+a rerun with other options into the same folder is refused.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
     p.add_argument("--min-interval", type=float, default=0.0, help="min seconds between kept pairs (default 0)")
-    p.add_argument("--test-fraction", type=float, default=0.0,
-                   help="fraction of the recording (in whole time blocks) for test.txt (default 0)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of the recording (in whole time blocks) for test.txt, the split training validates "
+                        "on to choose best.pt (default 0.2; 0: no test split)")
     p.add_argument("--split-blocks", type=int, default=10, help="time blocks the recording is cut into (default 10)")
     p.add_argument("--split-gap", type=float, default=1.0,
                    help="drop train frames closer than this many seconds to a test frame (default 1.0)")
@@ -49,6 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def extraction_warnings(c: dict, args: argparse.Namespace) -> list[str]:
+    """What a user would want to know about where the frames went: most of them in test, dropped, unpaired."""
+    warnings = []
+    if c["test"] > c["train"]:
+        warnings.append(f"{c['test']} of {c['train'] + c['test']} frames went to test and only {c['train']} to "
+                        f"train: lower --test-fraction ({args.test_fraction}) or raise --split-blocks "
+                        f"({args.split_blocks})")
+    if c["dropped_at_split"] > c["kept"] / 2:
+        warnings.append(f"the split dropped {c['dropped_at_split']} of {c['kept']} kept frames (train frames closer "
+                        f"than --split-gap {args.split_gap} s to a test frame): lower --split-gap or --split-blocks")
+    if args.test_fraction > 0 and c["test"] == 0:
+        warnings.append("no frame went to test, so training cannot choose a best.pt: record longer or raise "
+                        "--test-fraction")
+    fewer = min(c["rgb_messages"], c["modal_messages"])
+    if c["pairs"] < fewer / 2:
+        warnings.append(f"only {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality "
+                        f"messages: most frames have no partner within --slop {args.slop} s; a larger --slop pairs "
+                        "more")
+    if "label_messages" in c and c["labelled_pairs"] < c["pairs"] / 2:
+        warnings.append(f"only {c['labelled_pairs']} of {c['pairs']} pairs have a label with their RGB frame's "
+                        "stamp; the others were dropped")
+    return warnings
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -87,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         fail(PROG, "interrupted; rerun the same command to resume", 130)
     c = result.counts
+    for warning in extraction_warnings(c, args):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     print(f"{PROG}: {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
           f"kept {c['kept']}: {c['train']} train, {c['test']} test ({c['dropped_at_split']} dropped at the split); "
           f"wrote {result.written} files, {result.skipped} existed -> {result.out}")
