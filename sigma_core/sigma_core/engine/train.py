@@ -450,6 +450,17 @@ class RunLogs:
             self.writer.close()
 
 
+def open_run_folder(cfg: TrainConfig, out_dir: Path, progress: Progress, model: torch.nn.Module,
+                    info: DatasetInfo) -> RunLogs:
+    """Create (or reopen) the run folder: stale temporaries removed, config.yaml, a best.pt a kill left
+    unwritten finished, the logs cut back to the resume point."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    restore_best_checkpoint(out_dir, progress, model, info)
+    return RunLogs(cfg, out_dir, progress)
+
+
 def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, model: torch.nn.Module,
                      progress: Progress, out_dir: Path) -> str:
     """The lines a run prints before its first iteration: device, model, data, where it starts, where it writes."""
@@ -582,21 +593,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     ctx = set_up_process(cfg)
     out_dir = Path(cfg.train.out_dir)
-    check_out_dir(cfg, out_dir)
+    if ctx.is_main:
+        check_out_dir(cfg, out_dir)
     data = load_data(cfg, ctx)
     trainee = build_trainee(cfg, len(data.info.class_names), data.iters_per_epoch, ctx)
     progress = resume_or_initialise(cfg, trainee, data.iters_per_epoch, ctx, out_dir)
-    if ctx.is_main:
+    logs = None
+    if ctx.is_main:  # rank 0 logs and writes; everything is checked, so now the run folder may be written
         warning = check_memory(cfg, data, trainee.model, ctx)
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-    logs = None
-    if ctx.is_main:  # everything is checked: now the run folder may be written
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-        restore_best_checkpoint(out_dir, progress, trainee.model, data.info)
-        logs = RunLogs(cfg, out_dir, progress)
+        logs = open_run_folder(cfg, out_dir, progress, trainee.model, data.info)
         print(start_up_summary(cfg, ctx, data, trainee.model, progress, out_dir), flush=True)
     wrap_for_processes(trainee, ctx)
 
@@ -612,8 +619,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if ctx.is_main:
                 metrics = result.evaluations[done] = evaluate_epoch(cfg, trainee, data, ctx)
             barrier(ctx)
-        improved = progress.record(done, metrics)
-        improved = bool(broadcast(ctx, improved))
+        improved = bool(broadcast(ctx, progress.record(done, metrics)))
         save = done % cfg.train.save_every == 0 or done == cfg.schedule.epochs or improved  # best.pt: resumable
         checkpoint = checkpoint_path(out_dir, done) if save else None
         if logs is not None:  # the epoch's row precedes its commit; a resume cuts the rows of uncommitted epochs
