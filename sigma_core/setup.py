@@ -12,7 +12,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
     ],
     python_requires=">=3.10",
-    install_requires=["numpy", "torch", "opencv-python-headless", "pyyaml", "tqdm", "rosbags", "matplotlib"],
+    install_requires=["numpy", "torch", "opencv-python-headless", "pyyaml", "tqdm", "rosbags", "matplotlib", "pillow"],
     extras_require={"train": ["tensorboard"], "gpu": ["triton"]},
     zip_safe=False,
     maintainer="Sigma ROS maintainers",

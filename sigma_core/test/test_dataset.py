@@ -5,8 +5,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from reference_data import realdata_file
 
 from sigma_core.data.dataset import PRESETS, DatasetSpec, RGBXDataset, resolve_spec
+from sigma_core.data.errors import DataError
+from sigma_core.data.modality import depth_to_metres
 from sigma_core.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from sigma_core.data.synthetic import write_dataset
 from sigma_core.data.transforms import TrainAugmentation
@@ -92,10 +95,10 @@ def test_missing_and_unreadable_files_fail_with_the_file_name(tmp_path):
     _fake_folder(tmp_path, spec)
     ds = RGBXDataset(tmp_path, "train", preset="mfnet")
     (tmp_path / "Modal" / "a1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"Modal/a1\.png"):
+    with pytest.raises(DataError, match=r"missing file .*Modal/a1\.png"):
         ds[0]
     (tmp_path / "Label" / "b2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    with pytest.raises(OSError, match=r"Label/b2\.png"):
+    with pytest.raises(DataError, match=r"cannot decode label image .*Label/b2\.png"):
         ds[1]
     with pytest.raises(FileNotFoundError, match="test.txt"):
         RGBXDataset(tmp_path, "test", preset="mfnet")
@@ -129,3 +132,231 @@ def test_augmented_samples_are_reproducible_per_seed_and_epoch(tmp_path):
         a.set_epoch(epoch)
         outs.add(a[0]["label"].numpy().tobytes())
     assert len(outs) > 1  # epochs see different augmentations
+
+
+# --- bad data is stopped where it enters, with one line naming the file ---------------------------------------------
+
+TINY_TRAIN = ["model.variant=null", "model.depths=[1,1,1,1]", "model.dims=32", "model.decoder_depths=[1,1,1]",
+              "data.crop_size=[32,48]", "data.scales=[1.0]", "data.batch_size=2", "train.device=cpu",
+              "train.threads=1", "train.progress=false", "train.tensorboard=false", "schedule.epochs=1",
+              "schedule.warmup_epochs=0"]
+
+
+def _set_classes(root: Path, classes) -> None:
+    spec = DatasetSpec.from_yaml(root / "dataset.yaml")
+    palette = spec.palette[:len(classes)] if spec.palette is not None else None
+    DatasetSpec.from_dict({**spec.to_dict(), "classes": list(classes),
+                           "palette": [list(c) for c in palette] if palette else None}).write_yaml(root)
+
+
+def _one_error_line(err: str, prog: str) -> str:
+    assert "Traceback" not in err and "Original" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"{prog}: error: ")
+    return line
+
+
+def test_labels_beyond_the_class_list_are_an_error_naming_file_value_and_count(tmp_path):
+    root = write_dataset(tmp_path / "synth", n=4, seed=1, size=(24, 32))
+    ds = RGBXDataset(root, "train")
+    assert ds.num_classes == 8 and int(ds[0]["label"].max()) <= 7
+    _set_classes(root, ["background", "road", "building"])  # the files hold ids 0..7
+    ds = RGBXDataset(root, "train")
+    stored = cv2.imread(str(ds.paths(0)[2]), cv2.IMREAD_UNCHANGED)
+    worst = int(stored.max())
+    assert worst >= 3
+    with pytest.raises(DataError, match=rf"{ds.names[0]}\.png holds label value 3, .*has 3 classes: stored values "
+                                        r"must be 0\.\.2 or 255 \(ignore\); list every class in .*dataset\.yaml"):
+        ds[0]
+
+
+def test_a_stray_label_value_stops_sigma_train_with_one_line_not_an_index_error(tmp_path, capsys):
+    """One 200 in an 8-class dataset: before, training crashed mid-epoch with a bare IndexError from the loss;
+    now the worker's error reaches the user as one line naming the file (DataLoader workers included)."""
+    from sigma_core.cli.train import main
+
+    root = write_dataset(tmp_path / "synth", n=8, seed=2, size=(32, 48), test_fraction=0.25)
+    name = (root / "train.txt").read_text().split()[3]
+    label_path = root / "Label" / f"{name}.png"
+    label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    label[5, 7] = 200
+    cv2.imwrite(str(label_path), label)
+    for workers in (0, 2):
+        with pytest.raises(SystemExit) as exc:
+            main([*TINY_TRAIN, f"data.root={root}", f"train.out_dir={tmp_path / f'run{workers}'}",
+                  f"data.num_workers={workers}"])
+        assert exc.value.code == 2
+        line = _one_error_line(capsys.readouterr().err, "sigma-train")
+        assert f"Label/{name}.png holds label value 200" in line and "8 classes" in line
+        assert "IndexError" not in line and "DataLoader worker" not in line
+
+
+def test_sigma_evaluate_refuses_labels_it_would_silently_not_score(tmp_path, capsys):
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.cli.evaluate import main
+    from sigma_core.models.sigma import SigmaConfig, build_sigma
+
+    root = write_dataset(tmp_path / "synth", n=4, seed=3, size=(32, 48), test_fraction=0.5)
+    _set_classes(root, ["background", "road", "building"])
+    cfg = SigmaConfig(variant=None, depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "three.pt", build_sigma(cfg), cfg, class_names=["a", "b", "c"],
+                           modality="thermal")
+    for workers in (0, 2):
+        with pytest.raises(SystemExit) as exc:
+            main([str(ckpt), "--data-root", str(root), "--out", str(tmp_path / "r"), "--device", "cpu",
+                  f"data.num_workers={workers}"])
+        assert exc.value.code == 2
+        line = _one_error_line(capsys.readouterr().err, "sigma-evaluate")
+        assert "holds label value" in line and "3 classes" in line and "dataset.yaml" in line
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken"], ids=["empty", "corrupt"])
+def test_an_undecodable_png_stops_training_with_one_line(tmp_path, capsys, content):
+    from sigma_core.cli.train import main
+
+    root = write_dataset(tmp_path / "synth", n=6, seed=4, size=(32, 48), test_fraction=0.34)
+    name = (root / "train.txt").read_text().split()[1]
+    (root / "Modal" / f"{name}.png").write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY_TRAIN, f"data.root={root}", f"train.out_dir={tmp_path / 'run'}", "data.num_workers=2"])
+    assert exc.value.code == 2
+    line = _one_error_line(capsys.readouterr().err, "sigma-train")
+    assert f"cannot decode image {root / 'Modal' / name}.png" in line
+
+
+def test_data_error_rebuilt_from_a_dataloader_worker_keeps_the_original_message():
+    raised = DataError("missing file /data/RGB/x.png")
+    assert str(raised) == "missing file /data/RGB/x.png"
+    loader = torch.utils.data.DataLoader(_Failing(), num_workers=1)
+    with pytest.raises(DataError) as exc:
+        next(iter(loader))
+    assert str(exc.value) == "cannot decode image /data/Modal/7.png (corrupt)"
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise DataError("cannot decode image /data/Modal/7.png (corrupt)")
+
+
+# --- real dataset files, laid out as their releases are downloaded (shared/realdata) --------------------------------
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src)
+
+
+def test_original_mfnet_release_loads_with_the_mfnet_preset(tmp_path):
+    """MFNet as released: images/ with 4-channel PNGs (R, G, B, thermal), labels/, train/val/test lists."""
+    frame = realdata_file("rgbt/mfnet/01234N.png")
+    root = tmp_path / "ir_seg_dataset"
+    names = ["00001D", "00002D", "01234N", "01235N"]
+    label = np.zeros((480, 640), np.uint8)
+    label[100:200, 300:400] = 2  # person
+    label[300:, :] = 4  # curve
+    for n in names:
+        _link(frame, root / "images" / f"{n}.png")
+        cv2.imwrite(str(_mkparent(root / "labels" / f"{n}.png")), label)
+    for split, members in {"train": names[:2], "val": names[2:3], "test": names[3:], "test_day": [],
+                           "test_night": names[3:]}.items():
+        (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in members))
+    spec = resolve_spec(root, "mfnet")
+    assert (spec.rgb_dir, spec.modal_channel, spec.label_dir) == ("images", 3, "labels")
+    train = RGBXDataset(root, "train", preset="mfnet")
+    assert train.names == ["00001D", "00002D", "01234N"]  # the published training set: train + val
+    assert RGBXDataset(root, "val", preset="mfnet").names == ["01234N"]
+    assert RGBXDataset(root, "test_night", preset="mfnet").names == ["01235N"]
+    rgb, modal, lab = train.load(2)
+    bgra = cv2.imread(str(frame), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(rgb, bgra[..., 2::-1])  # R, G, B from the first three channels
+    np.testing.assert_allclose(modal, bgra[..., 3] / 255.0, atol=1e-6)  # thermal from the fourth
+    assert 8 / 255 - 1e-6 <= modal.min() and modal.max() <= 243 / 255 + 1e-6  # the README's thermal range
+    assert np.array_equal(lab, label)
+    assert train[0]["rgb"].shape == (3, 480, 640)
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_nyu_depth_16bit_png_reads_as_the_published_loader_within_1_over_255(tmp_path):
+    """Real NYUv2 frame 1 in the nyudepthv2 layout: depth is uint16 (value / 10000 = m); the published loader
+    reads it with cv2.IMREAD_GRAYSCALE (8 bit) / 255, ours over the uint16 range: equal within 1/255.
+    Labels: 0 = void -> 255 (ignored), k -> k - 1."""
+    depth_file = realdata_file("rgbd/nyuv2/0001/depth_0.1mm.png")
+    label_file = realdata_file("rgbd/nyuv2/0001/label40.png")
+    root = tmp_path / "NYUDepthv2"
+    rgb = cv2.imread(str(realdata_file("rgbd/nyuv2/0001/rgb.png")), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(_mkparent(root / "RGB" / "0001.jpg")), rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    _link(depth_file, root / "Depth" / "0001.png")
+    _link(label_file, root / "Label" / "0001.png")
+    (root / "test.txt").write_text("0001\n")
+    ds = RGBXDataset(root, "test", preset="nyudv2")
+    _, modal, label = ds.load(0)
+    published = cv2.imread(str(depth_file), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    assert np.abs(modal - published).max() <= 1 / 255
+    stored = cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(label == 255, stored == 0)
+    assert np.array_equal(label[stored > 0], stored[stored > 0].astype(np.int64) - 1)
+    assert label[stored > 0].max() <= 39
+    # in metres with the documented option: value / 10000, 1.80..3.62 m as its README says
+    metres = depth_to_metres(cv2.imread(str(depth_file), cv2.IMREAD_UNCHANGED), "nyu")
+    assert 1.79 < metres.min() < 1.81 and 3.61 < metres.max() < 3.63
+
+
+def test_pst900_release_layout_with_8bit_thermal_and_its_labels(tmp_path):
+    """PST900 as released: train/ and test/, each with rgb/, thermal/ (8-bit), labels/; no list files."""
+    root = tmp_path / "PST900_RGBT_Dataset"
+    for split in ("train", "test"):
+        _link(realdata_file("rgbt/pst900/rgb.png"), root / split / "rgb" / "32_bag_frame.png")
+        _link(realdata_file("rgbt/pst900/thermal_DERIVED.png"), root / split / "thermal" / "32_bag_frame.png")
+        _link(realdata_file("rgbt/pst900/label_DERIVED.png"), root / split / "labels" / "32_bag_frame.png")
+    ds = RGBXDataset(root, "test", preset="pst900")
+    assert ds.spec.split_folders and ds.names == ["32_bag_frame"] and ds.num_classes == 5
+    rgb, modal, label = ds.load(0)
+    thermal = cv2.imread(str(realdata_file("rgbt/pst900/thermal_DERIVED.png")), cv2.IMREAD_UNCHANGED)
+    assert rgb.shape == (720, 1280, 3) and thermal.dtype == np.uint8
+    np.testing.assert_allclose(modal, thermal / 255.0, atol=1e-6)
+    assert np.bincount(label.ravel(), minlength=5).tolist() == [896434, 5172, 14806, 5188, 0]
+
+
+@pytest.mark.parametrize("units, file, per_metre", [
+    ("tum", "rgbd/tum/TUM_depth.png", 5000.0),  # TUM RGB-D: value / 5000 = m
+    ("redwood", "rgbd/redwood/depth_00000.png", 1000.0),  # Redwood: millimetres, as ROS 16UC1
+    ("0.1mm", "rgbd/nyuv2/0001/depth_0.1mm.png", 10000.0),  # NYU Depth V2 PNGs: value / 10000 = m
+])
+def test_depth_unit_conventions_on_real_frames(units, file, per_metre, tmp_path):
+    """A custom depth dataset names how its PNGs store depth (dataset.yaml depth_units); the model sees metres."""
+    raw = cv2.imread(str(realdata_file(file)), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    np.testing.assert_allclose(depth_to_metres(raw, units), raw.astype(np.float64) / per_metre, rtol=1e-6)
+    root = tmp_path / "rgbd"
+    cv2.imwrite(str(_mkparent(root / "RGB" / "f.png")), np.zeros((*raw.shape, 3), np.uint8))
+    _link(realdata_file(file), root / "Modal" / "f.png")
+    (root / "train.txt").write_text("f\n")
+    spec = DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "scaling": {"max_range": 10.0},
+                                  "depth_units": units, "label_dir": None})
+    spec.write_yaml(root)
+    ds = RGBXDataset(root, "train")
+    assert DatasetSpec.from_yaml(root / "dataset.yaml") == spec and ds.spec.depth_units == spec.depth_units
+    _, modal, _ = ds.load(0)
+    valid = raw > 0
+    np.testing.assert_allclose(modal[valid], np.minimum(raw[valid] / per_metre, 10.0) / 10.0, rtol=1e-5)
+    assert (modal[~valid] == 0).all()
+    assert "depth_units" not in spec.scaling.to_dict()  # checkpoints keep metres: the robot's 16UC1 is mm
+
+
+def test_sunrgbd_raw_depth_bits_are_rotated_back_to_millimetres():
+    """SUN RGB-D stores raw depth as uint16 with its bits rotated: mm = (v >> 3) | (v << 13) in 16 bits.
+    Built from the real Redwood depth (millimetres), stored the SUN RGB-D way, read back exactly."""
+    mm = cv2.imread(str(realdata_file("rgbd/redwood/depth_00000.png")), cv2.IMREAD_UNCHANGED)
+    stored = ((mm.astype(np.uint32) << 3) | (mm.astype(np.uint32) >> 13)).astype(np.uint16)
+    assert not np.array_equal(stored, mm)
+    np.testing.assert_allclose(depth_to_metres(stored, "sunrgbd"), mm / 1000.0, rtol=1e-6)
+    assert stored.max() == 8 * mm.max()  # what a reader that ignores the rotation would take as millimetres
+    with pytest.raises(ValueError, match="dataset.yaml: depth_units must be one of mm, 0.1mm, 0.2mm, sunrgbd"):
+        DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "depth_units": "inches"})

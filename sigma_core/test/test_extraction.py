@@ -5,10 +5,11 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from reference_data import realdata_file
 
 from sigma_core.cli.extract import main as extract_main
-from sigma_core.data.bags import BagWriter, message_to_array, open_bag, stamp_ns
-from sigma_core.data.dataset import RGBXDataset
+from sigma_core.data.bags import BagWriter, message_to_array, open_bag, read_messages, resolve_topic, stamp_ns
+from sigma_core.data.dataset import DatasetSpec, RGBXDataset
 from sigma_core.data.extraction import ExtractError, ExtractOptions, FramePair, extract, split_by_time
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.pairing import ApproximateTimePairer
@@ -53,6 +54,18 @@ def _node_pairs(path, rgb_topic, modal_topic, slop=0.05, queue_size=10):
     return sorted(pairs)
 
 
+def _labelled_frames(path, rgb_topic, modal_topic, label_topic, slop=0.05):
+    """What a labelled extraction must give: each label with the RGB frame of its stamp and the nearest
+    modality frame strictly within the slop (found here by brute force over all modality stamps)."""
+    rgb, modal, labels = (set(_messages(path, t)) for t in (rgb_topic, modal_topic, label_topic))
+    out = []
+    for st in sorted(labels):
+        best = min(modal, key=lambda m: (abs(m - st), m))
+        if st in rgb and abs(best - st) < slop * 1e9:
+            out.append((st, best))
+    return out
+
+
 def _pairs_csv(out):
     with open(out / "pairs.csv") as f:
         return [(int(r["rgb_stamp_ns"]), int(r["modal_stamp_ns"]), r["name"], r["split"]) for r in csv.DictReader(f)]
@@ -70,11 +83,18 @@ def test_sqlite3_round_trip_is_pixel_exact_and_pairs_are_the_nodes(bags, tmp_pat
     stamps_in_bag_order = [s for _, t, s in rec.messages if t in (RGB, THERMAL)]
     assert stamps_in_bag_order != sorted(stamps_in_bag_order)
 
+    unlabelled = extract(ExtractOptions(rec.path, tmp_path / "pairs", RGB, THERMAL, progress=False))
+    rows = _pairs_csv(tmp_path / "pairs")
+    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, RGB, THERMAL)
+    assert len(rows) == unlabelled.counts["pairs"] == unlabelled.counts["modal_messages"] == 18  # 9 Hz x 2 s
+
     out = tmp_path / "ds"
     res = extract(ExtractOptions(rec.path, out, RGB, THERMAL, label_topic=LABEL, progress=False))
     rows = _pairs_csv(out)
-    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, RGB, THERMAL)
-    assert len(rows) == res.counts["pairs"] == res.counts["modal_messages"] == 18  # 9 Hz x 2 s, all paired
+    # every RGB frame (30 Hz) is labelled: each one near enough to a thermal frame (9 Hz) is kept
+    assert [(a, b) for a, b, _, _ in rows] == _labelled_frames(rec.path, RGB, THERMAL, LABEL)
+    assert len(rows) == res.counts["pairs"] == res.counts["labelled_pairs"] > 18
+    assert res.counts["labels_without_modal"] == 60 - len(rows) and res.counts["labels_without_rgb"] == 0
     rgb_msgs, th_msgs, lab_msgs = (_messages(rec.path, t) for t in (RGB, THERMAL, LABEL))
     for rgb_st, th_st, name, _ in rows:
         assert name == str(rgb_st)
@@ -100,7 +120,7 @@ def test_compressed_mcap_rgb_jpeg_and_16bit_png_thermal(bags, tmp_path):
     out = tmp_path / "ds"
     extract(ExtractOptions(rec.path, out, rec.rgb_topic, rec.modal_topic, label_topic=LABEL, progress=False))
     rows = _pairs_csv(out)
-    assert [(a, b) for a, b, _, _ in rows] == _node_pairs(rec.path, rec.rgb_topic, rec.modal_topic)
+    assert [(a, b) for a, b, _, _ in rows] == _labelled_frames(rec.path, rec.rgb_topic, rec.modal_topic, LABEL)
     rgb_msgs, th_msgs = _messages(rec.path, rec.rgb_topic), _messages(rec.path, rec.modal_topic)
     for rgb_st, th_st, name, _ in rows[:5]:
         arr, enc = rgb_msgs[rgb_st]  # the decoded JPEG: extraction stores exactly these pixels
@@ -110,7 +130,7 @@ def test_compressed_mcap_rgb_jpeg_and_16bit_png_thermal(bags, tmp_path):
     # a .mcap file path inside the bag folder works too
     mcap_file = next(rec.path.glob("*.mcap"))
     res = extract(ExtractOptions(mcap_file, tmp_path / "ds2", rec.rgb_topic, rec.modal_topic, progress=False))
-    assert res.counts["pairs"] == len(rows)
+    assert res.counts["pairs"] == len(_node_pairs(rec.path, rec.rgb_topic, rec.modal_topic))
 
 
 def test_ros1_depth_bag(bags, tmp_path):
@@ -277,3 +297,249 @@ def test_streams_that_overlap_but_miss_the_slop_are_told_so(bags, tmp_path):
     with pytest.raises(ExtractError, match="the streams overlap in time, but no frames are within 1e-06 s") as exc:
         extract(ExtractOptions(bags["sqlite3"].path, tmp_path / "ds", RGB, THERMAL, slop=1e-6, progress=False))
     assert "do not overlap" not in str(exc.value)
+
+
+# --- labelled frames: none lost, none mixed -------------------------------------------------------------------------
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _value_of(path):
+    img = _read(path)
+    values = np.unique(img)
+    assert values.size == 1, path  # every frame in these bags is one flat value that says which message it was
+    return int(values[0])
+
+
+def test_every_label_is_kept_with_its_nearest_thermal_frame_within_the_slop(tmp_path):
+    """4 s MCAP: RGB 25 Hz, thermal 8.6 Hz with jitter, 20 labels at 5 Hz stamped like RGB frames, slop 0.06 s.
+    The node's pairer gives only some labelled RGB frames a partner; every label has a thermal frame in the slop."""
+    rng = np.random.default_rng(11)
+    rgb = {T0 + k * 40_000_000: k for k in range(100)}
+    thermal = {}
+    for j in range(int(4 * 8.6)):
+        thermal[T0 + int(j / 8.6 * 1e9 + rng.uniform(-0.01, 0.01) * 1e9)] = j
+    labels = {st: k for st, k in rgb.items() if k % 5 == 0}
+    assert len(labels) == 20
+    events = [(st + 4_000_000, "/rgb", st) for st in rgb] + [(st + 31_000_000, "/thermal", st) for st in thermal]
+    events += [(st + 150_000_000, "/label", st) for st in labels]  # labels arrive late, as annotations do
+    path = tmp_path / "run"
+    with BagWriter(path, "mcap") as bag:
+        for log, topic, st in sorted(events):
+            if topic == "/rgb":
+                bag.write(topic, log, bag.image(st, "c", np.full((6, 8, 3), rgb[st], np.uint8), "rgb8"))
+            elif topic == "/thermal":
+                bag.write(topic, log, bag.image(st, "t", np.full((6, 8), 1000 + thermal[st], np.uint16), "mono16"))
+            else:
+                bag.write(topic, log, bag.image(st, "c", np.full((6, 8), labels[st] // 5, np.uint8), "mono8"))
+    nearest = {st: min(thermal, key=lambda m: abs(m - st)) for st in labels}
+    assert all(abs(m - st) < 0.06e9 for st, m in nearest.items())  # each label has a thermal frame in the slop
+    node_labelled = [r for r, _ in _node_pairs(path, "/rgb", "/thermal", slop=0.06) if r in labels]
+    assert len(node_labelled) < 20  # what pairing like the node keeps: a labelled frame is lost when unpaired
+
+    out = tmp_path / "ds"
+    res = extract(ExtractOptions(path, out, "/rgb", "/thermal", label_topic="/label", slop=0.06, progress=False,
+                                 classes=[f"class {i}" for i in range(20)]))
+    assert res.counts["labelled_pairs"] == res.counts["kept"] == 20 and res.counts["label_messages"] == 20
+    assert res.counts["labels_without_rgb"] == res.counts["labels_without_modal"] == 0 and res.notes == []
+    rows = _pairs_csv(out)
+    assert [(a, b) for a, b, _, _ in rows] == sorted(nearest.items())
+    for rgb_st, th_st, name, _ in rows:
+        assert _value_of(out / "RGB" / f"{name}.png") == rgb[rgb_st]
+        assert _value_of(out / "Modal" / f"{name}.png") == 1000 + thermal[th_st]
+        assert _value_of(out / "Label" / f"{name}.png") == labels[rgb_st] // 5
+
+
+def test_labels_that_cannot_be_kept_are_counted_with_the_reason(tmp_path, capsys):
+    path = tmp_path / "run"
+    with BagWriter(path, "sqlite3") as bag:
+        for k in range(10):
+            st = T0 + k * 100_000_000
+            bag.write("/rgb", st + 1, bag.image(st, "c", np.full((4, 4, 3), k, np.uint8), "rgb8"))
+            if k < 7:  # the thermal camera stops after 0.7 s
+                bag.write("/thermal", st + 2, bag.image(st + 5_000_000, "t", np.full((4, 4), k, np.uint8), "mono8"))
+            label_stamp = st if k != 2 else st + 1_000  # one label stamped unlike any RGB frame
+            bag.write("/label", st + 3, bag.image(label_stamp, "c", np.zeros((4, 4), np.uint8), "mono8"))
+    assert extract_main([str(path), "-o", str(tmp_path / "ds"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                         "--label-topic", "/label", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "6 labelled frames from 10 labels" in out
+    assert ("4 of 10 labels not extracted: 1 have no RGB frame on /rgb with their stamp (labels must be stamped like "
+            "the RGB image they annotate), 3 have no /thermal frame within --slop 0.05 s") in err
+    assert "the labels use class ids [0]; name the classes with --classes" in err
+    counts = DatasetSpec.from_yaml(tmp_path / "ds" / "dataset.yaml").extra["counts"]
+    assert (counts["labelled_pairs"], counts["labels_without_rgb"], counts["labels_without_modal"]) == (6, 1, 3)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "pairs"])
+def test_repeated_stamps_keep_one_frame_per_stamp_from_one_message_each(tmp_path, labelled):
+    """A looped recording (or a driver bug): the same 10 stamps twice, with other pixels the second time. One frame
+    per stamp, and its RGB, thermal and label all come from the first messages of that stamp, never mixed."""
+    path = tmp_path / "looped"
+    with BagWriter(path, "sqlite3") as bag:
+        for loop in range(2):
+            for k in range(10):
+                st = T0 + k * 100_000_000
+                log = T0 + (loop * 10 + k) * 100_000_000 + 10_000_000
+                v = 100 * loop + k
+                bag.write("/rgb", log, bag.image(st, "c", np.full((4, 6, 3), v, np.uint8), "rgb8"))
+                bag.write("/thermal", log + 1, bag.image(st + 3_000_000, "t", np.full((4, 6), v, np.uint8), "mono8"))
+                bag.write("/label", log + 2, bag.image(st, "c", np.full((4, 6), v, np.uint8), "mono8"))
+    out = tmp_path / "ds"
+    res = extract(ExtractOptions(path, out, "/rgb", "/thermal", label_topic="/label" if labelled else None,
+                                 progress=False))
+    names = (out / "train.txt").read_text().split()
+    assert len(names) == len(set(names)) == 10
+    assert res.counts["repeated_rgb_stamps"] == res.counts["repeated_modal_stamps"] == 10
+    assert any("10 RGB messages on /rgb repeat the stamp of an earlier one" in n for n in res.notes)
+    for name in names:
+        k = (int(name) - T0) // 100_000_000
+        assert _value_of(out / "RGB" / f"{name}.png") == k  # the first loop's message
+        assert _value_of(out / "Modal" / f"{name}.png") == k
+        if labelled:
+            assert _value_of(out / "Label" / f"{name}.png") == k
+
+
+def test_label_ids_beyond_the_classes_file_stop_extraction_with_one_line(bags, tmp_path, capsys):
+    rec = bags["sqlite3"]  # the synthetic world's labels use ids 0..7
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\nroad\nbuilding\n")
+    with pytest.raises(SystemExit) as exc:
+        extract_main([str(rec.path), "-o", str(tmp_path / "ds"), "--rgb-topic", RGB, "--modal-topic", THERMAL,
+                      "--label-topic", LABEL, "--classes", str(classes), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sigma-extract: error: ")
+    assert f"ns on {LABEL} holds label value" in err and "the dataset has 3 classes" in err
+    assert "the --classes file must name every class id the labels use" in err
+    assert not (tmp_path / "ds").exists()  # stopped before writing anything
+
+
+# --- corrupt and unusual recordings ----------------------------------------------------------------------------------
+
+def _message_record_offsets(data: bytes) -> list[int]:
+    """Offsets of MCAP Message records (opcode 0x05, uint64 length) whose length lands on the next record."""
+    found, i = [], 0
+    while (i := data.find(b"\x05", i + 1)) > 0 and i + 9 <= len(data):
+        length = int.from_bytes(data[i + 1:i + 9], "little")
+        if 22 < length < len(data) - i - 9 and data[i + 9 + length] in range(1, 17):
+            found.append(i)
+    return found
+
+
+def test_corrupt_mcap_and_ros1_bags_end_with_one_line(bags, tmp_path, capsys):
+    mcap = tmp_path / "mcap"
+    shutil.copytree(bags["mcap"].path, mcap)
+    mcap_file = next(mcap.glob("*.mcap"))
+    data = bytearray(mcap_file.read_bytes())
+    records = _message_record_offsets(bytes(data))
+    assert len(records) > 20
+    data[records[10] + 1:records[10] + 9] = (2**63 + 5).to_bytes(8, "little")  # an absurd record length
+    mcap_file.write_bytes(bytes(data))
+    ros1 = tmp_path / "cut.bag"
+    raw = bags["ros1"].path.read_bytes()
+    ros1.write_bytes(raw[:len(raw) // 2])  # a recording cut short
+    for bag, rgb, modal in ((mcap, bags["mcap"].rgb_topic, bags["mcap"].modal_topic), (ros1, RGB, DEPTH)):
+        with pytest.raises(SystemExit) as exc:
+            extract_main([str(bag), "-o", str(tmp_path / f"out_{bag.name}"), "--rgb-topic", rgb, "--modal-topic",
+                          modal, "--quiet"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert err.startswith(f"sigma-extract: error: cannot read bag {bag}") and "corrupt or truncated" in err
+
+
+def test_ros1_bag_with_a_damaged_message_record_ends_with_one_line(bags, tmp_path, capsys):
+    raw = bytearray(bags["ros1"].path.read_bytes())
+    op = raw.find(b"op=\x05")  # the first chunk record (op 5): its header length precedes its first field
+    assert op > 8 and raw[op - 4:op] == (4).to_bytes(4, "little")
+    raw[op - 8:op - 4] = (0x7FFFFFFF).to_bytes(4, "little")
+    bad = tmp_path / "damaged.bag"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(SystemExit) as exc:
+        extract_main([str(bad), "-o", str(tmp_path / "ds"), "--rgb-topic", RGB, "--modal-topic", DEPTH, "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"sigma-extract: error: cannot read bag {bad}")
+
+
+def test_compressed_depth_rvl_topic_is_extracted_exactly(tmp_path):
+    from rvl_reference import compressed_depth_rvl
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "rvl"
+    depth = {}
+    with BagWriter(path, "mcap") as bag:
+        for k in range(4):
+            st = T0 + k * 100_000_000
+            d = rng.integers(400, 6000, (12, 16)).astype(np.uint16)
+            d[rng.random(d.shape) < 0.1] = 0
+            depth[st] = d
+            bag.write("/rgb", st + 1, bag.image(st, "c", np.full((12, 16, 3), k, np.uint8), "rgb8"))
+            bag.write("/depth/compressedDepth", st + 2,
+                      bag.compressed_image(st, "d", "16UC1; compressedDepth rvl", compressed_depth_rvl(d)))
+    out = tmp_path / "ds"
+    res = extract(ExtractOptions(path, out, "/rgb", "/depth/compressedDepth", progress=False))
+    assert res.counts["pairs"] == 4
+    for st, d in depth.items():
+        np.testing.assert_array_equal(_read(out / "Modal" / f"{st}.png"), d)
+    assert RGBXDataset(out, "train").spec.modality == "depth"
+
+
+# --- the real ROS 1 bags in shared/realdata ---------------------------------------------------------------------------
+
+REAL_BAGS = {
+    "aruco_marker.bag": ("/raspicam_node/image/compressed", (720, 1280, 3)),
+    "aruco_images.bag": ("/raspicam_node/image/compressed", (960, 1280, 3)),
+    "fiducial_board_611.bag": ("raspicam_node/camera/image/compressed", (720, 1280, 3)),  # no leading slash
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_BAGS))
+def test_real_ros1_bags_list_their_topics_as_the_bag_does_and_decode(name, tmp_path, capsys):
+    bag = realdata_file(f"rosbags/ubiquity_fiducials/{name}")
+    topic, shape = REAL_BAGS[name]
+    with open_bag(bag) as reader:
+        assert resolve_topic(reader, topic) == topic
+        assert resolve_topic(reader, "/" + topic.lstrip("/")) == topic  # as a ROS 2 user types it
+        conns = [c for c in reader.connections if c.topic == topic]
+        (conn, _, msg), = list(read_messages(reader, conns, bag))
+        arr, enc = message_to_array(msg)
+    assert conn.msgtype == "sensor_msgs/msg/CompressedImage" and msg.format == "jpg"
+    assert arr.shape == shape and enc == "bgr8"
+    np.testing.assert_array_equal(arr, cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR))
+    # the bag has one camera: asking for a thermal topic lists the topics exactly as the bag names them
+    with pytest.raises(SystemExit) as exc:
+        extract_main([str(bag), "-o", str(tmp_path / "ds"), "--rgb-topic", "/" + topic.lstrip("/"),
+                      "--modal-topic", "/thermal/image_raw", "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sigma-extract: error: modality topic /thermal/image_raw is not in")
+    assert f"{topic} (sensor_msgs/msg/CompressedImage, 1 msgs)" in err
+
+
+def test_sigma_extract_on_the_real_jpeg_stream_with_a_slashless_topic(tmp_path, capsys):
+    """The real bags hold one camera; a thermal stream is added beside the real JPEG messages (same topic name,
+    without its leading slash) in a new ROS 1 bag, and sigma-extract runs end to end on it."""
+    real = realdata_file("rosbags/ubiquity_fiducials/fiducial_board_611.bag")
+    topic = REAL_BAGS["fiducial_board_611.bag"][0]
+    with open_bag(real) as reader:
+        (_, _, msg), = list(read_messages(reader, [c for c in reader.connections if c.topic == topic], real))
+    jpeg, st0 = bytes(msg.data), stamp_ns(msg)
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    grey = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (1280, 720))
+    path = tmp_path / "real_plus_thermal.bag"
+    with BagWriter(path, "ros1") as bag:
+        for k in range(3):
+            st = st0 + k * 100_000_000
+            bag.write(topic, st + 1, bag.compressed_image(st, msg.header.frame_id, msg.format, jpeg))
+            bag.write("/thermal/image_raw", st + 2, bag.image(st + 4_000_000, "t", grey, "mono8"))
+    out = tmp_path / "ds"
+    assert extract_main([str(path), "-o", str(out), "--rgb-topic", "/" + topic, "--modal-topic",
+                         "/thermal/image_raw", "--quiet"]) == 0
+    names = (out / "train.txt").read_text().split()
+    assert names == [str(st0 + k * 100_000_000) for k in range(3)]
+    for name in names:
+        np.testing.assert_array_equal(_read(out / "RGB" / f"{name}.png"), bgr)  # the decoded JPEG, exactly
+        np.testing.assert_array_equal(_read(out / "Modal" / f"{name}.png"), grey)
+    assert DatasetSpec.from_yaml(out / "dataset.yaml").extra["source"]["rgb_topic"] == topic

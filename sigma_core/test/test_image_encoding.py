@@ -158,3 +158,39 @@ def test_compressed_depth_plugin_layout():
     assert enc == "32FC1"
     np.testing.assert_allclose(img[:1], metres[:1], rtol=1e-3)
     assert np.isnan(img[1, 1])
+
+
+def test_compressed_depth_rvl_is_decoded_exactly():
+    from rvl_reference import compressed_depth_rvl
+
+    rng = np.random.default_rng(7)
+    depth = rng.integers(300, 9000, (30, 40)).astype(np.uint16)
+    depth[rng.random(depth.shape) < 0.2] = 0  # holes: zero runs
+    depth[:3] = 0
+    depth[-1, -5:] = 0  # ends on a zero run
+    depth[10, :] = [65535, 1] * 20  # the largest deltas, both signs
+    img, enc = decode_compressed("16UC1; compressedDepth rvl", compressed_depth_rvl(depth))
+    assert enc == "16UC1" and img.dtype == np.uint16
+    np.testing.assert_array_equal(img, depth)
+    # 32FC1: the same inverse-depth quantisation as the png mode
+    a, b = 1000.0, -10.0
+    metres = np.array([[0.5, 2.0], [4.0, 8.0]], np.float32)
+    q = np.round(a / metres + b).astype(np.uint16)
+    q[1, 1] = 0
+    img, enc = decode_compressed("32FC1; compressedDepth rvl", compressed_depth_rvl(q, a, b))
+    assert enc == "32FC1"
+    np.testing.assert_allclose(img[:1], metres[:1], rtol=1e-3)
+    assert np.isnan(img[1, 1])
+
+
+def test_corrupt_rvl_data_is_a_clear_error():
+    from rvl_reference import compressed_depth_rvl
+
+    data = compressed_depth_rvl(np.arange(1, 201, dtype=np.uint16).reshape(10, 20))
+    with pytest.raises(ValueError, match="truncated"):
+        decode_compressed("16UC1; compressedDepth rvl", data[:40])
+    with pytest.raises(ValueError, match="too short"):
+        decode_compressed("16UC1; compressedDepth rvl", data[:14])
+    bad_size = data[:12] + struct.pack("<II", 10, 30) + data[20:]  # 300 pixels announced, 200 coded
+    with pytest.raises(ValueError, match="RVL data"):
+        decode_compressed("16UC1; compressedDepth rvl", bad_size)

@@ -62,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "sigma-evaluate runs/custom/best.pt --data-root my_dataset")
     if "=" in args.checkpoint and not Path(args.checkpoint).exists():
         parser.error(f"the first argument is the checkpoint to evaluate, got the override {args.checkpoint!r}")
+    from ..data.errors import DataError
     from ..engine.config import TrainConfig
 
     overrides = list(args.overrides)
@@ -87,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 save_predictions=args.save_predictions)
     except KeyboardInterrupt:
         fail(PROG, "interrupted", 130)
+    except DataError as exc:  # a dataset file or label value: one line naming it, usage-error status
+        fail(PROG, exc, 2)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         fail(PROG, exc)
     m = report["metrics"]

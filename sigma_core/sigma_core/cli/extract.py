@@ -6,9 +6,11 @@ Examples::
     sigma-extract run1.bag --rgb-topic /rgb/compressed --modal-topic /depth --label-topic /labels \\
         --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
 
-Pairs are the ones the segmentation node would make (same approximate-time policy,
---slop and --queue-size). Rerunning the same command resumes (files that exist are skipped);
-a rerun with other options into the same folder is refused.
+Without labels, pairs are the ones the segmentation node would make (same
+approximate-time policy, --slop and --queue-size). With --label-topic, every label
+is kept with the RGB frame of its stamp and the nearest modality frame within --slop;
+labels that cannot be kept are counted with the reason. Rerunning the same command
+resumes (files that exist are skipped); a rerun with other options into the same folder is refused.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rgb-topic", required=True, help="sensor_msgs/Image or CompressedImage topic of the RGB camera")
     p.add_argument("--modal-topic", required=True, help="thermal or depth Image/CompressedImage topic")
     p.add_argument("--label-topic", default=None,
-                   help="mono8 class-id Image topic stamped like RGB; frames without a label are then dropped")
+                   help="mono8 class-id Image topic stamped like RGB: each label is kept with its RGB frame and the "
+                        "nearest modality frame within --slop; unlabelled frames are then left out")
     p.add_argument("--slop", type=float, default=0.05, help="max stamp difference of a pair, seconds (default 0.05)")
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
@@ -68,13 +71,10 @@ def extraction_warnings(c: dict, args: argparse.Namespace) -> list[str]:
         warnings.append("no frame went to test, so training cannot choose a best.pt: record longer or raise "
                         "--test-fraction")
     fewer = min(c["rgb_messages"], c["modal_messages"])
-    if c["pairs"] < fewer / 2:
+    if "label_messages" not in c and c["pairs"] < fewer / 2:  # labelled frames: their notes give the reasons
         warnings.append(f"only {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality "
                         f"messages: most frames have no partner within --slop {args.slop} s; a larger --slop pairs "
                         "more")
-    if "label_messages" in c and c["labelled_pairs"] < c["pairs"] / 2:
-        warnings.append(f"only {c['labelled_pairs']} of {c['pairs']} pairs have a label with their RGB frame's "
-                        "stamp; the others were dropped")
     return warnings
 
 
@@ -114,9 +114,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         fail(PROG, "interrupted; rerun the same command to resume", 130)
     c = result.counts
+    for note in result.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     for warning in extraction_warnings(c, args):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    print(f"{PROG}: {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
+    found = (f"{c['pairs']} labelled frames from {c['label_messages']} labels" if "label_messages" in c
+             else f"{c['pairs']} pairs")
+    print(f"{PROG}: {found}, {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
           f"kept {c['kept']}: {c['train']} train, {c['test']} test ({c['dropped_at_split']} dropped at the split); "
           f"wrote {result.written} files, {result.skipped} existed -> {result.out}")
     return 0

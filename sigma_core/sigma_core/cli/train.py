@@ -50,12 +50,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if cfg.train.threads is None and os.environ.get("OMP_NUM_THREADS"):
         cfg.train.threads = int(os.environ["OMP_NUM_THREADS"])
+    from ..data.errors import DataError
     from ..engine.train import train
 
     try:
         result = train(cfg)
     except KeyboardInterrupt:
         fail(PROG, "interrupted; resume with train.resume=auto (the last completed epoch's checkpoint)", 130)
+    except DataError as exc:  # a dataset file or label value: one line naming it, usage-error status
+        fail(PROG, exc, 2)
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         fail(PROG, exc)
     if int(os.environ.get("RANK", "0")) == 0:

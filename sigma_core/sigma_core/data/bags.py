@@ -13,13 +13,14 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .errors import DataError
 from .image_encoding import array_to_image_fields, decode_compressed, image_to_array
 
 STORAGES = ("sqlite3", "mcap", "ros1")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
-class BagError(ValueError):
+class BagError(DataError):
     """A bag cannot be opened or lacks what was asked for; the message says what and what to do."""
 
 
@@ -43,6 +44,10 @@ def resolve_bag_path(path: str | os.PathLike) -> Path:
     return p
 
 
+_CORRUPT_HINT = ("the file is corrupt or truncated (an interrupted recording or copy): copy it again, or repair it "
+                 "(`ros2 bag reindex` for rosbag2, `mcap recover` for MCAP, `rosbag reindex` for ROS 1)")
+
+
 @contextmanager
 def open_bag(path: str | os.PathLike) -> Iterator[Any]:
     """``with open_bag(path) as reader:`` an opened ``rosbags.highlevel.AnyReader``, closed on exit."""
@@ -53,11 +58,53 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
     try:
         reader.open()
     except Exception as exc:  # rosbags raises several reader-specific error types
-        raise BagError(f"cannot read bag {p}: {exc}") from exc
+        raise BagError(f"cannot read bag {p}: {exc}; {_CORRUPT_HINT}") from exc
     try:
         yield reader
     finally:
         reader.close()
+
+
+def read_raw_messages(reader, connections, bag: str | os.PathLike = "", **kwargs) -> Iterator[tuple[Any, int, Any]]:
+    """``reader.messages(connections=..., **kwargs)`` (``(connection, log time ns, raw bytes)`` in bag order,
+    ``start``/``stop`` in ns), with BagError naming the bag instead of the storage library's own exceptions
+    (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file)."""
+    where = f"bag {bag}" if bag else "the bag"
+    conn = None
+    it = iter(reader.messages(connections=connections, **kwargs))
+    while True:
+        try:
+            conn, log_ns, raw = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # rosbags' readers raise ReaderError, struct.error, OverflowError, ...
+            after = f" after a message on {conn.topic}" if conn is not None else ""
+            raise BagError(f"cannot read {where}{after}: {type(exc).__name__}: {exc}; {_CORRUPT_HINT}") from exc
+        yield conn, log_ns, raw
+
+
+def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, int, Any]]:
+    """``(connection, log time ns, deserialized message)`` of ``connections`` in bag order; BagError naming the
+    bag and the topic for data that cannot be read (see :func:`read_raw_messages`) or deserialized."""
+    where = f"bag {bag}" if bag else "the bag"
+    for conn, log_ns, raw in read_raw_messages(reader, connections, bag):
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+        except Exception as exc:
+            raise BagError(f"cannot deserialize a {conn.msgtype} message on {conn.topic} in {where}: "
+                           f"{type(exc).__name__}: {exc}; {_CORRUPT_HINT}") from exc
+        yield conn, log_ns, msg
+
+
+def resolve_topic(reader, topic: str) -> Optional[str]:
+    """The bag's spelling of ``topic``: ROS 1 bags may name topics without the leading slash ROS 2 shows
+    ("raspicam_node/image" for "/raspicam_node/image"); None if the bag has no such topic."""
+    names = {c.topic for c in reader.connections}
+    if topic in names:
+        return topic
+    bare = topic.lstrip("/")
+    matches = [t for t in names if t.lstrip("/") == bare]
+    return matches[0] if len(matches) == 1 else None
 
 
 def bag_topics(reader) -> dict[str, str]:

@@ -3,14 +3,17 @@
 A dataset folder holds an RGB folder, a modality folder, a label folder and
 split lists (one frame name per line). :class:`DatasetSpec` says which folder
 and extension is which, how labels are shifted and how the modality is scaled;
-presets describe MFNet, PST900, NYU Depth V2 and SUN RGB-D as published, and
-``custom`` reads the ``dataset.yaml`` written by extraction and the synthetic
-world. :class:`RGBXDataset` returns network-ready samples.
+presets describe MFNet, PST900, NYU Depth V2 and SUN RGB-D as published (MFNet
+and PST900 also in their original release layout, found by looking at the
+folder), and ``custom`` reads the ``dataset.yaml`` written by extraction and the
+synthetic world. :class:`RGBXDataset` returns network-ready samples and checks
+every label it reads (see :mod:`sigma_core.data.labels`); bad files and label
+values raise :class:`~sigma_core.data.errors.DataError` naming the file.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,7 +23,9 @@ import torch
 import yaml
 
 from ..files import atomic_write_text, read_yaml_mapping
-from .modality import ModalityScaling
+from .errors import DataError
+from .labels import check_label_values, read_label_image, shift_labels
+from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
 
 DATASET_YAML = "dataset.yaml"
@@ -40,10 +45,20 @@ class DatasetSpec:
 
     label_shift: subtracted from stored label values; stored values below it become 255
         (ignored). 1 for NYU/SUN (stored 1-based, 0 = unlabelled), 0 otherwise.
-    splits: split name -> candidate list files (the first that exists is used); a split
-        that is not listed is read from ``<split>.txt``.
+    splits: split name -> candidate list files (the first that exists is used); a candidate
+        "a.txt + b.txt" joins several lists (MFNet's published training set is train + val);
+        a split that is not listed is read from ``<split>.txt``.
+    split_folders: each split is a sub-folder (``<root>/<split>/<rgb_dir>/...``) and holds the
+        frames of its RGB folder, in name order (PST900 as released); no list files.
+    modal_channel: read the modality from this channel of its file (as OpenCV orders them),
+        e.g. 3 for MFNet's original 4-channel PNGs (R, G, B, thermal), where modal_dir is rgb_dir.
     scaling: how raw modality images map to [0, 1]; the benchmarks store 8-bit images, read
         over the full 0..255 range as the published loader does.
+    palette: RGB colour per class; colour label images are mapped through it when every
+        colour matches exactly (grey and indexed PNGs hold the ids themselves).
+    depth_units: how integer depth files store depth (see :func:`~sigma_core.data.modality.depth_to_metres`:
+        "mm" default, "0.1mm"/"nyu", "0.2mm"/"tum", "sunrgbd"); a depth dataset whose unit is not
+        millimetres is read as metres before ``scaling``, so the model sees metres whatever the files hold.
     """
 
     name: str
@@ -62,6 +77,9 @@ class DatasetSpec:
     image_size: Optional[tuple[int, int]] = None  # (height, width)
     eval_scales: tuple[float, ...] = (1.0,)
     eval_flip: bool = False
+    split_folders: bool = False
+    modal_channel: Optional[int] = None
+    depth_units: str = "mm"
     extra: dict = field(default_factory=dict)  # other dataset.yaml keys (source, counts, encodings, ...)
 
     @property
@@ -84,7 +102,8 @@ class DatasetSpec:
     @classmethod
     def from_dict(cls, d: dict, source: str = DATASET_YAML) -> DatasetSpec:
         known = {"name", "classes", "modality", "scaling", "palette", "label_shift", "rgb_dir", "modal_dir",
-                 "label_dir", "rgb_ext", "modal_ext", "label_ext", "splits", "image_size", "eval"}
+                 "label_dir", "rgb_ext", "modal_ext", "label_ext", "splits", "image_size", "eval", "split_folders",
+                 "modal_channel", "depth_units"}
         modality = d.get("modality", "thermal")
         scaling = ModalityScaling.from_dict({"modality": modality, **(d.get("scaling") or {})})
         classes = d.get("classes")
@@ -111,6 +130,9 @@ class DatasetSpec:
             image_size=tuple(size) if size is not None else None,
             eval_scales=tuple(float(s) for s in ev.get("scales", (1.0,))),
             eval_flip=bool(ev.get("flip", False)),
+            split_folders=bool(d.get("split_folders", False)),
+            modal_channel=int(d["modal_channel"]) if d.get("modal_channel") is not None else None,
+            depth_units=_depth_units(d, source),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -133,6 +155,12 @@ class DatasetSpec:
             "image_size": list(self.image_size) if self.image_size is not None else None,
             "eval": {"scales": list(self.eval_scales), "flip": self.eval_flip},
         }
+        if self.split_folders:
+            d["split_folders"] = True
+        if self.modal_channel is not None:
+            d["modal_channel"] = self.modal_channel
+        if self.depth_units != "mm":
+            d["depth_units"] = self.depth_units
         d.update(self.extra)
         return d
 
@@ -156,7 +184,7 @@ PRESETS: dict[str, DatasetSpec] = {
     "pst900": DatasetSpec(
         name="PST900",
         classes=("Background", "Extinguisher", "Backpack", "Hand-Drill", "Survivor"),
-        palette=((0, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)),
+        palette=((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)),  # RGB, as its toolkit colours
         modality="thermal", scaling=_BENCH_SCALING,
         rgb_dir="rgb_resize", modal_dir="thermal_resize", label_dir="labels_resize",
         image_size=(720, 1280),
@@ -178,6 +206,17 @@ PRESETS: dict[str, DatasetSpec] = {
         image_size=(480, 640), eval_scales=(0.75, 1.0, 1.25), eval_flip=True,
     ),
 }
+# The original releases, as downloaded, used when the folder has their layout instead of the one above.
+_RELEASE_LAYOUTS: dict[str, DatasetSpec] = {
+    # MFNet (Ha et al. 2017): images/ holds 4-channel PNGs R, G, B, thermal; labels/; train/val/test(_day/_night).txt.
+    # Sigma's train2.txt is train + val (1176 frames).
+    "mfnet": replace(PRESETS["mfnet"], rgb_dir="images", modal_dir="images", modal_channel=3, label_dir="labels",
+                     splits={"train": ("train2.txt", "train.txt + val.txt"), "test": ("test.txt",),
+                             "val": ("val.txt",)}),
+    # PST900 (Shivakumar et al. 2020): train/ and test/, each with rgb/, thermal/ (8-bit), labels/ (and depth/).
+    "pst900": replace(PRESETS["pst900"], rgb_dir="rgb", modal_dir="thermal", label_dir="labels",
+                      split_folders=True, splits={}),
+}
 _ALIASES = {"nyu": "nyudepthv2", "nyuv2": "nyudepthv2", "nyudv2": "nyudepthv2", "sun": "sunrgbd", "pst": "pst900"}
 
 
@@ -188,13 +227,34 @@ def preset_key(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
+def _depth_units(d: dict, source: str) -> str:
+    try:
+        return depth_units_key(d.get("depth_units", "mm"))
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _has_layout(root: Path, spec: DatasetSpec) -> bool:
+    if spec.split_folders:
+        return any((root / split / spec.rgb_dir).is_dir() for split in ("train", "test"))
+    return (root / spec.rgb_dir).is_dir()
+
+
 def resolve_spec(root: str | os.PathLike, preset: Optional[str] = None) -> DatasetSpec:
-    """The spec of a dataset folder: a named preset, or (``None``/``custom``) the folder's dataset.yaml."""
+    """The spec of a dataset folder: a named preset, or (``None``/``custom``) the folder's dataset.yaml.
+
+    For MFNet and PST900 the original release layout is used where the folder has it and lacks
+    the published converted one (``RGB/``, ``rgb_resize/``).
+    """
     if preset is None or preset.lower() == "custom":
         return DatasetSpec.from_yaml(Path(root) / DATASET_YAML)
     key = preset_key(preset)
     if key not in PRESETS:
         raise ValueError(f"unknown dataset preset {preset!r}; choose one of {', '.join(PRESETS)} or custom")
+    release = _RELEASE_LAYOUTS.get(key)
+    root = Path(root)
+    if release is not None and not _has_layout(root, PRESETS[key]) and _has_layout(root, release):
+        return release
     return PRESETS[key]
 
 
@@ -207,17 +267,18 @@ def _frame_name(line: str) -> str:
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """cv2.imread (or np.load for .npy) that fails with the file name instead of returning None."""
+    """cv2.imread (or np.load for .npy) that raises DataError naming the file instead of returning None."""
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise OSError(f"cannot read {path}: {exc}") from None
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file {path}")
+            raise DataError(f"cannot read {path}: {exc}") from None
     img = cv2.imread(str(path), flags)
     if img is None:
-        raise OSError(f"cannot decode image {path} (corrupt or unsupported format)")
+        raise DataError(f"cannot decode image {path} (empty, corrupt or not an image); "
+                        "replace the file or remove its name from the split list")
     return img
 
 
@@ -250,21 +311,34 @@ class RGBXDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
-        list_path = Path(split_file) if split_file is not None else self._list_file(split)
-        try:
-            lines = list_path.read_text().splitlines()
-        except OSError as exc:
-            raise FileNotFoundError(f"cannot read split list {list_path}: {exc.strerror}") from None
-        self.names = [_frame_name(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+        if split_file is None and self.spec.split_folders:
+            self.names = self._folder_names(split)
+            return
+        lists = [Path(split_file)] if split_file is not None else self._list_files(split)
+        self.names = []
+        for list_path in lists:
+            try:
+                lines = list_path.read_text().splitlines()
+            except OSError as exc:
+                raise FileNotFoundError(f"cannot read split list {list_path}: {exc.strerror}") from None
+            self.names += [_frame_name(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
-    def _list_file(self, split: str) -> Path:
+    def _list_files(self, split: str) -> list[Path]:
         candidates = self.spec.splits.get(split, (f"{split}.txt",))
         for c in candidates:
-            if (self.root / c).is_file():
-                return self.root / c
+            parts = [self.root / p.strip() for p in c.split("+")]
+            if all(p.is_file() for p in parts):
+                return parts
         raise FileNotFoundError(
             f"no list file for split {split!r} in {self.root}: looked for {', '.join(candidates)}"
         )
+
+    def _folder_names(self, split: str) -> list[str]:
+        folder = self.root / split / self.spec.rgb_dir
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {folder} for split {split!r} (this layout keeps each split in "
+                                    f"<root>/<split>/{self.spec.rgb_dir})")
+        return sorted(p.stem for p in folder.iterdir() if p.suffix == self.spec.rgb_ext)
 
     # --- metadata used by training and evaluation
     @property
@@ -288,33 +362,58 @@ class RGBXDataset(torch.utils.data.Dataset):
     def paths(self, index: int) -> tuple[Path, Path, Optional[Path]]:
         """(rgb, modal, label or None) file paths of one sample."""
         s, n = self.spec, self.names[index]
-        label = self.root / s.label_dir / f"{n}{s.label_ext}" if s.label_dir else None
-        return self.root / s.rgb_dir / f"{n}{s.rgb_ext}", self.root / s.modal_dir / f"{n}{s.modal_ext}", label
+        base = self.root / self.split if s.split_folders else self.root
+        label = base / s.label_dir / f"{n}{s.label_ext}" if s.label_dir else None
+        return base / s.rgb_dir / f"{n}{s.rgb_ext}", base / s.modal_dir / f"{n}{s.modal_ext}", label
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unaugmented arrays: (H, W, 3) uint8 RGB, (H, W) float32 modality in [0, 1], (H, W) int64 labels."""
+        """Unaugmented arrays: (H, W, 3) uint8 RGB, (H, W) float32 modality in [0, 1], (H, W) int64 labels.
+
+        Raises DataError naming the file for a missing or undecodable file, a label value that is
+        not a class id (0..K-1 after label_shift) or 255, a colour label, or differing sizes.
+        """
         rgb_path, modal_path, label_path = self.paths(index)
         bgr = read_image(rgb_path)
         if bgr.dtype != np.uint8:
-            raise ValueError(f"{rgb_path}: RGB images must be 8-bit, got {bgr.dtype}")
+            raise DataError(f"{rgb_path}: RGB images must be 8-bit, got {bgr.dtype}")
         if bgr.ndim == 2:
             rgb = np.repeat(bgr[..., None], 3, axis=2)
         else:
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        modal, _ = self.spec.scaling.to_unit(read_image(modal_path))
+        modal, _ = self.spec.scaling.to_unit(self._modal_raw(modal_path))
         if label_path is not None:
-            stored = read_image(label_path)
-            if stored.ndim == 3:
-                stored = stored[..., 0]
+            stored = read_label_image(label_path, self.spec.palette)
             label = shift_labels(stored, self.spec.label_shift)
+            check_label_values(label, self.spec.num_classes, str(label_path), self._label_fix(), self.spec.label_shift)
         else:
             label = np.full(rgb.shape[:2], IGNORE_INDEX, np.int64)
         if not (rgb.shape[:2] == modal.shape == label.shape):
-            raise ValueError(
+            raise DataError(
                 f"sizes differ for frame {self.names[index]!r}: {rgb_path.name} {rgb.shape[:2]}, "
                 f"{modal_path.name} {modal.shape}, label {label.shape}"
             )
         return rgb, modal, label
+
+    def _modal_raw(self, path: Path) -> np.ndarray:
+        """The modality file as the scaling expects it: its channel (modal_channel), integer depth in metres."""
+        raw = read_image(path)
+        ch = self.spec.modal_channel
+        if ch is not None:
+            if raw.ndim != 3 or raw.shape[2] <= ch:
+                raise DataError(f"{path}: expected the modality in channel {ch} of a multi-channel image "
+                                f"(as the {self.spec.name} release stores it), got shape {raw.shape}")
+            raw = raw[..., ch]
+        if (self.spec.scaling.modality == "depth" and self.spec.depth_units != "mm"
+                and np.issubdtype(raw.dtype, np.integer)):
+            raw = depth_to_metres(raw[..., 0] if raw.ndim == 3 else raw, self.spec.depth_units)
+        return raw
+
+    def _label_fix(self) -> str:
+        if self.spec.name not in {p.name for p in PRESETS.values()}:
+            return (f"list every class in {self.root / DATASET_YAML} ('classes'), or set its label_shift "
+                    "if the files count classes from 1 with 0 = unlabelled")
+        return (f"is {self.root} really a {self.spec.name} dataset? Use the preset that matches the files "
+                "(label_shift and class list), or a dataset.yaml with the classes (preset custom)")
 
     def __getitem__(self, index: int) -> dict:
         rgb, modal, label = self.load(index)
@@ -330,12 +429,3 @@ class RGBXDataset(torch.utils.data.Dataset):
             "name": self.names[index],
         }
 
-
-def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:
-    """Stored label image -> (H, W) int64 class ids; with a shift, stored values below it become 255."""
-    label = stored.astype(np.int64)
-    if shift:
-        unlabelled = (label < shift) | (label == IGNORE_INDEX)
-        label = label - shift
-        label[unlabelled] = IGNORE_INDEX
-    return label

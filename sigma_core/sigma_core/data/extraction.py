@@ -1,11 +1,18 @@
 """Bag -> dataset folder: pair RGB and thermal/depth frames exactly as the live node would.
 
-Two passes over the bag. Pass 1 reads only stamps: messages are fed in bag
-order (receive time) into :class:`ApproximateTimePairer`, the node's pairing
-policy, so the extracted pairs are the ones the node would have segmented.
-Labels (``mono8`` class ids stamped like RGB) attach to an RGB frame with the
-identical stamp. Thinning and the train/test split are then decided on the
-pair list. Pass 2 decodes and writes only the chosen messages.
+Two passes over the bag. Pass 1 reads stamps (and the class ids in each
+label). Without labels, messages are fed in bag order (receive time) into
+:class:`ApproximateTimePairer`, the node's pairing policy, so the extracted
+pairs are the ones the node would have segmented. With a label topic
+(``mono8`` class ids stamped like the RGB image they annotate, usually at a
+lower rate), every label is kept with the RGB frame of its stamp and the
+nearest modality frame strictly within the slop (one modality frame may serve
+several labelled frames); labels without either are counted and reported, and
+label ids beyond the ``--classes`` list stop the extraction. A stamp seen
+twice on a topic (a looped recording) keeps its first message only, so RGB,
+modality and label of a frame always come from the messages of one stamp.
+Thinning and the train/test split are then decided on the pair list. Pass 2
+decodes and writes only the chosen messages.
 
 Output (the published layout): ``RGB/<stamp_ns>.png`` (8-bit RGB),
 ``Modal/<stamp_ns>.png`` (8/16-bit, lossless) or ``.tiff`` (32-bit float depth
@@ -21,7 +28,7 @@ import bisect
 import csv
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +37,21 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write_image, atomic_write_text, read_yaml_mapping
-from .bags import IMAGE_TYPES, BagError, bag_topics, describe_topics, message_to_array, open_bag, stamp_ns
+from .bags import (
+    IMAGE_TYPES,
+    BagError,
+    bag_topics,
+    describe_topics,
+    message_to_array,
+    open_bag,
+    read_messages,
+    resolve_topic,
+    stamp_ns,
+)
 from .dataset import DATASET_YAML, DatasetSpec
+from .errors import DataError
 from .image_encoding import to_rgb8
+from .labels import check_label_values
 from .modality import MODALITIES, ModalityScaling
 from .pairing import ApproximateTimePairer
 
@@ -40,7 +59,7 @@ DEPTH_ENCODINGS = ("16UC1", "32FC1")
 FLOAT_EXT = ".tiff"  # OpenCV writes and reads 32-bit float TIFF losslessly (NaN kept)
 
 
-class ExtractError(ValueError):
+class ExtractError(DataError):
     """Bad input for extraction; the message names the topic/file/value and what to do."""
 
 
@@ -108,6 +127,7 @@ class ExtractResult:
     counts: dict = field(default_factory=dict)
     written: int = 0  # files written in this run
     skipped: int = 0  # files that existed already (resume)
+    notes: list[str] = field(default_factory=list)  # what was left out and why
 
 
 @dataclass
@@ -199,11 +219,28 @@ def _modal_ext(info: _TopicInfo) -> str:
     return FLOAT_EXT if info.dtype == "float32" else ".png"
 
 
-def _first_image_info(reader, conn, topic: str) -> _TopicInfo:
-    for c, _, raw in reader.messages(connections=[conn]):
-        arr, enc = message_to_array(reader.deserialize(raw, c.msgtype))
+def _first_image_info(reader, conn, topic: str, bag) -> _TopicInfo:
+    for c, _, msg in read_messages(reader, [conn], bag):
+        arr, enc = _to_array(msg, topic)
         return _TopicInfo(topic, c.msgtype, enc, tuple(arr.shape), str(arr.dtype))
     raise ExtractError(f"topic {topic} has no messages")
+
+
+def _resolve_topics(reader, opts: ExtractOptions) -> ExtractOptions:
+    """opts with each topic spelled as the bag lists it (ROS 1 bags may omit the leading slash)."""
+    topics = bag_topics(reader)
+    resolved = {}
+    for role, field_name in (("RGB", "rgb_topic"), ("modality", "modal_topic"), ("label", "label_topic")):
+        topic = getattr(opts, field_name)
+        if not topic:
+            continue
+        found = resolve_topic(reader, topic)
+        if found is None:
+            raise ExtractError(f"{role} topic {topic} is not in {opts.bag}; the bag has: {describe_topics(reader)}")
+        if topics[found] not in IMAGE_TYPES:
+            raise ExtractError(f"{role} topic {found} carries {topics[found]}, not an Image or CompressedImage")
+        resolved[field_name] = found
+    return replace(opts, **resolved)
 
 
 def extract(opts: ExtractOptions) -> ExtractResult:
@@ -211,39 +248,29 @@ def extract(opts: ExtractOptions) -> ExtractResult:
     opts.check()
     out = Path(opts.out)
     with open_bag(opts.bag) as reader:
-        topics = bag_topics(reader)
+        opts = _resolve_topics(reader, opts)
         wanted = {"RGB": opts.rgb_topic, "modality": opts.modal_topic}
         if opts.label_topic:
             wanted["label"] = opts.label_topic
-        for role, topic in wanted.items():
-            if topic not in topics:
-                raise ExtractError(f"{role} topic {topic} is not in {opts.bag}; the bag has: {describe_topics(reader)}")
-            if topics[topic] not in IMAGE_TYPES:
-                raise ExtractError(f"{role} topic {topic} carries {topics[topic]}, not an Image or CompressedImage")
         conns = {t: [c for c in reader.connections if c.topic == t] for t in set(wanted.values())}
-        infos = {role: _first_image_info(reader, conns[t][0], t) for role, t in wanted.items()}
+        infos = {role: _first_image_info(reader, conns[t][0], t, opts.bag) for role, t in wanted.items()}
         _check_encodings(infos)
         modality = _decide_modality(opts, infos["modality"])
         all_conns = [c for t in conns for c in conns[t]]
-        total = sum(c.msgcount for c in all_conns)
-        pairs, counts = _pair_stamps(reader, all_conns, opts, total)
-        _check_pairs(pairs, counts, opts)
-        pairs.sort(key=lambda p: p.rgb_stamp)
-        labelled = len(pairs)
+        scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns))
         if opts.label_topic:
-            labelled = sum(p.label_index is not None for p in pairs)
-            if labelled == 0:
-                raise ExtractError(
-                    f"no label message on {opts.label_topic} has the stamp of a paired RGB frame on {opts.rgb_topic}; "
-                    "labels must be stamped exactly like the RGB image they annotate"
-                )
-            pairs = [p for p in pairs if p.label_index is not None]
+            pairs, counts = _labelled_frames(scan, opts)
+            _check_label_values(pairs, scan, opts)
+        else:
+            pairs, counts = _node_pairs(scan, opts), {}
+        counts = {**scan.counts(opts), **counts, "pairs": len(pairs)}
+        _check_pairs(pairs, scan, opts)
+        pairs.sort(key=lambda p: p.rgb_stamp)
         kept = _thin(pairs, opts.every, opts.min_interval)
         train, test, dropped = split_by_time(kept, opts.test_fraction, opts.split_blocks, opts.split_gap)
-        result = ExtractResult(out=out, train=train, test=test)
+        result = ExtractResult(out=out, train=train, test=test, notes=_notes(scan, counts, opts))
         result.counts = {
-            **counts, "labelled_pairs": labelled, "kept": len(kept), "train": len(train),
-            "test": len(test), "dropped_at_split": dropped,
+            **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
         }
         _check_same_extraction(out, opts)
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
@@ -271,93 +298,207 @@ def _check_encodings(infos: dict[str, _TopicInfo]) -> None:
             raise ExtractError(f"label topic {label.topic} is {label.shape}, RGB {rgb.topic} is {rgb.shape[:2]}")
 
 
-def _pair_stamps(reader, conns, opts: ExtractOptions, total: int) -> tuple[list[FramePair], dict]:
-    pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
-    index = {opts.rgb_topic: 0, opts.modal_topic: 0}
+@dataclass
+class _StreamStamps:
+    """Pass 1's record of one topic: the first message of each stamp (index in bag order) and its span."""
+
+    first: dict[int, int] = field(default_factory=dict)  # stamp ns -> index of its first message
+    messages: int = 0
+    repeated: int = 0  # messages whose stamp an earlier message of the topic already had
+    lo: Optional[int] = None
+    hi: Optional[int] = None
+
+    def add(self, stamp: int) -> Optional[int]:
+        """Record a message; its index, or None if its stamp was seen before (the first one is kept)."""
+        i = self.messages
+        self.messages += 1
+        self.lo = stamp if self.lo is None else min(self.lo, stamp)
+        self.hi = stamp if self.hi is None else max(self.hi, stamp)
+        if stamp in self.first:
+            self.repeated += 1
+            return None
+        self.first[stamp] = i
+        return i
+
+    def span(self) -> str:
+        return "no messages" if self.lo is None else f"{self.lo * 1e-9:.3f}..{self.hi * 1e-9:.3f} s"
+
+
+@dataclass
+class _Scan:
+    rgb: _StreamStamps
+    modal: _StreamStamps
+    label: _StreamStamps
+    arrival: list  # (stream 0 RGB / 1 modality, stamp, index) of each first-of-its-stamp message, in bag order
+    label_ids: dict  # label stamp -> class ids present in that label image (sorted int array)
+
+    def counts(self, opts: ExtractOptions) -> dict:
+        c = {"rgb_messages": self.rgb.messages, "modal_messages": self.modal.messages}
+        if opts.label_topic:
+            c["label_messages"] = self.label.messages
+        for name, st in (("rgb", self.rgb), ("modal", self.modal), ("label", self.label)):
+            if st.repeated:
+                c[f"repeated_{name}_stamps"] = st.repeated
+        return c
+
+
+def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
+    """Pass 1: stamps of every message (and the class ids of each label), in bag order."""
+    scan = _Scan(_StreamStamps(), _StreamStamps(), _StreamStamps(), [], {})
+    streams = {opts.rgb_topic: (scan.rgb, 0), opts.modal_topic: (scan.modal, 1)}
     if opts.label_topic:
-        index[opts.label_topic] = 0
-    span = {t: [None, None] for t in index}
-    labels: dict[int, int] = {}
-    raw_pairs = []
+        streams[opts.label_topic] = (scan.label, None)
     bar = tqdm(total=total, desc="pairing", unit="msg", disable=not opts.progress, leave=False)
-    for conn, _, raw in reader.messages(connections=conns):
+    for conn, _, msg in read_messages(reader, conns, opts.bag):
         bar.update(1)
-        topic = conn.topic
-        st = stamp_ns(reader.deserialize(raw, conn.msgtype))
-        i = index[topic]
-        index[topic] = i + 1
-        lo_hi = span[topic]
-        lo_hi[0] = st if lo_hi[0] is None else min(lo_hi[0], st)
-        lo_hi[1] = st if lo_hi[1] is None else max(lo_hi[1], st)
-        if topic == opts.label_topic:
-            labels.setdefault(st, i)
-            continue
-        # the node's pairer takes float seconds; feed it exactly what the node would see
-        pair = pairer.add(0 if topic == opts.rgb_topic else 1, st * 1e-9, (st, i))
-        if pair is not None:
-            raw_pairs.append((pair.first, pair.second))
+        st = stamp_ns(msg)
+        stream, number = streams[conn.topic]
+        i = stream.add(st)
+        if i is None:
+            continue  # a repeated stamp: keeping one message per stamp keeps RGB, modality and label together
+        if number is None:
+            scan.label_ids[st] = _label_ids(msg, conn.topic, st)
+        else:
+            scan.arrival.append((number, st, i))
     bar.close()
-    pairs = [
-        FramePair(str(rs), rs, ms, ri, mi, labels.get(rs)) for (rs, ri), (ms, mi) in raw_pairs
-    ]
-    counts = {"rgb_messages": index[opts.rgb_topic], "modal_messages": index[opts.modal_topic], "pairs": len(pairs),
-              "spans": span}
-    if opts.label_topic:
-        counts["label_messages"] = index[opts.label_topic]
-    return pairs, counts
+    return scan
 
 
-def _check_pairs(pairs: list[FramePair], counts: dict, opts: ExtractOptions) -> None:
-    if pairs:
-        counts.pop("spans")
+def _to_array(msg, topic: str) -> tuple[np.ndarray, str]:
+    try:
+        return message_to_array(msg)
+    except ValueError as exc:  # a corrupt or unsupported image: name the message
+        raise ExtractError(f"cannot decode the image stamped {stamp_ns(msg)} ns on {topic}: {exc}") from None
+
+
+def _label_ids(msg, topic: str, stamp: int) -> np.ndarray:
+    arr, enc = _to_array(msg, topic)
+    if arr.dtype != np.uint8 or arr.ndim != 2:
+        raise ExtractError(f"label message stamped {stamp} ns on {topic} is {enc} {arr.shape}, "
+                           "expected mono8 class ids")
+    return np.flatnonzero(np.bincount(arr.reshape(-1), minlength=256))
+
+
+def _node_pairs(scan: _Scan, opts: ExtractOptions) -> list[FramePair]:
+    """The pairs the live node makes: messages fed to its pairer in bag (receive) order."""
+    pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
+    pairs = []
+    for number, st, i in scan.arrival:
+        # the node's pairer takes float seconds; feed it exactly what the node would see
+        pair = pairer.add(number, st * 1e-9, (st, i))
+        if pair is not None:
+            (rs, ri), (ms, mi) = pair.first, pair.second
+            pairs.append(FramePair(str(rs), rs, ms, ri, mi))
+    return pairs
+
+
+def _labelled_frames(scan: _Scan, opts: ExtractOptions) -> tuple[list[FramePair], dict]:
+    """Each label with the RGB frame of its stamp and the nearest modality frame strictly within the slop
+    (one modality frame may serve several labelled frames). Returns (pairs, counts of labels not kept)."""
+    modal_stamps = sorted(scan.modal.first)
+    slop_ns = opts.slop * 1e9
+    pairs, no_rgb, no_modal = [], 0, 0
+    for st in sorted(scan.label.first):
+        if st not in scan.rgb.first:
+            no_rgb += 1
+            continue
+        j = bisect.bisect_left(modal_stamps, st)
+        near = [modal_stamps[k] for k in (j - 1, j) if 0 <= k < len(modal_stamps)]
+        best = min(near, key=lambda m: abs(m - st), default=None)  # ties: the earlier frame
+        if best is None or not abs(best - st) < slop_ns:
+            no_modal += 1
+            continue
+        pairs.append(FramePair(str(st), st, best, scan.rgb.first[st], scan.modal.first[best], scan.label.first[st]))
+    return pairs, {"labelled_pairs": len(pairs), "labels_without_rgb": no_rgb, "labels_without_modal": no_modal}
+
+
+def _check_label_values(pairs: list[FramePair], scan: _Scan, opts: ExtractOptions) -> None:
+    if not opts.classes:
         return
-    span = counts.pop("spans")
+    for p in pairs:
+        ids = scan.label_ids[p.rgb_stamp]
+        needed = int(ids[ids != 255].max(initial=0)) + 1
+        check_label_values(ids, len(opts.classes), f"the label stamped {p.rgb_stamp} ns on {opts.label_topic}",
+                           f"the --classes file must name every class id the labels use, in id order "
+                           f"(at least {needed} names)")
 
-    def fmt(topic):
-        lo, hi = span[topic]
-        return "no messages" if lo is None else f"{lo * 1e-9:.3f}..{hi * 1e-9:.3f} s"
 
-    (a_lo, a_hi), (b_lo, b_hi) = span[opts.rgb_topic], span[opts.modal_topic]
-    overlap = None not in (a_lo, b_lo) and a_lo <= b_hi and b_lo <= a_hi
+def _check_pairs(pairs: list[FramePair], scan: _Scan, opts: ExtractOptions) -> None:
+    if pairs:
+        return
+    if opts.label_topic and scan.label.first and not any(st in scan.rgb.first for st in scan.label.first):
+        raise ExtractError(
+            f"no label message on {opts.label_topic} has the stamp of an RGB frame on {opts.rgb_topic}; "
+            "labels must be stamped exactly like the RGB image they annotate"
+        )
+    what = "labelled RGB frames and modality frames" if opts.label_topic else "RGB/modality pairs"
+    a, b = scan.rgb, scan.modal
+    overlap = None not in (a.lo, b.lo) and a.lo <= b.hi and b.lo <= a.hi
     why = (f"the streams overlap in time, but no frames are within {opts.slop} s of each other: raise --slop "
            "(e.g. --slop 0.05, half the slower camera's frame period)" if overlap else
            "the streams do not overlap in time (unsynchronised clocks?) or need a larger --slop")
     raise ExtractError(
-        f"no RGB/modality pairs within --slop {opts.slop} s: {opts.rgb_topic} stamps span {fmt(opts.rgb_topic)}, "
-        f"{opts.modal_topic} {fmt(opts.modal_topic)}; {why}"
+        f"no {what} within --slop {opts.slop} s: {opts.rgb_topic} stamps span {a.span()}, "
+        f"{opts.modal_topic} {b.span()}; {why}"
     )
 
 
+def _notes(scan: _Scan, counts: dict, opts: ExtractOptions) -> list[str]:
+    """What was left out and why, one sentence each (the CLI prints them; dataset.yaml keeps the counts)."""
+    notes = []
+    for role, topic, st in (("RGB", opts.rgb_topic, scan.rgb), ("modality", opts.modal_topic, scan.modal),
+                            ("label", opts.label_topic, scan.label)):
+        if st.repeated:
+            notes.append(f"{st.repeated} {role} messages on {topic} repeat the stamp of an earlier one (a looped "
+                         "recording or a driver fault?): kept the first message of each stamp")
+    if opts.label_topic:
+        lost = counts["labels_without_rgb"] + counts["labels_without_modal"]
+        if lost:
+            notes.append(
+                f"{lost} of {len(scan.label.first)} labels not extracted: {counts['labels_without_rgb']} have no RGB "
+                f"frame on {opts.rgb_topic} with their stamp (labels must be stamped like the RGB image they "
+                f"annotate), {counts['labels_without_modal']} have no {opts.modal_topic} frame within --slop "
+                f"{opts.slop} s"
+            )
+        if not opts.classes and scan.label_ids:
+            ids = sorted({int(v) for a in scan.label_ids.values() for v in a} - {255})
+            notes.append(f"the labels use class ids {ids}; name the classes with --classes (training needs them)")
+    return notes
+
+
 def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Path, opts, result) -> None:
+    names = [p.name for p in pairs]
+    if len(set(names)) != len(names):  # one frame per RGB stamp is the invariant the scan keeps
+        raise ExtractError(f"internal error: frame names repeat in {opts.bag}; please report it")
     modal_ext = _modal_ext(infos["modality"])
-    jobs: dict[str, dict[int, Path]] = {t: {} for t in conns}
+    jobs: dict[str, dict[int, list[Path]]] = {t: {} for t in conns}
 
     def want(topic, idx, path):
         if path.exists():
             result.skipped += 1
         else:
-            jobs[topic][idx] = path
+            jobs[topic].setdefault(idx, []).append(path)  # a modality frame may serve several labelled frames
 
     for p in pairs:
         want(opts.rgb_topic, p.rgb_index, out / "RGB" / f"{p.name}.png")
         want(opts.modal_topic, p.modal_index, out / "Modal" / f"{p.name}{modal_ext}")
         if opts.label_topic and p.label_index is not None:
             want(opts.label_topic, p.label_index, out / "Label" / f"{p.name}.png")
-    n_jobs = sum(len(j) for j in jobs.values())
+    n_jobs = sum(len(paths) for j in jobs.values() for paths in j.values())
     if n_jobs == 0:
         return
     role_of = {t: r for r, t in wanted.items()}
     todo_conns = [c for t, cs in conns.items() if jobs[t] for c in cs]
     index = dict.fromkeys(conns, 0)
     bar = tqdm(total=n_jobs, desc="writing", unit="file", disable=not opts.progress, leave=False)
-    for conn, _, raw in reader.messages(connections=todo_conns):
+    for conn, _, msg in read_messages(reader, todo_conns, opts.bag):
         topic = conn.topic
         i = index[topic]
         index[topic] = i + 1
-        path = jobs[topic].pop(i, None)
-        if path is None:
+        paths = jobs[topic].pop(i, None)
+        if paths is None:
             continue
-        arr, enc = message_to_array(reader.deserialize(raw, conn.msgtype))
+        arr, enc = _to_array(msg, topic)
         role = role_of[topic]
         if role == "RGB":
             image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
@@ -367,9 +508,10 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
             image = arr
         else:
             image = _modal_for_file(arr, enc)
-        atomic_write_image(path, image)
-        result.written += 1
-        bar.update(1)
+        for path in paths:
+            atomic_write_image(path, image)
+            result.written += 1
+            bar.update(1)
         if not any(jobs.values()):
             break
     bar.close()

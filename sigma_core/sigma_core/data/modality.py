@@ -13,6 +13,13 @@ import numpy as np
 
 MODALITIES = ("thermal", "depth")
 
+# How datasets store integer depth: metres per stored value. "sunrgbd" is SUN RGB-D's raw depth PNG: uint16
+# millimetres with the 16 bits rotated right by 3 (mm = (v >> 3) | (v << 13), as its toolbox reads it).
+# A property of the files, not of the model: the robot's 16UC1 topics are millimetres (REP 118), so the
+# dataset converts to metres and checkpoints never carry a unit.
+DEPTH_UNITS: dict[str, float] = {"mm": 1e-3, "0.1mm": 1e-4, "0.2mm": 2e-4, "sunrgbd": 1e-3}
+DEPTH_UNIT_ALIASES = {"ros": "mm", "redwood": "mm", "nyu": "0.1mm", "nyuv2": "0.1mm", "tum": "0.2mm"}
+
 
 @dataclass(frozen=True)
 class ModalityScaling:
@@ -89,3 +96,26 @@ class ModalityScaling:
             range=tuple(rng) if rng is not None else None,
             max_range=float(d.get("max_range", 10.0)),
         )
+
+
+def depth_units_key(units: str) -> str:
+    """A depth unit name as users spell it ("TUM", "nyu", "0.1mm") -> its key in DEPTH_UNITS; ValueError listing
+    the choices for an unknown one."""
+    key = DEPTH_UNIT_ALIASES.get(str(units).lower(), str(units).lower())
+    if key not in DEPTH_UNITS:
+        raise ValueError(f"depth_units must be one of {', '.join([*DEPTH_UNITS, *DEPTH_UNIT_ALIASES])}, got {units!r}")
+    return key
+
+
+def depth_to_metres(raw: np.ndarray, units: str = "mm") -> np.ndarray:
+    """(H, W) integer depth as a dataset stores it -> (H, W) float32 metres (0 stays 0: no return).
+
+    units: "mm" (ROS 16UC1, Redwood), "0.1mm" (NYU Depth V2 PNGs, value / 10000 = m), "0.2mm" (TUM RGB-D,
+    value / 5000 = m), "sunrgbd" (SUN RGB-D raw depth: millimetres with the bits rotated, mm = (v >> 3) |
+    (v << 13) in 16 bits), or an alias ("ros", "redwood", "nyu", "tum").
+    """
+    units = depth_units_key(units)
+    if units == "sunrgbd":
+        v = raw.astype(np.uint16)
+        raw = (v >> 3) | (v << 13)  # uint16 arithmetic: the top bits fall off, as in the toolbox
+    return (raw.astype(np.float64) * DEPTH_UNITS[units]).astype(np.float32)

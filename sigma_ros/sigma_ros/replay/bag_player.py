@@ -220,6 +220,8 @@ class BagPlayer:
                 f"start offset {self.start_offset:.3f} s is past the end of {self.bag} "
                 f"({(reader.end_time - reader.start_time) / 1e9:.3f} s long)"
             )
+        from sigma_core.data.bags import read_raw_messages
+
         convert = None if reader.is2 else self._ros1_converters()
         self._next_clock = 0.0
         wall_begin = time.perf_counter()
@@ -227,7 +229,7 @@ class BagPlayer:
             loop_wall0 = time.perf_counter()
             first: Optional[int] = None
             last = bag_start
-            for conn, t_ns, raw in reader.messages(connections=self._connections, start=bag_start):
+            for conn, t_ns, raw in read_raw_messages(reader, self._connections, self.bag, start=bag_start):
                 if first is None:
                     first = t_ns
                 target = loop_wall0 + (t_ns - first) / 1e9 / self.rate

@@ -5,11 +5,12 @@ nanoseconds); which of the two comes first depends on the bag or the graph.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from sigma_core.data.labels import check_label_values
 from sigma_core.engine.metrics import ConfusionMatrix
 
 MatchCallback = Callable[[int, np.ndarray, np.ndarray], None]  # (stamp ns, (H, W) uint8 mask, (H, W) uint8 label)
@@ -29,6 +30,16 @@ def frame_confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> to
     frame = ConfusionMatrix(num_classes)
     frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
     return frame.matrix
+
+
+def check_label_ids(label: np.ndarray, class_names: Sequence[str], where: str) -> None:
+    """DataError (a ValueError) naming ``where``, the value and the class count if ``label`` holds an id the model
+    cannot predict (not 0..K-1 and not 255): scoring it would silently count fewer pixels."""
+    k = len(class_names)
+    shown = ", ".join(class_names[:4]) + (", ..." if k > 4 else "")
+    check_label_values(label, k, where,
+                       f"the model predicts {k} classes ({shown}): score it against labels of those classes, "
+                       "or use a checkpoint trained on the label topic's classes")
 
 
 class LabelMatcher:

@@ -36,6 +36,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
 from sigma_core.data.bags import stamp_ns
+from sigma_core.data.errors import DataError
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import ConfusionMatrix
 from sigma_msgs.msg import ClassMap, SegmentationStats
@@ -44,7 +45,7 @@ from ..node.image_conversion import image_msg_to_array, image_msg_to_rgb8
 from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.qos import INPUT_QOS_NAMES, input_qos, latched_qos
-from .label_matching import LabelMatcher, forget_older, frame_confusion
+from .label_matching import LabelMatcher, check_label_ids, forget_older, frame_confusion
 from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"
@@ -100,6 +101,7 @@ class ReplayEvaluator(Node):
         self.node_dropped = 0
         self.rgb_count = self.modal_count = 0
         self.unknown_masks = 0  # masks whose stamp matches no RGB frame seen here
+        self.bad_labels = 0  # labels holding ids the model does not predict (not scored)
         self._pixels: Optional[np.ndarray] = None
         self._samples = SampleKeeper(opts.samples)
         self.first_input: Optional[float] = None
@@ -214,6 +216,12 @@ class ReplayEvaluator(Node):
     def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if self._cm is None or label.shape != mask.shape:
             return
+        try:
+            check_label_ids(label, self.class_names, f"the label stamped {stamp} ns on {self.opts.label_topic}")
+        except DataError as err:  # not scored (it would count fewer pixels): said once in a while, and counted
+            self.bad_labels += 1
+            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            return
         frame = frame_confusion(mask, label, self._cm.num_classes)
         self._cm.matrix += frame
         self.confusion[stamp] = frame.numpy()
@@ -267,9 +275,12 @@ class ReplayEvaluator(Node):
                 s.notes.append(f"{self.unknown_masks} masks had a stamp of no RGB frame seen by the evaluator")
             if self.node_dropped:
                 s.notes.append(f"the node reports {self.node_dropped} pairs replaced while the model was busy")
-            unscored = s.frames - s.frames_scored
+            unscored = s.frames - s.frames_scored - self.bad_labels
             if self.opts.label_topic and unscored:
                 s.notes.append(f"{unscored} masks had no label")
+            if self.bad_labels:
+                s.notes.append(f"{self.bad_labels} labels on {self.opts.label_topic} were not scored: they hold "
+                               f"class ids the model does not predict (it has {len(self.class_names)} classes)")
             s.samples = self._samples.items()
             return s
 

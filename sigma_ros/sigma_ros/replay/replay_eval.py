@@ -40,9 +40,12 @@ from sigma_core.data.bags import (
     describe_topics,
     message_to_array,
     open_bag,
+    read_messages,
+    resolve_topic,
     stamp_ns,
 )
 from sigma_core.data.image_encoding import to_rgb8
+from sigma_core.data.labels import read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
@@ -99,14 +102,12 @@ class ReplayResult:
 
 
 def read_label_file(label_dir: Path, stamp: int) -> Optional[np.ndarray]:
-    """``label_dir/<stamp_ns>.png`` as (H, W) uint8 class ids, or None if absent."""
+    """``label_dir/<stamp_ns>.png`` as (H, W) class ids (grey or indexed PNG), or None if absent;
+    DataError naming the file if it cannot be decoded or is a colour image."""
     path = label_dir / f"{stamp}.png"
     if not path.is_file():
         return None
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f"cannot read label image {path}")
-    return label if label.ndim == 2 else label[..., 0]
+    return read_label_image(path)
 
 
 def sigma_msgs_dir() -> Path:
@@ -211,14 +212,17 @@ def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
         roles[opts.label_topic] = "label"
     with open_bag(opts.bag) as reader:
         available = bag_topics(reader)
-        for topic in roles:
-            if topic not in available:
+        in_bag = {}
+        for topic, role in roles.items():
+            found = resolve_topic(reader, topic)  # ROS 1 bags may name topics without the leading slash
+            if found is None:
                 raise BagError(f"bag {opts.bag} has no topic {topic}; its topics are: {describe_topics(reader)}")
-            if available[topic] not in IMAGE_TYPES:
-                raise BagError(f"topic {topic} in {opts.bag} is {available[topic]}, not an Image or CompressedImage")
-        conns = [c for c in reader.connections if c.topic in roles]
-        for conn, log_ns, raw in reader.messages(connections=conns):
-            yield roles[conn.topic], log_ns, reader.deserialize(raw, conn.msgtype)
+            if available[found] not in IMAGE_TYPES:
+                raise BagError(f"topic {found} in {opts.bag} is {available[found]}, not an Image or CompressedImage")
+            in_bag[found] = role
+        conns = [c for c in reader.connections if c.topic in in_bag]
+        for conn, log_ns, msg in read_messages(reader, conns, opts.bag):
+            yield in_bag[conn.topic], log_ns, msg
 
 
 def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = None) -> ReplayResult:
@@ -228,7 +232,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     """
     from sigma_core.engine.metrics import ConfusionMatrix
 
-    from .label_matching import LabelMatcher, frame_confusion
+    from .label_matching import LabelMatcher, check_label_ids, frame_confusion
 
     if opts.label_topic and opts.label_dir:
         raise ValueError("give either a label topic or a label folder, not both")
@@ -254,10 +258,13 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                         segmenter.model_name, segmenter.scaling.modality) if opts.output_bag else None
     samples = SampleKeeper(opts.samples if out_dir is not None else 0)
 
+    label_source = (f"on {opts.label_topic}" if opts.label_topic else f"in {opts.label_dir}")
+
     def score(stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if label.shape != mask.shape:
             raise ValueError(f"label at stamp {stamp} ns is {label.shape[1]}x{label.shape[0]}, "
                              f"mask is {mask.shape[1]}x{mask.shape[0]}: labels must be at the RGB size")
+        check_label_ids(label, class_names, f"the label stamped {stamp} ns {label_source}")
         frame = frame_confusion(mask, label, k)
         total.matrix += frame
         result.confusion[stamp] = frame.numpy()

@@ -175,3 +175,18 @@ def test_subscriber_minimums_are_parsed_and_checked(bag):
         parse_minimum(["/a/b"])
     done = _play(bag.path, "--topics", bag.rgb_topic, "--wait-for-subscribers", "/not/played=1", timeout=30)
     assert done.returncode == 2 and "/not/played" in done.stderr
+
+
+def test_a_corrupt_bag_ends_with_one_line_not_a_traceback(tmp_path):
+    ros1 = synthetic_bag(tmp_path / "old.bag", seconds=0.5, seed=7, storage="ros1")
+    raw = bytearray(ros1.path.read_bytes())
+    op = raw.find(b"op=\x05")  # the first chunk record (op 5): its header length precedes its first field
+    assert op > 8 and raw[op - 4:op] == (4).to_bytes(4, "little")
+    raw[op - 8:op - 4] = (0x7FFFFFFF).to_bytes(4, "little")
+    damaged = tmp_path / "damaged.bag"
+    damaged.write_bytes(bytes(raw))
+    done = _play(damaged, "--rate", "4", timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("bag_player: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"bag_player: cannot read bag {damaged}")
+    assert "corrupt or truncated" in errors[0]

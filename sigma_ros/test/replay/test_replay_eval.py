@@ -2,6 +2,7 @@
 the output bag holds the node's topics; the report and the command line behave."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -47,15 +48,19 @@ def replayed(world):
 def test_offline_replay_equals_evaluate_on_the_extracted_dataset(world, replayed):
     from sigma_core.cli.evaluate import main as evaluate_main
 
+    s = replayed.summary
+    # Labelled extraction keeps every labelled RGB frame with its nearest thermal frame (RGB is labelled at 30 Hz,
+    # thermal runs at 9 Hz): a superset of the node's pairs, which it holds with the same thermal frames.
+    with open(world["dataset"] / "pairs.csv", newline="") as f:
+        extracted = {int(r["rgb_stamp_ns"]): int(r["modal_stamp_ns"]) for r in csv.DictReader(f)}
+    assert set(replayed.modal_stamp) < set(extracted) and s.frames == s.frames_scored > 5
+    assert all(extracted[rgb] == modal for rgb, modal in replayed.modal_stamp.items())
+    (world["dataset"] / "replayed.txt").write_text("".join(f"{st}\n" for st in sorted(replayed.modal_stamp)))
     out = world["root"] / "evaluate"
     rc = evaluate_main([str(world["ckpt"]), "data.num_workers=0", "--data-root", str(world["dataset"]),
-                        "--preset", "custom", "--split", "train", "--device", "cpu", "--out", str(out)])
+                        "--preset", "custom", "--split", "replayed", "--device", "cpu", "--out", str(out)])
     assert rc in (0, None)
     evaluated = json.loads((out / "report.json").read_text())
-    s = replayed.summary
-    # The extracted frames are exactly the pairs the replay segmented (same pairing policy, same labels).
-    extracted = {int(line) for line in (world["dataset"] / "train.txt").read_text().split()}
-    assert extracted == set(replayed.modal_stamp) and s.frames == len(extracted) == s.frames_scored > 5
     assert evaluated["images"] == s.frames
     ours = s.metrics.to_dict()
     assert ours["confusion_matrix"] == evaluated["metrics"]["confusion_matrix"]
@@ -151,3 +156,53 @@ def test_command_line_names_missing_topics(world, capsys):
                "--modal-topic", rec.modal_topic, "--device", "cpu", "--out", str(world["root"] / "cli")])
     err = capsys.readouterr().err
     assert rc == 2 and "/no/such/topic" in err and rec.rgb_topic in err
+
+
+def test_a_label_topic_with_more_classes_than_the_model_is_refused_with_one_line(world, tmp_path, capsys):
+    """The tiny model predicts the synthetic world's 8 classes; a label topic with ids up to 11 (a 12-class
+    labelling) would be scored on fewer pixels without a word: it is an error naming topic, value and count."""
+    from sigma_core.data.bags import BagWriter, message_to_array, open_bag, read_messages, stamp_ns
+
+    rec = world["record"]
+    relabelled = tmp_path / "twelve_classes"
+    with open_bag(rec.path) as reader, BagWriter(relabelled, "sqlite3") as out:
+        for conn, log_ns, msg in read_messages(reader, reader.connections, rec.path):
+            if conn.topic == rec.label_topic:
+                label = np.array(message_to_array(msg)[0])
+                label[:4, :4] = 11
+                msg = out.image(stamp_ns(msg), msg.header.frame_id, label, "mono8")
+            elif conn.msgtype != "sensor_msgs/msg/Image":
+                continue
+            else:
+                arr, enc = message_to_array(msg)
+                msg = out.image(stamp_ns(msg), msg.header.frame_id, np.array(arr), enc)
+            out.write(conn.topic, log_ns, msg)
+    rc = main([str(relabelled), "--checkpoint", str(world["ckpt"]), "--rgb-topic", rec.rgb_topic,
+               "--modal-topic", rec.modal_topic, "--label-topic", rec.label_topic, "--device", "cpu",
+               "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"ns on {rec.label_topic} holds label value 11, but the dataset has 8 classes" in err
+    assert "the model predicts 8 classes (background, road, building, vegetation, ...)" in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_label_folder_of_indexed_pngs_is_read_as_class_ids(world, tmp_path):
+    """An annotation tool's palette PNGs in --label-dir score exactly like the grey ones sigma-extract wrote."""
+    import cv2
+    from PIL import Image
+
+    rec = world["record"]
+    indexed = tmp_path / "Label"
+    indexed.mkdir()
+    for path in sorted((world["dataset"] / "Label").glob("*.png"))[:30]:
+        img = Image.fromarray(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), mode="P")
+        img.putpalette([(37 * i) % 256 for i in range(768)])
+        img.save(indexed / path.name)
+    grey = replay_bag(ReplayOptions(rec.path, rec.rgb_topic, rec.modal_topic, label_dir=world["dataset"] / "Label",
+                                    max_pairs=4), world["seg"])
+    by_index = replay_bag(ReplayOptions(rec.path, rec.rgb_topic, rec.modal_topic, label_dir=indexed, max_pairs=4),
+                          world["seg"])
+    assert by_index.summary.frames_scored == grey.summary.frames_scored == 4
+    for stamp, cm in grey.confusion.items():
+        np.testing.assert_array_equal(by_index.confusion[stamp], cm)
