@@ -257,6 +257,7 @@ def test_every_kill_point_resumes_to_a_consistent_run(synth, tmp_path, monkeypat
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, n
         if not run.exists():
             continue
+        (run / ".notes.txt.tmp").write_text("mine")  # a file the run did not write: it stays
         status, _ = run_in_child(lambda run=run: train(tiny_config(synth, run, *common, "train.resume=auto")))
         assert status == 0, n
         assert read_csv(run / "train_log.csv") == reference_log, n
@@ -267,7 +268,7 @@ def test_every_kill_point_resumes_to_a_consistent_run(synth, tmp_path, monkeypat
         best = load_checkpoint(run / "best.pt")[1].extra["training"]
         assert (best["epoch"], best["miou"]) == (state["best"]["epoch"], state["best"]["miou"]), n
         assert best["miou"] == pytest.approx(max(float(r["miou"]) for r in epochs), abs=1e-6), n
-        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], n
+        assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == [".notes.txt.tmp"], n
 
 
 def test_a_failed_start_writes_nothing_and_a_new_run_never_replaces_another(synth, tmp_path):

@@ -19,8 +19,9 @@ from ..files import atomic_write_text
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 BEST = "best.pt"
-# atomic_open's temporaries: ".<name>.<random>.tmp" beside the file being written.
-TEMPORARY_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+# atomic_open's temporaries of the files a run writes: ".<name>.<8 random characters>.tmp" beside the file.
+TEMPORARY_RE = re.compile(r"^\.(config\.yaml|train_log\.csv|epochs\.csv|best\.pt|epoch_\d{4,}(\.state)?\.pt)"
+                          r"\.[a-z0-9_]{8}\.tmp$")
 
 
 def state_path_for(checkpoint: Path) -> Path:
@@ -53,8 +54,8 @@ def prune_checkpoints(out_dir: Path, keep_last: int) -> list[Path]:
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete the temporaries our atomic writes leave when a process is killed mid-write (top level and
-    tensorboard/ are not scanned: only files named like atomic_open's, in ``out_dir`` itself)."""
+    """Delete the temporaries a run's atomic writes leave when it is killed mid-write: only files named like
+    atomic_open's temporaries of the run's own files, in ``out_dir`` itself (anything else there is left alone)."""
     stale = [p for p in Path(out_dir).iterdir() if p.is_file() and TEMPORARY_RE.match(p.name)]
     for p in stale:
         p.unlink(missing_ok=True)
