@@ -30,6 +30,8 @@ setup(
             "sigma-extract = sigma_core.cli.extract:main",
             "synth = sigma_core.cli.synth:main",
             "sigma-synth = sigma_core.cli.synth:main",
+            "import = sigma_core.cli.import_checkpoint:main",
+            "sigma-import = sigma_core.cli.import_checkpoint:main",
         ],
     },
 )

@@ -3,6 +3,7 @@
 Public API::
 
     from sigma_core import SigmaConfig, build_sigma, load_weights, save_checkpoint, load_checkpoint, Segmenter
+    from sigma_core import load_model   # any checkpoint: ours, or a published Sigma .pth with dataset=...
 """
 from importlib import import_module
 
@@ -15,6 +16,7 @@ _API = {
     "load_weights": "sigma_core.checkpoints",
     "save_checkpoint": "sigma_core.checkpoints",
     "load_checkpoint": "sigma_core.checkpoints",
+    "load_model": "sigma_core.checkpoints",
     "Segmenter": "sigma_core.inference",
     "ModalityScaling": "sigma_core.data.modality",
     "ApproximateTimePairer": "sigma_core.data.pairing",

@@ -150,13 +150,13 @@ def test_sigma_evaluate_on_a_dataset_ours_and_published_format(tmp_path, capsys)
     assert predictions == sorted((root / "test.txt").read_text().split())
     assert "mIoU" in capsys.readouterr().out
 
-    # the same weights as a published-style checkpoint (state dict under "model", DDP prefix): same numbers
+    # the same weights as a published-style checkpoint (state dict under "model", DDP prefix): same numbers,
+    # the architecture inferred from the keys (no model.* settings), the classes from the dataset
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "published.pth")
     assert main([str(tmp_path / "published.pth"), "--data-root", str(root), "--out", str(tmp_path / "r2"),
-                 "--device", "cpu", "data.num_workers=0", "model.variant=null", "model.depths=[1,1,1,1]",
-                 "model.dims=32", "model.decoder_depths=[1,1,1]"]) == 0
+                 "--device", "cpu", "data.num_workers=0"]) == 0
     again = json.loads((tmp_path / "r2" / "report.json").read_text())
-    assert again["metrics"] == report["metrics"]
+    assert again["metrics"] == report["metrics"] and again["model"] == "sigma_custom_d32_1-1-1-1"
 
     # blanking the thermal input changes the predictions
     assert main([str(ours), "--data-root", str(root), "--out", str(tmp_path / "r3"), "--blank-modality",
@@ -211,3 +211,39 @@ def test_messages_lead_somewhere_and_the_report_lands_in_the_working_directory(t
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert "split 'empty' holds no images" in err and "--test-fraction" in err
+
+
+def test_sigma_evaluate_runs_the_published_parity_model_like_its_import(tmp_path, capsys):
+    """The parity fixture as a published file (DDP prefix, optimizer entry) under the MFNet preset: the same
+    predictions as the fixture's network built by hand, and the same report as its sigma-import'ed copy."""
+    import cv2
+    from reference_data import parity_fixture, write_published_checkpoint
+
+    from sigma_core import load_weights
+    from sigma_core.cli.evaluate import main
+    from sigma_core.cli.import_checkpoint import main as import_main
+    from sigma_core.data.dataset import PRESETS, RGBXDataset
+    from sigma_core.data.synthetic import write_dataset
+
+    fixture = parity_fixture()
+    published = write_published_checkpoint(tmp_path / "sigma_published.pth", fixture["state_dict"])
+    root = write_dataset(tmp_path / "frames", n=4, seed=3, size=(64, 96), test_fraction=0.5)  # MFNet's layout
+    args = ["--preset", "mfnet", "--data-root", str(root), "--device", "cpu", "--save-predictions",
+            "data.num_workers=0"]
+    assert main([str(published), "--out", str(tmp_path / "published"), *args]) == 0
+    assert "inferred from its keys" in capsys.readouterr().out
+    assert import_main([str(published), "--dataset", "mfnet", "-o", str(tmp_path / "imported.pt")]) == 0
+    assert main([str(tmp_path / "imported.pt"), "--out", str(tmp_path / "imported"), *args]) == 0
+    reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("published", "imported")]
+    assert reports[0]["metrics"] == reports[1]["metrics"] and reports[0]["images"] == 2
+
+    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
+    load_weights(model, fixture["state_dict"])
+    palette = np.asarray(PRESETS["mfnet"].palette, np.uint8)
+    dataset = RGBXDataset(root, split="test", preset="mfnet")
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        with torch.inference_mode():
+            expected = model(sample["rgb"][None], sample["modal"][None])[0].argmax(0).numpy()
+        saved = cv2.imread(str(tmp_path / "published" / "predictions" / f"{sample['name']}.png"))
+        np.testing.assert_array_equal(saved, cv2.cvtColor(palette[expected], cv2.COLOR_RGB2BGR))

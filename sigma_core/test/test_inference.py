@@ -2,9 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from reference_data import parity_fixture, write_published_checkpoint
 
 from sigma_core import ModalityScaling, Segmenter, SigmaConfig, build_sigma, save_checkpoint
-from sigma_core.inference import images_to_inputs
+from sigma_core.checkpoints import DatasetNeededError
+from sigma_core.inference import NonFiniteOutputError, images_to_inputs
 from sigma_core.ops import available_backends
 
 CLASSES = ["background", "car", "person", "bike"]
@@ -132,3 +134,25 @@ def test_images_to_inputs_replicates_modality():
     unit = x_in * np.array([0.229, 0.224, 0.225])[:, None, None] + np.array([0.485, 0.456, 0.406])[:, None, None]
     np.testing.assert_allclose(unit[0], unit[1], atol=1e-6)
     np.testing.assert_allclose(unit[1], unit[2], atol=1e-6)
+
+
+def test_published_checkpoint_with_a_dataset(tmp_path):
+    fixture = parity_fixture()
+    path = write_published_checkpoint(tmp_path / "sigma_published.pth", fixture["state_dict"])
+    seg = Segmenter.from_checkpoint(path, dataset="mfnet")
+    assert seg.class_names[1] == "car" and seg.num_classes == 9 and seg.input_size == (480, 640)
+    assert seg.model_name == "sigma_custom_d32_1-1-2-1" and seg.meta.notes
+    torch.testing.assert_close(seg.logits(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
+    rgb, thermal = _images(30, 40)
+    _check_output(*seg(rgb, thermal), (30, 40), num_classes=9)
+    with pytest.raises(DatasetNeededError, match="name the dataset it was trained on"):
+        Segmenter.from_checkpoint(path)
+
+
+def test_non_finite_logits_give_no_mask(tmp_path):
+    seg = Segmenter.from_checkpoint(_checkpoint(tmp_path))
+    rgb, thermal = _images(32, 40)
+    with torch.no_grad():  # one poisoned weight, as a 16-bit overflow would leave it
+        seg.model.decode_head.output.weight[2, 5] = float("inf")
+    with pytest.raises(NonFiniteOutputError, match=r"\d+ of \d+ logits are NaN or infinite .*precision fp32"):
+        seg(rgb, thermal)

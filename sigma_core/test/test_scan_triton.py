@@ -116,15 +116,28 @@ def test_sigma_state_size_16_with_default_block(scan_triton):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
 def test_half_precision_inputs_keep_float32_state(scan_triton, dtype, tol):
-    """u, delta, B, C in half precision: the result is only rounded once, at the output."""
+    """u, delta, B, C in half precision: y is float32 (never rounded); gradients are rounded once, at the end."""
     inputs = make_inputs(1, 2, 2, 4, 48, seed=1, dtype=dtype)
     inputs.update(A=inputs["A"].float(), D=inputs["D"].float(), delta_bias=inputs["delta_bias"].float())
     y, y_ref, grads, grads_ref = run_both(scan_triton.selective_scan_triton, inputs, True, chunk=16, block_d=2)
-    assert y.dtype == dtype
-    assert rel_err(y, y_ref) < tol
+    assert y.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-5
     for name, grad in grads.items():
         assert grad.dtype == inputs[name].dtype, name
         assert rel_err(grad, grads_ref[name]) < tol, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_output_beyond_the_half_range_stays_finite(scan_triton, dtype):
+    """A trained encoder's scan output exceeds float16's 65504; y must come back float32, finite and right."""
+    inputs = make_inputs(1, 2, 2, 16, 40, seed=6, dtype=torch.float64)
+    inputs.update(A=torch.full_like(inputs["A"], -1e-3), u=inputs["u"].abs() * 20 + 20,
+                  B=inputs["B"].abs() * 8 + 8, C=inputs["C"].abs() * 8 + 8)
+    half = {k: (v.to(dtype) if k in ("u", "delta", "B", "C") else v.float()) for k, v in inputs.items()}
+    y, y_ref, _, _ = run_both(scan_triton.selective_scan_triton, half, True, with_grad=False, chunk=16)
+    assert y_ref.abs().max() > 2 * 65504
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert rel_err(y, y_ref) < 1e-5
 
 
 def test_non_contiguous_inputs_give_the_same_result(scan_triton):
@@ -182,8 +195,8 @@ def test_block_size_heuristic_divides_groups_and_fills_the_gpu(scan_triton):
 
 
 def _signature(kernel, pointer_dtype: str, constexprs: dict) -> dict:
-    """Triton signature: pointers of the u/delta/B/C/y family in ``pointer_dtype``, other pointers fp32, ints i32."""
-    io = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddelta_ptr")
+    """Triton signature: pointers of the u/delta/B/C family in ``pointer_dtype``, y/dy and the others fp32, ints i32."""
+    io = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "du_ptr", "ddelta_ptr")
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -218,3 +231,29 @@ def test_kernels_compile_for_hopper_without_a_gpu(pointer_dtype, monkeypatch):
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         assert compiled.asm["cubin"], kernel.__name__
         assert ".target sm_90" in compiled.asm["ptx"]
+
+
+def test_ss2d_under_float16_autocast_through_the_triton_kernels(scan_triton, monkeypatch):
+    """The path a GPU takes: SS2D under fp16 autocast with its scans in the Triton kernels (interpreted here),
+    and a merged scan output beyond float16's 65504 before out_norm: finite, and close to float32."""
+    from sigma_core.models.vmamba import SS2D
+
+    registry = importlib.import_module("sigma_core.ops.selective_scan")
+    monkeypatch.setitem(registry._loaded, "triton", scan_triton.selective_scan_triton)
+    torch.manual_seed(0)
+    block = SS2D(16, d_state=16).eval()
+    with torch.no_grad():
+        block.A_logs.fill_(-8.0)  # almost no decay
+        block.x_proj_weight.mul_(150.0)  # large B and C
+    x = torch.randn(1, 4, 4, 16) * 3
+    norm_input = []
+    block.out_norm.register_forward_hook(lambda module, inputs, out: norm_input.append(inputs[0]))
+    with torch.inference_mode():
+        block.scan_backend = "reference"
+        want = block(x)
+        block.scan_backend = "triton"
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = block(x)
+    assert norm_input[0].abs().max() > 65504 and norm_input[1].dtype == torch.float32
+    assert torch.isfinite(got).all()
+    assert (got.float() - want).abs().max().item() <= 0.02 * want.abs().max().item()

@@ -90,14 +90,45 @@ def test_cpu_float32_gradients_match_float64_reference():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cpu_half_inputs_computed_in_float32(dtype):
+def test_cpu_half_inputs_computed_and_returned_in_float32(dtype):
     inputs = {k: v.to(dtype) for k, v in make_inputs(1, 2, 4, 8, 40, seed=5).items()}
     got = run(scan_cpu.selective_scan_cpu, inputs, True)
-    assert got.dtype == dtype
+    assert got.dtype == torch.float32  # the output contract: never rounded to 16 bits
     want = run(selective_scan_reference, {k: v.double() for k, v in inputs.items()}, True)
-    # Only the final rounding to the half type separates them: inputs are already exactly representable.
-    torch.testing.assert_close(got.double(), want.to(dtype).double(), rtol=2e-2, atol=2e-2)
-    assert (got.double() - want).abs().max() <= want.abs().max() * (2e-2 if dtype is torch.bfloat16 else 2e-3)
+    # The inputs are exactly representable, so only float32 arithmetic separates them.
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def _beyond_half_range_inputs(dtype):
+    """Half-precision inputs whose scan output exceeds float16's 65504 (slow decay, large u and B)."""
+    inputs = make_inputs(1, 2, 4, 16, 64, seed=9)
+    inputs["A"] = torch.full_like(inputs["A"], -1e-3)
+    inputs["u"] = inputs["u"].abs() * 20 + 20
+    inputs["B"] = inputs["B"].abs() * 8 + 8
+    inputs["C"] = inputs["C"].abs() * 8 + 8
+    return {k: (v.to(dtype) if k in ("u", "delta", "B", "C") else v.float()) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", registry.available_backends("cpu"))
+def test_every_backend_returns_float32_beyond_the_half_range(backend, dtype):
+    """The dispatcher's contract, for each backend that runs here (the model relies on it under autocast)."""
+    inputs = _beyond_half_range_inputs(dtype)
+    got = selective_scan(*(inputs[k] for k in ARGS), delta_softplus=True, backend=backend)
+    want = run(selective_scan_reference, {k: v.double() for k, v in inputs.items()}, True)
+    assert want.abs().max() > 2 * 65504  # the case the contract exists for
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-3)
+
+
+def test_dispatcher_refuses_a_backend_that_returns_half_precision(monkeypatch):
+    def rounds_to_input_dtype(u, *args):
+        return scan_cpu.selective_scan_cpu(u, *args).to(u.dtype)
+
+    monkeypatch.setitem(registry._loaded, "cpu", rounds_to_input_dtype)
+    inputs = {k: v.half() for k, v in make_inputs(1, 1, 2, 4, 8).items()}
+    with pytest.raises(RuntimeError, match="backend 'cpu' returned torch.float16 .* must return torch.float32"):
+        selective_scan(*(inputs[k] for k in ARGS), delta_softplus=True, backend="cpu")
 
 
 def test_cpu_chunk_size_does_not_change_results(monkeypatch):

@@ -26,3 +26,4 @@ def test_wheel_carries_the_bundled_model_and_the_training_presets(tmp_path):
     assert not any(n.startswith("test/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "sigma-train = sigma_core.cli.train:main" in entry_points
+    assert "sigma-import = sigma_core.cli.import_checkpoint:main" in entry_points

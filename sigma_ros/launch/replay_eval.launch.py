@@ -4,11 +4,11 @@
         modal_topic:=/thermal/image_raw label_topic:=/camera/labels out:=replay_report
 
 Arguments: bag (required), rgb_topic, modal_topic, label_topic (empty: no accuracy), checkpoint
-(empty: the params file's, i.e. the bundled model), device, rate, start_offset, use_sim_time (the
-player then publishes /clock and the node follows it), out (report folder), idle_timeout (the
-evaluator stops this long after the last message). The node comes from sigma.launch.py (same
-parameters file and Fast DDS profile); when the evaluator finishes and writes its report, the whole
-launch shuts down. Without `launch` (pip ROS) run the three executables by hand, or `sigma-demo`.
+(empty: the params file's, i.e. the bundled model), dataset (a published checkpoint's), device, rate,
+start_offset, use_sim_time (the player then publishes /clock and the node follows it), out (report
+folder), idle_timeout (the evaluator stops this long after the last message). The node comes from
+sigma.launch.py (same parameters file and Fast DDS profile); when the evaluator finishes and writes
+its report, the whole launch shuts down. Without `launch` (pip ROS) run the three executables by hand, or `sigma-demo`.
 """
 from launch import LaunchDescription
 from launch.actions import (
@@ -63,6 +63,7 @@ def generate_launch_description() -> LaunchDescription:
         PythonLaunchDescriptionSource(str(share_file("launch", "sigma.launch.py"))),
         launch_arguments={
             "checkpoint": LaunchConfiguration("checkpoint"),
+            "dataset": LaunchConfiguration("dataset"),
             "device": LaunchConfiguration("device"),
             "rgb_topic": LaunchConfiguration("rgb_topic"),
             "modal_topic": LaunchConfiguration("modal_topic"),
@@ -76,6 +77,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("modal_topic", default_value="/thermal/image_raw", description="thermal/depth"),
             DeclareLaunchArgument("label_topic", default_value="", description="mono8 labels; empty: none"),
             DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params"),
+            DeclareLaunchArgument("dataset", default_value="", description="a published checkpoint's dataset"),
             DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params"),
             DeclareLaunchArgument("rate", default_value="1.0", description="replay speed factor"),
             DeclareLaunchArgument("start_offset", default_value="0.0", description="seconds of the bag to skip"),

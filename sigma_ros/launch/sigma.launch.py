@@ -2,8 +2,10 @@
 
     ros2 launch sigma_ros sigma.launch.py rgb_topic:=/camera/color/image_raw modal_topic:=/thermal/image_raw
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda namespace:=front
+    ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma_tiny_mfnet.pth dataset:=mfnet
 
-Arguments: checkpoint, device (empty: the params file's), rgb_topic, modal_topic, camera_info_topic
+Arguments: checkpoint, dataset (a published checkpoint's, e.g. mfnet), device (empty: the params file's),
+rgb_topic, modal_topic, camera_info_topic
 (remaps of rgb/image, modal/image, modal/camera_info), namespace, params_file (default: the shipped
 config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets
 the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
@@ -21,7 +23,7 @@ def _sigma_node(context):
         return LaunchConfiguration(name).perform(context)
 
     overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1", "yes")}
-    for name in ("checkpoint", "device"):
+    for name in ("checkpoint", "dataset", "device"):
         if arg(name):  # empty: keep the params file's value
             overrides[name] = arg(name)
     env = fastdds_profile_env()
@@ -48,6 +50,8 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
             DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params file"),
+            DeclareLaunchArgument("dataset", default_value="",
+                                  description="a published checkpoint's dataset (mfnet, ...); empty: params file"),
             DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params file"),
             DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
             DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),

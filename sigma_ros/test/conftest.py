@@ -1,3 +1,31 @@
 import os
 
 os.environ.setdefault("ROS_DOMAIN_ID", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# shared/ lies beside the checkout (CI has it there too).
+REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"
+
+
+@pytest.fixture(scope="session")
+def published_parity(tmp_path_factory):
+    """(path, fixture): the published code's parity network (shared/reference/sigma/parity_small.pt) written
+    as the published training engine writes a DistributedDataParallel run: state dict under "model" with
+    "module." prefixes, beside optimizer state, epoch and iteration; and a 9-line class list for it."""
+    import torch
+
+    source = REFERENCE_DIR / "parity_small.pt"
+    if not source.is_file():
+        pytest.fail(f"{source} is missing: shared/ belongs beside the checkout")
+    fixture = torch.load(source, map_location="cpu", weights_only=True)
+    root = tmp_path_factory.mktemp("published")
+    path = root / "sigma_parity_published.pth"
+    torch.save({"model": {"module." + key: value for key, value in fixture["state_dict"].items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 6e-5, "params": []}]},
+                "epoch": 500, "iteration": 50000}, path)
+    classes = root / "classes.txt"
+    classes.write_text("".join(f"class {i}\n" for i in range(9)))
+    return {"checkpoint": path, "classes": classes, "fixture": fixture}

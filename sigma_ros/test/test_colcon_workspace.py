@@ -41,7 +41,8 @@ def test_colcon_installs_executables_launch_config_and_the_bundled_model(workspa
     assert sorted(p.name for p in workspace.iterdir() if p.is_dir()) == ["sigma_core", "sigma_msgs", "sigma_ros"]
     # `ros2 run sigma_core train` and `ros2 run sigma_ros sigma_node` look in lib/<package>/.
     for pkg, exe in [("sigma_core", "train"), ("sigma_core", "evaluate"), ("sigma_core", "extract"),
-                     ("sigma_ros", "sigma_node"), ("sigma_ros", "replay_eval"), ("sigma_ros", "bag_player")]:
+                     ("sigma_core", "import"), ("sigma_ros", "sigma_node"), ("sigma_ros", "replay_eval"),
+                     ("sigma_ros", "bag_player")]:
         assert (workspace / pkg / "lib" / pkg / exe).exists(), f"lib/{pkg}/{exe}"
     share = workspace / "sigma_ros" / "share" / "sigma_ros"
     for f in ["launch/sigma.launch.py", "launch/replay_eval.launch.py", "config/sigma.yaml",

@@ -3,7 +3,7 @@
 Examples::
 
     sigma-evaluate runs/mfnet/best.pt --config mfnet                      # published MFNet settings
-    sigma-evaluate sigma_tiny_mfnet.pth --preset mfnet --data-root datasets/MFNet model.variant=tiny
+    sigma-evaluate sigma_tiny_mfnet.pth --preset mfnet --data-root datasets/MFNet   # a published file
     sigma-evaluate best.pt --data-root my_dataset --mode sliding --crop 480 640 --scales 0.75 1 1.25 --flip
     sigma-evaluate best.pt --data-root synth --split test_night --blank-modality   # without thermal
 
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Evaluate a Sigma checkpoint (ours or published) on a dataset.",
         epilog="Overrides: section.key=value for the data/eval/model sections, e.g. eval.limit=50 data.num_workers=0. "
-               "A published checkpoint (no config inside) needs model.variant (default tiny).")
+               "A published checkpoint's architecture is inferred from its keys and its classes come from the "
+               "dataset being evaluated.")
     parser.add_argument("checkpoint", nargs="?",
                         help="our checkpoint (best.pt, epoch_NNNN.pt) or a published Sigma .pth")
     parser.add_argument("--config", "-c", default=None, help="preset name or YAML file for the data and eval settings")

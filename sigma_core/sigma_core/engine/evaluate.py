@@ -174,19 +174,18 @@ def evaluate_dataset(model: torch.nn.Module, batches: Iterable[Any], num_classes
     return cm.compute(class_names)
 
 
-def load_model_for_evaluation(checkpoint: str, cfg: Any, num_classes: int, device: torch.device):
-    """(model in eval mode, CheckpointMeta or None): ours by its metadata; else a published Sigma checkpoint,
-    built from ``cfg.model`` with the dataset's class count."""
-    from ..checkpoints import NotOurCheckpointError, load_checkpoint, load_weights
-    from .builders import build_model
+def load_model_for_evaluation(checkpoint: str, cfg: Any, dataset_spec: Any, device: torch.device):
+    """(model in eval mode, CheckpointMeta) through the one loader of every tool (checkpoints.load_model).
 
-    try:
-        model, meta = load_checkpoint(checkpoint, device=device,
-                                      scan_backend=None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend)
-    except NotOurCheckpointError:
-        model = build_model(cfg, num_classes)
-        load_weights(model, checkpoint, strict=True)
-        return model.to(device).eval(), None
+    Ours as it is; a published Sigma checkpoint with its architecture inferred from its keys and its
+    classes from ``dataset_spec`` (the evaluation dataset's DatasetSpec). Raises ValueError (a
+    CheckpointError) when the class counts of checkpoint and dataset differ.
+    """
+    from ..checkpoints import load_model
+
+    backend = None if cfg.model.scan_backend == "auto" else cfg.model.scan_backend
+    model, meta = load_model(checkpoint, dataset=dataset_spec, device=device, scan_backend=backend)
+    num_classes = len(dataset_spec.classes)
     if meta.num_classes != num_classes:
         raise ValueError(f"{checkpoint} predicts {meta.num_classes} classes but the dataset has {num_classes}")
     return model, meta
@@ -204,16 +203,19 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     from torch.utils.data import DataLoader
 
     from ..files import atomic_write_image
-    from .builders import dataset_info, evaluation_dataset
+    from .builders import base_dataset, dataset_info, evaluation_dataset
     from .reports import published_miou, write_evaluation_report
 
     started = time.perf_counter()
     dev = resolve_device(device)
     dataset = evaluation_dataset(cfg)  # ValueError when the split is empty
     info = dataset_info(dataset)
-    model, meta = load_model_for_evaluation(checkpoint, cfg, len(info.class_names), dev)
+    spec = base_dataset(dataset).spec
+    model, meta = load_model_for_evaluation(checkpoint, cfg, spec, dev)
+    for note in meta.notes:
+        print(note)
     class_names = list(info.class_names)
-    palette = np.asarray(meta.palette if meta is not None else info.palette, dtype=np.uint8)
+    palette = np.asarray(meta.palette, dtype=np.uint8)
     settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
     on_prediction = None
     out_dir = Path(out_dir)
@@ -227,10 +229,10 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     metrics = evaluate_dataset(model, loader, len(class_names), settings, dev, class_names,
                                blank_modality=blank_modality, on_prediction=on_prediction, progress=True)
-    variant = meta.config.variant if meta is not None else cfg.model.variant
+    variant = meta.config.variant
     report_info = {
         "checkpoint": str(checkpoint),
-        "model": (meta.config if meta is not None else model.config).name,
+        "model": meta.config.name,
         "dataset": {"preset": cfg.data.preset, "root": cfg.data.root, "split": cfg.data.val_split},
         "images": len(dataset),
         "settings": {"mode": settings.mode, "crop_size": settings.crop_size, "stride_ratio": settings.stride_ratio,

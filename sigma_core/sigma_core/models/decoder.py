@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vmamba import LN_EPS, SS2D, DropPath
+from .vmamba import SS2D, DropPath, LayerNorm
 
 
 def resize_channels_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -30,7 +30,7 @@ class PatchExpand(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.expand = nn.Linear(dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(dim // 2, eps=LN_EPS)
+        self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
@@ -77,10 +77,10 @@ class CVSSBlock(nn.Module):
         super().__init__()
         self.scale1 = nn.Parameter(torch.ones(dim))
         self.scale2 = nn.Parameter(torch.ones(dim))
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = LayerNorm(dim)
         self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
         self.conv_blk = ChannelAttentionBlock(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm2 = LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ class UpsampleHalve(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, dim // 2, bias=False)
-        self.norm = nn.LayerNorm(dim // 2, eps=LN_EPS)
+        self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(upsample2_channels_last(self.linear(x)))
@@ -123,7 +123,7 @@ class FinalUpsample(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(dim, dim, bias=False)
         self.linear2 = nn.Linear(dim, dim, bias=False)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = upsample2_channels_last(self.linear1(x))
@@ -150,7 +150,7 @@ class MambaDecoder(nn.Module):
             start = sum(spaced[:2 - i])
             self.layers_up.append(DecoderStage(dims * 2 ** (2 - i), depth, d_state, ssm_ratio,
                                                rates[start:start + depth], upsample=i < len(depths) - 1))
-        self.norm_up = nn.LayerNorm(dims, eps=LN_EPS)
+        self.norm_up = LayerNorm(dims)
         self.up = FinalUpsample(dims)
         self.output = nn.Conv2d(dims, num_classes, kernel_size=1, bias=False)
         self.apply(_init_dense)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import concat_merge, concat_scan
-from .vmamba import LN_EPS, declare_scan_parameters, init_ssm_, no_weight_decay, scan_directions
+from .vmamba import LayerNorm, declare_scan_parameters, init_ssm_, no_weight_decay, scan_directions
 
 
 class CrossSelectiveSSM(nn.Module):
@@ -34,8 +34,8 @@ class CrossSelectiveSSM(nn.Module):
         self.x_proj_2 = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj_1 = nn.Linear(dt_rank, d_inner, bias=True)
         self.dt_proj_2 = nn.Linear(dt_rank, d_inner, bias=True)
-        self.out_norm_1 = nn.LayerNorm(d_inner, eps=LN_EPS)
-        self.out_norm_2 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_norm_1 = LayerNorm(d_inner)
+        self.out_norm_2 = LayerNorm(d_inner)
         for i in (1, 2):
             x_proj, dt_proj = getattr(self, f"x_proj_{i}"), getattr(self, f"dt_proj_{i}")
             init_ssm_(x_proj.weight[None], dt_proj.weight[None], dt_proj.bias[None],
@@ -109,8 +109,8 @@ class ConcatMambaOp(nn.Module):
         padding = (d_conv - 1) // 2
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=padding, groups=d_inner, bias=True)
         self.conv2d_modalx = nn.Conv2d(d_inner, d_inner, d_conv, padding=padding, groups=d_inner, bias=True)
-        self.out_norm1 = nn.LayerNorm(d_inner, eps=LN_EPS)
-        self.out_norm2 = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_norm1 = LayerNorm(d_inner)
+        self.out_norm2 = LayerNorm(d_inner)
         self.out_proj = nn.Linear(2 * d_inner, dim, bias=False)
         squeeze = d_inner // 16
         self.fc1 = nn.Sequential(nn.Linear(d_inner, squeeze, bias=False), nn.SiLU(),

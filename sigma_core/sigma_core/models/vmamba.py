@@ -19,6 +19,28 @@ from ..ops.selective_scan import selective_scan
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (eps 1e-5) that computes and returns float32 under autocast, on every device.
+
+    (..., C) any float dtype -> (..., C) float32 (float64 stays float64). CUDA autocast already runs
+    layer_norm in float32; CPU autocast keeps a 16-bit input's dtype, which would leave the residual
+    streams of the encoder, fusion and decoder (each begins at a norm) in float16/bfloat16: float16
+    overflows there with trained weights and bfloat16 loses masks on near-tied pixels. With this, the
+    streams and every scan output stay float32 on both devices, as in the published code under CUDA
+    autocast; only the matmuls and convolutions between them run in 16 bits. Same parameters and
+    state-dict keys as nn.LayerNorm; identical results in float32.
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = LN_EPS, **kwargs):
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        weight = None if self.weight is None else self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
+
+
 class DropPath(nn.Module):
     """Stochastic depth on the residual branch (per sample); identity in eval mode or with rate 0."""
 
@@ -63,7 +85,12 @@ def scan_directions(
     xs: (B, K, D, L); x_proj_weight: (K, R + 2N, D) whose output channels are [dt (R), B (N), C (N)];
     dt_projs_weight: (K, D, R); dt_projs_bias: (K, D); A_logs: (K*D, N); Ds: (K*D,).
     swap_c: K must be 2; direction k reads its C from the other direction (the Cross Mamba block).
-    Returns (B, K, D, L) in xs' dtype. A, D and the delta bias stay float32.
+    Returns (B, K, D, L) float32 whatever xs' dtype (float64 for float64 xs). A, D and the delta bias
+    stay float32.
+
+    Half precision: every caller keeps the result float32 through the merge and the LayerNorm after
+    it (SS2D ``out_norm``, CroMB ``out_norm_1/2``, ConMB ``out_norm1/2``), as the published code does;
+    the scan output of a trained model exceeds float16's 65504 (see sigma_core.ops.selective_scan).
     """
     batch, k, dim, length = xs.shape
     rank = dt_projs_weight.shape[2]
@@ -156,7 +183,7 @@ class SS2D(nn.Module):
         declare_scan_parameters(self, k, d_inner, rank, d_state)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
-        self.out_norm = nn.LayerNorm(d_inner, eps=LN_EPS)
+        self.out_norm = LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         init_ssm_(self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
 
@@ -178,7 +205,7 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim: int, d_state: int = 16, ssm_ratio: float = 2.0, drop_path: float = 0.0):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm = LayerNorm(dim)
         self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
         self.drop_path = DropPath(drop_path)
 
@@ -192,7 +219,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+        self.norm = LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1:3]
@@ -229,7 +256,7 @@ class VSSEncoder(nn.Module):
         widths = [dims * 2**i for i in range(len(depths))]
         self.widths = widths
         self.patch_embed = nn.Sequential(
-            nn.Conv2d(in_chans, dims, kernel_size=4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(dims, eps=LN_EPS)
+            nn.Conv2d(in_chans, dims, kernel_size=4, stride=4), Permute(0, 2, 3, 1), LayerNorm(dims)
         )
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
@@ -238,11 +265,15 @@ class VSSEncoder(nn.Module):
             self.layers.append(VSSStage(widths[i], depth, d_state, ssm_ratio, rates[start:start + depth],
                                         downsample=i < len(depths) - 1))
         for i, width in enumerate(widths):
-            self.add_module(f"outnorm{i}", nn.LayerNorm(width, eps=LN_EPS))
+            self.add_module(f"outnorm{i}", LayerNorm(width))
         self.apply(_init_dense)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.patch_embed(x)
+        # The patch embedding runs in float32 even under autocast (it is ~0.1 % of the FLOPs): in
+        # bfloat16 its input, the normalised pixels, round by up to half a grey level, which alone
+        # changed 0.6 % of a real MFNet frame's mask pixels against float32 (0.1 % with this).
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.patch_embed(x.float() if x.dtype != torch.float64 else x)
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)

@@ -14,7 +14,7 @@ Numerics. The recurrence is evaluated step by step in linear space, exactly
 like the reference; there is no cumsum/exp(-cumsum) rewrite (it overflows) and
 no division by cumulative products. The state is float32, or float64 when the
 inputs are float64; float16/bfloat16 inputs are computed in float32 and the
-output is cast back to u's dtype.
+output stays float32 (the dispatcher's output contract, see selective_scan).
 
 No torch.compile: on our 2-core CPU this eager kernel (0.5 s forward at the
 Sigma-T stage-1 shape, one thread) already beats the compiled 32-step chunk
@@ -32,6 +32,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from .selective_scan import scan_output_dtype
 
 CHUNK = 16  # steps per vectorised chunk: 16 was fastest at D=768, N=16 (8: +0-20 %, 32: +3 %)
 TILE_ELEMENTS = 384 * 16  # state elements (batch x channels x N) per tile: best of 192/384/768 x 16 on Sigma-T
@@ -51,11 +53,10 @@ def selective_scan_cpu(
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L), channel d reads
     group d // (D / G); D (skip), delta_bias: (D,). Any float dtype; computed in
-    float64 if u is float64, else float32. Returns y: (batch, D, L) in u's dtype.
+    float64 if u is float64, else float32. Returns y: (batch, D, L) in that dtype.
     Shapes are assumed checked by ``selective_scan``.
     """
-    out_dtype = u.dtype
-    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dtype = scan_output_dtype(u.dtype)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     # The cheap elementwise parts go through ordinary autograd; only the scan has a custom backward.
     if delta_bias is not None:
@@ -65,7 +66,7 @@ def selective_scan_cpu(
     y = _SelectiveScanCore.apply(u, delta, A, B, C)
     if D is not None:
         y = y + u * D.to(dtype)[:, None]
-    return y.to(out_dtype)
+    return y
 
 
 class _SelectiveScanCore(torch.autograd.Function):

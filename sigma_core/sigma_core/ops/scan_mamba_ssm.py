@@ -7,8 +7,10 @@ through to the Triton backend.
 
 The kernel's contract (mamba-ssm 2.x ``selective_scan_fn``): u, delta, B, C in
 one dtype among float32/float16/bfloat16, B/C grouped as (batch, G, N, L),
-N <= 256, A/D/delta_bias float32, CUDA tensors with stride 1 along L. This
-wrapper brings our inputs into that form and returns y in u's dtype.
+N <= 256, A/D/delta_bias float32, CUDA tensors with stride 1 along L; it
+returns y in the input dtype. Our contract is y in float32 (see
+sigma_core.ops.selective_scan: y can exceed float16's range), so this wrapper
+feeds the kernel float32 u, delta, B and C, whatever their dtype here.
 """
 from __future__ import annotations
 
@@ -62,8 +64,8 @@ def selective_scan_mamba_ssm(
     """Grouped selective scan with mamba-ssm's CUDA kernel (differentiable through its own backward).
 
     u, delta: (batch, D, L) float32/float16/bfloat16 CUDA; A: (D, N) with N <= 256; B, C: (batch, G, N, L);
-    D (skip), delta_bias: (D,). delta, B and C are cast to u's dtype (the kernel wants one input dtype),
-    A, D and delta_bias to float32. Returns y: (batch, D, L) in u's dtype.
+    D (skip), delta_bias: (D,). All are cast to float32 (the kernel writes y in its input dtype, and y
+    must stay float32). Returns y: (batch, D, L) float32.
     """
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     if u.dtype not in SUPPORTED_DTYPES:
@@ -75,12 +77,10 @@ def selective_scan_mamba_ssm(
         raise ValueError(f"mamba_ssm scan: state size N={A.shape[1]} exceeds the kernel's {MAX_STATE}; "
                          "use backend='triton'")
     fn = load_selective_scan_fn()
-    dtype = u.dtype
-    u = _last_dim_contiguous(u)
-    delta, B, C = (_last_dim_contiguous(t.to(dtype)) for t in (delta, B, C))
+    u, delta, B, C = (_last_dim_contiguous(t.float()) for t in (u, delta, B, C))
     A = A.float().contiguous()
     D = None if D is None else D.float().contiguous()
     delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
     y = fn(u, delta, A, B, C, D=D, z=None, delta_bias=delta_bias, delta_softplus=bool(delta_softplus),
            return_last_state=False)
-    return y.to(dtype)
+    return y.float()

@@ -20,8 +20,10 @@ with float32 atomics; dA, dD and ddelta_bias are written per batch element and
 summed on the host.
 
 Precision: u, delta, B, C may be float32, float16 or bfloat16 (each its own);
-everything is computed in float32; y, du, ddelta, dB, dC come back in their
-input's dtype; A, D, delta_bias and their gradients are float32.
+everything is computed in float32; y is float32 whatever the input dtype (the
+dispatcher's output contract: y can exceed float16's range before the norm
+after it); du, ddelta, dB, dC come back in their input's dtype; A, D,
+delta_bias and their gradients are float32.
 
 Cross-scan fusion (issue 4, item 1) is NOT implemented. Reading u straight from
 the (B, d_inner, H, W) map would need per-group source offsets in the kernel (k=2, 3
@@ -313,7 +315,7 @@ def _scan_forward(u, delta, A, B, C, D, delta_bias, softplus, store_ckpt, block_
     per_group = dim // B.shape[1]
     block_n = triton.next_power_of_2(n_state)
     n_chunks = triton.cdiv(length, chunk)
-    y = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    y = torch.empty(u.shape, dtype=torch.float32, device=u.device)  # float32 always: see module docstring
     ckpt = torch.empty((batch, dim, n_chunks if store_ckpt else 1, block_n), dtype=torch.float32, device=u.device)
     dummy = A  # pointer for absent optional inputs (never read: the constexpr flag is off)
     grid = (dim // block_d, batch)
@@ -404,7 +406,7 @@ def selective_scan_triton(
 
     u, delta: (batch, D, L) float32/float16/bfloat16; A: (D, N) float; B, C: (batch, G, N, L)
     float32/float16/bfloat16 with D % G == 0; D (skip), delta_bias: (D,) float.
-    Returns y: (batch, D, L) in u's dtype; the state and all arithmetic are float32.
+    Returns y: (batch, D, L) float32 for any input dtype; the state and all arithmetic are float32.
     ``block_d`` (channels per program, a power of two dividing D / G; default picked from the
     shape) and ``chunk`` (time steps per associative-scan tile, a power of two) are tuning knobs.
     """

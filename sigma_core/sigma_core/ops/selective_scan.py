@@ -11,6 +11,15 @@ Backends register here by name with the devices they serve and a preference;
 ``backend="auto"`` takes the most preferred one that loads for the tensors'
 device. ``SIGMA_SCAN_BACKEND`` (environment) overrides "auto"; an explicit
 ``backend=`` argument overrides both.
+
+Output precision, a contract every backend keeps: y is float32 (float64 for
+float64 inputs) whatever the dtype of u, delta, B and C, and the model keeps it
+float32 until after the LayerNorm that follows the scan, as the published
+VMamba/Sigma code does. The scan sums over the state and over time, so y can
+far exceed float16's range (|y| about 2.3e5 in a trained encoder's third stage,
+float16 ends at 65504) even where its inputs and the normalised result are
+small; returned in float16 it would become inf and the norm NaN. The
+dispatcher refuses a backend that returns anything else.
 """
 from __future__ import annotations
 
@@ -140,13 +149,28 @@ def selective_scan(
 ) -> torch.Tensor:
     """Grouped selective scan.
 
-    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D % G == 0;
-    D (skip), delta_bias: (D,). Returns y: (batch, D, L) in u's dtype.
+    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D % G == 0; u, delta, B, C
+    float32, float16 or bfloat16 (float64 for tests); D (skip), delta_bias: (D,).
+    Returns y: (batch, D, L) float32 (float64 if u is float64), never in a 16-bit dtype: see the
+    module docstring. Raises RuntimeError if a backend breaks that contract.
     """
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(backend, u.device.type)
     fn = load_backend(name)
-    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    y = fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    expected = scan_output_dtype(u.dtype)
+    if y.dtype != expected:
+        raise RuntimeError(
+            f"scan backend {name!r} returned {y.dtype} for {u.dtype} inputs; every backend must return {expected} "
+            "(the scan output can exceed the 16-bit range before the LayerNorm after it); "
+            "see sigma_core.ops.selective_scan"
+        )
+    return y
+
+
+def scan_output_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend returns y in for u of ``input_dtype``: float64 for float64, else float32."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
 
 
 def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
@@ -170,10 +194,9 @@ def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
 def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """Plain step-by-step scan with autograd: the oracle for every other backend.
 
-    Computes in u's dtype promoted to at least float32 (float64 in tests).
+    Computes and returns in float32, or float64 for float64 inputs (tests).
     """
-    out_dtype = u.dtype
-    dtype = torch.promote_types(u.dtype, torch.float32)
+    dtype = scan_output_dtype(u.dtype)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
@@ -192,4 +215,4 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + u * D.to(dtype)[:, None]
-    return y.to(out_dtype)
+    return y

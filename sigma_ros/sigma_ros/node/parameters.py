@@ -34,6 +34,9 @@ class ParameterSpec:
 
 PARAMETERS: dict[str, ParameterSpec] = {
     "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo"),
+    "dataset": ParameterSpec("", "for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, "
+                                 "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
+                                 "warning for sigma_core checkpoints"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N"),
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's"),
@@ -54,6 +57,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
 @dataclass(frozen=True)
 class NodeConfig:
     checkpoint: Path
+    dataset: Optional[str]  # None: the checkpoint says (ours); a published checkpoint needs it
     device: str
     precision: str
     modality: Optional[str]  # None: the checkpoint's
@@ -148,6 +152,9 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     modality = v["modality"] or None
     if modality is not None:
         _choice("modality", modality, MODALITIES)
+    dataset = v["dataset"] or None
+    if dataset is not None and not isinstance(dataset, str):
+        raise ConfigError(f"parameter dataset must be a preset name or a file path, got {dataset!r}")
 
     slop = float(_number("sync.slop", v["sync.slop"]))
     if not slop > 0:
@@ -191,6 +198,7 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
 
     return NodeConfig(
         checkpoint=resolve_checkpoint(v["checkpoint"]),
+        dataset=dataset,
         device=device,
         precision=_choice("precision", v["precision"], PRECISIONS),
         modality=modality,

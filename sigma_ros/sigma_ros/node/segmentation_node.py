@@ -29,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.modality import ModalityScaling
+from sigma_core.inference import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from .frame_mailbox import LatestMailbox
@@ -78,7 +79,8 @@ def load_segmenter(cfg: NodeConfig) -> Any:
     from sigma_core import Segmenter
 
     try:
-        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision)
+        seg = Segmenter.from_checkpoint(str(cfg.checkpoint), device=cfg.device, precision=cfg.precision,
+                                        dataset=cfg.dataset)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"cannot run checkpoint {str(cfg.checkpoint)!r} on device {cfg.device!r} "
                           f"with precision {cfg.precision}: {e}") from e
@@ -115,6 +117,10 @@ class SigmaSegmentationNode(Node):
         self.cfg = parse_node_config(values)
 
         self.seg = load_segmenter(self.cfg)
+        for note in self.seg.meta.notes:  # what was inferred from a published checkpoint
+            self.get_logger().info(note)
+        for warning in self.seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
+            self.get_logger().warning(warning)
         self.modality: str = self.seg.scaling.modality
         if self.modality != self.seg.meta.scaling.modality:
             self.get_logger().warning(
@@ -277,6 +283,9 @@ class SigmaSegmentationNode(Node):
                 continue
             try:
                 self._process(frame)
+            except NonFiniteOutputError as e:  # never published as a confident-looking mask
+                self.problems.report("non_finite_output", f"frame at {stamp_seconds(frame.rgb):.6f} s not "
+                                                          f"published: {e}")
             except Exception as e:  # a bad frame must not stop the node
                 self.problems.report("processing_error", f"frame at {stamp_seconds(frame.rgb):.6f} s failed: {e!r}")
 

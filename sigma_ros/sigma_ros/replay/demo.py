@@ -172,6 +172,7 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
     node_cmd = [
         sys.executable, "-m", "sigma_ros.node", "--ros-args",
         "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
+        *(["-p", f"dataset:={args.dataset}"] if args.dataset else []),
         "-p", f"sync.slop:={args.slop}", "-p", f"sync.queue_size:={args.queue_size}",
         # Warm up at the bag's size (the default, 480x640, takes tens of seconds on a small CPU).
         "-p", f"warmup.size:=[{args.size[0]}, {args.size[1]}]",
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--night", action="store_true", help="a night scene (dark, noisy RGB; thermal matters)")
     p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--dataset", default="", help="a published Sigma checkpoint's dataset (mfnet, pst900, ...)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")
     p.add_argument("--queue-size", type=int, default=10, help="the node's sync.queue_size")

@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bag", type=Path, help="rosbag2 folder/file (sqlite3 or MCAP) or ROS 1 .bag")
     p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--dataset", default=None,
+                   help="for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, pst900, "
+                        "nyudepthv2, sunrgbd, or a dataset.yaml / class-list file)")
     p.add_argument("--rgb-topic", required=True)
     p.add_argument("--modal-topic", required=True, help="thermal or depth image topic")
     labels = p.add_mutually_exclusive_group()
@@ -369,8 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
-    """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load."""
+def load_segmenter(checkpoint: str, device: str, precision: str, dataset: Optional[str] = None) -> Any:
+    """Segmenter for ``checkpoint`` ('' = the bundled demo model); ValueError with the reason if it cannot load.
+
+    dataset: what a published Sigma checkpoint was trained on (see sigma_core.checkpoints.load_model); its
+    notes (inferred architecture) and warnings (an ignored dataset) are printed.
+    """
     from sigma_core import Segmenter
 
     from ..node.parameters import ConfigError, resolve_checkpoint
@@ -379,13 +386,16 @@ def load_segmenter(checkpoint: str, device: str, precision: str) -> Any:
         path = resolve_checkpoint(checkpoint)
     except ConfigError as e:
         raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
-    return Segmenter.from_checkpoint(str(path), device=device, precision=precision)
+    seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
+    for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:
+        print(line)
+    return seg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        seg = load_segmenter(args.checkpoint, args.device, args.precision)
+        seg = load_segmenter(args.checkpoint, args.device, args.precision, args.dataset)
         opts = ReplayOptions(
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,

@@ -27,6 +27,7 @@ def test_defaults_and_overrides(ckpt):
                              "output.palette": [1, 2, 3, 4, 5, 6], "modality": "depth"})
     assert cfg.sync_slop == 1.0 and cfg.thermal_range == (20.0, 40.0) and cfg.device == "cuda:1"
     assert cfg.modality == "depth" and cfg.palette.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert cfg.dataset is None and parse_node_config({"checkpoint": ckpt, "dataset": "mfnet"}).dataset == "mfnet"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,7 @@ def test_defaults_and_overrides(ckpt):
         ({"output.palette": [1, 2]}, "palette"),
         ({"output.palette": [1, 2, 300]}, "palette"),
         ({"sigma.unknown": 1}, "unknown"),
+        ({"dataset": 3}, "dataset"),
     ],
 )
 def test_invalid_values_name_the_parameter(ckpt, override, match):

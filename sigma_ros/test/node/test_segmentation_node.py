@@ -548,3 +548,63 @@ def test_missing_checkpoint_fails_at_start_up_naming_it(tmp_path):
     assert result.returncode == 2
     assert f"no such file '{missing}'" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+# --- published Sigma checkpoints ---------------------------------------------------------------------------
+
+
+def test_published_checkpoint_with_a_dataset_segments_like_sigma_core(tmp_path_factory, harness, published_parity):
+    """The parity network saved as the published code saves it, with a class list as ``dataset``: the node
+    publishes exactly the mask and confidence sigma_core computes (whose logits match the fixture to 1e-5)."""
+    import torch
+
+    from sigma_core import Segmenter
+
+    checkpoint, classes, fixture = (published_parity[k] for k in ("checkpoint", "classes", "fixture"))
+    seg = Segmenter.from_checkpoint(checkpoint, dataset=classes)
+    torch.testing.assert_close(seg.logits(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
+    ns = "/pub"
+    node = start_node(tmp_path_factory, ns, {"checkpoint": checkpoint, "dataset": classes})
+    try:
+        assert "published Sigma checkpoint, architecture inferred from its keys" in node.log()
+        for topic in ("mask", "confidence"):
+            harness.subscribe(Image, f"{ns}/segmentation/{topic}")
+        streams = Streams(harness, ns)
+        streams.until_served(f"{ns}/segmentation/mask")
+        rgb, thermal, stamp = streams.rgb_frame(), streams.thermal_frame(), time.time_ns()
+        streams.rgb.publish(image(rgb, "rgb8", stamp))
+        streams.modal.publish(image(thermal, "mono16", stamp))
+
+        def served(topic):
+            return [m for m in harness.messages(f"{ns}/segmentation/{topic}") if stamp_ns(m) == stamp]
+
+        assert harness.wait_for(lambda: served("mask") and served("confidence"), 20), node.log()
+        mask, confidence = seg(rgb, thermal)
+        np.testing.assert_array_equal(image_msg_to_array(served("mask")[0]), mask)
+        np.testing.assert_allclose(image_msg_to_array(served("confidence")[0]), confidence, atol=1e-6)
+        assert len(np.unique(mask)) > 1
+    finally:
+        node.kill()
+
+
+def test_unusable_checkpoints_fail_at_start_up_naming_the_reason(tmp_path, published_parity):
+    damaged = tmp_path / "damaged.pth"
+    data = bytearray(published_parity["checkpoint"].read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0x5A for b in data[middle:middle + 4096])  # 4 KiB of flipped bytes
+    damaged.write_bytes(bytes(data))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
+    cases = [
+        ({"checkpoint": published_parity["checkpoint"]}, "name the dataset it was trained on: a preset (mfnet, "),
+        ({"checkpoint": damaged, "dataset": "mfnet"}, f"checkpoint {damaged} is damaged: member"),
+        ({"checkpoint": published_parity["checkpoint"], "dataset": "sunrgbd"}, "predicts 9 classes but dataset "
+                                                                                "'SUNRGBD' has 37"),
+    ]
+    for params, expected in cases:
+        cmd = [sys.executable, "-m", "sigma_ros.node", "--ros-args"]
+        for name, value in params.items():
+            cmd += ["-p", f"{name}:={value}"]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        output = result.stderr + result.stdout
+        assert result.returncode == 2, output
+        assert expected in output and "Traceback" not in output

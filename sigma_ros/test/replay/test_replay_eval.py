@@ -206,3 +206,24 @@ def test_label_folder_of_indexed_pngs_is_read_as_class_ids(world, tmp_path):
     assert by_index.summary.frames_scored == grey.summary.frames_scored == 4
     for stamp, cm in grey.confusion.items():
         np.testing.assert_array_equal(by_index.confusion[stamp], cm)
+
+
+def test_published_checkpoint_needs_and_takes_a_dataset(world, published_parity, tmp_path, capsys):
+    """The parity network as a published file: --dataset (a class list) makes it run; its Segmenter gives the
+    fixture's logits; without --dataset the tool stops with one line naming the presets."""
+    import torch
+
+    from sigma_ros.replay.replay_eval import load_segmenter
+
+    rec, checkpoint = world["record"], published_parity["checkpoint"]
+    fixture = published_parity["fixture"]
+    seg = load_segmenter(str(checkpoint), "cpu", "fp32", str(published_parity["classes"]))
+    torch.testing.assert_close(seg.logits(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)
+    args = [str(rec.path), "--checkpoint", str(checkpoint), "--rgb-topic", rec.rgb_topic, "--modal-topic",
+            rec.modal_topic, "--device", "cpu", "--max-pairs", "3", "--no-html", "--out", str(tmp_path / "report")]
+    assert main(args + ["--dataset", str(published_parity["classes"])]) == 0
+    out = capsys.readouterr().out
+    assert "architecture inferred from its keys" in out and (tmp_path / "report" / "report.md").is_file()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mfnet, pst900, nyudepthv2, sunrgbd" in err
