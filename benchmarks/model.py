@@ -2,6 +2,11 @@
 
     python benchmarks/model.py                         # nano and tiny at 480x640, one thread
     python benchmarks/model.py --variants nano --size 240 320 --repeats 5 --backend cpu
+    python benchmarks/model.py --compare numba:fp32 numba:bf16 cpu:fp32 --repeats 3   # same-run ratios
+
+With --compare, each variant runs every backend:precision in turn within each round (rounds interleaved,
+so machine load hits all alike) and prints min and median latency and the ratio to the last entry
+(the baseline). bf16 runs under CPU autocast; it is skipped where the CPU has no native bf16.
 
 FLOPs of one forward (batch 1): the dense ops (convolutions, linear layers, ...)
 are counted by torch.utils.flop_counter with the selective scans stubbed out;
@@ -24,6 +29,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from sigma_core import SigmaConfig, build_sigma  # noqa: E402
+from sigma_core.inference import cpu_bf16_is_native, parse_precision  # noqa: E402
 from sigma_core.models import vmamba  # noqa: E402
 from sigma_core.ops.selective_scan import resolve_backend  # noqa: E402
 
@@ -68,6 +74,43 @@ def time_forward(model: torch.nn.Module, size: tuple[int, int], repeats: int) ->
     return times
 
 
+def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], rounds: int) -> None:
+    """Interleaved rounds of every backend:precision setup on one model; the last setup is the baseline."""
+    rgb, x = torch.randn(1, 3, *size), torch.randn(1, 3, *size)
+    runnable = []
+    for setup in setups:
+        backend, _, precision = setup.partition(":")
+        dtype = parse_precision(precision or "fp32")
+        if dtype == torch.bfloat16 and not cpu_bf16_is_native():
+            print(f"  {setup:<14} skipped: this CPU has no native bf16")
+            continue
+        runnable.append((setup, backend, dtype))
+    times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}
+    cpu_times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}  # robust on a shared machine
+
+    def forward(backend: str, dtype: torch.dtype, inputs) -> None:
+        model.set_scan_backend(backend)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            model(*inputs)
+
+    with torch.inference_mode():
+        for _setup, backend, dtype in runnable:  # warm-up at full size: kernels and oneDNN's bf16 primitives
+            forward(backend, dtype, (rgb, x))
+        for _ in range(rounds):
+            for setup, backend, dtype in runnable:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                forward(backend, dtype, (rgb, x))
+                times[setup].append(time.perf_counter() - start)
+                cpu_times[setup].append(time.process_time() - start_cpu)
+    base, base_cpu = min(times[runnable[-1][0]]), min(cpu_times[runnable[-1][0]])
+    for setup, values in times.items():
+        cpu = cpu_times[setup]
+        print(f"  {setup:<14} wall min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
+              f"{base / min(values):5.2f}x   process CPU min {min(cpu):6.2f} s  "
+              f"median {statistics.median(cpu):6.2f} s  "
+              f"{base_cpu / min(cpu):5.2f}x  (ratios vs {runnable[-1][0]})", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["nano", "tiny"])
@@ -77,9 +120,20 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backend", default="auto", help="selective-scan backend (default: best for CPU)")
     parser.add_argument("--num-classes", type=int, default=9)
+    parser.add_argument("--compare", nargs="+", metavar="BACKEND:PRECISION",
+                        help="time these setups in interleaved rounds instead (last one = baseline)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = tuple(args.size)
+    if args.compare:
+        print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads} thread(s), torch {torch.__version__}, "
+              f"min / median of {args.repeats} interleaved rounds; load average {os.getloadavg()}")
+        for name in args.variants:
+            torch.manual_seed(0)
+            print(f"{name}:")
+            compare(build_sigma(SigmaConfig(variant=name, num_classes=args.num_classes)).eval(), size,
+                    args.compare, args.repeats)
+        return
     backend = resolve_backend(args.backend, "cpu")
     print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads} thread(s), scan backend {backend!r}, "
           f"torch {torch.__version__}")

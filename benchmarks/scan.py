@@ -2,9 +2,15 @@
 
 Usage (one thread, as in CI)::
 
-    python benchmarks/scan.py            # full Sigma-T stage shapes (about 2-3 minutes)
-    python benchmarks/scan.py --quick    # L / 16, for a quick look
-    python benchmarks/scan.py --model    # also: nano forward at 480x640 with each backend
+    python benchmarks/scan.py                      # full Sigma-T stage shapes, 3 interleaved rounds
+    python benchmarks/scan.py --quick              # L / 16, for a quick look
+    python benchmarks/scan.py --n-state 4          # the N=4 of the fusion blocks and the decoder
+    python benchmarks/scan.py --model              # also: nano forward at 480x640 with each backend
+    python benchmarks/scan.py --directions         # also: SS2D's 4 directions read by index vs cross_scan copies
+    python benchmarks/scan.py --compile            # also: numba's cold compile and cached load, new processes
+
+Times are the min and the median of the rounds; the implementations are interleaved within each round,
+so that a change in machine load affects all of them alike. Ratios are against baselines of the same run.
 
 Baselines, written here on purpose:
 - "plain loop": an eager loop over L with grouped B/C views, the obvious PyTorch code;
@@ -18,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -90,33 +99,26 @@ def backend_fn(name: str) -> Callable[..., torch.Tensor]:
     return run
 
 
-def time_forward(fn, inputs, repeats: int) -> float:
-    """Best wall time of ``repeats`` forward calls without autograd, seconds."""
-    best = float("inf")
+def time_forward(fn, inputs) -> float:
+    """Wall time of one forward call without autograd, seconds."""
     with torch.no_grad():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(**inputs)
-            best = min(best, time.perf_counter() - t0)
-    return best
+        t0 = time.perf_counter()
+        fn(**inputs)
+        return time.perf_counter() - t0
 
 
-def time_forward_backward(fn, inputs, repeats: int, prefix: int | None = None) -> tuple[float, bool]:
-    """Best wall time of forward + backward of sum(y * w), seconds; scaled from a prefix of L if given."""
+def time_forward_backward(fn, inputs, prefix: int | None = None) -> tuple[float, bool]:
+    """Wall time of one forward + backward of sum(y * w), seconds; scaled from a prefix of L if given."""
     length = inputs["u"].shape[-1]
     scaled = prefix is not None and prefix < length
     if scaled:
         inputs = {k: (v[..., :prefix] if v.dim() >= 3 else v) for k, v in inputs.items()}
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    weight = torch.randn_like(inputs["u"])
-    best = float("inf")
-    for _ in range(repeats):
-        for v in leaves.values():
-            v.grad = None
-        t0 = time.perf_counter()
-        (fn(**leaves) * weight).sum().backward()
-        best = min(best, time.perf_counter() - t0)
-    return (best * length / prefix if scaled else best), scaled
+    weight = torch.randn(inputs["u"].shape)
+    t0 = time.perf_counter()
+    (fn(**leaves) * weight).sum().backward()
+    seconds = time.perf_counter() - t0
+    return (seconds * length / prefix if scaled else seconds), scaled
 
 
 def check_agreement(fn, inputs) -> float:
@@ -126,13 +128,19 @@ def check_agreement(fn, inputs) -> float:
         return (fn(**short) - plain_loop(**short)).abs().max().item()
 
 
-def scan_table(quick: bool, naive_stages: set[int], repeats: int) -> None:
-    backends = available_backends("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), backends on cpu: {backends}")
-    print(f"shapes: batch 1, N={N_STATE}, G={GROUPS}" + (", L / 16 (--quick)" if quick else ""))
+def summary(times: list[float]) -> tuple[float, float]:
+    return min(times), statistics.median(times)
+
+
+def scan_table(quick: bool, naive_stages: set[int], rounds: int) -> None:
+    backends = [b for b in available_backends("cpu") if b != "reference"]  # "reference" is the plain loop's kin
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), backends timed: {backends}")
+    print(f"shapes: batch 1, N={N_STATE}, G={GROUPS}" + (", L / 16 (--quick)" if quick else "")
+          + f"; min / median of {rounds} interleaved rounds")
     header = (
-        f"{'stage':>5} {'D':>5} {'L':>6}  {'implementation':<16} {'fwd s':>8} {'vs plain':>9} {'vs naive':>9}"
-        f"  {'fwd+bwd s':>10} {'vs plain':>9}  {'max|diff|':>9}"
+        f"{'stage':>5} {'D':>5} {'L':>6}  {'implementation':<12} {'fwd s min':>9} {'median':>7} {'vs plain':>9}"
+        f" {'vs cpu':>7} {'vs naive':>9}  {'fwd+bwd min':>11} {'median':>7} {'vs plain':>9} {'vs cpu':>7}"
+        f"  {'max|diff|':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -140,53 +148,135 @@ def scan_table(quick: bool, naive_stages: set[int], repeats: int) -> None:
         if quick:
             length = max(length // 16, 32)
         inputs = make_inputs(dim, length)
-        fwd: dict[str, float] = {}
-        fwdbwd: dict[str, tuple[float, bool]] = {}
-        fwd["plain loop"] = time_forward(plain_loop, inputs, repeats)
-        fwdbwd["plain loop"] = time_forward_backward(plain_loop, inputs, max(1, repeats - 1), prefix=AUTOGRAD_PREFIX)
-        if stage in naive_stages:
-            fwd["naive ref"] = time_forward(naive_reference, inputs, 1)
+        impls: dict[str, Callable] = {"plain loop": plain_loop}
+        impls.update({name: backend_fn(name) for name in backends})
         for name in backends:
-            fn = backend_fn(name)
-            if name == "reference":
-                fwd[name] = time_forward(fn, inputs, 1)  # the float oracle: same loop shape as the plain one
-                continue
-            fn(**{k: (v[..., :64] if v.dim() >= 3 else v) for k, v in inputs.items()})  # warm-up
-            fwd[name] = time_forward(fn, inputs, repeats)
-            fwdbwd[name] = time_forward_backward(fn, inputs, max(1, repeats - 1))
-        for name, seconds in fwd.items():
-            vs_plain = fwd["plain loop"] / seconds
-            vs_naive = f"{fwd['naive ref'] / seconds:8.1f}x" if "naive ref" in fwd else f"{'-':>9}"
-            if name in fwdbwd:
-                fb, scaled = fwdbwd[name]
-                fb_cell = f"{fb:9.3f}{'*' if scaled else ' '} {fwdbwd['plain loop'][0] / fb:8.1f}x"
-            else:
-                fb_cell = f"{'-':>10} {'-':>9}"
-            fn = naive_reference if name == "naive ref" else backend_fn(name) if name != "plain loop" else None
-            diff = f"{check_agreement(fn, inputs):9.1e}" if fn is not None else ""
+            impls[name](**{k: (v[..., :64] if v.dim() >= 3 else v) for k, v in inputs.items()})  # warm-up
+        fwd: dict[str, list[float]] = {name: [] for name in impls}
+        fwdbwd: dict[str, list[float]] = {name: [] for name in impls}
+        scaled = False
+        for _ in range(rounds):
+            for name, fn in impls.items():
+                fwd[name].append(time_forward(fn, inputs))
+                seconds, was_scaled = time_forward_backward(
+                    fn, inputs, prefix=AUTOGRAD_PREFIX if name == "plain loop" else None
+                )
+                scaled |= was_scaled
+                fwdbwd[name].append(seconds)
+        naive = time_forward(naive_reference, inputs) if stage in naive_stages else None
+        plain_f, plain_fb = min(fwd["plain loop"]), min(fwdbwd["plain loop"])
+        cpu_f, cpu_fb = (min(fwd["cpu"]), min(fwdbwd["cpu"])) if "cpu" in fwd else (None, None)
+        for name in impls:
+            f_min, f_med = summary(fwd[name])
+            b_min, b_med = summary(fwdbwd[name])
+            vs_cpu = f"{cpu_f / f_min:6.1f}x" if cpu_f else f"{'-':>7}"
+            vs_cpu_b = f"{cpu_fb / b_min:6.1f}x" if cpu_fb else f"{'-':>7}"
+            vs_naive = f"{naive / f_min:8.1f}x" if naive else f"{'-':>9}"
+            star = "*" if name == "plain loop" and scaled else " "
+            diff = f"{check_agreement(impls[name], inputs):9.1e}" if name != "plain loop" else ""
             print(
-                f"{stage:>5} {dim:>5} {length:>6}  {name:<16} {seconds:8.3f} {vs_plain:8.1f}x {vs_naive}"
-                f"  {fb_cell}  {diff}"
+                f"{stage:>5} {dim:>5} {length:>6}  {name:<12} {f_min:9.3f} {f_med:7.3f} {plain_f / f_min:8.1f}x"
+                f" {vs_cpu} {vs_naive}  {b_min:10.3f}{star} {b_med:7.3f} {plain_fb / b_min:8.1f}x {vs_cpu_b}  {diff}"
             )
+        if naive:
+            print(f"{stage:>5} {dim:>5} {length:>6}  {'naive ref':<12} {naive:9.3f}  (one round)")
         del inputs
     print(f"* plain-loop forward+backward runs under autograd on the first {AUTOGRAD_PREFIX} steps, scaled to L.")
 
 
-def model_table(height: int, width: int, repeats: int) -> None:
+def directions_table(rounds: int) -> None:
+    """SS2D's scan at the Sigma-T stage sizes with the numba backend: directions read by index vs the copies.
+
+    "copies": cross_scan -> projections of the 4 sequences -> grouped scan -> cross_merge (the published
+    layout, still used by backends without an ordered kernel); "by index": projections on the map, one
+    ordered scan writing the merged output (what the model runs with numba).
+    """
+    from sigma_core.models.vmamba import SS2D, scan_directions, scan_map_directions
+    from sigma_core.ops.cross_scan import cross_merge, cross_scan, cross_scan_order
+
+    if "numba" not in available_backends("cpu"):
+        print("\n(directions: numba is not installed)")
+        return
+    print(f"\nSS2D scan (projections + scan + merge), numba backend, Sigma-T stage sizes; min / median of "
+          f"{rounds} rounds")
+    print(f"{'stage':>5} {'HxW':>8} {'D':>5}  {'copies s':>15} {'by index s':>15} {'saved':>7}  {'max|diff|':>9}")
+    for stage, (height, width) in enumerate([(120, 160), (60, 80), (30, 40), (15, 20)], start=1):
+        op = SS2D(96 * 2 ** (stage - 1))
+        x = torch.randn(1, op.d_inner, height, width)
+        params = (op.x_proj_weight, op.dt_projs_weight, op.dt_projs_bias, op.A_logs, op.Ds)
+        order = cross_scan_order(height, width)
+
+        def copies(x=x, params=params, height=height, width=width):
+            return cross_merge(scan_directions(cross_scan(x), *params, backend="numba"), height, width)
+
+        def by_index(x=x, params=params, order=order):
+            return scan_map_directions(x.flatten(2), order, *params, backend="numba")
+
+        times: dict[str, list[float]] = {"copies": [], "by index": []}
+        with torch.no_grad():
+            diff = (copies() - by_index()).abs().max().item()  # also the warm-up
+            for _ in range(rounds):
+                for name, fn in (("copies", copies), ("by index", by_index)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+        (c_min, c_med), (i_min, i_med) = summary(times["copies"]), summary(times["by index"])
+        print(f"{stage:>5} {f'{height}x{width}':>8} {op.d_inner:>5}  {c_min:7.3f} / {c_med:5.3f} "
+              f"{i_min:7.3f} / {i_med:5.3f} {100 * (1 - i_min / c_min):6.1f}%  {diff:9.1e}")
+
+
+COMPILE_PROBE = """
+import time, torch
+t0 = time.perf_counter()
+from sigma_core.ops.scan_numba import selective_scan_numba
+g = torch.Generator().manual_seed(0)
+args = [torch.randn(1, 32, 100, generator=g), torch.randn(1, 32, 100, generator=g), -torch.rand(32, 16),
+        torch.randn(1, 4, 16, 100), torch.randn(1, 4, 16, 100)]
+args = [a.requires_grad_() for a in args]
+t1 = time.perf_counter()
+y = selective_scan_numba(*args, None, None, True)
+t2 = time.perf_counter()
+y.sum().backward()
+t3 = time.perf_counter()
+print(f"{t1 - t0:.2f} {t2 - t1:.2f} {t3 - t2:.2f}")
+"""
+
+
+def compile_table() -> None:
+    """First float32 call of the numba kernels in a new process: with an empty cache, then with the cache."""
+    if "numba" not in available_backends("cpu"):
+        print("\n(compile: numba is not installed)")
+        return
+    print("\nnumba kernels in a new process (float32, one thread): import s, forward s, backward s")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, OMP_NUM_THREADS="1")
+        for label in ("cold compile (empty cache)", "cached load"):
+            out = subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, capture_output=True, text=True,
+                                 check=True).stdout.split()
+            print(f"  {label:<28} import {out[0]:>6} s   forward {out[1]:>6} s   backward {out[2]:>6} s")
+
+
+def model_table(height: int, width: int, rounds: int) -> None:
     """Forward latency of the nano network with each CPU backend (the model calls selective_scan)."""
     from sigma_core import SigmaConfig, build_sigma
 
     model = build_sigma(SigmaConfig(variant="nano", num_classes=9)).eval()
     rgb, x = torch.randn(1, 3, height, width), torch.randn(1, 3, height, width)
-    print(f"\nnano forward at {height}x{width}, batch 1:")
-    times = {}
-    for name in available_backends("cpu"):
-        model.set_scan_backend(name)
-        with torch.inference_mode():
+    print(f"\nnano forward at {height}x{width}, batch 1, min / median of {rounds} interleaved rounds:")
+    names = [b for b in available_backends("cpu") if b != "reference"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:
+            model.set_scan_backend(name)
             model(rgb[..., :64, :64], x[..., :64, :64])  # warm-up
-            times[name] = min(_timed(lambda: model(rgb, x)) for _ in range(repeats))
-    for name, seconds in times.items():
-        print(f"  {name:<10} {seconds:7.3f} s  ({times.get('reference', seconds) / seconds:.1f}x vs reference)")
+        for _ in range(rounds):
+            for name in names:
+                model.set_scan_backend(name)
+                times[name].append(_timed(lambda: model(rgb, x)))
+    base = min(times["cpu"]) if "cpu" in times else None
+    for name, values in times.items():
+        ratio = f"({base / min(values):.2f}x vs cpu)" if base else ""
+        print(f"  {name:<10} {min(values):7.3f} s  {statistics.median(values):7.3f} s  {ratio}")
 
 
 def _timed(fn) -> float:
@@ -196,22 +286,35 @@ def _timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global N_STATE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="L / 16 on every stage, one repeat")
+    parser.add_argument("--quick", action="store_true", help="L / 16 on every stage, one round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    parser.add_argument("--n-state", type=int, default=16, help="N, the state size (16; 4 in fusion/decoder)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in CI)")
     parser.add_argument(
-        "--naive-stages", default="1,2,3,4", help="stages on which to run the slow naive reference (e.g. 1)"
+        "--naive-stages", default="", help="stages on which to run the slow naive reference (e.g. 1,4)"
     )
     parser.add_argument("--model", action="store_true", help="also time the nano network with each backend")
     parser.add_argument("--model-size", default="480x640", help="HxW for --model (default 480x640)")
+    parser.add_argument("--directions", action="store_true", help="also: scan directions by index vs copies")
+    parser.add_argument("--compile", action="store_true", help="also: numba cold-compile and cached-load times")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-stage scan table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    repeats = 1 if args.quick else 3
+    N_STATE = args.n_state
+    rounds = 1 if args.quick else args.rounds
     naive = {int(s) for s in args.naive_stages.split(",") if s.strip()}
-    scan_table(args.quick, naive, repeats)
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    if not args.no_table:
+        scan_table(args.quick, naive, rounds)
+    if args.directions:
+        directions_table(rounds)
     if args.model:
         height, width = (int(v) for v in args.model_size.lower().split("x"))
-        model_table(height, width, 1 if args.quick else 2)
+        model_table(height, width, rounds)
+    if args.compile:
+        compile_table()
 
 
 if __name__ == "__main__":

@@ -24,11 +24,15 @@ check the same bounds): the bundled model on 2 real + 8 synthetic frames, fp16 m
 difference| 0.0012, bf16 99.38 % and 0.010 (40-class head: fp16 99.89 %, bf16 0.011).
 A frame whose logits are not all finite raises NonFiniteOutputError instead of giving
 a confident-looking mask.
+On a CPU, bf16 is offered only where the CPU computes it natively (x86 AVX512-BF16 or AMX,
+Arm BF16): elsewhere it would be emulated and slower than fp32, and the Segmenter refuses it.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import platform
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import cv2
@@ -63,6 +67,32 @@ def parse_precision(precision: str) -> torch.dtype:
         return PRECISIONS[str(precision).lower()]
     except KeyError:
         raise ValueError(f"precision {precision!r} is unknown; choose one of fp32, fp16, bf16") from None
+
+
+def cpu_bf16_is_native() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware: x86 AVX512-BF16 or AMX, or Arm's BF16 extension.
+
+    Without it, oneDNN emulates bf16 matmuls and convolutions by converting to float32: slower than fp32.
+    """
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return True
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.lower().startswith("features") and "bf16" in line.split(":", 1)[1].split():
+                    return True
+        except OSError:
+            return False
+    return False
+
+
+def check_precision_for_device(dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ValueError when ``dtype`` would be emulated on ``device`` (bf16 on a CPU without native bf16)."""
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_bf16_is_native():
+        raise ValueError(
+            f"precision 'bf16' on this CPU ({platform.processor() or platform.machine()}) would be emulated and "
+            "slower than fp32: it has no native bfloat16 (x86 AVX512-BF16/AMX, Arm BF16); use precision 'fp32'"
+        )
 
 
 def modal_to_unit(modal: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:
@@ -128,7 +158,8 @@ class Segmenter:
     seg(rgb, modal) -> (mask (H, W) uint8 class ids, confidence (H, W) float32 max softmax probability).
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision: "fp32", "fp16" or "bf16" (autocast; the scan state and
-    the softmax stay float32). scan_backend: "auto" or a backend name (see sigma_core.ops).
+    the softmax stay float32); bf16 on a CPU only where it is native (else ValueError, see
+    check_precision_for_device). scan_backend: "auto" or a backend name (see sigma_core.ops).
     input_size: (H, W) to run the network at, None for each image's own size; default: the checkpoint's.
     """
 
@@ -144,6 +175,7 @@ class Segmenter:
         self.meta = meta
         self._device = resolve_device(device)
         self._dtype = parse_precision(precision)
+        check_precision_for_device(self._dtype, self._device)
         num_classes = meta.config.num_classes
         if num_classes > 255:
             raise ValueError(f"{num_classes} classes do not fit a uint8 mask (at most 255)")
@@ -152,6 +184,7 @@ class Segmenter:
         # Resolve now so a missing backend fails here with its install hint, not on the first frame.
         self._scan_backend = resolve_backend(scan_backend, self._device.type)
         load_backend(self._scan_backend)
+        log.info("Segmenter runs on %s in %s, scan backend %r", self._device, self.precision, self._scan_backend)
         if input_size == _FROM_CHECKPOINT:
             input_size = meta.input_size
         self.input_size: Optional[tuple[int, int]] = tuple(input_size) if input_size is not None else None

@@ -52,3 +52,19 @@ def test_shape_errors():
         concat_scan(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4))
     with pytest.raises(ValueError, match=r"\(B, 4, D, 3\*3\)"):
         cross_merge(torch.zeros(1, 4, 2, 8), 3, 3)
+
+
+def test_scan_orders_made_in_inference_mode_serve_training_later():
+    from sigma_core.ops import concat_scan_order, cross_scan_order, selective_scan_ordered
+
+    cross_scan_order.cache_clear()
+    with torch.inference_mode():
+        order = cross_scan_order(2, 3)  # cached: the next call returns this very tensor
+    assert not order.is_inference() and cross_scan_order(2, 3) is order
+    with torch.inference_mode():
+        assert not concat_scan_order(5).is_inference()
+    u = torch.randn(1, 2, 6, requires_grad=True)
+    y = selective_scan_ordered(u, torch.randn(1, 8, 6), -torch.rand(8, 3), torch.randn(1, 4, 3, 6),
+                               torch.randn(1, 4, 3, 6), None, None, True, order, backend="reference")
+    y.sum().backward()
+    assert u.grad is not None and u.grad.shape == u.shape

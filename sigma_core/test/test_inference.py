@@ -1,12 +1,14 @@
 """Segmenter: numpy images in, masks and confidences out, for thermal and depth, sizes, batches, precisions."""
+import logging
+
 import numpy as np
 import pytest
 import torch
 from reference_data import parity_fixture, write_published_checkpoint
 
-from sigma_core import ModalityScaling, Segmenter, SigmaConfig, build_sigma, save_checkpoint
+from sigma_core import ModalityScaling, Segmenter, SigmaConfig, build_sigma, inference, save_checkpoint
 from sigma_core.checkpoints import DatasetNeededError
-from sigma_core.inference import NonFiniteOutputError, images_to_inputs
+from sigma_core.inference import NonFiniteOutputError, cpu_bf16_is_native, images_to_inputs
 from sigma_core.ops import available_backends
 
 CLASSES = ["background", "car", "person", "bike"]
@@ -102,6 +104,8 @@ def test_predict_batch_matches_single_calls(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_agrees_with_float32(tmp_path, precision):
+    if precision == "bf16" and not cpu_bf16_is_native():
+        pytest.skip("this CPU has no native bf16 (the refusal is tested below)")
     path = _checkpoint(tmp_path, seed=3)
     rgb, thermal = _images(48, 64, seed=4)
     mask32, conf32 = Segmenter.from_checkpoint(path)(rgb, thermal)
@@ -111,6 +115,30 @@ def test_mixed_precision_agrees_with_float32(tmp_path, precision):
     _check_output(mask, confidence, (48, 64))
     assert (mask == mask32).mean() > 0.9
     assert np.abs(confidence - conf32).max() < 0.05
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_reason(tmp_path, monkeypatch):
+    path = _checkpoint(tmp_path)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(inference.platform, "machine", lambda: "x86_64")
+    assert not cpu_bf16_is_native()
+    with pytest.raises(ValueError, match="'bf16' on this CPU .* would be emulated and slower than fp32.*'fp32'"):
+        Segmenter.from_checkpoint(path, precision="bf16")
+    assert Segmenter.from_checkpoint(path, precision="fp32").precision == "fp32"
+
+
+def test_segmenter_reports_precision_and_scan_backend(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="sigma_core.inference"):
+        seg = Segmenter.from_checkpoint(_checkpoint(tmp_path))
+    assert f"in fp32, scan backend {seg.scan_backend!r}" in caplog.text
+    assert seg.scan_backend == ("numba" if "numba" in available_backends("cpu") else "cpu")
+    # The warm-up runs the scan kernels once: numba's are compiled (or loaded from its cache) by then.
+    seg.warmup((32, 32))
+    if seg.scan_backend == "numba":
+        from sigma_core.ops import scan_numba
+
+        assert scan_numba._forward.overloads, "warm-up did not compile the numba forward kernel"
 
 
 def test_warmup_scaling_override_and_input_errors(tmp_path):

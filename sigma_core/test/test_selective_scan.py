@@ -180,8 +180,12 @@ def test_cpu_without_grad_keeps_no_graph():
     torch.testing.assert_close(y, run(selective_scan_reference, inputs, False), rtol=1e-10, atol=1e-10)
 
 
-def test_auto_picks_cpu_backend_for_cpu_tensors(monkeypatch):
+def test_auto_picks_numba_backend_for_cpu_tensors_and_falls_back_to_cpu(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_backend("auto", "cpu") == "numba"
+    # Where numba does not import, "auto" takes the chunked eager kernel.
+    monkeypatch.setitem(registry._unavailable, "numba", "scan backend 'numba' cannot be imported: no numba")
+    monkeypatch.delitem(registry._loaded, "numba")
     assert resolve_backend("auto", "cpu") == "cpu"
 
 
@@ -189,15 +193,15 @@ def test_entry_point_dispatches_to_named_backend(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     inputs = make_inputs(1, 2, 2, 4, 10)
     calls = []
-    real = scan_cpu.selective_scan_cpu
+    auto = resolve_backend("auto", "cpu")
+    real = registry.load_backend(auto)
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
     # The registry looks the function up on first load; spy on the cached entry for this test only.
-    registry.load_backend("cpu")
-    monkeypatch.setitem(registry._loaded, "cpu", spy)
+    monkeypatch.setitem(registry._loaded, auto, spy)
     y = selective_scan(**inputs, delta_softplus=True)
     assert len(calls) == 1
     torch.testing.assert_close(y, run(selective_scan_reference, inputs, True), rtol=1e-10, atol=1e-10)
@@ -231,3 +235,22 @@ def test_shape_errors_name_the_tensor():
     inputs["B"] = inputs["B"][..., :9]
     with pytest.raises(ValueError, match=r"B must be \(batch=1, G, N=4, L=10\)"):
         selective_scan(**inputs, backend="cpu")
+
+
+def test_ordered_scan_runs_on_every_backend_and_checks_its_shapes():
+    from sigma_core.ops import cross_scan_order, selective_scan_ordered
+
+    g = torch.Generator().manual_seed(13)
+    batch, k, dim, n, height, width = 1, 4, 3, 4, 3, 4
+    positions = height * width
+    args = (torch.randn(batch, dim, positions, generator=g), torch.randn(batch, k * dim, positions, generator=g),
+            -torch.rand(k * dim, n, generator=g) - 0.1, torch.randn(batch, k, n, positions, generator=g),
+            torch.randn(batch, k, n, positions, generator=g), torch.randn(k * dim, generator=g),
+            torch.randn(k * dim, generator=g))
+    order = cross_scan_order(height, width)
+    want = selective_scan_ordered(*(a.double() for a in args), True, order, backend="reference")  # gathered copies
+    for backend in registry.available_backends("cpu"):
+        got = selective_scan_ordered(*args, True, order, backend=backend)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=backend)
+    with pytest.raises(ValueError, match=r"do not fit order \(4, 11\)"):
+        selective_scan_ordered(*args, True, order[:, :11])

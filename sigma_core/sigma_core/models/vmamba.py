@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import cross_merge, cross_scan
-from ..ops.selective_scan import selective_scan
+from ..ops.cross_scan import cross_scan_order
+from ..ops.selective_scan import selective_scan, selective_scan_ordered
 
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
 
@@ -115,6 +115,34 @@ def scan_directions(
     return ys.reshape(batch, k, dim, length)
 
 
+def scan_map_directions(
+    x: torch.Tensor,
+    order: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """scan_directions over K step orders of one map, summed back at each position - without the K copies.
+
+    x: (B, D, P), positions in memory order; order: (K, L) from ops.cross_scan_order (SS2D) or
+    ops.concat_scan_order (ConMB); parameters as in scan_directions. Returns (B, D, P), equal to
+    cross_merge(scan_directions(cross_scan(x))) for the cross-scan order; float32 from the numba backend.
+    """
+    batch, dim, positions = x.shape
+    k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
+    # The projections act per position, so they run once on the map, all K directions in one matmul.
+    x_dbl = torch.matmul(x_proj_weight.reshape(-1, dim), x).view(batch, k, rank + 2 * n, positions)
+    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
+    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, P)
+    return selective_scan_ordered(
+        x, dts.flatten(1, 2), -torch.exp(A_logs.float()), bs, cs, Ds.float(), dt_projs_bias.float().reshape(-1),
+        delta_softplus=True, order=order, backend=backend,
+    )
+
+
 def declare_scan_parameters(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int) -> None:
     """Register the per-direction scan parameters under the published names (uninitialised; see init_ssm_).
 
@@ -191,11 +219,11 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
-        ys = scan_directions(
-            cross_scan(x), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
-            backend=self.scan_backend,
+        y = scan_map_directions(
+            x.flatten(2), cross_scan_order(height, width, x.device), self.x_proj_weight, self.dt_projs_weight,
+            self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
         )
-        y = cross_merge(ys, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
 

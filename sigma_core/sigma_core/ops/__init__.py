@@ -1,11 +1,12 @@
 """Selective-scan kernels and the scan-order ops around them."""
-from .cross_scan import concat_merge, concat_scan, cross_merge, cross_scan
+from .cross_scan import concat_merge, concat_scan, concat_scan_order, cross_merge, cross_scan, cross_scan_order
 from .selective_scan import (
     ENV_VAR,
     BackendUnavailable,
     available_backends,
     backend_names,
     selective_scan,
+    selective_scan_ordered,
     selective_scan_reference,
 )
 
@@ -15,9 +16,12 @@ __all__ = [
     "available_backends",
     "backend_names",
     "selective_scan",
+    "selective_scan_ordered",
     "selective_scan_reference",
     "concat_merge",
     "concat_scan",
+    "concat_scan_order",
     "cross_merge",
     "cross_scan",
+    "cross_scan_order",
 ]

@@ -14,8 +14,12 @@ Two layouts are used by Sigma:
   splits into the RGB half and the X half.
 
 The ops are plain differentiable tensor reshapes (autograd works through them).
+``cross_scan_order`` / ``concat_scan_order`` give the same layouts as tables of positions, for kernels that
+read the directions by index instead of from these copies (``scan_numba.selective_scan_ordered_numba``).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -60,3 +64,26 @@ def concat_merge(ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y = ys[:, 0] + ys[:, 1].flip(-1)
     half = ys.shape[3] // 2
     return y[..., :half], y[..., half:]
+
+
+@functools.lru_cache(maxsize=64)
+def cross_scan_order(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(4, L) int64, L = height*width: step t of direction k reads row-major position order[k, t] (as cross_scan).
+
+    Cached per size and device: treat the result as read-only.
+    """
+    with torch.inference_mode(False):  # a cached inference tensor could not be used under autograd later
+        rows = torch.arange(height * width, device=device)
+        cols = rows.view(height, width).t().flatten()  # step w*H + h reads position h*W + w
+        return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+
+
+@functools.lru_cache(maxsize=64)
+def concat_scan_order(length: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(2, 2L) int64: the two directions of concat_scan over the RGB-then-X sequence of 2 * length positions.
+
+    Cached per size and device: treat the result as read-only.
+    """
+    with torch.inference_mode(False):  # a cached inference tensor could not be used under autograd later
+        seq = torch.arange(2 * length, device=device)
+        return torch.stack([seq, seq.flip(0)])

@@ -50,6 +50,7 @@ class ScanBackend:
     preference: int  # higher wins under "auto"
     module: str  # module (relative to this package) holding the implementation
     function: str  # its function, same signature as selective_scan minus backend
+    ordered_function: Optional[str] = None  # its native selective_scan_ordered (minus backend), if it has one
 
     def load(self) -> ScanFn:
         """Import the implementation; raises BackendUnavailable with an actionable message."""
@@ -74,6 +75,11 @@ def register_backend(backend: ScanBackend) -> None:
 
 register_backend(ScanBackend("reference", ("cpu", "cuda"), 0, ".selective_scan", "selective_scan_reference"))
 register_backend(ScanBackend("cpu", ("cpu",), 10, ".scan_cpu", "selective_scan_cpu"))
+# The fused numba kernel, 4-15x faster than "cpu" on the Sigma-T shapes (benchmarks/scan.py); "cpu" stays the
+# fallback of "auto" where numba does not import.
+register_backend(
+    ScanBackend("numba", ("cpu",), 15, ".scan_numba", "selective_scan_numba", "selective_scan_ordered_numba")
+)
 # CUDA: mamba-ssm's compiled kernel ranks first when it imports - it is the published speed
 # yardstick, and the Triton kernel's speed against it is not yet measured (benchmarks/gpu.py);
 # without mamba-ssm, "auto" falls through to Triton, which needs nothing compiled.
@@ -171,6 +177,56 @@ def selective_scan(
 def scan_output_dtype(input_dtype: torch.dtype) -> torch.dtype:
     """The dtype every backend returns y in for u of ``input_dtype``: float64 for float64, else float32."""
     return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def selective_scan_ordered(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    order: torch.Tensor,
+    swap_c: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """K selective scans of one map, each in its own step order, summed back into position order.
+
+    The layout of VMamba's cross scan (``cross_scan_order``) and of ConMB's two-way scan
+    (``concat_scan_order``), without building the K sequences. u: (batch, D, P), the map in memory order;
+    delta: (batch, K*D, P); A: (K*D, N); B, C: (batch, K, N, P); D, delta_bias: (K*D,) - all per position;
+    order: (K, L) int64, step t of direction k reads position order[k, t] (each row a permutation of the P
+    positions). swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P): the sum over k of
+    scan k's outputs, each at its position; float32 (float64 for float64 u), like selective_scan.
+
+    Backends with a native version read the directions by index; the others run on gathered copies.
+    """
+    batch, dim, positions = u.shape
+    k, length = order.shape
+    if (delta.shape != (batch, k * dim, positions) or B.shape[:2] != (batch, k) or B.shape[3] != positions
+            or length != positions):
+        raise ValueError(f"selective_scan_ordered: u {tuple(u.shape)}, delta {tuple(delta.shape)}, B "
+                         f"{tuple(B.shape)} do not fit order {tuple(order.shape)} (K=order.shape[0])")
+    name = resolve_backend(backend, u.device.type)
+    load_backend(name)
+    native = _BACKENDS[name].ordered_function
+    if native is not None:
+        return getattr(importlib.import_module(_BACKENDS[name].module, __package__), native)(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c)
+    order = order.to(u.device)
+    steps = order[None, :, None, :]  # (1, K, 1, L)
+
+    def along_order(t: torch.Tensor) -> torch.Tensor:  # (batch, K, X, P) -> (batch, K, X, L)
+        return t.gather(-1, steps.expand(*t.shape[:3], length))
+
+    u_seq = along_order(u[:, None].expand(batch, k, dim, positions)).flatten(1, 2)
+    delta_seq = along_order(delta.unflatten(1, (k, dim))).flatten(1, 2)
+    ys = selective_scan(u_seq, delta_seq, A, along_order(B), along_order(C.flip(1) if swap_c else C),
+                        D, delta_bias, delta_softplus, backend=name)
+    back = torch.argsort(order, dim=1)[None, :, None, :]  # position p of direction k is step back[k, p]
+    return ys.unflatten(1, (k, dim)).gather(-1, back.expand(batch, k, dim, positions)).sum(1)
 
 
 def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:

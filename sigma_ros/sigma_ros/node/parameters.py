@@ -38,7 +38,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                  "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
                                  "warning for sigma_core checkpoints"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N"),
-    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (half precisions need a GPU)"),
+    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds"),
     "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner"),
