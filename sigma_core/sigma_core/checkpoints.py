@@ -143,7 +143,10 @@ def _looks_like(head: bytes) -> str:
     """" (a PNG image)" etc. for the start of a file that is not a checkpoint, "" when unknown."""
     kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy array",
              b"\x89HDF": "an HDF5 (Keras) file", b"<": "HTML or XML, e.g. a download page instead of the file",
-             b"\x1f\x8b": "a gzip archive (unpack it first)", b"\x08": "possibly ONNX or TensorFlow protobuf"}
+             b"\x1f\x8b": "a gzip archive (unpack it first)", b"\x08": "possibly ONNX or TensorFlow protobuf",
+             b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+             b"SQLite format 3": "an SQLite database (a ROS 2 bag?)", b"\x89MCAP": "an MCAP file (a ROS 2 bag?)",
+             b"#ROSBAG": "a ROS 1 bag"}
     for magic, kind in kinds.items():
         if head.startswith(magic):
             return f" ({kind})"

@@ -286,7 +286,7 @@ def test_vmamba_backbone_is_not_a_segmentation_model(tmp_path):
 
 
 def test_other_variant_is_refused_naming_what_the_file_holds():
-    from sigma_core.engine.train import initialise_from
+    from sigma_core.engine.builders import initialise_from
 
     shapes = json.loads(reference_file("keys_sigma_small.json").read_text())["shapes"]
     small = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}

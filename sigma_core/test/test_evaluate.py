@@ -166,6 +166,54 @@ def test_sigma_evaluate_on_a_dataset_ours_and_published_format(tmp_path, capsys)
         "confusion_matrix"]
 
 
+def test_messages_lead_somewhere_and_the_report_lands_in_the_working_directory(tmp_path, monkeypatch, capsys):
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.cli.evaluate import main
+    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING, write_dataset
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", *args], capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+
+    nothing = run()
+    assert nothing.returncode == 2 and "give the checkpoint to evaluate" in nothing.stderr
+    assert "section.key=value" not in nothing.stderr.splitlines()[-1]
+    override_first = run("eval.limit=3")
+    assert override_first.returncode == 2 and "got the override 'eval.limit=3'" in override_first.stderr
+    # a PNG (or any non-checkpoint) given as the checkpoint says what it is
+    png = tmp_path / "class_iou.png"
+    import cv2
+
+    cv2.imwrite(str(png), np.zeros((4, 4, 3), np.uint8))
+    root = write_dataset(tmp_path / "synth", n=8, seed=5, size=(32, 48), test_fraction=0.5)
+    as_png = run(str(png), "--data-root", str(root), "data.num_workers=0")
+    assert as_png.returncode == 1 and as_png.stderr.count("\n") == 1
+    assert "is not a PyTorch checkpoint" in as_png.stderr and "(a PNG image)" in as_png.stderr
+    assert "Python objects" not in as_png.stderr
+
+    # the report goes to the working directory, not beside the checkpoint (the bundled one lives in the package)
+    package = tmp_path / "site-packages" / "assets"
+    package.mkdir(parents=True)
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(CLASSES)})
+    ours = save_checkpoint(package / "model.pt", build_sigma(cfg), cfg, class_names=CLASSES, palette=PALETTE,
+                           modality="thermal", scaling=THERMAL_SCALING)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main([str(ours), "--data-root", str(root), "--device", "cpu", "data.num_workers=0"]) == 0
+    assert (work / "model_eval" / "test" / "report.json").is_file() and sorted(p.name for p in package.iterdir()) == [
+        "model.pt"]
+    assert "report: model_eval/test/report.json" in capsys.readouterr().out
+
+    # an empty split is an error, not "mIoU 0.00 (0 images)"
+    (root / "empty.txt").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        main([str(ours), "--data-root", str(root), "--split", "empty", "--device", "cpu"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "split 'empty' holds no images" in err and "--test-fraction" in err
+
+
 def test_sigma_evaluate_runs_the_published_parity_model_like_its_import(tmp_path, capsys):
     """The parity fixture as a published file (DDP prefix, optimizer entry) under the MFNet preset: the same
     predictions as the fixture's network built by hand, and the same report as its sigma-import'ed copy."""

@@ -257,6 +257,48 @@ def test_bad_inputs_exit_with_one_line(tmp_path, capsys, bags):
     assert "cannot read bag" in capsys.readouterr().err
 
 
+def test_default_extraction_has_a_test_split_and_warns_where_frames_went(bags, tmp_path, capsys):
+    rec = write_bag(tmp_path / "ten_seconds", "sqlite3", seconds=10.0, seed=2, labels=False)
+    base = [str(rec.path), "--rgb-topic", RGB, "--modal-topic", THERMAL, "--quiet"]
+    assert extract_main([*base, "-o", str(tmp_path / "default")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    test = (tmp_path / "default" / "test.txt").read_text().split()
+    train = (tmp_path / "default" / "train.txt").read_text().split()
+    assert test and len(train) > len(test)  # a split to validate on, so training can choose best.pt
+    # a short recording with the defaults: most frames to test or dropped at the split, each said with counts
+    short = [str(bags["sqlite3"].path), "--rgb-topic", RGB, "--modal-topic", THERMAL, "--quiet"]
+    assert extract_main([*short, "-o", str(tmp_path / "short")]) == 0
+    err = capsys.readouterr().err
+    assert "4 of 4 frames went to test and only 0 to train: lower --test-fraction (0.2)" in err, err
+    assert "the split dropped 14 of 18 kept frames" in err and "lower --split-gap" in err, err
+    # most frames without a partner within --slop
+    assert extract_main([*short, "-o", str(tmp_path / "tight"), "--slop", "0.004", "--test-fraction", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "pairs from 60 RGB and 18 modality messages" in err and "larger --slop" in err, err
+
+
+def test_a_rerun_with_other_options_is_refused_before_writing(bags, tmp_path, capsys):
+    rec = bags["sqlite3"]
+    out = tmp_path / "ds"
+    base = [str(rec.path), "-o", str(out), "--rgb-topic", RGB, "--modal-topic", THERMAL, "--quiet"]
+    assert extract_main(base) == 0
+    capsys.readouterr()
+    listing = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(SystemExit) as stop:
+        extract_main([*base, "--test-fraction", "0.5", "--every", "2"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "other options (every 1 -> 2; test_fraction 0.2 -> 0.5)" in err and "new folder" in err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == listing  # nothing touched
+    assert extract_main(base) == 0  # the same command resumes
+
+
+def test_streams_that_overlap_but_miss_the_slop_are_told_so(bags, tmp_path):
+    with pytest.raises(ExtractError, match="the streams overlap in time, but no frames are within 1e-06 s") as exc:
+        extract(ExtractOptions(bags["sqlite3"].path, tmp_path / "ds", RGB, THERMAL, slop=1e-6, progress=False))
+    assert "do not overlap" not in str(exc.value)
+
+
 # --- labelled frames: none lost, none mixed -------------------------------------------------------------------------
 
 T0 = 1_700_000_000_000_000_000
@@ -343,7 +385,8 @@ def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsy
             bag.write("/rgb", st + 5_000_000, bag.image(st, "c", np.full((4, 4, 3), k, np.uint8), "rgb8"))
             bag.write("/label", st + 6_000_000, bag.image(st, "c", np.zeros((4, 4), np.uint8), "mono8"))
     out = tmp_path / "ds"
-    args = [str(path), "-o", str(out), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--quiet"]
+    args = [str(path), "-o", str(out), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--quiet",
+            "--test-fraction", "0"]
     assert extract_main(args) == 0
     rows = _pairs_csv(out)
     assert len(rows) == 10 and all(r[1] - r[0] == -45_000_000 for r in rows)  # the node's pairs
@@ -352,8 +395,9 @@ def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsy
         extract_main([*args, "--label-topic", "/label"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "holds frames extracted with other pairs or topics" in err
-    assert "extract into a new folder" in err
+    # refused before anything is written, naming the option that differs (the frame record backs this up below)
+    assert len(err.splitlines()) == 1 and "holds an extraction made with other options" in err and "/label" in err
+    assert "extract into a new folder" in err.lower()
     assert [r[:2] for r in _pairs_csv(out)] == [r[:2] for r in rows]  # nothing changed
     (out / ".frame_sources.csv").write_text("garbage\nx,y\n")  # a damaged record: the files are of unknown origin
     with pytest.raises(SystemExit):

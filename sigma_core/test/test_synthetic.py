@@ -91,3 +91,21 @@ def test_bag_timing_labels_and_camera_info(tmp_path):
     cam = Intrinsics.for_size(120, 160)
     np.testing.assert_allclose(infos[0].k, cam.k)
     assert (infos[0].height, infos[0].width) == (120, 160)
+
+
+def test_sigma_synth_without_a_command_says_what_to_give_and_describe_feeds_extract(tmp_path, capsys):
+    import pytest
+
+    from sigma_core.cli.extract import build_parser as extract_parser
+    from sigma_core.cli.synth import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "say what to write: dataset" in err and "required: what" not in err
+    # the command sigma-extract's help names exists and writes the file it takes
+    assert "sigma-synth describe FILE" in " ".join(extract_parser().format_help().split())
+    assert main(["describe", str(tmp_path / "classes.yaml")]) == 0
+    from sigma_core.data.extraction import load_class_file
+
+    assert "classes" in load_class_file(str(tmp_path / "classes.yaml"))

@@ -1,6 +1,7 @@
 """Training: config/overrides, schedule, loss goes down, beats chance, exact kill-and-resume, torchrun (gloo, CPU)."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from sigma_core.checkpoints import load_checkpoint
 from sigma_core.data.synthetic import CLASSES, write_dataset
 from sigma_core.engine.config import TrainConfig, apply_overrides, list_presets, parse_value
 from sigma_core.engine.metrics import chance_miou
+from sigma_core.engine.run_folder import list_checkpoints, state_path_for
 from sigma_core.engine.schedule import WarmupPolySchedule
-from sigma_core.engine.train import list_checkpoints, state_path_for, train
+from sigma_core.engine.train import train
 
 TINY = ["model.variant=null", "model.depths=[1,1,1,1]", "model.dims=32", "model.decoder_depths=[1,1,1]",
         "model.drop_path_rate=0.1", "data.crop_size=[32,48]", "data.scales=[0.75,1.0,1.25]", "data.batch_size=4",
@@ -59,6 +61,7 @@ def test_defaults_are_the_published_recipe_and_overrides_parse():
     ("data.batch_size=many", "data.batch_size must be an integer"),
     ("eval.mode=tiled", "eval.mode"),
     ("lr=1", "section.key=value"),
+    ("data.crop_size=120,160", r"must be a list, got .120,160.; write it in brackets, e.g. data.crop_size=\[120,160\]"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -166,7 +169,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_fine_tuning_init_drops_a_class_head_of_another_size(tmp_path):
     from sigma_core import SigmaConfig, build_sigma, save_checkpoint
-    from sigma_core.engine.train import initialise_from, model_config
+    from sigma_core.engine.builders import initialise_from, model_config
 
     cfg = TrainConfig.load(None, TINY)
     torch.manual_seed(0)
@@ -195,3 +198,132 @@ def test_modality_dropout_blanks_whole_samples():
     assert all(b != k for b, k in zip(blanked, kept)) and 16 < sum(blanked) < 48
     with pytest.raises(ValueError, match="data.modality_dropout"):
         TrainConfig.load(None, ["data.modality_dropout=1.5"])
+
+
+def run_in_child(fn, kill_at_write=None):
+    """Run ``fn()`` in a forked process; with ``kill_at_write`` N it SIGKILLs itself as its N-th atomic write
+    is about to land (the temporary written, not yet renamed). Returns (exit status, writes it made)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest clean-up may run here
+        os.close(read)
+        code = 1
+        try:
+            real_replace, count = os.replace, [0]
+
+            def replace(src, dst):
+                count[0] += 1
+                if count[0] == kill_at_write:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_replace(src, dst)
+
+            os.replace = replace
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os.write(write, str(count[0]).encode())
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        text = f.read()
+    return status, int(text) if text else None
+
+
+def test_every_kill_point_resumes_to_a_consistent_run(synth, tmp_path, monkeypatch):
+    """SIGKILL at each write of a run (config, logs, checkpoint, state, best.pt), then resume: the run ends as an
+    uninterrupted one does: the same losses and epochs.csv rows, best.pt holding the best mIoU the state records,
+    no temporaries left behind."""
+    common = ["schedule.epochs=2", "schedule.warmup_epochs=0", "train.eval_every=1", "data.limit=4",
+              "eval.limit=2", "train.keep_last=1", "train.tensorboard=false"]
+    straight = tmp_path / "straight"
+    # The uninterrupted run here (it also imports once what the forked runs then share), counting its writes.
+    real_replace, writes = os.replace, []
+    monkeypatch.setattr(os, "replace", lambda src, dst: (writes.append(dst), real_replace(src, dst))[1])
+    train(tiny_config(synth, straight, *common))
+    monkeypatch.undo()
+    writes = len(writes)
+    assert writes >= 3 + 2 * 2  # config.yaml, the two logs; per epoch its checkpoint and state (+ best.pt)
+    reference_log = read_csv(straight / "train_log.csv")
+    reference_epochs = [{k: r[k] for k in ("epoch", "iteration", "mean_loss", "miou", "checkpoint")}
+                        for r in read_csv(straight / "epochs.csv")]
+    for n in range(1, writes + 1):
+        run = tmp_path / f"killed_at_{n}"
+        status, _ = run_in_child(lambda run=run: train(tiny_config(synth, run, *common)), kill_at_write=n)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, n
+        if not run.exists():
+            continue
+        (run / ".notes.txt.tmp").write_text("mine")  # a file the run did not write: it stays
+        status, _ = run_in_child(lambda run=run: train(tiny_config(synth, run, *common, "train.resume=auto")))
+        assert status == 0, n
+        assert read_csv(run / "train_log.csv") == reference_log, n
+        epochs = [{k: r[k] for k in ("epoch", "iteration", "mean_loss", "miou", "checkpoint")}
+                  for r in read_csv(run / "epochs.csv")]
+        assert epochs == reference_epochs, n
+        state = torch.load(state_path_for(run / "epoch_0002.pt"), weights_only=True)
+        best = load_checkpoint(run / "best.pt")[1].extra["training"]
+        assert (best["epoch"], best["miou"]) == (state["best"]["epoch"], state["best"]["miou"]), n
+        assert best["miou"] == pytest.approx(max(float(r["miou"]) for r in epochs), abs=1e-6), n
+        assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == [".notes.txt.tmp"], n
+
+
+def test_a_failed_start_writes_nothing_and_a_new_run_never_replaces_another(synth, tmp_path):
+    out = tmp_path / "out"
+    bad = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={synth}",
+                          f"train.out_dir={out}", "data.batch_size=1000"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "fewer than one batch" in bad.stderr and not out.exists()
+    out.mkdir()
+    (out / "epochs.csv").write_text("epoch\n1\n")
+    again = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={synth}",
+                            f"train.out_dir={out}", "schedule.epochs=1", "schedule.warmup_epochs=0"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "--resume auto" in again.stderr and again.stderr.count("\n") == 1
+    assert (out / "epochs.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in out.iterdir()) == ["epochs.csv"]
+
+
+def test_no_weight_decay_follows_the_tags_the_model_declares():
+    from sigma_core.engine.builders import build_model
+    from sigma_core.engine.train import parameter_groups
+
+    model = build_model(TrainConfig.load(None, TINY), len(CLASSES))
+    decay, no_decay = parameter_groups(model, 0.01)
+    tagged = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    leaves = {n.rsplit(".", 1)[-1] for n in tagged}
+    assert leaves == {"A_logs", "Ds", "A_log_1", "A_log_2", "D_1", "D_2"}
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in no_decay_ids) == (name in tagged or p.ndim <= 1), name
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+    assert any(p.ndim > 1 for p in no_decay["params"])  # the 2-D A_log matrices, by their tag
+
+
+def test_start_up_summary_crop_from_the_dataset_and_a_memory_warning(synth, tmp_path, capsys, monkeypatch):
+    """The custom preset's 480x640 crop on 32x48 frames trains at 32x48 (the size dataset.yaml records); with too
+    little memory free the run warns with settings that fit before its first iteration; resuming says so."""
+    import sigma_core.engine.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 80 * 2**20)
+    args = ["data.crop_size=[480,640]", "schedule.warmup_epochs=0", "data.limit=8", "eval.limit=2",
+            "data.batch_size=8"]
+    train(tiny_config(synth, tmp_path / "run", *args, "schedule.epochs=1"))
+    out, err = capsys.readouterr()
+    assert "crop 32x48, batch 8" in out and "8 training images" in out and "2 validation images" in out
+    assert "device cpu, 1 threads" in out and "starting at epoch 1 of 1" in out
+    assert "warning: training needs about" in err and "80 MiB are available" in err
+    assert re.search(r"settings that fit: data\.batch_size=\d", err), err
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 64 * 2**30)
+    train(tiny_config(synth, tmp_path / "run", *args, "schedule.epochs=2", "train.resume=auto"))
+    out, err = capsys.readouterr()
+    assert "resumed from epoch 1" in out and "best val mIoU" in out and "1 epochs to go" in out and not err
+
+
+def test_an_empty_validation_split_stops_training_before_it_starts(tmp_path):
+    root = write_dataset(tmp_path / "no_test", n=8, seed=1, size=(32, 48), test_fraction=0.0)
+    assert (root / "test.txt").read_text().split() == []
+    with pytest.raises(ValueError, match=r"split 'test' holds no images.*--test-fraction.*no best\.pt can be chosen"):
+        train(tiny_config(root, tmp_path / "run", "schedule.epochs=1", "schedule.warmup_epochs=0"))
+    assert not (tmp_path / "run").exists()

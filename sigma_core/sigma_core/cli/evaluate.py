@@ -7,8 +7,8 @@ Examples::
     sigma-evaluate best.pt --data-root my_dataset --mode sliding --crop 480 640 --scales 0.75 1 1.25 --flip
     sigma-evaluate best.pt --data-root synth --split test_night --blank-modality   # without thermal
 
-Writes report.json, report.md, confusion_matrix.png and class_iou.png to --out
-(and colourised predictions with --save-predictions).
+Writes report.json, report.md, confusion_matrix.png and class_iou.png to --out, by default
+<checkpoint name>_eval/<split> in the working directory (and colourised predictions with --save-predictions).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Overrides: section.key=value for the data/eval/model sections, e.g. eval.limit=50 data.num_workers=0. "
                "A published checkpoint's architecture is inferred from its keys and its classes come from the "
                "dataset being evaluated.")
-    parser.add_argument("checkpoint", help="our checkpoint (best.pt, epoch_NNNN.pt) or a published Sigma .pth")
+    parser.add_argument("checkpoint", nargs="?",
+                        help="our checkpoint (best.pt, epoch_NNNN.pt) or a published Sigma .pth")
     parser.add_argument("--config", "-c", default=None, help="preset name or YAML file for the data and eval settings")
     parser.add_argument("--preset", default=None, help="dataset preset (mfnet, pst900, nyudv2, sunrgbd, custom)")
     parser.add_argument("--data-root", default=None, help="dataset folder")
@@ -41,14 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blank-modality", action="store_true",
                         help="replace thermal/depth by a blank (zero) image: how much does the model rely on it?")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint>_eval/<split>)")
+    parser.add_argument("--out", default=None,
+                        help="report folder (default: <checkpoint name>_eval/<split> in the working directory)")
     parser.add_argument("--save-predictions", action="store_true", help="also write colourised prediction PNGs")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser
 
 
+def default_out(checkpoint: str, split: str, blank_modality: bool) -> Path:
+    """<checkpoint name>_eval/<split> in the working directory (never beside the checkpoint: that may be
+    inside the installed package, as the bundled model is)."""
+    return Path(f"{Path(checkpoint).stem}_eval") / (split + ("_blank_modality" if blank_modality else ""))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.checkpoint is None:
+        parser.error("give the checkpoint to evaluate and its dataset, e.g. "
+                     "sigma-evaluate runs/custom/best.pt --data-root my_dataset")
+    if "=" in args.checkpoint and not Path(args.checkpoint).exists():
+        parser.error(f"the first argument is the checkpoint to evaluate, got the override {args.checkpoint!r}")
     from ..data.errors import DataError
     from ..engine.config import TrainConfig
 
@@ -69,8 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
         from ..engine.evaluate import run_evaluation
 
-        out = Path(args.out) if args.out else Path(f"{Path(args.checkpoint).with_suffix('')}_eval") / (
-            cfg.data.val_split + ("_blank_modality" if args.blank_modality else ""))
+        out = Path(args.out) if args.out else default_out(args.checkpoint, cfg.data.val_split, args.blank_modality)
         started = time.perf_counter()
         report = run_evaluation(args.checkpoint, cfg, out, device=args.device, blank_modality=args.blank_modality,
                                 save_predictions=args.save_predictions)

@@ -9,7 +9,8 @@ Examples::
 Without labels, pairs are the ones the segmentation node would make (same
 approximate-time policy, --slop and --queue-size). With --label-topic, every label
 is kept with the RGB frame of its stamp and the nearest modality frame within --slop;
-labels that cannot be kept are counted with the reason. Rerunning skips files that exist.
+labels that cannot be kept are counted with the reason. Rerunning the same command
+resumes (files that exist are skipped); a rerun with other options into the same folder is refused.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
     p.add_argument("--min-interval", type=float, default=0.0, help="min seconds between kept pairs (default 0)")
-    p.add_argument("--test-fraction", type=float, default=0.0,
-                   help="fraction of the recording (in whole time blocks) for test.txt (default 0)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of the recording (in whole time blocks) for test.txt, the split training validates "
+                        "on to choose best.pt (default 0.2; 0: no test split)")
     p.add_argument("--split-blocks", type=int, default=10, help="time blocks the recording is cut into (default 10)")
     p.add_argument("--split-gap", type=float, default=1.0,
                    help="drop train frames closer than this many seconds to a test frame (default 1.0)")
@@ -46,13 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: depth for 16UC1/32FC1 or a topic named *depth*, else thermal")
     p.add_argument("--classes", default=None,
                    help="class names: a text file (one per line) or a YAML with 'classes' (and palette, scaling), "
-                        "e.g. a dataset.yaml or the file `sigma-synth --describe` writes")
+                        "e.g. a dataset.yaml or the file `sigma-synth describe FILE` writes")
     p.add_argument("--thermal-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def extraction_warnings(c: dict, args: argparse.Namespace) -> list[str]:
+    """What a user would want to know about where the frames went: most of them in test, dropped, unpaired."""
+    warnings = []
+    if c["test"] > c["train"]:
+        warnings.append(f"{c['test']} of {c['train'] + c['test']} frames went to test and only {c['train']} to "
+                        f"train: lower --test-fraction ({args.test_fraction}) or raise --split-blocks "
+                        f"({args.split_blocks})")
+    if c["dropped_at_split"] > c["kept"] / 2:
+        warnings.append(f"the split dropped {c['dropped_at_split']} of {c['kept']} kept frames (train frames closer "
+                        f"than --split-gap {args.split_gap} s to a test frame): lower --split-gap or --split-blocks")
+    if args.test_fraction > 0 and c["test"] == 0:
+        warnings.append("no frame went to test, so training cannot choose a best.pt: record longer or raise "
+                        "--test-fraction")
+    fewer = min(c["rgb_messages"], c["modal_messages"])
+    if "label_messages" not in c and c["pairs"] < fewer / 2:  # labelled frames: their notes give the reasons
+        warnings.append(f"only {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality "
+                        f"messages: most frames have no partner within --slop {args.slop} s; a larger --slop pairs "
+                        "more")
+    return warnings
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -93,6 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = result.counts
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
+    for warning in extraction_warnings(c, args):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     found = (f"{c['pairs']} labelled frames from {c['label_messages']} labels" if "label_messages" in c
              else f"{c['pairs']} pairs")
     print(f"{PROG}: {found}, {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "

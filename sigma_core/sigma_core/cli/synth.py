@@ -21,7 +21,7 @@ PROG = "sigma-synth"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Generate the deterministic synthetic street world.")
-    sub = p.add_subparsers(dest="what", required=True)
+    sub = p.add_subparsers(dest="what", metavar="{dataset,bag,describe}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(120, 160), help="image size")
@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.what is None:
+        parser.error("say what to write: dataset (scenes in the dataset layout), bag (a recording) or describe "
+                     "(the classes YAML), e.g. sigma-synth dataset data/synth; sigma-synth <what> --help for options")
     from ..data import synthetic
 
     try:

@@ -48,7 +48,7 @@ from .bags import (
     resolve_topic,
     stamp_ns,
 )
-from .dataset import DatasetSpec
+from .dataset import DATASET_YAML, DatasetSpec
 from .errors import DataError
 from .image_encoding import to_rgb8
 from .labels import check_label_values, label_from_message
@@ -277,6 +277,7 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         result.counts = {
             **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
         }
+        _check_same_extraction(out, opts)
         sources = _check_existing_frames(out, train + test, opts, _modal_ext(infos["modality"]))
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
         for d in folders:
@@ -446,10 +447,14 @@ def _check_pairs(pairs: list[FramePair], scan: _Scan, opts: ExtractOptions) -> N
             "labels must be stamped exactly like the RGB image they annotate"
         )
     what = "labelled RGB frames and modality frames" if opts.label_topic else "RGB/modality pairs"
+    a, b = scan.rgb, scan.modal
+    overlap = None not in (a.lo, b.lo) and a.lo <= b.hi and b.lo <= a.hi
+    why = (f"the streams overlap in time, but no frames are within {opts.slop} s of each other: raise --slop "
+           "(e.g. --slop 0.05, half the slower camera's frame period)" if overlap else
+           "the streams do not overlap in time (unsynchronised clocks?) or need a larger --slop")
     raise ExtractError(
-        f"no {what} within --slop {opts.slop} s: {opts.rgb_topic} stamps span {scan.rgb.span()}, "
-        f"{opts.modal_topic} {scan.modal.span()}; the streams do not overlap in time (unsynchronised clocks?) "
-        "or need a larger --slop"
+        f"no {what} within --slop {opts.slop} s: {opts.rgb_topic} stamps span {a.span()}, "
+        f"{opts.modal_topic} {b.span()}; {why}"
     )
 
 
@@ -578,6 +583,34 @@ def _modal_for_file(arr: np.ndarray, enc: str) -> np.ndarray:
     return arr
 
 
+def _source(opts: ExtractOptions) -> dict:
+    """The options that decide an extraction's frames and splits, as dataset.yaml records them."""
+    return {
+        "bag": str(Path(opts.bag).resolve()), "rgb_topic": opts.rgb_topic, "modal_topic": opts.modal_topic,
+        "label_topic": opts.label_topic, "slop": opts.slop, "queue_size": opts.queue_size,
+        "every": opts.every, "min_interval": opts.min_interval, "test_fraction": opts.test_fraction,
+        "split_blocks": opts.split_blocks, "split_gap": opts.split_gap,
+    }
+
+
+def _check_same_extraction(out: Path, opts: ExtractOptions) -> None:
+    """A rerun into ``out`` resumes the extraction it holds; with other options it would replace the split lists
+    and leave the other run's frames beside the new ones, so it is refused before anything is written."""
+    yaml_path = out / DATASET_YAML
+    if not yaml_path.is_file():
+        return
+    try:
+        before = read_yaml_mapping(yaml_path).get("source") or {}
+    except (ValueError, OSError):
+        before = {}
+    now = _source(opts)
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if k in before and before[k] != v]
+    if changed:
+        raise ExtractError(f"{out} holds an extraction made with other options ({'; '.join(changed)}); a rerun "
+                           "into the same folder only resumes that extraction. Extract into a new folder (-o), "
+                           "or delete this one first")
+
+
 def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str, result: ExtractResult) -> None:
     atomic_write_text(out / "train.txt", "".join(f"{p.name}\n" for p in result.train))
     atomic_write_text(out / "test.txt", "".join(f"{p.name}\n" for p in result.test))
@@ -608,12 +641,7 @@ def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str,
                 "modal_stored": f"{mod.dtype} {'tiff (metres)' if _modal_ext(mod) == FLOAT_EXT else 'png'}",
                 **({"label": infos["label"].encoding} if "label" in infos else {}),
             },
-            "source": {
-                "bag": str(Path(opts.bag).resolve()), "rgb_topic": opts.rgb_topic, "modal_topic": opts.modal_topic,
-                "label_topic": opts.label_topic, "slop": opts.slop, "queue_size": opts.queue_size,
-                "every": opts.every, "min_interval": opts.min_interval, "test_fraction": opts.test_fraction,
-                "split_blocks": opts.split_blocks, "split_gap": opts.split_gap,
-            },
+            "source": _source(opts),
             "counts": result.counts,
         },
     )

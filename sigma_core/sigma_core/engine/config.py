@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -267,6 +268,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
+def _as_list_example(value: Any, f: dataclasses.Field) -> str:
+    """``value`` ("120,160", "120 160", "120x160", 120) as the bracketed list it was probably meant to be."""
+    parts = [p for p in re.split(r"[\s,x;:]+", str(value).strip("()[]{} ")) if p]
+    if parts and all(re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", p, re.I) for p in parts):
+        return f"[{','.join(parts)}]"
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return f"[{','.join(str(v) for v in default)}]" if isinstance(default, list) else "[1,2]"
+
+
 def _coerce(key: str, f: dataclasses.Field, value: Any, source: str) -> Any:
     """Check a YAML value against the field's annotated type (ints accepted for floats)."""
     annotation = str(f.type)
@@ -276,7 +286,8 @@ def _coerce(key: str, f: dataclasses.Field, value: Any, source: str) -> Any:
         return None
     if "list" in annotation:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{source}: {key} must be a list, got {value!r}")
+            raise ValueError(f"{source}: {key} must be a list, got {value!r}; write it in brackets, e.g. "
+                             f"{key}={_as_list_example(value, f)}")
         inner_float = "float" in annotation
         try:
             return [float(v) if inner_float else int(v) for v in value]

@@ -57,7 +57,7 @@ def evaluate_split(model: torch.nn.Module, root: Path, split: str, blank_modalit
 def _pick_checkpoint(run: Path) -> Path:
     if (run / "best.pt").is_file():
         return run / "best.pt"
-    from .train import list_checkpoints
+    from .run_folder import list_checkpoints
 
     found = list_checkpoints(run)
     if not found:

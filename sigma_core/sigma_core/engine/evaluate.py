@@ -200,19 +200,17 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     import time
 
     import cv2
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from ..files import atomic_write_image
+    from .builders import base_dataset, dataset_info, evaluation_dataset
     from .reports import published_miou, write_evaluation_report
-    from .train import dataset_info, make_dataset
 
     started = time.perf_counter()
     dev = resolve_device(device)
-    dataset = make_dataset(cfg.data, cfg.data.val_split, train=False, seed=0)
+    dataset = evaluation_dataset(cfg)  # ValueError when the split is empty
     info = dataset_info(dataset)
-    if cfg.eval.limit is not None:
-        dataset = Subset(dataset, range(min(cfg.eval.limit, len(dataset))))
-    spec = (dataset.dataset if isinstance(dataset, Subset) else dataset).spec
+    spec = base_dataset(dataset).spec
     model, meta = load_model_for_evaluation(checkpoint, cfg, spec, dev)
     for note in meta.notes:
         print(note)

@@ -15,10 +15,9 @@ Under ``torchrun`` (env WORLD_SIZE > 1) each process trains on its shard
 """
 from __future__ import annotations
 
-import csv
 import os
 import random
-import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +28,35 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..config import SigmaConfig
 from ..data.transforms import IGNORE_INDEX
 from ..files import atomic_torch_save, atomic_write_text
 from ..inference import resolve_device
+from .builders import (
+    DatasetInfo,
+    base_dataset,
+    build_model,
+    dataset_info,
+    evaluation_dataset,
+    initialise_from,
+    make_dataset,
+)
 from .config import TrainConfig
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
+from .run_folder import (
+    BEST,
+    CHECKPOINT_RE,
+    CsvLog,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_training_state,
+    recorded_training,
+    remove_stale_temporaries,
+    state_path_for,
+    write_checkpoint,
+)
 from .schedule import WarmupPolySchedule
-
-CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
 @dataclass
@@ -145,351 +163,489 @@ def drop_modality(x: torch.Tensor, probability: float) -> torch.Tensor:
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices/kernels only; none on biases, norms, scales and SSM A/D parameters."""
+    """AdamW groups: weight decay on weight matrices/kernels only.
+
+    No decay on biases, norms and scales (ndim <= 1) nor on parameters the model tags with
+    ``_no_weight_decay = True`` where it declares them (the SSM A_log/D parameters, as mamba_ssm does).
+    """
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.ndim <= 1 or leaf.startswith(("A_log", "Ds", "D_")) or leaf in ("D", "A_logs"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def state_path_for(checkpoint: Path) -> Path:
-    """The training-state file beside a resumable checkpoint: epoch_0003.pt -> epoch_0003.state.pt."""
-    return Path(checkpoint).with_suffix(".state.pt")
+# ---------------------------------------------------------------------------------------------------------------
+# The steps of a run, in the order train() takes them.
 
 
-def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
-    """Complete resumable checkpoints (epoch_NNNN.pt with its .state.pt) in out_dir as (epoch, path), oldest first."""
-    found = []
-    for p in Path(out_dir).glob("epoch_*.pt"):
-        m = CHECKPOINT_RE.match(p.name)
-        if m and state_path_for(p).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def prune_checkpoints(out_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` resumable checkpoints (and their state files)."""
-    found = list_checkpoints(out_dir)
-    doomed = [p for _, p in found[: max(len(found) - keep_last, 0)]]
-    for p in doomed:
-        p.unlink(missing_ok=True)
-        state_path_for(p).unlink(missing_ok=True)
-    return doomed
-
-
-class CsvLog:
-    """Append-only CSV with a header; on resume, rows past the resume point are dropped first."""
-
-    def __init__(self, path: Path, columns: list[str], truncate_after: Optional[tuple[str, int]] = None,
-                 fresh: bool = False):
-        self.path = Path(path)
-        self.columns = columns
-        rows: list[dict[str, str]] = []
-        if self.path.exists() and not fresh:
-            with open(self.path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if truncate_after is not None:
-                key, limit = truncate_after
-                rows = [r for r in rows if r.get(key, "") != "" and int(float(r[key])) <= limit]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a checkpoint records about the data: class names, palette, modality scaling."""
-
-    class_names: tuple[str, ...]
-    palette: list[list[int]]
-    scaling: Any  # sigma_core.data.modality.ModalityScaling
-
-
-def make_dataset(data: Any, split: str, train: bool, seed: int = 0):
-    """An RGBXDataset for the ``data`` config section: training augmentations when ``train``."""
-    from ..data.dataset import RGBXDataset
-    from ..data.transforms import TrainAugmentation
-
-    if not data.root:
-        raise ValueError("data.root is not set: give the dataset folder, e.g. data.root=datasets/MFNet")
-    transform = None
-    if train:
-        crop = tuple(data.crop_size) if data.crop_size is not None else None
-        transform = TrainAugmentation(crop_size=crop, scales=tuple(data.scales), flip=data.flip)
-    dataset = RGBXDataset(data.root, split=split, preset=data.preset, transform=transform, seed=seed)
-    if dataset.spec.classes is None:
-        raise ValueError(f"{data.root}: the dataset names no classes; add 'classes: [...]' to its dataset.yaml")
-    return dataset
-
-
-def dataset_info(ds) -> DatasetInfo:
-    """DatasetInfo of an RGBXDataset (or a Subset of one)."""
-    from ..checkpoints import default_palette
-
-    base = ds.dataset if isinstance(ds, Subset) else ds
-    spec = base.spec
-    palette = [list(c) for c in spec.palette] if spec.palette is not None else default_palette(len(spec.classes))
-    return DatasetInfo(tuple(spec.classes), palette, spec.scaling)
-
-
-def build_datasets(cfg: TrainConfig):
-    """(train dataset, validation dataset) for the ``data`` section; ``data.limit``/``eval.limit`` take the first N."""
-    train_ds = make_dataset(cfg.data, cfg.data.train_split, train=True, seed=cfg.train.seed)
-    val_ds = make_dataset(cfg.data, cfg.data.val_split, train=False)
-    if cfg.data.limit is not None:
-        train_ds = Subset(train_ds, range(min(cfg.data.limit, len(train_ds))))
-    if cfg.eval.limit is not None:
-        val_ds = Subset(val_ds, range(min(cfg.eval.limit, len(val_ds))))
-    return train_ds, val_ds
-
-
-def model_config(cfg: TrainConfig, num_classes: int) -> SigmaConfig:
-    """The SigmaConfig of the ``model`` section with the dataset's class count (validated by SigmaConfig)."""
-    m = cfg.model
-    kwargs: dict[str, Any] = {"variant": m.variant, "num_classes": num_classes, "scan_backend": m.scan_backend}
-    for name in ("depths", "dims", "decoder_depths", "drop_path_rate"):
-        value = getattr(m, name)
-        if value is not None:
-            kwargs[name] = tuple(value) if isinstance(value, list) else value
-    return SigmaConfig(**kwargs)
-
-
-def initialise_from(model: torch.nn.Module, path: str) -> Any:
-    """Load a VMamba ImageNet or Sigma checkpoint; a class head of another size keeps its initialisation."""
-    from ..checkpoints import load_weights
-
-    return load_weights(model, path, allow_new_classes=True)
-
-
-def write_checkpoint(path: Path, model: torch.nn.Module, info: Any, extra: dict[str, Any]) -> None:
-    """Our self-describing checkpoint (the node loads it directly); ``extra`` is plain data."""
-    from ..checkpoints import save_checkpoint
-
-    save_checkpoint(path, model, model.config, class_names=list(info.class_names), modality=info.scaling.modality,
-                    palette=info.palette, scaling=info.scaling, extra=extra)
-
-
-def read_training_state(path: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load the weights of the resumable checkpoint ``path`` into ``model``; return its training state."""
-    from ..checkpoints import load_weights
-
-    path = Path(path)
-    state_file = state_path_for(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume checkpoint {path} does not exist")
-    if not state_file.is_file():
-        raise ValueError(f"{path} has no training state beside it ({state_file.name} is missing): resume from an "
-                         "epoch_NNNN.pt written by sigma-train, or start from it with model.init=...")
-    load_weights(model, path, strict=True)
-    return torch.load(state_file, map_location="cpu", weights_only=True)
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train as configured; returns a TrainResult. Raises ValueError on configuration problems."""
-    started = time.perf_counter()
+def set_up_process(cfg: TrainConfig) -> DistContext:
+    """Device, process group, CPU threads, determinism and the start-of-run seed of this process."""
     ctx = setup_distributed(cfg.train.device)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_all(epoch_seed(cfg.train.seed, 0, ctx.rank))  # drop-path draws; augmentations have their own seeds
-    out_dir = Path(cfg.train.out_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    return ctx
 
-    train_ds, val_ds = build_datasets(cfg)
-    info = dataset_info(train_ds)
-    num_classes = len(info.class_names)
-    from ..models.sigma import build_sigma
 
-    model = build_sigma(model_config(cfg, num_classes)).to(ctx.device)
+@dataclass
+class TrainingData:
+    """The training set and its loader (sharded per process), the validation set, what checkpoints record."""
+
+    train_set: Any
+    val_set: Any
+    info: DatasetInfo
+    sampler: DistributedSampler
+    loader: DataLoader
+    loader_generator: torch.Generator
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def start_epoch(self, epoch: int, seed: int) -> None:
+        """Data order, augmentation seeds and worker seeds of ``epoch`` (functions of (seed, epoch) only)."""
+        self.sampler.set_epoch(epoch)
+        base_dataset(self.train_set).set_epoch(epoch)
+        self.loader_generator.manual_seed(epoch_seed(seed, epoch, 0))
+
+
+def build_datasets(cfg: TrainConfig):
+    """(train dataset, validation dataset) for the ``data`` section; ``data.limit``/``eval.limit`` take the first N.
+
+    Raises ValueError when the validation split is empty (no mIoU, so no best.pt could be chosen).
+    """
+    train_set = make_dataset(cfg.data, cfg.data.train_split, train=True, seed=cfg.train.seed)
+    if cfg.data.limit is not None:
+        train_set = Subset(train_set, range(min(cfg.data.limit, len(train_set))))
+    try:
+        val_set = evaluation_dataset(cfg)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; without validation images no best.pt can be chosen") from None
+    return train_set, val_set
+
+
+def load_data(cfg: TrainConfig, ctx: DistContext) -> TrainingData:
+    """The datasets and the training loader. Raises ValueError when there is less than one batch to train on."""
+    train_set, val_set = build_datasets(cfg)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    generator = torch.Generator()
+    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, worker_init_fn=_worker_init, generator=generator,
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    if len(loader) == 0:
+        raise ValueError(f"data: {len(train_set)} training samples are fewer than one batch "
+                         f"(data.batch_size={cfg.data.batch_size} x {ctx.world_size} processes)")
+    return TrainingData(train_set, val_set, dataset_info(train_set), sampler, loader, generator)
+
+
+@dataclass
+class Trainee:
+    """The model (and its DDP wrapper ``net``), the optimiser, the AMP scaler and the learning-rate schedule."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: WarmupPolySchedule
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
+def build_trainee(cfg: TrainConfig, num_classes: int, iters_per_epoch: int, ctx: DistContext) -> Trainee:
+    """A fresh model on the device with AdamW (published betas, no decay where tagged) and warm-up + poly."""
+    model = build_model(cfg, num_classes).to(ctx.device)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     use_amp = cfg.train.amp and ctx.device.type == "cuda"
     amp_dtype = torch.float16 if cfg.train.amp_dtype == "float16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=True)
-    loader_generator = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, worker_init_fn=_worker_init, generator=loader_generator,
-                        pin_memory=ctx.device.type == "cuda", persistent_workers=False)
-    iters_per_epoch = len(loader)
-    if iters_per_epoch == 0:
-        raise ValueError(f"data: {len(train_ds)} training samples are fewer than one batch "
-                         f"(data.batch_size={cfg.data.batch_size} x {ctx.world_size} processes)")
     schedule = WarmupPolySchedule(cfg.optim.lr, cfg.schedule.epochs * iters_per_epoch,
                                   cfg.schedule.warmup_epochs * iters_per_epoch, cfg.schedule.power,
                                   cfg.schedule.warmup_start)
+    return Trainee(model, model, optimizer, scaler, schedule, use_amp, amp_dtype)
 
-    start_epoch, iteration, best_miou = 0, 0, None
-    resume = cfg.train.resume
-    if resume == "auto":
-        found = list_checkpoints(out_dir)
-        resume = str(found[-1][1]) if found else None
-    if resume:
-        state = read_training_state(Path(resume), model)
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, iteration, best_miou = state["epoch"], state["iteration"], state.get("best_miou")
-        if state.get("iters_per_epoch") not in (None, iters_per_epoch):
-            raise ValueError(f"{resume}: saved with {state['iters_per_epoch']} iterations per epoch, now "
-                             f"{iters_per_epoch}; resume with the same data, batch size and process count")
-        set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
-    elif cfg.model.init:
-        report = initialise_from(model, cfg.model.init)
-        if ctx.is_main:
-            print(f"initialised from {cfg.model.init}: {report}")
 
-    net: torch.nn.Module = model
+def wrap_for_processes(trainee: Trainee, ctx: DistContext) -> None:
+    """Wrap the model in DistributedDataParallel under torchrun (after its weights are final)."""
     if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-    eval_settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
+        trainee.net = torch.nn.parallel.DistributedDataParallel(
+            trainee.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
-    iter_log = epoch_log = writer = None
-    if ctx.is_main:
-        fresh = not resume
-        iter_log = CsvLog(out_dir / "train_log.csv", ["epoch", "iteration", "loss", "lr"],
-                          truncate_after=("iteration", iteration), fresh=fresh)
-        epoch_log = CsvLog(out_dir / "epochs.csv", ["epoch", "iteration", "mean_loss", "seconds", "miou",
-                                                    "pixel_accuracy", "checkpoint"],
-                           truncate_after=("epoch", start_epoch), fresh=fresh)
+
+@dataclass
+class Progress:
+    """Where a run stands: completed epochs and iterations, and its best validation result so far.
+
+    best: {"epoch", "miou", "per_class_iou"} of the best evaluated epoch, or None; best.pt holds that epoch.
+    """
+
+    epoch: int = 0
+    iteration: int = 0
+    best: Optional[dict[str, Any]] = None
+    resumed_from: Optional[Path] = None
+
+    @property
+    def best_miou(self) -> Optional[float]:
+        return None if self.best is None else self.best["miou"]
+
+    def record(self, epoch: int, metrics: Optional[SegmentationMetrics]) -> bool:
+        """Take an epoch's validation metrics; True when they beat the best so far (a NaN mIoU never does)."""
+        if metrics is None or not np.isfinite(metrics.miou):
+            return False
+        if self.best is not None and metrics.miou <= self.best["miou"]:
+            return False
+        per_class = [{k: c[k] for k in ("class", "iou")} for c in metrics.to_dict()["per_class"]]
+        self.best = {"epoch": epoch, "miou": float(metrics.miou), "per_class_iou": per_class}
+        return True
+
+
+def resume_point(cfg: TrainConfig, out_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: train.resume, or with "auto" the newest complete one in out_dir (or None)."""
+    if cfg.train.resume == "auto":
+        found = list_checkpoints(out_dir) if out_dir.is_dir() else []
+        return found[-1][1] if found else None
+    return Path(cfg.train.resume) if cfg.train.resume else None
+
+
+def resume_or_initialise(cfg: TrainConfig, trainee: Trainee, iters_per_epoch: int, ctx: DistContext,
+                         out_dir: Path) -> Progress:
+    """Restore weights, optimiser, scaler, progress and RNGs from the resume checkpoint, or load model.init.
+
+    Raises FileNotFoundError/ValueError when the checkpoint is missing, lacks its state, or was saved with
+    another number of iterations per epoch (other data, batch size or process count).
+    """
+    resume = resume_point(cfg, out_dir)
+    if resume is None:
+        if cfg.model.init:
+            report = initialise_from(trainee.model, cfg.model.init)
+            if ctx.is_main:
+                print(f"initialised from {cfg.model.init}: {report}")
+        return Progress()
+    state = read_training_state(resume, trainee.model)
+    if state.get("iters_per_epoch") not in (None, iters_per_epoch):
+        raise ValueError(f"{resume}: saved with {state['iters_per_epoch']} iterations per epoch, now "
+                         f"{iters_per_epoch}; resume with the same data, batch size and process count")
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        trainee.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
+    best = state.get("best")
+    if best is None and state.get("best_miou") is not None:  # states written before best records
+        best = {"epoch": None, "miou": state["best_miou"], "per_class_iou": []}
+    return Progress(state["epoch"], state["iteration"], best, resume)
+
+
+def restore_best_checkpoint(out_dir: Path, progress: Progress, model: torch.nn.Module, info: DatasetInfo) -> None:
+    """Finish a best.pt a kill interrupted: when the resumed epoch is the best one, best.pt must hold it.
+
+    best.pt is written after the epoch's state (the commit point); killed in between, the state says the
+    resumed epoch is best while best.pt still holds an older one. The weights just loaded are that epoch's.
+    """
+    best = progress.best
+    if best is None or best.get("epoch") != progress.epoch:
+        return
+    recorded = recorded_training(out_dir / BEST) if (out_dir / BEST).is_file() else None
+    if recorded is None or recorded.get("epoch") != best["epoch"]:
+        write_best_checkpoint(out_dir, model, info, best)
+
+
+def write_best_checkpoint(out_dir: Path, model: torch.nn.Module, info: DatasetInfo, best: dict[str, Any]) -> Path:
+    path = out_dir / BEST
+    write_checkpoint(path, model, info, {"training": {"epoch": best["epoch"], "miou": best["miou"],
+                                                      "per_class_iou": best["per_class_iou"]}})
+    return path
+
+
+def training_input_size(cfg: TrainConfig, data: TrainingData) -> Optional[tuple[int, int]]:
+    """(H, W) of the training inputs: the crop, else the recorded image size at the largest scale (or None)."""
+    base = base_dataset(data.train_set)
+    if base.transform is not None and base.transform.crop_size is not None:
+        return tuple(base.transform.crop_size)
+    size = base.spec.image_size
+    return None if size is None else (round(size[0] * max(cfg.data.scales)), round(size[1] * max(cfg.data.scales)))
+
+
+def check_memory(cfg: TrainConfig, data: TrainingData, model: torch.nn.Module, ctx: DistContext) -> Optional[str]:
+    """Estimate the memory one training step needs (measured activations, see engine.memory) and return a
+    warning with settings that fit when it exceeds what the device (or host) has free; None when it fits."""
+    from .memory import available_memory, estimate_training_memory, memory_warning
+
+    size = training_input_size(cfg, data)
+    if size is None:
+        return None
+    estimate = estimate_training_memory(model, cfg.data.batch_size, size, ctx.device)
+    sharing = 1 if ctx.device.type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    return memory_warning(estimate, available_memory(ctx.device), processes_per_device=sharing)
+
+
+def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """Refuse to start a new run over another run's files (it would replace its logs and checkpoints)."""
+    if cfg.train.resume or not out_dir.is_dir():
+        return
+    theirs = sorted(p.name for p in out_dir.iterdir()
+                    if p.name in ("config.yaml", "epochs.csv", "train_log.csv", BEST) or CHECKPOINT_RE.match(p.name))
+    if theirs:
+        raise ValueError(f"train.out_dir {out_dir} already holds a run ({', '.join(theirs[:4])}); continue it with "
+                         "--resume auto (train.resume=auto), or give another train.out_dir")
+
+
+class RunLogs:
+    """What rank 0 records while training: train_log.csv (per iteration), epochs.csv (per epoch), TensorBoard,
+    the progress bar and the printed lines. On resume the logs are cut back to the resume point."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, progress: Progress):
+        fresh = progress.resumed_from is None
+        self.cfg = cfg
+        self.iterations = CsvLog(out_dir / "train_log.csv", ["epoch", "iteration", "loss", "lr"],
+                                 truncate_after=("iteration", progress.iteration), fresh=fresh)
+        self.epochs = CsvLog(out_dir / "epochs.csv", ["epoch", "iteration", "mean_loss", "seconds", "miou",
+                                                      "pixel_accuracy", "checkpoint"],
+                             truncate_after=("epoch", progress.epoch), fresh=fresh)
+        self.writer = None
         if cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=iteration)
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=progress.iteration)
+        self.bar = None
 
-    result = TrainResult(out_dir, [], [], {}, best_miou, None, None, 0.0)
-    for epoch in range(start_epoch, cfg.schedule.epochs):
-        sampler.set_epoch(epoch)
-        (train_ds.dataset if isinstance(train_ds, Subset) else train_ds).set_epoch(epoch)  # augmentation seeds
-        loader_generator.manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
-        net.train()
-        epoch_start, epoch_losses = time.perf_counter(), []
-        bar = None
-        if ctx.is_main and cfg.train.progress:
+    def start_epoch(self, epoch: int, iters: int) -> None:
+        if self.cfg.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", dynamic_ncols=True,
-                       leave=False)
-        for batch in loader:
-            rgb, x, label = (t.to(ctx.device, non_blocking=True) for t in unpack_batch(batch))
-            x = drop_modality(x, cfg.data.modality_dropout)
-            lr = schedule.apply(optimizer, iteration)
-            with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = criterion(net(rgb, x).float(), label.long())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, iteration {iteration}; "
-                                         "lower optim.lr or set optim.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            value = loss.detach()
-            if ctx.distributed:
-                dist.all_reduce(value)
-                value = value / ctx.world_size
-            value = float(value)
-            epoch_losses.append(value)
-            result.losses.append(value)
-            iteration += 1
-            if ctx.is_main:
-                if iteration % cfg.train.log_every == 0 or iteration == 1:
-                    iter_log.write({"epoch": epoch + 1, "iteration": iteration, "loss": repr(value),
-                                    "lr": f"{lr:.4e}"})
-                    if writer is not None:
-                        writer.add_scalar("train/loss", value, iteration)
-                        writer.add_scalar("train/lr", lr, iteration)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-        if bar is not None:
-            bar.close()
-        done = epoch + 1
-        result.epochs_run.append(done)
-        last = done == cfg.schedule.epochs
-        metrics = None
-        if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or last:
-            if ctx.is_main:
-                eval_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False,
-                                         num_workers=min(cfg.data.num_workers, 2))
-                metrics = evaluate_dataset(model, eval_loader, num_classes, eval_settings, ctx.device,
-                                           info.class_names, progress=cfg.train.progress)
-                result.evaluations[done] = metrics
-                if writer is not None:
-                    writer.add_scalar("val/mIoU", metrics.miou, iteration)
-                    writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
-                print(f"epoch {done}: val mIoU {100 * metrics.miou:.2f}  pixel acc. "
-                      f"{100 * metrics.pixel_accuracy:.2f}")
-            if ctx.distributed:
-                dist.barrier()
-        improved = metrics is not None and np.isfinite(metrics.miou) and (best_miou is None or metrics.miou > best_miou)
-        if improved:
-            best_miou = metrics.miou
-        result.best_miou = best_miou
-        checkpoint = None
-        if done % cfg.train.save_every == 0 or last:
-            # Every rank's RNG state, so each process resumes its own streams.
-            states = [rng_state()]
-            if ctx.distributed:
-                gathered: list[Any] = [None] * ctx.world_size
-                dist.all_gather_object(gathered, states[0])
-                states = gathered
-            if ctx.is_main:
-                train_state = {
-                    "epoch": done, "iteration": iteration, "iters_per_epoch": iters_per_epoch,
-                    "best_miou": best_miou, "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": states,
-                    "world_size": ctx.world_size, "config": cfg.to_dict(),
-                }
-                checkpoint = out_dir / f"epoch_{done:04d}.pt"
-                # State first: a checkpoint file without its state beside it is never listed as resumable.
-                atomic_torch_save(train_state, state_path_for(checkpoint))  # plain data: loads with weights_only
-                summary = {"epoch": done, "iteration": iteration,
-                           "miou": None if metrics is None else float(metrics.miou),
-                           "train_state_file": state_path_for(checkpoint).name}
-                write_checkpoint(checkpoint, model, info, {"training": summary})
-                prune_checkpoints(out_dir, cfg.train.keep_last)
-                result.last_checkpoint = checkpoint
-        if improved and ctx.is_main:
-            best = out_dir / "best.pt"
-            per_class = [{k: c[k] for k in ("class", "iou")} for c in metrics.to_dict()["per_class"]]
-            write_checkpoint(best, model, info, {"training": {"epoch": done, "miou": float(best_miou),
-                                                              "per_class_iou": per_class}})
-            result.best_checkpoint = best
-        if ctx.is_main:
-            epoch_log.write({"epoch": done, "iteration": iteration, "mean_loss": f"{np.mean(epoch_losses):.6f}",
-                             "seconds": f"{time.perf_counter() - epoch_start:.1f}",
-                             "miou": "" if metrics is None else f"{metrics.miou:.6f}",
-                             "pixel_accuracy": "" if metrics is None else f"{metrics.pixel_accuracy:.6f}",
-                             "checkpoint": "" if checkpoint is None else checkpoint.name})
+            self.bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{self.cfg.schedule.epochs}", dynamic_ncols=True,
+                            leave=False)
+
+    def iteration(self, epoch: int, iteration: int, loss: float, lr: float) -> None:
+        if iteration % self.cfg.train.log_every == 0 or iteration == 1:
+            self.iterations.write({"epoch": epoch + 1, "iteration": iteration, "loss": repr(loss), "lr": f"{lr:.4e}"})
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss, iteration)
+                self.writer.add_scalar("train/lr", lr, iteration)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def end_epoch(self, done: int, iteration: int, losses: list[float], seconds: float,
+                  metrics: Optional[SegmentationMetrics], checkpoint: Optional[Path]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if metrics is not None:
+            if self.writer is not None:
+                self.writer.add_scalar("val/mIoU", metrics.miou, iteration)
+                self.writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
+            print(f"epoch {done}: val mIoU {100 * metrics.miou:.2f}  pixel acc. {100 * metrics.pixel_accuracy:.2f}")
+        self.epochs.write({"epoch": done, "iteration": iteration, "mean_loss": f"{np.mean(losses):.6f}",
+                           "seconds": f"{seconds:.1f}", "miou": "" if metrics is None else f"{metrics.miou:.6f}",
+                           "pixel_accuracy": "" if metrics is None else f"{metrics.pixel_accuracy:.6f}",
+                           "checkpoint": "" if checkpoint is None else checkpoint.name})
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def open_run_folder(cfg: TrainConfig, out_dir: Path, progress: Progress, model: torch.nn.Module,
+                    info: DatasetInfo) -> RunLogs:
+    """Create (or reopen) the run folder: stale temporaries removed, config.yaml, a best.pt a kill left
+    unwritten finished, the logs cut back to the resume point."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    restore_best_checkpoint(out_dir, progress, model, info)
+    return RunLogs(cfg, out_dir, progress)
+
+
+def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, model: torch.nn.Module,
+                     progress: Progress, out_dir: Path) -> str:
+    """The lines a run prints before its first iteration: device, model, data, where it starts, where it writes."""
+    crop = base_dataset(data.train_set).transform.crop_size
+    threads = f", {torch.get_num_threads()} threads" if ctx.device.type == "cpu" else ""
+    processes = f" x {ctx.world_size} processes" if ctx.distributed else ""
+    params = sum(p.numel() for p in model.parameters())
+    lines = [
+        f"device {ctx.device}{threads}{processes}; model {model.config.name}, {params / 1e6:.2f} M parameters, "
+        f"{len(data.info.class_names)} classes ({data.info.scaling.modality})",
+        f"data {cfg.data.root}: {len(data.train_set)} training images ({cfg.data.train_split}), "
+        f"{len(data.val_set)} validation images ({cfg.data.val_split}); crop "
+        f"{'whole images' if crop is None else f'{crop[0]}x{crop[1]}'}, batch {cfg.data.batch_size}{processes}, "
+        f"{data.iters_per_epoch} iterations per epoch",
+    ]
+    if progress.resumed_from is not None:
+        best = "none yet" if progress.best is None else (
+            f"{100 * progress.best['miou']:.2f}" + (f" at epoch {progress.best['epoch']}"
+                                                     if progress.best.get("epoch") else ""))
+        lines.append(f"resumed from epoch {progress.epoch} ({progress.resumed_from}); best val mIoU {best}; "
+                     f"{cfg.schedule.epochs - progress.epoch} epochs to go")
+    else:
+        lines.append(f"starting at epoch 1 of {cfg.schedule.epochs}")
+    lines.append(f"writing to {out_dir}")
+    return "\n".join(lines)
+
+
+def train_one_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx: DistContext, epoch: int,
+                    progress: Progress, logs: Optional[RunLogs]) -> list[float]:
+    """One pass over this process's shard: forward, loss, backward, optimiser step per batch.
+
+    Returns the losses (averaged over processes); advances progress.iteration. Raises FloatingPointError
+    on a non-finite loss.
+    """
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    data.start_epoch(epoch, cfg.train.seed)
+    trainee.net.train()
+    if logs is not None:
+        logs.start_epoch(epoch, data.iters_per_epoch)
+    losses = []
+    for batch in data.loader:
+        rgb, x, label = (t.to(ctx.device, non_blocking=True) for t in unpack_batch(batch))
+        x = drop_modality(x, cfg.data.modality_dropout)
+        lr = trainee.schedule.apply(trainee.optimizer, progress.iteration)
+        with torch.autocast(device_type=ctx.device.type, dtype=trainee.amp_dtype, enabled=trainee.use_amp):
+            loss = criterion(trainee.net(rgb, x).float(), label.long())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, iteration {progress.iteration}; "
+                                     "lower optim.lr or set optim.grad_clip")
+        trainee.optimizer.zero_grad(set_to_none=True)
+        trainee.scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            trainee.scaler.unscale_(trainee.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optim.grad_clip)
+        trainee.scaler.step(trainee.optimizer)
+        trainee.scaler.update()
+        value = loss.detach()
         if ctx.distributed:
-            dist.barrier()
-    if writer is not None:
-        writer.close()
+            dist.all_reduce(value)
+            value = value / ctx.world_size
+        value = float(value)
+        losses.append(value)
+        progress.iteration += 1
+        if logs is not None:
+            logs.iteration(epoch, progress.iteration, value, lr)
+    return losses
+
+
+def evaluation_due(cfg: TrainConfig, done: int) -> bool:
+    return bool(cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == cfg.schedule.epochs
+
+
+def evaluate_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx: DistContext) -> SegmentationMetrics:
+    """Validation metrics of the current weights (rank 0 only), as configured in the ``eval`` section."""
+    loader = DataLoader(data.val_set, batch_size=cfg.eval.batch_size, shuffle=False,
+                        num_workers=min(cfg.data.num_workers, 2))
+    settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
+    return evaluate_dataset(trainee.model, loader, len(data.info.class_names), settings, ctx.device,
+                            data.info.class_names, progress=cfg.train.progress)
+
+
+def gather_rng_states(ctx: DistContext) -> list[dict[str, Any]]:
+    """Every process's RNG states (rank order), so each resumes its own streams."""
+    states = [rng_state()]
+    if ctx.distributed:
+        gathered: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(gathered, states[0])
+        states = gathered
+    return states
+
+
+def save_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx: DistContext, out_dir: Path,
+               progress: Progress, metrics: Optional[SegmentationMetrics], improved: bool, rng: list[Any]) -> Path:
+    """Write the epoch's checkpoint and training state, then best.pt when improved, then prune old epochs.
+
+    The order makes every kill point resume consistently: the state file is the commit point (a checkpoint
+    without it is not resumable and is overwritten when the epoch is redone); best.pt follows it, and a
+    kill before best.pt is written is finished on resume (restore_best_checkpoint).
+    """
+    done = progress.epoch
+    checkpoint = checkpoint_path(out_dir, done)
+    summary = {"epoch": done, "iteration": progress.iteration,
+               "miou": None if metrics is None else float(metrics.miou),
+               "train_state_file": state_path_for(checkpoint).name}
+    write_checkpoint(checkpoint, trainee.model, data.info, {"training": summary})
+    train_state = {
+        "epoch": done, "iteration": progress.iteration, "iters_per_epoch": data.iters_per_epoch,
+        "best_miou": progress.best_miou, "best": progress.best, "optimizer": trainee.optimizer.state_dict(),
+        "scaler": trainee.scaler.state_dict() if trainee.scaler.is_enabled() else None, "rng": rng,
+        "world_size": ctx.world_size, "config": cfg.to_dict(),
+    }
+    atomic_torch_save(train_state, state_path_for(checkpoint))  # plain data: loads with weights_only
+    if improved:
+        write_best_checkpoint(out_dir, trainee.model, data.info, progress.best)
+    prune_checkpoints(out_dir, cfg.train.keep_last)
+    return checkpoint
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train as configured; returns a TrainResult.
+
+    Raises ValueError on configuration or data problems (before anything is written), FileNotFoundError
+    for a missing resume checkpoint, FloatingPointError on a diverging loss.
+    """
+    started = time.perf_counter()
+    ctx = set_up_process(cfg)
+    out_dir = Path(cfg.train.out_dir)
+    if ctx.is_main:
+        check_out_dir(cfg, out_dir)
+    data = load_data(cfg, ctx)
+    trainee = build_trainee(cfg, len(data.info.class_names), data.iters_per_epoch, ctx)
+    progress = resume_or_initialise(cfg, trainee, data.iters_per_epoch, ctx, out_dir)
+    logs = None
+    if ctx.is_main:  # rank 0 logs and writes; everything is checked, so now the run folder may be written
+        warning = check_memory(cfg, data, trainee.model, ctx)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        logs = open_run_folder(cfg, out_dir, progress, trainee.model, data.info)
+        print(start_up_summary(cfg, ctx, data, trainee.model, progress, out_dir), flush=True)
+    wrap_for_processes(trainee, ctx)
+
+    result = TrainResult(out_dir, [], [], {}, progress.best_miou, None, None, 0.0)
+    for epoch in range(progress.epoch, cfg.schedule.epochs):
+        epoch_start = time.perf_counter()
+        losses = train_one_epoch(cfg, trainee, data, ctx, epoch, progress, logs)
+        progress.epoch = done = epoch + 1
+        result.losses += losses
+        result.epochs_run.append(done)
+        metrics = None
+        if evaluation_due(cfg, done):
+            if ctx.is_main:
+                metrics = result.evaluations[done] = evaluate_epoch(cfg, trainee, data, ctx)
+            barrier(ctx)
+        improved = bool(broadcast(ctx, progress.record(done, metrics)))
+        save = done % cfg.train.save_every == 0 or done == cfg.schedule.epochs or improved  # best.pt: resumable
+        checkpoint = checkpoint_path(out_dir, done) if save else None
+        if logs is not None:  # the epoch's row precedes its commit; a resume cuts the rows of uncommitted epochs
+            logs.end_epoch(done, progress.iteration, losses, time.perf_counter() - epoch_start, metrics, checkpoint)
+        if save:
+            rng = gather_rng_states(ctx)
+            if ctx.is_main:
+                result.last_checkpoint = save_epoch(cfg, trainee, data, ctx, out_dir, progress, metrics, improved,
+                                                    rng)
+        result.best_miou = progress.best_miou
+        barrier(ctx)
+    if logs is not None:
+        logs.close()
     if ctx.distributed:
         dist.barrier()
         dist.destroy_process_group()
     result.seconds = time.perf_counter() - started
-    if (out_dir / "best.pt").exists():
-        result.best_checkpoint = out_dir / "best.pt"
+    if (out_dir / BEST).exists():
+        result.best_checkpoint = out_dir / BEST
     return result
+
+
+def broadcast(ctx: DistContext, value: Any) -> Any:
+    """Rank 0's ``value`` on every process (only rank 0 evaluates, but all must agree to save an epoch)."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import concat_scan_order
-from .vmamba import LayerNorm, declare_scan_parameters, init_ssm_, scan_directions, scan_map_directions
+from .vmamba import LayerNorm, declare_scan_parameters, init_ssm_, no_weight_decay, scan_directions, scan_map_directions
 
 
 class CrossSelectiveSSM(nn.Module):
@@ -29,6 +29,7 @@ class CrossSelectiveSSM(nn.Module):
         self.A_log_2 = nn.Parameter(torch.empty(d_inner, d_state))
         self.D_1 = nn.Parameter(torch.empty(d_inner))
         self.D_2 = nn.Parameter(torch.empty(d_inner))
+        no_weight_decay(self.A_log_1, self.A_log_2, self.D_1, self.D_2)
         self.x_proj_1 = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.x_proj_2 = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj_1 = nn.Linear(dt_rank, d_inner, bias=True)

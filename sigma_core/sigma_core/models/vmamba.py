@@ -147,7 +147,8 @@ def declare_scan_parameters(module: nn.Module, directions: int, d_inner: int, dt
     """Register the per-direction scan parameters under the published names (uninitialised; see init_ssm_).
 
     x_proj_weight (K, dt_rank + 2N, d_inner), dt_projs_weight (K, d_inner, dt_rank), dt_projs_bias (K, d_inner),
-    A_logs (K * d_inner, N), Ds (K * d_inner), with K = directions and N = d_state.
+    A_logs (K * d_inner, N), Ds (K * d_inner), with K = directions and N = d_state. A_logs and Ds are
+    tagged ``_no_weight_decay`` (see no_weight_decay).
     """
     k = directions
     module.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
@@ -155,6 +156,14 @@ def declare_scan_parameters(module: nn.Module, directions: int, d_inner: int, dt
     module.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
     module.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
     module.Ds = nn.Parameter(torch.empty(k * d_inner))
+    no_weight_decay(module.A_logs, module.Ds)
+
+
+def no_weight_decay(*parameters: nn.Parameter) -> None:
+    """Tag parameters that the optimiser must not decay (SSM A_log and D), as mamba_ssm does with
+    ``_no_weight_decay``: decaying A_log towards 0 pulls every state's decay rate to the same value."""
+    for p in parameters:
+        p._no_weight_decay = True
 
 
 @torch.no_grad()

@@ -32,6 +32,10 @@ from typing import Optional, Sequence
 from ..package_files import fastdds_profile_env
 
 DEFAULT_OUTPUT = Path("demo_output")
+# What a demo run writes into its output folder (nothing else there is touched).
+OUTPUTS = ("node.log", "player.log", "synthetic_bag", "overlays", "summary.json", "latency.png", "class_iou.png",
+           "frames.png", "report.md", "report.html")
+MANIFEST = ".sigma_demo_files"  # what the last demo run in this folder wrote, so the next one may remove it
 
 
 class DemoError(RuntimeError):
@@ -73,24 +77,95 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> Optional[int]:
         return None
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.exists() and not args.keep_output:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    env = prepare_environment(os.environ)  # this process too: rclpy reads both when it starts
-    _log(f"output folder {out.resolve()} (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
-         f"Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']})")
-    started = time.perf_counter()
+def _manifest_entries(out: Path) -> tuple[list[str], bool]:
+    """(paths relative to ``out`` a previous demo run wrote, whether that run finished listing them)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return [], True
+    lines = path.read_text().splitlines()
+    complete = bool(lines) and lines[0] == "complete"
+    return [line for line in lines[1:] if line and not line.startswith(("/", ".."))], complete
 
+
+def _write_manifest(out: Path, entries: list[str], complete: bool) -> None:
+    from sigma_core.files import atomic_write_text
+
+    atomic_write_text(out / MANIFEST, "\n".join(["complete" if complete else "started", *entries]) + "\n")
+
+
+def prepare_output(out: Path) -> set[str]:
+    """Make ``out`` ready for a demo run without touching anything the demo did not write.
+
+    The previous demo run's files (listed in MANIFEST) are removed; any other file is left alone, and a
+    file of the user's where the demo would write (e.g. their own report.md) stops the run with DemoError.
+    Returns the paths (relative to ``out``) already there, which record_output leaves out.
+    """
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--output {out} is a file, not a folder; give a folder for the report, overlays and logs")
+    entries, complete = _manifest_entries(out)
+    for rel in sorted(entries, key=lambda r: r.count("/"), reverse=True):  # files first, then their folders
+        path = out / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+        elif path.is_dir():
+            if complete:
+                try:
+                    path.rmdir()  # only when empty: a file someone added stays
+                except OSError:
+                    pass
+            else:  # listed by a run killed before it listed its files: the folder did not exist before that run
+                shutil.rmtree(path)
+    (out / MANIFEST).unlink(missing_ok=True)
+    # A folder of the user's may receive the demo's files (overlays/), except the bag's, which must be new.
+    theirs = [name for name in OUTPUTS
+              if (out / name).exists() and (name == "synthetic_bag" or not (out / name).is_dir())]
+    if theirs:
+        raise DemoError(f"{out} holds {', '.join(theirs)}, which the demo did not write; it never replaces files "
+                        "it did not write: choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    before = {str(p.relative_to(out)) for p in out.rglob("*")}
+    # What this run may create, in case it is killed before record_output lists what it did create.
+    _write_manifest(out, [name for name in OUTPUTS if name not in before], complete=False)
+    return before
+
+
+def record_output(out: Path, before: set[str]) -> None:
+    """List in MANIFEST every file and folder of OUTPUTS under ``out`` that is not in ``before``."""
+    entries = []
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            entries += [str(p.relative_to(out)) for p in sorted(path.rglob("*"))]
+        if path.exists():
+            entries.append(name)
+    _write_manifest(out, [e for e in entries if e not in before], complete=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
     from sigma_core.data.synthetic import TOPICS, write_bag
     from sigma_core.inference import resolve_device
 
     from ..node.parameters import resolve_checkpoint
 
+    # Arguments first: a bad one must fail before anything is written.
     checkpoint = resolve_checkpoint(args.checkpoint)  # fails early, naming the file, if the model is missing
     device = str(resolve_device(args.device))
     rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS["thermal"], TOPICS["label"]
+    out = Path(args.output)
+    before = prepare_output(out)
+    try:
+        return _run_pipeline(args, out, checkpoint, device, (rgb_topic, modal_topic, label_topic), write_bag)
+    finally:
+        record_output(out, before)
+
+
+def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device: str, topics: tuple[str, str, str],
+                  write_bag) -> int:
+    rgb_topic, modal_topic, label_topic = topics
+    env = prepare_environment(os.environ)  # this process too: rclpy reads both when it starts
+    _log(f"output folder {out.resolve()} (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
+         f"Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']})")
+    started = time.perf_counter()
 
     # 1. The node, in its own process as on a robot; it loads the model while the bag is recorded.
     node_log = out / "node.log"
@@ -215,8 +290,8 @@ def _spin(executor, stop: threading.Event) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sigma-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic recording (s)")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder for the report, overlays and logs")
-    p.add_argument("--keep-output", action="store_true", help="do not clear the output folder first")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                   help="folder for the report, overlays and logs; a rerun replaces only what the demo wrote")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
     p.add_argument("--seed", type=int, default=0, help="synthetic world seed")
     p.add_argument("--night", action="store_true", help="a night scene (dark, noisy RGB; thermal matters)")

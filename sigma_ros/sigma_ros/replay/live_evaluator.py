@@ -82,6 +82,7 @@ class ReplayEvaluator(Node):
         self._lock = threading.Lock()
         self.class_map_event = threading.Event()
         self.class_names: list[str] = []
+        self._palette: list[tuple[int, int, int]] = []
         self._table: Optional[np.ndarray] = None
         self._cm: Optional[ConfusionMatrix] = None
         self._pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
@@ -169,6 +170,7 @@ class ReplayEvaluator(Node):
         with self._lock:
             self.class_names = list(msg.names)
             palette = np.asarray(msg.colors, np.uint8).reshape(-1, 3)
+            self._palette = [tuple(int(v) for v in c) for c in palette]
             self._table = lookup_palette(palette)
             if self._cm is None or self._cm.num_classes != len(self.class_names):
                 self._cm = ConfusionMatrix(len(self.class_names))
@@ -260,6 +262,7 @@ class ReplayEvaluator(Node):
                         "labels": self.opts.label_topic or "none", "slop_s": self.opts.slop,
                         "queue_size": self.opts.queue_size}
             s.rgb_messages, s.modal_messages = self.rgb_count, self.modal_count
+            s.legend = list(zip(self.class_names, self._palette))
             s.expected_pairs = len(self.expected)
             s.frames = len(self.mask_stamps)
             # Arrival order decides close calls of the pairing, so the node may pair a frame differently from

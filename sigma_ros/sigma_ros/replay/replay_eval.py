@@ -248,6 +248,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         "model": segmenter.model_name, "device": str(segmenter.device), "precision": str(segmenter.precision),
         "slop_s": opts.slop, "queue_size": opts.queue_size,
     })
+    summary.legend = [(name, tuple(int(v) for v in c))
+                      for name, c in zip(class_names, np.asarray(segmenter.palette, np.uint8).reshape(-1, 3))]
     result = ReplayResult(summary)
     total = ConfusionMatrix(k)
     labelled = opts.label_topic is not None or opts.label_dir is not None

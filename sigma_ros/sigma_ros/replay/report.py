@@ -64,6 +64,7 @@ class ReplaySummary:
     frames_scored: int = 0
     class_pixels: dict[str, int] = field(default_factory=dict)  # predicted pixels per class over all frames
     samples: list[FrameSample] = field(default_factory=list)
+    legend: list[tuple[str, tuple[int, int, int]]] = field(default_factory=list)  # class name, overlay (r, g, b)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -197,8 +198,10 @@ def plot_latency(summary: ReplaySummary, path: Path) -> Optional[Path]:
     return path
 
 
-def plot_frames(samples: Sequence[FrameSample], path: Path) -> Optional[Path]:
-    """A strip: one column per sample, rows RGB / modality / overlay. None if no samples."""
+def plot_frames(samples: Sequence[FrameSample], path: Path,
+                legend: Sequence[tuple[str, Sequence[int]]] = ()) -> Optional[Path]:
+    """A strip: one column per sample, rows RGB / modality / overlay, and below it the class colours of the
+    overlay (``legend``: (class name, (r, g, b) 0..255) per class). None if no samples."""
     if not samples:
         return None
     plt = _pyplot()
@@ -218,6 +221,17 @@ def plot_frames(samples: Sequence[FrameSample], path: Path) -> Optional[Path]:
                 ax.set_ylabel(name)
         axes[0][j].set_title(f"+{(s.stamp_ns - samples[0].stamp_ns) / 1e9:.2f} s", fontsize=8)
     fig.tight_layout()
+    if legend:
+        from matplotlib.patches import Patch
+
+        columns = max(1, min(len(legend), int(col_w * n / 1.3)))
+        rows = -(-len(legend) // columns)
+        height = fig.get_figheight()
+        extra = 0.25 * rows + 0.15
+        fig.set_figheight(height + extra)
+        fig.subplots_adjust(bottom=extra / (height + extra))
+        fig.legend(handles=[Patch(facecolor=np.asarray(c, float) / 255, edgecolor="black", label=name)
+                            for name, c in legend], loc="lower center", ncol=columns, fontsize=7, frameon=False)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -303,7 +317,7 @@ def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = 
         "latency": plot_latency(summary, out / "latency.png"),
         "class_iou": plot_class_iou(summary.metrics, out / "class_iou.png", title="Per-class IoU (replay)")
         if summary.metrics is not None else None,
-        "frames": plot_frames(summary.samples, out / "frames.png"),
+        "frames": plot_frames(summary.samples, out / "frames.png", summary.legend),
     }
     paths.update({k: v for k, v in images.items() if v is not None})
     md = _markdown(summary, images)

@@ -30,6 +30,8 @@ def bundled_model() -> Path | None:
 
 def test_demo_runs_end_to_end_and_reports(tmp_path):
     out = tmp_path / "demo_output"
+    out.mkdir()
+    (out / "thesis.txt").write_text("mine")  # the demo must leave what it did not write
     bundled = bundled_model()
     # The bundled model is what `make demo` runs; before it exists, a tiny model exercises the same pipeline.
     # The bundled model runs at the size it was trained for (the demo's default); the tiny one on smaller images.
@@ -82,11 +84,59 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
         conns = [c for c in reader.connections if c.topic == "/camera/color/image_raw"]
         rgb_stamps = {stamp_ns(reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages(conns)}
     assert {int(p.stem) for p in overlays} <= rgb_stamps
+    assert (out / "thesis.txt").read_text() == "mine"
+    listed = (out / ".sigma_demo_files").read_text().splitlines()
+    assert listed[0] == "complete" and "thesis.txt" not in listed and "report.md" in listed
+    assert {f"overlays/{p.name}" for p in overlays} <= set(listed)
 
 
-def test_demo_fails_loudly_without_a_model(tmp_path):
+def test_demo_fails_loudly_without_a_model_and_touches_nothing(tmp_path):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "thesis.txt").write_text("mine")
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID))
-    done = subprocess.run(
-        [sys.executable, "-m", "sigma_ros.replay.demo", "--seconds", "1", "--output", str(tmp_path / "o"),
-         "--checkpoint", str(tmp_path / "missing.pt")], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "missing.pt" in done.stderr
+    for output in (out, tmp_path / "new"):
+        done = subprocess.run(
+            [sys.executable, "-m", "sigma_ros.replay.demo", "--seconds", "1", "--output", str(output),
+             "--checkpoint", str(tmp_path / "missing.pt")], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "missing.pt" in done.stderr
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"] and (out / "thesis.txt").read_text() == "mine"
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_rerun_removes_only_what_the_demo_wrote(tmp_path):
+    from sigma_ros.replay.demo import MANIFEST, DemoError, prepare_output, record_output
+
+    out = tmp_path / "out"
+    before = prepare_output(out)
+    # what a run writes, and what the user adds meanwhile (also inside the demo's folders)
+    for rel in ("report.md", "node.log", "overlays/1.png", "overlays/2.png", "synthetic_bag/metadata.yaml"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("demo")
+    record_output(out, before)
+    (out / "thesis.txt").write_text("mine")
+    (out / "overlays" / "keep.png").write_text("mine")
+    prepare_output(out)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == [MANIFEST, "overlays", "overlays/keep.png", "thesis.txt"]
+    # the started manifest lists only what the next run may create: not the user's overlays folder
+    assert "overlays" not in (out / MANIFEST).read_text().split()
+    # a run killed before listing its files: the folders it made (absent before it) go, other files stay
+    (out / "synthetic_bag").mkdir()
+    (out / "synthetic_bag" / "bag_0.db3").write_text("demo")
+    (out / "player.log").write_text("demo")
+    prepare_output(out)
+    assert not (out / "synthetic_bag").exists() and not (out / "player.log").exists()
+    assert (out / "thesis.txt").is_file() and (out / "overlays" / "keep.png").is_file()
+    # a file of the user's where the demo would write: refused, nothing removed
+    (out / MANIFEST).unlink()
+    (out / "report.md").write_text("my report")
+    with pytest.raises(DemoError, match="report.md, which the demo did not write"):
+        prepare_output(out)
+    assert (out / "report.md").read_text() == "my report"
+    (out / "report.md").unlink()
+    (out / "synthetic_bag").mkdir()  # a bag folder of the user's: the demo's bag needs a new one
+    with pytest.raises(DemoError, match="synthetic_bag"):
+        prepare_output(out)
+    with pytest.raises(DemoError, match="is a file"):
+        prepare_output(out / "thesis.txt")

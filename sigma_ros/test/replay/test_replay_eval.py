@@ -29,7 +29,8 @@ def world(tmp_path_factory):
     classes.write_text(yaml.safe_dump(world_description("thermal")))
     dataset = root / "dataset"
     rc = extract_main([str(record.path), "-o", str(dataset), "--rgb-topic", record.rgb_topic, "--modal-topic",
-                       record.modal_topic, "--label-topic", record.label_topic, "--classes", str(classes), "--quiet"])
+                       record.modal_topic, "--label-topic", record.label_topic, "--classes", str(classes), "--quiet",
+                       "--test-fraction", "0"])  # every frame in train.txt: the replay segments them all
     assert rc in (0, None)
     seg = Segmenter.from_checkpoint(str(ckpt), device="cpu", precision="fp32")
     return {"root": root, "record": record, "ckpt": ckpt, "dataset": dataset, "seg": seg}

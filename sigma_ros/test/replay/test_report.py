@@ -73,3 +73,19 @@ def test_summary_with_metrics_lists_every_class():
     assert "latency" in text and "p50 60.0 ms" in text
     assert "road" in text and "car" in text and "sky" in text and "n/a" in text  # sky: no truth, no prediction
     assert f"mIoU {100 * s.metrics.miou:.1f}%" in text
+
+
+def test_frame_strip_has_a_legend_of_the_overlay_colours(tmp_path):
+    import cv2
+
+    from sigma_ros.replay.report import FrameSample, plot_frames
+
+    grey = np.full((24, 32, 3), 128, np.uint8)
+    samples = [FrameSample(i * 10**8, grey, np.zeros((24, 32), np.uint16), grey) for i in range(3)]
+    legend = [("road", (255, 0, 255)), ("person", (0, 255, 255)), ("car", (255, 128, 0))]
+    with_legend = cv2.cvtColor(cv2.imread(str(plot_frames(samples, tmp_path / "a.png", legend))), cv2.COLOR_BGR2RGB)
+    without = cv2.cvtColor(cv2.imread(str(plot_frames(samples, tmp_path / "b.png"))), cv2.COLOR_BGR2RGB)
+    for _, colour in legend:  # every class colour is drawn as a swatch (and appears nowhere else)
+        assert (with_legend == colour).all(axis=-1).sum() > 20, colour
+        assert not (without == colour).all(axis=-1).any(), colour
+    assert with_legend.shape[0] > without.shape[0]  # room below the strip, frames not squeezed
