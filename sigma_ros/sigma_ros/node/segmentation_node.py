@@ -25,6 +25,7 @@ from .. import stop_signals
 
 # isort: split
 import gc
+import os
 import re
 import sys
 import threading
@@ -649,12 +650,20 @@ example: sigma_node --ros-args -p checkpoint:=model.pt -r rgb/image:=/camera/col
 """
 
 
+def _print_help() -> None:
+    """Print the usage; a reader that stops early (``sigma_node --help | head``) is no error."""
+    try:
+        print(USAGE.format(parameters=describe_parameters()), flush=True)
+    except BrokenPipeError:  # the interpreter's final flush would fail again: point stdout at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of ``sigma_node``: 0 on a clean shutdown or a stop signal, 2 on invalid parameters or arguments."""
     stop_signals.install()
     argv = sys.argv if args is None else ["sigma_node", *args]
     if "-h" in argv[1:] or "--help" in argv[1:]:
-        print(USAGE.format(parameters=describe_parameters()))
+        _print_help()
         return 0
     log = rclpy.logging.get_logger(NODE_NAME)
     node = None

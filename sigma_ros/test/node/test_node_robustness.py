@@ -370,3 +370,14 @@ def test_help_lists_the_parameters_and_exits_0(args):
         assert f"  {name} " in result.stdout
     assert "largest RGB/modality stamp difference of a pair, seconds [default: 0.05]" in result.stdout
     assert "Traceback" not in result.stderr and "loading checkpoint" not in result.stdout + result.stderr
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    """``sigma_node --help | head`` printed a BrokenPipeError traceback once head had exited."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: every write fails with EPIPE
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "sigma_ros.node", "--help"], env=env, stdout=write_end,
+                            stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
