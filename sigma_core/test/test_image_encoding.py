@@ -144,6 +144,14 @@ def test_compressed_errors():
         decode_compressed("webp", b"x")
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_png_is_refused_not_passed_as_8bit(channels):
+    """A 16-bit colour PNG decoded to uint16 labelled bgr8: to_rgb8 then gave RGB values up to 65535."""
+    _, png = cv2.imencode(".png", np.full((4, 5, channels), 40000, np.uint16))
+    with pytest.raises(ValueError, match="uint16 colour .* only 8-bit colour is supported"):
+        decode_compressed("rgb16; png compressed bgr16", png.tobytes())
+
+
 def test_compressed_depth_plugin_layout():
     depth_mm = _sample("16UC1", h=6, w=8)
     ok, png = cv2.imencode(".png", depth_mm)

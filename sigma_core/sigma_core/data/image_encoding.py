@@ -198,6 +198,9 @@ def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
 
 
 def _encoding_of_decoded(img: np.ndarray, original: str) -> str:
+    if img.ndim == 3 and img.dtype != np.uint8:  # a 16-bit colour PNG/TIFF (rgb16 cameras): no 8-bit encoding fits
+        raise ValueError(f"decoded CompressedImage is {img.dtype} colour ({img.shape[2]} channels, format "
+                         f"{original or 'unknown'}): only 8-bit colour is supported; publish rgb8/bgr8")
     if img.ndim == 3 and img.shape[2] == 3:
         return "bgr8"
     if img.ndim == 3 and img.shape[2] == 4:
