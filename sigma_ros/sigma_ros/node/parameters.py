@@ -28,6 +28,7 @@ MODALITIES = ("thermal", "depth")
 INPUT_QOS_NAMES = ("sensor_data", "reliable")
 OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
+TIMER_PERIOD_S = (0.01, 3600.0)  # seconds: the accepted range of a timer period parameter
 MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
 # Parameters every rclpy node accepts besides its own (and the qos_overrides.* family).
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -69,6 +70,16 @@ def positive(name: str, value: Any) -> float:
     value = float(_number(name, value))
     if not value > 0:
         raise ConfigError(f"parameter {name} must be > 0, got {value}")
+    return value
+
+
+def timer_period(name: str, value: Any) -> float:
+    """Seconds between a timer's calls, within TIMER_PERIOD_S (rclpy's timer overflows int64 ns near 9.2e9 s, and
+    a period of nanoseconds would spin a core)."""
+    value = positive(name, value)
+    low, high = TIMER_PERIOD_S
+    if not low <= value <= high:
+        raise ConfigError(f"parameter {name} must be within {low}..{high} seconds, got {value}")
     return value
 
 
@@ -230,7 +241,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                   positive_integer, "output_depth"),
     "lifecycle": ParameterSpec(False, "true: a managed node, configured and activated through the lifecycle services",
                                boolean, "lifecycle"),
-    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports", positive,
+    "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports, 0.01..3600", timer_period,
                                           "diagnostics_period_s"),
     "diagnostics.stall_timeout_s": ParameterSpec(5.0, "/diagnostics ERROR when images arrive but no mask comes out "
                                                  "for this long, seconds", positive, "stall_timeout_s"),

@@ -71,6 +71,8 @@ def test_defaults_and_overrides(ckpt):
         ({"device": 1}, "device"),
         ({"depth.registered": "yes"}, "depth.registered"),
         ({"dataset": 3}, "dataset"),
+        ({"diagnostics.period_s": 1e12}, r"diagnostics.period_s must be within 0.01..3600"),  # was an rclpy TypeError
+        ({"diagnostics.period_s": 1e-9}, r"diagnostics.period_s must be within 0.01..3600"),  # a timer spinning a core
     ],
 )
 def test_invalid_values_name_the_parameter(ckpt, override, match):
