@@ -230,12 +230,20 @@ def test_sim_time_latency_before_clock_and_a_clock_reset(tmp_path_factory, check
             clock.publish(Clock(clock=rclpy.time.Time(nanoseconds=sim["ns"]).to_msg()))
             return sim["ns"]
 
-        stamp = serve_one(harness, streams, "/c", stamp_of=tick)
-        # stats follow the mask: wait for them too
-        assert harness.wait_for(lambda: any(stamp_ns(s) == stamp for s in harness.messages("/c/segmentation/stats")),
-                                10)
-        stats = next(s for s in harness.messages("/c/segmentation/stats") if stamp_ns(s) == stamp)
-        assert abs(stats.latency_ms) < 60_000, stats.latency_ms  # sim time, not 1.8e12 ms
+        assert harness.wait_for(lambda: clock.get_subscription_count() > 0, 15), "the node never subscribed /clock"
+
+        def served_latency() -> float:
+            stamp = serve_one(harness, streams, "/c", stamp_of=tick)
+            # stats follow the mask: wait for them too
+            assert harness.wait_for(
+                lambda: any(stamp_ns(s) == stamp for s in harness.messages("/c/segmentation/stats")), 10)
+            return next(s for s in harness.messages("/c/segmentation/stats") if stamp_ns(s) == stamp).latency_ms
+
+        # The first tick and the first pair race (different topics): a pair may still beat every /clock message.
+        latencies = [served_latency()]
+        while math.isnan(latencies[-1]) and len(latencies) < 5:
+            latencies.append(served_latency())
+        assert abs(latencies[-1]) < 60_000, latencies  # sim time, not 1.8e12 ms
         # The simulation restarts: /clock back to 10 s, then frames from there.
         sim["ns"] = 10 * 10**9
         deadline = time.monotonic() + 15
