@@ -62,6 +62,7 @@ def test_defaults_are_the_published_recipe_and_overrides_parse():
     ("eval.mode=tiled", "eval.mode"),
     ("lr=1", "section.key=value"),
     ("data.crop_size=120,160", r"must be a list, got .120,160.; write it in brackets, e.g. data.crop_size=\[120,160\]"),
+    ("data.crop_size=32", r"must be a list, got 32; write it in brackets, e.g. data.crop_size=\[32,32\]"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
