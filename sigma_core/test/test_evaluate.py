@@ -222,6 +222,9 @@ def test_messages_lead_somewhere_and_the_report_lands_in_the_working_directory(t
     assert stop.value.code == 1 and "no evaluation wrote" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
     assert (mine / "report.md").read_text() == "my findings\n"
+    with pytest.raises(SystemExit) as stop:  # a file in the way: said before evaluating, in one line
+        main([str(ours), "--data-root", str(root), "--out", str(mine / "report.md" / "r"), "--device", "cpu"])
+    assert stop.value.code == 1 and "report.md is a file" in capsys.readouterr().err
     assert main([str(ours), "--data-root", str(root), "--device", "cpu", "data.num_workers=0"]) == 0
 
 

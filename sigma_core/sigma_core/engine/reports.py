@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..data.dataset import preset_key
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_folder_can_be_made
 from .metrics import SegmentationMetrics
 
 # mIoU (%) of the published Sigma checkpoints, from the "Results" tables of the
@@ -136,6 +136,7 @@ def check_report_folder(out_dir: Path) -> None:
     """Raise ValueError if writing a report into ``out_dir`` would overwrite files an evaluation did not write
     (a user's report.md, say); a report written before (its report.json holds "metrics") may be replaced."""
     out_dir = Path(out_dir)
+    check_folder_can_be_made(out_dir, "report folder")
     taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
     if not taken:
         return

@@ -386,11 +386,9 @@ def check_memory(cfg: TrainConfig, data: TrainingData, model: torch.nn.Module, c
 def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """Refuse to start a new run over another run's files (it would replace its logs and checkpoints), or in a
     folder that cannot be created (a file in the way)."""
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is a file" if not existing.is_dir() else "is not writable"
-        raise ValueError(f"train.out_dir {out_dir} cannot be created: {existing} {why}; give a folder to write the "
-                         "run to, e.g. train.out_dir=runs/my_run")
+    from ..files import check_folder_can_be_made
+
+    check_folder_can_be_made(out_dir, "train.out_dir")
     if cfg.train.resume or not out_dir.is_dir():
         return
     theirs = sorted(p.name for p in out_dir.iterdir()
