@@ -19,6 +19,16 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+def check_folder_can_be_made(folder: str | os.PathLike, what: str) -> None:
+    """Raise ValueError (naming ``what``, e.g. "--out") when ``folder`` neither exists nor can be created: a file
+    in the way, or a parent that cannot be written. Call it before long work whose results go there."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is a file" if not existing.is_dir() else "is not writable"
+        raise ValueError(f"{what} {folder} cannot be created: {existing} {why}; give a folder that can be written")
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping of keys a YAML file holds; an empty file gives {}.
 

@@ -213,6 +213,20 @@ def test_messages_lead_somewhere_and_the_report_lands_in_the_working_directory(t
     err = capsys.readouterr().err
     assert "split 'empty' holds no images" in err and "--test-fraction" in err
 
+    # a report folder holding the user's own report.md is not written over; our own report may be redone
+    mine = work / "notes"
+    mine.mkdir()
+    (mine / "report.md").write_text("my findings\n")
+    with pytest.raises(SystemExit) as stop:
+        main([str(ours), "--data-root", str(root), "--out", str(mine), "--device", "cpu", "data.num_workers=0"])
+    assert stop.value.code == 1 and "no evaluation wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    assert (mine / "report.md").read_text() == "my findings\n"
+    with pytest.raises(SystemExit) as stop:  # a file in the way: said before evaluating, in one line
+        main([str(ours), "--data-root", str(root), "--out", str(mine / "report.md" / "r"), "--device", "cpu"])
+    assert stop.value.code == 1 and "report.md is a file" in capsys.readouterr().err
+    assert main([str(ours), "--data-root", str(root), "--device", "cpu", "data.num_workers=0"]) == 0
+
 
 def test_sigma_evaluate_runs_the_published_parity_model_like_its_import(tmp_path, capsys):
     """The parity fixture as a published file (DDP prefix, optimizer entry) under the MFNet preset: the same

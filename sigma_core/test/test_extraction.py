@@ -293,6 +293,19 @@ def test_a_rerun_with_other_options_is_refused_before_writing(bags, tmp_path, ca
     assert extract_main(base) == 0  # the same command resumes
 
 
+
+def test_a_folder_holding_a_users_split_lists_is_refused(bags, tmp_path, capsys):
+    out = tmp_path / "my_dataset"
+    out.mkdir()
+    (out / "train.txt").write_text("frame_0001\n")
+    with pytest.raises(SystemExit) as stop:
+        extract_main([str(bags["sqlite3"].path), "-o", str(out), "--rgb-topic", RGB, "--modal-topic", THERMAL,
+                      "--quiet"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "no extraction wrote" in err
+    assert [p.name for p in out.iterdir()] == ["train.txt"] and (out / "train.txt").read_text() == "frame_0001\n"
+
+
 def test_streams_that_overlap_but_miss_the_slop_are_told_so(bags, tmp_path):
     with pytest.raises(ExtractError, match="the streams overlap in time, but no frames are within 1e-06 s") as exc:
         extract(ExtractOptions(bags["sqlite3"].path, tmp_path / "ds", RGB, THERMAL, slop=1e-6, progress=False))

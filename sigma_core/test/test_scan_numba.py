@@ -243,3 +243,22 @@ def test_compiled_kernels_are_cached_in_the_user_cache_not_in_the_package(tmp_pa
     # This session compiled kernels above: none of them went next to the source.
     package = Path(scan_numba.__file__).parent
     assert not list(package.rglob("*.nbi")) and not list(package.rglob("*.nbc"))
+
+
+def test_unwritable_cache_folder_still_runs_says_so_once_and_writes_nothing_in_the_package(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a folder under a file cannot be created, not even by root
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "numba"), OMP_NUM_THREADS="1")
+    code = ("import torch; from sigma_core.ops.scan_numba import selective_scan_numba as scan\n"
+            "for _ in range(2):\n"
+            "    u = torch.randn(1, 16, 5); print(scan(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5),"
+            " torch.ones(1, 1, 4, 5)).shape)")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("torch.Size([1, 16, 5])") == 2
+    assert out.stderr.count("cannot keep compiled scan kernels in") == 1, out.stderr
+    assert "NUMBA_CACHE_DIR" in out.stderr
+    # numba's own fallback would have put them next to the source, inside the installed package.
+    package = Path(scan_numba.__file__).parent
+    assert not list(package.rglob("*.nbi")) and not list(package.rglob("*.nbc"))

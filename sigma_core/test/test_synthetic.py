@@ -1,5 +1,6 @@
 """The synthetic world: deterministic, geometrically consistent, and built so that fusion matters."""
 import numpy as np
+import pytest
 import yaml
 
 from sigma_core.data.bags import open_bag, stamp_ns
@@ -109,3 +110,31 @@ def test_sigma_synth_without_a_command_says_what_to_give_and_describe_feeds_extr
     from sigma_core.data.extraction import load_class_file
 
     assert "classes" in load_class_file(str(tmp_path / "classes.yaml"))
+
+
+def test_write_dataset_touches_no_folder_it_did_not_write(tmp_path):
+    root = write_dataset(tmp_path / "d", n=3, seed=1, size=(16, 24))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert write_dataset(root, n=3, seed=1, size=(16, 24)) == root  # the same dataset again: fine
+    with pytest.raises(ValueError, match="other options"):  # would leave stale images beside the new lists
+        write_dataset(root, n=2, seed=1, size=(16, 24))
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "train.txt").write_text("thesis_frame\n")
+    with pytest.raises(ValueError, match="did not write"):
+        write_dataset(user, n=2, seed=1, size=(16, 24))
+    assert (user / "train.txt").read_text() == "thesis_frame\n" and not (user / "RGB").exists()
+
+
+def test_sigma_synth_describe_does_not_overwrite_a_users_file(tmp_path, capsys):
+    from sigma_core.cli import synth
+
+    mine = tmp_path / "thesis.txt"
+    mine.write_text("chapter 1\n")
+    assert synth.main(["describe", str(tmp_path / "world.yaml")]) == 0
+    assert synth.main(["describe", str(tmp_path / "world.yaml")]) == 0  # its own output again: fine
+    with pytest.raises(SystemExit) as exit_info:
+        synth.main(["describe", str(mine)])
+    assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
+    assert mine.read_text() == "chapter 1\n"

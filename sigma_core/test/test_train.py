@@ -62,6 +62,7 @@ def test_defaults_are_the_published_recipe_and_overrides_parse():
     ("eval.mode=tiled", "eval.mode"),
     ("lr=1", "section.key=value"),
     ("data.crop_size=120,160", r"must be a list, got .120,160.; write it in brackets, e.g. data.crop_size=\[120,160\]"),
+    ("data.crop_size=32", r"must be a list, got 32; write it in brackets, e.g. data.crop_size=\[32,32\]"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -283,6 +284,12 @@ def test_a_failed_start_writes_nothing_and_a_new_run_never_replaces_another(synt
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "--resume auto" in again.stderr and again.stderr.count("\n") == 1
     assert (out / "epochs.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in out.iterdir()) == ["epochs.csv"]
+    # a file where the run folder would go: one line naming it, not a NotADirectoryError traceback
+    blocked = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={synth}",
+                              f"train.out_dir={out / 'epochs.csv' / 'run'}", "schedule.epochs=1",
+                              "schedule.warmup_epochs=0"],
+                             capture_output=True, text=True, timeout=120)
+    assert blocked.returncode == 1 and blocked.stderr.count("\n") == 1 and "is a file" in blocked.stderr
 
 
 def test_no_weight_decay_follows_the_tags_the_model_declares():

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from ..files import atomic_write_text
 from .errors import fail
 
 PROG = "sigma-synth"
@@ -73,7 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: wrote {len(rec.messages)} messages to {rec.path} ({args.storage}); topics: "
                   f"{' '.join(topics)}")
         else:
-            Path(args.out).write_text(yaml.safe_dump(synthetic.world_description(args.modality), sort_keys=False))
+            text = yaml.safe_dump(synthetic.world_description(args.modality), sort_keys=False)
+            out = Path(args.out)
+            if out.exists() and not (out.is_file() and out.read_text(errors="replace") == text):
+                raise ValueError(f"{out} exists and is not this description; give a new file name")
+            atomic_write_text(out, text)
             print(f"{PROG}: wrote {args.out}")
     except (ValueError, OSError) as exc:
         fail(PROG, exc, 2)

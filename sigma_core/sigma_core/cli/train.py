@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(PROG, "interrupted; resume with train.resume=auto (the last completed epoch's checkpoint)", 130)
     except DataError as exc:  # a dataset file or label value: one line naming it, usage-error status
         fail(PROG, exc, 2)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
         fail(PROG, exc)
     if int(os.environ.get("RANK", "0")) == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"

@@ -598,6 +598,12 @@ def _check_same_extraction(out: Path, opts: ExtractOptions) -> None:
     and leave the other run's frames beside the new ones, so it is refused before anything is written."""
     yaml_path = out / DATASET_YAML
     if not yaml_path.is_file():
+        # No extraction finished here; one that was interrupted left its frame record. Without either, split
+        # lists here are someone else's (a user's own dataset): replacing them would destroy their work.
+        theirs = [n for n in ("train.txt", "test.txt", "pairs.csv") if (out / n).exists()]
+        if theirs and not (out / SOURCES_CSV).is_file():
+            raise ExtractError(f"{out} holds {', '.join(theirs)} that no extraction wrote; extract into a new "
+                               "folder (-o)")
         return
     try:
         before = read_yaml_mapping(yaml_path).get("source") or {}

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import yaml
 
-from ..files import atomic_write_image, atomic_write_text
+from ..files import atomic_write_image, atomic_write_text, read_yaml_mapping
 from .dataset import DatasetSpec
 from .modality import ModalityScaling
 
@@ -417,6 +417,9 @@ def write_dataset(
                          f"{test_fraction}")
     scaling_for(modality)
     root = Path(root)
+    source = {"generator": "sigma_core.data.synthetic", "seed": int(seed), "night_fraction": night_fraction,
+              "n": int(n), "test_fraction": test_fraction}
+    _check_own_folder(root, source, size, modality)
     for d in ("RGB", "Modal", "Label"):
         (root / d).mkdir(parents=True, exist_ok=True)
     n_test = int(round(n * test_fraction))
@@ -454,11 +457,32 @@ def write_dataset(
             "format": "sigma-rgbx-1",
             "encodings": {"rgb": "rgb8", "modal": "mono16" if modality == "thermal" else "16UC1"},
             "intrinsics": Intrinsics.for_size(h, w).k,
-            "source": {"generator": "sigma_core.data.synthetic", "seed": int(seed), "night_fraction": night_fraction},
+            "source": source,
             "counts": {s: len(v) for s, v in splits.items()},
         },
     ).write_yaml(root)
     return root
+
+
+def _check_own_folder(root: Path, source: dict, size: tuple[int, int], modality: str) -> None:
+    """Writing into ``root`` may only redo this same synthetic dataset: a folder holding another dataset (a
+    user's, or synthetic scenes made with other options) would get its split lists and images replaced, or
+    stale images beside the new ones. Raises ValueError before anything is written."""
+    ours = ("RGB", "Modal", "Label", "train.txt", "test.txt", "meta.yaml", "dataset.yaml")
+    if not any((root / name).exists() for name in ours):
+        return
+    try:
+        before = read_yaml_mapping(root / "dataset.yaml")
+    except (ValueError, OSError):
+        before = {}
+    recorded = (before.get("source") or {}) if isinstance(before.get("source"), dict) else {}
+    same = (recorded == source and list(before.get("image_size") or []) == list(size)
+            and before.get("modality") == modality)
+    if not same:
+        what = ("synthetic scenes made with other options" if recorded.get("generator") == source["generator"]
+                else "a dataset this generator did not write")
+        raise ValueError(f"{root} holds {what}; writing into it would replace its split lists and images. "
+                         "Write into a new folder, or delete this one first")
 
 
 # --- bags ---------------------------------------------------------------------------------------------

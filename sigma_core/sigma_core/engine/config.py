@@ -272,6 +272,8 @@ def _as_list_example(value: Any, f: dataclasses.Field) -> str:
     """``value`` ("120,160", "120 160", "120x160", 120) as the bracketed list it was probably meant to be."""
     parts = [p for p in re.split(r"[\s,x;:]+", str(value).strip("()[]{} ")) if p]
     if parts and all(re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", p, re.I) for p in parts):
+        if len(parts) == 1 and f.name.endswith("_size"):  # sizes are [H, W]: one number means a square
+            parts = parts * 2
         return f"[{','.join(parts)}]"
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return f"[{','.join(str(v) for v in default)}]" if isinstance(default, list) else "[1,2]"

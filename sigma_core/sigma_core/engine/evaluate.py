@@ -204,7 +204,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
 
     from ..files import atomic_write_image
     from .builders import base_dataset, dataset_info, evaluation_dataset
-    from .reports import published_miou, write_evaluation_report
+    from .reports import check_report_folder, published_miou, write_evaluation_report
 
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -219,6 +219,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
     on_prediction = None
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)  # before the evaluation, not after it
     if save_predictions:
         pred_dir = out_dir / "predictions"
         pred_dir.mkdir(parents=True, exist_ok=True)

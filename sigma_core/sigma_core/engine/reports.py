@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..data.dataset import preset_key
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_folder_can_be_made
 from .metrics import SegmentationMetrics
 
 # mIoU (%) of the published Sigma checkpoints, from the "Results" tables of the
@@ -129,10 +129,30 @@ def per_class_table(results: dict[str, SegmentationMetrics]) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("report.json", "report.md", "confusion_matrix.png", "class_iou.png")
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """Raise ValueError if writing a report into ``out_dir`` would overwrite files an evaluation did not write
+    (a user's report.md, say); a report written before (its report.json holds "metrics") may be replaced."""
+    out_dir = Path(out_dir)
+    check_folder_can_be_made(out_dir, "report folder")
+    taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if not taken:
+        return
+    try:
+        ours = "metrics" in json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"{out_dir} holds {', '.join(taken)} that no evaluation wrote; give another --out folder")
+
+
 def write_evaluation_report(out_dir: Path, metrics: SegmentationMetrics, info: dict[str, Any],
                             published: Optional[dict[str, Any]] = None) -> dict[str, Path]:
     """report.json + confusion_matrix.png + class_iou.png + report.md in ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**info, "metrics": metrics.to_dict()}
     if published is not None:

@@ -384,7 +384,11 @@ def check_memory(cfg: TrainConfig, data: TrainingData, model: torch.nn.Module, c
 
 
 def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
-    """Refuse to start a new run over another run's files (it would replace its logs and checkpoints)."""
+    """Refuse to start a new run over another run's files (it would replace its logs and checkpoints), or in a
+    folder that cannot be created (a file in the way)."""
+    from ..files import check_folder_can_be_made
+
+    check_folder_can_be_made(out_dir, "train.out_dir")
     if cfg.train.resume or not out_dir.is_dir():
         return
     theirs = sorted(p.name for p in out_dir.iterdir()

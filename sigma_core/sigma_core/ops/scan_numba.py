@@ -34,7 +34,9 @@ well under a second instead of compiling again.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -66,9 +68,28 @@ except ImportError as err:  # the registry turns this into BackendUnavailable; "
 if not numba.config.CACHE_DIR:  # numba was imported before this module, without NUMBA_CACHE_DIR
     numba.config.CACHE_DIR = str(cache_dir())
 
+
+def _cache_is_writable(folder: Path) -> bool:
+    """Whether numba can keep kernels in ``folder``; if not, warns once (at import) and returns False.
+
+    numba itself, when the folder it was given cannot be written, silently falls back to writing next to
+    this file, i.e. inside the installed package: the kernels are compiled in memory instead.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError as err:
+        warnings.warn(f"cannot keep compiled scan kernels in {folder} ({err.strerror or err}): they are compiled "
+                      "again in every new process (several seconds); set NUMBA_CACHE_DIR to a writable folder",
+                      RuntimeWarning, stacklevel=2)
+        return False
+
+
 LANES = 16  # channels per block: the vector width of the recurrence (16 x float32 = one AVX-512 register)
 CHUNK = 64  # steps per chunk: the forward saves the state every CHUNK steps for the backward
-_JIT = dict(nogil=True, fastmath=True, cache=True, error_model="numpy")
+_JIT = dict(nogil=True, fastmath=True, cache=_cache_is_writable(Path(numba.config.CACHE_DIR)), error_model="numpy")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Scalar helpers, specialised by numba on the argument type.
