@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from ..errors import ConfigError  # also importable from here, as before
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
 INPUT_QOS_NAMES = ("sensor_data", "reliable")
@@ -33,10 +35,6 @@ MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a 
 # Parameters every rclpy node accepts besides its own (and the qos_overrides.* family).
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
 ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
-
-
-class ConfigError(ValueError):
-    """A parameter is missing or invalid; the message says which and what to do."""
 
 
 Parser = Callable[[str, Any], Any]  # (parameter name, raw value) -> parsed value; ConfigError if invalid
