@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from sigma_core.data.calibration import REGISTRATION_MODES
+from sigma_core.data.image_encoding import DEFAULT_MAX_PIXELS
 from sigma_core.data.registration import DEFAULT_DISTANCE_M
 
 from ..errors import ConfigError  # also importable from here, as before
@@ -239,6 +240,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                             positive, "silent_warning_s"),
     "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, depth "
                                      "on <topic>/compressedDepth)", choice(*TRANSPORTS), "input_transport"),
+    "input.max_pixels": ParameterSpec(DEFAULT_MAX_PIXELS, "largest image (width x height) an input message may "
+                                      "declare; larger ones are refused before decoding (decompression bombs)",
+                                      positive_integer, "input_max_pixels"),
     "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's",
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
@@ -304,6 +308,7 @@ class NodeConfig:
     input_qos: str
     silent_warning_s: float
     input_transport: str
+    input_max_pixels: int
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
     depth_registered: bool
