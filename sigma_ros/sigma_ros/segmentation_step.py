@@ -18,7 +18,8 @@ import numpy as np
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.modality import ModalityScaling
 
-from .node.parameters import ConfigError, resolve_checkpoint
+from .errors import ConfigError
+from .node.parameters import resolve_checkpoint
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from sigma_core.data.image_encoding import DEFAULT_MAX_PIXELS
+
+from ..errors import ConfigError  # also importable from here, as before
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
 INPUT_QOS_NAMES = ("sensor_data", "reliable")
@@ -39,10 +43,6 @@ ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
 # How `ros2 param dump` writes a parameter that has no value, and what rcl's YAML parser reads back from it: the
 # string "null" (rcl has no YAML null). Reloading a dump must give the same configuration: these mean "unset".
 DUMPED_UNSET = ("null", "~")
-
-
-class ConfigError(ValueError):
-    """A parameter is missing or invalid; the message says which and what to do."""
 
 
 Parser = Callable[[str, Any], Any]  # (parameter name, raw value) -> parsed value; ConfigError if invalid
@@ -266,6 +266,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                             positive, "silent_warning_s"),
     "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, depth "
                                      "on <topic>/compressedDepth)", choice(*TRANSPORTS), "input_transport"),
+    "input.max_pixels": ParameterSpec(DEFAULT_MAX_PIXELS, "largest image (width x height) an input message may "
+                                      "declare; larger ones are refused before decoding (decompression bombs)",
+                                      positive_integer, "input_max_pixels"),
     "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's",
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
@@ -305,6 +308,7 @@ class NodeConfig:
     input_qos: str
     silent_warning_s: float
     input_transport: str
+    input_max_pixels: int
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
     depth_registered: bool

@@ -47,6 +47,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.bags import message_to_array
+from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
 from sigma_core.inference import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
@@ -399,18 +400,27 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if verdict is Stamp.JUMPED_BACK:
             self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
                                  f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
-        if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
-            if not self._accepts(stream, msg.encoding, topic):
-                return
-            try:
-                image_msg_to_array(msg)  # a view: checks size, step and data length without copying
-            except ValueError as e:
-                self.problems.report("bad_image", f"{topic}: {e}; message skipped")
-                return
+        if isinstance(msg, Image) and not self._accepts(stream, msg.encoding, topic):
+            return
+        try:  # sizes from the fields or headers alone: a bomb never reaches the decoder (compressed: worker thread)
+            if isinstance(msg, Image):
+                image_msg_to_array(msg, self.cfg.input_max_pixels)  # a view: checks size, step and data length
+            else:
+                check_compressed_size(msg.format, msg.data, self.cfg.input_max_pixels)
+        except ValueError as e:
+            self._report_bad_image(topic, e, "message skipped")
+            return
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
             self.sync.add_modal(msg)
+
+    def _report_bad_image(self, topic: str, error: ValueError, what_happened: str) -> None:
+        if isinstance(error, ImageTooLargeError):
+            self.problems.report("image_too_large", f"{topic}: {error}; {what_happened} (input.max_pixels is "
+                                 f"{self.cfg.input_max_pixels:,}: raise it only for a camera that large)")
+        else:
+            self.problems.report("bad_image", f"{topic}: {error}; {what_happened}")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -546,9 +556,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
         topic = self._subscriptions_active[stream].topic_name if len(self._subscriptions_active) > stream else ""
         try:
-            arr, encoding = message_to_array(msg)
+            arr, encoding = message_to_array(msg, self.cfg.input_max_pixels)
         except ValueError as e:
-            self.problems.report("bad_image", f"{topic}: {e}; frame skipped")
+            self._report_bad_image(topic, e, "frame skipped")
             return None
         if not self._accepts(stream, encoding, topic):
             return None
