@@ -112,10 +112,19 @@ def non_negative(name: str, value: Any) -> float:
     return value
 
 
-@constrained(f"an integer 1..{MAX_QUEUE}", (1, MAX_QUEUE))
+@constrained("an integer >= 1", (1, 2**63 - 1))  # ROS integers are int64
 def positive_integer(name: str, value: Any) -> int:
     value = int(_number(name, value, integer=True))
-    if not 1 <= value <= MAX_QUEUE:
+    if value < 1:
+        raise ConfigError(f"parameter {name} must be >= 1, got {value}")
+    return value
+
+
+@constrained(f"an integer 1..{MAX_QUEUE}", (1, MAX_QUEUE))
+def queue_length(name: str, value: Any) -> int:
+    """Messages kept in a queue or QoS history, 1..MAX_QUEUE."""
+    value = positive_integer(name, value)
+    if value > MAX_QUEUE:
         raise ConfigError(f"parameter {name} must be within 1..{MAX_QUEUE}, got {value}")
     return value
 
@@ -258,7 +267,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                               "modality"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,
                                "sync_slop"),
-    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", positive_integer,
+    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", queue_length,
                                      "sync_queue_size"),
     "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable",
                                choice(*INPUT_QOS_NAMES), "input_qos"),
@@ -282,7 +291,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays "
                                 "latched)", choice(*OUTPUT_QOS_NAMES), "output_qos"),
     "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)",
-                                  positive_integer, "output_depth"),
+                                  queue_length, "output_depth"),
     "lifecycle": ParameterSpec(False, "true: a managed node, configured and activated through the lifecycle services",
                                boolean, "lifecycle"),
     "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports, 0.01..3600", timer_period,
