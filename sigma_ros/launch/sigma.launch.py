@@ -4,12 +4,14 @@
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda precision:=fp16 namespace:=front
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma_tiny_mfnet.pth dataset:=mfnet
     ros2 launch sigma_ros sigma.launch.py lifecycle:=true      # then: ros2 lifecycle set /sigma_segmentation configure
+    ros2 launch sigma_ros sigma.launch.py calibration_file:=rig.yaml     # a thermal camera beside the RGB one
 
 Arguments (`ros2 launch sigma_ros sigma.launch.py --show-args`): the node parameters in NODE_PARAMETERS (an empty
-value keeps the params file's), rgb_topic, modal_topic, camera_info_topic (remaps of rgb/image, modal/image,
-modal/camera_info), namespace, params_file (default: the shipped config/sigma.yaml), use_sim_time. Unless
-FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets the shipped Fast DDS profile for camera-sized messages
-(config/fastdds_large_images.xml).
+value keeps the params file's), calibration_file (registration.calibration_file; with it registration.mode is rig
+unless registration_mode says homography), registration_mode, rgb_topic, modal_topic, camera_info_topic,
+rgb_camera_info_topic (remaps of rgb/image, modal/image, modal/camera_info, rgb/camera_info), namespace, params_file
+(default: the shipped config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node
+gets the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -44,6 +46,11 @@ def _sigma_node(context):
         value = arg(argument)
         if value:  # empty: keep the params file's value
             overrides[parameter] = _boolean(value) if parameter == "lifecycle" else value
+    if arg("calibration_file"):
+        overrides["registration.calibration_file"] = arg("calibration_file")
+        overrides["registration.mode"] = arg("registration_mode") or "rig"
+    elif arg("registration_mode"):
+        overrides["registration.mode"] = arg("registration_mode")
     env = fastdds_profile_env()
     return [
         Node(
@@ -56,6 +63,7 @@ def _sigma_node(context):
                 ("rgb/image", arg("rgb_topic")),
                 ("modal/image", arg("modal_topic")),
                 ("modal/camera_info", arg("camera_info_topic")),
+                ("rgb/camera_info", arg("rgb_camera_info_topic")),
             ],
             additional_env=env,
             output="screen",
@@ -72,8 +80,16 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
             DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
             DeclareLaunchArgument(
-                "camera_info_topic", default_value="modal/camera_info", description="depth camera's CameraInfo"
+                "camera_info_topic", default_value="modal/camera_info", description="modality camera's CameraInfo"
             ),
+            DeclareLaunchArgument("rgb_camera_info_topic", default_value="rgb/camera_info",
+                                  description="RGB camera's CameraInfo (registration.mode rig without a file)"),
+            DeclareLaunchArgument("calibration_file", default_value="",
+                                  description="two-camera calibration (sigma-calibrate, Kalibr, OpenCV); empty: "
+                                              "params file"),
+            DeclareLaunchArgument("registration_mode", default_value="",
+                                  description="none, homography or rig; empty: rig with calibration_file, else the "
+                                              "params file's"),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(
                 "params_file", default_value=str(share_file("config", "sigma.yaml")), description="parameters YAML"

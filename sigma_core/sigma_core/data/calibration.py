@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import yaml
 
-from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
 
 REGISTRATION_MODES = ("none", "homography", "rig")
@@ -190,6 +189,7 @@ class Calibration:
     translation: Optional[np.ndarray] = None
     homography: Optional[np.ndarray] = None
     rms_px: Optional[dict] = None
+    camera_keys: tuple[str, str] = ("rgb", "modal")  # where the file keeps each camera, for messages
 
     @property
     def baseline_m(self) -> float:
@@ -201,8 +201,9 @@ class Calibration:
         where = self.source
         if self.mode not in ("homography", "rig"):
             raise CalibrationError(f"{where}: mode {self.mode!r} is not homography or rig")
-        rgb = self.rgb.check(f"{where} (RGB camera)") if self.rgb is not None else None
-        modal = self.modal.check(f"{where} (modality camera)") if self.modal is not None else None
+        keys = self.camera_keys
+        rgb = self.rgb.check(f"{where} {keys[0]} (RGB camera)") if self.rgb is not None else None
+        modal = self.modal.check(f"{where} {keys[1]} (modality camera)") if self.modal is not None else None
         rotation = translation = homography = None
         if self.mode == "rig":
             if rgb is None or modal is None:
@@ -297,6 +298,8 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     if not path.is_file():
         raise CalibrationError(f"calibration file {str(path)!r} does not exist; give the file sigma-calibrate "
                                "(or Kalibr, or cv2.stereoCalibrate) wrote")
+    from ..files import read_yaml_mapping  # here: sigma_core.files imports torch, the node's --help should not
+
     text = path.read_text(errors="replace")
     if text.lstrip().startswith("%YAML") or "!!opencv-matrix" in text:
         return _load_opencv(path).check()
@@ -316,6 +319,8 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike) -> Path:
     """Write ``calibration`` in our format, atomically. Returns the path."""
+    from ..files import atomic_write_text
+
     return atomic_write_text(path, calibration.to_yaml())
 
 
@@ -379,7 +384,7 @@ def _load_kalibr(path: Path, doc: dict) -> Calibration:
         D = tuple(_numbers(cam.get("distortion_coeffs", []), None, f"{where}.distortion_coeffs"))
         cams.append(CameraModel(w, h, K, str(cam.get("distortion_model", "none")), D))
     T = _numbers(_key(doc["cam1"], "T_cn_cnm1", f"{path} cam1"), 16, f"{path} cam1.T_cn_cnm1").reshape(4, 4)
-    return Calibration("rig", str(path), cams[0], cams[1], T[:3, :3], T[:3, 3])
+    return Calibration("rig", str(path), cams[0], cams[1], T[:3, :3], T[:3, 3], camera_keys=("cam0", "cam1"))
 
 
 def _load_opencv(path: Path) -> Calibration:
@@ -424,7 +429,7 @@ def _load_opencv(path: Path) -> Calibration:
     cams = [CameraModel(sizes[0], sizes[1], found["K1"].reshape(3, 3), model, tuple(found["D1"].reshape(-1))),
             CameraModel(sizes[2], sizes[3], found["K2"].reshape(3, 3), model, tuple(found["D2"].reshape(-1)))]
     return Calibration("rig", str(path), cams[0], cams[1], found["R"].reshape(3, 3), found["T"].reshape(-1),
-                       homography)
+                       homography, camera_keys=("K1/D1", "K2/D2"))
 
 
 __all__ = [
