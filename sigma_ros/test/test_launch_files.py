@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from ros_tools import installed_env, require
+from ros_tools import run_launch_test
 
-HERE = Path(__file__).resolve().parent / "launch_testing"
+HERE = Path(__file__).resolve().parent / "launch_testing"  # the launch test files
 DOMAIN_ID = 140 + os.getpid() % 10
 pytestmark = pytest.mark.ros
 
 
 def _launch_test(colcon_install, name: str, tmp_path: Path, **env_vars) -> subprocess.CompletedProcess:
-    require("launch_testing")
-    env = installed_env(colcon_install, DOMAIN_ID)
-    env.update(env_vars)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging", "-rf",
-                           "--rootdir", str(tmp_path), str(HERE / name)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return run_launch_test(colcon_install, HERE / name, tmp_path, DOMAIN_ID, **env_vars)
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +49,4 @@ def test_sigma_launch_fails_with_the_message_of_a_node_that_exits_2(colcon_insta
     assert "Process 'sigma_node-1' exited with 2" in run.stdout, run.stdout[-6000:]
     said = run.stdout[run.stdout.find("##### 'sigma_node-1' output #####"):]
     assert f"no such file '{missing}'" in said, run.stdout[-6000:]
+
