@@ -1,5 +1,6 @@
 """Bag -> extract -> dataset, on bags recorded from the synthetic world in every storage."""
 import csv
+import re
 import shutil
 
 import cv2
@@ -666,6 +667,51 @@ def test_sigma_extract_on_the_real_jpeg_stream_with_a_slashless_topic(tmp_path, 
         np.testing.assert_array_equal(_read(out / "RGB" / f"{name}.png"), bgr)  # the decoded JPEG, exactly
         np.testing.assert_array_equal(_read(out / "Modal" / f"{name}.png"), grey)
     assert DatasetSpec.from_yaml(out / "dataset.yaml").extra["source"]["rgb_topic"] == topic
+
+
+def damaged_mcap_read_short(source, root):
+    """A copy of the MCAP bag folder ``source`` with 64 KiB of random bytes at one third of its file, the first seed
+    of which the storage library reads to an early end without an exception (a silent partial read)."""
+    data = next(source.glob("*.mcap")).read_bytes()
+    for seed in range(16):
+        bag = root / f"damaged_{seed}"
+        shutil.copytree(source, bag)
+        raw = bytearray(data)
+        at, n = len(raw) // 3, min(1 << 16, len(raw) // 6)
+        raw[at:at + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+        next(bag.glob("*.mcap")).write_bytes(bytes(raw))
+        try:
+            with open_bag(bag) as reader:
+                read = sum(1 for _ in reader.messages(connections=reader.connections))
+                declared = sum(c.msgcount for c in reader.connections)
+        except Exception:  # this seed's damage is an error already
+            continue
+        if read < declared:
+            return bag
+    raise AssertionError("no seed gave a silent partial read")
+
+
+def test_a_damaged_bag_read_in_part_is_an_error_or_with_allow_partial_a_warning(bags, tmp_path, capsys):
+    """Issue 21, fault 3: the messages read per topic are compared with the counts the bag declares."""
+    import subprocess
+    import sys
+
+    bag = damaged_mcap_read_short(bags["mcap"].path, tmp_path)
+    rgb, modal = bags["mcap"].rgb_topic, bags["mcap"].modal_topic
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.extract", str(bag), "-o", str(tmp_path / "ds"),
+                          "--rgb-topic", rgb, "--modal-topic", modal, "--quiet"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    declared = {rgb: 45, modal: 13}  # 1.5 s at 30 and 9 Hz
+    found = re.search(rf"holds fewer messages than its index declares \({re.escape(rgb)}: (\d+) of (\d+); "
+                      rf"{re.escape(modal)}: (\d+) of (\d+) read\)", run.stderr)
+    assert found and (int(found[2]), int(found[4])) == (declared[rgb], declared[modal]), run.stderr
+    assert "--allow-partial" in run.stderr and not (tmp_path / "ds").exists()
+    assert extract_main([str(bag), "-o", str(tmp_path / "ds"), "--rgb-topic", rgb, "--modal-topic", modal, "--quiet",
+                         "--allow-partial"]) == 0
+    err = capsys.readouterr().err
+    assert f"sigma-extract: warning: bag {bag} holds fewer messages than its index declares ({rgb}: {found[1]} of 45" \
+        in err
 
 
 def test_calibration_registers_the_modality_as_the_node_and_the_dataset_loads(tmp_path, capsys):

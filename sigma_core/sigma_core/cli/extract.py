@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a damaged bag that yields fewer messages than its index declares: extract what can be read "
+                        "and warn with the counts (default: an error)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
                         "register the modality into the RGB view as the node does with registration.calibration_file")
@@ -116,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             label_topic=args.label_topic, slop=args.slop, queue_size=args.queue_size, every=args.every,
             min_interval=args.min_interval, test_fraction=args.test_fraction, split_blocks=args.split_blocks,
             split_gap=args.split_gap, modality=modality, scaling=scaling, classes=info.get("classes"),
-            palette=info.get("palette"), progress=not args.quiet, calibration=args.calibration,
+            palette=info.get("palette"), progress=not args.quiet, allow_partial=args.allow_partial,
+            calibration=args.calibration,
             registration_mode=args.registration_mode, registration_distance=args.registration_distance,
         )
         result = extract(opts)
@@ -127,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = result.counts
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
-    for warning in extraction_warnings(c, args):
+    for warning in result.warnings + extraction_warnings(c, args):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     found = (f"{c['pairs']} labelled frames from {c['label_messages']} labels" if "label_messages" in c
              else f"{c['pairs']} pairs")

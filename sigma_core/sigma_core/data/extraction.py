@@ -86,6 +86,7 @@ class ExtractOptions:
     classes: Optional[list[str]] = None
     palette: Optional[list[list[int]]] = None
     progress: bool = True
+    allow_partial: bool = False  # a damaged bag read in part is a warning (result.warnings), not an error
     # A two-camera calibration: modality frames are registered into the RGB view (sigma_core.data.registration),
     # exactly as the node does with registration.calibration_file. mode None: the file's.
     calibration: Optional[Path] = None
@@ -137,6 +138,7 @@ class ExtractResult:
     written: int = 0  # files written in this run
     skipped: int = 0  # files that existed already (resume)
     notes: list[str] = field(default_factory=list)  # what was left out and why
+    warnings: list[str] = field(default_factory=list)  # a damaged bag read in part (allow_partial)
     registration: Optional[Registration] = None  # of the modality into the RGB view (--calibration)
     coverage: list[float] = field(default_factory=list)  # per registered modality frame written
 
@@ -293,7 +295,9 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         modality = _decide_modality(opts, infos["modality"])
         registration = _registration(opts, modality, infos)
         all_conns = [c for t in conns for c in conns[t]]
-        scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns))
+        short_read: list[str] = []
+        scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns),
+                            short_read if opts.allow_partial else None)
         if opts.label_topic:
             pairs, counts = _labelled_frames(scan, opts)
             _check_label_values(pairs, scan, opts)
@@ -304,7 +308,7 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         pairs.sort(key=lambda p: p.rgb_stamp)
         kept = _thin(pairs, opts.every, opts.min_interval)
         train, test, dropped = split_by_time(kept, opts.test_fraction, opts.split_blocks, opts.split_gap)
-        result = ExtractResult(out=out, train=train, test=test, notes=_notes(scan, counts, opts))
+        result = ExtractResult(out=out, train=train, test=test, notes=_notes(scan, counts, opts), warnings=short_read)
         result.counts = {
             **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
         }
@@ -386,14 +390,15 @@ class _Scan:
         return c
 
 
-def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
-    """Pass 1: stamps of every message (and the class ids of each label), in bag order."""
+def _scan_stamps(reader, conns, opts: ExtractOptions, total: int, partial: Optional[list[str]]) -> _Scan:
+    """Pass 1: stamps of every message (and the class ids of each label), in bag order; fewer messages than the
+    bag declares is a ShortReadError, or a warning added to ``partial`` (a list)."""
     scan = _Scan(_StreamStamps(), _StreamStamps(), _StreamStamps(), [], {})
     streams = {opts.rgb_topic: (scan.rgb, 0), opts.modal_topic: (scan.modal, 1)}
     if opts.label_topic:
         streams[opts.label_topic] = (scan.label, None)
     bar = tqdm(total=total, desc="pairing", unit="msg", disable=not opts.progress, leave=False)
-    for conn, _, msg in read_messages(reader, conns, opts.bag):
+    for conn, _, msg in read_messages(reader, conns, opts.bag, partial):
         bar.update(1)
         st = stamp_ns(msg)
         stream, number = streams[conn.topic]
@@ -584,7 +589,8 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
     todo_conns = [c for t, cs in conns.items() if jobs[t] for c in cs]
     index = dict.fromkeys(conns, 0)
     bar = tqdm(total=n_jobs, desc="writing", unit="file", disable=not opts.progress, leave=False)
-    for conn, _, msg in read_messages(reader, todo_conns, opts.bag):
+    # A shortfall was an error or a warning on the first pass already.
+    for conn, _, msg in read_messages(reader, todo_conns, opts.bag, [] if opts.allow_partial else None):
         topic = conn.topic
         i = index[topic]
         index[topic] = i + 1

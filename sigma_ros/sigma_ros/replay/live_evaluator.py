@@ -47,7 +47,7 @@ from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .label_matching import LabelMatcher, check_label_ids, forget_older, frame_confusion
-from .report import FrameSample, ReplaySummary, SampleKeeper, format_summary, write_report
+from .report import FrameSample, ReplaySummary, SampleKeeper, check_report_folder, format_summary, write_report
 
 NODE_NAME = "replay_evaluator"
 
@@ -345,6 +345,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     argv = list(sys.argv if argv is None else ["replay_evaluator", *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    try:
+        check_report_folder(args.out)  # before listening: a user's report.md is never replaced
+    except (ValueError, OSError) as e:
+        print(f"replay_evaluator: {e}", file=sys.stderr)
+        return 2
     rclpy.init(args=argv)
     opts = EvaluatorOptions(
         rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,

@@ -429,8 +429,13 @@ def test_unusable_checkpoints_fail_at_start_up_naming_the_reason(tmp_path, publi
     middle = len(data) // 2
     data[middle:middle + 4096] = bytes(b ^ 0x5A for b in data[middle:middle + 4096])  # 4 KiB of flipped bytes
     damaged.write_bytes(bytes(data))
+    broken_yaml = tmp_path / "dataset.yaml"
+    broken_yaml.write_text("classes: [a, b\n")  # issue 21, fault 4: was "invalid configuration: configure failed"
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
     cases = [
+        ({"checkpoint": published_parity["checkpoint"], "dataset": broken_yaml},
+         f"dataset file {broken_yaml} is not valid YAML; fix it where the parser stopped: while parsing a flow "
+         "sequence"),
         ({"checkpoint": published_parity["checkpoint"]}, "name the dataset it was trained on: a preset (mfnet, "),
         ({"checkpoint": damaged, "dataset": "mfnet"}, f"checkpoint {damaged} is damaged: member"),
         ({"checkpoint": published_parity["checkpoint"], "dataset": "sunrgbd"}, "predicts 9 classes but dataset "
