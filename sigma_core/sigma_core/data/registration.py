@@ -170,7 +170,7 @@ def plane_map(calibration: Calibration, distance_m: float) -> tuple[np.ndarray, 
     Xm = R[0, 0] * X + R[0, 1] * Y + R[0, 2] * Z + t[0]
     Ym = R[1, 0] * X + R[1, 1] * Y + R[1, 2] * Z + t[1]
     Zm = R[2, 0] * X + R[2, 1] * Y + R[2, 2] * Z + t[2]
-    return calibration.modal.project(Xm, Ym, Zm)
+    return calibration.modal.project(Xm, Ym, Zm, calibration.modal.field_radius2())
 
 
 def homography_at_distance(calibration: Calibration, distance_m: float) -> np.ndarray:
@@ -226,6 +226,7 @@ class _DepthReprojector:
         # the RGB pixels whose centres fall in that footprint, so a surface leaves no cracks and, the
         # footprints tiling it, the z-buffer does not pull a slanted surface nearer.
         self.footprint = (rgb.K[0, 0] / modal.K[0, 0], rgb.K[1, 1] / modal.K[1, 1])
+        self.field = np.float32(rgb.field_radius2())
 
     def __call__(self, depth: np.ndarray) -> Registered:
         rgb = self.cal.rgb
@@ -242,12 +243,21 @@ class _DepthReprojector:
         X = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
         Y = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
         Z = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
-        u, v = rgb.project(X, Y, Z)
+        # Only points in front of the RGB camera and within its field: the lens polynomial would fold points far
+        # outside it back into the image.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = X / Z, Y / Z
+        seen = (Z > 0) & (a * a + b * b <= self.field)
+        if not seen.all():
+            a, b, Z = a[seen], b[seen], Z[seen]
+        xd, yd = rgb.distort(a, b)
+        fx, skew, cx, fy, cy = (float(k) for k in rgb.K.reshape(-1)[[0, 1, 2, 4, 5]])  # Python floats: float32 math
+        u = fx * xd + skew * yd + cx
+        v = fy * yd + cy
         h, w = rgb.height, rgb.width
         buffer = np.full(h * w, np.inf, np.float32)
-        # Pixel centres c with u - r/2 <= c < u + r/2 (r: the footprint) on each axis; NaN (behind the camera)
-        # becomes a huge negative position: dropped.
-        (u0, nu), (v0, nv) = (_covered(np.nan_to_num(x, nan=-1e9), r) for x, r in zip((u, v), self.footprint))
+        # Pixel centres c with u - r/2 <= c < u + r/2 (r: the footprint) on each axis.
+        (u0, nu), (v0, nv) = (_covered(x, r) for x, r in zip((u, v), self.footprint))
         for dv in range(int(nv.max(initial=1))):
             for du in range(int(nu.max(initial=1))):
                 uu, vv = u0 + du, v0 + dv
