@@ -202,11 +202,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
             self._load_model(cfg)
             self.registration = RegistrationSource(cfg, self.seg.scaling)
-        except ConfigError as e:
+        except Exception as e:  # noqa: BLE001 - whatever stops configuring, its reason is logged, never lost
             self.seg = None
-            self._configure_error = str(e)
+            self._configure_error = str(e) if isinstance(e, ConfigError) else (
+                f"configuring failed with {type(e).__name__}: {' '.join(str(e).split())}")
             if self.managed:
-                self.get_logger().error(f"configure failed: {e}")
+                self.get_logger().error(f"configure failed: {self._configure_error}")
             return FAILURE
         self._configure_error = None
         self.runtime.cfg = cfg

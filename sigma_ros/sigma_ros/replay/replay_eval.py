@@ -59,6 +59,7 @@ from .report import (
     FrameSample,
     ReplaySummary,
     SampleKeeper,
+    check_report_folder,
     format_summary,
     write_report,
 )
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_report_folder(args.out)  # before the replay: a user's report.md is never replaced
         try:
             seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
         except ConfigError as e:  # the node's wording names its parameter; here it is a flag

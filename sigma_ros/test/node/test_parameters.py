@@ -179,3 +179,26 @@ def test_descriptor_bounds_agree_with_the_parser(name):
             spec.parse(name, high + step * max(1, abs(high)))
     assert {"output.overlay_alpha", "diagnostics.period_s", "sync.queue_size", "output.depth"} <= {
         n for n, s in PARAMETERS.items() if s.bounds is not None}
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"registration.mode": "homography"}, "needs registration.calibration_file or registration.homography"),
+    ({"registration.mode": "homography", "registration.homography": [1, 0, 0, 0, 1, 0, 0, 0]},
+     r"registration.homography must be a row-major 3x3 matrix \(9 numbers\)"),
+    ({"registration.mode": "rig", "registration.calibration_file": "rig.yaml",
+      "registration.translation": [0.06, 0, 0]},
+     "are both set: the file holds the calibration; unset registration.translation"),
+    ({"registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]}, "registration.mode is none"),
+    ({"registration.mode": "rig", "registration.translation": [0.06, 0, float("nan")]}, "finite"),
+    ({"registration.mode": "stereo"}, "registration.mode must be one of none, homography, rig"),
+    ({"registration.distance_m": 0}, "registration.distance_m must be > 0"),
+])
+def test_registration_parameters_that_contradict_or_miss_name_what_to_set(ckpt, values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_node_config({"checkpoint": str(ckpt), **values})
+
+
+def test_registration_from_camera_info_needs_only_the_pose(ckpt):
+    cfg = parse_node_config({"checkpoint": str(ckpt), "registration.mode": "rig",
+                             "registration.translation": [0.06, 0.0, 0.0]})
+    assert cfg.calibration_file is None and cfg.registration_rotation == (0.0, 0.0, 0.0, 1.0)

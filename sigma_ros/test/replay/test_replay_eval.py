@@ -327,3 +327,19 @@ def test_a_bag_holding_fewer_messages_than_it_declares_is_an_error_or_a_warning(
     assert f"warning (--allow-partial): bag {bag} holds fewer messages" in capsys.readouterr().err
     assert main(args + ["--max-pairs", "-5"]) == 2
     assert "--max-pairs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_report_folder_holding_a_users_files_is_refused_before_replaying(world, tmp_path, capsys):
+    """Issue 21, fault 5: `sigma-replay-eval --out DIR` replaced a report.md it did not write."""
+    rec = world["record"]
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    args = [str(rec.path), "--checkpoint", str(world["ckpt"]), "--rgb-topic", rec.rgb_topic, "--modal-topic",
+            rec.modal_topic, "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    assert "holds report.md that no replay report wrote" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
+    fresh = tmp_path / "fresh"
+    assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0
+    assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0  # a replay report of its own is renewed
