@@ -602,7 +602,7 @@ def _compiled(dispatcher, sig):
         return dispatcher.compile(sig)
 
 
-_KERNELS = (_delta_inputs, _forward_job, _backward_row, _forward, _forward_threaded, _backward, _backward_threaded)
+_KERNELS = (_delta_inputs, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
 
 
 class _Layout:
