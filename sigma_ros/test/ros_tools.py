@@ -72,6 +72,18 @@ def ros2(env: dict, *args: str, until: Callable[[str], bool] = lambda out: bool(
         time.sleep(0.5)
 
 
+def run_launch_test(colcon_install: Path, path: Path, cwd: Path, domain_id: int,
+                    **env_vars: str) -> subprocess.CompletedProcess:
+    """A launch_testing file run by pytest in its own process, in the installed environment (``env_vars`` added):
+    launch_testing starts the launch file's processes from the install space, as ``colcon test`` would."""
+    require("launch_testing")
+    env = installed_env(colcon_install, domain_id)
+    env.update(env_vars)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging", "-rf",
+                           "--rootdir", str(cwd), str(path)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
 class Launch:
     """``ros2 launch ARGS`` in its own session, its output in ``log_path``; stopped with SIGINT (as Ctrl-C)."""
 

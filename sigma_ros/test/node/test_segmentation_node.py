@@ -234,6 +234,12 @@ def test_bad_input_is_logged_and_good_frames_keep_flowing(harness, thermal_node)
     assert "/t/rgb/image: rgb8 image 80x64" in log and "needs 15360 bytes" in log
     assert "/t/modal/image is 40x32 but /t/rgb/image is 80x64: resizing" in log
     assert "/t/rgb/image: stamp" in log and "is not after the previous" in log
+    # A thermal camera of another aspect ratio is another camera: segmented (stretched), and said so
+    later = stamps[-1] + 100_000_000
+    streams.rgb.publish(image(good, "rgb8", later))
+    streams.modal.publish(image(streams.thermal_frame((40, 40)), "mono16", later))
+    assert harness.wait_for(lambda: later in {stamp_ns(m) for m in harness.messages("/t/segmentation/mask")}, 10)
+    assert node.wait_log("two different cameras", 5) and "set registration.mode (rig or homography)" in node.log()
     assert node.proc.poll() is None
 
 
