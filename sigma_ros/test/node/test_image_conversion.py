@@ -124,7 +124,7 @@ def test_padded_big_endian_rows_read_like_cv_bridge():
     np.testing.assert_array_equal(image_msg_to_array(msg), arr)
     if int(np.__version__.split(".")[0]) >= 2:
         # cv_bridge (3.4 .. Kilted) calls ndarray.newbyteorder, which numpy 2 removed: it cannot read a
-        # big-endian image there at all (a ROS machine's numpy 1.26 can: the Jazzy test venv compares).
+        # big-endian image there at all (with a ROS machine's numpy 1.26 it can: compared below).
         with pytest.raises(AttributeError, match="newbyteorder"):
             bridge.imgmsg_to_cv2(msg)
         return
