@@ -15,9 +15,13 @@ RIG = separate_rig((240, 320), (192, 256), baseline_m=0.06)
 
 
 def _calibrate(bag, out, capsys):
+    return _calibrate_with(bag, out, capsys)
+
+
+def _calibrate_with(bag, out, capsys, *more):
     with pytest.raises(SystemExit) as exit_info:
         calibrate_main([str(bag), "--rgb-topic", TOPICS["rgb"], "--modal-topic", TOPICS["thermal"], "-o", str(out),
-                        "--quiet"])
+                        "--quiet", *more])
     return exit_info.value.code, capsys.readouterr()
 
 
@@ -49,3 +53,18 @@ def test_a_target_never_seen_in_thermal_is_one_line_naming_the_counts(tmp_path, 
     assert code == 2 and len(lines) == 1, io.err
     assert "found in 5 of 5 RGB frames, 0 of 5 thermal frames and 0 of 5 pairs" in lines[0]
     assert "never showed in thermal" in lines[0] and not (tmp_path / "rig.yaml").exists()
+
+
+def test_intrinsics_may_come_from_camera_info_in_the_bag(tmp_path, capsys):
+    from sigma_core.data.synthetic_rig import TARGET_INFO_TOPICS
+
+    bag = write_target_bag(tmp_path / "calib", RIG, views=6, seed=3)
+    out = tmp_path / "rig.yaml"
+    assert calibrate_main([str(bag), "--rgb-topic", TOPICS["rgb"], "--modal-topic", TOPICS["thermal"],
+                           "--modal-info-topic", TARGET_INFO_TOPICS[1], "-o", str(out), "--quiet"]) == 0
+    assert "thermal intrinsics from CameraInfo" in capsys.readouterr().out
+    cal = load_calibration(out)
+    np.testing.assert_array_equal(cal.modal.K, RIG.modal.K)  # taken, not estimated
+    assert cal.modal.D == RIG.modal.D and abs(cal.baseline_m - 0.06) <= 0.003
+    code, io = _calibrate_with(bag, tmp_path / "r2.yaml", capsys, "--rgb-info-topic", "/nope/camera_info")
+    assert code == 2 and "--rgb-info-topic /nope/camera_info is not in" in io.err

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", nargs="?", help="rosbag2 folder (or its .db3/.mcap file) or ROS 1 .bag")
     p.add_argument("--rgb-topic", help="RGB Image/CompressedImage topic (with a bag)")
     p.add_argument("--modal-topic", help="thermal or depth Image/CompressedImage topic (with a bag)")
+    p.add_argument("--rgb-info-topic", help="take the RGB camera's intrinsics from this CameraInfo topic of the bag "
+                                            "(the first message) instead of estimating them")
+    p.add_argument("--modal-info-topic", help="the same for the modality camera")
     p.add_argument("--rgb-dir", type=Path, help="instead of a bag: a folder of RGB images ...")
     p.add_argument("--modal-dir", type=Path, help="... and a folder of modality images named like them")
     p.add_argument("--pattern", choices=("chessboard", "circles"), default="chessboard")
@@ -57,6 +60,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CalibrationError("give a bag (with --rgb-topic and --modal-topic) or --rgb-dir and --modal-dir")
     if bag_given and not (args.rgb_topic and args.modal_topic):
         raise CalibrationError("a bag needs --rgb-topic and --modal-topic")
+    if dirs_given and (args.rgb_info_topic or args.modal_info_topic):
+        raise CalibrationError("--rgb-info-topic and --modal-info-topic read CameraInfo from a bag")
     if dirs_given and not (args.rgb_dir and args.modal_dir):
         raise CalibrationError("give both --rgb-dir and --modal-dir")
     if args.cols < 2 or args.rows < 2 or not args.spacing > 0:
@@ -105,6 +110,33 @@ def bag_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple[str, obj
                 yield str(stamp_ns(rgb)), message_to_array(rgb)[0], message_to_array(modal)[0]
 
 
+def bag_cameras(args: argparse.Namespace) -> list:
+    """[RGB CameraModel or None, modality CameraModel or None] from the first CameraInfo of --rgb-info-topic and
+    --modal-info-topic; CalibrationError naming the topic when absent or unusable."""
+    from ..data.bags import describe_topics, open_bag, read_messages, resolve_topic
+    from ..data.calibration import CalibrationError, CameraModel
+
+    cameras: list = [None, None]
+    wanted = [(i, flag, t) for i, (flag, t) in enumerate((("--rgb-info-topic", args.rgb_info_topic),
+                                                          ("--modal-info-topic", args.modal_info_topic))) if t]
+    if not wanted:
+        return cameras
+    with open_bag(args.bag) as reader:
+        for index, flag, topic in wanted:
+            found = resolve_topic(reader, topic)
+            if found is None:
+                raise CalibrationError(f"{flag} {topic} is not in {args.bag}; its topics: {describe_topics(reader)}")
+            conns = [c for c in reader.connections if c.topic == found]
+            for _, _, msg in read_messages(reader, conns, args.bag):
+                fields = {name.lower(): getattr(msg, name) for name in ("k", "d", "K", "D") if hasattr(msg, name)}
+                cameras[index] = CameraModel.from_camera_info(msg.width, msg.height, fields["k"], fields["d"],
+                                                              msg.distortion_model, f"{flag} {topic}")
+                break
+            if cameras[index] is None:
+                raise CalibrationError(f"{flag} {topic} has no messages in {args.bag}")
+    return cameras
+
+
 def folder_image_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple[str, object, object]]:
     import cv2
 
@@ -133,6 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _check_args(args)
         target = TargetSpec(args.pattern, args.cols, args.rows, args.spacing)
+        given = bag_cameras(args) if args.bag else [None, None]  # before the long read: a wrong topic fails fast
         counts = [0, 0]
         pairs = bag_pairs(args, counts) if args.bag else folder_image_pairs(args, counts)
         kept: dict = {}
@@ -146,7 +179,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         found = detect_pairs(remember(pairs), target)
         found.frames = tuple(counts)
         source = str(args.bag or f"{args.rgb_dir} + {args.modal_dir}")
-        result = calibrate_rig(found, target, source, fix_k3=not args.free_k3, modality=args.modality)
+        for camera, size, flag in zip(given, (found.rgb_size, found.modal_size), ("--rgb-info-topic",
+                                                                                 "--modal-info-topic")):
+            if camera is not None and size is not None and camera.size != size:
+                raise CalibrationError(f"{flag}: CameraInfo is for {camera.width}x{camera.height} images but the "
+                                       f"images are {size[1]}x{size[0]}: give the CameraInfo topic of that camera")
+        result = calibrate_rig(found, target, source, rgb_camera=given[0], modal_camera=given[1],
+                               fix_k3=not args.free_k3, modality=args.modality)
         cal = result.calibration
         out_cal = type(cal)(cal.mode, str(args.out), cal.rgb, cal.modal, cal.rotation, cal.translation,
                             cal.homography, cal.rms_px)
@@ -170,8 +209,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{names[1]} frames, {v['pairs']} of {v['frames']} pairs"
           + (f" ({found.inverted} {names[1]} frames inverted: the target showed light on dark)"
              if found.inverted else ""))
-    print(f"{PROG}: RMS reprojection error: RGB {rms['rgb']:.3f} px, {names[1]} {rms['modal']:.3f} px, stereo "
-          f"{rms['stereo']:.3f} px")
+    each = [f"{name} {rms[key]:.3f} px" if rms[key] == rms[key] else f"{name} intrinsics from CameraInfo"
+            for name, key in zip(names, ("rgb", "modal"))]
+    print(f"{PROG}: RMS reprojection error: {', '.join(each)}, stereo {rms['stereo']:.3f} px")
     t = cal.translation
     print(f"{PROG}: baseline {cal.baseline_m * 1000:.1f} mm (t_modal_rgb [{t[0]:.4f}, {t[1]:.4f}, {t[2]:.4f}] m); "
           f"target distance median {sorted(result.distances_m)[len(result.distances_m) // 2]:.2f} m")

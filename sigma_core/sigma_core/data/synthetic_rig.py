@@ -28,6 +28,7 @@ from .synthetic import Frame, Intrinsics, Scene
 from .target_calibration import TargetSpec
 
 PATTERNS = ("chessboard", "circles")
+TARGET_INFO_TOPICS = ("/camera/color/camera_info", "/thermal/camera_info")  # CameraInfo in a target recording
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,13 @@ def target_poses(n: int, target: TargetSpec, seed: int = 0) -> list[tuple[np.nda
 
 
 def write_target_bag(path: str | os.PathLike, rig: SyntheticRig, target: Optional[TargetSpec] = None, views: int = 16,
-                     seed: int = 0, thermal_visible: bool = True, storage: str = "sqlite3",
+                     seed: int = 0, thermal_visible: bool = True, storage: str = "sqlite3", camera_info: bool = True,
                      start_ns: int = 1_700_000_000_000_000_000) -> Path:
     """A calibration recording: ``target`` (default: a 9x6 chessboard of 5 cm squares) at ``views`` poses, held
     still for one RGB (rgb8) and one thermal (mono16 centi-Kelvin: dark squares heated to 40 degC over a 20 degC
     board) frame each, 0.5 s apart, stamps a few milliseconds apart. ``thermal_visible`` False: the board at
-    ambient temperature (invisible in thermal). Writes the rig's truth beside it (:func:`write_rig_files`).
+    ambient temperature (invisible in thermal). ``camera_info``: both cameras' true CameraInfo beside each frame
+    (``<image topic>/../camera_info``). Writes the rig's truth beside it (:func:`write_rig_files`).
     Returns the bag path."""
     from .bags import BagWriter
     from .synthetic import TOPICS
@@ -209,6 +211,12 @@ def write_target_bag(path: str | os.PathLike, rig: SyntheticRig, target: Optiona
             bag.write(TOPICS["rgb"], st + 8_000_000, bag.image(st, "camera_color", rgb, "rgb8"))
             st_th = st + int(rng.integers(-3_000_000, 3_000_000))
             bag.write(TOPICS["thermal"], st_th + 30_000_000, bag.image(st_th, "thermal", thermal, "mono16"))
+            if camera_info:
+                for topic, camera, stamp, log in ((TARGET_INFO_TOPICS[0], rig.rgb, st, st + 8_000_001),
+                                                  (TARGET_INFO_TOPICS[1], rig.modal, st_th, st_th + 30_000_001)):
+                    D = list(camera.D) + [0.0] * (5 - len(camera.D))
+                    bag.write(topic, log, bag.camera_info(stamp, "camera", camera.height, camera.width,
+                                                          camera.K.reshape(-1).tolist(), D))
     write_rig_files(path, rig)
     return Path(path)
 

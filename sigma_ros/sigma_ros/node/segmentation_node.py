@@ -112,6 +112,9 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     return descriptor
 
 
+MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
+
+
 @dataclass
 class _Frame:
     rgb: Any  # sensor_msgs Image or CompressedImage
@@ -597,6 +600,10 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if decoded[0] is None or decoded[1] is None:
             return
         (rgb_arr, rgb_encoding), (raw, _) = decoded
+        if self.modality == "depth" and raw.dtype.kind in "ui" and self.cfg.depth_units != MILLIMETRE:
+            # A camera in other units than REP 118's millimetres (depth.units): metres from here on, so the model's
+            # scaling and the point cloud read the same depth. 0 (no return) stays 0.
+            raw = raw.astype(np.float32) * np.float32(self.cfg.depth_units)
         self._check_modality(raw)
         registration = self.registration.registration
         if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from
