@@ -318,7 +318,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
-            f"{self.cfg.output_depth}){registered}"
+            f"{self.cfg.output_depth}){registered}; diagnostics {self.diagnostics.backend}"
         )
 
     def _create_publishers(self, cfg: NodeConfig) -> None:

@@ -95,17 +95,29 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_helpers import Streams, image, start_node  # noqa: E402
+from ros_tools import require  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 DOMAIN_ID = 90 + os.getpid() % 30
 NS = "/g"
 
 
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory, checkpoints, harness):
+@pytest.fixture(scope="module", params=["diagnostic_updater", "diagnostic_msgs"])
+def probe(request, tmp_path_factory, checkpoints, harness):
+    """The node publishing through diagnostic_updater (a ROS install), and through its own fallback (the pip path:
+    diagnostic_updater hidden from the node process); both must say the same."""
     params = {"checkpoint": checkpoints["thermal"], "sync.slop": 0.02, "diagnostics.period_s": 0.5,
               "diagnostics.stall_timeout_s": 1.5}
-    node = start_node(tmp_path_factory, NS, params, DOMAIN_ID)
+    env = {}
+    if request.param == "diagnostic_updater":
+        require("diagnostic_updater")
+    else:
+        hidden = tmp_path_factory.mktemp("no_diagnostic_updater") / "diagnostic_updater"
+        hidden.mkdir()
+        (hidden / "__init__.py").write_text("raise ImportError('hidden by the test: the pip path lacks it')\n")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hidden.parent), os.environ.get("PYTHONPATH")) if p)
+    node = start_node(tmp_path_factory, NS, params, DOMAIN_ID, env=env)
+    assert f"diagnostics {request.param}" in node.log(), node.log()
     harness.subscribe(DiagnosticArray, "/diagnostics")
     harness.subscribe(Image, f"{NS}/segmentation/mask")
     streams = Streams(harness, NS)
