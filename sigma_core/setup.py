@@ -33,6 +33,8 @@ setup(
             "sigma-synth = sigma_core.cli.synth:main",
             "import = sigma_core.cli.import_checkpoint:main",
             "sigma-import = sigma_core.cli.import_checkpoint:main",
+            "export = sigma_core.cli.export:main",
+            "sigma-export = sigma_core.cli.export:main",
         ],
     },
 )
