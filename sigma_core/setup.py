@@ -35,6 +35,8 @@ setup(
             "sigma-import = sigma_core.cli.import_checkpoint:main",
             "export = sigma_core.cli.export:main",
             "sigma-export = sigma_core.cli.export:main",
+            "calibrate = sigma_core.cli.calibrate:main",
+            "sigma-calibrate = sigma_core.cli.calibrate:main",
         ],
     },
 )

@@ -262,3 +262,27 @@ def test_unwritable_cache_folder_still_runs_says_so_once_and_writes_nothing_in_t
     # numba's own fallback would have put them next to the source, inside the installed package.
     package = Path(scan_numba.__file__).parent
     assert not list(package.rglob("*.nbi")) and not list(package.rglob("*.nbc"))
+
+
+@pytest.mark.slow
+def test_a_damaged_kernel_cache_is_recompiled_with_one_warning(tmp_path):
+    """Issue 21, fault 4: a truncated .nbi or garbage .nbc was an UnpicklingError/EOFError traceback in every tool
+    (and "configure failed" in the node) until the cache was deleted by hand."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), OMP_NUM_THREADS="1")
+    code = ("import torch; from sigma_core.ops.scan_numba import selective_scan_numba as scan\n"
+            "u = torch.randn(1, 16, 5); print(scan(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5),"
+            " torch.ones(1, 1, 4, 5)).shape)")
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+    assert run().returncode == 0  # fills the cache
+    for pattern, damage in (("*.nbi", lambda data: data[:20]), ("*.nbc", lambda data: b"garbage" * 10)):
+        for path in (tmp_path / "numba").rglob(pattern):  # a truncated index, then garbage kernels
+            path.write_bytes(damage(path.read_bytes()))
+        out = run()
+        assert out.returncode == 0 and "torch.Size([1, 16, 5])" in out.stdout, out.stderr
+        assert out.stderr.count("cache of the selective-scan kernels in") == 1 and "compiling them again" in \
+            out.stderr and "Traceback" not in out.stderr, out.stderr
+    again = run()  # the cache was rewritten: no warning any more
+    assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr

@@ -3,8 +3,8 @@
 The node (``node/segmentation_node.py``) and ``sigma-replay-eval``
 (``replay/replay_eval.py``) both load their model with :func:`load_segmenter`
 and segment every pair with :func:`segment_pair`, so offline replay scores
-exactly what the node runs (same RGB conversion, same modality resizing, same
-scaling overrides). Imports no ROS: arrays in, arrays out.
+exactly what the node runs (same RGB conversion, same registration of the modality
+into the RGB view, same modality resizing, same scaling overrides). Imports no ROS: arrays in, arrays out.
 """
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.modality import ModalityScaling
+from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration, aspect_ratio_warning
 from sigma_core.onnx_runtime import is_onnx_path
 
-from .node.parameters import ConfigError, resolve_checkpoint
+from .errors import ConfigError
+from .node.parameters import resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,11 @@ class FrameResult:
 
     rgb: (H, W, 3) uint8 RGB the model saw; mask: (H, W) uint8 class ids; confidence: (H, W)
     float32 max softmax probability; counts: per-class counts of the mask; inference_ms: the
-    model call, milliseconds; modal_resized: the modality had another size than RGB (the
-    Segmenter resized it: nearest for depth, bilinear for thermal).
+    model call, milliseconds; modal: the modality the model saw, (H', W') raw values (registered: at the RGB
+    size, depth as float32 metres along the RGB camera's axis); coverage: the fraction of RGB pixels it covers
+    (1.0 without registration); modal_resized: the modality had another size than RGB (the Segmenter resized
+    it: nearest for depth, bilinear for thermal); aspect_warning: without registration, what is wrong when
+    the two images' aspect ratios differ (two different cameras), else None.
     """
 
     rgb: np.ndarray
@@ -105,18 +111,45 @@ class FrameResult:
     confidence: np.ndarray
     counts: ClassCounts
     inference_ms: float
+    modal: np.ndarray
+    coverage: float
     modal_resized: bool
+    aspect_warning: Optional[str] = None
+
+
+def load_registration(mode: Optional[str], calibration_file: Optional[str], scaling: ModalityScaling,
+                      distance_m: float = DEFAULT_DISTANCE_M) -> Registration:
+    """The Registration of a calibration file; mode None: the file's own (rig, or homography for a file holding
+    only a homography), "none" without a file. Raises ConfigError naming the file, the parameter and what is
+    wrong (see sigma_core.data.calibration)."""
+    if mode not in (None, "none") and not calibration_file:
+        raise ConfigError(f"registration mode {mode} needs a calibration file (registration.calibration_file, "
+                          "--calibration)")
+    try:
+        calibration = load_calibration(calibration_file) if calibration_file else None
+        if mode is None:
+            mode = calibration.mode if calibration is not None else "none"
+        return Registration(mode, calibration, scaling, distance_m)
+    except CalibrationError as e:
+        raise ConfigError(str(e)) from None
 
 
 def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
-                 min_inference_ms: float = 0.0) -> FrameResult:
+                 min_inference_ms: float = 0.0, registration: Optional[Registration] = None) -> FrameResult:
     """Segment one pair: ``rgb`` in ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8) and the raw modality.
 
-    modal: (H', W') uint8/uint16/float32 as decoded from its message (any size; resized to the RGB's).
-    min_inference_ms pads the model call (testing a slower model). Raises ValueError for an
-    unsupported RGB encoding or shape.
+    modal: (H', W') uint8/uint16/float32 as decoded from its message (any size): registered into the RGB view
+    by ``registration`` (None or mode none: resized to the RGB size). min_inference_ms pads the model call
+    (testing a slower model). Raises ValueError for an unsupported RGB encoding or shape, CalibrationError (a
+    ValueError) when the images do not fit the registration's calibration.
     """
     rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
+    aspect_warning, coverage = None, 1.0
+    if registration is None or registration.mode == "none":
+        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
+    else:
+        registered = registration(modal, rgb8.shape[:2])
+        modal, coverage = registered.image, registered.coverage
     start = time.perf_counter()
     mask, confidence = segmenter(rgb8, modal)
     inference_ms = (time.perf_counter() - start) * 1e3
@@ -130,8 +163,11 @@ def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.n
         confidence=confidence,
         counts=count_classes(mask, confidence, segmenter.num_classes),
         inference_ms=inference_ms,
+        modal=modal,
+        coverage=coverage,
         modal_resized=modal.shape[:2] != rgb8.shape[:2],
+        aspect_warning=aspect_warning,
     )
 
 
-__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_segmenter", "segment_pair"]
+__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_registration", "load_segmenter", "segment_pair"]

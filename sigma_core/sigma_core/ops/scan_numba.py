@@ -34,6 +34,7 @@ well under a second instead of compiling again.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import threading
 import warnings
@@ -498,11 +499,36 @@ def _launch(serial, threaded, *args) -> None:
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     with _launch_lock:
         if threads == 1:
-            serial.compile(sig)(*args)  # loads from memory or the disk cache after the first time
+            _compiled(serial, sig)(*args)  # loads from memory or the disk cache after the first time
             return
         if numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
-        threaded.compile(sig)(*args)
+        _compiled(threaded, sig)(*args)
+
+
+# What numba raises while it reads a damaged cache entry (a truncated .nbi index, a garbage .nbc): its cache is
+# a pickle of the index and one per compiled signature.
+_DAMAGED_CACHE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+                  KeyError, OSError)
+
+
+def _compiled(dispatcher, sig):
+    """``dispatcher.compile(sig)``; a damaged disk cache is emptied (numba's own flush: an empty index) and the
+    kernels are compiled again, with one warning, instead of failing every later run."""
+    try:
+        return dispatcher.compile(sig)
+    except _DAMAGED_CACHE as err:
+        if not _JIT["cache"]:
+            raise
+        warnings.warn(f"numba's cache of the selective-scan kernels in {numba.config.CACHE_DIR} is damaged "
+                      f"({type(err).__name__}: {str(err)[:120]}); compiling them again (5-30 s) and rewriting the "
+                      "cache", RuntimeWarning, stacklevel=2)
+        for kernel in _KERNELS:  # a kernel's cache entry may name the others it was compiled with
+            kernel._cache.flush()
+        return dispatcher.compile(sig)
+
+
+_KERNELS = (_delta_inputs, _forward_job, _backward_row, _forward, _forward_threaded, _backward, _backward_threaded)
 
 
 class _Layout:

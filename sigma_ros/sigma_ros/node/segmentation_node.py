@@ -10,7 +10,7 @@ The node is a managed (lifecycle) node inside: configure loads and warms the
 model and creates the publishers, activate subscribes and starts the inference
 thread, deactivate stops processing (the model stays loaded), cleanup frees the
 model. By default it walks through configure and activate itself at start-up
-(a plain node, no lifecycle services); with ``lifecycle:=true`` it offers the
+(a plain node: no lifecycle services, no transition_event topic); with ``lifecycle:=true`` it offers the
 standard lifecycle services and waits for a manager (e.g. nav2_lifecycle_manager).
 
 Run: ``sigma_node --ros-args -p checkpoint:=model.pt`` or
@@ -34,9 +34,11 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from lifecycle_msgs.msg import State
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
@@ -45,6 +47,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.bags import message_to_array
+from sigma_core.data.calibration import CalibrationError
+from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
 from sigma_core.model_io import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
@@ -62,10 +66,12 @@ from .input_health import JUMP_BACK_TOLERANCE_S, ProblemLog, Stamp, StreamWatch,
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .parameters import (
+    DUMPED_UNSET,
     MAX_IMAGE_SIDE,
     PARAMETERS,
     ConfigError,
     NodeConfig,
+    ParameterSpec,
     RuntimeParameters,
     check_known,
     check_palette_fits,
@@ -75,6 +81,7 @@ from .parameters import (
 )
 from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
+from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource
 from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
@@ -83,7 +90,26 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
+LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modality the node warns
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """The ROS descriptor of one of our parameters: what ``ros2 param describe`` shows, and the range ROS enforces.
+
+    Dynamic typing, so that a YAML ``1`` where ``1.0`` was meant is accepted (our parser converts it); ROS
+    then checks a range only against a value of the range's own type, and our parser checks every value.
+    """
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraint,
+                                     dynamic_typing=True, read_only=not spec.runtime)
+    if spec.bounds is not None:
+        low, high = spec.bounds
+        if isinstance(low, int) and isinstance(high, int):
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high),
+                                                                  step=0.0)]
+    return descriptor
 
 
 @dataclass
@@ -112,11 +138,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _declare_parameters(self) -> dict[str, Any]:
         """Declare every parameter (refusing unknown ones given to this node); their values by name. ConfigError."""
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
-        check_known(getattr(self, "_parameter_overrides", {}))
+        overrides = getattr(self, "_parameter_overrides", {})
+        check_known(overrides)
         for name, spec in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=spec.description, dynamic_typing=True,
-                                             read_only=not spec.runtime)
-            self.declare_parameter(name, spec.default, descriptor)
+            # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
+            # such a parameter stays unset, so that a dump of this node dumps the same again.
+            override = overrides.get(name)
+            dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
+            try:
+                self.declare_parameter(name, spec.default, parameter_descriptor(spec), ignore_override=dumped_unset)
+            except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
+                spec.parse(name, overrides[name].value)
+                raise ConfigError(f"parameter {name}: {e}") from None
         return {name: self.get_parameter(name).value for name in PARAMETERS}
 
     def _start(self) -> None:
@@ -137,9 +170,16 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_active: list = []
         self._silence_timer = None
         self._camera: Optional[Pinhole] = None
+        self.registration: Optional[RegistrationSource] = None
+        self.coverage: Optional[float] = None  # of the last frame
         self._camera_frame = ""
         self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
-        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
+        if self.managed:
+            LifecycleNodeMixin.__init__(self, enable_communication_interface=True)
+        else:
+            # No rcl state machine: it would advertise ~/transition_event even without the lifecycle services.
+            # The transitions below are then plain calls; the mixin's callbacks need only this (empty) set.
+            self._managed_entities = set()
         self.runtime.attach(self)
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-JUMP_BACK_TOLERANCE_S),
@@ -150,9 +190,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if self.managed:
             self.get_logger().info("lifecycle node: waiting for configure")
             return
-        if self.trigger_configure() != SUCCESS:
+        if self.on_configure(LifecycleState("configuring", State.TRANSITION_STATE_CONFIGURING)) != SUCCESS:
             raise ConfigError(self._configure_error or "configure failed")  # main() logs it and exits 2
-        self.trigger_activate()
+        self.on_activate(LifecycleState("activating", State.TRANSITION_STATE_ACTIVATING))
 
     # --- lifecycle transitions ---------------------------------------------------------------------
 
@@ -161,19 +201,22 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         try:
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
             self._load_model(cfg)
-        except ConfigError as e:
+            self.registration = RegistrationSource(cfg, self.seg.scaling)
+        except Exception as e:  # noqa: BLE001 - whatever stops configuring, its reason is logged, never lost
             self.seg = None
-            self._configure_error = str(e)
+            self._configure_error = str(e) if isinstance(e, ConfigError) else (
+                f"configuring failed with {type(e).__name__}: {' '.join(str(e).split())}")
             if self.managed:
-                self.get_logger().error(f"configure failed: {e}")
+                self.get_logger().error(f"configure failed: {self._configure_error}")
             return FAILURE
         self._configure_error = None
         self.runtime.cfg = cfg
         self._use_palette(cfg.palette)
-        if self.modality == "depth" and not cfg.depth_registered:
-            self.get_logger().warning(
-                "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
-            )
+        if self.modality == "depth" and not self._points_possible(cfg):
+            why = ("registration.mode homography has no 3D geometry" if cfg.registration_mode == "homography" else
+                   "depth.registered is false and registration.mode is none (the node has no depth-to-RGB "
+                   "extrinsics: set registration.mode rig)")
+            self.get_logger().warning(f"segmentation/points is off: {why}")
         self._create_publishers(cfg)
         self.sync = PairSynchronizer(cfg.sync_queue_size, cfg.sync_slop, self._on_pair)
         self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
@@ -251,8 +294,14 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return super().on_shutdown(state)
 
     def _describe(self) -> str:
-        info = f", {self.sub_info.topic_name}" if getattr(self, "sub_info", None) else ""
+        infos = [s.topic_name for s in (getattr(self, "sub_rgb_info", None), getattr(self, "sub_info", None)) if s]
+        info = "".join(f", {t}" for t in infos)
         subs = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        reg = self.registration
+        calibration = reg.registration.calibration if reg is not None and reg.registration is not None else None
+        registered = (f"; registration {reg.mode}" + (f" from {calibration.source}" if calibration else
+                                                      " (intrinsics from CameraInfo)" if reg.mode == "rig" else "")
+                      if reg is not None and reg.mode != "none" else "")
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
             f"{self.modality}) on {self.seg.device} {self.seg.precision}, {self.seg.runtime}, scan backend "
@@ -260,12 +309,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
-            f"{self.cfg.output_depth})"
+            f"{self.cfg.output_depth}){registered}"
         )
 
     def _create_publishers(self, cfg: NodeConfig) -> None:
         out = output_qos(cfg.output_qos, cfg.output_depth)
-        pub = self.create_lifecycle_publisher
+        pub = self.create_lifecycle_publisher if self.managed else self.create_publisher
         self.pub_mask = pub(Image, "segmentation/mask", out)
         self.pub_color = pub(Image, "segmentation/color_mask", out)
         self.pub_overlay = pub(Image, "segmentation/overlay", out)
@@ -275,7 +324,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.pub_label_info = pub(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
         self.pub_points = (
             pub(PointCloud2, "segmentation/points", out)
-            if self.modality == "depth" and cfg.depth_registered
+            if self.modality == "depth" and self._points_possible(cfg)
             else None
         )
         self._publishers_owned = [p for p in (self.pub_mask, self.pub_color, self.pub_overlay, self.pub_confidence,
@@ -295,19 +344,26 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             self.create_subscription(msg_type, topic, lambda m, i=i: self._on_image(i, m), qos)
             for i, (msg_type, topic) in enumerate(kinds)
         ]
-        self.sub_info = (
-            self.create_subscription(CameraInfo, "modal/camera_info", self._on_camera_info, qos)
-            if self.pub_points is not None
-            else None
+        need_rgb, need_modal = self.registration.needs_camera_info()
+        # Points from a depth image that is not reprojected use the depth camera's own intrinsics.
+        need_modal = need_modal or (self.pub_points is not None and self.registration.mode == "none")
+        self.sub_rgb_info = (
+            self.create_subscription(CameraInfo, CAMERA_INFO_TOPICS[RGB], lambda m: self._on_camera_info(RGB, m),
+                                     qos)
+            if need_rgb else None
         )
-        if self.sub_info is not None:
-            self._subscriptions_active.append(self.sub_info)
+        self.sub_info = (
+            self.create_subscription(CameraInfo, CAMERA_INFO_TOPICS[MODAL],
+                                     lambda m: self._on_camera_info(MODAL, m), qos)
+            if need_modal else None
+        )
+        self._subscriptions_active += [s for s in (self.sub_info, self.sub_rgb_info) if s is not None]
 
     def _stop_processing(self) -> None:
         for sub in self._subscriptions_active:
             self.destroy_subscription(sub)
         self._subscriptions_active = []
-        self.sub_info = None
+        self.sub_info = self.sub_rgb_info = None
         if self._silence_timer is not None:
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
@@ -366,25 +422,38 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if verdict is Stamp.JUMPED_BACK:
             self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
                                  f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
-        if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
-            if not self._accepts(stream, msg.encoding, topic):
-                return
-            try:
-                image_msg_to_array(msg)  # a view: checks size, step and data length without copying
-            except ValueError as e:
-                self.problems.report("bad_image", f"{topic}: {e}; message skipped")
-                return
+        if isinstance(msg, Image) and not self._accepts(stream, msg.encoding, topic):
+            return
+        try:  # sizes from the fields or headers alone: a bomb never reaches the decoder (compressed: worker thread)
+            if isinstance(msg, Image):
+                image_msg_to_array(msg, self.cfg.input_max_pixels)  # a view: checks size, step and data length
+            else:
+                check_compressed_size(msg.format, msg.data, self.cfg.input_max_pixels)
+        except ValueError as e:
+            self._report_bad_image(topic, e, "message skipped")
+            return
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
             self.sync.add_modal(msg)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _report_bad_image(self, topic: str, error: ValueError, what_happened: str) -> None:
+        if isinstance(error, ImageTooLargeError):
+            self.problems.report("image_too_large", f"{topic}: {error}; {what_happened} (input.max_pixels is "
+                                 f"{self.cfg.input_max_pixels:,}: raise it only for a camera that large)")
+        else:
+            self.problems.report("bad_image", f"{topic}: {error}; {what_happened}")
+
+    def _on_camera_info(self, stream: int, msg: CameraInfo) -> None:
+        sub = self.sub_rgb_info if stream == RGB else self.sub_info
+        topic = sub.topic_name if sub is not None else CAMERA_INFO_TOPICS[stream]
         try:
-            self._camera = Pinhole.from_camera_info(msg)
-            self._camera_frame = msg.header.frame_id
-        except ValueError as e:
-            self.problems.report("bad_camera_info", f"{self.sub_info.topic_name}: {e}")
+            self.registration.camera_info(stream, msg, topic)
+            if stream == MODAL and self.registration.mode == "none":
+                self._camera = Pinhole.from_camera_info(msg)
+                self._camera_frame = msg.header.frame_id
+        except ValueError as e:  # CalibrationError too
+            self.problems.report("bad_camera_info", f"{topic}: {e}")
 
     def _on_pair(self, rgb: Any, modal: Any) -> None:
         self.health.paired()
@@ -454,7 +523,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _health_report(self) -> HealthReport:
         info = [("state", self.state)]
         if self.seg is not None:
-            info += [("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
+            info += [("registration", self.cfg.registration_mode),
+                     ("modality coverage", "-" if self.coverage is None else f"{self.coverage:.1%}"),
+                     ("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
                      ("scan backend", str(self.seg.scan_backend)), ("model", self.seg.model_name),
                      ("checkpoint", str(self.cfg.checkpoint)), ("input transport", self.cfg.input_transport)]
         topics = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
@@ -513,9 +584,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
         topic = self._subscriptions_active[stream].topic_name if len(self._subscriptions_active) > stream else ""
         try:
-            arr, encoding = message_to_array(msg)
+            arr, encoding = message_to_array(msg, self.cfg.input_max_pixels)
         except ValueError as e:
-            self.problems.report("bad_image", f"{topic}: {e}; frame skipped")
+            self._report_bad_image(topic, e, "frame skipped")
             return None
         if not self._accepts(stream, encoding, topic):
             return None
@@ -528,15 +599,39 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             return
         (rgb_arr, rgb_encoding), (raw, _) = decoded
         self._check_modality(raw)
-
-        result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
+        registration = self.registration.registration
+        if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from
+            topics = [s.topic_name for s in (self.sub_rgb_info, self.sub_info) if s is not None]
+            waiting = self.registration.waiting_for(topics)
+            self.problems.report(
+                "waiting_for_camera_info",
+                f"frame not published: registration.mode rig takes the intrinsics from CameraInfo and nothing has "
+                f"arrived on {' and '.join(waiting)} yet: remap rgb/camera_info and modal/camera_info to the "
+                "cameras' camera_info topics, or set registration.calibration_file",
+            )
+            return
+        try:
+            result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms, registration)
+        except CalibrationError as e:  # images that do not fit the calibration: never a wrong warp
+            self.problems.report("registration_error", f"frame not published: {e}")
+            return
         rgb, mask, confidence = result.rgb, result.mask, result.confidence
         h, w = mask.shape
-        if result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
+        if result.aspect_warning is not None:
+            self.problems.report("aspect_ratio", f"{self.topics[0]} and {self.topics[1]}: {result.aspect_warning}")
+        elif result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
             self.problems.report(
                 "size_mismatch",
                 f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
                 "resizing the modality to the RGB size",
+            )
+        self.coverage = result.coverage
+        if result.coverage < LOW_COVERAGE:
+            self.problems.report(
+                "low_coverage",
+                f"the modality camera covers only {result.coverage:.0%} of the RGB image after registration "
+                f"({registration.mode}); the rest gets no {self.modality}: check the calibration and "
+                "registration.distance_m, or aim the cameras alike",
             )
 
         header = rgb_msg.header
@@ -554,7 +649,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 blended = overlay(rgb, color, self.cfg.overlay_alpha)
                 self.pub_overlay.publish(array_to_image_msg(blended, "rgb8", header))
         if self.pub_points is not None and self.pub_points.get_subscription_count():
-            self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
+            self._publish_points(header, result.modal, modal_msg, rgb, mask, confidence)
 
         rgb_stamp = stamp_seconds(rgb_msg)
         latency_ms = self._latency_ms(rgb_stamp)
@@ -573,6 +668,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
                 frames_dropped=self._dropped_before + self._mailbox.dropped,
+                modality_coverage=result.coverage,
             )
         )
 
@@ -605,8 +701,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             return float("nan")
         return (now * 1e-9 - rgb_stamp) * 1e3
 
+    def _points_possible(self, cfg: NodeConfig) -> bool:
+        """Whether segmentation/points can be right: depth registered by its driver, or reprojected here."""
+        return cfg.registration_mode == "rig" or (cfg.registration_mode == "none" and cfg.depth_registered)
+
     def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Any, rgb: np.ndarray,
                         mask: np.ndarray, confidence: np.ndarray) -> None:
+        reprojected = self.registration.points_camera()
+        if reprojected is not None:  # depth reprojected into the RGB camera: its intrinsics and frame
+            camera, rays = reprojected
+            points = labelled_points(depth, camera, rgb, mask, confidence, rays)
+            self.pub_points.publish(points_to_cloud_msg(points, Header(stamp=header.stamp, frame_id=header.frame_id)))
+            return
         camera = self._camera
         if camera is None:
             self.problems.report(
@@ -639,7 +745,8 @@ USAGE = """usage: sigma_node [-h] [--ros-args -p NAME:=VALUE ... --params-file F
 
 Segments synchronized RGB + thermal/depth images with a Sigma checkpoint.
 Subscribes rgb/image, modal/image (sensor_msgs/Image; depth: also modal/camera_info; with
-input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth);
+input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth; registration.mode rig
+without a calibration file: rgb/camera_info and modal/camera_info);
 publishes segmentation/mask, color_mask, overlay, confidence, stats, points (depth), class_map,
 and /diagnostics. With -p lifecycle:=true it waits for the lifecycle services (configure, activate).
 
@@ -648,6 +755,7 @@ parameters (--ros-args -p NAME:=VALUE, or a params file such as config/sigma.yam
 
 example: sigma_node --ros-args -p checkpoint:=model.pt -r rgb/image:=/camera/color/image_raw \\
              -r modal/image:=/thermal/image_raw
+a thermal camera beside the RGB one: add -p registration.mode:=rig -p registration.calibration_file:=rig.yaml
 """
 
 

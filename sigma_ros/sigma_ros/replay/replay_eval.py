@@ -45,6 +45,7 @@ from sigma_core.data.bags import (
 )
 from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
+from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
 from sigma_core.model_io import NonFiniteOutputError
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
@@ -53,11 +54,12 @@ from .. import ros_env  # noqa: F401  (before rclpy, imported below through node
 from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.parameters import ConfigError
-from ..segmentation_step import load_segmenter, segment_pair
+from ..segmentation_step import load_registration, load_segmenter, segment_pair
 from .report import (
     FrameSample,
     ReplaySummary,
     SampleKeeper,
+    check_report_folder,
     format_summary,
     write_report,
 )
@@ -85,6 +87,8 @@ class ReplayOptions:
     samples: int = 6  # frames in the report's strip
     max_pairs: Optional[int] = None
     keep_masks: bool = False  # keep every mask in the result (tests)
+    allow_partial: bool = False  # a damaged bag read in part is a warning (summary.notes), not an error
+    registration: Optional[Registration] = None  # of the modality into the RGB view, as the node's (None: none)
 
 
 @dataclass
@@ -205,8 +209,11 @@ class OutputBag:
         self.writer.close()
 
 
-def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
-    """(role, log_ns, deserialised message) for the replayed topics, in the bag's log-time order."""
+def _iter_bag(opts: ReplayOptions, partial: Optional[list[str]] = None) -> Iterator[tuple[str, int, Any]]:
+    """(role, log_ns, deserialised message) for the replayed topics, in the bag's log-time order.
+
+    Read to its end, fewer messages than the bag declares raise ShortReadError, or with ``partial`` (a list)
+    add a warning to it (sigma_core.data.bags.read_messages)."""
     roles = {opts.rgb_topic: "rgb", opts.modal_topic: "modal"}
     if opts.label_topic:
         roles[opts.label_topic] = "label"
@@ -221,7 +228,7 @@ def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
                 raise BagError(f"topic {found} in {opts.bag} is {available[found]}, not an Image or CompressedImage")
             in_bag[found] = role
         conns = [c for c in reader.connections if c.topic in in_bag]
-        for conn, log_ns, msg in read_messages(reader, conns, opts.bag):
+        for conn, log_ns, msg in read_messages(reader, conns, opts.bag, partial):
             yield in_bag[conn.topic], log_ns, msg
 
 
@@ -236,6 +243,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
     if opts.label_topic and opts.label_dir:
         raise ValueError("give either a label topic or a label folder, not both")
+    if opts.max_pairs is not None and opts.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1 (or left out for every pair), got {opts.max_pairs}")
     if opts.label_dir is not None and not Path(opts.label_dir).is_dir():
         raise FileNotFoundError(f"label folder {opts.label_dir} does not exist")
     class_names = list(segmenter.class_names)
@@ -247,6 +256,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         "labels": opts.label_topic or (str(opts.label_dir) if opts.label_dir else "none"),
         "model": segmenter.model_name, "device": str(segmenter.device), "precision": str(segmenter.precision),
         "slop_s": opts.slop, "queue_size": opts.queue_size,
+        "registration": opts.registration.mode if opts.registration is not None else "none",
     })
     summary.legend = [(name, tuple(int(v) for v in c))
                       for name, c in zip(class_names, np.asarray(segmenter.palette, np.uint8).reshape(-1, 3))]
@@ -275,8 +285,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     start = time.perf_counter()
     frames_processed = 0
     non_finite, first_non_finite = 0, ""
+    short_read: list[str] = []
+    aspect_noted = False
     try:
-        for role, log_ns, msg in _iter_bag(opts):
+        for role, log_ns, msg in _iter_bag(opts, short_read if opts.allow_partial else None):
             stamp = stamp_ns(msg)
             if role == "label":
                 label = label_from_message(msg, f"the label stamped {stamp} ns on {opts.label_topic}")
@@ -294,7 +306,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
             modal, _ = message_to_array(modal_msg)
             try:
-                frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal)  # what the node runs, resizing included
+                # what the node runs, registration and resizing included
+                frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal, registration=opts.registration)
             except NonFiniteOutputError as e:  # as the node does: no mask rather than a meaningless one
                 non_finite += 1
                 first_non_finite = first_non_finite or f"first at stamp {rgb_stamp} ns: {e}"
@@ -304,6 +317,11 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             rgb, mask, counts, inference_ms = frame.rgb, frame.mask, frame.counts, frame.inference_ms
             frames_processed += 1
             summary.frames += 1
+            summary.modality_coverage.append(frame.coverage)
+            if frame.aspect_warning and not aspect_noted:
+                summary.notes.append(frame.aspect_warning.replace("registration.mode (rig or homography) with "
+                                                                  "registration.calibration_file", "--calibration"))
+                aspect_noted = True
             summary.inference_ms.append(inference_ms)
             summary.sync_skew_ms.append((rgb_stamp - modal_stamp) / 1e6)
             result.modal_stamp[rgb_stamp] = modal_stamp
@@ -331,6 +349,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         if out_bag is not None:
             out_bag.close()
     summary.wall_seconds = time.perf_counter() - start
+    summary.notes += [f"warning (--allow-partial): {w}" for w in short_read]
     if non_finite:
         summary.dropped += non_finite
         summary.notes.append(f"{non_finite} of {summary.expected_pairs} pairs got NaN/infinite logits and no mask "
@@ -365,13 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--label-dir", type=Path, help="extracted Label/ folder (files named <RGB stamp ns>.png)")
     p.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (the node's sync.slop)")
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue size (the node's sync.queue_size)")
+    p.add_argument("--calibration", help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV "
+                                         "stereo YAML): register the modality into the RGB view as the node does "
+                                         "with registration.calibration_file")
+    p.add_argument("--registration-mode", choices=("homography", "rig"),
+                   help="with --calibration: the node's registration.mode (default: the file's: rig, or homography "
+                        "for a file holding only a homography)")
+    p.add_argument("--registration-distance", type=float, default=DEFAULT_DISTANCE_M,
+                   help="rig mode, thermal: plane distance in metres (the node's registration.distance_m)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--output-bag", type=Path, help="write /segmentation/{mask,color_mask,stats,class_map} here")
     p.add_argument("--output-storage", choices=("sqlite3", "mcap"), default="sqlite3")
     p.add_argument("--out", type=Path, default=Path("replay_report"), help="report folder")
     p.add_argument("--samples", type=int, default=6, help="frames in the report's strip")
-    p.add_argument("--max-pairs", type=int, help="stop after this many pairs")
+    p.add_argument("--max-pairs", type=int, help="stop after this many pairs (>= 1)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a damaged bag that yields fewer messages than its index declares: score what can be read "
+                        "and warn with the counts (default: an error)")
     p.add_argument("--no-html", action="store_true", help="Markdown report only")
     return p
 
@@ -379,22 +409,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_report_folder(args.out)  # before the replay: a user's report.md is never replaced
         try:
             seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
         except ConfigError as e:  # the node's wording names its parameter; here it is a flag
             raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
         for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:  # what a .pth needed inferred
             print(line)
+        if args.registration_mode and not args.calibration:
+            raise ValueError(f"--registration-mode {args.registration_mode} needs --calibration FILE")
+        try:
+            registration = load_registration(args.registration_mode, args.calibration, seg.scaling,
+                                             args.registration_distance)
+        except ConfigError as e:
+            raise ValueError(f"--calibration: {e}") from None
         opts = ReplayOptions(
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,
             output_storage=args.output_storage, samples=args.samples, max_pairs=args.max_pairs,
+            allow_partial=args.allow_partial,
+            registration=registration,
         )
         result = replay_bag(opts, seg, out_dir=args.out)
     except (ValueError, OSError) as e:  # BagError is a ValueError
         print(f"sigma-replay-eval: {e}", file=sys.stderr)
         return 2
     summary = result.summary
+    for note in summary.notes:
+        if note.startswith("warning"):
+            print(f"sigma-replay-eval: {note}", file=sys.stderr)
     summary.source["checkpoint"] = args.checkpoint or "bundled demo model"
     paths = write_report(summary, args.out, html_page=not args.no_html)
     print(format_summary(summary))

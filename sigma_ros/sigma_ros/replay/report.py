@@ -14,6 +14,7 @@ Only numpy and matplotlib (Agg) are needed: no ROS import here.
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from sigma_core.engine.metrics import SegmentationMetrics
 from sigma_core.engine.reports import metrics_table, per_class_table, plot_class_iou, write_json
+from sigma_core.files import check_folder_can_be_made
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ReplaySummary:
     latency_t: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
     sync_skew_ms: list[float] = field(default_factory=list)
+    modality_coverage: list[float] = field(default_factory=list)  # per frame: RGB pixels the modality covers
     metrics: Optional[SegmentationMetrics] = None
     frames_scored: int = 0
     class_pixels: dict[str, int] = field(default_factory=dict)  # predicted pixels per class over all frames
@@ -89,6 +92,7 @@ class ReplaySummary:
             "latency_ms": percentiles(self.latency_ms),
             "inference_ms": percentiles(self.inference_ms),
             "sync_skew_ms": percentiles(self.sync_skew_ms, absolute=True),
+            "modality_coverage": percentiles(self.modality_coverage),
             "frames_scored": self.frames_scored,
             "class_pixels": self.class_pixels,
             "notes": self.notes,
@@ -138,6 +142,11 @@ def format_summary(summary: ReplaySummary) -> str:
         lines.append(f"  inference        : p50 {_fmt(inf['p50'], ' ms')}, p95 {_fmt(inf['p95'], ' ms')}")
     if skew["count"]:
         lines.append(f"  sync skew |RGB-X|: p50 {_fmt(skew['p50'], ' ms')}, max {_fmt(skew['max'], ' ms')}")
+    cover = d["modality_coverage"]
+    if cover["count"] and cover["mean"] is not None and cover["mean"] < 1.0:
+        low = sum(c < 0.5 for c in summary.modality_coverage)
+        lines.append(f"  modality coverage: mean {_pct(cover['mean'])}, lowest {_pct(min(summary.modality_coverage))}"
+                     f" of the RGB image after registration" + (f"; {low} frames below 50 %" if low else ""))
     m = summary.metrics
     if m is not None:
         lines.append(f"  accuracy         : mIoU {_pct(m.miou)}, pixel acc. {_pct(m.pixel_accuracy)}, "
@@ -307,9 +316,34 @@ def _html(markdown: str) -> str:
            + "\n".join(body) + "</body></html>\n"
 
 
-def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = True) -> dict[str, Path]:
-    """Write summary.json, the plots, report.md (and report.html) into ``out_dir``; returns their paths."""
+REPORT_FILES = ("summary.json", "report.md", "report.html", "latency.png", "class_iou.png", "frames.png")
+
+
+def check_report_folder(out_dir: str | Path) -> None:
+    """ValueError if writing a replay report into ``out_dir`` would replace files no replay report wrote (a user's
+    report.md, another tool's summary.json); a replay report written before (its summary.json says its mode)
+    may be replaced. Call it before the replay, not only when writing."""
     out = Path(out_dir)
+    check_folder_can_be_made(out, "report folder")
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if not taken:
+        return
+    try:
+        ours = json.loads((out / "summary.json").read_text()).get("mode") in ("offline", "live")
+    except (OSError, ValueError, TypeError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out} holds {', '.join(taken)} that no replay report wrote: they are left as they "
+                         "are; give another --out folder")
+
+
+def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = True) -> dict[str, Path]:
+    """Write summary.json, the plots, report.md (and report.html) into ``out_dir``; returns their paths.
+
+    ValueError (check_report_folder) when ``out_dir`` holds files of the same names that no replay report wrote.
+    """
+    out = Path(out_dir)
+    check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"json": out / "summary.json"}
     write_json(paths["json"], summary.to_dict())
