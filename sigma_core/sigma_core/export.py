@@ -12,9 +12,10 @@ normalised as ``sigma.normalization`` says; output ``logits`` (B, K, H, W) float
 (keys ``sigma.*``, see sigma_core.onnx_runtime.REQUIRED_KEYS) hold classes, palette, modality scaling,
 normalisation, checkpoint input size, precision, source checkpoint and the sigma_core version.
 
-fp16: the network is exported under autocast, as the torch Segmenter runs it: matmuls and convolutions in
-float16, the patch embedding, every LayerNorm, the scans (state and output) and the residual streams in
-float32 (the scan output exceeds float16's range, see sigma_core.ops.selective_scan).
+fp16: the float32 graph's matmuls and convolutions run in float16 (weights stored float16, their inputs cast
+to float16 and their outputs back to float32), the policy of the torch Segmenter's autocast: the patch
+embedding, every LayerNorm, the scans (state and output) and the residual streams stay float32 (the scan
+output exceeds float16's range, see sigma_core.ops.selective_scan). (torch 2.13 cannot export under autocast.)
 
 Before the file is kept it runs in ONNX Runtime on a full-size frame and is compared with torch (float32):
 beyond MAX_RELATIVE_DIFFERENCE (fp32) or below MIN_MASK_AGREEMENT (fp16) nothing is kept. An existing
@@ -89,6 +90,8 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
         proto = trace_to_onnx(model, fixed, precision, opset)
         scans = scan_onnx.expand_scan_nodes(proto)
         deduplicate_initializers(proto)
+        if precision == "fp16":
+            matmuls_to_fp16(proto)
         write_metadata(proto, meta, source, precision)
         import onnx
 
@@ -149,13 +152,60 @@ def trace_to_onnx(model: torch.nn.Module, fixed: Optional[tuple[int, int]], prec
         dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
         dynamic = {"rgb": dims, "x": dict(dims)}
     model.set_scan_backend("onnx")
-    autocast = torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16")
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         program = torch.onnx.export(
             model, example, None, dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
             output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, custom_translation_table=scan_onnx.onnx_translation(),
             optimize=False, verbose=False)  # ONNX Runtime folds constants itself; the optimizer took 1/3 of the time
     return program.model_proto
+
+
+def matmuls_to_fp16(proto) -> int:
+    """MatMul/Conv/Gemm of the main graph in float16, as autocast runs them; returns how many were converted.
+
+    Their float32 weights become float16 initializers (the float32 copy is dropped when nothing else reads it);
+    other inputs are cast to float16 and each output cast back to float32, so everything between stays
+    float32. The patch embedding (the convolution reading 3 channels) stays float32, as in VSSEncoder.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    new_nodes, half_inits, converted = [], {}, 0
+    for node in proto.graph.node:
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        patch_embed = node.op_type == "Conv" and weight is not None and len(weight.dims) == 4 and weight.dims[1] == 3
+        if node.op_type not in ("MatMul", "Conv", "Gemm") or patch_embed:
+            new_nodes.append(node)
+            continue
+        converted += 1
+        for i, name in enumerate(node.input):
+            if not name:
+                continue
+            if name in inits and inits[name].data_type == TensorProto.FLOAT:
+                if name not in half_inits:
+                    weight16 = numpy_helper.to_array(inits[name]).astype(np.float16)
+                    half_inits[name] = numpy_helper.from_array(weight16, name + "_fp16")
+                readers[name] -= 1
+                node.input[i] = half_inits[name].name
+            else:
+                cast = f"{name}_to_fp16_{converted}"
+                new_nodes.append(helper.make_node("Cast", [name], [cast], to=TensorProto.FLOAT16))
+                node.input[i] = cast
+        out = node.output[0]
+        node.output[0] = out + "_fp16"
+        new_nodes.append(node)
+        new_nodes.append(helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT))
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+    keep = [i for i in proto.graph.initializer if readers.get(i.name, 0) > 0 or i.name not in half_inits]
+    keep += list(half_inits.values())
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return converted
 
 
 def deduplicate_initializers(proto) -> int:
@@ -212,7 +262,7 @@ def compare_with_torch(model: torch.nn.Module, path: Path, size: tuple[int, int]
     model.set_scan_backend("auto")
     with torch.inference_mode():
         expected = model(rgb, modal).float().numpy()
-    got = OnnxSegmenter(path, device="cpu", input_size=None).logits(rgb.numpy(), modal.numpy())
+    got = OnnxSegmenter(path, device="cpu").logits(rgb.numpy(), modal.numpy())
     diff = float(np.abs(got - expected).max())
     rel = diff / max(float(np.abs(expected).max()), 1e-12)
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
