@@ -14,7 +14,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "numba", "torch", "opencv-python-headless", "pyyaml", "tqdm", "rosbags", "matplotlib",
                       "pillow"],
-    extras_require={"train": ["tensorboard"], "gpu": ["triton"]},
+    # onnx: run sigma-export files (no torch needed at run time); export: write them
+    extras_require={"train": ["tensorboard"], "gpu": ["triton"], "onnx": ["onnxruntime"],
+                    "export": ["onnx", "onnxscript", "onnxruntime"]},
     zip_safe=False,
     maintainer="Sigma ROS maintainers",
     maintainer_email="maintainers@example.com",

@@ -6,9 +6,9 @@
 
 How: every selective scan is routed to the "onnx" backend (sigma_core.ops.scan_onnx), which traces as one
 custom op and is then written as standard ONNX ops around one chunked ``Scan``; the rest of the network is
-torch.onnx.export's (dynamo exporter, opset >= 18). The graph does not grow with the image; height and
-width (and the batch) are symbolic unless fixed. Inputs ``rgb`` and ``modal``, (B, 3, H, W) float32,
-normalised as ``sigma.normalization`` says; output ``logits`` (B, K, H, W) float32. ``metadata_props``
+torch.onnx.export's (dynamo exporter, opset >= 18). The graph does not grow with the image; height,
+width and batch are symbolic unless the size is fixed (then the batch is 1). Inputs ``rgb`` and ``modal``,
+(B, 3, H, W) float32, normalised as ``sigma.normalization`` says; output ``logits`` (B, K, H, W) float32. ``metadata_props``
 (keys ``sigma.*``, see sigma_core.onnx_runtime.REQUIRED_KEYS) hold classes, palette, modality scaling,
 normalisation, checkpoint input size, precision, source checkpoint and the sigma_core version.
 
@@ -145,12 +145,13 @@ def check_arguments(out: Path, height: Optional[int], width: Optional[int], prec
 
 def trace_to_onnx(model: torch.nn.Module, fixed: Optional[tuple[int, int]], precision: str, opset: int):
     """torch.onnx.export (dynamo) with the scans as placeholders; returns the ModelProto."""
-    size = fixed or TRACE_SIZE
-    example = (torch.zeros(1, 3, *size), torch.zeros(1, 3, *size))
-    dynamic = None
-    if fixed is None:
+    if fixed is None:  # batch, height and width symbolic (a traced batch of 1 would be fixed at 1)
+        example = (torch.zeros(2, 3, *TRACE_SIZE), torch.zeros(2, 3, *TRACE_SIZE))
         dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
         dynamic = {"rgb": dims, "x": dict(dims)}
+    else:  # all static, batch 1: exports ~4x faster, and runtimes such as TensorRT prefer it
+        example = (torch.zeros(1, 3, *fixed), torch.zeros(1, 3, *fixed))
+        dynamic = None
     model.set_scan_backend("onnx")
     with torch.no_grad():
         program = torch.onnx.export(

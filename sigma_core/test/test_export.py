@@ -162,6 +162,7 @@ def bundled_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the export: ~100 s on an idle 2-core machine, several minutes under load
 def test_exported_bundled_model_matches_torch_at_any_size(bundled_onnx):
     """ONNX Runtime equals torch within 1e-4 relative at sizes it was not traced at (odd stage sizes included),
     the file names its classes, and the Segmenters agree on whole frames."""
@@ -184,21 +185,24 @@ def test_exported_bundled_model_matches_torch_at_any_size(bundled_onnx):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_export_published_checkpoint_fp32_and_fp16(tmp_path):
-    """The published-layout parity fixture through sigma-export --dataset: fp32 equals the published logits within
-    1e-4 relative (batch 2); fp16 (fixed 64x96) keeps >= 99.5 % of the mask pixels."""
+    """The published-layout parity fixture through sigma-export --dataset (fixed at its 64x96, which exports in a
+    quarter of the time; any size is the bundled model's test): fp32 equals the published logits within 1e-4
+    relative, fp16 keeps >= 99.5 % of the mask pixels (both fixture frames, one at a time: batch 1)."""
     from sigma_core.cli.export import main
 
     fixture = parity_fixture()
     pth = write_published_checkpoint(tmp_path / "published.pth", fixture["state_dict"])
     expected = fixture["logits"].numpy()
-    for precision, extra in (("fp32", []), ("fp16", ["--height", "64", "--width", "96"])):
+    for precision in ("fp32", "fp16"):
         out = tmp_path / f"published_{precision}.onnx"
         assert main([str(pth), "--dataset", "mfnet", "--out", str(out), "--precision", precision,
-                     "--check-size", "64", "96", *extra]) == 0
+                     "--height", "64", "--width", "96"]) == 0
         seg = OnnxSegmenter(out, threads=1)
         assert seg.precision == precision and len(seg.class_names) == 9
-        got = seg.logits(fixture["rgb"].numpy(), fixture["x"].numpy())
+        got = np.concatenate([seg.logits(fixture["rgb"][i:i + 1].numpy(), fixture["x"][i:i + 1].numpy())
+                              for i in range(len(expected))])
         if precision == "fp32":
             assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.995

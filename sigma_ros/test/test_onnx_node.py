@@ -50,6 +50,7 @@ def write_bag(path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_node_without_torch_runs_an_exported_model_like_the_torch_node(tmp_path_factory, monkeypatch):
     from sigma_core.cli.export import main as export_main
 

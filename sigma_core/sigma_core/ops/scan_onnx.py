@@ -28,7 +28,8 @@ from typing import Optional
 
 import torch
 
-CHUNK = 16  # steps per Scan iteration (8 and 32 measured no faster in ONNX Runtime on the Sigma-T shapes)
+CHUNK = 16  # steps per chunk of the eager torch formulation (the reference for tests)
+STEPS, BLOCKS = 8, 8  # the ONNX Scan's iteration: BLOCKS blocks of STEPS steps (see _chunk_body)
 DOMAIN = "ai.sigma"
 OP_TYPE = "ScanRecurrence"
 
@@ -142,15 +143,18 @@ def _register_placeholder_schema() -> None:
         doc="selective-scan recurrence; sigma_core.ops.scan_onnx.expand_scan_nodes replaces it by standard ops"))
 
 
-def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y: str, chunk: int = CHUNK):
+def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y: str, steps: int = STEPS,
+                     blocks: int = BLOCKS):
     """The ONNX nodes (opset >= 18) computing ``y`` = scan_recurrence(u, delta, A, B, C) by name.
 
-    Names made here start with ``prefix``. Returns a list of NodeProto, the Scan's body included.
+    One Scan iteration covers ``blocks`` blocks of ``steps`` steps (see _chunk_body). Names made here start
+    with ``prefix``. Returns a list of NodeProto, the Scan's body included.
     """
     from onnx import TensorProto, helper
 
     nodes = []
     counter = itertools.count()
+    chunk = steps * blocks
 
     def name(hint: str) -> str:
         return f"{prefix}{hint}_{next(counter)}"
@@ -174,45 +178,52 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y:
     batch, channels, length = dim(su, 0), dim(su, 1), dim(su, 2)
     groups, states = dim(sb, 1), dim(sb, 2)
     per_group = one("Div", [channels, groups], "per_group")
-    t_const = const([chunk], "chunk")
-    chunks = one("Div", [one("Add", [length, const([chunk - 1])]), t_const], "chunks")
-    pad = one("Sub", [one("Mul", [chunks, t_const]), length], "pad")
-    zero3 = const([0, 0, 0])
-    pads3 = one("Concat", [zero3, const([0, 0]), pad], "pads3", axis=0)
+    chunk_const, steps_const, blocks_const = const([chunk], "chunk"), const([steps], "steps"), const([blocks], "blocks")
+    chunks = one("Div", [one("Add", [length, const([chunk - 1])]), chunk_const], "chunks")
+    pad = one("Sub", [one("Mul", [chunks, chunk_const]), length], "pad")
+    pads3 = one("Concat", [const([0, 0, 0]), const([0, 0]), pad], "pads3", axis=0)
     pads4 = one("Concat", [const([0, 0, 0, 0]), const([0, 0, 0]), pad], "pads4", axis=0)
     u_p = one("Pad", [u, pads3], "u_pad")
     dt_p = one("Pad", [delta, pads3], "dt_pad")
     b_p, c_p = one("Pad", [B, pads4], "b_pad"), one("Pad", [C, pads4], "c_pad")
     du_p = one("Mul", [dt_p, u_p], "du")
 
-    def channel_chunks(t: str) -> str:  # (b, D, Lp) -> (c, T, 1, b, G, D/G)
-        shape = one("Concat", [batch, groups, per_group, chunks, t_const], "shape5", axis=0)
-        t5 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 4, 0, 1, 2])
-        return one("Unsqueeze", [t5, const([2])])
+    def channel_chunks(t: str) -> str:  # (b, D, Lp) -> (c, T, S, 1, b, G, D/G); step s * T + t of chunk c
+        shape = one("Concat", [batch, groups, per_group, chunks, blocks_const, steps_const], "shape6", axis=0)
+        t6 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 5, 4, 0, 1, 2])
+        return one("Unsqueeze", [t6, const([3])])
 
-    def state_chunks(t: str) -> str:  # (b, G, N, Lp) -> (c, T, N, b, G, 1)
-        shape = one("Concat", [batch, groups, states, chunks, t_const], "shape5", axis=0)
-        t5 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 4, 2, 0, 1])
-        return one("Unsqueeze", [t5, const([5])])
+    def state_chunks(t: str) -> str:  # (b, G, N, Lp) -> (c, T, S, N, b, G, 1)
+        shape = one("Concat", [batch, groups, states, chunks, blocks_const, steps_const], "shape6", axis=0)
+        t6 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 5, 4, 2, 0, 1])
+        return one("Unsqueeze", [t6, const([6])])
 
     dt_c, du_c, b_c, c_c = channel_chunks(dt_p), channel_chunks(du_p), state_chunks(b_p), state_chunks(c_p)
     a_shape = one("Concat", [groups, per_group, states], "a_shape", axis=0)
     a_c = one("Unsqueeze", [one("Transpose", [one("Reshape", [A, a_shape])], perm=[2, 0, 1]), const([1])])
-    h_shape = one("Concat", [const([1]), states, batch, groups, per_group], "h_shape", axis=0)
+    h_shape = one("Concat", [const([1, 1]), states, batch, groups, per_group], "h_shape", axis=0)
     h0 = one("ConstantOfShape", [h_shape], "h0", value=helper.make_tensor(name("zero"), TensorProto.FLOAT, [1], [0.0]))
 
-    body = _chunk_body(prefix + "body_", chunk)
-    h_last, a_last, ys = node("Scan", [h0, a_c, dt_c, du_c, b_c, c_c], "scan", 3, body=body, num_scan_inputs=4)
-    # ys: (c, T, b, G, D/G) -> (b, D, Lp) -> first L steps
-    lp = one("Mul", [chunks, t_const], "lp")
-    flat = one("Reshape", [ys, one("Concat", [lp, batch, channels], "ys_shape", axis=0)])
+    body = _chunk_body(prefix + "body_", steps, blocks)
+    _, _, ys = node("Scan", [h0, a_c, dt_c, du_c, b_c, c_c], "scan", 3, body=body, num_scan_inputs=4)
+    # ys: (c, T, S, b, G, D/G) -> step order (c, S, T) -> (b, D, Lp) -> first L steps
+    ordered = one("Transpose", [ys], perm=[0, 2, 1, 3, 4, 5])
+    lp = one("Mul", [chunks, chunk_const], "lp")
+    flat = one("Reshape", [ordered, one("Concat", [lp, batch, channels], "ys_shape", axis=0)])
     full = one("Transpose", [flat], perm=[1, 2, 0])
     nodes.append(helper.make_node("Slice", [full, const([0]), length, const([2])], [y], name=name("n_Slice")))
     return nodes
 
 
-def _chunk_body(prefix: str, chunk: int):
-    """The Scan body: state (h, A) and one chunk of (delta, delta*u, B, C) -> (h, A) and the chunk's y."""
+def _chunk_body(prefix: str, steps: int, blocks: int):
+    """The Scan body: state (h, A) and one chunk of S = ``blocks`` blocks of T = ``steps`` steps -> (h, A), y.
+
+    Few, large ops per iteration (runtimes pay per op): the T steps run for all S blocks at once from a zero
+    state (hl_t) with each block's running decay product P_t (values in [0, 1]: no overflow); then the S
+    block-entry states follow one another (c_{s+1} = P_last,s c_s + hl_last,s); then h_t = hl_t + P_t c_s,
+    y_t = sum_n C_t h_t. Inputs per iteration: dt, du (T, S, 1, b, G, D/G); B, C (T, S, N, b, G, 1);
+    h (1, 1, N, b, G, D/G); A (N, 1, G, D/G).
+    """
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
@@ -225,20 +236,27 @@ def _chunk_body(prefix: str, chunk: int):
         nodes.append(helper.make_node(op, inputs, outs, name=f"{prefix}n{next(counter)}", **attrs))
         return outs if n_out > 1 else outs[0]
 
-    decay = one("Exp", [one("Mul", [io["dt"], io["a"]])])  # (T, N, b, G, D/G), exponent <= 0
-    inject = one("Mul", [io["du"], io["b"]])
-    decays = one("Split", [decay], n_out=chunk, axis=0, num_outputs=chunk)
-    injects = one("Split", [inject], n_out=chunk, axis=0, num_outputs=chunk)
-    h, hs = io["h"], []
-    for step in range(chunk):
-        h = one("Add", [one("Mul", [decays[step], h]), injects[step]],
-                io["h_out"] if step == chunk - 1 else None)
-        hs.append(h)
-    stacked = one("Concat", hs, axis=0)
+    def split(t: str, axis: int, parts: int) -> list[str]:
+        return [t] if parts == 1 else one("Split", [t], n_out=parts, axis=axis, num_outputs=parts)
+
+    def concat(ts: list[str], axis: int) -> str:
+        return ts[0] if len(ts) == 1 else one("Concat", ts, axis=axis)
+
+    decay = split(one("Exp", [one("Mul", [io["dt"], io["a"]])]), 0, steps)  # T x (1, S, N, b, G, D/G); exponent <= 0
+    inject = split(one("Mul", [io["du"], io["b"]]), 0, steps)
+    local, product = [inject[0]], [decay[0]]
+    for t in range(1, steps):
+        local.append(one("Add", [one("Mul", [decay[t], local[-1]]), inject[t]]))
+        product.append(one("Mul", [product[-1], decay[t]]))
+    entering = [io["h"]]  # (1, 1, N, b, G, D/G): the state entering block s
+    for last_product, last_local in zip(split(product[-1], 1, blocks), split(local[-1], 1, blocks)):
+        entering.append(one("Add", [one("Mul", [last_product, entering[-1]]), last_local]))
+    one("Identity", [entering.pop()], io["h_out"])
+    states = one("Add", [concat(local, 0), one("Mul", [concat(product, 0), concat(entering, 1)])])  # (T, S, N, ...)
     axes = f"{prefix}axes"
     nodes.append(helper.make_node("Constant", [], [axes], value=helper.make_tensor(axes + "_v", TensorProto.INT64,
-                                                                                 [1], [1])))
-    one("ReduceSum", [one("Mul", [stacked, io["c"]]), axes], io["y"], keepdims=0)
+                                                                                 [1], [2])))
+    one("ReduceSum", [one("Mul", [states, io["c"]]), axes], io["y"], keepdims=0)
     one("Identity", [io["a"]], io["a_out"])
     inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "a", "dt", "du", "b", "c")]
     outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "a_out", "y")]
