@@ -8,7 +8,8 @@ How: every selective scan is routed to the "onnx" backend (sigma_core.ops.scan_o
 custom op and is then written as standard ONNX ops around one chunked ``Scan``; the rest of the network is
 torch.onnx.export's (dynamo exporter, opset >= 18). The graph does not grow with the image; height,
 width and batch are symbolic unless the size is fixed (then the batch is 1). Inputs ``rgb`` and ``modal``,
-(B, 3, H, W) float32, normalised as ``sigma.normalization`` says; output ``logits`` (B, K, H, W) float32. ``metadata_props``
+(B, 3, H, W) float32, normalised as ``sigma.normalization`` says; output ``logits`` (B, K, H, W) float32.
+``metadata_props``
 (keys ``sigma.*``, see sigma_core.onnx_runtime.REQUIRED_KEYS) hold classes, palette, modality scaling,
 normalisation, checkpoint input size, precision, source checkpoint and the sigma_core version.
 
