@@ -18,6 +18,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from node_helpers import PROFILE, H, W, Streams, image, start_node  # noqa: E402, I001
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
@@ -40,8 +41,10 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
                                                                                   harness):
     node = start_node(tmp_path_factory, "/r", {"checkpoint": checkpoints["thermal"], "registration.mode": "rig",
                                                "registration.translation": "[0.5, 0.0, 0.0]",
-                                               "registration.distance_m": 2.0}, DOMAIN_ID)
+                                               "registration.distance_m": 2.0, "diagnostics.period_s": 0.5},
+                      DOMAIN_ID)
     try:
+        harness.subscribe(DiagnosticArray, "/diagnostics")
         harness.subscribe(Image, "/r/segmentation/mask")
         harness.subscribe(SegmentationStats, "/r/segmentation/stats")
         streams = Streams(harness, "/r")
@@ -56,6 +59,17 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
             time.sleep(0.1)
         assert waited in node.log() and "frame not published" in node.log(), node.log()
         assert not harness.messages("/r/segmentation/mask")  # nothing while the intrinsics are unknown
+
+        def diagnosed():  # /diagnostics says it too: WARN (or ERROR once stalled), naming the topics
+            for array in harness.messages("/diagnostics"):
+                for status in array.status:
+                    if "/r/sigma_segmentation" in status.name and status.level >= 1 and any(
+                            v.key == "last waiting_for_camera_info" and "/r/rgb/camera_info" in v.value
+                            for v in status.values):
+                        return True
+            return False
+
+        assert harness.wait_for(diagnosed, 5), node.log()
 
         sent = None
         deadline = time.monotonic() + 30
