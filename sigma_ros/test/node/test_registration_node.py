@@ -63,7 +63,8 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
         def diagnosed():  # /diagnostics says it too: WARN (or ERROR once stalled), naming the topics
             for array in harness.messages("/diagnostics"):
                 for status in array.status:
-                    if "/r/sigma_segmentation" in status.name and status.level >= 1 and any(
+                    level = status.level if isinstance(status.level, int) else ord(status.level)  # a byte in rclpy
+                if "/r/sigma_segmentation" in status.name and level >= 1 and any(
                             v.key == "last waiting_for_camera_info" and "/r/rgb/camera_info" in v.value
                             for v in status.values):
                         return True
