@@ -795,3 +795,21 @@ def test_the_default_split_keeps_every_labelled_frame_and_says_where_each_went(t
     assert all((tmp_path / "gap" / d / f"{n}.png").is_file() for n in gap for d in ("RGB", "Modal", "Label"))
     assert sum(row[4] == "gap" for row in csv.reader(open(tmp_path / "gap" / "pairs.csv"))) == len(gap)
     assert f"{len(train)} train, {len(test)} test, {len(gap)} near test (gap.txt)" in run.stdout
+
+
+def test_duplicate_class_names_are_refused_naming_them(bags, tmp_path):
+    """Issue 21, fault 9: a classes list naming one class twice was accepted (two ids, one name in every report)."""
+    import subprocess
+    import sys
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("road\ncar\nperson\ncar\n")
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.extract", str(bags["sqlite3"].path), "-o",
+                          str(tmp_path / "ds"), "--rgb-topic", RGB, "--modal-topic", THERMAL, "--label-topic", LABEL,
+                          "--classes", str(classes), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and not (tmp_path / "ds").exists(), run.stderr
+    assert "--classes: class names must differ; repeated: 'car' (ids 1 and 3)" in run.stderr
+    yaml_file = tmp_path / "dataset.yaml"
+    yaml_file.write_text("classes: [road, car, road]\n")
+    with pytest.raises(ValueError, match=r"classes: class names must differ; repeated: 'road' \(ids 0 and 2\)"):
+        DatasetSpec.from_yaml(yaml_file)

@@ -46,8 +46,10 @@ def assert_relative(got, want, tol, name=""):
     assert err <= tol * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g}"
 
 
-# (batch, G, D/G, N, L): odd lengths, L=1, chunk ends (64), blocks not filled (D/G < 16 or 20), N 4 and 16.
-SHAPES = [(1, 1, 3, 4, 1), (2, 2, 5, 4, 37), (1, 4, 20, 16, 130), (2, 4, 3, 16, 64), (1, 2, 17, 4, 65)]
+# (batch, G, D/G, N, L): odd lengths, L=1, chunk ends (64), blocks not filled (D/G < 16 or 20), N 4 and 16;
+# D/G = 128: the 64-channel blocks the model's scans run in (two per group).
+SHAPES = [(1, 1, 3, 4, 1), (2, 2, 5, 4, 37), (1, 4, 20, 16, 130), (2, 4, 3, 16, 64), (1, 2, 17, 4, 65),
+          (1, 2, 128, 16, 70)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}g{}c{}n{}l{}".format(*s))

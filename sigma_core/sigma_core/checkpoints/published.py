@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import SigmaConfig
+from ..data.labels import check_class_names
 from ..data.modality import ModalityScaling
 from .architecture import describe_config, infer_sigma_config
 from .errors import CheckpointError, DatasetNeededError, PathLike
@@ -77,6 +78,7 @@ def _class_list_spec(path: Path, names: Any) -> Any:
 
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise ValueError("a class list is one class name per line (or a YAML list of names)")
+    check_class_names(names, str(path))
     return DatasetSpec(name=path.stem, classes=tuple(str(n) for n in names))
 
 

@@ -52,7 +52,7 @@ from .calibration import CalibrationError, load_calibration
 from .dataset import DATASET_YAML, DatasetSpec
 from .errors import DataError
 from .image_encoding import to_rgb8
-from .labels import check_label_values, label_from_message
+from .labels import check_class_names, check_label_values, label_from_message
 from .modality import MODALITIES, ModalityScaling
 from .pairing import ApproximateTimePairer
 from .registration import DEFAULT_DISTANCE_M, Registration
@@ -118,6 +118,11 @@ class ExtractOptions:
             raise ExtractError(f"--registration-mode {self.registration_mode} needs --calibration FILE")
         if self.palette is not None and self.classes is not None and len(self.palette) != len(self.classes):
             raise ExtractError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        if self.classes is not None:
+            try:
+                check_class_names(self.classes, "--classes")
+            except ValueError as exc:
+                raise ExtractError(str(exc)) from None
 
 
 @dataclass(frozen=True)

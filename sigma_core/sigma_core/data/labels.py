@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -213,6 +213,22 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
     if stored is None:
         raise DataError(f"cannot decode {where} ({fmt!r}, {len(data)} bytes): corrupt or truncated data")
     return unscale_low_bit_grey(stored, header), "png"
+
+
+def check_class_names(names: Sequence[Any], source: str) -> None:
+    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice.
+
+    Two classes of one name cannot be told apart in a report, a ClassMap or a class-name lookup; it is
+    almost always a copy-and-paste slip in a classes list.
+    """
+    first: dict[str, int] = {}
+    repeated = []
+    for i, name in enumerate(str(n) for n in names):
+        if name in first:
+            repeated.append(f"{name!r} (ids {first[name]} and {i})")
+        first.setdefault(name, i)
+    if repeated:
+        raise ValueError(f"{source}: class names must differ; repeated: {', '.join(repeated)}")
 
 
 def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from ..errors import ConfigError  # also importable from here, as before
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
-INPUT_QOS_NAMES = ("sensor_data", "reliable")
+INPUT_QOS_NAMES = ("sensor_data", "best_effort", "reliable")  # best_effort: sensor_data, by output.qos's name
 OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
 TIMER_PERIOD_S = (0.01, 3600.0)  # seconds: the accepted range of a timer period parameter
@@ -284,7 +284,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                "sync_slop"),
     "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", queue_length,
                                      "sync_queue_size"),
-    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable",
+    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (= best_effort) or reliable",
                                choice(*INPUT_QOS_NAMES), "input_qos"),
     "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live",
                                             positive, "silent_warning_s"),
@@ -297,6 +297,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
                                      optional_positive, "depth_max_range"),
+    "depth.units": ParameterSpec(0.001, "metres per unit of integer depth images (16UC1/mono16): 0.001 = millimetres "
+                                 "(REP 118); 0.00025 for an Intel L515's 0.25 mm", positive, "depth_units"),
     "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)",
                                       boolean, "depth_registered"),
     "registration.mode": ParameterSpec("none", "how the modality image is brought into the RGB view: none (the "
@@ -361,6 +363,7 @@ class NodeConfig:
     input_max_pixels: int
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
+    depth_units: float  # metres per unit of integer depth
     depth_registered: bool
     registration_mode: str
     calibration_file: Optional[str]

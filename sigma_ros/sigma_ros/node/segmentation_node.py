@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,13 +37,14 @@ import numpy as np
 import rclpy
 from lifecycle_msgs.msg import State
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -112,6 +114,11 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     return descriptor
 
 
+# Problem kinds of a message refused on arrival (it never reaches the pairing).
+REFUSAL_KINDS = ("unsupported_encoding", "bad_image", "image_too_large", "zero_stamp", "out_of_order")
+MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
+
+
 @dataclass
 class _Frame:
     rgb: Any  # sensor_msgs Image or CompressedImage
@@ -162,6 +169,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._configure_error: Optional[str] = None
         self.problems = ProblemLog(self.get_logger().warning)
         self.health = HealthMonitor(2)
+        self._accepted_at: list[Optional[float]] = [None, None]  # monotonic time of each stream's last usable image
         self.frames_processed = 0
         self._dropped_before = 0  # frames dropped by earlier activations' mailboxes
         self._mailbox: LatestMailbox[_Frame] = LatestMailbox()
@@ -265,7 +273,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._create_subscriptions(self.cfg)
         self.watch = StreamWatch([sub.topic_name for sub in self._subscriptions_active[:2]])  # as subscribed
         self.health.reset()
-        self._silence_timer = self.create_timer(1.0, self._check_inputs)
+        # On the steady clock: with use_sim_time the node's clock stands still until /clock comes, when a missing
+        # input is the very thing to report.
+        self._silence_timer = self.create_timer(1.0, self._check_inputs, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._mailbox = LatestMailbox()
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
@@ -308,7 +318,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
-            f"{self.cfg.output_depth}){registered}"
+            f"{self.cfg.output_depth}){registered}; diagnostics {self.diagnostics.backend}"
         )
 
     def _create_publishers(self, cfg: NodeConfig) -> None:
@@ -431,6 +441,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         except ValueError as e:
             self._report_bad_image(topic, e, "message skipped")
             return
+        self.health.accepted(stream)
+        self._accepted_at[stream] = time.monotonic()
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
@@ -490,7 +502,17 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 f"check the driver, the topic remapping and input.qos; {self._input_hint([topic])}",
             )
         offset = self.watch.unpaired(after)
-        if offset is not None:
+        now = time.monotonic()
+        refused = [t for t, at in zip(topics, self._accepted_at) if at is None or now - at > after]
+        if offset is not None and refused:  # its messages arrive, but none is usable: say why, not "the clocks"
+            kinds = [k for k in REFUSAL_KINDS if k in self.problems.last]
+            last = max(kinds, key=lambda k: self.problems.last[k][0], default=None)
+            self.problems.report(
+                "no_pairs",
+                f"{topics[0]} and {topics[1]} both arrive but every message on {refused[0]} for {after:.0f} s was "
+                f"refused, so nothing pairs" + (f"; the last: {self.problems.last[last][1]}" if last else ""),
+            )
+        elif offset is not None:
             self.problems.report(
                 "no_pairs",
                 f"{topics[0]} and {topics[1]} both arrive but no pair within sync.slop "
@@ -515,9 +537,28 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         images = sorted(t for t, types in known.items() if image_type in types and t not in subscribed
                         and not t.startswith(self.pub_mask.topic_name.rsplit("/", 1)[0]))
         what = image_type.rsplit("/", 1)[1]
+        incompatible = self._incompatible_publishers(topics or subscribed)
+        if incompatible:
+            return incompatible
         found = f"{what} topics seen: {', '.join(images[:6])}" if images else f"no {what} topic is published"
         return (f"check that the cameras run and remap rgb/image:=... modal/image:=... ({found}), input.qos and "
                 "input.transport")
+
+    def _incompatible_publishers(self, topics: list[str]) -> str:
+        """'' or what keeps publishers that exist on ``topics`` from reaching the subscription: a best-effort
+        publisher never delivers to a reliable subscription (input.qos reliable)."""
+        if self.cfg.input_qos != "reliable":  # best effort matches every publisher
+            return ""
+        found = []
+        for topic in topics:
+            best_effort = [i for i in self.get_publishers_info_by_topic(topic)
+                           if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
+            if best_effort:
+                found.append(f"{len(best_effort)} best-effort publisher(s) on {topic}")
+        if not found:
+            return ""
+        return (f"{'; '.join(found)}, but input.qos is reliable: a reliable subscription never receives from a "
+                "best-effort publisher (incompatible QoS); set input.qos:=sensor_data")
 
     def _health_report(self) -> HealthReport:
         info = [("state", self.state)]
@@ -597,6 +638,10 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if decoded[0] is None or decoded[1] is None:
             return
         (rgb_arr, rgb_encoding), (raw, _) = decoded
+        if self.modality == "depth" and raw.dtype.kind in "ui" and self.cfg.depth_units != MILLIMETRE:
+            # A camera in other units than REP 118's millimetres (depth.units): metres from here on, so the model's
+            # scaling and the point cloud read the same depth. 0 (no return) stays 0.
+            raw = raw.astype(np.float32) * np.float32(self.cfg.depth_units)
         self._check_modality(raw)
         registration = self.registration.registration
         if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from

@@ -50,7 +50,7 @@ def test_defaults_and_overrides(ckpt):
         ({"sync.slop": "fast"}, "sync.slop"),
         ({"sync.queue_size": 0}, "sync.queue_size"),
         ({"sync.queue_size": 2.5}, "sync.queue_size"),
-        ({"input.qos": "best_effort"}, "input.qos"),
+        ({"input.qos": "best-effort"}, "input.qos"),
         ({"thermal.range": [40.0, 20.0]}, "thermal.range"),
         ({"thermal.range": [1.0]}, "thermal.range"),
         ({"depth.max_range": -1.0}, "depth.max_range"),

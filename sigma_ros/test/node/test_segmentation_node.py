@@ -266,8 +266,11 @@ def test_sigint_shuts_down_cleanly(thermal_node):
 
 
 def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, checkpoints, harness):
-    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable"},
-                      DOMAIN_ID)
+    """16UC1 in an Intel L515's 0.25 mm units (depth.units, issue 21 fault 9: no node parameter existed, and scaling
+    depth.max_range fixed the mask but not the points) and 32FC1 metres give points at the right distance."""
+    quarter_mm = 0.00025
+    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable",
+                                               "depth.units": quarter_mm}, DOMAIN_ID)
     try:
         for topic, typ in [("mask", Image), ("points", PointCloud2), ("stats", SegmentationStats)]:
             harness.subscribe(typ, f"/d/segmentation/{topic}")
@@ -280,7 +283,7 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
             mm = rng.integers(300, 8000, (H, W)).astype(np.uint16)
             mm[rng.random((H, W)) < 0.2] = 0  # no return
             if encoding == "16UC1":
-                return mm
+                return mm * np.uint16(4)  # quarter millimetres
             metres = mm.astype(np.float32) / 1000
             metres[rng.random((H, W)) < 0.1] = np.nan
             return metres
@@ -310,7 +313,7 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
         masks = {stamp_ns(m): image_msg_to_array(m) for m in harness.messages("/d/segmentation/mask")}
         for s, depth in sent.items():
             cloud, mask = clouds[s], masks[s]
-            metres = depth.astype(np.float32) / (1000 if depth.dtype == np.uint16 else 1)
+            metres = depth.astype(np.float32) * np.float32(quarter_mm if depth.dtype == np.uint16 else 1)
             valid = np.isfinite(metres) & (metres > 0)
             assert cloud.width * cloud.height == valid.sum() and cloud.header.frame_id == "depth_optical"
             points = np.frombuffer(bytes(cloud.data), POINT_DTYPE)
