@@ -19,6 +19,7 @@ from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.modality import ModalityScaling
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration, aspect_ratio_warning
+from sigma_core.onnx_runtime import is_onnx_path
 
 from .errors import ConfigError
 from .node.parameters import resolve_checkpoint
@@ -57,18 +58,28 @@ def load_segmenter(
 ) -> Any:
     """The sigma_core Segmenter the node and replay run: ``checkpoint`` ('' = the bundled demo model).
 
+    A ``.onnx`` file (sigma-export) gives an OnnxSegmenter and imports no torch: the node then runs where
+    only onnxruntime is installed.
+
     dataset: what a published Sigma checkpoint (.pth) was trained on (see sigma_core.checkpoints.load_model);
     the Segmenter's ``meta.notes`` / ``meta.warnings`` say what was inferred or ignored, for the caller to show.
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
     checkpoint's). Raises ConfigError naming the checkpoint, device and precision and the reason
     when it cannot be loaded there.
     """
-    from sigma_core import Segmenter
-
     path = checkpoint if isinstance(checkpoint, Path) else resolve_checkpoint(str(checkpoint))
     try:
-        seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        if is_onnx_path(path):  # an exported model: ONNX Runtime, and no torch imported at all
+            from sigma_core.onnx_runtime import OnnxSegmenter
+
+            seg = OnnxSegmenter(path, device=device, precision=precision)
+            if dataset:
+                seg.meta.warnings.append(f"dataset {dataset!r} ignored: {path.name} names its classes itself")
+        else:
+            from sigma_core import Segmenter
+
+            seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ConfigError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                           f"with precision {precision}: {e}") from e
     modality = modality or seg.modality

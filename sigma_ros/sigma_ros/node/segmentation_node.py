@@ -51,7 +51,7 @@ from std_msgs.msg import Header
 from sigma_core.data.bags import message_to_array
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
-from sigma_core.inference import NonFiniteOutputError
+from sigma_core.model_io import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from ..segmentation_step import load_segmenter, segment_pair
@@ -256,7 +256,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
         try:
             seg.warmup(size)
-        except (RuntimeError, MemoryError) as e:  # torch: out of memory, or a size the network cannot take
+        except (RuntimeError, MemoryError, ValueError) as e:  # out of memory, a size the network (file) refuses
             raise ConfigError(f"warm-up forward pass at {size[0]}x{size[1]} failed ({e}); set warmup.size to the "
                               "camera's [height, width]") from None
 
@@ -314,7 +314,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                       if reg is not None and reg.mode != "none" else "")
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
-            f"{self.modality}) on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
+            f"{self.modality}) on {self.seg.device} {self.seg.precision}, {self.seg.runtime}, scan backend "
+            f"{self.seg.scan_backend}; "
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
@@ -390,8 +391,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.seg = None
         self.runtime.cfg = None
         gc.collect()
-        if device is not None and getattr(device, "type", "") == "cuda":
-            import torch
+        if device is not None and getattr(device, "type", "") == "cuda" and "torch" in sys.modules:
+            import torch  # (an ONNX model on CUDA never imported torch: nothing of torch's to free)
 
             torch.cuda.empty_cache()
         self.state = "unconfigured"
