@@ -143,3 +143,4 @@ def test_an_unusable_calibration_file_exits_2_with_one_line(tmp_path, checkpoint
     out = result.stdout + result.stderr
     expected = f"parameter registration.calibration_file: {bad} cam1 (modality camera): unknown distortion model 'omni'"
     assert result.returncode == 2 and expected in out and "Traceback" not in out, out
+    assert "loading checkpoint" not in out  # refused before the model is loaded
