@@ -87,7 +87,7 @@ from .parameters import (
 )
 from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
-from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource
+from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource, check_calibration_file
 from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
@@ -225,6 +225,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """Read the parameters, load and warm the model, create the publishers. FAILURE with the reason logged."""
         try:
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
+            check_calibration_file(cfg)
             self._load_model(cfg)
             self.registration = RegistrationSource(cfg, self.seg.scaling)
         except Exception as e:  # noqa: BLE001 - whatever stops configuring, its reason is logged, never lost
