@@ -134,6 +134,53 @@ def load_registration(mode: Optional[str], calibration_file: Optional[str], scal
         raise ConfigError(str(e)) from None
 
 
+@dataclass(frozen=True)
+class PreparedPair:
+    """A pair converted for the model, before it runs: rgb (H, W, 3) uint8 RGB; modal the modality as the model
+    will see it (registered into the RGB view, or as decoded); coverage and aspect_warning as in FrameResult."""
+
+    rgb: np.ndarray
+    modal: np.ndarray
+    coverage: float
+    aspect_warning: Optional[str]
+
+
+def prepare_pair(rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
+                 registration: Optional[Registration] = None) -> PreparedPair:
+    """The model-independent half of :func:`segment_pair` (RGB conversion, registration), which the node runs on
+    the next pair while the model runs on the current one. Raises as segment_pair does."""
+    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
+    aspect_warning, coverage = None, 1.0
+    if registration is None or registration.mode == "none":
+        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
+    else:
+        registered = registration(modal, rgb8.shape[:2])
+        modal, coverage = registered.image, registered.coverage
+    return PreparedPair(rgb8, modal, coverage, aspect_warning)
+
+
+def segment_prepared(segmenter: Any, pair: PreparedPair, min_inference_ms: float = 0.0) -> FrameResult:
+    """The model half of :func:`segment_pair`: the model on a prepared pair, mask, confidence and counts."""
+    start = time.perf_counter()
+    mask, confidence = segmenter(pair.rgb, pair.modal)
+    inference_ms = (time.perf_counter() - start) * 1e3
+    if min_inference_ms > inference_ms:
+        time.sleep((min_inference_ms - inference_ms) * 1e-3)
+    mask = np.ascontiguousarray(mask, np.uint8)
+    confidence = np.ascontiguousarray(confidence, np.float32)
+    return FrameResult(
+        rgb=pair.rgb,
+        mask=mask,
+        confidence=confidence,
+        counts=count_classes(mask, confidence, segmenter.num_classes),
+        inference_ms=inference_ms,
+        modal=pair.modal,
+        coverage=pair.coverage,
+        modal_resized=pair.modal.shape[:2] != pair.rgb.shape[:2],
+        aspect_warning=pair.aspect_warning,
+    )
+
+
 def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
                  min_inference_ms: float = 0.0, registration: Optional[Registration] = None) -> FrameResult:
     """Segment one pair: ``rgb`` in ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8) and the raw modality.
@@ -143,31 +190,8 @@ def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.n
     (testing a slower model). Raises ValueError for an unsupported RGB encoding or shape, CalibrationError (a
     ValueError) when the images do not fit the registration's calibration.
     """
-    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
-    aspect_warning, coverage = None, 1.0
-    if registration is None or registration.mode == "none":
-        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
-    else:
-        registered = registration(modal, rgb8.shape[:2])
-        modal, coverage = registered.image, registered.coverage
-    start = time.perf_counter()
-    mask, confidence = segmenter(rgb8, modal)
-    inference_ms = (time.perf_counter() - start) * 1e3
-    if min_inference_ms > inference_ms:
-        time.sleep((min_inference_ms - inference_ms) * 1e-3)
-    mask = np.ascontiguousarray(mask, np.uint8)
-    confidence = np.ascontiguousarray(confidence, np.float32)
-    return FrameResult(
-        rgb=rgb8,
-        mask=mask,
-        confidence=confidence,
-        counts=count_classes(mask, confidence, segmenter.num_classes),
-        inference_ms=inference_ms,
-        modal=modal,
-        coverage=coverage,
-        modal_resized=modal.shape[:2] != rgb8.shape[:2],
-        aspect_warning=aspect_warning,
-    )
+    return segment_prepared(segmenter, prepare_pair(rgb, rgb_encoding, modal, registration), min_inference_ms)
 
 
-__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_registration", "load_segmenter", "segment_pair"]
+__all__ = ["ClassCounts", "FrameResult", "PreparedPair", "count_classes", "load_registration", "load_segmenter",
+           "prepare_pair", "segment_pair", "segment_prepared"]
