@@ -90,6 +90,7 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
         log(f"exporting {meta.config.name} ({'x'.join(map(str, fixed)) if fixed else 'any size'}, {precision}) ...")
         proto = trace_to_onnx(model, fixed, precision, opset)
         scans = scan_onnx.expand_scan_nodes(proto)
+        strip_trace_metadata(proto)
         deduplicate_initializers(proto)
         if precision == "fp16":
             matmuls_to_fp16(proto)
@@ -210,6 +211,13 @@ def matmuls_to_fp16(proto) -> int:
     return converted
 
 
+def strip_trace_metadata(proto) -> None:
+    """Drop the exporter's per-node debugging metadata (Python stack traces, module paths): a third of a nano file."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
 def deduplicate_initializers(proto) -> int:
     """Keep one copy of identical initializers (same dtype, shape and bytes); returns how many were dropped."""
     from onnx import numpy_helper
@@ -247,7 +255,7 @@ def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str) -> 
         "precision": precision,
         "source_checkpoint": str(source),
         "sigma_core_version": __version__,
-        "scan_chunk": scan_onnx.CHUNK,
+        "scan_chunk": scan_onnx.STEPS * scan_onnx.BLOCKS,
     }
     for key, value in values.items():
         entry = proto.metadata_props.add()

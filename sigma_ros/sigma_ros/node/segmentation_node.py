@@ -38,7 +38,6 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-import torch
 from lifecycle_msgs.msg import State
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import Clock, ClockType, JumpThreshold
@@ -120,6 +119,15 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
 
 # Problem kinds of a message refused on arrival (it never reaches the pairing).
 REFUSAL_KINDS = ("unsupported_encoding", "bad_image", "image_too_large", "zero_stamp", "out_of_order")
+def _compute_threads() -> str:
+    """The model's CPU threads, for the ready line: torch's (its dense ops and the numba scan follow it), or with
+    an ONNX model in a process without PyTorch, $OMP_NUM_THREADS (what the ONNX Runtime session is given)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return f"{torch.get_num_threads()} torch thread(s)"
+    return f"{os.environ.get('OMP_NUM_THREADS') or 'default'} ONNX Runtime thread(s)"
+
+
 MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
 
 
@@ -335,8 +343,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
             f"{self.modality}) on {self.seg.device} {self.seg.precision}, {self.seg.runtime}, scan backend "
-            f"{self.seg.scan_backend}, {torch.get_num_threads()} torch thread(s), next pair decoded while the model "
-            "runs; "
+            f"{self.seg.scan_backend}, {_compute_threads()}, next pair decoded while the model runs; "
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "

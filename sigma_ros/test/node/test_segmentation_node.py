@@ -177,6 +177,7 @@ def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkey
 def test_next_pair_is_decoded_while_the_model_runs_and_the_newest_wins(checkpoints):
     """The decode thread prepares the next pair while the model runs on the current one (one waiting slot,
     latest wins, counted as dropped); the ready line names the thread count."""
+    import torch
     from rclpy.parameter import Parameter
 
     import sigma_ros.node.segmentation_node as node_module
@@ -200,7 +201,7 @@ def test_next_pair_is_decoded_while_the_model_runs_and_the_newest_wins(checkpoin
         return condition()
 
     try:
-        assert "torch thread(s)" in node._describe()
+        assert f"{torch.get_num_threads()} torch thread(s)" in node._describe()
         node._on_pair(*pair())  # into the model (2 s)
         assert wait_for(lambda: node._prepared._item is None and node._mailbox._item is None)
         node._on_pair(*pair())
