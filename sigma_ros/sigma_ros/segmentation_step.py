@@ -19,6 +19,7 @@ from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.image_encoding import to_rgb8
 from sigma_core.data.modality import ModalityScaling
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration, aspect_ratio_warning
+from sigma_core.onnx_runtime import is_onnx_path
 
 from .errors import ConfigError
 from .node.parameters import resolve_checkpoint
@@ -57,18 +58,28 @@ def load_segmenter(
 ) -> Any:
     """The sigma_core Segmenter the node and replay run: ``checkpoint`` ('' = the bundled demo model).
 
+    A ``.onnx`` file (sigma-export) gives an OnnxSegmenter and imports no torch: the node then runs where
+    only onnxruntime is installed.
+
     dataset: what a published Sigma checkpoint (.pth) was trained on (see sigma_core.checkpoints.load_model);
     the Segmenter's ``meta.notes`` / ``meta.warnings`` say what was inferred or ignored, for the caller to show.
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
     checkpoint's). Raises ConfigError naming the checkpoint, device and precision and the reason
     when it cannot be loaded there.
     """
-    from sigma_core import Segmenter
-
     path = checkpoint if isinstance(checkpoint, Path) else resolve_checkpoint(str(checkpoint))
     try:
-        seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        if is_onnx_path(path):  # an exported model: ONNX Runtime, and no torch imported at all
+            from sigma_core.onnx_runtime import OnnxSegmenter
+
+            seg = OnnxSegmenter(path, device=device, precision=precision)
+            if dataset:
+                seg.meta.warnings.append(f"dataset {dataset!r} ignored: {path.name} names its classes itself")
+        else:
+            from sigma_core import Segmenter
+
+            seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ConfigError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                           f"with precision {precision}: {e}") from e
     modality = modality or seg.modality
@@ -123,6 +134,53 @@ def load_registration(mode: Optional[str], calibration_file: Optional[str], scal
         raise ConfigError(str(e)) from None
 
 
+@dataclass(frozen=True)
+class PreparedPair:
+    """A pair converted for the model, before it runs: rgb (H, W, 3) uint8 RGB; modal the modality as the model
+    will see it (registered into the RGB view, or as decoded); coverage and aspect_warning as in FrameResult."""
+
+    rgb: np.ndarray
+    modal: np.ndarray
+    coverage: float
+    aspect_warning: Optional[str]
+
+
+def prepare_pair(rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
+                 registration: Optional[Registration] = None) -> PreparedPair:
+    """The model-independent half of :func:`segment_pair` (RGB conversion, registration), which the node runs on
+    the next pair while the model runs on the current one. Raises as segment_pair does."""
+    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
+    aspect_warning, coverage = None, 1.0
+    if registration is None or registration.mode == "none":
+        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
+    else:
+        registered = registration(modal, rgb8.shape[:2])
+        modal, coverage = registered.image, registered.coverage
+    return PreparedPair(rgb8, modal, coverage, aspect_warning)
+
+
+def segment_prepared(segmenter: Any, pair: PreparedPair, min_inference_ms: float = 0.0) -> FrameResult:
+    """The model half of :func:`segment_pair`: the model on a prepared pair, mask, confidence and counts."""
+    start = time.perf_counter()
+    mask, confidence = segmenter(pair.rgb, pair.modal)
+    inference_ms = (time.perf_counter() - start) * 1e3
+    if min_inference_ms > inference_ms:
+        time.sleep((min_inference_ms - inference_ms) * 1e-3)
+    mask = np.ascontiguousarray(mask, np.uint8)
+    confidence = np.ascontiguousarray(confidence, np.float32)
+    return FrameResult(
+        rgb=pair.rgb,
+        mask=mask,
+        confidence=confidence,
+        counts=count_classes(mask, confidence, segmenter.num_classes),
+        inference_ms=inference_ms,
+        modal=pair.modal,
+        coverage=pair.coverage,
+        modal_resized=pair.modal.shape[:2] != pair.rgb.shape[:2],
+        aspect_warning=pair.aspect_warning,
+    )
+
+
 def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
                  min_inference_ms: float = 0.0, registration: Optional[Registration] = None) -> FrameResult:
     """Segment one pair: ``rgb`` in ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8) and the raw modality.
@@ -132,31 +190,8 @@ def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.n
     (testing a slower model). Raises ValueError for an unsupported RGB encoding or shape, CalibrationError (a
     ValueError) when the images do not fit the registration's calibration.
     """
-    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
-    aspect_warning, coverage = None, 1.0
-    if registration is None or registration.mode == "none":
-        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
-    else:
-        registered = registration(modal, rgb8.shape[:2])
-        modal, coverage = registered.image, registered.coverage
-    start = time.perf_counter()
-    mask, confidence = segmenter(rgb8, modal)
-    inference_ms = (time.perf_counter() - start) * 1e3
-    if min_inference_ms > inference_ms:
-        time.sleep((min_inference_ms - inference_ms) * 1e-3)
-    mask = np.ascontiguousarray(mask, np.uint8)
-    confidence = np.ascontiguousarray(confidence, np.float32)
-    return FrameResult(
-        rgb=rgb8,
-        mask=mask,
-        confidence=confidence,
-        counts=count_classes(mask, confidence, segmenter.num_classes),
-        inference_ms=inference_ms,
-        modal=modal,
-        coverage=coverage,
-        modal_resized=modal.shape[:2] != rgb8.shape[:2],
-        aspect_warning=aspect_warning,
-    )
+    return segment_prepared(segmenter, prepare_pair(rgb, rgb_encoding, modal, registration), min_inference_ms)
 
 
-__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_registration", "load_segmenter", "segment_pair"]
+__all__ = ["ClassCounts", "FrameResult", "PreparedPair", "count_classes", "load_registration", "load_segmenter",
+           "prepare_pair", "segment_pair", "segment_prepared"]
