@@ -257,6 +257,15 @@ def test_a_bad_calibration_file_is_one_message_naming_the_file(tmp_path, text, w
     assert str(path) in str(err.value)
 
 
+def test_undistort_inverts_project_with_a_skewed_camera_matrix():
+    # CameraInfo's K may carry a skew (K[0][1]); OpenCV's undistortPoints ignores it
+    camera = CameraModel(80, 60, np.array([[70, 0.8, 41.3], [0, 72, 29.1], [0, 0, 1.0]]), "radtan",
+                         (-0.3, 0.1, 0.001, -0.002, -0.02)).check("skewed")
+    x, y = np.array([-0.3, 0.0, 0.25]), np.array([0.3, -0.2, 0.1])
+    u, v = camera.project(x, y, np.ones(3))
+    np.testing.assert_allclose(np.stack(camera.undistort(u, v)), np.stack([x, y]), atol=1e-9)
+
+
 def test_opencv_stereo_yaml_takes_a_rotation_vector_and_names_the_file_for_a_malformed_matrix(tmp_path):
     R = small_rotation()
 

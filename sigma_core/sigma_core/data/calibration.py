@@ -162,7 +162,11 @@ class CameraModel:
 
         OpenCV's iterative undistortion (cv2.undistortPointsIter, cv2.fisheye.undistortPoints), run to 1e-12.
         """
-        pts = np.stack([u.reshape(-1), v.reshape(-1)], -1).astype(np.float64).reshape(-1, 1, 2)
+        u = np.asarray(u, np.float64)
+        K = self.K
+        if K[0, 1]:  # OpenCV's undistortion ignores the skew that project() applies: take it out first
+            u = u - K[0, 1] * (np.asarray(v, np.float64) - K[1, 2]) / K[1, 1]
+        pts = np.stack([u.reshape(-1), np.asarray(v).reshape(-1)], -1).astype(np.float64).reshape(-1, 1, 2)
         criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
         if self.distortion == "equidistant":
             out = cv2.fisheye.undistortPoints(pts, self.K, np.asarray(self.D, np.float64), criteria=criteria)

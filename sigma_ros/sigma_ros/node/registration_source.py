@@ -64,6 +64,7 @@ class RegistrationSource:
     def __init__(self, cfg: NodeConfig, scaling: ModalityScaling):
         self.cfg, self.scaling = cfg, scaling
         self.cameras: list[Optional[CameraModel]] = [None, None]
+        self.refused: dict[int, str] = {}  # stream -> why its last CameraInfo could not be used
         self.registration: Optional[Registration] = None
         self._points_camera: Optional[tuple] = None  # (the registration it belongs to, (Pinhole, rays))
         self.from_camera_info = cfg.registration_mode == "rig" and cfg.calibration_file is None
@@ -97,16 +98,22 @@ class RegistrationSource:
         registered."""
         if self.registration is not None:
             return []
-        return [topic for topic, camera in zip(topics, self.cameras) if camera is None]
+        return [topic + (f" (the last one there was refused: {self.refused[i]})" if i in self.refused else "")
+                for i, (topic, camera) in enumerate(zip(topics, self.cameras)) if camera is None]
 
     def camera_info(self, stream: int, msg: Any, where: str) -> None:
         """A CameraInfo for ``stream`` (RGB / MODAL): rebuild the registration when the camera changed.
         CalibrationError naming ``where`` (the topic) when it is unusable (uncalibrated, unknown distortion)."""
         if not self.from_camera_info:
             return
-        camera = CameraModel.from_camera_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model, where,
-                                              (msg.binning_x, msg.binning_y),
-                                              (msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height))
+        try:
+            camera = CameraModel.from_camera_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model, where,
+                                                  (msg.binning_x, msg.binning_y),
+                                                  (msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height))
+        except CalibrationError as e:  # e.g. the all-zero K of an uncalibrated driver: said while frames wait
+            self.refused[stream] = str(e).removeprefix(f"{where}: ")
+            raise
+        self.refused.pop(stream, None)
         old = self.cameras[stream]
         if old is not None and _same(old, camera):
             return

@@ -60,14 +60,18 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
         streams = Streams(harness, "/r")
         rgb_info = harness.publisher(CameraInfo, "/r/rgb/camera_info")
         thermal = streams.thermal_frame((HM, WM))
-        waited = "nothing has arrived on /r/rgb/camera_info and /r/modal/camera_info"
+        # an uncalibrated driver's all-zero K is refused, and the wait says so rather than "nothing arrived"
+        waited = ("nothing usable has arrived on /r/rgb/camera_info (the last one there was refused: intrinsics need "
+                  "fx, fy > 0")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and waited not in node.log():
+            rgb_info.publish(camera_info(W, H, [0.0] * 9))
             s = time.time_ns()
             streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
             streams.modal.publish(image(thermal, "mono16", s))
             time.sleep(0.1)
-        assert waited in node.log() and "frame not published" in node.log(), node.log()
+        assert waited in node.log() and "and /r/modal/camera_info yet" in node.log(), node.log()
+        assert "frame not published" in node.log() and "bad_camera_info" in node.log(), node.log()
         assert not harness.messages("/r/segmentation/mask")  # nothing while the intrinsics are unknown
 
         def diagnosed():  # /diagnostics says it too: WARN (or ERROR once stalled), naming the topics
