@@ -441,8 +441,10 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
 def check_registration(cfg: NodeConfig) -> None:
     """ConfigError when the registration.* parameters contradict each other or miss what the mode needs."""
     mode, file = cfg.registration_mode, cfg.calibration_file
+    rotation_given = cfg.registration_rotation not in (None, tuple(PARAMETERS["registration.rotation"].default))
     given = [name for name, value in (("registration.homography", cfg.registration_homography),
-                                      ("registration.translation", cfg.registration_translation)) if value]
+                                      ("registration.translation", cfg.registration_translation),
+                                      ("registration.rotation", rotation_given)) if value]
     if mode == "none":
         if file or given:
             what = "registration.calibration_file" if file else given[0]
@@ -454,11 +456,13 @@ def check_registration(cfg: NodeConfig) -> None:
                           f"the calibration; unset {given[0]}")
     if file:
         return
-    other = {"rig": ("registration.homography", cfg.registration_homography),
-             "homography": ("registration.translation", cfg.registration_translation)}[mode]
-    if other[1] is not None:  # the other mode's parameter would be silently ignored
-        raise ConfigError(f"parameter {other[0]} is set but registration.mode is {mode}, which does not use it: unset "
-                          "it or change registration.mode")
+    others = {"rig": [("registration.homography", cfg.registration_homography is not None)],
+              "homography": [("registration.translation", cfg.registration_translation is not None),
+                             ("registration.rotation", rotation_given)]}[mode]
+    for name, is_set in others:  # the other mode's parameter would be silently ignored
+        if is_set:
+            raise ConfigError(f"parameter {name} is set but registration.mode is {mode}, which does not use it: "
+                              "unset it or change registration.mode")
     if mode == "homography" and cfg.registration_homography is None:
         raise ConfigError("registration.mode homography needs registration.calibration_file or "
                           "registration.homography (9 numbers, RGB pixel -> modality pixel)")

@@ -199,6 +199,9 @@ def test_descriptor_bounds_agree_with_the_parser(name):
     ({"registration.mode": "homography", "registration.translation": [0.06, 0, 0],
       "registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
      "registration.translation is set but registration.mode is homography"),
+    ({"registration.mode": "rig", "registration.calibration_file": "rig.yaml",
+      "registration.rotation": [0, 0, 0.7071068, 0.7071068]},
+     "registration.calibration_file and registration.rotation are both set"),
 ])
 def test_registration_parameters_that_contradict_or_miss_name_what_to_set(ckpt, values, match):
     with pytest.raises(ConfigError, match=match):
