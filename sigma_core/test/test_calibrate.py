@@ -105,3 +105,31 @@ def test_folder_images_without_a_partner_are_counted_not_silently_dropped(tmp_pa
     assert "skipped 2 of 3 images in rgb and 1 of 2 in thermal: no image of the same name" in result.stderr, \
         result.stderr
     assert result.returncode == 2 and "found in 0 of 3 RGB frames" in result.stderr  # a blank target, as expected
+
+
+def test_pairs_that_show_the_target_in_different_poses_are_refused_not_written(tmp_path):
+    """Folder images paired by the wrong names (or a bag with a clock offset): each camera alone fits its views, the
+    pose between them cannot (stereo RMS ~10 px, a 1 m "baseline"): refused, nothing written, never "use it"."""
+    import cv2
+
+    from sigma_core.data.bags import message_to_array, open_bag, read_messages
+
+    bag = write_target_bag(tmp_path / "calib", RIG, views=6, seed=1, camera_info=False)
+    for folder in ("rgb", "thermal"):
+        (tmp_path / folder).mkdir()
+    with open_bag(bag) as reader:
+        seen = {TOPICS["rgb"]: 0, TOPICS["thermal"]: 0}
+        for conn, _, msg in read_messages(reader, reader.connections, bag):
+            k = seen[conn.topic]
+            seen[conn.topic] += 1
+            image = message_to_array(msg)[0]
+            if conn.topic == TOPICS["rgb"]:
+                cv2.imwrite(str(tmp_path / "rgb" / f"{k}.png"), image)
+            else:  # view k's thermal image named like the RGB image of view k + 3
+                cv2.imwrite(str(tmp_path / "thermal" / f"{(k + 3) % 6}.png"), image)
+    result = _calibrate_process("--rgb-dir", "rgb", "--modal-dir", "thermal", "-o", "rig.yaml", "--quiet",
+                                cwd=tmp_path)
+    assert result.returncode == 2 and "stereo RMS reprojection error" in result.stderr, result.stderr
+    assert "is above --max-stereo-rms 2" in result.stderr and "nothing written" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "use it" not in result.stderr + result.stdout
+    assert not (tmp_path / "rig.yaml").exists() and not (tmp_path / "rig.png").exists()

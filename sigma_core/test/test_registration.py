@@ -286,6 +286,22 @@ def test_opencv_stereo_yaml_takes_a_rotation_vector_and_names_the_file_for_a_mal
         load_calibration(bad)
 
 
+def test_a_yaml_directive_and_opencv_keys_as_plain_lists_are_read_not_refused(tmp_path):
+    # a camchain re-saved by a YAML 1.2 tool (it went to OpenCV's parser: a SystemError), and K1 ... T as lists
+    kalibr = tmp_path / "camchain.yaml"
+    kalibr.write_text("%YAML 1.2\n---\ncam0: {intrinsics: [50, 50, 32, 24], resolution: [64, 48]}\n"
+                      "cam1: {intrinsics: [50, 50, 32, 24], resolution: [64, 48], "
+                      "T_cn_cnm1: [[1, 0, 0, -0.06], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}\n")
+    plain = tmp_path / "stereo.yaml"
+    plain.write_text("K1: [50, 0, 32, 0, 50, 24, 0, 0, 1]\nD1: [0, 0, 0, 0, 0]\nK2: [50, 0, 32, 0, 50, 24, 0, 0, 1]\n"
+                     "D2: [0, 0, 0, 0, 0]\nR: [1, 0, 0, 0, 1, 0, 0, 0, 1]\nT: [-0.06, 0, 0]\nimage_width1: 64\n"
+                     "image_height1: 48\nimage_width2: 64\nimage_height2: 48\n")
+    for path in (kalibr, plain):
+        cal = load_calibration(path)
+        np.testing.assert_allclose(cal.translation, [-0.06, 0, 0])
+        assert cal.rgb.size == cal.modal.size == (48, 64)
+
+
 def test_a_homography_without_image_sizes_refuses_frames_of_other_sizes_than_the_first():
     reg = Registration("homography", Calibration("homography", "parameter registration.homography",
                                                  homography=np.diag([0.5, 0.5, 1.0])), THERMAL)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--modality", choices=("thermal", "depth"), default="thermal", help="what the second camera sees")
     p.add_argument("--free-k3", action="store_true", help="estimate the radial k3 too (needs many views)")
+    p.add_argument("--max-stereo-rms", type=float, default=2.0,
+                   help="refuse (write nothing) above this stereo RMS reprojection error, pixels (default 2): the "
+                        "pairs did not show the target in one pose")
     p.add_argument("-o", "--out", type=Path, required=True, help="calibration file to write (YAML)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -68,6 +71,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.cols < 2 or args.rows < 2 or not args.spacing > 0:
         raise CalibrationError(f"--cols and --rows must be >= 2 and --spacing > 0 metres, got {args.cols}, "
                                f"{args.rows}, {args.spacing}")
+    if not args.max_stereo_rms > 0:
+        raise CalibrationError(f"--max-stereo-rms must be > 0 pixels, got {args.max_stereo_rms}")
     if not args.slop > 0 or args.queue_size < 1:
         raise CalibrationError(f"--slop must be > 0 and --queue-size >= 1, got {args.slop}, {args.queue_size}")
     if args.spacing > MAX_SPACING_M:
@@ -204,6 +209,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = calibrate_rig(found, target, source, rgb_camera=given[0], modal_camera=given[1],
                                fix_k3=not args.free_k3, modality=args.modality)
         cal = result.calibration
+        rms = result.rms_px
+        if not rms["stereo"] <= args.max_stereo_rms:  # each camera fits its own views, the pose between them does not
+            alone = ", ".join(f"{name} {rms[key]:.2f} px" for name, key in (("RGB", "rgb"), (args.modality, "modal"))
+                              if rms[key] == rms[key])
+            raise CalibrationError(
+                f"stereo RMS reprojection error {rms['stereo']:.2f} px is above --max-stereo-rms "
+                f"{args.max_stereo_rms:g}" + (f" (each camera alone: {alone})" if alone else "") + ": the two "
+                "images of a pair do not show the target in one pose (a moving target or a clock offset with "
+                "--slop too large, or folder images paired by the wrong names); nothing written: hold the target "
+                "still in each pose and check the pairing")
         out_cal = type(cal)(cal.mode, str(args.out), cal.rgb, cal.modal, cal.rotation, cal.translation,
                             cal.homography, cal.rms_px)
         save_calibration(out_cal, args.out)

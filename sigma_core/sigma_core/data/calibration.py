@@ -365,7 +365,9 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
                                "(or Kalibr, or cv2.stereoCalibrate) wrote")
     # Read here, not with sigma_core.files (which imports torch): an ONNX-only node reads calibrations too.
     text = path.read_text(errors="replace")
-    if text.lstrip().startswith("%YAML") or "!!opencv-matrix" in text:
+    # OpenCV's own YAML dialect ("%YAML:1.0", "!!opencv-matrix") is not YAML PyYAML reads; a standard "%YAML 1.x"
+    # directive is.
+    if text.lstrip().startswith("%YAML:") or "!!opencv-matrix" in text:
         return _load_opencv(path).check()
     try:
         doc = yaml.safe_load(text)
@@ -377,6 +379,8 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
         return _load_ours(path, doc).check()
     if "cam0" in doc and "cam1" in doc:
         return _load_kalibr(path, doc).check()
+    if ("K1" in doc or "M1" in doc) and "R" in doc:  # OpenCV's keys written as plain lists
+        return _load_opencv(path, doc).check()
     raise CalibrationError(
         f"{path}: not a calibration this tool reads (keys {sorted(doc)[:8]}): expected Kalibr's camchain "
         "(cam0, cam1), OpenCV's stereo YAML (K1, D1, K2, D2, R, T) or sigma-calibrate's (sigma_calibration)"
@@ -456,14 +460,22 @@ def _load_kalibr(path: Path, doc: dict) -> Calibration:
     return Calibration("rig", str(path), cams[0], cams[1], T[:3, :3], T[:3, 3], camera_keys=("cam0", "cam1"))
 
 
-def _load_opencv(path: Path) -> Calibration:
-    try:
-        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    except cv2.error as e:
-        raise CalibrationError(f"{path}: OpenCV cannot parse it ({' '.join(str(e).split())[:200]})") from None
+def _load_opencv(path: Path, doc: Optional[dict] = None) -> Calibration:
+    """cv2.FileStorage's file (``doc`` None), or the same keys as plain YAML lists (``doc``, the parsed mapping)."""
+    if doc is None:
+        try:
+            fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+        except (cv2.error, SystemError) as e:  # the Python binding raises SystemError for some parse errors
+            raise CalibrationError(f"{path}: OpenCV cannot parse it ({' '.join(str(e).split())[:200]})") from None
+    else:
+        fs = None
     try:
         def mat(*names: str) -> Optional[np.ndarray]:
             for name in names:
+                if fs is None:
+                    if name in doc:
+                        return _numbers(doc[name], None, f"{path} {name}")
+                    continue
                 node = fs.getNode(name)
                 if not node.empty():
                     m = node.mat()
@@ -471,10 +483,14 @@ def _load_opencv(path: Path) -> Calibration:
             return None
 
         def number(name: str) -> Optional[int]:
+            if fs is None:
+                return int(_numbers(doc[name], 1, f"{path} {name}")[0]) if name in doc else None
             node = fs.getNode(name)
             return None if node.empty() else int(node.real())
 
         def text(name: str) -> str:
+            if fs is None:
+                return str(doc.get(name) or "")
             node = fs.getNode(name)
             return "" if node.empty() else str(node.string())
 
@@ -494,7 +510,8 @@ def _load_opencv(path: Path) -> Calibration:
         model = text("distortion_model") or "radtan"
         homography = mat("homography", "H")
     finally:
-        fs.release()
+        if fs is not None:
+            fs.release()
     K1, K2 = (_numbers(found[n], 9, f"{path} {n} (a 3x3 camera matrix)").reshape(3, 3) for n in ("K1", "K2"))
     R = found["R"].reshape(-1)
     if R.size == 3:  # a rotation vector (Rodrigues), as cv2.stereoRectify also accepts
