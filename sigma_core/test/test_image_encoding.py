@@ -270,3 +270,29 @@ def test_jpeg_with_many_scans_and_tiff_with_wide_pixels_are_refused_before_decod
     for wide in (np.zeros((12, 16, 4), np.float32), np.zeros((12, 16, 3), np.uint16)):
         with pytest.raises(ValueError, match="samples of (32|16) bits a pixel"):
             decode_compressed("tiff", cv2.imencode(".tiff", wide)[1])
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_png_with_more_compressed_data_than_its_size_needs_is_refused_before_decoding():
+    """Issue 21 attack: a 0.4 MB PNG declaring 16x16 grey pixels whose zlib stream goes on for 400 MB of zeros (in
+    2000 IDAT chunks) took 2 s to decode (libpng inflates past the image's end). Refused from the chunk lengths:
+    here 100 KB of compressed data in 1000 chunks for 16x16 pixels (the bound is the rows + 0.1 % + 64 KiB)."""
+    import zlib
+
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0))
+    whole = head + _png_chunk(b"IDAT", zlib.compress(b"\0" * (16 * 17))) + _png_chunk(b"IEND", b"")
+    assert decode_compressed("png", whole)[0].shape == (16, 16)
+    bomb = head + _png_chunk(b"IDAT", zlib.compress(b"\0" * (16 * 17))[:-4]) + _png_chunk(b"IDAT", b"\0" * 100) * 1000
+    bomb += _png_chunk(b"IEND", b"")
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    for fmt, data in (("png", bomb), ("16UC1; compressedDepth png", header + bomb)):
+        with pytest.raises(ValueError, match="more than its declared 16x16 pixels can need"):
+            decode_compressed(fmt, data)
+    noise = np.random.default_rng(0).integers(0, 65535, (300, 500), endpoint=True).astype(np.uint16)
+    stored = cv2.imencode(".png", noise, [cv2.IMWRITE_PNG_COMPRESSION, 0])[1]  # deflate's worst case: stored
+    assert stored.size > 300 * 1001 and np.array_equal(decode_compressed("png", stored)[0], noise)
