@@ -49,8 +49,15 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    A symbolic link at ``path`` is the user's (we write files, never links), even a dangling one that
+    ``exists()`` calls absent: FileExistsError naming it, rather than replacing the link with our file.
+    """
     path = Path(path)
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file this tool wrote: "
+                              "left as it is; give the path of a new file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -68,3 +68,40 @@ def test_intrinsics_may_come_from_camera_info_in_the_bag(tmp_path, capsys):
     assert cal.modal.D == RIG.modal.D and abs(cal.baseline_m - 0.06) <= 0.003
     code, io = _calibrate_with(bag, tmp_path / "r2.yaml", capsys, "--rgb-info-topic", "/nope/camera_info")
     assert code == 2 and "--rgb-info-topic /nope/camera_info is not in" in io.err
+
+
+def _calibrate_process(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "sigma_core.cli.calibrate", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_refused_before_reading_a_spacing_in_mm_and_a_mosaic_path_holding_someone_elses_file(tmp_path):
+    """Each is refused before the (long) read: one line, exit 2, nothing written or overwritten."""
+    topics = ["--rgb-topic", TOPICS["rgb"], "--modal-topic", TOPICS["thermal"]]
+    photo = tmp_path / "rig.png"
+    photo.write_bytes(b"someone's photo")
+    for args, words in (
+        (["calib", *topics, "--spacing", "25", "-o", "new.yaml"], "--spacing 25 is in metres"),  # 25 mm squares
+        (["calib", *topics, "-o", "rig.yaml"], f"{photo.name} exists (sigma-calibrate writes its checker mosaic"),
+        (["calib", *topics, "-o", "cal.png"], "-o cal.png: the calibration is YAML"),  # the mosaic replaced it
+    ):
+        result = _calibrate_process(*args, cwd=tmp_path)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout, result.stderr
+    assert photo.read_bytes() == b"someone's photo" and sorted(p.name for p in tmp_path.iterdir()) == ["rig.png"]
+
+
+def test_folder_images_without_a_partner_are_counted_not_silently_dropped(tmp_path):
+    import cv2
+
+    for folder, names in (("rgb", ("a", "b", "c")), ("thermal", ("a", "d"))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), np.zeros((24, 32), np.uint8))
+    result = _calibrate_process("--rgb-dir", "rgb", "--modal-dir", "thermal", "-o", "rig.yaml", cwd=tmp_path)
+    assert "skipped 2 of 3 images in rgb and 1 of 2 in thermal: no image of the same name" in result.stderr, \
+        result.stderr
+    assert result.returncode == 2 and "found in 0 of 3 RGB frames" in result.stderr  # a blank target, as expected

@@ -387,6 +387,27 @@ def test_labels_that_cannot_be_kept_are_counted_with_the_reason(tmp_path, capsys
     assert (counts["labelled_pairs"], counts["labels_without_rgb"], counts["labels_without_modal"]) == (6, 1, 3)
 
 
+def test_labels_paired_far_from_a_slow_modality_camera_are_told(tmp_path, capsys):
+    """Issue 21 attack: a 1 Hz thermal camera fits the default slop to 0.55 s, so labels pair with thermal frames
+    up to 0.5 s away (the node would not pair them) with only a note of the slop: the far pairs are counted now."""
+    path = tmp_path / "run"
+    with BagWriter(path, "sqlite3") as bag:
+        for k in range(30):
+            st = T0 + k * 100_000_000
+            bag.write("/rgb", st + 1, bag.image(st, "c", np.full((4, 4, 3), k, np.uint8), "rgb8"))
+            if k % 10 == 0:
+                bag.write("/thermal", st + 2, bag.image(st, "t", np.full((4, 4), k, np.uint8), "mono8"))
+            bag.write("/label", st + 3, bag.image(st, "c", np.zeros((4, 4), np.uint8), "mono8"))
+    assert extract_main([str(path), "-o", str(tmp_path / "ds"), "--rgb-topic", "/rgb", "--modal-topic", "/thermal",
+                         "--label-topic", "/label", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "--slop 0.55 s" in err  # 26 labels pair (the last 4 are 0.6 s or more after the last frame)
+    assert ("18 of 26 labelled frames pair with a /thermal frame more than 0.1 s away (up to 0.5 s; the node pairs "
+            "within its sync.slop") in err, err
+    counts = DatasetSpec.from_yaml(tmp_path / "ds" / "dataset.yaml").extra["counts"]
+    assert (counts["far_modal_pairs"], counts["farthest_modal_s"]) == (18, 0.5)
+
+
 def test_rerun_into_a_folder_of_other_pairs_is_refused_not_mixed(tmp_path, capsys):
     """Extract the pairs, then rerun with the label topic into the same folder (resume): the labelled frames pair
     RGB k with its nearest thermal frame (+40 ms), the node's pairs had the one that arrived first (-45 ms).

@@ -51,3 +51,23 @@ def test_yaml_mapping_errors_name_the_file(tmp_path):
         read_yaml_mapping(atomic_write_text(tmp_path / "list.yaml", "- 1\n- 2\n"))
     with pytest.raises(FileNotFoundError):
         read_yaml_mapping(tmp_path / "missing.yaml")
+
+
+def test_a_symbolic_link_at_an_output_path_is_left_alone_even_dangling(tmp_path):
+    """Issue 21 attack: every tool checked its outputs with exists(), which follows links: a dangling link of the
+    user's (``sigma-synth describe dang.yaml``, dang.yaml -> a file not made yet) was replaced by our file."""
+    import subprocess
+    import sys
+
+    (tmp_path / "precious.txt").write_text("mine")
+    (tmp_path / "dang.yaml").symlink_to(tmp_path / "not_yet")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "precious.txt")
+    for name in ("dang.yaml", "link.yaml"):
+        run = subprocess.run([sys.executable, "-m", "sigma_core.cli.synth", "describe", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert (tmp_path / name).is_symlink()
+    assert "symbolic link" in run.stderr or "exists" in run.stderr
+    assert not (tmp_path / "not_yet").exists() and (tmp_path / "precious.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="dang.yaml is a symbolic link"):
+        atomic_write_text(tmp_path / "dang.yaml", "x")

@@ -245,3 +245,28 @@ def test_every_decoder_checks_the_declared_size_before_decoding():
         image_to_array("mono8", 30000, 20000, 20000, np.zeros(16, np.uint8))
     with pytest.raises(ValueError, match="not PNG, JPEG or TIFF"):  # OpenCV would decode a BMP, sized by its header
         decode_compressed("png", cv2.imencode(".bmp", small)[1].tobytes())
+
+
+def test_jpeg_with_many_scans_and_tiff_with_wide_pixels_are_refused_before_decoding():
+    """Issue 21 attack: bombs within the pixel limit. A progressive JPEG whose last scan is repeated 150 times
+    (33 bytes each) decoded for seconds (500 repeats: 6.5 s for a 115 KB file at 4096x4096); a 0.4 MB TIFF of
+    4 float32 samples a pixel took 514 MB (then was refused for its dtype)."""
+    from sigma_core.data.image_encoding import check_compressed_size
+
+    ok, buf = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    raw = buf.tobytes()
+    scans = raw.count(b"\xff\xda")
+    assert ok and 1 < scans <= 100 and decode_compressed("jpeg", raw)[0].shape == (32, 32, 3)
+    last, end = raw.rfind(b"\xff\xda"), raw.rfind(b"\xff\xd9")
+    bomb = raw[:end] + raw[last:end] * 150 + raw[end:]
+    with pytest.raises(ValueError, match=f"holds {scans + 150} scans, above the limit of 100"):
+        decode_compressed("jpeg", bomb)
+    with pytest.raises(ValueError, match="scans"):
+        check_compressed_size("png", bomb)  # the content decides, not the format string
+
+    depth = np.linspace(0.5, 9.0, 12 * 16, dtype=np.float32).reshape(12, 16)
+    assert np.array_equal(decode_compressed("32FC1; tiff", cv2.imencode(".tiff", depth)[1])[0], depth)
+    assert decode_compressed("tiff", cv2.imencode(".tiff", np.zeros((12, 16, 3), np.uint8))[1])[0].shape == (12, 16, 3)
+    for wide in (np.zeros((12, 16, 4), np.float32), np.zeros((12, 16, 3), np.uint16)):
+        with pytest.raises(ValueError, match="samples of (32|16) bits a pixel"):
+            decode_compressed("tiff", cv2.imencode(".tiff", wide)[1])

@@ -9,6 +9,7 @@ from sigma_core.data.calibration import (
     Calibration,
     CalibrationError,
     CameraModel,
+    check_pose,
     load_calibration,
     pose_from_transform,
     save_calibration,
@@ -233,6 +234,18 @@ def test_pose_parameters_are_a_static_transform_of_the_modality_camera_in_the_rg
      "modal: {width: 64, height: 48, K: [50,0,32,0,50,24,0,0,1]}\nR_modal_rgb: [1,0,0,0,1,0,0,0,1]\n"
      "t_modal_rgb: [0.1, 0, 0]\n", ["fx, fy > 0", "RGB camera"]),
     ("cameras: []\n", ["not a calibration", "Kalibr"]),
+    # a transposed T_cn_cnm1 (translation in the last row) read as it was gave a zero baseline: a silent wrong warp
+    ("cam0: {intrinsics: [50, 50, 32, 24], resolution: [64, 48]}\ncam1: {intrinsics: [50, 50, 32, 24], "
+     "resolution: [64, 48], T_cn_cnm1: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [-0.06, 0, 0, 1]]}\n",
+     ["cam1.T_cn_cnm1", "last row must be [0, 0, 0, 1]", "transposed"]),
+    # a translation in millimetres (cv2.stereoCalibrate with the square size in mm) read as metres
+    ("sigma_calibration: 1\nmode: rig\nrgb: {width: 64, height: 48, K: [50,0,32,0,50,24,0,0,1]}\n"
+     "modal: {width: 64, height: 48, K: [50,0,32,0,50,24,0,0,1]}\nR_modal_rgb: [1,0,0,0,1,0,0,0,1]\n"
+     "t_modal_rgb: [-60, 0, 0]\n", ["60 m apart", "metres", "millimetres"]),
+    # optical axes 180 degrees apart (what a [qw, qx, qy, qz] quaternion read as [qx, qy, qz, qw] gives)
+    ("sigma_calibration: 1\nmode: rig\nrgb: {width: 64, height: 48, K: [50,0,32,0,50,24,0,0,1]}\n"
+     "modal: {width: 64, height: 48, K: [50,0,32,0,50,24,0,0,1]}\nR_modal_rgb: [1,0,0,0,-1,0,0,0,-1]\n"
+     "t_modal_rgb: [0.06, 0, 0]\n", ["optical axis is 180 degrees", "[qw, qx, qy, qz]"]),
 ])
 def test_a_bad_calibration_file_is_one_message_naming_the_file(tmp_path, text, words):
     path = tmp_path / "cal.yaml"
@@ -242,6 +255,72 @@ def test_a_bad_calibration_file_is_one_message_naming_the_file(tmp_path, text, w
     for word in words:
         assert word in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_undistort_inverts_project_with_a_skewed_camera_matrix():
+    # CameraInfo's K may carry a skew (K[0][1]); OpenCV's undistortPoints ignores it
+    camera = CameraModel(80, 60, np.array([[70, 0.8, 41.3], [0, 72, 29.1], [0, 0, 1.0]]), "radtan",
+                         (-0.3, 0.1, 0.001, -0.002, -0.02)).check("skewed")
+    x, y = np.array([-0.3, 0.0, 0.25]), np.array([0.3, -0.2, 0.1])
+    u, v = camera.project(x, y, np.ones(3))
+    np.testing.assert_allclose(np.stack(camera.undistort(u, v)), np.stack([x, y]), atol=1e-9)
+
+
+def test_opencv_stereo_yaml_takes_a_rotation_vector_and_names_the_file_for_a_malformed_matrix(tmp_path):
+    R = small_rotation()
+
+    def write(name: str, K1: np.ndarray, R_value: np.ndarray):
+        path = tmp_path / name
+        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
+        for key, value in (("K1", K1), ("D1", np.zeros((1, 5))), ("K2", K(50, 32, 24)), ("D2", np.zeros((1, 5))),
+                           ("R", R_value), ("T", np.array([[0.06], [0.0], [0.0]]))):
+            fs.write(key, value)
+        fs.write("imageSize", (64, 48))
+        fs.release()
+        return path
+
+    cal = load_calibration(write("rvec.yml", K(50, 32, 24), cv2.Rodrigues(R)[0]))  # R as a 3x1 rotation vector
+    np.testing.assert_allclose(cal.rotation, R, atol=1e-12)
+    bad = write("k4.yml", np.eye(4), R)
+    with pytest.raises(CalibrationError, match=rf"{bad} K1 \(a 3x3 camera matrix\): expected 9 numbers, got 16"):
+        load_calibration(bad)
+
+
+def test_a_homography_without_image_sizes_refuses_frames_of_other_sizes_than_the_first():
+    reg = Registration("homography", Calibration("homography", "parameter registration.homography",
+                                                 homography=np.diag([0.5, 0.5, 1.0])), THERMAL)
+    assert reg(np.zeros((30, 40), np.uint16), (60, 80)).coverage > 0.9
+    with pytest.raises(CalibrationError, match=r"parameter registration.homography: the homography was applied to "
+                                               r"80x60 RGB and 40x30 modality images, but these are 160x120 and 80x60"):
+        reg(np.zeros((60, 80), np.uint16), (120, 160))  # the cameras switched resolution: the old warp is wrong
+
+
+def test_camera_info_binning_and_roi_give_the_camera_of_the_published_image():
+    full = CameraModel(160, 120, K(100, 81.3, 58.7), "radtan", (-0.2, 0.05, 0.001, -0.002, 0.0))
+    # 2x2 binning of a 100x80 region at (20, 10): images of 50x40
+    cut = CameraModel.from_camera_info(160, 120, full.K.reshape(-1), full.D, "plumb_bob", "info", (2, 2),
+                                       (20, 10, 100, 80))
+    assert cut.size == (40, 50)
+    x, y, z = np.array([0.1, -0.2, 0.05]), np.array([0.05, 0.1, -0.1]), np.array([1.0, 2.0, 1.5])
+    u, v = full.project(x, y, z)
+    ub, vb = cut.project(x, y, z)
+    # a binned pixel's centre is the mean of the sensor pixels it sums: u_full = 20 + 2 ub + 0.5
+    np.testing.assert_allclose(20 + 2 * ub + 0.5, u, atol=1e-9)
+    np.testing.assert_allclose(10 + 2 * vb + 0.5, v, atol=1e-9)
+    same = CameraModel.from_camera_info(160, 120, full.K.reshape(-1), full.D, "plumb_bob", "info", (0, 0),
+                                        (0, 0, 0, 0))
+    assert same.size == full.size and np.array_equal(same.K, full.K)
+
+
+def test_pose_parameters_refuse_a_quaternion_that_is_not_a_unit_one_or_in_the_wrong_order():
+    with pytest.raises(CalibrationError, match=r"norm 2, not 1"):
+        pose_from_transform([0.06, 0, 0], [0, 0, 0, 2], "registration.rotation")
+    # a small rotation written [qw, qx, qy, qz]: read as [qx, qy, qz, qw] it turns the camera round
+    R, t = pose_from_transform([0.06, 0, 0], [0.9998, 0.01, 0.01, 0.01], "registration.rotation")
+    with pytest.raises(CalibrationError, match=r"registration.rotation: the modality camera's optical axis is 17\d "
+                                               r"degrees from the RGB camera's"):
+        check_pose(R, t, "registration.rotation")
+    check_pose(*pose_from_transform([0.06, 0, 0], [0, 0, 1, 0], "r"), "r")  # upside down (roll 180): one view
 
 
 def test_images_of_another_size_than_calibrated_are_refused_naming_both():

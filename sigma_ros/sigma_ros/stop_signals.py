@@ -8,7 +8,9 @@ a traceback, and work still in flight (an inference thread publishing) sees "con
 so ``main`` unwinds and shuts down in order; a second signal during that shutdown exits at once with the
 conventional code 128 + signal number. Pair it with ``rclpy.init(signal_handler_options=NO)`` (see
 :func:`ros_init_options`) and spin in short steps (the main thread only notices the signal between them).
-Imports no ROS.
+Imports no ROS. What a process can promise starts with :func:`install`, the first statement of each entry
+point: a signal in the few tens of ms before it, while the interpreter itself starts, takes Python's default
+action (SIGINT: a KeyboardInterrupt traceback and exit -2 or 1; SIGTERM: death by the signal).
 """
 from __future__ import annotations
 

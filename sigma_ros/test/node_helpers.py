@@ -142,6 +142,20 @@ class NodeProcess:
     def count(self, text: str) -> int:
         return self.log().count(text)
 
+    def wait_stop_handlers(self, timeout: float = 30.0) -> None:
+        """Wait until the process has installed its SIGTERM handler (``/proc/PID/status`` SigCgt), i.e. until
+        ``sigma_ros.stop_signals.install`` ran: a signal before that, while the interpreter itself starts, takes
+        Python's default action (KeyboardInterrupt traceback, -SIGTERM), which no code of ours can change."""
+        bit = 1 << (signal.SIGTERM - 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+            if caught & bit:
+                return
+            time.sleep(0.002)
+        raise AssertionError(f"node {self.ns} installed no stop handlers within {timeout} s:\n{self.log()}")
+
     def wait_exit(self, timeout: float) -> tuple[Optional[int], float]:
         """(exit code or None if still running after ``timeout`` s, seconds waited)."""
         start = time.monotonic()

@@ -79,7 +79,7 @@ def run_launch_test(colcon_install: Path, path: Path, cwd: Path, domain_id: int,
     launch_testing starts the launch file's processes from the install space, as ``colcon test`` would."""
     require("launch_testing")
     env = installed_env(colcon_install, domain_id)
-    env.update(env_vars)
+    env.update(env_vars, SIGMA_LAUNCH_TESTING="1")  # launch_testing/conftest.py lets that process collect them
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging", "-rf",
                            "--rootdir", str(cwd), str(path)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)

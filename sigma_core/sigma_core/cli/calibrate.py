@@ -24,6 +24,7 @@ from typing import Iterator, Optional, Sequence
 from .errors import fail
 
 PROG = "sigma-calibrate"
+MAX_SPACING_M = 1.0  # a target's square (or circle step) larger than this is a spacing given in millimetres
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +70,19 @@ def _check_args(args: argparse.Namespace) -> None:
                                f"{args.rows}, {args.spacing}")
     if not args.slop > 0 or args.queue_size < 1:
         raise CalibrationError(f"--slop must be > 0 and --queue-size >= 1, got {args.slop}, {args.queue_size}")
-    if args.out.exists() and (not args.out.is_file() or "sigma_calibration:" not in args.out.read_text(
-            errors="replace")):
+    if args.spacing > MAX_SPACING_M:
+        raise CalibrationError(f"--spacing {args.spacing:g} is in metres (a 25 mm square is 0.025): a target with "
+                               f"{args.spacing:g} m squares would make the baseline {args.spacing:g} times too large")
+    if args.out.suffix.lower() == ".png":
+        raise CalibrationError(f"-o {args.out}: the calibration is YAML (and <out>.png the checker mosaic beside "
+                               "it): give a name ending in .yaml")
+    ours = args.out.is_file() and "sigma_calibration:" in args.out.read_text(errors="replace")
+    if args.out.exists() and not ours:
         raise CalibrationError(f"-o {args.out} exists and is not a calibration this tool wrote; give a new file name")
+    overlay = args.out.with_suffix(".png")
+    if overlay.exists() and not ours:  # a rerun replaces its own mosaic; anything else there is someone's file
+        raise CalibrationError(f"{overlay} exists (sigma-calibrate writes its checker mosaic there, beside -o "
+                               f"{args.out}): give another -o name")
 
 
 def bag_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple[str, object, object]]:
@@ -129,8 +140,11 @@ def bag_cameras(args: argparse.Namespace) -> list:
             conns = [c for c in reader.connections if c.topic == found]
             for _, _, msg in read_messages(reader, conns, args.bag):
                 fields = {name.lower(): getattr(msg, name) for name in ("k", "d", "K", "D") if hasattr(msg, name)}
-                cameras[index] = CameraModel.from_camera_info(msg.width, msg.height, fields["k"], fields["d"],
-                                                              msg.distortion_model, f"{flag} {topic}")
+                roi = getattr(msg, "roi", None)
+                cameras[index] = CameraModel.from_camera_info(
+                    msg.width, msg.height, fields["k"], fields["d"], msg.distortion_model, f"{flag} {topic}",
+                    (getattr(msg, "binning_x", 0), getattr(msg, "binning_y", 0)),
+                    (roi.x_offset, roi.y_offset, roi.width, roi.height) if roi is not None else (0, 0, 0, 0))
                 break
             if cameras[index] is None:
                 raise CalibrationError(f"{flag} {topic} has no messages in {args.bag}")
@@ -145,6 +159,9 @@ def folder_image_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple
 
     pairs, n = folder_pairs(args.rgb_dir, args.modal_dir)
     counts[:] = list(n)
+    if max(n) > len(pairs):  # never silent about what is skipped
+        print(f"{PROG}: skipped {n[0] - len(pairs)} of {n[0]} images in {args.rgb_dir} and {n[1] - len(pairs)} of "
+              f"{n[1]} in {args.modal_dir}: no image of the same name in the other folder", file=sys.stderr)
     for name, rgb_path, modal_path in pairs:
         rgb = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
         modal = cv2.imread(str(modal_path), cv2.IMREAD_UNCHANGED)
@@ -160,10 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data.modality import ModalityScaling
     from ..data.registration import Registration
     from ..data.target_calibration import TargetSpec, calibrate_rig, checker_overlay, detect_pairs
-    from ..files import atomic_write_image
 
     try:
         _check_args(args)
+        from ..files import atomic_write_image  # imports torch (2 s): after the checks, so a typo fails at once
         target = TargetSpec(args.pattern, args.cols, args.rows, args.spacing)
         given = bag_cameras(args) if args.bag else [None, None]  # before the long read: a wrong topic fails fast
         counts = [0, 0]

@@ -38,6 +38,10 @@ DISTORTION_ALIASES = {"plumb_bob": "radtan", "rational_polynomial": "radtan", "p
                       "fisheye": "equidistant", "kannala_brandt": "equidistant"}
 RADTAN_LENGTHS = (4, 5, 8)  # k1 k2 p1 p2 [k3 [k4 k5 k6]] (OpenCV order)
 FORMAT_VERSION = 1
+# No camera pair registered pixel to pixel sits this far apart: a larger baseline is a translation in millimetres (or
+# chessboard squares: cv2.stereoCalibrate returns T in the units of the object points) read as metres.
+MAX_BASELINE_M = 10.0
+MAX_AXES_ANGLE_DEG = 90.0  # optical axes further apart than this share no view
 
 
 class CalibrationError(DataError):
@@ -158,7 +162,11 @@ class CameraModel:
 
         OpenCV's iterative undistortion (cv2.undistortPointsIter, cv2.fisheye.undistortPoints), run to 1e-12.
         """
-        pts = np.stack([u.reshape(-1), v.reshape(-1)], -1).astype(np.float64).reshape(-1, 1, 2)
+        u = np.asarray(u, np.float64)
+        K = self.K
+        if K[0, 1]:  # OpenCV's undistortion ignores the skew that project() applies: take it out first
+            u = u - K[0, 1] * (np.asarray(v, np.float64) - K[1, 2]) / K[1, 1]
+        pts = np.stack([u.reshape(-1), np.asarray(v).reshape(-1)], -1).astype(np.float64).reshape(-1, 1, 2)
         criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
         if self.distortion == "equidistant":
             out = cv2.fisheye.undistortPoints(pts, self.K, np.asarray(self.D, np.float64), criteria=criteria)
@@ -178,12 +186,32 @@ class CameraModel:
 
     @classmethod
     def from_camera_info(cls, width: int, height: int, k: Sequence[float], d: Sequence[float],
-                         distortion_model: str, where: str) -> CameraModel:
-        """From CameraInfo's fields (K row-major 9 values, D, distortion_model); CalibrationError naming ``where``."""
+                         distortion_model: str, where: str, binning: Sequence[int] = (0, 0),
+                         roi: Sequence[int] = (0, 0, 0, 0)) -> CameraModel:
+        """From CameraInfo's fields (K row-major 9 values, D, distortion_model); CalibrationError naming ``where``.
+
+        binning (binning_x, binning_y; 0 = 1) and roi (x_offset, y_offset, width, height; all 0 = the full image):
+        CameraInfo keeps the full sensor's calibration and says how the published image was cut and binned, so the
+        camera returned is the one of the published image: K shifted by the ROI and divided by the binning
+        (pixel centres: a binned pixel's centre is the mean of the sensor pixels it sums), size roi / binning.
+        """
         K = np.asarray(list(k), np.float64)
         if K.size != 9:
             raise CalibrationError(f"{where}: CameraInfo K has {K.size} values, expected 9")
-        return cls(int(width), int(height), K.reshape(3, 3), distortion_model or "none", tuple(d)).check(where)
+        K = K.reshape(3, 3)
+        bx, by = (max(int(b), 1) for b in binning)
+        x0, y0, roi_w, roi_h = (int(r) for r in roi)
+        if roi_w and roi_h:
+            width, height = roi_w, roi_h
+        else:
+            x0 = y0 = 0
+        if (bx, by, x0, y0) != (1, 1, 0, 0) and K[2, 2] == 1:
+            K = K.copy()
+            K[0, 2] = (K[0, 2] - x0 - (bx - 1) / 2) / bx
+            K[1, 2] = (K[1, 2] - y0 - (by - 1) / 2) / by
+            K[0, :2] /= bx
+            K[1, 1] /= by
+        return cls(int(width) // bx, int(height) // by, K, distortion_model or "none", tuple(d)).check(where)
 
 
 @dataclass(frozen=True)
@@ -230,6 +258,7 @@ class Calibration:
             if translation.shape != (3,) or not np.isfinite(translation).all():
                 raise CalibrationError(f"{where}: translation must be 3 finite numbers (metres), got "
                                        f"{np.asarray(self.translation).tolist()}")
+            check_pose(rotation, translation, where)
         if self.homography is not None or self.mode == "homography":
             homography = check_homography(self.homography, where)
         return replace(self, rgb=rgb, modal=modal, rotation=rotation, translation=translation, homography=homography)
@@ -266,6 +295,23 @@ def check_rotation(rotation: Any, where: str) -> np.ndarray:
     return R
 
 
+def check_pose(rotation: np.ndarray, translation: np.ndarray, where: str) -> None:
+    """CalibrationError when a checked rotation and translation cannot be two cameras registered into one view:
+    optical axes more than 90 degrees apart (a quaternion in the wrong order) or a baseline over MAX_BASELINE_M (a
+    translation in millimetres)."""
+    axes_deg = math.degrees(math.acos(min(1.0, max(-1.0, float(rotation[2, 2])))))
+    if axes_deg > MAX_AXES_ANGLE_DEG:  # R[2, 2]: cosine between the two optical axes (a roll about them is fine)
+        raise CalibrationError(f"{where}: the modality camera's optical axis is {axes_deg:.0f} degrees from the RGB "
+                               "camera's, so they cannot see one scene: a quaternion given as [qw, qx, qy, qz] "
+                               "instead of [qx, qy, qz, qw], or the transform of other frames? Check the rotation")
+    baseline = float(np.linalg.norm(translation))
+    if baseline > MAX_BASELINE_M:
+        raise CalibrationError(f"{where}: the cameras are {baseline:g} m apart (translation {translation.tolist()}): "
+                               "the translation must be in metres; millimetres (or target squares, "
+                               "cv2.stereoCalibrate's units) were given? Convert it, or recalibrate with the target "
+                               "spacing in metres")
+
+
 def check_homography(homography: Any, where: str) -> np.ndarray:
     """(3, 3) float64 homography normalised to H[2, 2] = 1 where possible, or CalibrationError."""
     H = np.asarray(homography if homography is not None else np.full((3, 3), np.nan), np.float64)
@@ -279,11 +325,15 @@ def check_homography(homography: Any, where: str) -> np.ndarray:
 
 
 def quaternion_to_rotation(q: Sequence[float], where: str) -> np.ndarray:
-    """[qx, qy, qz, qw] (ROS order; normalised here) -> (3, 3) rotation; CalibrationError when not finite or 0."""
+    """[qx, qy, qz, qw] (ROS order; normalised here) -> (3, 3) rotation; CalibrationError when not finite or its norm
+    is more than 1 % from 1 (tf2's tolerance)."""
     q = np.asarray(list(q), np.float64)
     n = float(np.linalg.norm(q)) if q.shape == (4,) else 0.0
     if q.shape != (4,) or not np.isfinite(q).all() or n < 1e-9:
         raise CalibrationError(f"{where}: a quaternion is [qx, qy, qz, qw] with a non-zero norm, got {q.tolist()}")
+    if abs(n - 1) > 0.01:  # tf2 refuses such a transform too (TF_DENORMALIZED_QUATERNION)
+        raise CalibrationError(f"{where}: quaternion {q.tolist()} has norm {n:.4g}, not 1: give a unit quaternion "
+                               "[qx, qy, qz, qw] (angles, or a typo?)")
     x, y, z, w = q / n
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
@@ -400,6 +450,9 @@ def _load_kalibr(path: Path, doc: dict) -> Calibration:
         D = tuple(_numbers(cam.get("distortion_coeffs", []), None, f"{where}.distortion_coeffs"))
         cams.append(CameraModel(w, h, K, str(cam.get("distortion_model", "none")), D))
     T = _numbers(_key(doc["cam1"], "T_cn_cnm1", f"{path} cam1"), 16, f"{path} cam1.T_cn_cnm1").reshape(4, 4)
+    if np.abs(T[3] - [0, 0, 0, 1]).max() > 1e-6:  # a transposed matrix would read as a zero baseline
+        raise CalibrationError(f"{path} cam1.T_cn_cnm1: the last row must be [0, 0, 0, 1], got {T[3].tolist()} (a "
+                               "transposed matrix?): write the 4x4 transform row by row, as Kalibr does")
     return Calibration("rig", str(path), cams[0], cams[1], T[:3, :3], T[:3, 3], camera_keys=("cam0", "cam1"))
 
 
@@ -442,19 +495,28 @@ def _load_opencv(path: Path) -> Calibration:
         homography = mat("homography", "H")
     finally:
         fs.release()
-    cams = [CameraModel(sizes[0], sizes[1], found["K1"].reshape(3, 3), model, tuple(found["D1"].reshape(-1))),
-            CameraModel(sizes[2], sizes[3], found["K2"].reshape(3, 3), model, tuple(found["D2"].reshape(-1)))]
-    return Calibration("rig", str(path), cams[0], cams[1], found["R"].reshape(3, 3), found["T"].reshape(-1),
-                       homography, camera_keys=("K1/D1", "K2/D2"))
+    K1, K2 = (_numbers(found[n], 9, f"{path} {n} (a 3x3 camera matrix)").reshape(3, 3) for n in ("K1", "K2"))
+    R = found["R"].reshape(-1)
+    if R.size == 3:  # a rotation vector (Rodrigues), as cv2.stereoRectify also accepts
+        R = cv2.Rodrigues(R)[0]
+    R = _numbers(R, 9, f"{path} R (a 3x3 rotation matrix or a 3-element rotation vector)").reshape(3, 3)
+    T = _numbers(found["T"], 3, f"{path} T (metres)")
+    if homography is not None:
+        homography = _numbers(homography, 9, f"{path} homography (a 3x3 matrix)").reshape(3, 3)
+    cams = [CameraModel(sizes[0], sizes[1], K1, model, tuple(found["D1"].reshape(-1))),
+            CameraModel(sizes[2], sizes[3], K2, model, tuple(found["D2"].reshape(-1)))]
+    return Calibration("rig", str(path), cams[0], cams[1], R, T, homography, camera_keys=("K1/D1", "K2/D2"))
 
 
 __all__ = [
     "DISTORTION_MODELS",
+    "MAX_BASELINE_M",
     "REGISTRATION_MODES",
     "Calibration",
     "CalibrationError",
     "CameraModel",
     "check_homography",
+    "check_pose",
     "check_rotation",
     "load_calibration",
     "pose_from_transform",

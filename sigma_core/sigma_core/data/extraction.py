@@ -231,6 +231,9 @@ def split_by_time(pairs: list[FramePair], test_fraction: float, blocks: int, gap
 
 NODE_SLOP_S = 0.05  # the node's sync.slop default: pairs without labels are the node's
 UNLABELLED_SPLIT_GAP_S = 1.0
+# Labelled pairs further apart than this are told (counted, with the farthest): a modality camera slower than about
+# 5 Hz fits a slop above it, and on a moving platform its frame then shows another view than the label.
+FAR_PAIR_S = 0.1
 SLOP_PER_MODAL_INTERVAL = 0.55  # a label's nearest modality frame is at most half an interval away: 10 % margin
 
 
@@ -504,7 +507,11 @@ def _labelled_frames(scan: _Scan, opts: ExtractOptions) -> tuple[list[FramePair]
             no_modal += 1
             continue
         pairs.append(FramePair(str(st), st, best, scan.rgb.first[st], scan.modal.first[best], scan.label.first[st]))
-    return pairs, {"labelled_pairs": len(pairs), "labels_without_rgb": no_rgb, "labels_without_modal": no_modal}
+    far = [abs(p.modal_stamp - p.rgb_stamp) for p in pairs if abs(p.modal_stamp - p.rgb_stamp) > FAR_PAIR_S * 1e9]
+    counts = {"labelled_pairs": len(pairs), "labels_without_rgb": no_rgb, "labels_without_modal": no_modal}
+    if far:
+        counts.update(far_modal_pairs=len(far), farthest_modal_s=round(max(far) * 1e-9, 3))
+    return pairs, counts
 
 
 def _check_label_values(pairs: list[FramePair], scan: _Scan, opts: ExtractOptions) -> None:
@@ -555,6 +562,12 @@ def _notes(scan: _Scan, counts: dict, opts: ExtractOptions) -> list[str]:
                 f"annotate), {counts['labels_without_modal']} have no {opts.modal_topic} frame within --slop "
                 f"{opts.slop} s"
             )
+        if counts.get("far_modal_pairs"):
+            notes.append(
+                f"{counts['far_modal_pairs']} of {counts['labelled_pairs']} labelled frames pair with a "
+                f"{opts.modal_topic} frame more than {FAR_PAIR_S:g} s away (up to {counts['farthest_modal_s']:g} s; "
+                f"the node pairs within its sync.slop, 0.05 s by default): on a moving platform that frame shows "
+                "another view than the label; give a smaller --slop to leave them out")
         if not opts.classes and scan.label_ids:
             ids = sorted({int(v) for a in scan.label_ids.values() for v in a} - {255})
             notes.append(f"the labels use class ids {ids}; name the classes with --classes (training needs them)")

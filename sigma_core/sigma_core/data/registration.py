@@ -128,8 +128,18 @@ class Registration:
             if self._reprojector is None:
                 self._reprojector = _DepthReprojector(self.calibration)
             return self._reprojector(modal)
-        if self._table is None or self._table.sizes != (rgb_size, modal.shape[:2]):
+        if self._table is None:
             self._table = self._build_table(rgb_size, modal.shape[:2])
+        elif self._table.sizes != (rgb_size, modal.shape[:2]):
+            # Only a homography without camera sizes gets here (sizes are checked above otherwise): it holds for the
+            # images it was computed on, which the first frames showed; a camera switched to another resolution
+            # would be warped wrongly.
+            (h, w), (hm, wm) = self._table.sizes
+            raise CalibrationError(
+                f"{self.calibration.source}: the homography was applied to {w}x{h} RGB and {wm}x{hm} modality "
+                f"images, but these are {rgb_size[1]}x{rgb_size[0]} and {modal.shape[1]}x{modal.shape[0]}: a "
+                "homography holds only for the image sizes it was computed at; calibrate at the new resolution "
+                "(sigma-calibrate) or set the cameras back")
         return self._table.apply(modal, self.scaling)
 
     def _check_sizes(self, rgb_size: tuple[int, int], modal_size: tuple[int, int]) -> None:

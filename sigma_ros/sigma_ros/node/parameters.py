@@ -455,6 +455,11 @@ def check_registration(cfg: NodeConfig) -> None:
                           f"the calibration; unset {given[0]}")
     if file:
         return
+    other = {"rig": ("registration.homography", cfg.registration_homography),
+             "homography": ("registration.translation", cfg.registration_translation)}[mode]
+    if other[1] is not None:  # the other mode's parameter would be silently ignored
+        raise ConfigError(f"parameter {other[0]} is set but registration.mode is {mode}, which does not use it: unset "
+                          "it or change registration.mode")
     if mode == "homography" and cfg.registration_homography is None:
         raise ConfigError("registration.mode homography needs registration.calibration_file or "
                           "registration.homography (9 numbers, RGB pixel -> modality pixel)")

@@ -16,6 +16,7 @@ from sigma_core.data.calibration import (
     Calibration,
     CalibrationError,
     CameraModel,
+    check_pose,
     load_calibration,
     pose_from_transform,
 )
@@ -31,9 +32,23 @@ RGB, MODAL = 0, 1
 CAMERA_INFO_TOPICS = ("rgb/camera_info", "modal/camera_info")
 
 
+def parameter_pose(cfg: NodeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(R, t), X_modal = R X_rgb + t, of registration.translation/rotation; ConfigError naming them when they cannot
+    be a rig's (a quaternion of another norm or order, a translation in millimetres)."""
+    where = "parameters registration.translation/rotation"
+    try:
+        pose = pose_from_transform(cfg.registration_translation, cfg.registration_rotation or (0, 0, 0, 1), where)
+        check_pose(*pose, where)
+    except CalibrationError as e:
+        raise ConfigError(str(e)) from None
+    return pose
+
+
 def check_calibration_file(cfg: NodeConfig) -> None:
-    """ConfigError naming registration.calibration_file when it cannot be used: checked before the (slow) model
-    load, so a typo in the file or its path is reported at once."""
+    """ConfigError naming registration.calibration_file (or the pose parameters) when it cannot be used: checked
+    before the (slow) model load, so a typo in the file, its path or a parameter is reported at once."""
+    if cfg.registration_mode == "rig" and cfg.calibration_file is None:
+        parameter_pose(cfg)
     if cfg.calibration_file is None:
         return
     try:
@@ -49,10 +64,12 @@ class RegistrationSource:
     def __init__(self, cfg: NodeConfig, scaling: ModalityScaling):
         self.cfg, self.scaling = cfg, scaling
         self.cameras: list[Optional[CameraModel]] = [None, None]
+        self.refused: dict[int, str] = {}  # stream -> why its last CameraInfo could not be used
         self.registration: Optional[Registration] = None
         self._points_camera: Optional[tuple] = None  # (the registration it belongs to, (Pinhole, rays))
         self.from_camera_info = cfg.registration_mode == "rig" and cfg.calibration_file is None
         if self.from_camera_info:
+            self.pose = parameter_pose(cfg)
             return
         if cfg.registration_homography is not None:
             H = np.asarray(cfg.registration_homography, np.float64).reshape(3, 3)
@@ -81,14 +98,22 @@ class RegistrationSource:
         registered."""
         if self.registration is not None:
             return []
-        return [topic for topic, camera in zip(topics, self.cameras) if camera is None]
+        return [topic + (f" (the last one there was refused: {self.refused[i]})" if i in self.refused else "")
+                for i, (topic, camera) in enumerate(zip(topics, self.cameras)) if camera is None]
 
     def camera_info(self, stream: int, msg: Any, where: str) -> None:
         """A CameraInfo for ``stream`` (RGB / MODAL): rebuild the registration when the camera changed.
         CalibrationError naming ``where`` (the topic) when it is unusable (uncalibrated, unknown distortion)."""
         if not self.from_camera_info:
             return
-        camera = CameraModel.from_camera_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model, where)
+        try:
+            camera = CameraModel.from_camera_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model, where,
+                                                  (msg.binning_x, msg.binning_y),
+                                                  (msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height))
+        except CalibrationError as e:  # e.g. the all-zero K of an uncalibrated driver: said while frames wait
+            self.refused[stream] = str(e).removeprefix(f"{where}: ")
+            raise
+        self.refused.pop(stream, None)
         old = self.cameras[stream]
         if old is not None and _same(old, camera):
             return
@@ -98,9 +123,7 @@ class RegistrationSource:
         cfg = self.cfg
         source = (f"{CAMERA_INFO_TOPICS[0]} + {CAMERA_INFO_TOPICS[1]} + parameters registration.translation/"
                   "rotation")
-        R, t = pose_from_transform(cfg.registration_translation, cfg.registration_rotation or (0, 0, 0, 1),
-                                   "parameters registration.translation/rotation")
-        calibration = Calibration("rig", source, self.cameras[RGB], self.cameras[MODAL], R, t)
+        calibration = Calibration("rig", source, self.cameras[RGB], self.cameras[MODAL], *self.pose)
         self.registration = Registration("rig", calibration, self.scaling, cfg.registration_distance_m)
 
     def points_camera(self) -> Optional[tuple[Pinhole, tuple[np.ndarray, np.ndarray]]]:
@@ -122,4 +145,4 @@ def _same(a: CameraModel, b: CameraModel) -> bool:
             and tuple(a.D) == tuple(b.D))
 
 
-__all__ = ["CAMERA_INFO_TOPICS", "MODAL", "RGB", "RegistrationSource", "check_calibration_file"]
+__all__ = ["CAMERA_INFO_TOPICS", "MODAL", "RGB", "RegistrationSource", "check_calibration_file", "parameter_pose"]

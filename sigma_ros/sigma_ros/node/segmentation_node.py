@@ -701,8 +701,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             waiting = self.registration.waiting_for(topics)
             self.problems.report(
                 "waiting_for_camera_info",
-                f"frame not published: registration.mode rig takes the intrinsics from CameraInfo and nothing has "
-                f"arrived on {' and '.join(waiting)} yet: remap rgb/camera_info and modal/camera_info to the "
+                f"frame not published: registration.mode rig takes the intrinsics from CameraInfo and nothing usable "
+                f"has arrived on {' and '.join(waiting)} yet: remap rgb/camera_info and modal/camera_info to the "
                 "cameras' camera_info topics, or set registration.calibration_file",
             )
             return None

@@ -43,6 +43,7 @@ from sigma_core.data.bags import (
     resolve_topic,
     stamp_ns,
 )
+from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
@@ -410,14 +411,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_report_folder(args.out)  # before the replay: a user's report.md is never replaced
+        if args.registration_mode and not args.calibration:
+            raise ValueError(f"--registration-mode {args.registration_mode} needs --calibration FILE")
+        if args.calibration:  # before the (slow) model load, as the node does: a bad file fails at once
+            try:
+                load_calibration(args.calibration)
+            except CalibrationError as e:
+                raise ValueError(f"--calibration: {e}") from None
         try:
             seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
         except ConfigError as e:  # the node's wording names its parameter; here it is a flag
             raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
         for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:  # what a .pth needed inferred
             print(line)
-        if args.registration_mode and not args.calibration:
-            raise ValueError(f"--registration-mode {args.registration_mode} needs --calibration FILE")
         try:
             registration = load_registration(args.registration_mode, args.calibration, seg.scaling,
                                              args.registration_distance)

@@ -192,6 +192,13 @@ def test_descriptor_bounds_agree_with_the_parser(name):
     ({"registration.mode": "rig", "registration.translation": [0.06, 0, float("nan")]}, "finite"),
     ({"registration.mode": "stereo"}, "registration.mode must be one of none, homography, rig"),
     ({"registration.distance_m": 0}, "registration.distance_m must be > 0"),
+    # the other mode's parameter, which was silently ignored
+    ({"registration.mode": "rig", "registration.translation": [0.06, 0, 0],
+      "registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+     "registration.homography is set but registration.mode is rig, which does not use it"),
+    ({"registration.mode": "homography", "registration.translation": [0.06, 0, 0],
+      "registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+     "registration.translation is set but registration.mode is homography"),
 ])
 def test_registration_parameters_that_contradict_or_miss_name_what_to_set(ckpt, values, match):
     with pytest.raises(ConfigError, match=match):

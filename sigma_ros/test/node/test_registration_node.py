@@ -33,8 +33,18 @@ K_RGB = [60.0, 0.0, 39.5, 0.0, 60.0, 31.5, 0.0, 0.0, 1.0]
 K_MODAL = [30.0, 0.0, 19.5, 0.0, 30.0, 19.5, 0.0, 0.0, 1.0]
 
 
-def camera_info(width, height, k) -> CameraInfo:
-    return CameraInfo(width=width, height=height, k=k, d=[-0.05, 0.01, 0.0, 0.0, 0.0], distortion_model="plumb_bob")
+def camera_info(width, height, k, binning=0, roi=(0, 0, 0, 0)) -> CameraInfo:
+    info = CameraInfo(width=width, height=height, k=k, d=[-0.05, 0.01, 0.0, 0.0, 0.0], distortion_model="plumb_bob",
+                      binning_x=binning, binning_y=binning)
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = roi
+    return info
+
+
+# As drivers publish them: the full sensor's calibration, and how the published image was binned or cut (REP 104).
+# The RGB camera bins 2x2 a 160x128 sensor (K_RGB is the binned image's); the thermal camera sends a 40x40 region at
+# (10, 5) of a 60x50 sensor.
+RGB_INFO = dict(width=2 * W, height=2 * H, k=[120.0, 0.0, 79.5, 0.0, 120.0, 63.5, 0.0, 0.0, 1.0], binning=2)
+MODAL_INFO = dict(width=60, height=50, k=[30.0, 0.0, 29.5, 0.0, 30.0, 24.5, 0.0, 0.0, 1.0], roi=(10, 5, WM, HM))
 
 
 def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage(tmp_path_factory, checkpoints,
@@ -50,14 +60,18 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
         streams = Streams(harness, "/r")
         rgb_info = harness.publisher(CameraInfo, "/r/rgb/camera_info")
         thermal = streams.thermal_frame((HM, WM))
-        waited = "nothing has arrived on /r/rgb/camera_info and /r/modal/camera_info"
+        # an uncalibrated driver's all-zero K is refused, and the wait says so rather than "nothing arrived"
+        waited = ("nothing usable has arrived on /r/rgb/camera_info (the last one there was refused: intrinsics need "
+                  "fx, fy > 0")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and waited not in node.log():
+            rgb_info.publish(camera_info(W, H, [0.0] * 9))
             s = time.time_ns()
             streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
             streams.modal.publish(image(thermal, "mono16", s))
             time.sleep(0.1)
-        assert waited in node.log() and "frame not published" in node.log(), node.log()
+        assert waited in node.log() and "and /r/modal/camera_info yet" in node.log(), node.log()
+        assert "frame not published" in node.log() and "bad_camera_info" in node.log(), node.log()
         assert not harness.messages("/r/segmentation/mask")  # nothing while the intrinsics are unknown
 
         def diagnosed():  # /diagnostics says it too: WARN (or ERROR once stalled), naming the topics
@@ -75,8 +89,8 @@ def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage
         sent = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not harness.messages("/r/segmentation/stats"):
-            rgb_info.publish(camera_info(W, H, K_RGB))
-            streams.info.publish(camera_info(WM, HM, K_MODAL))
+            rgb_info.publish(camera_info(**RGB_INFO))
+            streams.info.publish(camera_info(**MODAL_INFO))
             sent = time.time_ns()
             streams.rgb.publish(image(streams.rgb_frame(), "rgb8", sent))
             streams.modal.publish(image(thermal, "mono16", sent))
@@ -144,3 +158,15 @@ def test_an_unusable_calibration_file_exits_2_with_one_line(tmp_path, checkpoint
     expected = f"parameter registration.calibration_file: {bad} cam1 (modality camera): unknown distortion model 'omni'"
     assert result.returncode == 2 and expected in out and "Traceback" not in out, out
     assert "loading checkpoint" not in out  # refused before the model is loaded
+
+
+def test_a_quaternion_in_wxyz_order_stops_the_node_at_start_up(checkpoints):
+    # identity written [qw, qx, qy, qz]: read as [qx, qy, qz, qw], the thermal camera would look backwards and every
+    # frame would go out without thermal
+    result = run_node(["-p", f"checkpoint:={checkpoints['thermal']}", "-p", "registration.mode:=rig",
+                       "-p", "registration.translation:=[0.06, 0.0, 0.0]",
+                       "-p", "registration.rotation:=[1.0, 0.0, 0.0, 0.0]"])
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in out, out
+    assert "parameters registration.translation/rotation: the modality camera's optical axis is 180 degrees" in out
+    assert "loading checkpoint" not in out

@@ -54,3 +54,29 @@ def test_registered_separate_rig_scores_like_the_aligned_rig_and_above_stretchin
                "--calibration", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "missing.yaml" in err[0] and "does not exist" in err[0]
+
+
+def test_a_bad_calibration_is_refused_before_the_model_loads(tmp_path):
+    """A wrong --calibration (here cv2.stereoCalibrate's T in millimetres) is one line naming it, before anything
+    slow: not after a model load, and never a warp by a 60 m baseline."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "stereo.yml"
+    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
+    K = np.array([[60.0, 0, 39.5], [0, 60.0, 31.5], [0, 0, 1]])
+    for key, value in (("K1", K), ("D1", np.zeros(5)), ("K2", K), ("D2", np.zeros(5)), ("R", np.eye(3)),
+                       ("T", np.array([-60.0, 0.0, 0.0]))):
+        fs.write(key, value)
+    fs.write("imageSize", (80, 64))
+    fs.release()
+    result = subprocess.run([sys.executable, "-m", "sigma_ros.replay.replay_eval", str(tmp_path / "no_bag"),
+                             "--checkpoint", str(tmp_path / "model_being_copied.pt"), "--rgb-topic", "/rgb",
+                             "--modal-topic", "/thermal", "--calibration", str(path), "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"--calibration: {path}: the cameras are 60 m apart" in result.stderr, result.stderr
+    assert "checkpoint" not in result.stderr  # the model was not even looked for
