@@ -164,10 +164,11 @@ def optional_choice(*choices: str) -> Parser:
     return constrained(f"one of {', '.join(choices)}, or empty")(parse)
 
 
-@constrained("auto, cpu, cuda or cuda:N")
+@constrained("auto, cpu, cuda or cuda:N (an .onnx checkpoint also tensorrt or tensorrt:N)")
 def device(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise ConfigError(f"parameter {name} must be auto, cpu, cuda or cuda:N; got {value!r}")
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|(cuda|tensorrt)(:\d+)?", value):
+        raise ConfigError(f"parameter {name} must be auto, cpu, cuda or cuda:N (an .onnx checkpoint also tensorrt "
+                          f"or tensorrt:N); got {value!r}")
     return value
 
 
@@ -275,7 +276,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                  "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
                                  "warning for sigma_core checkpoints", optional_text("a preset name or a file path"),
                              "dataset"),
-    "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N", device, "device"),
+    "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N (.onnx: also tensorrt[:N])", device, "device"),
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)",
                                choice(*PRECISIONS), "precision"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
