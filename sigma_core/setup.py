@@ -33,6 +33,8 @@ setup(
             "sigma-synth = sigma_core.cli.synth:main",
             "import = sigma_core.cli.import_checkpoint:main",
             "sigma-import = sigma_core.cli.import_checkpoint:main",
+            "predict = sigma_core.cli.predict:main",
+            "sigma-predict = sigma_core.cli.predict:main",
         ],
     },
 )

@@ -58,7 +58,14 @@ from .image_conversion import (
     array_to_image_msg,
     image_msg_to_array,
 )
-from .input_health import JUMP_BACK_TOLERANCE_S, ProblemLog, Stamp, StreamWatch, modality_problem
+from .input_health import (
+    JUMP_BACK_TOLERANCE_S,
+    ProblemLog,
+    Stamp,
+    StreamWatch,
+    depth_stream_evidence,
+    modality_problem,
+)
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .parameters import (
@@ -525,8 +532,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         decoded = self._decode(0, rgb_msg), self._decode(1, modal_msg)
         if decoded[0] is None or decoded[1] is None:
             return
-        (rgb_arr, rgb_encoding), (raw, _) = decoded
-        self._check_modality(raw)
+        (rgb_arr, rgb_encoding), (raw, modal_encoding) = decoded
+        self._check_modality(raw, modal_encoding)
 
         result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
         rgb, mask, confidence = result.rgb, result.mask, result.confidence
@@ -575,13 +582,16 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             )
         )
 
-    def _check_modality(self, raw: np.ndarray) -> None:
-        """Warn when most of a modality image carries nothing for the model (no depth return, thermal clipped)."""
+    def _check_modality(self, raw: np.ndarray, encoding: str) -> None:
+        """Warn when most of a modality image carries nothing for the model (no depth return, thermal clipped),
+        and when a thermal model is fed a depth camera (a range cannot fix that: another model can)."""
+        topic = self.topics[1]
+        if self.modality == "thermal" and self._depth_on_thermal(topic, encoding, raw):
+            return
         found = modality_problem(raw, self.seg.scaling)
         if found is None:
             return
         kind, fraction = found
-        topic = self.topics[1]
         if kind == "invalid_depth":
             message = (f"{topic}: {fraction:.0%} of depth pixels are 0/NaN/inf (no return); "
                        "they are left out of segmentation/points")
@@ -594,6 +604,23 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                        "a blank thermal image: set thermal.range to the camera's [low, high] raw values "
                        "(mono8: [0, 255]; 32FC1 Kelvin: e.g. [250, 350]) or check the camera")
         self.problems.report(kind, message)
+
+    def _depth_on_thermal(self, topic: str, encoding: str, raw: np.ndarray) -> bool:
+        """Report (and return True) when the modality stream looks like a depth camera but the model is thermal."""
+        base = topic.rsplit("/", 1)[0]
+        info_beside = encoding in ("16UC1", "32FC1") and self.count_publishers(f"{base}/camera_info") > 0
+        reasons = depth_stream_evidence(topic, encoding, raw, info_beside)
+        if not reasons:
+            return False
+        bundled = "the bundled depth demo model: leave checkpoint empty and set -p modality:=depth"
+        self.problems.report(
+            "depth_on_thermal_model",
+            f"{topic} looks like a depth camera ({'; '.join(reasons)}) but the model ({self.cfg.checkpoint.name}) "
+            f"is a thermal model, so its masks mean nothing here; thermal.range cannot fix that. Run a depth "
+            f"model: {bundled}, or -p checkpoint:=<a depth checkpoint>. If this really is a thermal camera, set "
+            "thermal.range to its [low, high] raw values",
+        )
+        return True
 
     def _latency_ms(self, rgb_stamp: float) -> float:
         """Node clock minus the RGB stamp, ms; NaN while the clock has no time yet (use_sim_time before /clock)."""
