@@ -124,8 +124,11 @@ def test_kill_and_resume_equals_an_uninterrupted_run(synth, tmp_path):
         state_path_for(run / f"epoch_{epoch:04d}.pt").unlink(missing_ok=True)
     assert straight.wait(timeout=180) == 0, straight.stderr.read()
 
-    resumed = sigma_train(*common, f"train.out_dir={run}", "--resume", "auto")  # finds epoch_0002.pt
-    assert resumed.wait(timeout=180) == 0, resumed.stderr.read()
+    # Issue 22: the run folder alone, nothing retyped (its config.yaml holds TINY and the overrides above)
+    resumed = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", "--resume", str(run)],
+                             capture_output=True, text=True, timeout=180)  # epoch 2, or 1 if killed before its commit
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resumed from epoch [12] \(.*epoch_000[12].pt\)", resumed.stdout), resumed.stdout
     # every loss equal to the last bit (the log keeps the float's repr), the log continuing without the
     # killed run's later rows; final weights identical
     assert read_csv(run / "train_log.csv") == read_csv(straight_dir / "train_log.csv")
@@ -138,6 +141,32 @@ def test_kill_and_resume_equals_an_uninterrupted_run(synth, tmp_path):
     # a finished run resumes to nothing more
     again = train(tiny_config(synth, run, *common[1:], "train.resume=auto"))
     assert again.epochs_run == []
+
+
+def test_resume_takes_the_run_folders_config_and_refuses_overrides_that_change_the_run(synth, tmp_path, capsys):
+    from sigma_core.cli.train import load_config
+    from sigma_core.engine.config import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = tiny_config(synth, run, "schedule.epochs=3", "schedule.warmup_epochs=1")
+    (run / "config.yaml").write_text(saved.to_yaml())
+    # only the out_dir, or only the folder: the saved configuration, nothing retyped
+    for resume, overrides in (("auto", [f"train.out_dir={run}"]), (str(run), [])):
+        cfg = load_config(None, resume, overrides)
+        assert cfg.model == saved.model and cfg.data == saved.data and cfg.schedule == saved.schedule
+        assert cfg.train.resume == "auto" and cfg.train.out_dir == str(run)
+    # more epochs and a moved dataset are safe; a checkpoint path resumes from that checkpoint
+    cfg = resume_config(run, str(run / "epoch_0002.pt"), ["schedule.epochs=5", f"data.root={synth}"])
+    assert cfg.schedule.epochs == 5 and cfg.train.resume == str(run / "epoch_0002.pt")
+    with pytest.raises(ValueError, match=r"cannot change on resume: model.dims \(the run has 32, given 64\); "
+                                         r"optim.lr \(the run has 0.002, given 0.1\)\. .*Start a new run"):
+        resume_config(run, "auto", ["model.dims=64", "optim.lr=0.1", "train.eval_every=3"])
+    with pytest.raises(ValueError, match="resuming may only add epochs"):
+        resume_config(run, "auto", ["schedule.epochs=2"])
+    done = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", "--resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a sigma-train run folder" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_torchrun_two_processes_gloo(synth, tmp_path):

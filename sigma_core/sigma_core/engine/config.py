@@ -313,3 +313,54 @@ def _coerce(key: str, f: dataclasses.Field, value: Any, source: str) -> Any:
             raise ValueError(f"{source}: {key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+# What an override may change when a run is resumed: how long it runs, how often it validates, saves and logs,
+# where its data now lives, and how it is shown. Anything else (model, data, optimiser, schedule shape) would make
+# the resumed run another experiment than the one its checkpoints and logs record.
+SAFE_ON_RESUME = frozenset({
+    "schedule.epochs", "data.root", "data.num_workers", "eval.limit", "eval.batch_size",
+    "train.resume", "train.out_dir", "train.device", "train.eval_every", "train.save_every", "train.keep_last",
+    "train.log_every", "train.tensorboard", "train.progress", "train.threads",
+})
+RUN_CONFIG = "config.yaml"
+
+
+def _flat(data: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in data.items() for key, value in values.items()}
+
+
+def run_folder_of(resume: str, out_dir: Optional[str]) -> Optional[Path]:
+    """The run folder a ``--resume`` value points at: the folder itself, a checkpoint's folder, or with "auto"
+    ``out_dir`` (None: "auto" without an out_dir, or a folder without config.yaml)."""
+    if resume == "auto":
+        folder = Path(out_dir) if out_dir else None
+    else:
+        path = Path(resume)
+        folder = path if path.is_dir() else path.parent
+    return folder if folder is not None and (folder / RUN_CONFIG).is_file() else None
+
+
+def resume_config(run_dir: Path, resume: str, overrides: Sequence[str]) -> TrainConfig:
+    """The configuration that continues the run in ``run_dir``: its own config.yaml, with ``overrides`` applied
+    where they are safe (SAFE_ON_RESUME: more epochs, a moved dataset, logging); ``train.out_dir`` is
+    ``run_dir`` and ``train.resume`` is ``resume`` ("auto" for a folder: its newest complete checkpoint).
+
+    Raises ValueError naming every override that would change the experiment (its saved and given values).
+    """
+    saved_path = run_dir / RUN_CONFIG
+    saved = TrainConfig.load(saved_path)
+    wanted = TrainConfig.load(saved_path, overrides)
+    before, after = _flat(saved.to_dict()), _flat(wanted.to_dict())
+    refused = [f"{key} (the run has {before[key]!r}, given {after[key]!r})" for key in after
+               if after[key] != before[key] and key not in SAFE_ON_RESUME]
+    if refused:
+        raise ValueError(f"cannot change on resume: {'; '.join(refused)}. These define the run in {run_dir}; "
+                         f"resuming may change only {', '.join(sorted(SAFE_ON_RESUME - {'train.resume'}))}. "
+                         "Start a new run (another train.out_dir) to change the others")
+    wanted.train.out_dir = str(run_dir)
+    wanted.train.resume = "auto" if Path(resume).is_dir() or resume == "auto" else resume
+    if wanted.schedule.epochs < saved.schedule.epochs:
+        raise ValueError(f"schedule.epochs={wanted.schedule.epochs} is fewer than the run's {saved.schedule.epochs}: "
+                         "resuming may only add epochs")
+    return wanted
