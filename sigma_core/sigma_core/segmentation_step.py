@@ -2,7 +2,8 @@
 
 The live node (sigma_ros), offline replay (``sigma-replay-eval``) and ``sigma-predict`` all load their model
 with :func:`load_segmenter` and segment every pair with :func:`segment_pair`, so a mask is the same whichever
-tool made it (same RGB conversion, same modality resizing, same scaling overrides). Arrays in, arrays out.
+tool made it (same RGB conversion, same registration of the modality into the RGB view, same modality resizing,
+same scaling overrides). Arrays in, arrays out.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .data.calibration import CalibrationError, load_calibration
 from .data.image_encoding import to_rgb8
 from .data.modality import ModalityScaling
+from .data.registration import DEFAULT_DISTANCE_M, Registration, aspect_ratio_warning
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,11 @@ class FrameResult:
 
     rgb: (H, W, 3) uint8 RGB the model saw; mask: (H, W) uint8 class ids; confidence: (H, W)
     float32 max softmax probability; counts: per-class counts of the mask; inference_ms: the
-    model call, milliseconds (for a batch: its share); modal_resized: the modality had another
-    size than RGB (the Segmenter resized it: nearest for depth, bilinear for thermal).
+    model call, milliseconds (for a batch: its share); modal: the modality the model saw, (H', W') raw values
+    (registered: at the RGB size, depth as float32 metres along the RGB camera's axis); coverage: the fraction
+    of RGB pixels it covers (1.0 without registration); modal_resized: the modality had another size than RGB
+    (the Segmenter resized it: nearest for depth, bilinear for thermal); aspect_warning: without registration,
+    what is wrong when the two images' aspect ratios differ (two different cameras), else None.
     """
 
     rgb: np.ndarray
@@ -101,43 +107,72 @@ class FrameResult:
     confidence: np.ndarray
     counts: ClassCounts
     inference_ms: float
+    modal: np.ndarray
+    coverage: float
     modal_resized: bool
+    aspect_warning: Optional[str] = None
+
+
+def load_registration(mode: Optional[str], calibration_file: Optional[str], scaling: ModalityScaling,
+                      distance_m: float = DEFAULT_DISTANCE_M) -> Registration:
+    """The Registration of a calibration file; mode None: the file's own (rig, or homography for a file holding
+    only a homography), "none" without a file. Raises CalibrationError (a ValueError) naming the file and what
+    is wrong (see sigma_core.data.calibration)."""
+    if mode not in (None, "none") and not calibration_file:
+        raise CalibrationError(f"registration mode {mode} needs a calibration file (registration.calibration_file, "
+                               "--calibration)")
+    calibration = load_calibration(calibration_file) if calibration_file else None
+    if mode is None:
+        mode = calibration.mode if calibration is not None else "none"
+    return Registration(mode, calibration, scaling, distance_m)
+
+
+def _register(rgb8: np.ndarray, modal: np.ndarray,
+              registration: Optional[Registration]) -> tuple[np.ndarray, float, Optional[str]]:
+    """(modality as the model sees it, coverage, aspect warning): registered into the RGB view, or as it is."""
+    if registration is None or registration.mode == "none":
+        return modal, 1.0, aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
+    registered = registration(modal, rgb8.shape[:2])
+    return registered.image, registered.coverage, None
 
 
 def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
-                 min_inference_ms: float = 0.0) -> FrameResult:
+                 min_inference_ms: float = 0.0, registration: Optional[Registration] = None) -> FrameResult:
     """Segment one pair: ``rgb`` in ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8) and the raw modality.
 
-    modal: (H', W') uint8/uint16/float32 as decoded from its message (any size; resized to the RGB's).
-    min_inference_ms pads the model call (testing a slower model). Raises ValueError for an
-    unsupported RGB encoding or shape.
+    modal: (H', W') uint8/uint16/float32 as decoded from its message (any size): registered into the RGB view
+    by ``registration`` (None or mode none: resized to the RGB size). min_inference_ms pads the model call
+    (testing a slower model). Raises ValueError for an unsupported RGB encoding or shape, CalibrationError (a
+    ValueError) when the images do not fit the registration's calibration.
     """
     rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
+    modal, coverage, aspect_warning = _register(rgb8, modal, registration)
     start = time.perf_counter()
     mask, confidence = segmenter(rgb8, modal)
     inference_ms = (time.perf_counter() - start) * 1e3
     if min_inference_ms > inference_ms:
         time.sleep((min_inference_ms - inference_ms) * 1e-3)
-    return _result(segmenter, rgb8, modal, mask, confidence, inference_ms)
+    return _result(segmenter, rgb8, modal, mask, confidence, inference_ms, coverage, aspect_warning)
 
 
 def segment_pairs(segmenter: Any, rgbs: list[np.ndarray], rgb_encoding: str, modals: list[np.ndarray],
-                  max_batch: int = 8) -> list[FrameResult]:
+                  max_batch: int = 8, registration: Optional[Registration] = None) -> list[FrameResult]:
     """:func:`segment_pair` for several pairs at once, batched through ``Segmenter.predict_batch``.
 
     The masks equal segment_pair's on each pair (the network sees the same inputs; pairs of one size run
     together, ``max_batch`` at a time).
     """
     rgb8s = [np.ascontiguousarray(to_rgb8(rgb, rgb_encoding)) for rgb in rgbs]
+    seen = [_register(rgb8, modal, registration) for rgb8, modal in zip(rgb8s, modals)]
     start = time.perf_counter()
-    outputs = segmenter.predict_batch(rgb8s, modals, max_batch=max_batch)
+    outputs = segmenter.predict_batch(rgb8s, [m for m, _, _ in seen], max_batch=max_batch)
     share_ms = (time.perf_counter() - start) * 1e3 / max(len(rgbs), 1)
-    return [_result(segmenter, rgb8, modal, mask, confidence, share_ms)
-            for rgb8, modal, (mask, confidence) in zip(rgb8s, modals, outputs)]
+    return [_result(segmenter, rgb8, modal, mask, confidence, share_ms, coverage, warning)
+            for rgb8, (modal, coverage, warning), (mask, confidence) in zip(rgb8s, seen, outputs)]
 
 
 def _result(segmenter: Any, rgb8: np.ndarray, modal: np.ndarray, mask: np.ndarray, confidence: np.ndarray,
-            inference_ms: float) -> FrameResult:
+            inference_ms: float, coverage: float, aspect_warning: Optional[str]) -> FrameResult:
     mask = np.ascontiguousarray(mask, np.uint8)
     confidence = np.ascontiguousarray(confidence, np.float32)
     return FrameResult(
@@ -146,9 +181,12 @@ def _result(segmenter: Any, rgb8: np.ndarray, modal: np.ndarray, mask: np.ndarra
         confidence=confidence,
         counts=count_classes(mask, confidence, segmenter.num_classes),
         inference_ms=inference_ms,
+        modal=modal,
+        coverage=coverage,
         modal_resized=modal.shape[:2] != rgb8.shape[:2],
+        aspect_warning=aspect_warning,
     )
 
 
-__all__ = ["ClassCounts", "FrameResult", "bundled_checkpoint", "count_classes", "load_segmenter", "segment_pair",
-           "segment_pairs"]
+__all__ = ["ClassCounts", "FrameResult", "bundled_checkpoint", "count_classes", "load_registration",
+           "load_segmenter", "segment_pair", "segment_pairs"]

@@ -666,3 +666,53 @@ def test_sigma_extract_on_the_real_jpeg_stream_with_a_slashless_topic(tmp_path, 
         np.testing.assert_array_equal(_read(out / "RGB" / f"{name}.png"), bgr)  # the decoded JPEG, exactly
         np.testing.assert_array_equal(_read(out / "Modal" / f"{name}.png"), grey)
     assert DatasetSpec.from_yaml(out / "dataset.yaml").extra["source"]["rgb_topic"] == topic
+
+
+def test_calibration_registers_the_modality_as_the_node_and_the_dataset_loads(tmp_path, capsys):
+    """A thermal camera of another size and aspect beside the RGB one: with --calibration every stored modality
+    frame is what sigma_core.data.registration gives for its message (the node's step), at the RGB size."""
+    from sigma_core.data.calibration import Calibration, CameraModel, load_calibration, save_calibration
+    from sigma_core.data.modality import ModalityScaling
+    from sigma_core.data.registration import Registration
+
+    path = tmp_path / "rig_bag"
+    rng = np.random.default_rng(0)
+    with BagWriter(path, "sqlite3") as bag:
+        for k in range(4):
+            st = 1_000_000_000 + k * 100_000_000
+            bag.write("/rgb", st + 1_000, bag.image(st, "c", rng.integers(0, 256, (24, 32, 3)).astype(np.uint8),
+                                                    "rgb8"))
+            bag.write("/thermal", st + 2_000, bag.image(st, "c", rng.integers(1, 65535, (20, 20)).astype(np.uint16),
+                                                        "mono16"))
+    K = np.array([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+    cal = Calibration("rig", "rig.yaml", CameraModel(32, 24, K, "radtan", (-0.1, 0.01, 0.0, 0.0)),
+                      CameraModel(20, 20, np.array([[22.0, 0, 9.5], [0, 22.0, 9.5], [0, 0, 1]])),
+                      np.eye(3), np.array([0.2, 0.0, 0.0]))
+    save_calibration(cal, tmp_path / "rig.yaml")
+    out = tmp_path / "ds"
+    assert extract_main([str(path), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "-o", str(out),
+                         "--calibration", str(tmp_path / "rig.yaml"), "--registration-distance", "2",
+                         "--test-fraction", "0", "--quiet"]) in (0, None)
+    registration = Registration("rig", load_calibration(tmp_path / "rig.yaml"), ModalityScaling("thermal"), 2.0)
+    thermal = _messages(path, "/thermal")
+    rows = _pairs_csv(out)
+    assert len(rows) == 4
+    for _, th_st, name, _ in rows:
+        stored = _read(out / "Modal" / f"{name}.png")
+        expected = registration(thermal[th_st][0], (24, 32))
+        assert stored.shape == (24, 32) and stored.dtype == np.uint16
+        np.testing.assert_array_equal(stored, expected.image)
+    assert 0.5 < expected.coverage < 1.0  # 20 cm at 2 m: the thermal view ends before the RGB one
+    assert "cover" in capsys.readouterr().err
+    ds = RGBXDataset(out, "train")
+    assert ds[0]["modal"].shape[1:] == (24, 32)
+    # a calibration for other image sizes is one line naming the file, before anything is written
+    save_calibration(Calibration("rig", "x", cal.rgb, CameraModel(40, 40, cal.modal.K), cal.rotation,
+                                 cal.translation), tmp_path / "other.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        extract_main([str(path), "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "-o", str(tmp_path / "ds2"),
+                      "--calibration", str(tmp_path / "other.yaml"), "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other.yaml" in err[0] and "40x40" in err[0] and "20x20" in err[0]
+    assert not (tmp_path / "ds2" / "Modal").exists()

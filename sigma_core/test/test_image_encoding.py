@@ -205,3 +205,43 @@ def test_corrupt_rvl_data_is_a_clear_error():
     bad_size = data[:12] + struct.pack("<II", 10, 30) + data[20:]  # 300 pixels announced, 200 coded
     with pytest.raises(ValueError, match="RVL data"):
         decode_compressed("16UC1; compressedDepth rvl", bad_size)
+
+
+def _rvl_zeros(cols: int, rows: int) -> bytes:
+    """An RVL payload coding cols x rows zero pixels (one run), in a handful of bytes."""
+    nibbles = []
+    for value in (cols * rows, 0):  # the zero run, then no non-zeros
+        while True:
+            nibbles.append((value & 0x7) | (0x8 if value >> 3 else 0))
+            value >>= 3
+            if not value:
+                break
+    nibbles += [0] * (-len(nibbles) % 8)
+    words = [int("".join(f"{n:x}" for n in nibbles[i:i + 8]), 16) for i in range(0, len(nibbles), 8)]
+    return struct.pack("<II", cols, rows) + struct.pack(f"<{len(words)}I", *words)
+
+
+def test_every_decoder_checks_the_declared_size_before_decoding():
+    """Issue 21, fault 1: PNG, JPEG, TIFF (even under another format string), RVL, compressedDepth and raw Image
+    fields declaring more pixels than the limit are refused from their headers, naming the size and the limit."""
+    from sigma_core.data.image_encoding import ImageTooLargeError, decode_rvl, image_to_array
+
+    small = np.zeros((40, 60), np.uint8)
+    assert decode_rvl(_rvl_zeros(6, 4)).shape == (4, 6)  # the helper codes what it says
+    cases = {"png": cv2.imencode(".png", small)[1].tobytes(), "jpeg": cv2.imencode(".jpg", small)[1].tobytes(),
+             "tiff": cv2.imencode(".tiff", small)[1].tobytes()}
+    for kind, data in cases.items():
+        assert decode_compressed(kind, data)[0].shape == (40, 60)
+        for fmt in (kind, "jpeg"):  # OpenCV decodes by content: the format string must not decide the check
+            with pytest.raises(ImageTooLargeError, match=r"declares 60x40 = 2,400 pixels, above the limit of 2,000"):
+                decode_compressed(fmt, data, max_pixels=2000)
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    with pytest.raises(ImageTooLargeError, match="16384x16384 = 268,435,456 pixels"):
+        decode_compressed("16UC1; compressedDepth rvl", header + _rvl_zeros(16384, 16384))
+    with pytest.raises(ImageTooLargeError, match="60x40"):
+        decode_compressed("16UC1; compressedDepth png", header + cv2.imencode(".png", small.astype(np.uint16))[1]
+                          .tobytes(), max_pixels=2000)
+    with pytest.raises(ImageTooLargeError, match="20000x30000"):
+        image_to_array("mono8", 30000, 20000, 20000, np.zeros(16, np.uint8))
+    with pytest.raises(ValueError, match="not PNG, JPEG or TIFF"):  # OpenCV would decode a BMP, sized by its header
+        decode_compressed("png", cv2.imencode(".bmp", small)[1].tobytes())

@@ -1,9 +1,11 @@
 """sigma-import: a published Sigma checkpoint becomes our self-describing checkpoint with identical logits."""
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from reference_data import write_published_checkpoint
 
 from sigma_core.checkpoints import load_checkpoint, load_model
 from sigma_core.cli.import_checkpoint import main
@@ -62,3 +64,51 @@ def test_our_own_checkpoint_is_not_imported_again(tmp_path, published, capsys):
         main([str(ours), "--dataset", "mfnet", "-o", str(tmp_path / "again.pt")])
     assert "already a sigma_core checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "again.pt").exists()
+
+
+def _lie_about_member_size(path, member_suffix: str, size: int) -> None:
+    """Rewrite the uncompressed size the zip's central directory declares for one member."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    at = 0
+    while (at := raw.find(b"PK\x01\x02", at + 1)) >= 0:
+        name_len = struct.unpack("<H", raw[at + 28:at + 30])[0]
+        if raw[at + 46:at + 46 + name_len].decode().endswith(member_suffix):
+            raw[at + 24:at + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(raw))
+
+
+def test_checkpoints_claiming_huge_networks_are_refused_before_building(tmp_path, published, fixture):
+    """Issue 21, fault 2, in sigma-import (the node and every tool load through the same load_model): a file of
+    stride-0 tensors whose shapes imply 15 G parameters, our checkpoint recording a 1536-wide config, and an
+    archive member declaring 4 GB are refused in seconds, naming the implied size; nothing is allocated."""
+    import zipfile
+
+    from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+
+    huge = SigmaConfig(depths=(2, 2, 27, 2), dims=1536, decoder_depths=(2, 2, 2), num_classes=9)
+    strided = {k: torch.zeros(1, dtype=v.dtype).expand(v.shape)  # one stored value each, full shapes
+               for k, v in build_sigma(huge, device="meta").state_dict().items()}
+    files = {"strided.pth": write_published_checkpoint(tmp_path / "strided.pth", strided)}
+    tiny_cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=9)
+    ours = torch.load(save_checkpoint(tmp_path / "ours.pt", build_sigma(tiny_cfg), tiny_cfg), weights_only=True)
+    ours["config"] = huge.to_dict()
+    torch.save(ours, tmp_path / "wide_config.pt")
+    files["wide_config.pt"] = tmp_path / "wide_config.pt"
+    extra = tmp_path / "extra_member.pth"
+    extra.write_bytes(published.read_bytes())
+    with zipfile.ZipFile(extra, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("sigma_published/zeros.bin", b"\0" * (1 << 20))
+    _lie_about_member_size(extra, "zeros.bin", 0xFFFFFFF0)  # 4.3 GB of zeros, as its directory says
+    files["extra_member.pth"] = extra
+    assert files["strided.pth"].stat().st_size < 1_000_000  # small files, huge claims
+    expected = {"strided.pth": "imply 15,137,462,272 parameters (60.5 GB as float32), above the limit of 500,000,000",
+                "wide_config.pt": "which has 15,137,462,272 parameters (60.5 GB as float32), above the limit",
+                "extra_member.pth": "(largest: sigma_published/zeros.bin, 4,294,967,280 bytes)"}
+    for name, path in files.items():
+        run = subprocess.run([sys.executable, "-m", "sigma_core.cli.import_checkpoint", str(path), "--dataset",
+                              "mfnet", "-o", str(tmp_path / f"{name}.out.pt")], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert run.returncode == 1 and "Traceback" not in run.stderr, (name, run.stderr)
+        assert expected[name] in run.stderr and run.stderr.strip().count("\n") == 0, (name, run.stderr)

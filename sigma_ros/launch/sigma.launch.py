@@ -3,10 +3,12 @@
     ros2 launch sigma_ros sigma.launch.py rgb_topic:=/camera/color/image_raw modal_topic:=/thermal/image_raw
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda namespace:=front
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma_tiny_mfnet.pth dataset:=mfnet
+    ros2 launch sigma_ros sigma.launch.py calibration_file:=rig.yaml     # a thermal camera beside the RGB one
 
 Arguments: checkpoint, dataset (a published checkpoint's, e.g. mfnet), device (empty: the params file's),
-rgb_topic, modal_topic, camera_info_topic
-(remaps of rgb/image, modal/image, modal/camera_info), namespace, params_file (default: the shipped
+calibration_file (registration.calibration_file; with it registration.mode is rig unless registration_mode
+says homography), registration_mode, rgb_topic, modal_topic, camera_info_topic, rgb_camera_info_topic
+(remaps of rgb/image, modal/image, modal/camera_info, rgb/camera_info), namespace, params_file (default: the shipped
 config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets
 the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
@@ -26,6 +28,11 @@ def _sigma_node(context):
     for name in ("checkpoint", "dataset", "device"):
         if arg(name):  # empty: keep the params file's value
             overrides[name] = arg(name)
+    if arg("calibration_file"):
+        overrides["registration.calibration_file"] = arg("calibration_file")
+        overrides["registration.mode"] = arg("registration_mode") or "rig"
+    elif arg("registration_mode"):
+        overrides["registration.mode"] = arg("registration_mode")
     env = fastdds_profile_env()
     return [
         Node(
@@ -38,6 +45,7 @@ def _sigma_node(context):
                 ("rgb/image", arg("rgb_topic")),
                 ("modal/image", arg("modal_topic")),
                 ("modal/camera_info", arg("camera_info_topic")),
+                ("rgb/camera_info", arg("rgb_camera_info_topic")),
             ],
             additional_env=env,
             output="screen",
@@ -56,8 +64,16 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
             DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
             DeclareLaunchArgument(
-                "camera_info_topic", default_value="modal/camera_info", description="depth camera's CameraInfo"
+                "camera_info_topic", default_value="modal/camera_info", description="modality camera's CameraInfo"
             ),
+            DeclareLaunchArgument("rgb_camera_info_topic", default_value="rgb/camera_info",
+                                  description="RGB camera's CameraInfo (registration.mode rig without a file)"),
+            DeclareLaunchArgument("calibration_file", default_value="",
+                                  description="two-camera calibration (sigma-calibrate, Kalibr, OpenCV); empty: "
+                                              "params file"),
+            DeclareLaunchArgument("registration_mode", default_value="",
+                                  description="none, homography or rig; empty: rig with calibration_file, else the "
+                                              "params file's"),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(
                 "params_file", default_value=str(share_file("config", "sigma.yaml")), description="parameters YAML"

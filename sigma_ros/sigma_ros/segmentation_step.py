@@ -1,8 +1,11 @@
 """The one per-frame path of the live node and offline replay: a paired RGB + modality frame -> mask and counts.
 
-The step itself lives in ``sigma_core.segmentation_step`` (``sigma-predict`` runs it too, without ROS); here
-the node's and replay's loader adds what a ROS parameter means: an empty ``checkpoint`` is the bundled demo
-model of the ``modality`` asked for, and every problem is a ConfigError naming the parameter. Imports no ROS.
+The step itself lives in ``sigma_core.segmentation_step`` (``sigma-predict`` runs it too, without ROS): the
+node (``node/segmentation_node.py``) and ``sigma-replay-eval`` (``replay/replay_eval.py``) load their model with
+:func:`load_segmenter` and segment every pair with :func:`segment_pair`, so offline replay scores exactly what
+the node runs (same RGB conversion, same registration of the modality into the RGB view, same modality resizing,
+same scaling overrides). Here the loaders add what a ROS parameter means: an empty ``checkpoint`` is the bundled
+demo model of the ``modality`` asked for, and every problem is a ConfigError naming it. Imports no ROS.
 """
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from sigma_core import segmentation_step as _core
+from sigma_core.data.calibration import CalibrationError
+from sigma_core.data.modality import ModalityScaling
+from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
 from sigma_core.segmentation_step import ClassCounts, FrameResult, count_classes, segment_pair, segment_pairs
 
 from .errors import ConfigError
@@ -38,4 +44,14 @@ def load_segmenter(
         raise ConfigError(str(e)) from e
 
 
-__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_segmenter", "segment_pair", "segment_pairs"]
+def load_registration(mode: Optional[str], calibration_file: Optional[str], scaling: ModalityScaling,
+                      distance_m: float = DEFAULT_DISTANCE_M) -> Registration:
+    """sigma_core's ``load_registration``; ConfigError naming the file, the parameter and what is wrong."""
+    try:
+        return _core.load_registration(mode, calibration_file, scaling, distance_m)
+    except CalibrationError as e:
+        raise ConfigError(str(e)) from None
+
+
+__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_registration", "load_segmenter", "segment_pair",
+           "segment_pairs"]

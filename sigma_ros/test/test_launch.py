@@ -9,7 +9,7 @@ LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 ARGUMENTS = {  # launch file -> arguments it must declare
     "sigma.launch.py": {"checkpoint", "dataset", "device", "rgb_topic", "modal_topic", "namespace", "params_file",
-                        "use_sim_time"},
+                        "use_sim_time", "calibration_file", "registration_mode", "rgb_camera_info_topic"},
     "replay_eval.launch.py": {"bag", "rgb_topic", "modal_topic", "label_topic", "checkpoint", "dataset", "rate",
                               "use_sim_time", "out"},
 }

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sigma_ros.node.parameters import ConfigError
-from sigma_ros.segmentation_step import count_classes, load_segmenter, segment_pair
+from sigma_ros.segmentation_step import count_classes, load_registration, load_segmenter, segment_pair
 
 H, W = 64, 80
 
@@ -53,6 +53,39 @@ def test_step_resizes_the_modality_as_the_segmenter_and_counts_classes(tmp_path)
     assert result.modal_resized and result.confidence.dtype == np.float32
     assert result.counts.pixel_count.tolist() == count_classes(mask, confidence, 4).pixel_count.tolist()
     assert result.counts.valid_pixels == H * W and result.inference_ms > 0
+
+
+def test_step_registers_the_modality_and_reports_coverage_or_the_aspect_ratio(tmp_path):
+    import torch
+    from node_helpers import write_checkpoints
+
+    from sigma_core.data.calibration import Calibration, CameraModel, save_calibration
+    from sigma_core.data.registration import Registration
+
+    torch.set_num_threads(1)
+    seg = load_segmenter(str(write_checkpoints(tmp_path)["thermal"]), "cpu")
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    thermal = rng.integers(0, 256, (40, 40), dtype=np.uint8)  # square: another camera
+    plain = segment_pair(seg, rgb, "rgb8", thermal)
+    assert plain.coverage == 1.0 and "registration.mode" in plain.aspect_warning
+
+    K = np.array([[60.0, 0, 39.5], [0, 60.0, 31.5], [0, 0, 1]])
+    cal = Calibration("rig", "rig.yaml", CameraModel(W, H, K), CameraModel(40, 40, np.array(
+        [[35.0, 0, 19.5], [0, 35.0, 19.5], [0, 0, 1]])), np.eye(3), np.array([0.05, 0.0, 0.0]))
+    save_calibration(cal, tmp_path / "rig.yaml")
+    registration = load_registration(None, str(tmp_path / "rig.yaml"), seg.scaling, 3.0)
+    assert registration.mode == "rig"
+    result = segment_pair(seg, rgb, "rgb8", thermal, registration=registration)
+    registered = Registration("rig", cal, seg.scaling, 3.0)(thermal, (H, W))
+    np.testing.assert_array_equal(result.modal, registered.image)
+    np.testing.assert_array_equal(result.mask, seg(rgb, registered.image)[0])
+    assert result.coverage == registered.coverage < 1.0 and result.aspect_warning is None
+    assert not result.modal_resized
+    with pytest.raises(ConfigError, match="unknown distortion model 'kb8'"):
+        (tmp_path / "bad.yaml").write_text((tmp_path / "rig.yaml").read_text().replace(
+            "distortion_model: none", "distortion_model: kb8", 1))
+        load_registration("rig", str(tmp_path / "bad.yaml"), seg.scaling)
 
 
 # --- the node and offline replay on the same bag ------------------------------------------------------------

@@ -26,7 +26,14 @@ The package, one module per job:
 """
 from .architecture import describe_config, infer_sigma_config
 from .errors import CheckpointError, DatasetNeededError, LfsPointerError, NotOurCheckpointError, PathLike
-from .limits import PICKLE_MAGIC, ZIP_MAGIC, check_archive
+from .limits import (
+    DEFAULT_MAX_PARAMETERS,
+    PICKLE_MAGIC,
+    ZIP_MAGIC,
+    check_archive,
+    check_config_size,
+    check_state_size,
+)
 from .own_format import (
     FORMAT,
     FORMAT_VERSION,
@@ -43,7 +50,8 @@ from .vmamba import ENCODER_PREFIX
 from .weights import LoadReport, check_finite, load_weights, state_dict_of
 
 __all__ = [
-    "CheckpointError", "CheckpointMeta", "DatasetLike", "DatasetNeededError", "ENCODER_PREFIX", "FORMAT",
+    "CheckpointError", "CheckpointMeta", "DEFAULT_MAX_PARAMETERS", "check_config_size", "check_state_size",
+    "DatasetLike", "DatasetNeededError", "ENCODER_PREFIX", "FORMAT",
     "FORMAT_VERSION", "LFS_MAGIC", "LfsPointerError", "LoadReport", "NotOurCheckpointError", "PICKLE_MAGIC",
     "PathLike", "ZIP_MAGIC", "check_archive", "check_finite", "dataset_choices", "default_normalization",
     "default_palette", "describe_config", "infer_sigma_config", "load_checkpoint", "load_model", "load_weights",

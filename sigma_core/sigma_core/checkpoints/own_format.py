@@ -14,6 +14,7 @@ from ..data.modality import ModalityScaling
 from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..files import atomic_torch_save
 from .errors import CheckpointError, NotOurCheckpointError, PathLike
+from .limits import DEFAULT_MAX_PARAMETERS, check_config_size
 from .reading import read_checkpoint
 
 FORMAT = "sigma_core.checkpoint"
@@ -152,24 +153,29 @@ def read_meta(obj: Mapping[str, Any], source: str = "<checkpoint>") -> Checkpoin
 
 
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
-                    scan_backend: Optional[str] = None) -> tuple[nn.Module, CheckpointMeta]:
+                    scan_backend: Optional[str] = None,
+                    max_parameters: int = DEFAULT_MAX_PARAMETERS) -> tuple[nn.Module, CheckpointMeta]:
     """Our checkpoint -> (model in eval mode, float32, on ``device``; its CheckpointMeta).
 
     scan_backend: overrides the config's selective-scan backend (e.g. "cpu", "triton").
+    max_parameters: a file whose archive, tensors or recorded config imply a larger network is refused
+    (CheckpointError naming the implied size) before the network is built.
     """
-    obj = read_checkpoint(path)
-    return _build_and_load(obj, read_meta(obj, str(path)), scan_backend, device)
+    obj = read_checkpoint(path, max_parameters)
+    return _build_and_load(obj, read_meta(obj, str(path)), scan_backend, device, max_parameters)
 
 
 def _build_and_load(obj: Mapping[str, Any], meta: CheckpointMeta, scan_backend: Optional[str],
-                    device: Union[str, torch.device]) -> tuple[nn.Module, CheckpointMeta]:
+                    device: Union[str, torch.device],
+                    max_parameters: int = DEFAULT_MAX_PARAMETERS) -> tuple[nn.Module, CheckpointMeta]:
     from ..models.sigma import build_sigma
     from .weights import load_weights  # weights reads FORMAT from here: imported when used
 
     if scan_backend is not None:
         meta.config = SigmaConfig.from_dict({**meta.config.to_dict(), "scan_backend": scan_backend})
+    check_config_size(meta.config, meta.source or "<checkpoint>", max_parameters)  # before building it
     model = build_sigma(meta.config)
-    load_weights(model, obj, strict=True, source=meta.source)
+    load_weights(model, obj, strict=True, source=meta.source, max_parameters=max_parameters)
     return model.to(device).eval(), meta
 
 

@@ -12,6 +12,7 @@ from ..config import SigmaConfig
 from ..data.modality import ModalityScaling
 from .architecture import describe_config, infer_sigma_config
 from .errors import CheckpointError, DatasetNeededError, PathLike
+from .limits import DEFAULT_MAX_PARAMETERS, check_state_size
 from .own_format import FORMAT, CheckpointMeta, _build_and_load, _validate_meta, default_palette, read_meta
 from .reading import read_checkpoint
 from .weights import load_weights, state_dict_of
@@ -105,7 +106,8 @@ def meta_from_dataset(cfg: SigmaConfig, dataset: DatasetLike, source: str) -> Ch
 
 
 def load_model(path: PathLike, dataset: Optional[DatasetLike] = None, device: Union[str, torch.device] = "cpu",
-               scan_backend: Optional[str] = None) -> tuple[nn.Module, CheckpointMeta]:
+               scan_backend: Optional[str] = None,
+               max_parameters: int = DEFAULT_MAX_PARAMETERS) -> tuple[nn.Module, CheckpointMeta]:
     """Any Sigma checkpoint -> (model in eval mode, float32, on ``device``; its CheckpointMeta).
 
     The one loader behind Segmenter, the node, sigma-evaluate, sigma-import and the replay tools.
@@ -117,6 +119,8 @@ def load_model(path: PathLike, dataset: Optional[DatasetLike] = None, device: Un
       ``dataset`` (see resolve_dataset), ImageNet normalisation as published. meta.notes says what was
       inferred.
     scan_backend: overrides the config's selective-scan backend.
+    max_parameters: a file whose archive members, tensor shapes or recorded config imply a larger
+    network is refused, naming the implied size, before anything that large is read or built.
     Raises DatasetNeededError for a published file without ``dataset`` (naming the presets),
     CheckpointError for a class-count mismatch (both numbers), a VMamba ImageNet backbone (no
     segmentation head), damaged files and NaN/inf weights (see read_checkpoint, load_weights).
@@ -124,14 +128,15 @@ def load_model(path: PathLike, dataset: Optional[DatasetLike] = None, device: Un
     from ..models.sigma import build_sigma
 
     source = str(path)
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, max_parameters)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        model, meta = _build_and_load(obj, read_meta(obj, source), scan_backend, device)
+        model, meta = _build_and_load(obj, read_meta(obj, source), scan_backend, device, max_parameters)
         if dataset is not None:
             meta.warnings.append(f"dataset {str(getattr(dataset, 'name', dataset))!r} ignored: {source} is a "
                                  "sigma_core checkpoint and names its own classes, palette and scaling")
         return model, meta
     state, kind = state_dict_of(obj, source)
+    check_state_size(state, source, max_parameters)
     if kind == "vmamba_imagenet":
         raise CheckpointError(
             f"{source} is a VMamba ImageNet backbone (encoder only, no segmentation head), so it cannot segment; "
@@ -148,6 +153,6 @@ def load_model(path: PathLike, dataset: Optional[DatasetLike] = None, device: Un
     meta.notes.insert(0, f"{source}: published Sigma checkpoint, architecture inferred from its keys: "
                       f"{describe_config(cfg)}; classes, palette, scaling and input size from dataset "
                       f"{meta.extra['dataset']!r}")
-    model = build_sigma(cfg)
-    load_weights(model, state, strict=True, source=source)
+    model = build_sigma(cfg)  # its size is the state's, checked above: infer_sigma_config checked every shape
+    load_weights(model, state, strict=True, source=source, max_parameters=max_parameters)
     return model.to(device).eval(), meta

@@ -9,13 +9,16 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, LfsPointerError, PathLike
-from .limits import PICKLE_MAGIC, ZIP_MAGIC, check_archive
+from .limits import DEFAULT_MAX_PARAMETERS, PICKLE_MAGIC, ZIP_MAGIC, check_archive
 
 LFS_MAGIC = b"version https://git-lfs"
 
 
-def read_checkpoint(path: PathLike) -> Any:
-    """torch.load(path, weights_only=True) on CPU, with clear errors for absent files and LFS pointers."""
+def read_checkpoint(path: PathLike, max_parameters: int = DEFAULT_MAX_PARAMETERS) -> Any:
+    """torch.load(path, weights_only=True) on CPU, with clear errors for absent files and LFS pointers.
+
+    max_parameters: the zip members may declare no more than a checkpoint this large needs (see limits).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
@@ -37,7 +40,7 @@ def read_checkpoint(path: PathLike) -> Any:
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before PyTorch 1.6, a "
             f"pickle), but this file starts with {head[:8]!r}{_looks_like(head)}. Give the .pth/.pt file itself.")
-    check_archive(path)
+    check_archive(path, max_parameters)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

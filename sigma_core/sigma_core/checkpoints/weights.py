@@ -10,6 +10,7 @@ from torch import nn
 from ..config import SigmaConfig
 from .architecture import _ARCHITECTURE_FIELDS, describe_config, infer_sigma_config
 from .errors import CheckpointError, PathLike
+from .limits import DEFAULT_MAX_PARAMETERS, check_state_size
 from .own_format import FORMAT
 from .reading import read_checkpoint
 from .vmamba import ENCODER_PREFIX, _vmamba_label, _vmamba_sizes, _vmamba_to_sigma_keys
@@ -124,6 +125,7 @@ def load_weights(
     strict: bool = False,
     allow_new_classes: bool = False,
     source: Optional[str] = None,
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
 ) -> LoadReport:
     """Copy the weights of ``src`` into ``model`` (a Sigma from build_sigma) and report what happened.
 
@@ -134,6 +136,8 @@ def load_weights(
     allow_new_classes: drop (instead of raising on) a class head whose size differs (fine-tuning to
         another class count); the head keeps its initialisation and is listed in report.dropped.
     source: the name messages use for an already loaded ``src`` (default "<state dict>").
+    max_parameters: refuse (CheckpointError naming the implied size) a file whose tensors' shapes imply more
+        parameters, before any of them is read (see sigma_core.checkpoints.limits).
     Raises CheckpointError for: a file holding another variant or size than the model (naming what it
     holds, e.g. Sigma-S weights into a Sigma-T; VMamba ImageNet weights of another size likewise), NaN/inf
     weights, other shape mismatches (naming every mismatched key and both shapes). Tensors are cast to
@@ -142,8 +146,9 @@ def load_weights(
     if isinstance(src, Mapping):
         source, obj = source or "<state dict>", src
     else:
-        source, obj = str(src), read_checkpoint(src)
+        source, obj = str(src), read_checkpoint(src, max_parameters)
     state, kind = state_dict_of(obj, source)
+    check_state_size(state, source, max_parameters)
     report = LoadReport(source=source, kind=kind)
     if kind == "vmamba_imagenet":
         state = _vmamba_to_sigma_keys(state, report)

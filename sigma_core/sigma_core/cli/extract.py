@@ -5,12 +5,14 @@ Examples::
     sigma-extract run1/ --rgb-topic /camera/color/image_raw --modal-topic /thermal/image_raw -o data/run1
     sigma-extract run1.bag --rgb-topic /rgb/compressed --modal-topic /depth --label-topic /labels \\
         --classes classes.txt --min-interval 0.5 --test-fraction 0.2 -o data/run1
+    sigma-extract run2/ --rgb-topic /rgb --modal-topic /thermal --calibration rig.yaml -o data/run2
 
 Without labels, pairs are the ones the segmentation node would make (same
 approximate-time policy, --slop and --queue-size). With --label-topic, every label
 is kept with the RGB frame of its stamp and the nearest modality frame within --slop;
 labels that cannot be kept are counted with the reason. Rerunning the same command
 resumes (files that exist are skipped); a rerun with other options into the same folder is refused.
+With --calibration, modality frames are registered into the RGB view as the node does.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..data.registration import DEFAULT_DISTANCE_M
 from .errors import fail
 
 PROG = "sigma-extract"
@@ -53,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
+                        "register the modality into the RGB view as the node does with registration.calibration_file")
+    p.add_argument("--registration-mode", choices=("homography", "rig"), default=None,
+                   help="with --calibration: the node's registration.mode (default: the file's)")
+    p.add_argument("--registration-distance", type=float, default=DEFAULT_DISTANCE_M,
+                   help="rig mode, thermal: plane distance in metres (the node's registration.distance_m)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -106,7 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             label_topic=args.label_topic, slop=args.slop, queue_size=args.queue_size, every=args.every,
             min_interval=args.min_interval, test_fraction=args.test_fraction, split_blocks=args.split_blocks,
             split_gap=args.split_gap, modality=modality, scaling=scaling, classes=info.get("classes"),
-            palette=info.get("palette"), progress=not args.quiet,
+            palette=info.get("palette"), progress=not args.quiet, calibration=args.calibration,
+            registration_mode=args.registration_mode, registration_distance=args.registration_distance,
         )
         result = extract(opts)
     except (ExtractError, BagError, ValueError, OSError) as exc:

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0..1 (default: the checkpoint's)")
     p.add_argument("--max-depth", type=float, default=None, help="depth in metres mapped to 1 (default: the "
                                                                  "checkpoint's)")
+    p.add_argument("--calibration", default=None,
+                   help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
+                        "registers the modality into the RGB view as the node does with "
+                        "registration.calibration_file")
+    p.add_argument("--registration-mode", choices=("homography", "rig"), default=None,
+                   help="with --calibration: the node's registration.mode (default: the file's)")
+    p.add_argument("--registration-distance", type=float, default=None,
+                   help="rig mode, thermal: plane distance in metres (the node's registration.distance_m)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -71,8 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--overlay-alpha must be within 0..1, got {args.overlay_alpha}")
     from ..data.errors import DataError
     from ..data.frame_sources import open_pairs
+    from ..data.registration import DEFAULT_DISTANCE_M
     from ..engine.predict import PredictOptions, check_output_folder, predict, summary_lines
-    from ..segmentation_step import load_segmenter
+    from ..segmentation_step import load_registration, load_segmenter
 
     outputs = ["mask"] + [o for o, off in (("color", args.no_color), ("overlay", args.no_overlay)) if not off]
     if args.confidence:
@@ -88,11 +97,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(note, file=sys.stderr)
         for warning in seg.meta.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if args.registration_mode and not args.calibration:
+            raise ValueError(f"--registration-mode {args.registration_mode} needs --calibration FILE")
+        registration = None
+        if args.calibration:
+            registration = load_registration(args.registration_mode, args.calibration, seg.scaling,
+                                             args.registration_distance or DEFAULT_DISTANCE_M)
         batch = args.batch_size or (8 if seg.device.type == "cuda" else 1)
         print(f"{len(pairs)} pairs from {pairs.description}; {seg.model_name} ({seg.modality}) on {seg.device} in "
               f"{seg.precision}; writing {', '.join(outputs)} to {args.out}", file=sys.stderr)
         summary = predict(pairs, seg, PredictOptions(args.out, outputs, batch, args.overlay_alpha,
-                                                     progress=not args.no_progress),
+                                                     progress=not args.no_progress, registration=registration),
                           checkpoint=args.checkpoint or "bundled demo model")
     except KeyboardInterrupt:
         fail(PROG, f"interrupted; the frames written so far are in {args.out}", 130)

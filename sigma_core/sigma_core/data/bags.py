@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from .errors import DataError
-from .image_encoding import array_to_image_fields, decode_compressed, image_to_array
+from .image_encoding import DEFAULT_MAX_PIXELS, array_to_image_fields, decode_compressed, image_to_array
 
 STORAGES = ("sqlite3", "mcap", "ros1")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -126,13 +126,18 @@ def stamp_ns(msg: Any) -> int:
     return int(st.sec) * 1_000_000_000 + int(st.nanosec)
 
 
-def message_to_array(msg: Any) -> tuple[np.ndarray, str]:
-    """A sensor_msgs Image or CompressedImage (rosbags dataclass) -> (array, encoding of the array)."""
+def message_to_array(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """A sensor_msgs Image or CompressedImage (rosbags or rclpy) -> (array, encoding of the array).
+
+    ImageTooLargeError (a ValueError) when the size the message declares exceeds ``max_pixels``, checked
+    before decoding.
+    """
     if hasattr(msg, "encoding"):
-        arr = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+        arr = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                             max_pixels)
         return arr, msg.encoding
     if hasattr(msg, "format"):
-        return decode_compressed(msg.format, msg.data)
+        return decode_compressed(msg.format, msg.data, max_pixels)
     raise BagError(f"message of type {getattr(msg, '__msgtype__', type(msg).__name__)} is not an image")
 
 

@@ -48,12 +48,14 @@ from .bags import (
     resolve_topic,
     stamp_ns,
 )
+from .calibration import CalibrationError, load_calibration
 from .dataset import DATASET_YAML, DatasetSpec
 from .errors import DataError
 from .image_encoding import to_rgb8
 from .labels import check_label_values, label_from_message
 from .modality import MODALITIES, ModalityScaling
 from .pairing import ApproximateTimePairer
+from .registration import DEFAULT_DISTANCE_M, Registration
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 FLOAT_EXT = ".tiff"  # OpenCV writes and reads 32-bit float TIFF losslessly (NaN kept)
@@ -84,6 +86,11 @@ class ExtractOptions:
     classes: Optional[list[str]] = None
     palette: Optional[list[list[int]]] = None
     progress: bool = True
+    # A two-camera calibration: modality frames are registered into the RGB view (sigma_core.data.registration),
+    # exactly as the node does with registration.calibration_file. mode None: the file's.
+    calibration: Optional[Path] = None
+    registration_mode: Optional[str] = None
+    registration_distance: float = DEFAULT_DISTANCE_M
 
     def check(self) -> None:
         if self.every < 1:
@@ -105,6 +112,8 @@ class ExtractOptions:
         topics = [t for t in (self.rgb_topic, self.modal_topic, self.label_topic) if t]
         if len(set(topics)) != len(topics):
             raise ExtractError(f"RGB, modality and label topics must differ, got {topics}")
+        if self.registration_mode is not None and self.calibration is None:
+            raise ExtractError(f"--registration-mode {self.registration_mode} needs --calibration FILE")
         if self.palette is not None and self.classes is not None and len(self.palette) != len(self.classes):
             raise ExtractError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
 
@@ -128,6 +137,8 @@ class ExtractResult:
     written: int = 0  # files written in this run
     skipped: int = 0  # files that existed already (resume)
     notes: list[str] = field(default_factory=list)  # what was left out and why
+    registration: Optional[Registration] = None  # of the modality into the RGB view (--calibration)
+    coverage: list[float] = field(default_factory=list)  # per registered modality frame written
 
 
 @dataclass
@@ -219,6 +230,25 @@ def _modal_ext(info: _TopicInfo) -> str:
     return FLOAT_EXT if info.dtype == "float32" else ".png"
 
 
+def _registration(opts: ExtractOptions, modality: str, infos: dict[str, _TopicInfo]) -> Optional[Registration]:
+    """The registration of ``opts.calibration`` (None without one), checked against the first frames' sizes before
+    anything is written; infos["modality"] then describes the registered frames (dtype, so the file kind).
+    ExtractError naming the file and what does not fit."""
+    if opts.calibration is None:
+        return None
+    scaling = opts.scaling or ModalityScaling(modality)
+    rgb, mod = infos["RGB"], infos["modality"]
+    try:
+        calibration = load_calibration(opts.calibration)
+        registration = Registration(opts.registration_mode or calibration.mode, calibration, scaling,
+                                    opts.registration_distance)
+        registered = registration(np.zeros(mod.shape, np.dtype(mod.dtype)), rgb.shape[:2])
+    except CalibrationError as e:
+        raise ExtractError(f"--calibration: {e}") from None
+    infos["modality"] = replace(mod, shape=registered.image.shape, dtype=str(registered.image.dtype))
+    return registration
+
+
 def _first_image_info(reader, conn, topic: str, bag, label: bool = False) -> _TopicInfo:
     for c, _, msg in read_messages(reader, [conn], bag):
         if label:
@@ -261,6 +291,7 @@ def extract(opts: ExtractOptions) -> ExtractResult:
                  for role, t in wanted.items()}
         _check_encodings(infos)
         modality = _decide_modality(opts, infos["modality"])
+        registration = _registration(opts, modality, infos)
         all_conns = [c for t in conns for c in conns[t]]
         scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns))
         if opts.label_topic:
@@ -279,12 +310,18 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         }
         _check_same_extraction(out, opts)
         sources = _check_existing_frames(out, train + test, opts, _modal_ext(infos["modality"]))
+        result.registration = registration
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
         for d in folders:
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / SOURCES_CSV, sources)  # before the frames: a rerun after an interruption checks them
         _clean_stale_tmp(folders)
         _write_frames(reader, conns, wanted, infos, train + test, out, opts, result)
+    if result.coverage:
+        mean = float(np.mean(result.coverage))
+        result.counts["modality_coverage_mean"] = round(mean, 4)
+        result.notes.append(f"modality frames registered into the RGB view ({registration.mode}, {opts.calibration}):"
+                            f" they cover {mean:.1%} of the RGB image on average; the rest holds the missing value")
     _write_lists_and_yaml(out, opts, infos, modality, result)
     return result
 
@@ -561,6 +598,13 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
             arr, enc = _to_array(msg, topic)
             if role == "RGB":
                 image = cv2.cvtColor(np.ascontiguousarray(to_rgb8(arr, enc)), cv2.COLOR_RGB2BGR)
+            elif result.registration is not None:  # what the node feeds the model: one channel, in the RGB view
+                try:
+                    registered = result.registration(arr, infos["RGB"].shape[:2])
+                except CalibrationError as e:
+                    raise ExtractError(f"{topic} message {i}: {e}") from None
+                image = registered.image
+                result.coverage.append(registered.coverage)
             else:
                 image = _modal_for_file(arr, enc)
         for path in paths:
@@ -585,7 +629,10 @@ def _modal_for_file(arr: np.ndarray, enc: str) -> np.ndarray:
 
 def _source(opts: ExtractOptions) -> dict:
     """The options that decide an extraction's frames and splits, as dataset.yaml records them."""
-    return {
+    registration = {} if opts.calibration is None else {
+        "calibration": str(Path(opts.calibration).resolve()), "registration_mode": opts.registration_mode,
+        "registration_distance": opts.registration_distance}
+    return {**registration,
         "bag": str(Path(opts.bag).resolve()), "rgb_topic": opts.rgb_topic, "modal_topic": opts.modal_topic,
         "label_topic": opts.label_topic, "slop": opts.slop, "queue_size": opts.queue_size,
         "every": opts.every, "min_interval": opts.min_interval, "test_fraction": opts.test_fraction,
@@ -644,7 +691,9 @@ def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str,
             "encodings": {
                 "rgb": rgb.encoding, "rgb_msgtype": rgb.msgtype,
                 "modal": mod.encoding, "modal_msgtype": mod.msgtype,
-                "modal_stored": f"{mod.dtype} {'tiff (metres)' if _modal_ext(mod) == FLOAT_EXT else 'png'}",
+                "modal_stored": f"{mod.dtype} " + ("png" if _modal_ext(mod) != FLOAT_EXT else
+                                                   "tiff (metres)" if modality == "depth" else "tiff"),
+                **({"registered_with": str(opts.calibration)} if opts.calibration is not None else {}),
                 **({"label": infos["label"].encoding} if "label" in infos else {}),
             },
             "source": _source(opts),

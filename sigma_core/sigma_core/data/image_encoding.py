@@ -9,6 +9,11 @@ Array conventions: single-channel encodings give ``(H, W)`` arrays, multi-channe
 ones ``(H, W, C)``; dtypes are uint8 (``*8``), uint16 (``mono16``/``16UC1``) and
 float32 (``32FC1``, metres for depth). Colour arrays keep the channel order of
 their encoding (``bgr8`` stays BGR); use :func:`to_rgb8` to get RGB.
+
+Every decoder checks the size an input declares (the Image fields, a PNG/JPEG/TIFF header, an
+RVL header) against ``max_pixels`` before it allocates anything of that size, and raises
+:class:`ImageTooLargeError` above it: a 1 MB PNG can declare 16000x16000 pixels (a decompression
+bomb) and would otherwise take gigabytes to decode.
 """
 from __future__ import annotations
 
@@ -19,6 +24,23 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+# pixels: the default limit of every decoder. 4096x4096 holds 4K UHD (3840x2160) and 12 MP (4000x3000)
+# cameras; decoded as 4-channel 16-bit that is 128 MB, so a frame at the limit stays affordable.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+class ImageTooLargeError(ValueError):
+    """An image declares more pixels than the decoder's limit; refused before anything of that size is allocated."""
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """ImageTooLargeError naming ``what``, its declared size and the limit if width x height > max_pixels."""
+    pixels = int(width) * int(height)
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{what} declares {int(width)}x{int(height)} = {pixels:,} pixels, above the limit of {max_pixels:,}: "
+            "refused before decoding (a decompression bomb, a corrupt header, or a camera larger than the limit)")
 
 
 @dataclass(frozen=True)
@@ -59,19 +81,22 @@ def _as_byte_array(data: Any) -> np.ndarray:
 
 
 def image_to_array(
-    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: bool = False
+    encoding: str, height: int, width: int, step: int, data: Any, is_bigendian: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Image message fields -> ``(H, W)`` or ``(H, W, C)`` array (see module docstring for dtypes).
 
     A zero-copy, read-only view of ``data`` where possible (little-endian data; row
     padding from ``step`` is skipped by striding, not copying). Big-endian 16-bit and
     float data are byte-swapped into a new native array. Raises ValueError naming the
-    encoding, or the expected and actual byte counts for truncated data.
+    encoding, or the expected and actual byte counts for truncated data; ImageTooLargeError
+    when height x width > max_pixels.
     """
     spec = encoding_spec(encoding)
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
         raise ValueError(f"{encoding} image has empty size {width}x{height}")
+    check_pixels(width, height, max_pixels, f"{encoding} Image")
     row_bytes = width * spec.channels * spec.dtype.itemsize
     if step < row_bytes:
         raise ValueError(
@@ -176,22 +201,121 @@ def compressed_kind(fmt: str) -> str:
     return _format_parts(fmt)[1]
 
 
-def decode_compressed(fmt: str, data: Any) -> tuple[np.ndarray, str]:
+def compressed_size(data: Any) -> tuple[str, int, int]:
+    """(kind, width, height) that PNG, JPEG or TIFF ``data`` declares in its header, read without decoding.
+
+    OpenCV decodes whatever its content is (PNG bytes under a "jpeg" format string too), so the kind
+    comes from the bytes, not from the message's format. Raises ValueError for data that is none of
+    these three (OpenCV would decode BMP, PPM, WebP, ... too: each with its own size header).
+    """
+    raw = _as_byte_array(data)[:1 << 16].tobytes()  # every size header sits in the first 64 KiB we accept
+    if raw[:8] == _PNG_MAGIC:
+        if raw[12:16] != b"IHDR" or len(raw) < 24:
+            raise ValueError("PNG data does not start with its IHDR header: corrupt")
+        width, height = struct.unpack(">II", raw[16:24])
+        return "png", width, height
+    if raw[:2] == b"\xff\xd8":
+        return ("jpeg", *_jpeg_size(raw))
+    if raw[:4] in (b"II*\0", b"MM\0*"):
+        return ("tiff", *_tiff_size(raw))
+    raise ValueError(f"data starting with {raw[:8]!r} is not PNG, JPEG or TIFF")
+
+
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
+
+
+def _jpeg_size(raw: bytes) -> tuple[int, int]:
+    """(width, height) of the JPEG frame header (SOFn), walking the marker segments before the image data."""
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            raise ValueError(f"JPEG data has no marker at byte {i}: corrupt")
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in _JPEG_FRAME_MARKERS and i + 9 <= len(raw):
+            height, width = struct.unpack(">HH", raw[i + 5:i + 9])
+            return width, height
+        if marker in (0xDA, 0xD9):  # image data or the end before any frame header
+            break
+        i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+    raise ValueError("JPEG data has no frame header (SOF) in its first 64 KiB: corrupt or truncated")
+
+
+def _tiff_size(raw: bytes) -> tuple[int, int]:
+    """(width, height) from the first image directory of a classic TIFF (tags 256 ImageWidth, 257 ImageLength)."""
+    order = "<" if raw[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(order + "I", raw[4:8])
+        (count,) = struct.unpack(order + "H", raw[ifd:ifd + 2])
+        sizes = {}
+        for n in range(count):
+            tag, kind, _, value = struct.unpack(order + "HHII", raw[ifd + 2 + 12 * n:ifd + 14 + 12 * n])
+            if tag in (256, 257):  # a SHORT value sits in the first two bytes of the value field
+                at = ifd + 10 + 12 * n
+                sizes[tag] = value if kind == 4 else struct.unpack(order + "H", raw[at:at + 2])[0]
+    except struct.error:
+        raise ValueError("TIFF data ends inside its first image directory: corrupt, or its directory lies beyond "
+                         "the first 64 KiB") from None
+    if 256 not in sizes or 257 not in sizes:
+        raise ValueError("TIFF data names no image width/length in its first directory: corrupt")
+    return sizes[256], sizes[257]
+
+
+def check_compressed_size(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Check the size a CompressedImage declares, from its headers alone (microseconds, nothing decoded).
+
+    ImageTooLargeError above ``max_pixels``; ValueError for an unsupported format, no data, or headers
+    that are not PNG/JPEG/TIFF (compressedDepth: the RVL size header or the PNG after the 12-byte header).
+    """
+    buf = _as_byte_array(data)
+    _, kind = _format_parts(fmt)
+    what = f"CompressedImage ({fmt!r}, {buf.size:,} bytes)"
+    if kind == "compresseddepth":
+        head = buf[:1 << 16].tobytes()
+        if re.search(r"compresseddepth\s+rvl", fmt.lower()):
+            if len(head) < _DEPTH_HEADER + 8:
+                raise ValueError(f"compressedDepth rvl data ({fmt!r}) is {len(head)} bytes: too short for its headers")
+            cols, rows = struct.unpack("<II", head[_DEPTH_HEADER:_DEPTH_HEADER + 8])
+            check_pixels(cols, rows, max_pixels, what)
+            return
+        start = head.find(_PNG_MAGIC)
+        if start < 0:
+            raise ValueError(f"compressedDepth data ({fmt!r}) holds no PNG")
+        _, width, height = compressed_size(head[start:])
+        check_pixels(width, height, max_pixels, what)
+        return
+    if kind not in ("jpeg", "png", "tiff"):
+        raise ValueError(f"unsupported CompressedImage format {fmt!r}: expected jpeg, png or compressedDepth")
+    if not buf.size:  # OpenCV asserts on empty data
+        raise ValueError(f"could not decode {what}: no data")
+    try:
+        _, width, height = compressed_size(buf)
+    except ValueError as err:
+        raise ValueError(f"could not decode {what}: {err}") from None
+    check_pixels(width, height, max_pixels, what)
+
+
+def decode_compressed(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """CompressedImage ``format`` and ``data`` -> (array, encoding of that array).
 
     JPEG/PNG decode with ``cv2.IMREAD_UNCHANGED``: colour comes back as ``bgr8`` or
     ``bgra8`` (OpenCV order), grey as ``mono8``, 16-bit PNG as ``mono16`` (``16UC1`` if
     the format says so). ``compressedDepth`` (image_transport's depth plugin: 12-byte
     header + PNG, or + RVL with ``compressedDepth rvl``) gives ``16UC1`` millimetres or
-    ``32FC1`` metres (NaN where invalid). Raises ValueError saying what is wrong.
+    ``32FC1`` metres (NaN where invalid). Raises ValueError saying what is wrong;
+    ImageTooLargeError when the size the data declares exceeds ``max_pixels`` (checked first).
     """
     buf = _as_byte_array(data)
+    check_compressed_size(fmt, buf, max_pixels)
     original, kind = _format_parts(fmt)
     if kind == "compresseddepth":
-        return _decode_compressed_depth(original or "16UC1", buf, fmt)
-    if kind not in ("jpeg", "png", "tiff"):
-        raise ValueError(f"unsupported CompressedImage format {fmt!r}: expected jpeg, png or compressedDepth")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None  # OpenCV asserts on empty data
+        return _decode_compressed_depth(original or "16UC1", buf, fmt, max_pixels)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"could not decode CompressedImage ({fmt!r}, {buf.size} bytes): corrupt or truncated data")
     return img, _encoding_of_decoded(img, original)
@@ -217,13 +341,13 @@ def _encoding_of_decoded(img: np.ndarray, original: str) -> str:
 _DEPTH_HEADER = 12  # image_transport's ConfigHeader: int32 format, float32 quant_a, float32 quant_b
 
 
-def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str) -> tuple[np.ndarray, str]:
+def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str, max_pixels: int) -> tuple[np.ndarray, str]:
     raw = buf.tobytes()
     if re.search(r"compresseddepth\s+rvl", fmt.lower()):
         if len(raw) < _DEPTH_HEADER + 8:
             raise ValueError(f"compressedDepth rvl data ({fmt!r}) is {len(raw)} bytes: too short for its headers")
         start = _DEPTH_HEADER
-        img = decode_rvl(raw[_DEPTH_HEADER:])
+        img = decode_rvl(raw[_DEPTH_HEADER:], max_pixels)
     else:
         start = raw.find(_PNG_MAGIC)
         if start < 0:
@@ -246,20 +370,22 @@ def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str) -> tuple[
 _NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.uint32)  # RVL reads each 32-bit word from its top nibble
 
 
-def decode_rvl(data: bytes) -> np.ndarray:
+def decode_rvl(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """image_transport's RVL payload (uint32 cols, uint32 rows, then the RVL stream) -> (rows, cols) uint16.
 
     RVL (A. D. Wilson, "Fast Lossless Depth Image Compression", ISS 2017) codes runs of zeros
     and non-zeros with 4-bit variable-length codes packed into little-endian 32-bit words; the
     non-zero pixels store zig-zag deltas to the previous non-zero pixel. Raises ValueError for a
-    stream that does not fill exactly rows x cols pixels (corrupt or truncated data).
+    stream that does not fill exactly rows x cols pixels (corrupt or truncated data),
+    ImageTooLargeError when rows x cols > max_pixels (checked before anything is allocated).
     """
     if len(data) < 8:
         raise ValueError("RVL data is too short for its size header")
     cols, rows = struct.unpack("<II", data[:8])
     n = int(rows) * int(cols)
-    if n == 0 or n > 1 << 28:  # no depth camera has 268 M pixels: a corrupt header
-        raise ValueError(f"RVL data reports an image of {cols}x{rows} pixels for {len(data)} bytes: corrupt")
+    if n == 0:
+        raise ValueError(f"RVL data reports an empty image of {cols}x{rows} pixels: corrupt")
+    check_pixels(cols, rows, max_pixels, f"RVL data of {len(data):,} bytes")
     stream = data[8:]
     stream = stream + b"\0" * (-len(stream) % 4)
     words = np.frombuffer(stream, dtype="<u4")

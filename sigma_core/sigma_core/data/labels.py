@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
-from .image_encoding import compressed_kind, image_to_array
+from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels, compressed_kind, compressed_size, image_to_array
 from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -203,6 +203,8 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
     if kind != "png":
         raise DataError(f"{where} is a {fmt!r} CompressedImage: a label must be lossless (png CompressedImage or "
                         "a mono8 Image); JPEG changes class ids along every edge")
+    _, width, height = compressed_size(data)  # a label is as large as its image: bombs are refused unread
+    check_pixels(width, height, DEFAULT_MAX_PIXELS, where)
     header = png_header(data[:26])
     if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(io.BytesIO(data), where), "indexed png"

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..data.frame_sources import FramePair, PairSource
+from ..data.registration import Registration
 from ..files import atomic_write_image, atomic_write_text
 from ..mask_rendering import colorize, lookup_palette, overlay
 from ..segmentation_step import FrameResult, segment_pair, segment_pairs
@@ -37,6 +38,7 @@ class PredictOptions:
     batch_size: int = 1
     overlay_alpha: float = 0.5
     progress: bool = True
+    registration: Optional[Registration] = None  # of the modality into the RGB view, as the node's (None: none)
 
 
 def check_output_folder(out: Path) -> None:
@@ -58,10 +60,10 @@ def _batches(pairs: PairSource, size: int) -> Iterator[list[FramePair]]:
         yield batch
 
 
-def _segment(segmenter: Any, batch: list[FramePair]) -> list[FrameResult]:
+def _segment(segmenter: Any, batch: list[FramePair], registration: Optional[Registration]) -> list[FrameResult]:
     if len(batch) == 1:
         p = batch[0]
-        return [segment_pair(segmenter, p.rgb, p.rgb_encoding, p.modal)]
+        return [segment_pair(segmenter, p.rgb, p.rgb_encoding, p.modal, registration=registration)]
     # one RGB encoding per call: a folder may mix grey and colour images
     results: list[Optional[FrameResult]] = [None] * len(batch)
     by_encoding: dict[str, list[int]] = {}
@@ -69,7 +71,7 @@ def _segment(segmenter: Any, batch: list[FramePair]) -> list[FrameResult]:
         by_encoding.setdefault(p.rgb_encoding, []).append(i)
     for encoding, idx in by_encoding.items():
         out = segment_pairs(segmenter, [batch[i].rgb for i in idx], encoding, [batch[i].modal for i in idx],
-                            max_batch=len(idx))
+                            max_batch=len(idx), registration=registration)
         for i, r in zip(idx, out):
             results[i] = r
     return results  # type: ignore[return-value]
@@ -105,13 +107,13 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     out.mkdir(parents=True, exist_ok=True)
     table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
     pixels = np.zeros(segmenter.num_classes, np.int64)
-    frames, model_s, names = 0, 0.0, []
+    frames, model_s, names, notes = 0, 0.0, [], set()
     started = time.perf_counter()
     bar = tqdm(total=len(pairs), unit="frame", desc="sigma-predict", disable=not options.progress)
     try:
         for batch in _batches(pairs, max(1, options.batch_size)):
             try:
-                results = _segment(segmenter, batch)
+                results = _segment(segmenter, batch, options.registration)
             except ValueError as e:
                 raise ValueError(f"frame {batch[0].name}: {e}") from e
             for pair, result in zip(batch, results):
@@ -119,6 +121,9 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
                 pixels += result.counts.pixel_count
                 model_s += result.inference_ms / 1e3
                 names.append(pair.name)
+                if result.aspect_warning:  # two cameras without --calibration: said once, in the summary
+                    notes.add(result.aspect_warning.replace("registration.mode (rig or homography) with "
+                                                            "registration.calibration_file", "--calibration"))
             frames += len(batch)
             bar.update(len(batch))
     finally:
@@ -128,6 +133,8 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     summary = {
         "source": pairs.description,
         "skipped": pairs.skipped,
+        "notes": sorted(notes),
+        "registration": options.registration.mode if options.registration is not None else "none",
         "checkpoint": checkpoint,
         "model": segmenter.model_name,
         "modality": segmenter.modality,
@@ -152,6 +159,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"{summary['fps'] or 0:.2f} FPS overall, {summary['model_fps'] or 0:.2f} FPS in the model "
              f"({summary['model']}, {summary['device']}, {summary['precision']}, batch {summary['batch_size']})"]
     lines += [f"left out: {s}" for s in summary["skipped"]]
+    lines += [f"note: {s}" for s in summary["notes"]]
     lines.append("class pixel share:")
     share = sorted(summary["class_pixel_share"].items(), key=lambda kv: -kv[1])
     width = max((len(n) for n, _ in share), default=5)

@@ -13,7 +13,7 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from sigma_core.data.image_encoding import array_to_image_fields, image_to_array, to_rgb8
+from sigma_core.data.image_encoding import DEFAULT_MAX_PIXELS, array_to_image_fields, image_to_array, to_rgb8
 
 __all__ = [
     "image_msg_to_array",
@@ -30,14 +30,16 @@ MODAL_ENCODINGS = ("mono8", "mono16", "16UC1", "32FC1")
 DEPTH_ENCODINGS = ("16UC1", "32FC1")  # millimetres / metres (REP 118)
 
 
-def image_msg_to_array(msg: Image) -> np.ndarray:
+def image_msg_to_array(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image message -> read-only ``(H, W)`` or ``(H, W, C)`` array viewing ``msg.data``.
 
     dtype follows the encoding (uint8, uint16 for mono16/16UC1, float32 for 32FC1).
     Keep ``msg`` alive while the view is used. Raises ValueError naming the encoding
-    for unsupported encodings, and the byte counts for empty or truncated data.
+    for unsupported encodings, and the byte counts for empty or truncated data; ImageTooLargeError when
+    height x width > max_pixels.
     """
-    return image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+    return image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                          max_pixels)
 
 
 def image_msg_to_rgb8(msg: Image) -> np.ndarray:

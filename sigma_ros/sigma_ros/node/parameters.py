@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from sigma_core.data.calibration import REGISTRATION_MODES
+from sigma_core.data.image_encoding import DEFAULT_MAX_PIXELS
+from sigma_core.data.registration import DEFAULT_DISTANCE_M
+
 from ..errors import ConfigError  # also importable from here, as before
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -151,6 +155,19 @@ def thermal_range(name: str, value: Any) -> Optional[tuple[float, float]]:
     return lo, hi
 
 
+def numbers(count: int, what: str) -> Parser:
+    """A list of ``count`` finite numbers (``what`` names them, e.g. "[x, y, z] metres") as a float tuple; unset
+    (empty list): None."""
+    def parse(name: str, value: Any) -> Optional[tuple[float, ...]]:
+        if _unset(value):
+            return None
+        values = _sequence(name, value, what)
+        if len(values) != count:
+            raise ConfigError(f"parameter {name} must be {what} ({count} numbers), got {values!r}")
+        return tuple(float(_number(name, x)) for x in values)
+    return parse
+
+
 def optional_positive(name: str, value: Any) -> Optional[float]:
     return None if value is None else positive(name, value)
 
@@ -224,12 +241,41 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                             positive, "silent_warning_s"),
     "input.transport": ParameterSpec("raw", "raw (Image) or compressed (CompressedImage on <topic>/compressed, depth "
                                      "on <topic>/compressedDepth)", choice(*TRANSPORTS), "input_transport"),
+    "input.max_pixels": ParameterSpec(DEFAULT_MAX_PIXELS, "largest image (width x height) an input message may "
+                                      "declare; larger ones are refused before decoding (decompression bombs)",
+                                      positive_integer, "input_max_pixels"),
     "thermal.range": ParameterSpec(None, "[low, high] raw thermal values mapped to 0..1; unset: the checkpoint's",
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
                                      optional_positive, "depth_max_range"),
     "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)",
                                       boolean, "depth_registered"),
+    "registration.mode": ParameterSpec("none", "how the modality image is brought into the RGB view: none (the "
+                                       "cameras are aligned; it is stretched to the RGB size), homography (a 3x3 "
+                                       "RGB-pixel -> modality-pixel matrix) or rig (both cameras' intrinsics and "
+                                       "pose: thermal through the plane at registration.distance_m, depth "
+                                       "reprojected pixel by pixel)", choice(*REGISTRATION_MODES),
+                                       "registration_mode"),
+    "registration.calibration_file": ParameterSpec("", "calibration of the two cameras: sigma-calibrate's file, "
+                                                   "a Kalibr camchain (cam0 = RGB) or an OpenCV stereo YAML (K1 D1 "
+                                                   "K2 D2 R T); empty: registration.homography, or rig intrinsics "
+                                                   "from rgb/camera_info + modal/camera_info and the pose from "
+                                                   "registration.translation/rotation",
+                                                   optional_text("a file path"), "calibration_file"),
+    "registration.distance_m": ParameterSpec(DEFAULT_DISTANCE_M, "rig mode, thermal: distance of the scene plane "
+                                             "the thermal image is registered at, metres in front of the RGB camera",
+                                             positive, "registration_distance_m"),
+    "registration.homography": ParameterSpec(None, "homography mode without a file: 9 numbers, row-major 3x3, RGB "
+                                             "pixel -> modality pixel", numbers(9, "a row-major 3x3 matrix"),
+                                             "registration_homography"),
+    "registration.translation": ParameterSpec(None, "rig mode without a file: the modality camera's position in "
+                                              "the RGB camera's optical frame [x, y, z], metres (a static "
+                                              "transform from the RGB to the modality optical frame)",
+                                              numbers(3, "[x, y, z] metres"), "registration_translation"),
+    "registration.rotation": ParameterSpec([0.0, 0.0, 0.0, 1.0], "rig mode without a file: the modality camera's "
+                                           "orientation in the RGB camera's optical frame, quaternion [qx, qy, qz, "
+                                           "qw]", numbers(4, "a quaternion [qx, qy, qz, qw]"),
+                                           "registration_rotation"),
     "output.overlay_alpha": ParameterSpec(0.5, "weight of the class colours in segmentation/overlay, 0..1 (runtime)",
                                           overlay_alpha, "overlay_alpha", runtime=True),
     "output.palette": ParameterSpec(None, "flat [r, g, b, ...] 0..255, one colour per class; unset: the checkpoint's "
@@ -263,9 +309,16 @@ class NodeConfig:
     input_qos: str
     silent_warning_s: float
     input_transport: str
+    input_max_pixels: int
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
     depth_registered: bool
+    registration_mode: str
+    calibration_file: Optional[str]
+    registration_distance_m: float
+    registration_homography: Optional[tuple[float, ...]]  # 9 values, row-major
+    registration_translation: Optional[tuple[float, float, float]]  # metres
+    registration_rotation: Optional[tuple[float, float, float, float]]  # qx, qy, qz, qw
     overlay_alpha: float
     palette: Optional[np.ndarray]  # (K, 3) uint8
     output_qos: str
@@ -330,7 +383,34 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     parsed = {spec.field: spec.parse(name, values.get(name, spec.default)) for name, spec in PARAMETERS.items()}
     if not values.get("checkpoint") and parsed["modality"] == "depth":  # the bundled model that fits the input
         parsed["checkpoint"] = resolve_checkpoint("", "depth")
-    return NodeConfig(**parsed)
+    cfg = NodeConfig(**parsed)
+    check_registration(cfg)
+    return cfg
+
+
+def check_registration(cfg: NodeConfig) -> None:
+    """ConfigError when the registration.* parameters contradict each other or miss what the mode needs."""
+    mode, file = cfg.registration_mode, cfg.calibration_file
+    given = [name for name, value in (("registration.homography", cfg.registration_homography),
+                                      ("registration.translation", cfg.registration_translation)) if value]
+    if mode == "none":
+        if file or given:
+            what = "registration.calibration_file" if file else given[0]
+            raise ConfigError(f"parameter {what} is set but registration.mode is none: set registration.mode to "
+                              "rig (or homography) to register the modality, or unset it")
+        return
+    if file and given:
+        raise ConfigError(f"parameters registration.calibration_file and {given[0]} are both set: the file holds "
+                          f"the calibration; unset {given[0]}")
+    if file:
+        return
+    if mode == "homography" and cfg.registration_homography is None:
+        raise ConfigError("registration.mode homography needs registration.calibration_file or "
+                          "registration.homography (9 numbers, RGB pixel -> modality pixel)")
+    if mode == "rig" and cfg.registration_translation is None:
+        raise ConfigError("registration.mode rig needs registration.calibration_file, or registration.translation "
+                          "[x, y, z] metres and registration.rotation [qx, qy, qz, qw] (the modality camera's pose "
+                          "in the RGB optical frame) with the intrinsics from rgb/camera_info and modal/camera_info")
 
 
 def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:

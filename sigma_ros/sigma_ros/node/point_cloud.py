@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
@@ -114,10 +115,13 @@ def labelled_points(
     rgb: np.ndarray,
     mask: np.ndarray,
     confidence: np.ndarray,
+    rays: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> np.ndarray:
     """One point per valid depth pixel, row-major order -> (N,) structured array of :data:`POINT_DTYPE`.
 
-    depth: (Hd, Wd) uint16 mm or float32 m; camera: intrinsics (scaled to Hd x Wd here);
+    depth: (Hd, Wd) uint16 mm or float32 m; camera: intrinsics (scaled to Hd x Wd here); rays: for a camera
+    with lens distortion, ((Hd, Wd), (Hd, Wd)) x/z and y/z of each pixel's ray (CameraModel.pixel_rays), used
+    instead of the pinhole back-projection (depth registered into a distorted RGB camera);
     rgb: (H, W, 3) uint8; mask: (H, W) uint8 ids; confidence: (H, W) float32. The RGB-sized
     arrays are sampled at the nearest pixel when H x W differs from Hd x Wd.
     """
@@ -133,8 +137,12 @@ def labelled_points(
     else:
         ui, vi = u, v
     points = np.zeros(len(z), POINT_DTYPE)
-    points["x"] = (u.astype(np.float32) - np.float32(camera.cx)) * z / np.float32(camera.fx)
-    points["y"] = (v.astype(np.float32) - np.float32(camera.cy)) * z / np.float32(camera.fy)
+    if rays is not None:
+        points["x"] = rays[0][v, u] * z
+        points["y"] = rays[1][v, u] * z
+    else:
+        points["x"] = (u.astype(np.float32) - np.float32(camera.cx)) * z / np.float32(camera.fx)
+        points["y"] = (v.astype(np.float32) - np.float32(camera.cy)) * z / np.float32(camera.fy)
     points["z"] = z
     points["rgb"] = pack_rgb(rgb[vi, ui])
     points["label"] = mask[vi, ui]

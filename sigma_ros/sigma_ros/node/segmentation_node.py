@@ -45,6 +45,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.bags import message_to_array
+from sigma_core.data.calibration import CalibrationError
+from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
 from sigma_core.inference import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
@@ -82,6 +84,7 @@ from .parameters import (
 )
 from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
+from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource
 from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
@@ -90,6 +93,7 @@ except ImportError:
     LabelInfo = VisionClass = None
 
 NODE_NAME = "sigma_segmentation"
+LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modality the node warns
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
@@ -144,6 +148,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_active: list = []
         self._silence_timer = None
         self._camera: Optional[Pinhole] = None
+        self.registration: Optional[RegistrationSource] = None
+        self.coverage: Optional[float] = None  # of the last frame
         self._camera_frame = ""
         self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
         LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
@@ -168,6 +174,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         try:
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
             self._load_model(cfg)
+            self.registration = RegistrationSource(cfg, self.seg.scaling)
         except ConfigError as e:
             self.seg = None
             self._configure_error = str(e)
@@ -177,10 +184,11 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._configure_error = None
         self.runtime.cfg = cfg
         self._use_palette(cfg.palette)
-        if self.modality == "depth" and not cfg.depth_registered:
-            self.get_logger().warning(
-                "depth.registered is false: segmentation/points is off (the node has no depth-to-RGB extrinsics)"
-            )
+        if self.modality == "depth" and not self._points_possible(cfg):
+            why = ("registration.mode homography has no 3D geometry" if cfg.registration_mode == "homography" else
+                   "depth.registered is false and registration.mode is none (the node has no depth-to-RGB "
+                   "extrinsics: set registration.mode rig)")
+            self.get_logger().warning(f"segmentation/points is off: {why}")
         self._create_publishers(cfg)
         self.sync = PairSynchronizer(cfg.sync_queue_size, cfg.sync_slop, self._on_pair)
         self._accepted = (RGB_ENCODINGS, DEPTH_ENCODINGS if self.modality == "depth" else MODAL_ENCODINGS)
@@ -258,15 +266,21 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return super().on_shutdown(state)
 
     def _describe(self) -> str:
-        info = f", {self.sub_info.topic_name}" if getattr(self, "sub_info", None) else ""
+        infos = [s.topic_name for s in (getattr(self, "sub_rgb_info", None), getattr(self, "sub_info", None)) if s]
+        info = "".join(f", {t}" for t in infos)
         subs = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
+        reg = self.registration
+        calibration = reg.registration.calibration if reg is not None and reg.registration is not None else None
+        registered = (f"; registration {reg.mode}" + (f" from {calibration.source}" if calibration else
+                                                      " (intrinsics from CameraInfo)" if reg.mode == "rig" else "")
+                      if reg is not None and reg.mode != "none" else "")
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
             f"{self.modality}) on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
-            f"{self.cfg.output_depth})"
+            f"{self.cfg.output_depth}){registered}"
         )
 
     def _create_publishers(self, cfg: NodeConfig) -> None:
@@ -281,7 +295,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.pub_label_info = pub(LabelInfo, "segmentation/label_info", latched_qos()) if LabelInfo else None
         self.pub_points = (
             pub(PointCloud2, "segmentation/points", out)
-            if self.modality == "depth" and cfg.depth_registered
+            if self.modality == "depth" and self._points_possible(cfg)
             else None
         )
         self._publishers_owned = [p for p in (self.pub_mask, self.pub_color, self.pub_overlay, self.pub_confidence,
@@ -301,19 +315,26 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             self.create_subscription(msg_type, topic, lambda m, i=i: self._on_image(i, m), qos)
             for i, (msg_type, topic) in enumerate(kinds)
         ]
-        self.sub_info = (
-            self.create_subscription(CameraInfo, "modal/camera_info", self._on_camera_info, qos)
-            if self.pub_points is not None
-            else None
+        need_rgb, need_modal = self.registration.needs_camera_info()
+        # Points from a depth image that is not reprojected use the depth camera's own intrinsics.
+        need_modal = need_modal or (self.pub_points is not None and self.registration.mode == "none")
+        self.sub_rgb_info = (
+            self.create_subscription(CameraInfo, CAMERA_INFO_TOPICS[RGB], lambda m: self._on_camera_info(RGB, m),
+                                     qos)
+            if need_rgb else None
         )
-        if self.sub_info is not None:
-            self._subscriptions_active.append(self.sub_info)
+        self.sub_info = (
+            self.create_subscription(CameraInfo, CAMERA_INFO_TOPICS[MODAL],
+                                     lambda m: self._on_camera_info(MODAL, m), qos)
+            if need_modal else None
+        )
+        self._subscriptions_active += [s for s in (self.sub_info, self.sub_rgb_info) if s is not None]
 
     def _stop_processing(self) -> None:
         for sub in self._subscriptions_active:
             self.destroy_subscription(sub)
         self._subscriptions_active = []
-        self.sub_info = None
+        self.sub_info = self.sub_rgb_info = None
         if self._silence_timer is not None:
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
@@ -372,25 +393,38 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if verdict is Stamp.JUMPED_BACK:
             self._time_went_back("stamp_jump", f"{topic}: stamp {stamp:.6f} s is {previous - stamp:.3f} s before "
                                  f"the previous {previous:.6f} s (a bag loop or restart, or a clock stepped back)")
-        if isinstance(msg, Image):  # compressed images are checked once decoded, in the inference thread
-            if not self._accepts(stream, msg.encoding, topic):
-                return
-            try:
-                image_msg_to_array(msg)  # a view: checks size, step and data length without copying
-            except ValueError as e:
-                self.problems.report("bad_image", f"{topic}: {e}; message skipped")
-                return
+        if isinstance(msg, Image) and not self._accepts(stream, msg.encoding, topic):
+            return
+        try:  # sizes from the fields or headers alone: a bomb never reaches the decoder (compressed: worker thread)
+            if isinstance(msg, Image):
+                image_msg_to_array(msg, self.cfg.input_max_pixels)  # a view: checks size, step and data length
+            else:
+                check_compressed_size(msg.format, msg.data, self.cfg.input_max_pixels)
+        except ValueError as e:
+            self._report_bad_image(topic, e, "message skipped")
+            return
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
             self.sync.add_modal(msg)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _report_bad_image(self, topic: str, error: ValueError, what_happened: str) -> None:
+        if isinstance(error, ImageTooLargeError):
+            self.problems.report("image_too_large", f"{topic}: {error}; {what_happened} (input.max_pixels is "
+                                 f"{self.cfg.input_max_pixels:,}: raise it only for a camera that large)")
+        else:
+            self.problems.report("bad_image", f"{topic}: {error}; {what_happened}")
+
+    def _on_camera_info(self, stream: int, msg: CameraInfo) -> None:
+        sub = self.sub_rgb_info if stream == RGB else self.sub_info
+        topic = sub.topic_name if sub is not None else CAMERA_INFO_TOPICS[stream]
         try:
-            self._camera = Pinhole.from_camera_info(msg)
-            self._camera_frame = msg.header.frame_id
-        except ValueError as e:
-            self.problems.report("bad_camera_info", f"{self.sub_info.topic_name}: {e}")
+            self.registration.camera_info(stream, msg, topic)
+            if stream == MODAL and self.registration.mode == "none":
+                self._camera = Pinhole.from_camera_info(msg)
+                self._camera_frame = msg.header.frame_id
+        except ValueError as e:  # CalibrationError too
+            self.problems.report("bad_camera_info", f"{topic}: {e}")
 
     def _on_pair(self, rgb: Any, modal: Any) -> None:
         self.health.paired()
@@ -460,7 +494,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _health_report(self) -> HealthReport:
         info = [("state", self.state)]
         if self.seg is not None:
-            info += [("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
+            info += [("registration", self.cfg.registration_mode),
+                     ("modality coverage", "-" if self.coverage is None else f"{self.coverage:.1%}"),
+                     ("device", str(self.seg.device)), ("precision", str(self.seg.precision)),
                      ("scan backend", str(self.seg.scan_backend)), ("model", self.seg.model_name),
                      ("checkpoint", str(self.cfg.checkpoint)), ("input transport", self.cfg.input_transport)]
         topics = [s.topic_name for s in self._subscriptions_active[:2]] or list(self.topics)
@@ -519,9 +555,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
         topic = self._subscriptions_active[stream].topic_name if len(self._subscriptions_active) > stream else ""
         try:
-            arr, encoding = message_to_array(msg)
+            arr, encoding = message_to_array(msg, self.cfg.input_max_pixels)
         except ValueError as e:
-            self.problems.report("bad_image", f"{topic}: {e}; frame skipped")
+            self._report_bad_image(topic, e, "frame skipped")
             return None
         if not self._accepts(stream, encoding, topic):
             return None
@@ -534,15 +570,39 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             return
         (rgb_arr, rgb_encoding), (raw, modal_encoding) = decoded
         self._check_modality(raw, modal_encoding)
-
-        result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms)
+        registration = self.registration.registration
+        if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from
+            topics = [s.topic_name for s in (self.sub_rgb_info, self.sub_info) if s is not None]
+            waiting = self.registration.waiting_for(topics)
+            self.problems.report(
+                "waiting_for_camera_info",
+                f"frame not published: registration.mode rig takes the intrinsics from CameraInfo and nothing has "
+                f"arrived on {' and '.join(waiting)} yet: remap rgb/camera_info and modal/camera_info to the "
+                "cameras' camera_info topics, or set registration.calibration_file",
+            )
+            return
+        try:
+            result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms, registration)
+        except CalibrationError as e:  # images that do not fit the calibration: never a wrong warp
+            self.problems.report("registration_error", f"frame not published: {e}")
+            return
         rgb, mask, confidence = result.rgb, result.mask, result.confidence
         h, w = mask.shape
-        if result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
+        if result.aspect_warning is not None:
+            self.problems.report("aspect_ratio", f"{self.topics[0]} and {self.topics[1]}: {result.aspect_warning}")
+        elif result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
             self.problems.report(
                 "size_mismatch",
                 f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
                 "resizing the modality to the RGB size",
+            )
+        self.coverage = result.coverage
+        if result.coverage < LOW_COVERAGE:
+            self.problems.report(
+                "low_coverage",
+                f"the modality camera covers only {result.coverage:.0%} of the RGB image after registration "
+                f"({registration.mode}); the rest gets no {self.modality}: check the calibration and "
+                "registration.distance_m, or aim the cameras alike",
             )
 
         header = rgb_msg.header
@@ -560,7 +620,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 blended = overlay(rgb, color, self.cfg.overlay_alpha)
                 self.pub_overlay.publish(array_to_image_msg(blended, "rgb8", header))
         if self.pub_points is not None and self.pub_points.get_subscription_count():
-            self._publish_points(header, raw, modal_msg, rgb, mask, confidence)
+            self._publish_points(header, result.modal, modal_msg, rgb, mask, confidence)
 
         rgb_stamp = stamp_seconds(rgb_msg)
         latency_ms = self._latency_ms(rgb_stamp)
@@ -579,6 +639,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
                 frames_dropped=self._dropped_before + self._mailbox.dropped,
+                modality_coverage=result.coverage,
             )
         )
 
@@ -631,8 +692,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             return float("nan")
         return (now * 1e-9 - rgb_stamp) * 1e3
 
+    def _points_possible(self, cfg: NodeConfig) -> bool:
+        """Whether segmentation/points can be right: depth registered by its driver, or reprojected here."""
+        return cfg.registration_mode == "rig" or (cfg.registration_mode == "none" and cfg.depth_registered)
+
     def _publish_points(self, header: Header, depth: np.ndarray, modal_msg: Any, rgb: np.ndarray,
                         mask: np.ndarray, confidence: np.ndarray) -> None:
+        reprojected = self.registration.points_camera()
+        if reprojected is not None:  # depth reprojected into the RGB camera: its intrinsics and frame
+            camera, rays = reprojected
+            points = labelled_points(depth, camera, rgb, mask, confidence, rays)
+            self.pub_points.publish(points_to_cloud_msg(points, Header(stamp=header.stamp, frame_id=header.frame_id)))
+            return
         camera = self._camera
         if camera is None:
             self.problems.report(
@@ -665,7 +736,8 @@ USAGE = """usage: sigma_node [-h] [--ros-args -p NAME:=VALUE ... --params-file F
 
 Segments synchronized RGB + thermal/depth images with a Sigma checkpoint.
 Subscribes rgb/image, modal/image (sensor_msgs/Image; depth: also modal/camera_info; with
-input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth);
+input.transport compressed: <topic>/compressed, depth <topic>/compressedDepth; registration.mode rig
+without a calibration file: rgb/camera_info and modal/camera_info);
 publishes segmentation/mask, color_mask, overlay, confidence, stats, points (depth), class_map,
 and /diagnostics. With -p lifecycle:=true it waits for the lifecycle services (configure, activate).
 
@@ -674,6 +746,7 @@ parameters (--ros-args -p NAME:=VALUE, or a params file such as config/sigma.yam
 
 example: sigma_node --ros-args -p checkpoint:=model.pt -r rgb/image:=/camera/color/image_raw \\
              -r modal/image:=/thermal/image_raw
+a thermal camera beside the RGB one: add -p registration.mode:=rig -p registration.calibration_file:=rig.yaml
 """
 
 

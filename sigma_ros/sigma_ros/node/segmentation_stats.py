@@ -24,6 +24,7 @@ def stats_msg(
     sync_skew_ms: float,
     frames_processed: int,
     frames_dropped: int,
+    modality_coverage: float = 1.0,
 ) -> SegmentationStats:
     """The SegmentationStats message of one frame; every class listed, in id order."""
     valid = counts.valid_pixels
@@ -47,6 +48,7 @@ def stats_msg(
     msg.sync_skew_ms = float(sync_skew_ms)
     msg.frames_processed = int(frames_processed)
     msg.frames_dropped = int(frames_dropped)
+    msg.modality_coverage = float(modality_coverage)
     return msg
 
 

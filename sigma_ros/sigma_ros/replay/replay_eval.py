@@ -45,6 +45,7 @@ from sigma_core.data.bags import (
 )
 from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
+from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
 from sigma_core.inference import NonFiniteOutputError
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
@@ -53,7 +54,7 @@ from .. import ros_env  # noqa: F401  (before rclpy, imported below through node
 from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.parameters import ConfigError
-from ..segmentation_step import load_segmenter, segment_pair
+from ..segmentation_step import load_registration, load_segmenter, segment_pair
 from .report import (
     FrameSample,
     ReplaySummary,
@@ -85,6 +86,7 @@ class ReplayOptions:
     samples: int = 6  # frames in the report's strip
     max_pairs: Optional[int] = None
     keep_masks: bool = False  # keep every mask in the result (tests)
+    registration: Optional[Registration] = None  # of the modality into the RGB view, as the node's (None: none)
 
 
 @dataclass
@@ -247,6 +249,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         "labels": opts.label_topic or (str(opts.label_dir) if opts.label_dir else "none"),
         "model": segmenter.model_name, "device": str(segmenter.device), "precision": str(segmenter.precision),
         "slop_s": opts.slop, "queue_size": opts.queue_size,
+        "registration": opts.registration.mode if opts.registration is not None else "none",
     })
     summary.legend = [(name, tuple(int(v) for v in c))
                       for name, c in zip(class_names, np.asarray(segmenter.palette, np.uint8).reshape(-1, 3))]
@@ -275,6 +278,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     start = time.perf_counter()
     frames_processed = 0
     non_finite, first_non_finite = 0, ""
+    aspect_noted = False
     try:
         for role, log_ns, msg in _iter_bag(opts):
             stamp = stamp_ns(msg)
@@ -294,7 +298,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
             modal, _ = message_to_array(modal_msg)
             try:
-                frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal)  # what the node runs, resizing included
+                # what the node runs, registration and resizing included
+                frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal, registration=opts.registration)
             except NonFiniteOutputError as e:  # as the node does: no mask rather than a meaningless one
                 non_finite += 1
                 first_non_finite = first_non_finite or f"first at stamp {rgb_stamp} ns: {e}"
@@ -304,6 +309,11 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             rgb, mask, counts, inference_ms = frame.rgb, frame.mask, frame.counts, frame.inference_ms
             frames_processed += 1
             summary.frames += 1
+            summary.modality_coverage.append(frame.coverage)
+            if frame.aspect_warning and not aspect_noted:
+                summary.notes.append(frame.aspect_warning.replace("registration.mode (rig or homography) with "
+                                                                  "registration.calibration_file", "--calibration"))
+                aspect_noted = True
             summary.inference_ms.append(inference_ms)
             summary.sync_skew_ms.append((rgb_stamp - modal_stamp) / 1e6)
             result.modal_stamp[rgb_stamp] = modal_stamp
@@ -365,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--label-dir", type=Path, help="extracted Label/ folder (files named <RGB stamp ns>.png)")
     p.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (the node's sync.slop)")
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue size (the node's sync.queue_size)")
+    p.add_argument("--calibration", help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV "
+                                         "stereo YAML): register the modality into the RGB view as the node does "
+                                         "with registration.calibration_file")
+    p.add_argument("--registration-mode", choices=("homography", "rig"),
+                   help="with --calibration: the node's registration.mode (default: the file's: rig, or homography "
+                        "for a file holding only a homography)")
+    p.add_argument("--registration-distance", type=float, default=DEFAULT_DISTANCE_M,
+                   help="rig mode, thermal: plane distance in metres (the node's registration.distance_m)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--output-bag", type=Path, help="write /segmentation/{mask,color_mask,stats,class_map} here")
@@ -385,10 +403,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(str(e).replace("parameter checkpoint", "--checkpoint")) from None
         for line in seg.meta.notes + [f"warning: {w}" for w in seg.meta.warnings]:  # what a .pth needed inferred
             print(line)
+        if args.registration_mode and not args.calibration:
+            raise ValueError(f"--registration-mode {args.registration_mode} needs --calibration FILE")
+        try:
+            registration = load_registration(args.registration_mode, args.calibration, seg.scaling,
+                                             args.registration_distance)
+        except ConfigError as e:
+            raise ValueError(f"--calibration: {e}") from None
         opts = ReplayOptions(
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,
             output_storage=args.output_storage, samples=args.samples, max_pairs=args.max_pairs,
+            registration=registration,
         )
         result = replay_bag(opts, seg, out_dir=args.out)
     except (ValueError, OSError) as e:  # BagError is a ValueError

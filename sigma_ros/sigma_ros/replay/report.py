@@ -60,6 +60,7 @@ class ReplaySummary:
     latency_t: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
     sync_skew_ms: list[float] = field(default_factory=list)
+    modality_coverage: list[float] = field(default_factory=list)  # per frame: RGB pixels the modality covers
     metrics: Optional[SegmentationMetrics] = None
     frames_scored: int = 0
     class_pixels: dict[str, int] = field(default_factory=dict)  # predicted pixels per class over all frames
@@ -89,6 +90,7 @@ class ReplaySummary:
             "latency_ms": percentiles(self.latency_ms),
             "inference_ms": percentiles(self.inference_ms),
             "sync_skew_ms": percentiles(self.sync_skew_ms, absolute=True),
+            "modality_coverage": percentiles(self.modality_coverage),
             "frames_scored": self.frames_scored,
             "class_pixels": self.class_pixels,
             "notes": self.notes,
@@ -138,6 +140,11 @@ def format_summary(summary: ReplaySummary) -> str:
         lines.append(f"  inference        : p50 {_fmt(inf['p50'], ' ms')}, p95 {_fmt(inf['p95'], ' ms')}")
     if skew["count"]:
         lines.append(f"  sync skew |RGB-X|: p50 {_fmt(skew['p50'], ' ms')}, max {_fmt(skew['max'], ' ms')}")
+    cover = d["modality_coverage"]
+    if cover["count"] and cover["mean"] is not None and cover["mean"] < 1.0:
+        low = sum(c < 0.5 for c in summary.modality_coverage)
+        lines.append(f"  modality coverage: mean {_pct(cover['mean'])}, lowest {_pct(min(summary.modality_coverage))}"
+                     f" of the RGB image after registration" + (f"; {low} frames below 50 %" if low else ""))
     m = summary.metrics
     if m is not None:
         lines.append(f"  accuracy         : mIoU {_pct(m.miou)}, pixel acc. {_pct(m.pixel_accuracy)}, "

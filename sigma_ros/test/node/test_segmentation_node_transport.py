@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,58 @@ def test_jpeg_rgb_and_16bit_png_thermal_give_masks_stamped_like_the_rgb(node):
     thermal_pub.publish(compressed(rng.integers(0, 65535, (H, W), dtype=np.uint16), "mono16", "png", stamp))
     assert proc.wait_log("could not decode CompressedImage", timeout=10), proc.log()
     assert proc.proc.poll() is None
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid grey PNG of zeros declaring width x height: ~0.25 MB for 16000x16000 (256 MB decoded, 768 MB as RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    rows = b"\0" * (width + 1) * 500  # filter byte + a row of zeros, 500 rows at a time
+    idat = b"".join(deflate.compress(rows) for _ in range(height // 500)) + deflate.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def resident_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def test_decompression_bombs_are_refused_unread_and_the_node_keeps_segmenting(node):
+    """Fault 1 of issue 21: a 0.25 MB PNG declaring 16000x16000 is refused from its header (counted and logged),
+    costs no memory, and the next good pair is segmented."""
+    harness, proc, rgb_pub, thermal_pub = node
+    rng = np.random.default_rng(11)
+    bomb = png_bomb(16000, 16000)
+    rss_before = resident_mb(proc.proc.pid)
+    for _ in range(3):
+        stamp = time.time_ns()
+        for pub in (rgb_pub, thermal_pub):
+            msg = compressed(np.zeros((H, W), np.uint16), "mono16", "png", stamp)
+            msg.data = bomb
+            pub.publish(msg)
+        time.sleep(0.1)
+    assert proc.wait_log("declares 16000x16000 = 256,000,000 pixels, above the limit of 16,777,216", timeout=10), \
+        proc.log()
+    assert "[image_too_large:" in proc.log() and "input.max_pixels" in proc.log()
+    sent = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not set(sent) & {stamp_ns(m) for m in harness.messages(
+            f"{NS}/segmentation/mask")}:
+        stamp = time.time_ns()
+        rgb_pub.publish(compressed(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8", "jpeg", stamp))
+        thermal_pub.publish(compressed(rng.integers(20000, 40000, (H, W), dtype=np.uint16), "mono16", "png", stamp))
+        sent.append(stamp)
+        time.sleep(0.15)
+    assert set(sent) & {stamp_ns(m) for m in harness.messages(f"{NS}/segmentation/mask")}, proc.log()
+    assert resident_mb(proc.proc.pid, "VmHWM") < rss_before + 512, (rss_before, resident_mb(proc.proc.pid, "VmHWM"))
 
 
 def test_best_effort_output_qos_is_honoured(node):

@@ -1,0 +1,135 @@
+"""Registration in the live node: a real node process, a thermal camera of another size beside the RGB one.
+
+Rig mode from CameraInfo waits for both CameraInfo topics (publishing nothing, naming them), then
+registers and reports the coverage in segmentation/stats; a calibration for other image sizes is never
+applied (nothing published, the file and both sizes named); an unusable calibration file or contradicting
+parameters stop the node at start-up with exit 2 and one line.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
+pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
+from node_helpers import PROFILE, H, W, Streams, image, start_node  # noqa: E402, I001
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from sigma_core.data.bags import stamp_ns  # noqa: E402
+from sigma_core.data.calibration import Calibration, CameraModel, save_calibration  # noqa: E402
+from sigma_core.data.modality import ModalityScaling  # noqa: E402
+from sigma_core.data.registration import Registration  # noqa: E402
+from sigma_msgs.msg import SegmentationStats  # noqa: E402
+
+DOMAIN_ID = 230 + os.getpid() % 3  # private to this module (the others use 1..229)
+HM, WM = 40, 40  # the thermal camera: square, another size and aspect than the 64x80 RGB
+K_RGB = [60.0, 0.0, 39.5, 0.0, 60.0, 31.5, 0.0, 0.0, 1.0]
+K_MODAL = [30.0, 0.0, 19.5, 0.0, 30.0, 19.5, 0.0, 0.0, 1.0]
+
+
+def camera_info(width, height, k) -> CameraInfo:
+    return CameraInfo(width=width, height=height, k=k, d=[-0.05, 0.01, 0.0, 0.0, 0.0], distortion_model="plumb_bob")
+
+
+def test_rig_from_camera_info_waits_for_both_then_registers_and_reports_coverage(tmp_path_factory, checkpoints,
+                                                                                  harness):
+    node = start_node(tmp_path_factory, "/r", {"checkpoint": checkpoints["thermal"], "registration.mode": "rig",
+                                               "registration.translation": "[0.5, 0.0, 0.0]",
+                                               "registration.distance_m": 2.0}, DOMAIN_ID)
+    try:
+        harness.subscribe(Image, "/r/segmentation/mask")
+        harness.subscribe(SegmentationStats, "/r/segmentation/stats")
+        streams = Streams(harness, "/r")
+        rgb_info = harness.publisher(CameraInfo, "/r/rgb/camera_info")
+        thermal = streams.thermal_frame((HM, WM))
+        waited = "nothing has arrived on /r/rgb/camera_info and /r/modal/camera_info"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and waited not in node.log():
+            s = time.time_ns()
+            streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
+            streams.modal.publish(image(thermal, "mono16", s))
+            time.sleep(0.1)
+        assert waited in node.log() and "frame not published" in node.log(), node.log()
+        assert not harness.messages("/r/segmentation/mask")  # nothing while the intrinsics are unknown
+
+        sent = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not harness.messages("/r/segmentation/stats"):
+            rgb_info.publish(camera_info(W, H, K_RGB))
+            streams.info.publish(camera_info(WM, HM, K_MODAL))
+            sent = time.time_ns()
+            streams.rgb.publish(image(streams.rgb_frame(), "rgb8", sent))
+            streams.modal.publish(image(thermal, "mono16", sent))
+            time.sleep(0.1)
+        stats = harness.messages("/r/segmentation/stats")
+        assert stats, node.log()
+        cal = Calibration("rig", "test", CameraModel.from_camera_info(W, H, K_RGB, [-0.05, 0.01, 0, 0, 0], "plumb_bob",
+                                                                      "rgb"),
+                          CameraModel.from_camera_info(WM, HM, K_MODAL, [-0.05, 0.01, 0, 0, 0], "plumb_bob", "m"),
+                          np.eye(3), np.array([-0.5, 0.0, 0.0]))  # X_modal = X_rgb - (0.5, 0, 0)
+        expected = Registration("rig", cal, ModalityScaling("thermal"), 2.0)(thermal, (H, W)).coverage
+        assert 0.3 < expected < 0.9
+        assert stats[-1].modality_coverage == pytest.approx(expected, abs=1e-6)
+        masks = harness.messages("/r/segmentation/mask")
+        assert masks and masks[-1].width == W and masks[-1].height == H and stamp_ns(masks[-1]) <= sent
+        if expected < 0.5:
+            assert node.wait_log("low_coverage", 5), node.log()
+    finally:
+        node.kill()
+
+
+def test_a_calibration_for_other_image_sizes_is_never_applied(tmp_path_factory, checkpoints, harness):
+    root = tmp_path_factory.mktemp("cal")
+    path = root / "rig.yaml"
+    K = np.array([[60.0, 0, 39.5], [0, 60.0, 31.5], [0, 0, 1]])
+    save_calibration(Calibration("rig", "x", CameraModel(W, H, K), CameraModel(32, 24, K / 2 + np.diag([0, 0, .5])),
+                                 np.eye(3), np.array([0.06, 0.0, 0.0])), path)
+    node = start_node(tmp_path_factory, "/s", {"checkpoint": checkpoints["thermal"], "registration.mode": "rig",
+                                               "registration.calibration_file": str(path)}, DOMAIN_ID)
+    try:
+        assert f"registration rig from {path}" in node.log()
+        harness.subscribe(Image, "/s/segmentation/mask")
+        streams = Streams(harness, "/s")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "registration_error" not in node.log():
+            s = time.time_ns()
+            streams.rgb.publish(image(streams.rgb_frame(), "rgb8", s))
+            streams.modal.publish(image(streams.thermal_frame((HM, WM)), "mono16", s))
+            time.sleep(0.1)
+        log = node.log()
+        assert (f"{path}: calibrated for a modality image of 32x24 but the modality image is {WM}x{HM}" in log
+                and "frame not published" in log), log
+        assert not harness.messages("/s/segmentation/mask")
+    finally:
+        node.kill()
+
+
+def run_node(args, timeout=120):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "sigma_ros.node", "--ros-args", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_unusable_calibration_or_contradicting_parameters_exit_2_with_one_line(tmp_path, checkpoints):
+    bad = tmp_path / "camchain.yaml"
+    bad.write_text("cam0:\n  intrinsics: [60, 60, 39.5, 31.5]\n  resolution: [80, 64]\n  distortion_model: radtan\n"
+                   "  distortion_coeffs: [0.1, 0, 0, 0]\ncam1:\n  intrinsics: [30, 30, 19.5, 19.5]\n"
+                   "  resolution: [40, 40]\n  distortion_model: omni\n  distortion_coeffs: [0.1]\n"
+                   "  T_cn_cnm1: [[1, 0, 0, 0.06], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]\n")
+    for args, expected in [
+        (["-p", "registration.mode:=rig", "-p", f"registration.calibration_file:={bad}"],
+         f"parameter registration.calibration_file: {bad} cam1 (modality camera): unknown distortion model 'omni'"),
+        (["-p", f"registration.calibration_file:={bad}"],
+         "parameter registration.calibration_file is set but registration.mode is none"),
+        (["-p", "registration.mode:=rig"], "registration.mode rig needs registration.calibration_file, or "
+                                           "registration.translation"),
+    ]:
+        result = run_node(["-p", f"checkpoint:={checkpoints['thermal']}", "-p", f"warmup.size:=[{H}, {W}]", *args])
+        out = result.stdout + result.stderr
+        assert result.returncode == 2 and expected in out and "Traceback" not in out, out
