@@ -146,6 +146,10 @@ def test_sigma_evaluate_on_a_dataset_ours_and_published_format(tmp_path, capsys)
     assert "published" not in report
     for name in ("report.md", "confusion_matrix.png", "class_iou.png"):
         assert (tmp_path / "r1" / name).is_file()
+    md = (tmp_path / "r1" / "report.md").read_text()  # issue 22: the markdown alone says what was evaluated
+    assert f"- checkpoint: `{ours}` (sigma_custom_d32_1-1-1-1)" in md
+    assert f"- dataset: `{root}` (preset custom), split `test`, 4 images" in md
+    assert "- mode: whole; scales 1; flip no" in md and "- classes (8): 0 background, 1 road," in md
     predictions = sorted(p.stem for p in (tmp_path / "r1" / "predictions").glob("*.png"))
     assert predictions == sorted((root / "test.txt").read_text().split())
     assert "mIoU" in capsys.readouterr().out

@@ -78,7 +78,7 @@ def test_warmup_then_poly_schedule():
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path):
+def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path, capsys):
     cfg = tiny_config(synth, tmp_path / "run", "schedule.epochs=5", "schedule.warmup_epochs=1", "train.eval_every=2",
                       "data.limit=32", "train.tensorboard=true")
     result = train(cfg)
@@ -99,6 +99,17 @@ def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 6)) and rows[1]["miou"] and not rows[2]["miou"]
     assert [float(r["loss"]) for r in read_csv(tmp_path / "run" / "train_log.csv")] == losses
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    # issue 22: one console line per epoch (loss, lr, time, val mIoU, best so far), a per-class IoU table at each
+    # validation, and the curves as a picture in the run folder
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 5, out
+    assert re.fullmatch(r"epoch 2/5: train loss [\d.]+, lr [\d.]+e-0\d, [\d.]+ s; val mIoU [\d.]+, pixel acc\. "
+                        r"[\d.]+; best val mIoU [\d.]+ \(epoch 2\)", lines[1]), lines[1]
+    assert "no validation this epoch (train.eval_every=2)" in lines[2]
+    assert out.count("per-class IoU (%):") == 3 and re.search(r"^  background +[\d.]+ \| road ", out, re.M)
+    png = (tmp_path / "run" / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def sigma_train(*args):

@@ -43,6 +43,7 @@ from .builders import (
 from .config import TrainConfig
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
+from .reports import plot_training_curves
 from .run_folder import (
     BEST,
     CHECKPOINT_RE,
@@ -398,6 +399,31 @@ def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
                          "--resume auto (train.resume=auto), or give another train.out_dir")
 
 
+CURVES_PNG = "training_curves.png"
+
+
+def epoch_line(done: int, epochs: int, loss: float, lr: float, seconds: float,
+               metrics: Optional[SegmentationMetrics], best: Optional[dict[str, Any]], eval_every: int) -> str:
+    """The one console line per epoch: train loss, learning rate, time, validation mIoU, best so far."""
+    line = f"epoch {done}/{epochs}: train loss {loss:.4f}, lr {lr:.2e}, {seconds:.1f} s"
+    if metrics is not None:
+        line += f"; val mIoU {100 * metrics.miou:.2f}, pixel acc. {100 * metrics.pixel_accuracy:.2f}"
+    else:
+        line += f"; no validation this epoch (train.eval_every={eval_every})"
+    if best is not None:
+        at = f" (epoch {best['epoch']})" if best.get("epoch") else ""
+        line += f"; best val mIoU {100 * best['miou']:.2f}{at}"
+    return line
+
+
+def class_iou_table(metrics: SegmentationMetrics, per_line: int = 4) -> str:
+    """Per-class IoU at a validation, a few classes a line (40 classes fit in 10 lines)."""
+    cells = [f"{name[:14]:<14} {100 * iou:5.1f}" if np.isfinite(iou) else f"{name[:14]:<14}   n/a"
+             for name, iou in zip(metrics.class_names, metrics.iou)]
+    rows = ["  " + " | ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)]
+    return "  per-class IoU (%):\n" + "\n".join(rows)
+
+
 class RunLogs:
     """What rank 0 records while training: train_log.csv (per iteration), epochs.csv (per epoch), TensorBoard,
     the progress bar and the printed lines. On resume the logs are cut back to the resume point."""
@@ -435,19 +461,26 @@ class RunLogs:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
     def end_epoch(self, done: int, iteration: int, losses: list[float], seconds: float,
-                  metrics: Optional[SegmentationMetrics], checkpoint: Optional[Path]) -> None:
+                  metrics: Optional[SegmentationMetrics], checkpoint: Optional[Path], lr: float = float("nan"),
+                  best: Optional[dict[str, Any]] = None) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if metrics is not None and self.writer is not None:
+            self.writer.add_scalar("val/mIoU", metrics.miou, iteration)
+            self.writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
+        print(epoch_line(done, self.cfg.schedule.epochs, float(np.mean(losses)), lr, seconds, metrics, best,
+                         self.cfg.train.eval_every), flush=True)
         if metrics is not None:
-            if self.writer is not None:
-                self.writer.add_scalar("val/mIoU", metrics.miou, iteration)
-                self.writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
-            print(f"epoch {done}: val mIoU {100 * metrics.miou:.2f}  pixel acc. {100 * metrics.pixel_accuracy:.2f}")
+            print(class_iou_table(metrics), flush=True)
         self.epochs.write({"epoch": done, "iteration": iteration, "mean_loss": f"{np.mean(losses):.6f}",
                            "seconds": f"{seconds:.1f}", "miou": "" if metrics is None else f"{metrics.miou:.6f}",
                            "pixel_accuracy": "" if metrics is None else f"{metrics.pixel_accuracy:.6f}",
                            "checkpoint": "" if checkpoint is None else checkpoint.name})
+        try:  # a picture of the run so far, next to the TensorBoard logs; never a reason to stop training
+            plot_training_curves(self.epochs.path, self.epochs.path.parent / CURVES_PNG)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"warning: {CURVES_PNG} not written: {exc}", file=sys.stderr)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -627,7 +660,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         save = done % cfg.train.save_every == 0 or done == cfg.schedule.epochs or improved  # best.pt: resumable
         checkpoint = checkpoint_path(out_dir, done) if save else None
         if logs is not None:  # the epoch's row precedes its commit; a resume cuts the rows of uncommitted epochs
-            logs.end_epoch(done, progress.iteration, losses, time.perf_counter() - epoch_start, metrics, checkpoint)
+            logs.end_epoch(done, progress.iteration, losses, time.perf_counter() - epoch_start, metrics, checkpoint,
+                           lr=trainee.optimizer.param_groups[0]["lr"], best=progress.best)
         if save:
             rng = gather_rng_states(ctx)
             if ctx.is_main:
