@@ -374,3 +374,14 @@ def test_an_empty_validation_split_stops_training_before_it_starts(tmp_path):
     with pytest.raises(ValueError, match=r"split 'test' holds no images.*--test-fraction.*no best\.pt can be chosen"):
         train(tiny_config(root, tmp_path / "run", "schedule.epochs=1", "schedule.warmup_epochs=0"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_short_run_of_a_preset_clamps_its_warm_up_and_workers_fit_the_cpus(capsys):
+    """Issue 22: `schedule.epochs=1` on the custom preset (5 warm-up epochs) was an error; num_workers 4 on a
+    2-core machine made PyTorch warn at every validation."""
+    from sigma_core.engine.config import usable_workers
+
+    cfg = TrainConfig.load("custom", ["schedule.epochs=1"])
+    assert cfg.schedule.warmup_epochs == 1
+    assert "schedule.warmup_epochs 5 is more than schedule.epochs 1" in capsys.readouterr().err
+    assert usable_workers(10_000) == len(os.sched_getaffinity(0)) and usable_workers(0) == 0

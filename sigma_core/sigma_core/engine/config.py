@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -171,6 +173,11 @@ class TrainConfig:
                                  f"known keys in {name!r}: {sorted(known)}")
             sections[name] = section_cls(**{k: _coerce(f"{name}.{k}", known[k], v, source) for k, v in values.items()})
         cfg = cls(**sections)
+        sched = cfg.schedule
+        if sched.epochs >= 1 and sched.warmup_epochs > sched.epochs:  # a short run of a preset (warm-up 5-10)
+            print(f"note: schedule.warmup_epochs {sched.warmup_epochs} is more than schedule.epochs {sched.epochs}: "
+                  f"warming up over all {sched.epochs} epoch(s) instead", file=sys.stderr)
+            sched.warmup_epochs = sched.epochs
         cfg.validate(source)
         return cfg
 
@@ -324,6 +331,16 @@ SAFE_ON_RESUME = frozenset({
     "train.log_every", "train.tensorboard", "train.progress", "train.threads",
 })
 RUN_CONFIG = "config.yaml"
+
+
+def usable_workers(requested: int) -> int:
+    """DataLoader worker processes for ``requested``: at most the CPUs this process may use (more only compete
+    with the training process, and PyTorch warns about them at every loader start)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
 
 
 def _flat(data: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from .builders import (
     initialise_from,
     make_dataset,
 )
-from .config import TrainConfig
+from .config import TrainConfig, usable_workers
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
 from .reports import plot_training_curves
@@ -236,7 +236,8 @@ def load_data(cfg: TrainConfig, ctx: DistContext) -> TrainingData:
                                  seed=cfg.train.seed, drop_last=True)
     generator = torch.Generator()
     loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, worker_init_fn=_worker_init, generator=generator,
+                        num_workers=usable_workers(cfg.data.num_workers), worker_init_fn=_worker_init,
+                        generator=generator,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
     if len(loader) == 0:
         raise ValueError(f"data: {len(train_set)} training samples are fewer than one batch "
@@ -513,6 +514,9 @@ def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, mod
         f"{'whole images' if crop is None else f'{crop[0]}x{crop[1]}'}, batch {cfg.data.batch_size}{processes}, "
         f"{data.iters_per_epoch} iterations per epoch",
     ]
+    workers = usable_workers(cfg.data.num_workers)
+    if workers < cfg.data.num_workers:
+        lines.append(f"data.num_workers {cfg.data.num_workers} -> {workers}: the CPUs this process may use")
     if progress.resumed_from is not None:
         best = "none yet" if progress.best is None else (
             f"{100 * progress.best['miou']:.2f}" + (f" at epoch {progress.best['epoch']}"
@@ -573,7 +577,7 @@ def evaluation_due(cfg: TrainConfig, done: int) -> bool:
 def evaluate_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx: DistContext) -> SegmentationMetrics:
     """Validation metrics of the current weights (rank 0 only), as configured in the ``eval`` section."""
     loader = DataLoader(data.val_set, batch_size=cfg.eval.batch_size, shuffle=False,
-                        num_workers=min(cfg.data.num_workers, 2))
+                        num_workers=min(usable_workers(cfg.data.num_workers), 2))
     settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
     return evaluate_dataset(trainee.model, loader, len(data.info.class_names), settings, ctx.device,
                             data.info.class_names, progress=cfg.train.progress)
