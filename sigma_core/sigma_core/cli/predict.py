@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import fail
+from .errors import DefaultsHelpFormatter, fail
 
 PROG = "sigma-predict"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=DefaultsHelpFormatter,
         description="Segment an RGB + thermal/depth image pair, two folders paired by file name, a dataset folder, "
                     "or two videos (or a video and an image folder) with a Sigma checkpoint.")
     p.add_argument("rgb", type=Path, help="RGB image, folder or video; or a dataset folder (then no MODAL)")

@@ -299,8 +299,10 @@ def _spin(executor, stop: threading.Event) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
     p = argparse.ArgumentParser(prog="sigma-demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic recording (s)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="folder for the report, overlays and logs; a rerun replaces only what the demo wrote")

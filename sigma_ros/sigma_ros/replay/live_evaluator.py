@@ -323,7 +323,9 @@ def spin_until_done(executor, evaluator: ReplayEvaluator, duration: float, idle_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="replay_evaluator",
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="replay_evaluator", formatter_class=DefaultsHelpFormatter,
                                 description="Measure the node's latency, drops and accuracy during a live replay.")
     p.add_argument("--rgb-topic", default="rgb/image")
     p.add_argument("--modal-topic", default="modal/image")

@@ -363,8 +363,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="sigma-replay-eval",
+        prog="sigma-replay-eval", formatter_class=DefaultsHelpFormatter,
         description="Replay a bag through the node's pairing and model offline; score, time and report it.",
     )
     p.add_argument("bag", type=Path, help="rosbag2 folder/file (sqlite3 or MCAP) or ROS 1 .bag")
