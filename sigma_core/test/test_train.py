@@ -385,3 +385,9 @@ def test_a_short_run_of_a_preset_clamps_its_warm_up_and_workers_fit_the_cpus(cap
     assert cfg.schedule.warmup_epochs == 1
     assert "schedule.warmup_epochs 5 is more than schedule.epochs 1" in capsys.readouterr().err
     assert usable_workers(10_000) == len(os.sched_getaffinity(0)) and usable_workers(0) == 0
+
+
+@pytest.mark.parametrize("name", ["nyudv2", "nyudepthv2", "NYU-Depth-v2", "nyu"])
+def test_training_presets_take_the_dataset_names_every_tool_takes(name):
+    """Issue 22: `sigma-train --config nyudepthv2` was unknown while `sigma-import --dataset nyudv2` worked."""
+    assert TrainConfig.load(name).data.preset == "nyudv2"

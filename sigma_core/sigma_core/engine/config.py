@@ -225,6 +225,9 @@ class TrainConfig:
             raise bad("train", "needs keep_last >= 1, save_every >= 1 and eval_every >= 0")
 
 
+CONFIG_OF_DATASET = {"nyudepthv2": "nyudv2"}  # dataset preset key -> its training preset file, where they differ
+
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
@@ -237,8 +240,14 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
             raise ValueError(f"config file {path} does not exist")
         return path
     preset = PRESET_DIR / f"{config}.yaml"
+    if not preset.is_file():  # the dataset names and aliases every tool takes (nyudepthv2, NYU, sun, PST, ...)
+        from ..data.dataset import preset_key
+
+        key = preset_key(str(config))
+        preset = PRESET_DIR / f"{CONFIG_OF_DATASET.get(key, key)}.yaml"
     if not preset.is_file():
-        raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()}")
+        raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()} "
+                         "(dataset names such as nyudepthv2 or sun work too)")
     return preset
 
 

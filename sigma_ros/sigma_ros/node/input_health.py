@@ -53,6 +53,12 @@ class ProblemLog:
         self._log(f"{message} [{kind}: {self.counts[kind]} so far]")
         return True
 
+    def resolve(self, *kinds: str) -> None:
+        """Forget the latest message of ``kinds`` (their counts stay): problems that masks flowing again have
+        ended, so that a healthy status does not carry them as its last problem."""
+        for kind in kinds:
+            self.last.pop(kind, None)
+
     def take_recent(self) -> dict[str, int]:
         """Kinds reported since the previous call, with how many reports (one call per report period)."""
         counts = self.counts.copy()

@@ -103,6 +103,10 @@ class _Frame:
     modal: Any
 
 
+# Problems of waiting (no images, no pairs, no CameraInfo yet) that a published mask ends.
+ENDED_BY_A_MASK = ("no_input", "silent_stream", "no_pairs", "waiting_for_camera_info")
+
+
 class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     """Subscribes ``rgb/image``, ``modal/image`` (and ``modal/camera_info`` for depth); publishes ``segmentation/*``.
 
@@ -608,6 +612,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         header = rgb_msg.header
         self.pub_mask.publish(array_to_image_msg(mask, "mono8", header))
         self.frames_processed += 1
+        if self.frames_processed == 1 or self.problems.last.keys() & ENDED_BY_A_MASK:
+            self.problems.resolve(*ENDED_BY_A_MASK)  # a mask came out: waiting for images or pairs is over
         if self.pub_confidence.get_subscription_count():
             self.pub_confidence.publish(array_to_image_msg(confidence, "32FC1", header))
         want_color = self.pub_color.get_subscription_count() > 0

@@ -188,4 +188,8 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe):
     harness.clear("/diagnostics")
     _stream(streams, 2.0, modal_offset_ns=3_000_000_000, rgb_offset_ns=3_000_000_000)
     assert _level(_statuses(harness)[-1]) == OK
+    # issue 22: an OK status no longer carries the ended waiting (no pairs, no input) as its last problem
+    keys = {kv.key for kv in _statuses(harness)[-1].values}
+    assert "last no_pairs" not in keys and "last no_input" not in keys, keys
+    assert "last unsupported_encoding" in keys  # a real problem of the past stays listed with its count
     assert node.proc.poll() is None
