@@ -35,6 +35,8 @@ setup(
             "sigma-import = sigma_core.cli.import_checkpoint:main",
             "predict = sigma_core.cli.predict:main",
             "sigma-predict = sigma_core.cli.predict:main",
+            "calibrate = sigma_core.cli.calibrate:main",
+            "sigma-calibrate = sigma_core.cli.calibrate:main",
         ],
     },
 )

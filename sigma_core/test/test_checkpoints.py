@@ -373,3 +373,15 @@ def test_non_finite_weights_are_refused(tmp_path, fixture):
     with pytest.raises(CheckpointError, match=r"nan\.pth: weights hold NaN or infinite values "
                                               r"\(backbone\.vssm\.layers\.2\.blocks\.1\.op\.Ds\)"):
         load_model(path, dataset="mfnet")
+
+
+@pytest.mark.parametrize("wrap", ["lightning", "ddp_twice"])
+def test_training_wrapper_prefixes_are_stripped(tmp_path, fixture, wrap):
+    """Issue 21, fault 9: Lightning's "model." and a twice-wrapped DDP's "module.module." were refused."""
+    state = fixture["state_dict"]
+    obj = ({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3} if wrap == "lightning"
+           else {"model": {f"module.module.{k}": v for k, v in state.items()}})
+    torch.save(obj, tmp_path / "wrapped.pth")
+    model, meta = load_model(tmp_path / "wrapped.pth", dataset="mfnet")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(fixture["rgb"], fixture["x"]), fixture["logits"], atol=1e-5, rtol=0)

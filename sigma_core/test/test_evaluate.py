@@ -1,5 +1,6 @@
 """Evaluation: sliding window vs whole image, test-time augmentation, reports, and the sigma-evaluate CLI."""
 import json
+import os
 import subprocess
 import sys
 
@@ -280,3 +281,34 @@ def test_without_a_checkpoint_the_bundled_model_of_the_datasets_modality_is_eval
     assert "evaluating the bundled depth demo model" in done.stderr and "sigma_nano_synthetic_depth.pt" in done.stderr
     report = json.loads((tmp_path / "sigma_nano_synthetic_depth_eval" / "test" / "report.json").read_text())
     assert report["checkpoint"].endswith("sigma_nano_synthetic_depth.pt") and report["images"] == 2
+
+
+@pytest.mark.slow
+def test_a_report_of_another_checkpoint_is_never_replaced(tmp_path):
+    """Issue 21, fault 5: `sigma-evaluate runs/ft/best.pt` wrote to best_eval/test/, replacing the report made there
+    for runs/street/best.pt. Each run's best.pt now gets its own default folder, and a folder holding another
+    checkpoint's report is refused before evaluating."""
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING, write_dataset
+
+    root = write_dataset(tmp_path / "synth", n=4, seed=5, size=(32, 48), test_fraction=0.5)
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(CLASSES)})
+    for run in ("street", "ft"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        save_checkpoint(tmp_path / "runs" / run / "best.pt", build_sigma(cfg), cfg, class_names=CLASSES,
+                        palette=PALETTE, modality="thermal", scaling=THERMAL_SCALING)
+
+    def evaluate(run: str, *args: str):
+        return subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", f"runs/{run}/best.pt", "--data-root",
+                               str(root), "--device", "cpu", "data.num_workers=0", *args], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    assert evaluate("street").returncode == 0
+    street = (tmp_path / "street_best_eval" / "test" / "report.json").read_text()
+    ft = evaluate("ft")
+    assert ft.returncode == 0 and "report: ft_best_eval/test/report.json" in ft.stdout, ft.stderr
+    assert (tmp_path / "street_best_eval" / "test" / "report.json").read_text() == street
+    again = evaluate("ft", "--out", "street_best_eval/test")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert "holds the report of another checkpoint (runs/street/best.pt)" in again.stderr
+    assert (tmp_path / "street_best_eval" / "test" / "report.json").read_text() == street

@@ -112,3 +112,15 @@ def test_checkpoints_claiming_huge_networks_are_refused_before_building(tmp_path
                              timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert run.returncode == 1 and "Traceback" not in run.stderr, (name, run.stderr)
         assert expected[name] in run.stderr and run.stderr.strip().count("\n") == 0, (name, run.stderr)
+
+
+def test_a_malformed_dataset_yaml_is_one_line_naming_the_file(tmp_path, published):
+    """Issue 21, fault 4: was a yaml.parser traceback."""
+    broken = tmp_path / "dataset.yaml"
+    broken.write_text("classes: [a, b\n")
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.import_checkpoint", str(published), "--dataset",
+                          str(broken), "-o", str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 1 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert f"dataset file {broken} is not valid YAML; fix it where the parser stopped" in run.stderr
+    assert "line 2, column 1" in run.stderr and not (tmp_path / "out.pt").exists()

@@ -259,3 +259,17 @@ def test_aspect_ratio_warning_only_for_different_cameras():
         (720, 1280), (512, 640))
     assert aspect_ratio_warning((480, 640), (120, 160)) is None
     assert aspect_ratio_warning((480, 640), (481, 640)) is None
+
+
+def test_points_far_outside_a_distorted_lens_are_not_folded_back_into_its_image():
+    """A barrel radtan polynomial maps points far off-axis back into the image (k1 = -0.3: x/z = 2 lands at
+    x_d = -0.4): a wide RGB camera's edge pixels must stay uncovered, not take thermal values from the far side."""
+    modal = CameraModel(80, 60, K(40, 39.5, 29.5), "radtan", (-0.3, 0.0, 0.0, 0.0, 0.0)).check("m")
+    u, v = modal.project(np.array([2.0]), np.array([0.0]), np.array([1.0]))
+    assert 0 <= u[0] < 80  # the polynomial alone folds it in
+    u, v = modal.project(np.array([2.0]), np.array([0.0]), np.array([1.0]), modal.field_radius2())
+    assert np.isnan(u[0])
+    wide = CameraModel(80, 60, K(18, 39.5, 29.5))  # about 130 degrees across
+    out = Registration("rig", rig(wide, modal, np.eye(3), (0.0, 0.0, 0.0)), ModalityScaling("thermal"))(
+        np.full((60, 80), 7.0, np.float32), (60, 80))
+    assert np.isnan(out.image[30, :5]).all() and np.isnan(out.image[30, -5:]).all() and out.image[30, 40] == 7.0

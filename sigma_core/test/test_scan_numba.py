@@ -46,8 +46,10 @@ def assert_relative(got, want, tol, name=""):
     assert err <= tol * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g}"
 
 
-# (batch, G, D/G, N, L): odd lengths, L=1, chunk ends (64), blocks not filled (D/G < 16 or 20), N 4 and 16.
-SHAPES = [(1, 1, 3, 4, 1), (2, 2, 5, 4, 37), (1, 4, 20, 16, 130), (2, 4, 3, 16, 64), (1, 2, 17, 4, 65)]
+# (batch, G, D/G, N, L): odd lengths, L=1, chunk ends (64), blocks not filled (D/G < 16 or 20), N 4 and 16;
+# D/G = 128: the 64-channel blocks the model's scans run in (two per group).
+SHAPES = [(1, 1, 3, 4, 1), (2, 2, 5, 4, 37), (1, 4, 20, 16, 130), (2, 4, 3, 16, 64), (1, 2, 17, 4, 65),
+          (1, 2, 128, 16, 70)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}g{}c{}n{}l{}".format(*s))
@@ -262,3 +264,27 @@ def test_unwritable_cache_folder_still_runs_says_so_once_and_writes_nothing_in_t
     # numba's own fallback would have put them next to the source, inside the installed package.
     package = Path(scan_numba.__file__).parent
     assert not list(package.rglob("*.nbi")) and not list(package.rglob("*.nbc"))
+
+
+@pytest.mark.slow
+def test_a_damaged_kernel_cache_is_recompiled_with_one_warning(tmp_path):
+    """Issue 21, fault 4: a truncated .nbi or garbage .nbc was an UnpicklingError/EOFError traceback in every tool
+    (and "configure failed" in the node) until the cache was deleted by hand."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), OMP_NUM_THREADS="1")
+    code = ("import torch; from sigma_core.ops.scan_numba import selective_scan_numba as scan\n"
+            "u = torch.randn(1, 16, 5); print(scan(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5),"
+            " torch.ones(1, 1, 4, 5)).shape)")
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+    assert run().returncode == 0  # fills the cache
+    for pattern, damage in (("*.nbi", lambda data: data[:20]), ("*.nbc", lambda data: b"garbage" * 10)):
+        for path in (tmp_path / "numba").rglob(pattern):  # a truncated index, then garbage kernels
+            path.write_bytes(damage(path.read_bytes()))
+        out = run()
+        assert out.returncode == 0 and "torch.Size([1, 16, 5])" in out.stdout, out.stderr
+        assert out.stderr.count("cache of the selective-scan kernels in") == 1 and "compiling them again" in \
+            out.stderr and "Traceback" not in out.stderr, out.stderr
+    again = run()  # the cache was rewritten: no warning any more
+    assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr

@@ -391,3 +391,20 @@ def test_a_short_run_of_a_preset_clamps_its_warm_up_and_workers_fit_the_cpus(cap
 def test_training_presets_take_the_dataset_names_every_tool_takes(name):
     """Issue 22: `sigma-train --config nyudepthv2` was unknown while `sigma-import --dataset nyudv2` worked."""
     assert TrainConfig.load(name).data.preset == "nyudv2"
+
+
+@pytest.mark.slow
+def test_training_without_a_validation_split_when_asked_gives_the_last_epoch_as_best(tmp_path):
+    """Issue 21, fault 7: a dataset extracted with --test-fraction 0 (every label in train) could not be trained on
+    (no test split, refused). With data.val_split=null it is, and best.pt holds the last epoch."""
+    root = write_dataset(tmp_path / "all_train", n=8, seed=4, size=(32, 48), test_fraction=0.0)
+    args = [sys.executable, "-m", "sigma_core.cli.train", *TINY, f"data.root={root}", "schedule.epochs=1",
+            "schedule.warmup_epochs=0"]
+    refused = subprocess.run([*args, f"train.out_dir={tmp_path / 'refused'}"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 1 and "data.val_split=null" in refused.stderr, refused.stderr
+    run = subprocess.run([*args, f"train.out_dir={tmp_path / 'run'}", "data.val_split=null"], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr
+    assert "no validation (data.val_split null): best.pt is the last epoch" in run.stdout
+    assert load_checkpoint(tmp_path / "run" / "best.pt")[1].extra["training"]["epoch"] == 1

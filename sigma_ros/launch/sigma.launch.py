@@ -1,16 +1,17 @@
 """Launch the sigma_segmentation node.
 
     ros2 launch sigma_ros sigma.launch.py rgb_topic:=/camera/color/image_raw modal_topic:=/thermal/image_raw
-    ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda namespace:=front
+    ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma.pt device:=cuda precision:=fp16 namespace:=front
     ros2 launch sigma_ros sigma.launch.py checkpoint:=/models/sigma_tiny_mfnet.pth dataset:=mfnet
+    ros2 launch sigma_ros sigma.launch.py lifecycle:=true      # then: ros2 lifecycle set /sigma_segmentation configure
     ros2 launch sigma_ros sigma.launch.py calibration_file:=rig.yaml     # a thermal camera beside the RGB one
 
-Arguments: checkpoint, dataset (a published checkpoint's, e.g. mfnet), device (empty: the params file's),
-calibration_file (registration.calibration_file; with it registration.mode is rig unless registration_mode
-says homography), registration_mode, rgb_topic, modal_topic, camera_info_topic, rgb_camera_info_topic
-(remaps of rgb/image, modal/image, modal/camera_info, rgb/camera_info), namespace, params_file (default: the shipped
-config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node gets
-the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
+Arguments (`ros2 launch sigma_ros sigma.launch.py --show-args`): the node parameters in NODE_PARAMETERS (an empty
+value keeps the params file's), calibration_file (registration.calibration_file; with it registration.mode is rig
+unless registration_mode says homography), registration_mode, rgb_topic, modal_topic, camera_info_topic,
+rgb_camera_info_topic (remaps of rgb/image, modal/image, modal/camera_info, rgb/camera_info), namespace, params_file
+(default: the shipped config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node
+gets the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -19,15 +20,32 @@ from launch_ros.actions import Node
 
 from sigma_ros.package_files import fastdds_profile_env, share_file
 
+# Launch argument -> (node parameter it sets, description). Empty (the default) keeps the params file's value.
+NODE_PARAMETERS = {
+    "checkpoint": ("checkpoint", "Sigma checkpoint; empty: params file (the shipped one: the bundled demo model)"),
+    "dataset": ("dataset", "a published checkpoint's dataset (mfnet, pst900, nyudepthv2, sunrgbd, a file)"),
+    "device": ("device", "auto, cpu, cuda or cuda:N"),
+    "precision": ("precision", "fp32, fp16 or bf16"),
+    "modality": ("modality", "thermal or depth (the checkpoint's by default)"),
+    "lifecycle": ("lifecycle", "true: a managed node waiting for configure/activate (ros2 lifecycle set)"),
+    "input_transport": ("input.transport", "raw (Image) or compressed (CompressedImage)"),
+    "input_qos": ("input.qos", "sensor_data (best effort) or reliable"),
+}
+
+
+def _boolean(text: str) -> bool:
+    return text.lower() in ("true", "1", "yes")
+
 
 def _sigma_node(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1", "yes")}
-    for name in ("checkpoint", "dataset", "device"):
-        if arg(name):  # empty: keep the params file's value
-            overrides[name] = arg(name)
+    overrides = {"use_sim_time": _boolean(arg("use_sim_time"))}
+    for argument, (parameter, _) in NODE_PARAMETERS.items():
+        value = arg(argument)
+        if value:  # empty: keep the params file's value
+            overrides[parameter] = _boolean(value) if parameter == "lifecycle" else value
     if arg("calibration_file"):
         overrides["registration.calibration_file"] = arg("calibration_file")
         overrides["registration.mode"] = arg("registration_mode") or "rig"
@@ -57,10 +75,8 @@ def _sigma_node(context):
 def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
-            DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params file"),
-            DeclareLaunchArgument("dataset", default_value="",
-                                  description="a published checkpoint's dataset (mfnet, ...); empty: params file"),
-            DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params file"),
+            *(DeclareLaunchArgument(argument, default_value="", description=f"{text}; empty: params file")
+              for argument, (_, text) in NODE_PARAMETERS.items()),
             DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
             DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
             DeclareLaunchArgument(

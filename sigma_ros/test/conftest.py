@@ -29,3 +29,15 @@ def published_parity(tmp_path_factory):
     classes = root / "classes.txt"
     classes.write_text("".join(f"class {i}\n" for i in range(9)))
     return {"checkpoint": path, "classes": classes, "fixture": fixture}
+
+
+@pytest.fixture(scope="session")
+def colcon_install(tmp_path_factory):
+    """The three packages built with colcon (once per run): the install space, as `ros2 launch`/`ros2 run` use."""
+    import shutil
+
+    from ros_tools import colcon_build
+
+    if shutil.which("colcon") is None:
+        pytest.skip("colcon is not installed")
+    return colcon_build(tmp_path_factory.mktemp("ws"))

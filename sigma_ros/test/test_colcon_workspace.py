@@ -1,40 +1,18 @@
 """The roboticist's path: colcon builds the three packages, and the installed node runs from the install space."""
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.skipif(shutil.which("colcon") is None, reason="colcon is not installed")
+from ros_tools import installed_env
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ws")
-    env = dict(os.environ)
-    prefix = sys.prefix  # the wheels' ROS 2 (or a sourced system ROS 2 through the inherited variables)
-    env["CMAKE_PREFIX_PATH"] = os.pathsep.join(p for p in (env.get("CMAKE_PREFIX_PATH"), prefix) if p)
-    env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (env.get("AMENT_PREFIX_PATH"), prefix) if p)
-    result = subprocess.run(
-        ["colcon", "build", "--base-paths", str(REPO), "--build-base", str(ws / "build"),
-         "--install-base", str(ws / "install"), "--event-handlers", "console_direct-"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return ws / "install"
-
-
-def _installed_env(install: pathlib.Path) -> dict:
-    """The environment `source install/setup.sh` gives, read back from a shell."""
-    out = subprocess.run(["bash", "-c", f"source {install}/setup.sh && env -0"], capture_output=True, timeout=60,
-                         env=dict(os.environ), check=True).stdout
-    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+def workspace(colcon_install):
+    return colcon_install
 
 
 def test_colcon_installs_executables_launch_config_and_the_bundled_model(workspace):
@@ -48,7 +26,7 @@ def test_colcon_installs_executables_launch_config_and_the_bundled_model(workspa
     for f in ["launch/sigma.launch.py", "launch/replay_eval.launch.py", "config/sigma.yaml",
               "config/fastdds_large_images.xml"]:
         assert (share / f).exists(), f
-    env = _installed_env(workspace)
+    env = installed_env(workspace)
     probe = ("import sigma_core, sigma_ros, sigma_msgs.msg, sigma_core.assets as a; "
              "print(sigma_core.__file__); print(sigma_ros.__file__); print(a.demo_checkpoint())")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
@@ -59,7 +37,7 @@ def test_colcon_installs_executables_launch_config_and_the_bundled_model(workspa
 
 
 def test_installed_node_starts_with_the_bundled_model_and_stops_on_sigint(workspace):
-    env = _installed_env(workspace)
+    env = installed_env(workspace)
     env["ROS_DOMAIN_ID"] = str(60 + os.getpid() % 40)
     node = subprocess.Popen(
         [sys.executable, str(workspace / "sigma_ros" / "lib" / "sigma_ros" / "sigma_node"),

@@ -4,23 +4,37 @@ import py_compile
 from pathlib import Path
 
 import pytest
+import yaml
+from ros_tools import require
+
+from sigma_ros.node.parameters import PARAMETERS
 
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 ARGUMENTS = {  # launch file -> arguments it must declare
-    "sigma.launch.py": {"checkpoint", "dataset", "device", "rgb_topic", "modal_topic", "namespace", "params_file",
-                        "use_sim_time", "calibration_file", "registration_mode", "rgb_camera_info_topic"},
+    "sigma.launch.py": {"checkpoint", "dataset", "device", "precision", "lifecycle", "rgb_topic", "modal_topic",
+                        "namespace", "params_file", "use_sim_time", "calibration_file", "registration_mode",
+                        "rgb_camera_info_topic"},
     "replay_eval.launch.py": {"bag", "rgb_topic", "modal_topic", "label_topic", "checkpoint", "dataset", "rate",
                               "use_sim_time", "out"},
 }
 
 
-def launch_description(name: str):
-    pytest.importorskip("launch_ros", reason="launch/launch_ros are only on real ROS 2 installs")
+# The node parameters a user sets at launch (the rest through params_file).
+USER_PARAMETERS = {"checkpoint", "dataset", "device", "precision", "modality", "lifecycle", "input.transport",
+                   "input.qos"}
+
+
+def launch_module(name: str):
+    require("launch_ros")
     spec = importlib.util.spec_from_file_location(name.split(".")[0] + "_launch", LAUNCH_DIR / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.generate_launch_description()
+    return module
+
+
+def launch_description(name: str):
+    return launch_module(name).generate_launch_description()
 
 
 @pytest.mark.parametrize("name", sorted(ARGUMENTS))
@@ -56,3 +70,27 @@ def test_sigma_launch_actions_visit_with_the_default_arguments():
     context = LaunchContext()
     for action in description.entities:
         action.visit(context)
+
+
+def test_user_parameters_are_launch_arguments_that_reach_the_node():
+    """lifecycle:=true was silently ignored (no such argument). Every argument of NODE_PARAMETERS names a node
+    parameter and is declared; visiting the launch file with it set gives the node that parameter's value."""
+    module = launch_module("sigma.launch.py")
+    from launch import LaunchContext
+
+    forwarded = {parameter for parameter, _ in module.NODE_PARAMETERS.values()}
+    assert forwarded <= set(PARAMETERS) and USER_PARAMETERS <= forwarded
+    description = module.generate_launch_description()
+    assert set(module.NODE_PARAMETERS) <= {a.name for a in description.get_launch_arguments()}
+    context = LaunchContext()
+    context.launch_configurations.update({"lifecycle": "true", "precision": "fp16", "input_transport": "compressed"})
+    for action in description.entities:
+        nested = action.visit(context)
+    node = nested[0]
+    node._perform_substitutions(context)  # what launch_ros does before it starts the process
+    # [(params file, True), (the overrides, written to a temporary file keyed by the node's name, True)]
+    files = [Path(path) for path, _ in node._Node__expanded_parameter_arguments]
+    assert files[0] == LAUNCH_DIR.parent / "config" / "sigma.yaml"
+    overrides = yaml.safe_load(files[1].read_text())["/sigma_segmentation"]["ros__parameters"]
+    assert overrides["lifecycle"] is True and overrides["precision"] == "fp16"
+    assert overrides["input.transport"] == "compressed" and "device" not in overrides  # empty: the params file's

@@ -116,18 +116,36 @@ def _write_bag(path):
             bag.write(THERMAL_TOPIC, stamp + 1, bag.image(stamp + 3_000_000, "thermal", thermal, "mono16"))
 
 
-def test_node_and_offline_replay_give_identical_masks_on_the_same_bag(tmp_path_factory):
+def _write_calibration(path):
+    """The bag's two cameras as a rig: the 40x32 thermal camera with its own lens, 5 cm right of the RGB one."""
+    from sigma_core.data.calibration import Calibration, CameraModel, save_calibration
+
+    rgb = CameraModel(W, H, np.array([[70.0, 0, 39.5], [0, 70.0, 31.5], [0, 0, 1]]))
+    thermal = CameraModel(W // 2, H // 2, np.array([[30.0, 0, 19.8], [0, 30.0, 15.2], [0, 0, 1]]), "radtan",
+                          (-0.2, 0.05, 0.0, 0.0, 0.0))
+    save_calibration(Calibration("rig", "", rgb, thermal, np.eye(3), np.array([-0.05, 0.0, 0.0])), path)
+    return path
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["stretched", "registered"])
+def test_node_and_offline_replay_give_identical_masks_on_the_same_bag(tmp_path_factory, registered):
     import torch
 
     root = tmp_path_factory.mktemp("identity")
     bag_path = root / "bag"
     _write_bag(bag_path)
     ckpt = write_checkpoints(root)["thermal"]
+    params = {"checkpoint": ckpt, "device": "cpu"}
+    ns = "/j" if registered else "/i"
+    if registered:
+        calibration = _write_calibration(root / "rig.yaml")
+        params.update({"registration.mode": "rig", "registration.calibration_file": calibration,
+                       "registration.distance_m": 2.0})
     harness = Harness(DOMAIN_ID)
-    node = start_node(tmp_path_factory, "/i", {"checkpoint": ckpt, "device": "cpu"}, DOMAIN_ID,
+    node = start_node(tmp_path_factory, ns, params, DOMAIN_ID,
                       args=("-r", f"rgb/image:={RGB_TOPIC}", "-r", f"modal/image:={THERMAL_TOPIC}"))
     try:
-        harness.subscribe(Image, "/i/segmentation/mask")
+        harness.subscribe(Image, f"{ns}/segmentation/mask")
         publishers = {RGB_TOPIC: harness.publisher(Image, RGB_TOPIC),
                       THERMAL_TOPIC: harness.publisher(Image, THERMAL_TOPIC)}
         deadline = time.monotonic() + 60  # discovery: the node has matched both inputs
@@ -142,7 +160,7 @@ def test_node_and_offline_replay_give_identical_masks_on_the_same_bag(tmp_path_f
             rgb_stamp = stamp_ns(rgb_msg)
 
             def served(rgb_stamp=rgb_stamp):
-                return any(stamp_ns(m) == rgb_stamp for m in harness.messages("/i/segmentation/mask"))
+                return any(stamp_ns(m) == rgb_stamp for m in harness.messages(f"{ns}/segmentation/mask"))
 
             # The bag's raw CDR bytes, one pair at a time. A pair is sent again if the first copy was lost
             # (best-effort input): the node skips a copy it already has (same stamp) and pairs the rest.
@@ -153,16 +171,22 @@ def test_node_and_offline_replay_give_identical_masks_on_the_same_bag(tmp_path_f
                 harness.wait_for(served, timeout=3)
             assert served(), node.log()
         live = {}
-        for m in harness.messages("/i/segmentation/mask"):
+        for m in harness.messages(f"{ns}/segmentation/mask"):
             live[stamp_ns(m)] = image_msg_to_array(m).copy()
     finally:
         node.kill()
         harness.close()
 
     torch.set_num_threads(1)  # as the node process (OMP_NUM_THREADS=1): the same arithmetic
-    offline = replay_bag(ReplayOptions(bag_path, RGB_TOPIC, THERMAL_TOPIC, keep_masks=True),
-                         load_segmenter(str(ckpt), "cpu"))
+    seg = load_segmenter(str(ckpt), "cpu")
+    registration = load_registration("rig", str(calibration), seg.scaling, 2.0) if registered else None
+    offline = replay_bag(ReplayOptions(bag_path, RGB_TOPIC, THERMAL_TOPIC, keep_masks=True,
+                                       registration=registration), seg)
     assert len(offline.masks) == FRAMES and set(live) == set(offline.masks)
     for stamp, mask in offline.masks.items():
         np.testing.assert_array_equal(live[stamp], mask, err_msg=f"mask at {stamp} differs")
-    assert "/cam/thermal is 40x32 but /cam/rgb is 80x64: resizing" in node.log()
+    if registered:  # and the registration changed what the model saw
+        plain = replay_bag(ReplayOptions(bag_path, RGB_TOPIC, THERMAL_TOPIC, keep_masks=True), seg)
+        assert any((plain.masks[s] != m).any() for s, m in offline.masks.items())
+    else:
+        assert "/cam/thermal is 40x32 but /cam/rgb is 80x64: resizing" in node.log()

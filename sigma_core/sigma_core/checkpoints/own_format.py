@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import SigmaConfig
+from ..data.labels import check_class_names
 from ..data.modality import ModalityScaling
 from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..files import atomic_torch_save
@@ -183,6 +184,10 @@ def _validate_meta(meta: CheckpointMeta, modality: str, source: str) -> None:
     k = meta.config.num_classes
     if len(meta.class_names) != k:
         raise CheckpointError(f"{source}: {len(meta.class_names)} class names for a model with {k} classes")
+    try:
+        check_class_names(meta.class_names, source)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     if len(meta.palette) != k or any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in meta.palette):
         raise CheckpointError(f"{source}: palette must be {k} [r, g, b] colours with values 0..255")
     if meta.scaling.modality != modality:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import SigmaConfig
+from ..data.labels import check_class_names
 from ..data.modality import ModalityScaling
 from .architecture import describe_config, infer_sigma_config
 from .errors import CheckpointError, DatasetNeededError, PathLike
@@ -52,16 +53,19 @@ def resolve_dataset(dataset: DatasetLike) -> Any:
         if not path.is_file():
             raise CheckpointError(f"dataset {str(dataset)!r} is neither a known preset nor an existing file; "
                                   f"give {dataset_choices()}")
+        import yaml
+
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
                 loaded = yaml.safe_load(path.read_text())
                 spec = (DatasetSpec.from_dict(read_yaml_mapping(path), source=str(path)) if isinstance(loaded, dict)
                         else _class_list_spec(path, loaded))
             else:
                 lines = [line.strip() for line in path.read_text().splitlines()]
                 spec = _class_list_spec(path, [line for line in lines if line and not line.startswith("#")])
+        except yaml.YAMLError as err:  # not a ValueError: named here, or it ends as a parser traceback
+            raise CheckpointError(f"dataset file {path} is not valid YAML; fix it where the parser stopped: "
+                                  f"{' '.join(str(err).split())}") from None
         except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
             raise CheckpointError(f"dataset file {path} cannot be read: {err}") from err
     if not spec.classes:
@@ -74,6 +78,7 @@ def _class_list_spec(path: Path, names: Any) -> Any:
 
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise ValueError("a class list is one class name per line (or a YAML list of names)")
+    check_class_names(names, str(path))
     return DatasetSpec(name=path.stem, classes=tuple(str(n) for n in names))
 
 

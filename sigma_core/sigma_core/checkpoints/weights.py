@@ -47,10 +47,26 @@ class LoadReport:
         return "; ".join(parts)
 
 
+_WRAPPER_PREFIXES = ("module.", "model.")  # DistributedDataParallel / DataParallel (nested too); Lightning
+
+
+def _without_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys without the prefixes training wrappers add: ``module.`` (DDP, ``module.module.`` when wrapped
+    twice) and Lightning's ``model.`` (its LightningModule's attribute); a prefix is stripped while every key
+    has it, so Sigma's own key names are never cut."""
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def state_dict_of(obj: Any, source: str = "<state dict>") -> tuple[dict[str, torch.Tensor], str]:
     """The state dict inside a loaded checkpoint object and its kind ("sigma_core", "sigma", "vmamba_imagenet").
 
-    Accepts our format, {"model": sd}, {"state_dict": sd}, or a bare state dict; strips "module." prefixes.
+    Accepts our format, {"model": sd}, {"state_dict": sd}, or a bare state dict; strips the prefixes training
+    wrappers add ("module.", "module.module.", Lightning's "model.").
     """
     kind = None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
@@ -64,7 +80,7 @@ def state_dict_of(obj: Any, source: str = "<state dict>") -> tuple[dict[str, tor
         raise CheckpointError(
             f"{source}: found no state dict (expected tensors by name, bare or under 'model' / 'state_dict')"
         )
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    state = _without_wrapper_prefixes(dict(obj))
     if kind is None:
         is_sigma = any(k.startswith(("backbone.", "decode_head.")) for k in state)
         is_vmamba = any(k.startswith(("layers.", "patch_embed.")) for k in state)

@@ -8,11 +8,14 @@ Examples::
     sigma-evaluate best.pt --data-root synth --split test_night --blank-modality   # without thermal
 
 Writes report.json, report.md, confusion_matrix.png and class_iou.png to --out, by default
-<checkpoint name>_eval/<split> in the working directory (and colourised predictions with --save-predictions).
+<checkpoint name>_eval/<split> in the working directory (<run folder>_best_eval/<split> for a run's best.pt)
+(and colourised predictions with --save-predictions). A folder holding files no evaluation wrote, or the
+report of another checkpoint, is refused before evaluating; nothing is replaced.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,16 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace thermal/depth by a blank (zero) image: how much does the model rely on it?")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None,
-                        help="report folder (default: <checkpoint name>_eval/<split> in the working directory)")
+                        help="report folder (default: <checkpoint name>_eval/<split> in the working directory; "
+                             "<run folder>_best_eval/<split> for a run's best.pt, last.pt, epoch_NNNN.pt)")
     parser.add_argument("--save-predictions", action="store_true", help="also write colourised prediction PNGs")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser
 
 
+# The names sigma-train gives the checkpoints of every run: their folder tells them apart.
+_RUN_CHECKPOINT = re.compile(r"best|last|epoch_\d+")
+
+
 def default_out(checkpoint: str, split: str, blank_modality: bool) -> Path:
     """<checkpoint name>_eval/<split> in the working directory (never beside the checkpoint: that may be
-    inside the installed package, as the bundled model is)."""
-    return Path(f"{Path(checkpoint).stem}_eval") / (split + ("_blank_modality" if blank_modality else ""))
+    inside the installed package, as the bundled model is); a run's best.pt / last.pt / epoch_NNNN.pt is
+    named with its run folder, <run>_best_eval/<split>, so that runs/ft/best.pt and runs/street/best.pt
+    get a folder each (a folder holding another checkpoint's report is refused, never replaced)."""
+    path = Path(checkpoint)
+    name = path.stem
+    if _RUN_CHECKPOINT.fullmatch(name) and path.resolve().parent.name:
+        name = f"{path.resolve().parent.name}_{name}"
+    return Path(f"{name}_eval") / (split + ("_blank_modality" if blank_modality else ""))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

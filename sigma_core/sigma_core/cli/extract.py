@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-topic", default=None,
                    help="mono8 class-id Image topic stamped like RGB: each label is kept with its RGB frame and the "
                         "nearest modality frame within --slop; unlabelled frames are then left out")
-    p.add_argument("--slop", type=float, default=0.05, help="max stamp difference of a pair, seconds (default 0.05)")
+    p.add_argument("--slop", type=float, default=None,
+                   help="max stamp difference of a pair, seconds (default: the node's 0.05; with --label-topic 0.55 x "
+                        "the modality's median frame interval, at least 0.05, so that every label finds its nearest "
+                        "modality frame)")
     p.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, as the node's (default 10)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th pair (default 1: all)")
     p.add_argument("--min-interval", type=float, default=0.0, help="min seconds between kept pairs (default 0)")
@@ -45,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the recording (in whole time blocks) for test.txt, the split training validates "
                         "on to choose best.pt (default 0.2; 0: no test split)")
     p.add_argument("--split-blocks", type=int, default=10, help="time blocks the recording is cut into (default 10)")
-    p.add_argument("--split-gap", type=float, default=1.0,
-                   help="drop train frames closer than this many seconds to a test frame (default 1.0)")
+    p.add_argument("--split-gap", type=float, default=None,
+                   help="train frames closer than this many seconds to a test frame go to gap.txt instead of train "
+                        "(still written; default 1.0, with --label-topic 0: every labelled frame in train or test)")
     p.add_argument("--modality", choices=("thermal", "depth"), default=None,
                    help="default: depth for 16UC1/32FC1 or a topic named *depth*, else thermal")
     p.add_argument("--classes", default=None,
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0 and 1 (default: from --classes YAML, else the dtype's range)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="depth in metres mapped to 1 (default: from --classes YAML, else 10)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a damaged bag that yields fewer messages than its index declares: extract what can be read "
+                        "and warn with the counts (default: an error)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
                         "register the modality into the RGB view as the node does with registration.calibration_file")
@@ -74,16 +81,16 @@ def extraction_warnings(c: dict, args: argparse.Namespace) -> list[str]:
         warnings.append(f"{c['test']} of {c['train'] + c['test']} frames went to test and only {c['train']} to "
                         f"train: lower --test-fraction ({args.test_fraction}) or raise --split-blocks "
                         f"({args.split_blocks})")
-    if c["dropped_at_split"] > c["kept"] / 2:
-        warnings.append(f"the split dropped {c['dropped_at_split']} of {c['kept']} kept frames (train frames closer "
-                        f"than --split-gap {args.split_gap} s to a test frame): lower --split-gap or --split-blocks")
+    if c["near_test"] > c["kept"] / 2:
+        warnings.append(f"{c['near_test']} of {c['kept']} kept frames are within --split-gap of a test frame and went "
+                        "to gap.txt, not train (written and listed): lower --split-gap or --split-blocks")
     if args.test_fraction > 0 and c["test"] == 0:
         warnings.append("no frame went to test, so training cannot choose a best.pt: record longer or raise "
                         "--test-fraction")
     fewer = min(c["rgb_messages"], c["modal_messages"])
     if "label_messages" not in c and c["pairs"] < fewer / 2:  # labelled frames: their notes give the reasons
         warnings.append(f"only {c['pairs']} pairs from {c['rgb_messages']} RGB and {c['modal_messages']} modality "
-                        f"messages: most frames have no partner within --slop {args.slop} s; a larger --slop pairs "
+                        f"messages: most frames have no partner within --slop {c['slop_s']} s; a larger --slop pairs "
                         "more")
     return warnings
 
@@ -116,7 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             label_topic=args.label_topic, slop=args.slop, queue_size=args.queue_size, every=args.every,
             min_interval=args.min_interval, test_fraction=args.test_fraction, split_blocks=args.split_blocks,
             split_gap=args.split_gap, modality=modality, scaling=scaling, classes=info.get("classes"),
-            palette=info.get("palette"), progress=not args.quiet, calibration=args.calibration,
+            palette=info.get("palette"), progress=not args.quiet, allow_partial=args.allow_partial,
+            calibration=args.calibration,
             registration_mode=args.registration_mode, registration_distance=args.registration_distance,
         )
         result = extract(opts)
@@ -127,12 +135,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = result.counts
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
-    for warning in extraction_warnings(c, args):
+    for warning in result.warnings + extraction_warnings(c, args):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     found = (f"{c['pairs']} labelled frames from {c['label_messages']} labels" if "label_messages" in c
              else f"{c['pairs']} pairs")
     print(f"{PROG}: {found}, {c['rgb_messages']} RGB and {c['modal_messages']} modality messages; "
-          f"kept {c['kept']}: {c['train']} train, {c['test']} test ({c['dropped_at_split']} dropped at the split); "
+          f"kept {c['kept']}: {c['train']} train, {c['test']} test, {c['near_test']} near test (gap.txt); "
           f"wrote {result.written} files, {result.skipped} existed -> {result.out}")
     return 0
 

@@ -5,6 +5,8 @@ Examples::
     sigma-synth dataset data/synth --n 400 --night-fraction 0.5 --size 120 160
     sigma-synth bag bags/street --storage mcap --seconds 20 --night --rgb-format jpeg
     sigma-synth describe synth_classes.yaml        # classes, palette, scaling for `sigma-extract --classes`
+    sigma-synth bag bags/rig --rig --size 720 1280 --modal-size 512 640 --baseline 0.06   # two cameras, truth beside
+    sigma-synth target bags/calib --size 720 1280 --modal-size 512 640 --views 16         # a calibration recording
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ PROG = "sigma-synth"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Generate the deterministic synthetic street world.")
-    sub = p.add_subparsers(dest="what", metavar="{dataset,bag,describe}")
+    sub = p.add_subparsers(dest="what", metavar="{dataset,bag,target,describe}")
     shows_defaults = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0)
@@ -45,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rgb-format", choices=("raw", "jpeg", "png"), default="raw")
     b.add_argument("--modal-format", choices=("raw", "png"), default="raw")
     b.add_argument("--no-labels", action="store_true", help="leave out the label topic")
+    rig = argparse.ArgumentParser(add_help=False)
+    rig.add_argument("--modal-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 640),
+                     help="with --rig / target: the modality camera's size (its own lens, radtan distortion)")
+    rig.add_argument("--baseline", type=float, default=0.06, help="metres between the two cameras (to the right)")
+    b.add_argument("--rig", action="store_true", help="the modality from a second camera beside the RGB one "
+                   "(--modal-size, --baseline); its true calibration is written to <out>.rig.yaml")
+    for action in rig._actions:
+        b._add_action(action)
+    tb = sub.add_parser("target", parents=[rig], help="a calibration-target recording of a two-camera rig")
+    tb.add_argument("out", help="rosbag2 folder")
+    tb.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(720, 1280), help="RGB image size")
+    tb.add_argument("--views", type=int, default=16, help="target poses (default 16)")
+    tb.add_argument("--pattern", choices=("chessboard", "circles"), default="chessboard")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--invisible-in-thermal", action="store_true",
+                    help="the target at ambient temperature: never found in thermal")
 
     w = sub.add_parser("describe", **shows_defaults, help="write the world's classes, palette and scaling as YAML")
     w.add_argument("out", help="YAML file")
@@ -66,11 +84,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            size=tuple(args.size), modality=args.modality,
                                            test_fraction=args.test_fraction)
             print(f"{PROG}: wrote {args.n} {args.modality} samples to {root}")
+        elif args.what == "target":
+            from ..data.synthetic_rig import separate_rig, write_target_bag
+            from ..data.target_calibration import TargetSpec
+
+            rig = separate_rig(tuple(args.size), tuple(args.modal_size), args.baseline)
+            target = TargetSpec() if args.pattern == "chessboard" else TargetSpec("circles", 4, 11, 0.02)
+            path = write_target_bag(args.out, rig, target, views=args.views, seed=args.seed,
+                                    thermal_visible=not args.invisible_in_thermal)
+            print(f"{PROG}: wrote {args.views} target views to {path} (topics {synthetic.TOPICS['rgb']} "
+                  f"{synthetic.TOPICS['thermal']}); truth: {path}.rig.yaml")
         elif args.what == "bag":
+            rig = None
+            if args.rig:
+                from ..data.synthetic_rig import separate_rig
+
+                rig = separate_rig(tuple(args.size), tuple(args.modal_size), args.baseline)
             rec = synthetic.write_bag(args.out, storage=args.storage, seconds=args.seconds, seed=args.seed,
                                       modality=args.modality, night=args.night, size=tuple(args.size),
                                       rgb_hz=args.rgb_hz, modal_hz=args.modal_hz, rgb_format=args.rgb_format,
-                                      modal_format=args.modal_format, labels=not args.no_labels)
+                                      modal_format=args.modal_format, labels=not args.no_labels, rig=rig)
             topics = [t for t in (rec.rgb_topic, rec.modal_topic, rec.label_topic, rec.camera_info_topic) if t]
             print(f"{PROG}: wrote {len(rec.messages)} messages to {rec.path} ({args.storage}); topics: "
                   f"{' '.join(topics)}")

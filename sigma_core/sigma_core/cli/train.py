@@ -86,7 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(PROG, exc)
     if int(os.environ.get("RANK", "0")) == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
-        print(f"done: {len(result.epochs_run)} epochs in {result.seconds:.0f} s; best val mIoU {best}; "
+        best = ("no validation (data.val_split null): best.pt is the last epoch" if cfg.data.val_split is None
+                else f"best val mIoU {best}")
+        print(f"done: {len(result.epochs_run)} epochs in {result.seconds:.0f} s; {best}; "
               f"checkpoints in {result.out_dir}")
     return 0
 

@@ -7,6 +7,7 @@ Messages are ``rosbags`` dataclasses; images become numpy arrays through
 from __future__ import annotations
 
 import os
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -65,29 +66,71 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
         reader.close()
 
 
-def read_raw_messages(reader, connections, bag: str | os.PathLike = "", **kwargs) -> Iterator[tuple[Any, int, Any]]:
+class ShortReadError(BagError):
+    """A bag yielded fewer messages on a topic than its index declares (a damaged file read only in part)."""
+
+
+def _whole_bag(reader, start: Optional[int], stop: Optional[int]) -> bool:
+    return (start is None or start <= reader.start_time) and (stop is None or stop > reader.end_time)
+
+
+def check_message_counts(connections, read: Counter, where: str, partial: Optional[list[str]] = None) -> None:
+    """Compare the messages read per topic with the counts the bag declares for ``connections``.
+
+    The declared counts are what rosbags reports per connection: rosbag2's metadata.yaml, MCAP's summary,
+    ROS 1's index. A shortfall raises ShortReadError naming each topic with both counts, or, when
+    ``partial`` is a list, is appended to it as a warning (the caller prints it).
+    """
+    declared: Counter = Counter()
+    got: Counter = Counter()
+    for c in connections:
+        declared[c.topic] += c.msgcount
+        got[c.topic] += read[id(c)]
+    short = [f"{t}: {got[t]} of {declared[t]}" for t in sorted(declared) if got[t] < declared[t]]
+    if not short:
+        return
+    message = (f"{where} holds fewer messages than its index declares ({'; '.join(short)} read): "
+               f"{_CORRUPT_HINT}")
+    if partial is None:
+        raise ShortReadError(message + "; or accept what can be read with --allow-partial")
+    partial.append(message)
+
+
+def read_raw_messages(reader, connections, bag: str | os.PathLike = "", partial: Optional[list[str]] = None,
+                      **kwargs) -> Iterator[tuple[Any, int, Any]]:
     """``reader.messages(connections=..., **kwargs)`` (``(connection, log time ns, raw bytes)`` in bag order,
     ``start``/``stop`` in ns), with BagError naming the bag instead of the storage library's own exceptions
-    (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file)."""
+    (ReaderError, struct.error, OverflowError ... of a corrupt or truncated file).
+
+    Read to its end over the whole bag, the messages of each topic are counted against the count the bag
+    declares (:func:`check_message_counts`): a damaged file can end a read early without any exception,
+    which is a ShortReadError (or, with ``partial`` a list, a warning appended to it).
+    """
     where = f"bag {bag}" if bag else "the bag"
     conn = None
+    read: Counter = Counter()
     it = iter(reader.messages(connections=connections, **kwargs))
     while True:
         try:
             conn, log_ns, raw = next(it)
         except StopIteration:
+            if _whole_bag(reader, kwargs.get("start"), kwargs.get("stop")):
+                check_message_counts(connections, read, where, partial)
             return
         except Exception as exc:  # rosbags' readers raise ReaderError, struct.error, OverflowError, ...
             after = f" after a message on {conn.topic}" if conn is not None else ""
             raise BagError(f"cannot read {where}{after}: {type(exc).__name__}: {exc}; {_CORRUPT_HINT}") from exc
+        read[id(conn)] += 1
         yield conn, log_ns, raw
 
 
-def read_messages(reader, connections, bag: str | os.PathLike = "") -> Iterator[tuple[Any, int, Any]]:
+def read_messages(reader, connections, bag: str | os.PathLike = "",
+                  partial: Optional[list[str]] = None) -> Iterator[tuple[Any, int, Any]]:
     """``(connection, log time ns, deserialized message)`` of ``connections`` in bag order; BagError naming the
-    bag and the topic for data that cannot be read (see :func:`read_raw_messages`) or deserialized."""
+    bag and the topic for data that cannot be read (see :func:`read_raw_messages`, also for ``partial``) or
+    deserialized."""
     where = f"bag {bag}" if bag else "the bag"
-    for conn, log_ns, raw in read_raw_messages(reader, connections, bag):
+    for conn, log_ns, raw in read_raw_messages(reader, connections, bag, partial):
         try:
             msg = reader.deserialize(raw, conn.msgtype)
         except Exception as exc:

@@ -98,14 +98,20 @@ class CameraModel:
 
     # --- geometry (vectorised; float64 for one-time tables, any float dtype per frame) ---------------------------
 
-    def project(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def project(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, max_radius2: float = np.inf
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Points (x, y, z) in this camera's optical frame (any shape, metres) -> pixel (u, v), same shape.
 
-        Points with z <= 0 give NaN. Follows OpenCV's projectPoints (radtan) and fisheye model (equidistant).
+        Points with z <= 0, or further off-axis than ``max_radius2`` ((x/z)^2 + (y/z)^2, see
+        :meth:`field_radius2`: a lens polynomial folds such points back into the image), give NaN. Follows
+        OpenCV's projectPoints (radtan) and fisheye model (equidistant).
         """
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_z = np.where(z > 0, 1.0 / z, np.nan).astype(x.dtype, copy=False)
         a, b = x * inv_z, y * inv_z
+        if np.isfinite(max_radius2):
+            outside = a * a + b * b > max_radius2
+            a, b = np.where(outside, np.nan, a), np.where(outside, np.nan, b)
         xd, yd = self.distort(a, b)
         K = self.K
         return K[0, 0] * xd + K[0, 1] * yd + K[0, 2], K[1, 1] * yd + K[1, 2]
@@ -132,6 +138,15 @@ class CameraModel:
         ab = a * b
         return (a * radial + 2 * p1 * ab + p2 * (r2 + 2 * a * a),
                 b * radial + p1 * (r2 + 2 * b * b) + 2 * p2 * ab)
+
+    def field_radius2(self, margin: float = 1.2) -> float:
+        """The squared normalised radius (x/z)^2 + (y/z)^2 of the image's furthest border pixel, times ``margin``^2:
+        points beyond it are outside the view (and the lens model is not valid there)."""
+        w, h = self.width, self.height
+        u = np.concatenate([np.arange(w), np.arange(w), np.zeros(h), np.full(h, w - 1)]).astype(np.float64)
+        v = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(h), np.arange(h)]).astype(np.float64)
+        x, y = self.undistort(u, v)
+        return float((x * x + y * y).max()) * margin * margin
 
     def pixel_rays(self) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) float64 x/z and y/z of the ray through every pixel centre (undistorted, normalised)."""

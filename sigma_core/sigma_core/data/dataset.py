@@ -25,7 +25,7 @@ import yaml
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
 from .image_encoding import jpeg_is_truncated
-from .labels import check_label_values, read_label_image, shift_labels
+from .labels import check_class_names, check_label_values, read_label_image, shift_labels
 from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
 
@@ -111,6 +111,8 @@ class DatasetSpec:
         palette = d.get("palette")
         if classes is not None and palette is not None and len(palette) != len(classes):
             raise ValueError(f"{source}: palette has {len(palette)} colours for {len(classes)} classes")
+        if classes is not None:
+            check_class_names(classes, f"{source}: classes")
         splits = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (d.get("splits") or {}).items()}
         ev = d.get("eval") or {}
         size = d.get("image_size")

@@ -52,7 +52,7 @@ from .calibration import CalibrationError, load_calibration
 from .dataset import DATASET_YAML, DatasetSpec
 from .errors import DataError
 from .image_encoding import to_rgb8
-from .labels import check_label_values, label_from_message
+from .labels import check_class_names, check_label_values, label_from_message
 from .modality import MODALITIES, ModalityScaling
 from .pairing import ApproximateTimePairer
 from .registration import DEFAULT_DISTANCE_M, Registration
@@ -74,18 +74,20 @@ class ExtractOptions:
     rgb_topic: str
     modal_topic: str
     label_topic: Optional[str] = None
-    slop: float = 0.05  # seconds
+    slop: Optional[float] = None  # seconds; None: the node's 0.05 without labels, fitted to the streams with labels
     queue_size: int = 10
     every: int = 1  # keep every N-th pair
     min_interval: float = 0.0  # seconds between kept pairs
     test_fraction: float = 0.0
     split_blocks: int = 10  # the time span is cut into this many blocks; whole blocks go to test
-    split_gap: float = 1.0  # seconds: train frames this close to a test frame are dropped
+    split_gap: Optional[float] = None  # seconds: train frames this close to a test frame go to gap.txt, not train;
+    # None: 1.0 without labels, 0 with labels (every labelled frame that pairs is in train or test)
     modality: Optional[str] = None  # thermal / depth; None guesses from encoding and topic name
     scaling: Optional[ModalityScaling] = None
     classes: Optional[list[str]] = None
     palette: Optional[list[list[int]]] = None
     progress: bool = True
+    allow_partial: bool = False  # a damaged bag read in part is a warning (result.warnings), not an error
     # A two-camera calibration: modality frames are registered into the RGB view (sigma_core.data.registration),
     # exactly as the node does with registration.calibration_file. mode None: the file's.
     calibration: Optional[Path] = None
@@ -101,9 +103,9 @@ class ExtractOptions:
             raise ExtractError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
         if self.split_blocks < 2:
             raise ExtractError(f"--split-blocks must be >= 2, got {self.split_blocks}")
-        if self.split_gap < 0:
+        if self.split_gap is not None and self.split_gap < 0:
             raise ExtractError(f"--split-gap must be >= 0 seconds, got {self.split_gap}")
-        if not self.slop > 0:
+        if self.slop is not None and not self.slop > 0:
             raise ExtractError(f"--slop must be > 0 seconds, got {self.slop}")
         if self.queue_size < 1:
             raise ExtractError(f"--queue-size must be >= 1, got {self.queue_size}")
@@ -116,6 +118,11 @@ class ExtractOptions:
             raise ExtractError(f"--registration-mode {self.registration_mode} needs --calibration FILE")
         if self.palette is not None and self.classes is not None and len(self.palette) != len(self.classes):
             raise ExtractError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        if self.classes is not None:
+            try:
+                check_class_names(self.classes, "--classes")
+            except ValueError as exc:
+                raise ExtractError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,12 @@ class ExtractResult:
     out: Path
     train: list[FramePair] = field(default_factory=list)
     test: list[FramePair] = field(default_factory=list)
+    near_test: list[FramePair] = field(default_factory=list)  # within --split-gap of test: written, in gap.txt
     counts: dict = field(default_factory=dict)
     written: int = 0  # files written in this run
     skipped: int = 0  # files that existed already (resume)
     notes: list[str] = field(default_factory=list)  # what was left out and why
+    warnings: list[str] = field(default_factory=list)  # a damaged bag read in part (allow_partial)
     registration: Optional[Registration] = None  # of the modality into the RGB view (--calibration)
     coverage: list[float] = field(default_factory=list)  # per registered modality frame written
 
@@ -193,12 +202,13 @@ def _thin(pairs: list[FramePair], every: int, min_interval: float) -> list[Frame
 
 def split_by_time(pairs: list[FramePair], test_fraction: float, blocks: int, gap_s: float):
     """Contiguous time blocks: the span is cut into ``blocks`` equal blocks, about test_fraction of them
-    (evenly spread) go to test; train frames within ``gap_s`` of any test frame are dropped.
+    (evenly spread) go to test; train frames within ``gap_s`` of any test frame go to neither split (near-
+    duplicates of test frames), but are kept apart: the extraction still writes and lists them (gap.txt).
 
-    Returns (train, test, dropped_count). Pairs must be sorted by RGB stamp.
+    Returns (train, test, near_test). Pairs must be sorted by RGB stamp.
     """
     if test_fraction <= 0 or len(pairs) < 2:
-        return list(pairs), [], 0
+        return list(pairs), [], []
     t0, t1 = pairs[0].rgb_stamp, pairs[-1].rgb_stamp
     span = max(t1 - t0, 1)
     n_test = max(1, int(round(test_fraction * blocks)))
@@ -208,16 +218,43 @@ def split_by_time(pairs: list[FramePair], test_fraction: float, blocks: int, gap
         b = min(blocks - 1, int((p.rgb_stamp - t0) * blocks // span))
         (test if b in test_blocks else train).append(p)
     if not test:
-        return train, test, 0
+        return train, test, []
     test_stamps = [p.rgb_stamp for p in test]
     gap = gap_s * 1e9
-    kept = []
+    kept, near_test = [], []
     for p in train:
         i = bisect.bisect_left(test_stamps, p.rgb_stamp)
         near = min(abs(test_stamps[j] - p.rgb_stamp) for j in (i - 1, i) if 0 <= j < len(test_stamps))
-        if near >= gap:
-            kept.append(p)
-    return kept, test, len(train) - len(kept)
+        (kept if near >= gap else near_test).append(p)
+    return kept, test, near_test
+
+
+NODE_SLOP_S = 0.05  # the node's sync.slop default: pairs without labels are the node's
+UNLABELLED_SPLIT_GAP_S = 1.0
+SLOP_PER_MODAL_INTERVAL = 0.55  # a label's nearest modality frame is at most half an interval away: 10 % margin
+
+
+def _fit_defaults(scan: _Scan, opts: ExtractOptions) -> tuple[ExtractOptions, list[str]]:
+    """--slop and --split-gap left unset, decided from the streams; (resolved options, notes saying the choice).
+
+    Without labels: the node's sync.slop (0.05 s), so the pairs are the node's, and a 1 s split gap. With
+    labels, every labelled frame that pairs is kept: the slop is 0.55 x the modality's median frame interval
+    (at least 0.05 s), so a label finds its nearest modality frame even from a 9 Hz thermal camera (half its
+    interval is 55 ms), and the split gap is 0 (no labelled frame is set aside).
+    """
+    notes = []
+    slop, gap = opts.slop, opts.split_gap
+    if gap is None:
+        gap = 0.0 if opts.label_topic else UNLABELLED_SPLIT_GAP_S
+    if slop is None:
+        slop = NODE_SLOP_S
+        stamps = np.sort(np.fromiter(scan.modal.first, np.int64))
+        if opts.label_topic and stamps.size > 2:
+            interval = float(np.median(np.diff(stamps))) * 1e-9
+            slop = max(NODE_SLOP_S, round(SLOP_PER_MODAL_INTERVAL * interval, 3))
+            notes.append(f"--slop {slop:g} s: 0.55 x the median interval of {opts.modal_topic} ({interval:.3f} s), so "
+                         "each label finds its nearest modality frame; give --slop to choose another")
+    return replace(opts, slop=slop, split_gap=gap), notes
 
 
 def _clean_stale_tmp(folders: list[Path]) -> None:
@@ -293,7 +330,10 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         modality = _decide_modality(opts, infos["modality"])
         registration = _registration(opts, modality, infos)
         all_conns = [c for t in conns for c in conns[t]]
-        scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns))
+        short_read: list[str] = []
+        scan = _scan_stamps(reader, all_conns, opts, sum(c.msgcount for c in all_conns),
+                            short_read if opts.allow_partial else None)
+        opts, chosen = _fit_defaults(scan, opts)
         if opts.label_topic:
             pairs, counts = _labelled_frames(scan, opts)
             _check_label_values(pairs, scan, opts)
@@ -303,20 +343,22 @@ def extract(opts: ExtractOptions) -> ExtractResult:
         _check_pairs(pairs, scan, opts)
         pairs.sort(key=lambda p: p.rgb_stamp)
         kept = _thin(pairs, opts.every, opts.min_interval)
-        train, test, dropped = split_by_time(kept, opts.test_fraction, opts.split_blocks, opts.split_gap)
-        result = ExtractResult(out=out, train=train, test=test, notes=_notes(scan, counts, opts))
+        train, test, gap = split_by_time(kept, opts.test_fraction, opts.split_blocks, opts.split_gap)
+        result = ExtractResult(out=out, train=train, test=test, near_test=gap,
+                               notes=chosen + _notes(scan, counts, opts), warnings=short_read)
         result.counts = {
-            **counts, "kept": len(kept), "train": len(train), "test": len(test), "dropped_at_split": dropped,
+            **counts, "kept": len(kept), "train": len(train), "test": len(test), "near_test": len(gap),
+            "slop_s": opts.slop, "split_gap_s": opts.split_gap,
         }
         _check_same_extraction(out, opts)
-        sources = _check_existing_frames(out, train + test, opts, _modal_ext(infos["modality"]))
+        sources = _check_existing_frames(out, train + test + gap, opts, _modal_ext(infos["modality"]))
         result.registration = registration
         folders = [out / "RGB", out / "Modal"] + ([out / "Label"] if opts.label_topic else [])
         for d in folders:
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / SOURCES_CSV, sources)  # before the frames: a rerun after an interruption checks them
         _clean_stale_tmp(folders)
-        _write_frames(reader, conns, wanted, infos, train + test, out, opts, result)
+        _write_frames(reader, conns, wanted, infos, train + test + gap, out, opts, result)
     if result.coverage:
         mean = float(np.mean(result.coverage))
         result.counts["modality_coverage_mean"] = round(mean, 4)
@@ -386,14 +428,15 @@ class _Scan:
         return c
 
 
-def _scan_stamps(reader, conns, opts: ExtractOptions, total: int) -> _Scan:
-    """Pass 1: stamps of every message (and the class ids of each label), in bag order."""
+def _scan_stamps(reader, conns, opts: ExtractOptions, total: int, partial: Optional[list[str]]) -> _Scan:
+    """Pass 1: stamps of every message (and the class ids of each label), in bag order; fewer messages than the
+    bag declares is a ShortReadError, or a warning added to ``partial`` (a list)."""
     scan = _Scan(_StreamStamps(), _StreamStamps(), _StreamStamps(), [], {})
     streams = {opts.rgb_topic: (scan.rgb, 0), opts.modal_topic: (scan.modal, 1)}
     if opts.label_topic:
         streams[opts.label_topic] = (scan.label, None)
     bar = tqdm(total=total, desc="pairing", unit="msg", disable=not opts.progress, leave=False)
-    for conn, _, msg in read_messages(reader, conns, opts.bag):
+    for conn, _, msg in read_messages(reader, conns, opts.bag, partial):
         bar.update(1)
         st = stamp_ns(msg)
         stream, number = streams[conn.topic]
@@ -584,7 +627,8 @@ def _write_frames(reader, conns, wanted, infos, pairs: list[FramePair], out: Pat
     todo_conns = [c for t, cs in conns.items() if jobs[t] for c in cs]
     index = dict.fromkeys(conns, 0)
     bar = tqdm(total=n_jobs, desc="writing", unit="file", disable=not opts.progress, leave=False)
-    for conn, _, msg in read_messages(reader, todo_conns, opts.bag):
+    # A shortfall was an error or a warning on the first pass already.
+    for conn, _, msg in read_messages(reader, todo_conns, opts.bag, [] if opts.allow_partial else None):
         topic = conn.topic
         i = index[topic]
         index[topic] = i + 1
@@ -647,7 +691,7 @@ def _check_same_extraction(out: Path, opts: ExtractOptions) -> None:
     if not yaml_path.is_file():
         # No extraction finished here; one that was interrupted left its frame record. Without either, split
         # lists here are someone else's (a user's own dataset): replacing them would destroy their work.
-        theirs = [n for n in ("train.txt", "test.txt", "pairs.csv") if (out / n).exists()]
+        theirs = [n for n in ("train.txt", "test.txt", "gap.txt", "pairs.csv") if (out / n).exists()]
         if theirs and not (out / SOURCES_CSV).is_file():
             raise ExtractError(f"{out} holds {', '.join(theirs)} that no extraction wrote; extract into a new "
                                "folder (-o)")
@@ -667,10 +711,12 @@ def _check_same_extraction(out: Path, opts: ExtractOptions) -> None:
 def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str, result: ExtractResult) -> None:
     atomic_write_text(out / "train.txt", "".join(f"{p.name}\n" for p in result.train))
     atomic_write_text(out / "test.txt", "".join(f"{p.name}\n" for p in result.test))
+    atomic_write_text(out / "gap.txt", "".join(f"{p.name}\n" for p in result.near_test))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["name", "rgb_stamp_ns", "modal_stamp_ns", "skew_ms", "split"])
-    rows = [(p, "train") for p in result.train] + [(p, "test") for p in result.test]
+    rows = [(p, "train") for p in result.train] + [(p, "test") for p in result.test] + [
+        (p, "gap") for p in result.near_test]
     for p, split in sorted(rows, key=lambda r: r[0].rgb_stamp):
         w.writerow([p.name, p.rgb_stamp, p.modal_stamp, f"{(p.rgb_stamp - p.modal_stamp) * 1e-6:.3f}", split])
     atomic_write_text(out / "pairs.csv", buf.getvalue())
@@ -684,7 +730,7 @@ def _write_lists_and_yaml(out: Path, opts: ExtractOptions, infos, modality: str,
         scaling=scaling,
         label_dir="Label" if opts.label_topic else None,
         modal_ext=_modal_ext(mod),
-        splits={"train": ("train.txt",), "test": ("test.txt",)},
+        splits={"train": ("train.txt",), "test": ("test.txt",), "gap": ("gap.txt",)},
         image_size=tuple(int(v) for v in rgb.shape[:2]),
         extra={
             "format": "sigma-rgbx-1",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -203,8 +203,9 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
     if kind != "png":
         raise DataError(f"{where} is a {fmt!r} CompressedImage: a label must be lossless (png CompressedImage or "
                         "a mono8 Image); JPEG changes class ids along every edge")
-    _, width, height = compressed_size(data)  # a label is as large as its image: bombs are refused unread
-    check_pixels(width, height, DEFAULT_MAX_PIXELS, where)
+    if data:  # a label is as large as its image: bombs are refused unread
+        _, width, height = compressed_size(data)
+        check_pixels(width, height, DEFAULT_MAX_PIXELS, where)
     header = png_header(data[:26])
     if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(io.BytesIO(data), where), "indexed png"
@@ -212,6 +213,22 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
     if stored is None:
         raise DataError(f"cannot decode {where} ({fmt!r}, {len(data)} bytes): corrupt or truncated data")
     return unscale_low_bit_grey(stored, header), "png"
+
+
+def check_class_names(names: Sequence[Any], source: str) -> None:
+    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice.
+
+    Two classes of one name cannot be told apart in a report, a ClassMap or a class-name lookup; it is
+    almost always a copy-and-paste slip in a classes list.
+    """
+    first: dict[str, int] = {}
+    repeated = []
+    for i, name in enumerate(str(n) for n in names):
+        if name in first:
+            repeated.append(f"{name!r} (ids {first[name]} and {i})")
+        first.setdefault(name, i)
+    if repeated:
+        raise ValueError(f"{source}: class names must differ; repeated: {', '.join(repeated)}")
 
 
 def shift_labels(stored: np.ndarray, shift: int) -> np.ndarray:

@@ -170,7 +170,7 @@ def plane_map(calibration: Calibration, distance_m: float) -> tuple[np.ndarray, 
     Xm = R[0, 0] * X + R[0, 1] * Y + R[0, 2] * Z + t[0]
     Ym = R[1, 0] * X + R[1, 1] * Y + R[1, 2] * Z + t[1]
     Zm = R[2, 0] * X + R[2, 1] * Y + R[2, 2] * Z + t[2]
-    return calibration.modal.project(Xm, Ym, Zm)
+    return calibration.modal.project(Xm, Ym, Zm, calibration.modal.field_radius2())
 
 
 def homography_at_distance(calibration: Calibration, distance_m: float) -> np.ndarray:
@@ -221,10 +221,12 @@ class _DepthReprojector:
         # X_rgb = R^T (X_modal - t)
         self.R = calibration.rotation.T.astype(np.float32)
         self.t = (-calibration.rotation.T @ calibration.translation).astype(np.float32)
-        # An RGB camera with a longer focal length sees a depth pixel as a patch of pixels: splat it so that a
-        # surface leaves no cracks (depth_image_proc/register projects each pixel's corners for the same reason).
-        ratio = max(rgb.K[0, 0] / modal.K[0, 0], rgb.K[1, 1] / modal.K[1, 1])
-        self.splat = max(1, math.ceil(ratio - 0.02))
+        # A depth pixel covers about (fx_rgb / fx_modal) x (fy_rgb / fy_modal) RGB pixels (the focal lengths'
+        # ratio; depth_image_proc/register projects each pixel's corners for the same reason): each point fills
+        # the RGB pixels whose centres fall in that footprint, so a surface leaves no cracks and, the
+        # footprints tiling it, the z-buffer does not pull a slanted surface nearer.
+        self.footprint = (rgb.K[0, 0] / modal.K[0, 0], rgb.K[1, 1] / modal.K[1, 1])
+        self.field = np.float32(rgb.field_radius2())
 
     def __call__(self, depth: np.ndarray) -> Registered:
         rgb = self.cal.rgb
@@ -241,21 +243,45 @@ class _DepthReprojector:
         X = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
         Y = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
         Z = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
-        u, v = rgb.project(X, Y, Z)
+        # Only points in front of the RGB camera and within its field: the lens polynomial would fold points far
+        # outside it back into the image.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = X / Z, Y / Z
+        seen = (Z > 0) & (a * a + b * b <= self.field)
+        if not seen.all():
+            a, b, Z = a[seen], b[seen], Z[seen]
+        xd, yd = rgb.distort(a, b)
+        fx, skew, cx, fy, cy = (float(k) for k in rgb.K.reshape(-1)[[0, 1, 2, 4, 5]])  # Python floats: float32 math
+        u = fx * xd + skew * yd + cx
+        v = fy * yd + cy
         h, w = rgb.height, rgb.width
         buffer = np.full(h * w, np.inf, np.float32)
-        offset = (self.splat - 1) / 2
-        # The top-left pixel of each point's splat; NaN (behind the camera) becomes a huge negative: dropped.
-        u0 = np.floor(np.nan_to_num(u - offset + 0.5, nan=-1e9)).astype(np.int64)
-        v0 = np.floor(np.nan_to_num(v - offset + 0.5, nan=-1e9)).astype(np.int64)
-        for dv in range(self.splat):
-            for du in range(self.splat):
+        # Pixel centres c with u - r/2 <= c < u + r/2 (r: the footprint) on each axis.
+        (u0, nu), (v0, nv) = (_covered(x, r) for x, r in zip((u, v), self.footprint))
+        for dv in range(int(nv.max(initial=1))):
+            for du in range(int(nu.max(initial=1))):
                 uu, vv = u0 + du, v0 + dv
                 inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-                np.minimum.at(buffer, (vv[inside] * w + uu[inside]), Z[inside])
+                if du or dv:  # beyond the first pixel, only points whose footprint reaches this far
+                    inside &= (du < nu) & (dv < nv)
+                np.minimum.at(buffer, vv[inside] * w + uu[inside], Z[inside])
         covered = np.isfinite(buffer)
         buffer[~covered] = np.nan
         return Registered(buffer.reshape(h, w), float(covered.mean()))
+
+
+def _covered(x: np.ndarray, footprint: float) -> tuple[np.ndarray, np.ndarray]:
+    """(first pixel index, how many) of the pixel centres within [x - footprint / 2, x + footprint / 2), at least
+    the nearest one."""
+    first = np.ceil(x - footprint / 2).astype(np.int32)
+    count = np.ceil(x + footprint / 2).astype(np.int32) - first
+    if footprint >= 1:  # always holds a pixel centre
+        return first, count
+    nearest = count < 1  # a footprint narrower than a pixel, between two centres: the nearest pixel
+    if nearest.any():
+        first = np.where(nearest, np.floor(x + 0.5).astype(np.int32), first)
+        count = np.maximum(count, 1)
+    return first, count
 
 
 __all__ = [

@@ -163,14 +163,24 @@ class Scene:
         add("hotbox", int(rng.integers(0, 2)), (5, 15), xr=(3.5, 6.0))
         return scene
 
-    def render(self, t: float = 0.0, noise_seed: Optional[int] = None) -> Frame:
-        """Draw the scene at time ``t`` seconds. ``noise_seed`` varies sensor noise only (default: the scene seed)."""
-        return _render(self, float(t), self.seed if noise_seed is None else int(noise_seed))
+    def render(self, t: float = 0.0, noise_seed: Optional[int] = None, camera: Optional[Intrinsics] = None,
+               offset: tuple[float, float] = (0.0, 0.0)) -> Frame:
+        """Draw the scene at time ``t`` seconds. ``noise_seed`` varies sensor noise only (default: the scene seed).
+
+        camera: a pinhole camera of another size or focal length (default: the scene's own, 0.85 x width
+        focal length at ``size``); offset: (right, down) metres of its centre from the scene's camera, optical
+        axes parallel (a rig's baseline). Images are then of the camera's size.
+        """
+        return _render(self, float(t), self.seed if noise_seed is None else int(noise_seed), camera, offset)
 
 
-def _render(scene: Scene, t: float, noise_seed: int) -> Frame:
-    h, w = scene.size
-    cam = Intrinsics.for_size(h, w)
+def _render(scene: Scene, t: float, noise_seed: int, camera: Optional[Intrinsics] = None,
+            offset: tuple[float, float] = (0.0, 0.0)) -> Frame:
+    reference = Intrinsics.for_size(*scene.size)  # the camera the layout was made for
+    cam = camera or reference
+    h, w = cam.height, cam.width
+    bx, by = (float(offset[0]), float(offset[1]))
+    camera_height = CAMERA_HEIGHT_M - by  # y points down: a camera further down is nearer the ground
     rng = np.random.default_rng([noise_seed, 11, int(round(t * 1e6))])
     night, air = scene.night, scene.air_k
     rgb = np.zeros((h, w, 3), np.float32)
@@ -188,8 +198,8 @@ def _render(scene: Scene, t: float, noise_seed: int) -> Frame:
     # ground: depth from the flat-ground geometry; road where |X| < 3.5 m
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     below = yy > cam.cy + 0.5
-    z_ground = np.where(below, cam.fy * CAMERA_HEIGHT_M / np.maximum(yy - cam.cy, 0.5), 0.0)
-    x_ground = (xx - cam.cx) * z_ground / cam.fx
+    z_ground = np.where(below, cam.fy * camera_height / np.maximum(yy - cam.cy, 0.5), 0.0)
+    x_ground = (xx - cam.cx) * z_ground / cam.fx + bx
     ground = below & (z_ground < MAX_DEPTH_M * 1.5)
     road = ground & (np.abs(x_ground) < 3.5)
     depth[ground] = z_ground[ground]
@@ -213,19 +223,24 @@ def _render(scene: Scene, t: float, noise_seed: int) -> Frame:
         return np.zeros((h, w), np.uint8)
 
     def px(x_m, z):  # lateral metres at distance z -> column
-        return cam.cx + cam.fx * x_m / z
+        return cam.cx + cam.fx * (x_m - bx) / z
 
     def foot_row(z):
-        return cam.cy + cam.fy * CAMERA_HEIGHT_M / z
+        return cam.cy + cam.fy * camera_height / z
 
     def metres(v, z):  # object size -> pixels
         return cam.fx * v / z
+
+    def column(fraction, z):  # a column given as a fraction of the layout camera's width, in this camera
+        if cam == reference and not bx:
+            return fraction * w
+        return px((fraction * reference.width - reference.cx) * z / reference.fx, z)
 
     # facades (far), with windows; posters of people on some
     for fac in scene.facades:
         m = new_mask()
         top = foot_row(fac.z) - metres(fac.height_m, fac.z)
-        x0, x1 = int(round(fac.u0 * w)), int(round(min(fac.u1, 1.0) * w))
+        x0, x1 = int(round(column(fac.u0, fac.z))), int(round(column(min(fac.u1, 1.0), fac.z)))
         cv2.rectangle(m, (x0, int(round(top))), (x1, int(round(foot_row(fac.z)))), 1, -1)
         paint(m, fac.colour, air + (1.0 if night else 4.0), fac.z, CLASS_ID["building"])
         win = np.zeros_like(m)
@@ -242,11 +257,12 @@ def _render(scene: Scene, t: float, noise_seed: int) -> Frame:
         rgb[wmask] = lit
         temp[wmask] = air + (3.0 if night else 2.0)
         if fac.poster is not None:
-            centre = (fac.u0 + (min(fac.u1, 1.0) - fac.u0) * fac.poster) * w
+            fraction = fac.u0 + (min(fac.u1, 1.0) - fac.u0) * fac.poster
+            centre = column(fraction, fac.z)
             pm = new_mask()
             _person_shape(pm, centre, foot_row(fac.z) - metres(0.5, fac.z), metres(2.2, fac.z), 1, 0.0)
             pm &= m
-            skin, shirt, trousers = _person_colours(scene.seed + int(centre))
+            skin, shirt, trousers = _person_colours(scene.seed + int(fraction * reference.width))
             _paint_person_colours(rgb, pm, skin, shirt, trousers, centre, foot_row(fac.z) - metres(0.5, fac.z),
                                   metres(2.2, fac.z))
 
@@ -254,7 +270,7 @@ def _render(scene: Scene, t: float, noise_seed: int) -> Frame:
     for th in sorted(scene.things, key=lambda s: -s.z):
         x = th.x + th.vx * t
         if th.vx:  # movers wrap around the field of view, so long bags keep their traffic
-            span = 1.2 * th.z * (cam.cx / cam.fx) + 3.0
+            span = 1.2 * th.z * (reference.cx / reference.fx) + 3.0
             x = (x + span) % (2 * span) - span
         z = th.z
         u = px(x, z)
@@ -528,6 +544,7 @@ def write_bag(
     labels: bool = True,
     start_ns: int = 1_700_000_000_000_000_000,
     modal_clock_offset_s: float = 0.0,
+    rig=None,
 ) -> BagRecord:
     """Record the synthetic world to a bag: a moving scene seen by registered RGB and thermal/depth cameras.
 
@@ -537,7 +554,9 @@ def write_bag(
     (log) times later than the stamps by a per-sensor latency (so bag order is not stamp order), a
     ``mono8`` label topic stamped exactly like RGB, and a CameraInfo for depth. ``storage``: sqlite3,
     mcap or ros1 (``path`` then names a ``.bag`` file). ``modal_clock_offset_s`` shifts the modality's
-    stamps (an unsynchronised clock). Deterministic in ``seed``.
+    stamps (an unsynchronised clock). ``rig`` (a :class:`sigma_core.data.synthetic_rig.SyntheticRig`): the
+    modality comes from its own camera beside the RGB one (``size`` is then the rig's RGB size) and the rig's
+    true calibration is written beside the bag (``<path>.rig.yaml``). Deterministic in ``seed``.
     """
     from .bags import BagWriter
     from .image_encoding import encode_compressed
@@ -546,6 +565,8 @@ def write_bag(
     if rgb_format not in ("raw", "jpeg", "png") or modal_format not in ("raw", "png"):
         raise ValueError(f"rgb_format must be raw/jpeg/png and modal_format raw/png, got {rgb_format}, {modal_format}")
     rng = np.random.default_rng([int(seed), 5])
+    if rig is not None:
+        size = rig.rgb.size
     scene = Scene.random(seed=int(seed), size=size, night=night)
     h, w = size
     cam = Intrinsics.for_size(h, w)
@@ -584,7 +605,9 @@ def write_bag(
         key = (stream, idx)
         if key not in cache:
             cache.clear()  # label follows its RGB frame closely; keep just the last render
-            cache[key] = scene.render(t, noise_seed=int(seed) * 1000003 + (0 if stream == "rgb" else 500009) + idx)
+            noise = int(seed) * 1000003 + (0 if stream == "rgb" else 500009) + idx
+            cache[key] = (rig.render_modal(scene, t, noise) if rig is not None and stream == "modal"
+                          else scene.render(t, noise_seed=noise))
         return cache[key]
 
     with BagWriter(path, storage) as bag:
@@ -604,8 +627,16 @@ def write_bag(
                     msg = bag.image(st, frame_id, img, modal_encoding)
                 else:
                     msg = bag.compressed_image(st, frame_id, *encode_compressed(img, modal_encoding, "png"))
+            elif rig is not None:
+                m = rig.modal
+                msg = bag.camera_info(st, "camera_depth", m.height, m.width, m.K.reshape(-1).tolist(),
+                                      list(m.D) + [0.0] * (5 - len(m.D)))
             else:
                 msg = bag.camera_info(st, "camera_depth", h, w, cam.k)
             bag.write(topic, log, msg)
             record.messages.append((log, topic, st))
+    if rig is not None:
+        from .synthetic_rig import write_rig_files
+
+        write_rig_files(path, rig)
     return record

@@ -58,7 +58,7 @@ class DataSection:
     preset: str = "custom"
     root: Optional[str] = None
     train_split: str = "train"
-    val_split: str = "test"
+    val_split: Optional[str] = "test"  # null: train without validation; best.pt is then the last epoch
     crop_size: Optional[list[int]] = field(default_factory=lambda: [480, 640])
     scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
     flip: bool = True

@@ -219,7 +219,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
     on_prediction = None
     out_dir = Path(out_dir)
-    check_report_folder(out_dir)  # before the evaluation, not after it
+    check_report_folder(out_dir, str(checkpoint))  # before the evaluation, not after it
     if save_predictions:
         pred_dir = out_dir / "predictions"
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +236,7 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
     variant = meta.config.variant
     report_info = {
         "checkpoint": str(checkpoint),
+        "checkpoint_path": str(Path(checkpoint).resolve()),  # whose report this is, wherever it was run from
         "model": meta.config.name,
         "dataset": {"preset": cfg.data.preset, "root": cfg.data.root, "split": cfg.data.val_split},
         "images": len(dataset),

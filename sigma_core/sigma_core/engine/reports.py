@@ -168,20 +168,27 @@ def per_class_table(results: dict[str, SegmentationMetrics]) -> str:
 REPORT_FILES = ("report.json", "report.md", "confusion_matrix.png", "class_iou.png")
 
 
-def check_report_folder(out_dir: Path) -> None:
+def check_report_folder(out_dir: Path, checkpoint: Optional[str] = None) -> None:
     """Raise ValueError if writing a report into ``out_dir`` would overwrite files an evaluation did not write
-    (a user's report.md, say); a report written before (its report.json holds "metrics") may be replaced."""
+    (a user's report.md, say) or the report of another checkpoint; a report written before for the same
+    checkpoint file (``checkpoint``; None: any) may be replaced."""
     out_dir = Path(out_dir)
     check_folder_can_be_made(out_dir, "report folder")
     taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
     if not taken:
         return
     try:
-        ours = "metrics" in json.loads((out_dir / "report.json").read_text())
+        before = json.loads((out_dir / "report.json").read_text())
+        ours = "metrics" in before
     except (OSError, ValueError, TypeError):
-        ours = False
+        before, ours = {}, False
     if not ours:
         raise ValueError(f"{out_dir} holds {', '.join(taken)} that no evaluation wrote; give another --out folder")
+    other = before.get("checkpoint_path") or before.get("checkpoint")
+    if checkpoint is not None and other and Path(other).resolve() != Path(checkpoint).resolve():
+        raise ValueError(f"{out_dir} holds the report of another checkpoint ({before.get('checkpoint', other)}), "
+                         "which is left as it is: "
+                         f"give --out for the report of {checkpoint}")
 
 
 def evaluation_header(info: dict[str, Any], class_names: list[str]) -> list[str]:
@@ -209,7 +216,7 @@ def write_evaluation_report(out_dir: Path, metrics: SegmentationMetrics, info: d
                             published: Optional[dict[str, Any]] = None) -> dict[str, Path]:
     """report.json + confusion_matrix.png + class_iou.png + report.md in ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
-    check_report_folder(out_dir)
+    check_report_folder(out_dir, info.get("checkpoint_path"))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**info, "metrics": metrics.to_dict()}
     if published is not None:

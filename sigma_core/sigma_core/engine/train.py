@@ -217,15 +217,19 @@ class TrainingData:
 def build_datasets(cfg: TrainConfig):
     """(train dataset, validation dataset) for the ``data`` section; ``data.limit``/``eval.limit`` take the first N.
 
-    Raises ValueError when the validation split is empty (no mIoU, so no best.pt could be chosen).
+    Raises ValueError when the validation split is empty (no mIoU, so no best.pt could be chosen). With
+    data.val_split null there is no validation set (None): asked for, the last epoch becomes best.pt.
     """
     train_set = make_dataset(cfg.data, cfg.data.train_split, train=True, seed=cfg.train.seed)
     if cfg.data.limit is not None:
         train_set = Subset(train_set, range(min(cfg.data.limit, len(train_set))))
+    if cfg.data.val_split is None:
+        return train_set, None
     try:
         val_set = evaluation_dataset(cfg)
     except ValueError as exc:
-        raise ValueError(f"{exc}; without validation images no best.pt can be chosen") from None
+        raise ValueError(f"{exc}; without validation images no best.pt can be chosen (or train without "
+                         "validation: data.val_split=null, best.pt is then the last epoch)") from None
     return train_set, val_set
 
 
@@ -510,7 +514,8 @@ def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, mod
         f"device {ctx.device}{threads}{processes}; model {model.config.name}, {params / 1e6:.2f} M parameters, "
         f"{len(data.info.class_names)} classes ({data.info.scaling.modality})",
         f"data {cfg.data.root}: {len(data.train_set)} training images ({cfg.data.train_split}), "
-        f"{len(data.val_set)} validation images ({cfg.data.val_split}); crop "
+        + (f"{len(data.val_set)} validation images ({cfg.data.val_split}); crop " if data.val_set is not None else
+           "no validation (data.val_split null: best.pt will be the last epoch); crop ") +
         f"{'whole images' if crop is None else f'{crop[0]}x{crop[1]}'}, batch {cfg.data.batch_size}{processes}, "
         f"{data.iters_per_epoch} iterations per epoch",
     ]
@@ -519,7 +524,8 @@ def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, mod
         lines.append(f"data.num_workers {cfg.data.num_workers} -> {workers}: the CPUs this process may use")
     if progress.resumed_from is not None:
         best = "none yet" if progress.best is None else (
-            f"{100 * progress.best['miou']:.2f}" + (f" at epoch {progress.best['epoch']}"
+            ("none (no validation)" if progress.best["miou"] is None else f"{100 * progress.best['miou']:.2f}")
+            + (f" at epoch {progress.best['epoch']}"
                                                      if progress.best.get("epoch") else ""))
         lines.append(f"resumed from epoch {progress.epoch} ({progress.resumed_from}); best val mIoU {best}; "
                      f"{cfg.schedule.epochs - progress.epoch} epochs to go")
@@ -571,6 +577,8 @@ def train_one_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx:
 
 
 def evaluation_due(cfg: TrainConfig, done: int) -> bool:
+    if cfg.data.val_split is None:  # asked to train without validation
+        return False
     return bool(cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == cfg.schedule.epochs
 
 
@@ -661,6 +669,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 metrics = result.evaluations[done] = evaluate_epoch(cfg, trainee, data, ctx)
             barrier(ctx)
         improved = bool(broadcast(ctx, progress.record(done, metrics)))
+        if data.val_set is None and done == cfg.schedule.epochs:  # no validation: the result is the last epoch
+            progress.best = {"epoch": done, "miou": None, "per_class_iou": []}
+            improved = True
         save = done % cfg.train.save_every == 0 or done == cfg.schedule.epochs or improved  # best.pt: resumable
         checkpoint = checkpoint_path(out_dir, done) if save else None
         if logs is not None:  # the epoch's row precedes its commit; a resume cuts the rows of uncommitted epochs

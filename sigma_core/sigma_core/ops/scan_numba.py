@@ -2,20 +2,24 @@
 
 Why it is fast. The chunked eager kernel (``scan_cpu``) spends most of its time
 in Python dispatch and in memory passes between small ops. Here one compiled
-loop does the whole step: channels are processed in blocks of ``LANES`` (one
-AVX-512 vector of float32) of one group, time in chunks of ``CHUNK`` steps.
-Per block and chunk, pass 1 reads u and delta (any strides, float32, float64,
-or the raw bits of bfloat16 / float16) and computes softplus(delta + bias) and
-delta * u into small time-major buffers; pass 2 runs the recurrence with the
-channels as vector lanes (so N = 4 and N = 16 vectorise alike, and no
-horizontal sums are needed for y); pass 3 adds the D skip and writes y. exp()
-of float32 is a polynomial (``_exp``) so that pass 2 vectorises; numba has no
-vector exp without Intel's SVML.
+loop does the whole step: channels are processed in blocks of ``block`` (64
+or 16: see ``block_width``; a compile-time constant, so the loops over a
+block's lanes compile to 4 or 1 AVX-512 vectors with no remainder code) of one
+group, time in chunks of ``CHUNK`` steps. Per block and chunk, pass 1 reads u
+and delta (any strides, float32, float64, or the raw bits of bfloat16 /
+float16) and computes softplus(delta + bias) and delta * u into small
+time-major buffers; pass 2 runs the recurrence with the channels as vector
+lanes (so N = 4 and N = 16 vectorise alike, and no horizontal sums are needed
+for y); pass 3 adds the D skip and writes y. Blocks of several vectors keep
+independent work between the dependent steps of y and h (64 lanes: 1.4x the
+16 of one vector on the Sigma-T stage-1 scan). The decay exp(delta * A) is
+``_exp2`` of delta * A * log2(e), a degree-6 polynomial that vectorises; numba
+has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it).
 
 Numerics. The state is float32 (float64 for float64 inputs, for gradcheck);
 half-precision inputs are widened as they are read and the output is float32
 for every input dtype: the scan output must stay float32 until the norm after
-it (published VMamba). The float32 exp is accurate to ~2 ulp.
+it (published VMamba). The float32 exp and exp2 are accurate to ~2 ulp.
 
 Scan orders. Besides the plain grouped scan, the kernel can read K scan
 directions of one (B, D, P) map through a (K, L) table of positions and sum
@@ -23,9 +27,9 @@ the K outputs back into position order (``selective_scan_ordered``): the 4-way
 cross scan of SS2D and the two-way scan of ConMB run without the copies made
 by cross_scan / concat_scan / cross_merge / concat_merge.
 
-Threads. The forward runs blocks (batch x channel blocks) in parallel, the
-backward runs batch rows in parallel (its B and C gradients sum over channel
-blocks); both use torch's thread count.
+Threads. Forward and backward run jobs (batch rows x channel blocks) in
+parallel on torch's thread count (``scan_threads``); in the backward each
+block sums its B and C gradients into its own part, added up afterwards.
 
 Compiled kernels are cached on disk under the user's cache directory (see
 ``cache_dir``), never inside the installed package; a new process loads them in
@@ -34,6 +38,7 @@ well under a second instead of compiling again.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import threading
 import warnings
@@ -87,7 +92,9 @@ def _cache_is_writable(folder: Path) -> bool:
         return False
 
 
-LANES = 16  # channels per block: the vector width of the recurrence (16 x float32 = one AVX-512 register)
+# Channels per block, the lanes of the recurrence: 4 or 1 AVX-512 registers of float32. Each width is a compiled
+# variant of every kernel (compile time), so two: 64 for the model's scans (D a multiple of 64), 16 for the rest.
+BLOCK_WIDTHS = (64, 16)
 CHUNK = 64  # steps per chunk: the forward saves the state every CHUNK steps for the backward
 _JIT = dict(nogil=True, fastmath=True, cache=_cache_is_writable(Path(numba.config.CACHE_DIR)), error_model="numpy")
 
@@ -173,6 +180,38 @@ def _exp_impl(x):
     return None
 
 
+LOG2E = 1.4426950408889634  # 1 / ln 2: the kernels keep A * LOG2E, so that exp(dt A) = 2 ** (dt A LOG2E)
+
+
+def _exp2(x):
+    """2 ** x: a vectorisable float32 polynomial (the recurrence's decay), np.exp2 for float64."""
+
+
+@overload(_exp2, jit_options={"fastmath": True})
+def _exp2_impl(x):
+    if x == types.float32:
+
+        def exp2_32(x):
+            # 2**x = 2**k * 2**r, k = round(x), |r| <= 1/2 (exact); degree-6 polynomial fitted to 2**r for
+            # relative error (1.9e-9; 1.0e-7 = 1.7 ulp evaluated in float32): two steps fewer than _exp.
+            x = min(max(x, np.float32(-126.0)), np.float32(127.0))
+            k = np.floor(x + np.float32(0.5))
+            r = x - k
+            p = np.float32(1.534581159098134e-04)
+            p = p * r + np.float32(1.339993121587637e-03)
+            p = p * r + np.float32(9.618488958643395e-03)
+            p = p * r + np.float32(5.550328776975366e-02)
+            p = p * r + np.float32(2.4022646890619875e-01)
+            p = p * r + np.float32(6.931472057372625e-01)
+            p = p * r + np.float32(1.0000000005541676)
+            return p * _bits_to_f32((np.int32(k) + np.int32(127)) << np.int32(23))
+
+        return exp2_32
+    if isinstance(x, types.Float):
+        return lambda x: np.exp2(x)
+    return None
+
+
 def _softplus(x):
     """log(1 + exp(x)): vectorisable for float32 (max(x, 0) + log1p(exp(-|x|)) by an atanh series)."""
 
@@ -219,12 +258,12 @@ def _sigmoid_impl(x):
 #   Dskip, bias (K * per,); order (K or 1, L): step t of set k reads position order[k, t] (< P)
 #   out (batch, Co, P): step t of set k, channel c goes to out channel k * out_step + c at position order[k, t]
 #     (summed over the sets if out_step is 0: merged; each order row must then be a permutation of the P positions)
-#   states (batch, K, blocks, chunks, N, LANES): the state before each chunk (saved if save_states)
+#   states (batch, K, blocks, chunks, N, block): the state before each chunk (saved if save_states)
 
 
 @njit(**_JIT)
 def _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus):
-    """In place over a chunk's (CHUNK, LANES) buffers: dt = softplus(delta + bias) (or delta + bias), du = dt * u."""
+    """In place over a chunk's (CHUNK, block) buffers: dt = softplus(delta + bias) (or delta + bias), du = dt * u."""
     lanes = dt_buf.shape[1]  # a run-time trip count: LLVM vectorises the loop instead of unrolling it
     for t in range(steps):
         for c in range(lanes):
@@ -236,38 +275,38 @@ def _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus):
 
 @njit(**_JIT)
 def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
-                 save_states, softplus):
+                 save_states, softplus, block):
     """One (batch row, channel block) of the forward, all K sets and all chunks."""
     n_sets, length, n_state = order.shape[0], order.shape[1], A.shape[1]
     sets = c_group.shape[0]
     per = A.shape[0] // sets
-    blocks = (per + LANES - 1) // LANES
+    blocks = (per + block - 1) // block
     dtype = out.dtype
-    b, c0 = job // blocks, (job % blocks) * LANES
-    width = min(LANES, per - c0)
-    dt_buf = np.zeros((CHUNK, LANES), dtype)
+    b, c0 = job // blocks, (job % blocks) * block
+    width = min(block, per - c0)
+    dt_buf = np.zeros((CHUNK, block), dtype)
     lanes = dt_buf.shape[1]  # a run-time trip count: LLVM vectorises the loops over it instead of unrolling
-    du_buf = np.zeros((CHUNK, LANES), dtype)
-    u_buf = np.zeros((CHUNK, LANES), dtype)
-    y_buf = np.zeros((CHUNK, LANES), dtype)
+    du_buf = np.zeros((CHUNK, block), dtype)
+    u_buf = np.zeros((CHUNK, block), dtype)
+    y_buf = np.zeros((CHUNK, block), dtype)
     b_buf = np.zeros((CHUNK, n_state), dtype)
     c_buf = np.zeros((CHUNK, n_state), dtype)
-    a_blk = np.zeros((n_state, LANES), dtype)
-    bias_blk = np.zeros(LANES, dtype)
-    h = np.zeros((n_state, LANES), dtype)
+    a_blk = np.zeros((n_state, block), dtype)
+    bias_blk = np.zeros(block, dtype)
+    h = np.zeros((n_state, block), dtype)
     for k in range(sets):
         row = k % n_sets
         ch0 = k * per + c0
         for c in range(width):
             bias_blk[c] = bias[ch0 + c]
             for n in range(n_state):
-                a_blk[n, c] = A[ch0 + c, n]
+                a_blk[n, c] = A[ch0 + c, n] * LOG2E
         h[:] = 0
         for chunk in range((length + CHUNK - 1) // CHUNK):
             t0 = chunk * CHUNK
             steps = min(CHUNK, length - t0)
             if save_states:
-                states[b, k, c0 // LANES, chunk] = h
+                states[b, k, c0 // block, chunk] = h
             # Pass 1: inputs of the chunk, time-major; padding lanes stay 0 (they decay nothing into nothing).
             for c in range(width):
                 uc = k * u_step + c0 + c
@@ -287,7 +326,7 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
                 for n in range(n_state):
                     bt, ct = b_buf[t, n], c_buf[t, n]
                     for c in range(lanes):
-                        hn = _exp(dt_buf[t, c] * a_blk[n, c]) * h[n, c] + du_buf[t, c] * bt
+                        hn = _exp2(dt_buf[t, c] * a_blk[n, c]) * h[n, c] + du_buf[t, c] * bt
                         h[n, c] = hn
                         y_buf[t, c] += hn * ct
             # Pass 3: skip term, back into position order. Each set writes its own channels, or (merged) the
@@ -304,152 +343,168 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
 
 
 @njit(**_JIT)
-def _backward_row(b, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
-                  softplus, du, ddelta, dA, dB, dC, dD, dbias):
-    """One batch row of the backward: all K sets, channel blocks and chunks, backwards in time."""
+def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
+                  softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
+    """One (batch row, channel block) of the backward: all K sets and chunks, backwards in time.
+
+    Jobs write disjoint parts of every gradient except dB and dC, which sum over a set's channel blocks: they
+    have a blocks axis (batch, parts, G, N, P), one part per block when jobs run in parallel (else parts = 1).
+    """
     n_sets, length, n_state = order.shape[0], order.shape[1], A.shape[1]
     sets = c_group.shape[0]
     per = A.shape[0] // sets
-    blocks = (per + LANES - 1) // LANES
+    blocks = (per + block - 1) // block
     chunks = (length + CHUNK - 1) // CHUNK
     dtype = du.dtype
-    dt_buf = np.zeros((CHUNK, LANES), dtype)
+    b, blk = job // blocks, job % blocks
+    part = blk if dB.shape[1] > 1 else 0
+    c0 = blk * block
+    width = min(block, per - c0)
+    dt_buf = np.zeros((CHUNK, block), dtype)
     lanes = dt_buf.shape[1]  # a run-time trip count: LLVM vectorises the loops over it instead of unrolling
-    du_buf = np.zeros((CHUNK, LANES), dtype)
-    u_buf = np.zeros((CHUNK, LANES), dtype)
-    x_buf = np.zeros((CHUNK, LANES), dtype)
-    dy_buf = np.zeros((CHUNK, LANES), dtype)
-    g_du = np.zeros((CHUNK, LANES), dtype)  # dL / d(dt * u)
-    g_dt = np.zeros((CHUNK, LANES), dtype)  # dL / d dt through the decay
+    du_buf = np.zeros((CHUNK, block), dtype)
+    u_buf = np.zeros((CHUNK, block), dtype)
+    x_buf = np.zeros((CHUNK, block), dtype)
+    dy_buf = np.zeros((CHUNK, block), dtype)
+    g_du = np.zeros((CHUNK, block), dtype)  # dL / d(dt * u)
+    g_dt = np.zeros((CHUNK, block), dtype)  # dL / d dt through the decay
     b_buf = np.zeros((CHUNK, n_state), dtype)
     c_buf = np.zeros((CHUNK, n_state), dtype)
-    hs = np.zeros((CHUNK + 1, n_state, LANES), dtype)  # h before step 0 .. after the last step
-    a_blk = np.zeros((n_state, LANES), dtype)
-    bias_blk = np.zeros(LANES, dtype)
-    d_blk = np.zeros(LANES, dtype)
-    da_blk = np.zeros((n_state, LANES), dtype)
-    carry = np.zeros((n_state, LANES), dtype)  # exp(dt_{t+1} A) * adjoint_{t+1}
+    hs = np.zeros((CHUNK + 1, n_state, block), dtype)  # h before step 0 .. after the last step
+    a_blk = np.zeros((n_state, block), dtype)
+    a2_blk = np.zeros((n_state, block), dtype)  # A * LOG2E, for _exp2
+    bias_blk = np.zeros(block, dtype)
+    d_blk = np.zeros(block, dtype)
+    da_blk = np.zeros((n_state, block), dtype)
+    carry = np.zeros((n_state, block), dtype)  # exp(dt_{t+1} A) * adjoint_{t+1}
     for k in range(sets):
         row = k % n_sets
         cg = c_group[k]
-        for blk in range(blocks):
-            c0 = blk * LANES
-            width = min(LANES, per - c0)
-            ch0 = k * per + c0
-            # Padding lanes of a last, narrower block must read zeros, not the previous block's inputs.
-            for buf in (a_blk, x_buf, u_buf, dy_buf):
-                buf[:] = 0
-            bias_blk[:] = 0
-            d_blk[:] = 0
+        ch0 = k * per + c0
+        # Padding lanes of a last, narrower block must read zeros, not the previous block's inputs.
+        for buf in (a_blk, a2_blk, x_buf, u_buf, dy_buf):
+            buf[:] = 0
+        bias_blk[:] = 0
+        d_blk[:] = 0
+        for c in range(width):
+            bias_blk[c] = bias[ch0 + c]
+            d_blk[c] = Dskip[ch0 + c]
+            for n in range(n_state):
+                a_blk[n, c] = A[ch0 + c, n]
+                a2_blk[n, c] = A[ch0 + c, n] * LOG2E
+        da_blk[:] = 0
+        carry[:] = 0
+        for chunk in range(chunks - 1, -1, -1):
+            t0 = chunk * CHUNK
+            steps = min(CHUNK, length - t0)
             for c in range(width):
-                bias_blk[c] = bias[ch0 + c]
-                d_blk[c] = Dskip[ch0 + c]
+                uc = k * u_step + c0 + c
+                oc = k * out_step + c0 + c
+                for t in range(steps):
+                    p = order[row, t0 + t]
+                    x_buf[t, c] = _widen(delta[b, ch0 + c, p], half_kind)
+                    u_buf[t, c] = _widen(u[b, uc, p], half_kind)
+                    dy_buf[t, c] = dy[b, oc, p]
+            dt_buf[:steps] = x_buf[:steps]
+            _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus)
+            for t in range(steps):
+                p = order[row, t0 + t]
                 for n in range(n_state):
-                    a_blk[n, c] = A[ch0 + c, n]
-            da_blk[:] = 0
-            carry[:] = 0
-            for chunk in range(chunks - 1, -1, -1):
-                t0 = chunk * CHUNK
-                steps = min(CHUNK, length - t0)
-                for c in range(width):
-                    uc = k * u_step + c0 + c
-                    oc = k * out_step + c0 + c
-                    for t in range(steps):
-                        p = order[row, t0 + t]
-                        x_buf[t, c] = _widen(delta[b, ch0 + c, p], half_kind)
-                        u_buf[t, c] = _widen(u[b, uc, p], half_kind)
-                        dy_buf[t, c] = dy[b, oc, p]
-                dt_buf[:steps] = x_buf[:steps]
-                _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus)
-                for t in range(steps):
-                    p = order[row, t0 + t]
-                    for n in range(n_state):
-                        b_buf[t, n] = _widen(B[b, k, n, p], half_kind)
-                        c_buf[t, n] = _widen(C[b, cg, n, p], half_kind)
-                # Recompute the chunk's states from the saved one.
-                hs[0] = states[b, k, blk, chunk]
-                for t in range(steps):
-                    for n in range(n_state):
-                        bt = b_buf[t, n]
-                        for c in range(lanes):
-                            hs[t + 1, n, c] = _exp(dt_buf[t, c] * a_blk[n, c]) * hs[t, n, c] + du_buf[t, c] * bt
-                # Adjoint backwards in time: g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}.
-                for t in range(steps - 1, -1, -1):
-                    p = order[row, t0 + t]
-                    g_du[t, :] = 0
-                    g_dt[t, :] = 0
-                    for n in range(n_state):
-                        bt, ct = b_buf[t, n], c_buf[t, n]
-                        sum_b = bt * 0  # typed zero: float32 or float64
-                        sum_c = ct * 0
-                        for c in range(lanes):
-                            dtc = dt_buf[t, c]
-                            decay = _exp(dtc * a_blk[n, c])
-                            g = dy_buf[t, c] * ct + carry[n, c]
-                            sum_c += dy_buf[t, c] * hs[t + 1, n, c]
-                            sum_b += g * du_buf[t, c]
-                            g_du[t, c] += g * bt
-                            q = g * hs[t, n, c] * decay
-                            g_dt[t, c] += q * a_blk[n, c]
-                            da_blk[n, c] += q * dtc
-                            carry[n, c] = decay * g
-                        dB[b, k, n, p] += sum_b
-                        dC[b, cg, n, p] += sum_c
-                # Chain through dt * u, the skip term and softplus(delta + bias), vectorised; then scatter.
-                for t in range(steps):
+                    b_buf[t, n] = _widen(B[b, k, n, p], half_kind)
+                    c_buf[t, n] = _widen(C[b, cg, n, p], half_kind)
+            # Recompute the chunk's states from the saved one.
+            hs[0] = states[b, k, blk, chunk]
+            for t in range(steps):
+                for n in range(n_state):
+                    bt = b_buf[t, n]
                     for c in range(lanes):
-                        d_dt = g_du[t, c] * u_buf[t, c] + g_dt[t, c]
-                        slope = _sigmoid(x_buf[t, c] + bias_blk[c])
-                        g_dt[t, c] = d_dt * slope if softplus else d_dt  # now d loss / d delta
-                        g_du[t, c] = g_du[t, c] * dt_buf[t, c] + d_blk[c] * dy_buf[t, c]  # now d loss / d u
-                for c in range(width):
-                    ch = ch0 + c
-                    uc = k * u_step + c0 + c
-                    for t in range(steps):
-                        p = order[row, t0 + t]
-                        du[b, uc, p] += g_du[t, c]
-                        ddelta[b, ch, p] = g_dt[t, c]
-                        dbias[b, ch] += g_dt[t, c]
-                        dD[b, ch] += dy_buf[t, c] * u_buf[t, c]
-            for c in range(width):
+                        hs[t + 1, n, c] = _exp2(dt_buf[t, c] * a2_blk[n, c]) * hs[t, n, c] + du_buf[t, c] * bt
+            # Adjoint backwards in time: g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}.
+            for t in range(steps - 1, -1, -1):
+                p = order[row, t0 + t]
+                g_du[t, :] = 0
+                g_dt[t, :] = 0
                 for n in range(n_state):
-                    dA[b, ch0 + c, n] += da_blk[n, c]
+                    bt, ct = b_buf[t, n], c_buf[t, n]
+                    sum_b = bt * 0  # typed zero: float32 or float64
+                    sum_c = ct * 0
+                    for c in range(lanes):
+                        dtc = dt_buf[t, c]
+                        decay = _exp2(dtc * a2_blk[n, c])
+                        g = dy_buf[t, c] * ct + carry[n, c]
+                        sum_c += dy_buf[t, c] * hs[t + 1, n, c]
+                        sum_b += g * du_buf[t, c]
+                        g_du[t, c] += g * bt
+                        q = g * hs[t, n, c] * decay
+                        g_dt[t, c] += q * a_blk[n, c]
+                        da_blk[n, c] += q * dtc
+                        carry[n, c] = decay * g
+                    dB[b, part, k, n, p] += sum_b
+                    dC[b, part, cg, n, p] += sum_c
+            # Chain through dt * u, the skip term and softplus(delta + bias), vectorised; then scatter.
+            for t in range(steps):
+                for c in range(lanes):
+                    d_dt = g_du[t, c] * u_buf[t, c] + g_dt[t, c]
+                    slope = _sigmoid(x_buf[t, c] + bias_blk[c])
+                    g_dt[t, c] = d_dt * slope if softplus else d_dt  # now d loss / d delta
+                    g_du[t, c] = g_du[t, c] * dt_buf[t, c] + d_blk[c] * dy_buf[t, c]  # now d loss / d u
+            for c in range(width):
+                ch = ch0 + c
+                uc = k * u_step + c0 + c
+                for t in range(steps):
+                    p = order[row, t0 + t]
+                    du[b, uc, p] += g_du[t, c]
+                    ddelta[b, ch, p] = g_dt[t, c]
+                    dbias[b, ch] += g_dt[t, c]
+                    dD[b, ch] += dy_buf[t, c] * u_buf[t, c]
+        for c in range(width):
+            for n in range(n_state):
+                dA[b, ch0 + c, n] += da_blk[n, c]
+
+
+def _jobs(u, A, c_group, block):
+    """The number of (batch row, channel block) jobs."""
+
+
+@overload(_jobs)
+def _jobs_impl(u, A, c_group, block):
+    return lambda u, A, c_group, block: u.shape[0] * ((A.shape[0] // c_group.shape[0] + block - 1) // block)
 
 
 @njit(**_JIT)
 def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
-             save_states, softplus):
+             save_states, softplus, block):
     """The forward on one thread: writes out; fills states if save_states."""
-    for job in range(u.shape[0] * ((A.shape[0] // c_group.shape[0] + LANES - 1) // LANES)):
+    for job in range(_jobs(u, A, c_group, block)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
-                     states, save_states, softplus)
+                     states, save_states, softplus, block)
 
 
 @njit(parallel=True, **_JIT)
 def _forward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
-                      save_states, softplus):
+                      save_states, softplus, block):
     """The forward with jobs spread over numba's threads (compiled only when torch runs several)."""
-    for job in prange(u.shape[0] * ((A.shape[0] // c_group.shape[0] + LANES - 1) // LANES)):
+    for job in prange(_jobs(u, A, c_group, block)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
-                     states, save_states, softplus)
+                     states, save_states, softplus, block)
 
 
 @njit(**_JIT)
 def _backward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states, softplus,
-              du, ddelta, dA, dB, dC, dD, dbias):
-    """Gradients for dy (laid out like out). du, dB, dC accumulate (zero them first); dA, dD, dbias get one
-    row per batch element (batch, ...) to sum afterwards."""
-    for b in range(u.shape[0]):
-        _backward_row(b, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
-                      softplus, du, ddelta, dA, dB, dC, dD, dbias)
+              du, ddelta, dA, dB, dC, dD, dbias, block):
+    """Gradients for dy (laid out like out). du accumulates (zero it first), dB and dC too, with a parts axis to
+    sum afterwards (see _backward_job); dA, dD, dbias get one row per batch element (batch, ...) to sum."""
+    for job in range(_jobs(u, A, c_group, block)):
+        _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
+                      softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
 
 @njit(parallel=True, **_JIT)
 def _backward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
-                       softplus, du, ddelta, dA, dB, dC, dD, dbias):
-    for b in prange(u.shape[0]):
-        _backward_row(b, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
-                      softplus, du, ddelta, dA, dB, dC, dD, dbias)
+                       softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
+    for job in prange(_jobs(u, A, c_group, block)):
+        _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
+                      softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,8 +541,27 @@ def _common_inputs(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], torch.dt
 _launch_lock = threading.Lock()
 
 
+def scan_threads() -> int:
+    """The threads the kernels run on: torch's thread count (torch.get_num_threads()), at most numba's pool."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def block_width(per: int, batch: int, threads: int) -> int:
+    """Channels per block (the lanes of the recurrence): 64 or 16 (``BLOCK_WIDTHS``).
+
+    Several vectors per block keep more independent work between the dependent steps of the recurrence
+    (64 lanes run the Sigma-T stage-1 scan ~1.4x faster than 16); the choice wastes the fewest padding lanes,
+    then takes the widest, as long as there are enough (batch row, block) jobs for the threads.
+    """
+    def cost(width: int):
+        blocks = -(-per // width)
+        return batch * blocks < threads, blocks * width, -width
+
+    return min(BLOCK_WIDTHS, key=cost)
+
+
 def _launch(serial, threaded, *args) -> None:
-    """Run a kernel, on torch's thread count: ``threaded`` (numba's threads) if that is above 1, else ``serial``.
+    """Run a kernel on ``scan_threads()``: ``threaded`` (numba's threads) if that is above 1, else ``serial``.
 
     One launch at a time: numba's default threading layer must not be entered from two threads at once.
     Arrays are typed with layout "A" (any strides), so that contiguous and strided inputs share one compiled
@@ -495,14 +569,40 @@ def _launch(serial, threaded, *args) -> None:
     kernels cost several times more, so they are compiled only where torch runs several threads).
     """
     sig = tuple(t.copy(layout="A") if isinstance(t, types.Array) else t for t in map(numba.typeof, args))
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    sig = sig[:-1] + (types.literal(args[-1]),)  # the block width: a compile-time constant
+    threads = scan_threads()
     with _launch_lock:
         if threads == 1:
-            serial.compile(sig)(*args)  # loads from memory or the disk cache after the first time
+            _compiled(serial, sig)(*args)  # loads from memory or the disk cache after the first time
             return
         if numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
-        threaded.compile(sig)(*args)
+        _compiled(threaded, sig)(*args)
+
+
+# What numba raises while it reads a damaged cache entry (a truncated .nbi index, a garbage .nbc): its cache is
+# a pickle of the index and one per compiled signature.
+_DAMAGED_CACHE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+                  KeyError, OSError)
+
+
+def _compiled(dispatcher, sig):
+    """``dispatcher.compile(sig)``; a damaged disk cache is emptied (numba's own flush: an empty index) and the
+    kernels are compiled again, with one warning, instead of failing every later run."""
+    try:
+        return dispatcher.compile(sig)
+    except _DAMAGED_CACHE as err:
+        if not _JIT["cache"]:
+            raise
+        warnings.warn(f"numba's cache of the selective-scan kernels in {numba.config.CACHE_DIR} is damaged "
+                      f"({type(err).__name__}: {str(err)[:120]}); compiling them again (5-30 s) and rewriting the "
+                      "cache", RuntimeWarning, stacklevel=2)
+        for kernel in _KERNELS:  # a kernel's cache entry may name the others it was compiled with
+            kernel._cache.flush()
+        return dispatcher.compile(sig)
+
+
+_KERNELS = (_delta_inputs, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
 
 
 class _Layout:
@@ -520,14 +620,15 @@ class _NumbaScan(torch.autograd.Function):
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
         out = torch.empty(batch, per if layout.merged else sets * per, positions, dtype=state)
-        blocks, chunks = -(-per // LANES), -(-length // CHUNK)
+        block = block_width(per, batch, scan_threads())
+        blocks, chunks = -(-per // block), -(-length // CHUNK)
         need_grad = any(ctx.needs_input_grad[:7])
-        states = torch.empty((batch, sets, blocks, chunks, A.shape[1], LANES) if need_grad else (0,) * 6,
+        states = torch.empty((batch, sets, blocks, chunks, A.shape[1], block) if need_grad else (0,) * 6,
                              dtype=state)
         _launch(_forward, _forward_threaded, _as_array(u_in), _as_array(delta_in), A_s.numpy(), _as_array(B_in),
                 _as_array(C_in), _half_kind(u_in), D_s.numpy(), bias_s.numpy(), layout.order, layout.c_group,
                 0 if layout.u_shared else per, out.numpy(), 0 if layout.merged else per, states.numpy(), need_grad,
-                softplus)
+                softplus, block)
         if need_grad:
             ctx.save_for_backward(u_in, delta_in, A_s, B_in, C_in, D_s, bias_s, states)
             ctx.softplus, ctx.layout, ctx.state = softplus, layout, state
@@ -543,13 +644,16 @@ class _NumbaScan(torch.autograd.Function):
         du = torch.zeros(u.shape, dtype=state)
         ddelta = torch.zeros(delta.shape, dtype=state)
         dA = torch.zeros((batch, *A.shape), dtype=state)
-        dB, dC = torch.zeros(B.shape, dtype=state), torch.zeros(C.shape, dtype=state)
+        block, blocks = states.shape[-1], states.shape[2]
+        parts = blocks if scan_threads() > 1 else 1  # jobs in parallel: one dB, dC part per channel block
+        dB = torch.zeros((batch, parts, *B.shape[1:]), dtype=state)
+        dC = torch.zeros((batch, parts, *C.shape[1:]), dtype=state)
         dD, dbias = torch.zeros((batch, *Dskip.shape), dtype=state), torch.zeros((batch, *bias.shape), dtype=state)
         _launch(_backward, _backward_threaded, _as_array(u), _as_array(delta), A.numpy(), _as_array(B),
                 _as_array(C), _half_kind(u), Dskip.numpy(), bias.numpy(), layout.order, layout.c_group,
                 0 if layout.u_shared else per, dy.numpy(), 0 if layout.merged else per, states.numpy(), ctx.softplus,
-                du.numpy(), ddelta.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dD.numpy(), dbias.numpy())
-        grads = (du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0))
+                du.numpy(), ddelta.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dD.numpy(), dbias.numpy(), block)
+        grads = (du, ddelta, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0), dbias.sum(0))
         grads = [g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
         return (*grads, None, None)
 

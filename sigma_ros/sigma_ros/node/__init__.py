@@ -14,9 +14,12 @@ def main(args: Optional[list[str]] = None) -> int:
     from .. import stop_signals
 
     stop_signals.install()
-    from .segmentation_node import main as node_main
+    try:  # a stop before anything started (rclpy and torch take seconds to import) is a quiet exit 0 too
+        from .segmentation_node import main as node_main
 
-    return node_main(args)
+        return node_main(args)
+    except KeyboardInterrupt:
+        return 0
 
 
 def __getattr__(name: str) -> Any:

@@ -31,14 +31,20 @@ from ..errors import ConfigError  # also importable from here, as before
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
-INPUT_QOS_NAMES = ("sensor_data", "reliable")
+INPUT_QOS_NAMES = ("sensor_data", "best_effort", "reliable")  # best_effort: sensor_data, by output.qos's name
 OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
 TIMER_PERIOD_S = (0.01, 3600.0)  # seconds: the accepted range of a timer period parameter
 MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
-# Parameters every rclpy node accepts besides its own (and the qos_overrides.* family).
-ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
+MAX_QUEUE = 10_000  # messages: a history or pairing queue longer than this is a typo (and gigabytes of images)
+# Parameters that ROS declares on every rclpy node, and those the ROS libraries we use declare on ours
+# (diagnostic_updater's Updater), besides our own; plus the qos_overrides.* family. Typos of these are refused too.
+ROS_PARAMETERS = ("use_sim_time", "start_type_description_service", "diagnostic_updater.period",
+                  "diagnostic_updater.use_fqn")
 ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+# How `ros2 param dump` writes a parameter that has no value, and what rcl's YAML parser reads back from it: the
+# string "null" (rcl has no YAML null). Reloading a dump must give the same configuration: these mean "unset".
+DUMPED_UNSET = ("null", "~")
 
 
 Parser = Callable[[str, Any], Any]  # (parameter name, raw value) -> parsed value; ConfigError if invalid
@@ -65,9 +71,23 @@ def _sequence(name: str, value: Any, what: str) -> list:
 
 
 def _unset(value: Any) -> bool:
-    return value is None or (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0)
+    """None, an empty list, or what a `ros2 param dump` of an unset parameter reads back as (DUMPED_UNSET)."""
+    if isinstance(value, str):
+        return value in DUMPED_UNSET
+    return value is None or (hasattr(value, "__len__") and len(value) == 0)
 
 
+def constrained(constraint: str, bounds: Optional[tuple[float, float]] = None) -> Callable[[Parser], Parser]:
+    """Attach what a parser accepts, for the ROS parameter descriptor (``ros2 param describe``): ``constraint``
+    in words, and ``bounds`` (inclusive [low, high]) that ROS itself enforces as a floating point or integer range.
+    """
+    def attach(parse: Parser) -> Parser:
+        parse.constraint, parse.bounds = constraint, bounds
+        return parse
+    return attach
+
+
+@constrained("> 0")
 def positive(name: str, value: Any) -> float:
     value = float(_number(name, value))
     if not value > 0:
@@ -75,6 +95,7 @@ def positive(name: str, value: Any) -> float:
     return value
 
 
+@constrained(f"{TIMER_PERIOD_S[0]}..{TIMER_PERIOD_S[1]} seconds", TIMER_PERIOD_S)
 def timer_period(name: str, value: Any) -> float:
     """Seconds between a timer's calls, within TIMER_PERIOD_S (rclpy's timer overflows int64 ns near 9.2e9 s, and
     a period of nanoseconds would spin a core)."""
@@ -85,6 +106,7 @@ def timer_period(name: str, value: Any) -> float:
     return value
 
 
+@constrained(">= 0", (0.0, math.inf))
 def non_negative(name: str, value: Any) -> float:
     value = float(_number(name, value))
     if value < 0:
@@ -92,6 +114,7 @@ def non_negative(name: str, value: Any) -> float:
     return value
 
 
+@constrained("an integer >= 1", (1, 2**63 - 1))  # ROS integers are int64
 def positive_integer(name: str, value: Any) -> int:
     value = int(_number(name, value, integer=True))
     if value < 1:
@@ -99,6 +122,16 @@ def positive_integer(name: str, value: Any) -> int:
     return value
 
 
+@constrained(f"an integer 1..{MAX_QUEUE}", (1, MAX_QUEUE))
+def queue_length(name: str, value: Any) -> int:
+    """Messages kept in a queue or QoS history, 1..MAX_QUEUE."""
+    value = positive_integer(name, value)
+    if value > MAX_QUEUE:
+        raise ConfigError(f"parameter {name} must be within 1..{MAX_QUEUE}, got {value}")
+    return value
+
+
+@constrained("true or false")
 def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"parameter {name} must be true or false, got {value!r}")
@@ -110,7 +143,7 @@ def choice(*choices: str) -> Parser:
         if not isinstance(value, str) or value not in choices:
             raise ConfigError(f"parameter {name} must be one of {', '.join(choices)}; got {value!r}")
         return value
-    return parse
+    return constrained("one of " + ", ".join(choices))(parse)
 
 
 def optional_text(what: str) -> Parser:
@@ -121,28 +154,31 @@ def optional_text(what: str) -> Parser:
         if not isinstance(value, str):
             raise ConfigError(f"parameter {name} must be {what}, got {value!r}")
         return value
-    return parse
+    return constrained(f"{what}, or empty")(parse)
 
 
 def optional_choice(*choices: str) -> Parser:
     """Empty string: None (the checkpoint decides); else one of ``choices``."""
     def parse(name: str, value: Any) -> Optional[str]:
         return None if value == "" else choice(*choices)(name, value)
-    return parse
+    return constrained(f"one of {', '.join(choices)}, or empty")(parse)
 
 
+@constrained("auto, cpu, cuda or cuda:N")
 def device(name: str, value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise ConfigError(f"parameter {name} must be auto, cpu, cuda or cuda:N; got {value!r}")
     return value
 
 
+@constrained("a file path, or empty")
 def checkpoint(name: str, value: Any) -> Path:
     if not isinstance(value, str):
         raise ConfigError(f"parameter {name} must be a path (a string), got {value!r}: quote it in YAML")
     return resolve_checkpoint(value)
 
 
+@constrained("[low, high] with high > low, or unset")
 def thermal_range(name: str, value: Any) -> Optional[tuple[float, float]]:
     if _unset(value):
         return None
@@ -168,10 +204,12 @@ def numbers(count: int, what: str) -> Parser:
     return parse
 
 
+@constrained("> 0, or unset")
 def optional_positive(name: str, value: Any) -> Optional[float]:
-    return None if value is None else positive(name, value)
+    return None if _unset(value) else positive(name, value)
 
 
+@constrained(f"[height, width] of 4..{MAX_IMAGE_SIDE} pixels, or unset")
 def image_size(name: str, value: Any) -> Optional[tuple[int, int]]:
     """[height, width] in pixels, 4..MAX_IMAGE_SIDE each; unset: None."""
     if _unset(value):
@@ -184,6 +222,7 @@ def image_size(name: str, value: Any) -> Optional[tuple[int, int]]:
     return int(values[0]), int(values[1])
 
 
+@constrained("0..1", (0.0, 1.0))
 def overlay_alpha(name: str, value: Any) -> float:
     alpha = float(_number(name, value))
     if not 0.0 <= alpha <= 1.0:
@@ -191,6 +230,7 @@ def overlay_alpha(name: str, value: Any) -> float:
     return alpha
 
 
+@constrained("flat [r, g, b, ...] of 0..255, one triplet per class, or unset")
 def palette(name: str, value: Any) -> Optional[np.ndarray]:
     """Flat [r, g, b, r, g, b, ...] list -> (K, 3) uint8; None/empty stays None (the checkpoint's palette)."""
     if _unset(value):
@@ -217,6 +257,16 @@ class ParameterSpec:
     field: str  # the NodeConfig attribute that holds the parsed value
     runtime: bool = False  # may change while the node runs (ros2 param set)
 
+    @property
+    def constraint(self) -> str:
+        """What the parser accepts, in words (the descriptor's additional_constraints)."""
+        return getattr(self.parse, "constraint", "")
+
+    @property
+    def bounds(self) -> Optional[tuple[float, float]]:
+        """Inclusive [low, high] that ROS enforces (integer_range for int bounds, else floating_point_range)."""
+        return getattr(self.parse, "bounds", None)
+
 
 PARAMETERS: dict[str, ParameterSpec] = {
     "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo "
@@ -233,9 +283,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
                               "modality"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,
                                "sync_slop"),
-    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", positive_integer,
+    "sync.queue_size": ParameterSpec(10, "messages kept per stream while looking for a partner", queue_length,
                                      "sync_queue_size"),
-    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (best effort) or reliable",
+    "input.qos": ParameterSpec("sensor_data", "camera subscriptions: sensor_data (= best_effort) or reliable",
                                choice(*INPUT_QOS_NAMES), "input_qos"),
     "input.silent_warning_s": ParameterSpec(3.0, "warn when one stream is silent this long while the other is live",
                                             positive, "silent_warning_s"),
@@ -248,6 +298,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                    thermal_range, "thermal_range"),
     "depth.max_range": ParameterSpec(None, "depth in metres mapped to 1 (farther is clipped); unset: the checkpoint's",
                                      optional_positive, "depth_max_range"),
+    "depth.units": ParameterSpec(0.001, "metres per unit of integer depth images (16UC1/mono16): 0.001 = millimetres "
+                                 "(REP 118); 0.00025 for an Intel L515's 0.25 mm", positive, "depth_units"),
     "depth.registered": ParameterSpec(True, "depth is registered to the RGB image (needed for segmentation/points)",
                                       boolean, "depth_registered"),
     "registration.mode": ParameterSpec("none", "how the modality image is brought into the RGB view: none (the "
@@ -283,7 +335,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "output.qos": ParameterSpec("reliable", "per-frame outputs: reliable or best_effort (the class map stays "
                                 "latched)", choice(*OUTPUT_QOS_NAMES), "output_qos"),
     "output.depth": ParameterSpec(5, "per-frame outputs: messages kept per topic (QoS history depth)",
-                                  positive_integer, "output_depth"),
+                                  queue_length, "output_depth"),
     "lifecycle": ParameterSpec(False, "true: a managed node, configured and activated through the lifecycle services",
                                boolean, "lifecycle"),
     "diagnostics.period_s": ParameterSpec(1.0, "seconds between /diagnostics reports, 0.01..3600", timer_period,
@@ -312,6 +364,7 @@ class NodeConfig:
     input_max_pixels: int
     thermal_range: Optional[tuple[float, float]]
     depth_max_range: Optional[float]
+    depth_units: float  # metres per unit of integer depth
     depth_registered: bool
     registration_mode: str
     calibration_file: Optional[str]
@@ -370,7 +423,7 @@ def check_known(names: Iterable[str]) -> None:
     for name in sorted(names):
         if name in PARAMETERS or name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES):
             continue
-        close = difflib.get_close_matches(name, list(PARAMETERS), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name, [*PARAMETERS, *ROS_PARAMETERS], n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
             f"unknown parameter {name!r}: {hint}known parameters are {', '.join(PARAMETERS)} (sigma_node --help)"

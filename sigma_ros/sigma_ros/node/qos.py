@@ -16,10 +16,11 @@ def input_qos(name: str, depth: int = 5) -> QoSProfile:
     """QoS of the camera subscriptions.
 
     ``sensor_data``: best effort, keep last ``depth`` (what camera drivers publish;
-    matches both best-effort and reliable publishers). ``reliable``: reliable, keep
-    last ``depth`` (for reliable-only sources such as some bag players).
+    matches both best-effort and reliable publishers); ``best_effort`` is the same, by the name
+    ``output.qos`` uses. ``reliable``: reliable, keep last ``depth`` (for reliable-only sources
+    such as some bag players).
     """
-    if name == "sensor_data":
+    if name in ("sensor_data", "best_effort"):
         profile = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=depth,

@@ -10,7 +10,7 @@ The node is a managed (lifecycle) node inside: configure loads and warms the
 model and creates the publishers, activate subscribes and starts the inference
 thread, deactivate stops processing (the model stays loaded), cleanup frees the
 model. By default it walks through configure and activate itself at start-up
-(a plain node, no lifecycle services); with ``lifecycle:=true`` it offers the
+(a plain node: no lifecycle services, no transition_event topic); with ``lifecycle:=true`` it offers the
 standard lifecycle services and waits for a manager (e.g. nav2_lifecycle_manager).
 
 Run: ``sigma_node --ros-args -p checkpoint:=model.pt`` or
@@ -34,9 +34,11 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from lifecycle_msgs.msg import State
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
@@ -71,10 +73,12 @@ from .input_health import (
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .parameters import (
+    DUMPED_UNSET,
     MAX_IMAGE_SIDE,
     PARAMETERS,
     ConfigError,
     NodeConfig,
+    ParameterSpec,
     RuntimeParameters,
     check_known,
     check_palette_fits,
@@ -95,6 +99,27 @@ except ImportError:
 NODE_NAME = "sigma_segmentation"
 LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modality the node warns
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """The ROS descriptor of one of our parameters: what ``ros2 param describe`` shows, and the range ROS enforces.
+
+    Dynamic typing, so that a YAML ``1`` where ``1.0`` was meant is accepted (our parser converts it); ROS
+    then checks a range only against a value of the range's own type, and our parser checks every value.
+    """
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraint,
+                                     dynamic_typing=True, read_only=not spec.runtime)
+    if spec.bounds is not None:
+        low, high = spec.bounds
+        if isinstance(low, int) and isinstance(high, int):
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high),
+                                                                  step=0.0)]
+    return descriptor
+
+
+MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
 
 
 @dataclass
@@ -127,11 +152,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _declare_parameters(self) -> dict[str, Any]:
         """Declare every parameter (refusing unknown ones given to this node); their values by name. ConfigError."""
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
-        check_known(getattr(self, "_parameter_overrides", {}))
+        overrides = getattr(self, "_parameter_overrides", {})
+        check_known(overrides)
         for name, spec in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=spec.description, dynamic_typing=True,
-                                             read_only=not spec.runtime)
-            self.declare_parameter(name, spec.default, descriptor)
+            # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
+            # such a parameter stays unset, so that a dump of this node dumps the same again.
+            override = overrides.get(name)
+            dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
+            try:
+                self.declare_parameter(name, spec.default, parameter_descriptor(spec), ignore_override=dumped_unset)
+            except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
+                spec.parse(name, overrides[name].value)
+                raise ConfigError(f"parameter {name}: {e}") from None
         return {name: self.get_parameter(name).value for name in PARAMETERS}
 
     def _start(self) -> None:
@@ -156,7 +188,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.coverage: Optional[float] = None  # of the last frame
         self._camera_frame = ""
         self.topics = (self.resolve_topic_name("rgb/image"), self.resolve_topic_name("modal/image"))
-        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
+        if self.managed:
+            LifecycleNodeMixin.__init__(self, enable_communication_interface=True)
+        else:
+            # No rcl state machine: it would advertise ~/transition_event even without the lifecycle services.
+            # The transitions below are then plain calls; the mixin's callbacks need only this (empty) set.
+            self._managed_entities = set()
         self.runtime.attach(self)
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-JUMP_BACK_TOLERANCE_S),
@@ -167,9 +204,9 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if self.managed:
             self.get_logger().info("lifecycle node: waiting for configure")
             return
-        if self.trigger_configure() != SUCCESS:
+        if self.on_configure(LifecycleState("configuring", State.TRANSITION_STATE_CONFIGURING)) != SUCCESS:
             raise ConfigError(self._configure_error or "configure failed")  # main() logs it and exits 2
-        self.trigger_activate()
+        self.on_activate(LifecycleState("activating", State.TRANSITION_STATE_ACTIVATING))
 
     # --- lifecycle transitions ---------------------------------------------------------------------
 
@@ -179,11 +216,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
             self._load_model(cfg)
             self.registration = RegistrationSource(cfg, self.seg.scaling)
-        except ConfigError as e:
+        except Exception as e:  # noqa: BLE001 - whatever stops configuring, its reason is logged, never lost
             self.seg = None
-            self._configure_error = str(e)
+            self._configure_error = str(e) if isinstance(e, ConfigError) else (
+                f"configuring failed with {type(e).__name__}: {' '.join(str(e).split())}")
             if self.managed:
-                self.get_logger().error(f"configure failed: {e}")
+                self.get_logger().error(f"configure failed: {self._configure_error}")
             return FAILURE
         self._configure_error = None
         self.runtime.cfg = cfg
@@ -289,7 +327,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
 
     def _create_publishers(self, cfg: NodeConfig) -> None:
         out = output_qos(cfg.output_qos, cfg.output_depth)
-        pub = self.create_lifecycle_publisher
+        pub = self.create_lifecycle_publisher if self.managed else self.create_publisher
         self.pub_mask = pub(Image, "segmentation/mask", out)
         self.pub_color = pub(Image, "segmentation/color_mask", out)
         self.pub_overlay = pub(Image, "segmentation/overlay", out)
@@ -573,6 +611,10 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if decoded[0] is None or decoded[1] is None:
             return
         (rgb_arr, rgb_encoding), (raw, modal_encoding) = decoded
+        if self.modality == "depth" and raw.dtype.kind in "ui" and self.cfg.depth_units != MILLIMETRE:
+            # A camera in other units than REP 118's millimetres (depth.units): metres from here on, so the model's
+            # scaling and the point cloud read the same depth. 0 (no return) stays 0.
+            raw = raw.astype(np.float32) * np.float32(self.cfg.depth_units)
         self._check_modality(raw, modal_encoding)
         registration = self.registration.registration
         if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import ConfigError
 from ..package_files import fastdds_profile_env
 
 DEFAULT_OUTPUT = Path("demo_output")
@@ -321,10 +322,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEMO_MAX_SIDE = 2048  # pixels: the synthetic recording is rendered in memory before it plays
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """ConfigError naming the first argument the demo or its node would refuse, before anything starts (the node
+    checks --size, --slop and --queue-size with its own parameter parsers)."""
+    from ..node.parameters import image_size, positive, positive_integer
+
+    if not args.seconds > 0 or not args.rate > 0:
+        raise ConfigError(f"--seconds and --rate must be > 0, got {args.seconds:g} and {args.rate:g}")
+    try:
+        image_size("--size", list(args.size))
+        positive("--slop", args.slop)
+        positive_integer("--queue-size", args.queue_size)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("parameter --", "--")) from None
+    if max(args.size) > DEMO_MAX_SIDE:
+        raise ConfigError(f"--size must be at most {DEMO_MAX_SIDE} pixels a side for the demo's synthetic recording "
+                          f"(rendered in memory), got {args.size[0]} {args.size[1]}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.seconds > 0 or not args.rate > 0:
-        print(f"sigma-demo: --seconds and --rate must be > 0, got {args.seconds:g} and {args.rate:g}", file=sys.stderr)
+    try:
+        check_arguments(args)
+    except ConfigError as e:
+        print(f"sigma-demo: {e}", file=sys.stderr)
         return 2
     from .. import ros_env  # noqa: F401  (before rclpy: the pip ROS wheels' library path)
 

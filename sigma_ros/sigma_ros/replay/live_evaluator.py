@@ -47,7 +47,15 @@ from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .label_matching import LabelMatcher, check_label_ids, forget_older, frame_confusion
-from .report import FrameSample, ReplaySummary, SampleKeeper, StripLabels, format_summary, write_report
+from .report import (
+    FrameSample,
+    ReplaySummary,
+    SampleKeeper,
+    StripLabels,
+    check_report_folder,
+    format_summary,
+    write_report,
+)
 
 NODE_NAME = "replay_evaluator"
 
@@ -99,6 +107,7 @@ class ReplayEvaluator(Node):
         self.masks: dict[int, np.ndarray] = {}
         self.node_skew_ms: dict[int, float] = {}
         self.node_inference_ms: dict[int, float] = {}
+        self.node_coverage: dict[int, float] = {}  # modality coverage after the node's registration
         self.node_dropped = 0
         self.rgb_count = self.modal_count = 0
         self.unknown_masks = 0  # masks whose stamp matches no RGB frame seen here
@@ -183,6 +192,7 @@ class ReplayEvaluator(Node):
         with self._lock:
             self.node_skew_ms[stamp] = float(msg.sync_skew_ms)
             self.node_inference_ms[stamp] = float(msg.inference_ms)
+            self.node_coverage[stamp] = float(msg.modality_coverage)
             self.node_dropped = max(self.node_dropped, int(msg.frames_dropped))
 
     def _on_mask(self, msg: Image) -> None:
@@ -282,6 +292,7 @@ class ReplayEvaluator(Node):
             s.latency_t = [self.mask_received[st] - first_mask for st in order]
             s.inference_ms = [self.node_inference_ms[st] for st in self.mask_stamps if st in self.node_inference_ms]
             s.sync_skew_ms = [self.node_skew_ms[st] for st in self.mask_stamps if st in self.node_skew_ms]
+            s.modality_coverage = [self.node_coverage[st] for st in self.mask_stamps if st in self.node_coverage]
             s.frames_scored = len(self.confusion)
             if self._cm is not None and self.confusion:
                 s.metrics = self._cm.compute(self.class_names)
@@ -350,6 +361,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     argv = list(sys.argv if argv is None else ["replay_evaluator", *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    try:
+        check_report_folder(args.out)  # before listening: a user's report.md is never replaced
+    except (ValueError, OSError) as e:
+        print(f"replay_evaluator: {e}", file=sys.stderr)
+        return 2
     rclpy.init(args=argv)
     opts = EvaluatorOptions(
         rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,

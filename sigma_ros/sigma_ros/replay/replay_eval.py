@@ -60,6 +60,7 @@ from .report import (
     ReplaySummary,
     SampleKeeper,
     StripLabels,
+    check_report_folder,
     format_summary,
     write_report,
 )
@@ -87,6 +88,7 @@ class ReplayOptions:
     samples: int = 6  # frames in the report's strip
     max_pairs: Optional[int] = None
     keep_masks: bool = False  # keep every mask in the result (tests)
+    allow_partial: bool = False  # a damaged bag read in part is a warning (summary.notes), not an error
     registration: Optional[Registration] = None  # of the modality into the RGB view, as the node's (None: none)
 
 
@@ -208,8 +210,11 @@ class OutputBag:
         self.writer.close()
 
 
-def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
-    """(role, log_ns, deserialised message) for the replayed topics, in the bag's log-time order."""
+def _iter_bag(opts: ReplayOptions, partial: Optional[list[str]] = None) -> Iterator[tuple[str, int, Any]]:
+    """(role, log_ns, deserialised message) for the replayed topics, in the bag's log-time order.
+
+    Read to its end, fewer messages than the bag declares raise ShortReadError, or with ``partial`` (a list)
+    add a warning to it (sigma_core.data.bags.read_messages)."""
     roles = {opts.rgb_topic: "rgb", opts.modal_topic: "modal"}
     if opts.label_topic:
         roles[opts.label_topic] = "label"
@@ -224,7 +229,7 @@ def _iter_bag(opts: ReplayOptions) -> Iterator[tuple[str, int, Any]]:
                 raise BagError(f"topic {found} in {opts.bag} is {available[found]}, not an Image or CompressedImage")
             in_bag[found] = role
         conns = [c for c in reader.connections if c.topic in in_bag]
-        for conn, log_ns, msg in read_messages(reader, conns, opts.bag):
+        for conn, log_ns, msg in read_messages(reader, conns, opts.bag, partial):
             yield in_bag[conn.topic], log_ns, msg
 
 
@@ -239,6 +244,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
     if opts.label_topic and opts.label_dir:
         raise ValueError("give either a label topic or a label folder, not both")
+    if opts.max_pairs is not None and opts.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1 (or left out for every pair), got {opts.max_pairs}")
     if opts.label_dir is not None and not Path(opts.label_dir).is_dir():
         raise FileNotFoundError(f"label folder {opts.label_dir} does not exist")
     class_names = list(segmenter.class_names)
@@ -281,9 +288,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     start = time.perf_counter()
     frames_processed = 0
     non_finite, first_non_finite = 0, ""
+    short_read: list[str] = []
     aspect_noted = False
     try:
-        for role, log_ns, msg in _iter_bag(opts):
+        for role, log_ns, msg in _iter_bag(opts, short_read if opts.allow_partial else None):
             stamp = stamp_ns(msg)
             if role == "label":
                 label = label_from_message(msg, f"the label stamped {stamp} ns on {opts.label_topic}")
@@ -345,6 +353,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         if out_bag is not None:
             out_bag.close()
     summary.wall_seconds = time.perf_counter() - start
+    summary.notes += [f"warning (--allow-partial): {w}" for w in short_read]
     if non_finite:
         summary.dropped += non_finite
         summary.notes.append(f"{non_finite} of {summary.expected_pairs} pairs got NaN/infinite logits and no mask "
@@ -395,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-storage", choices=("sqlite3", "mcap"), default="sqlite3")
     p.add_argument("--out", type=Path, default=Path("replay_report"), help="report folder")
     p.add_argument("--samples", type=int, default=6, help="frames in the report's strip")
-    p.add_argument("--max-pairs", type=int, help="stop after this many pairs")
+    p.add_argument("--max-pairs", type=int, help="stop after this many pairs (>= 1)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a damaged bag that yields fewer messages than its index declares: score what can be read "
+                        "and warn with the counts (default: an error)")
     p.add_argument("--no-html", action="store_true", help="Markdown report only")
     return p
 
@@ -403,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_report_folder(args.out)  # before the replay: a user's report.md is never replaced
         try:
             seg = load_segmenter(args.checkpoint, args.device, args.precision, dataset=args.dataset)
         except ConfigError as e:  # the node's wording names its parameter; here it is a flag
@@ -420,6 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bag=args.bag, rgb_topic=args.rgb_topic, modal_topic=args.modal_topic, label_topic=args.label_topic,
             label_dir=args.label_dir, slop=args.slop, queue_size=args.queue_size, output_bag=args.output_bag,
             output_storage=args.output_storage, samples=args.samples, max_pairs=args.max_pairs,
+            allow_partial=args.allow_partial,
             registration=registration,
         )
         result = replay_bag(opts, seg, out_dir=args.out)
@@ -427,6 +441,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sigma-replay-eval: {e}", file=sys.stderr)
         return 2
     summary = result.summary
+    for note in summary.notes:
+        if note.startswith("warning"):
+            print(f"sigma-replay-eval: {note}", file=sys.stderr)
     summary.source["checkpoint"] = args.checkpoint or "bundled demo model"
     paths = write_report(summary, args.out, html_page=not args.no_html)
     print(format_summary(summary))

@@ -14,6 +14,7 @@ Only numpy and matplotlib (Agg) are needed: no ROS import here.
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from sigma_core.engine.metrics import SegmentationMetrics
 from sigma_core.engine.reports import metrics_table, per_class_table, plot_class_iou, write_json
+from sigma_core.files import check_folder_can_be_made
 
 
 @dataclass
@@ -351,9 +353,34 @@ def _html(markdown: str) -> str:
            + "\n".join(body) + "</body></html>\n"
 
 
-def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = True) -> dict[str, Path]:
-    """Write summary.json, the plots, report.md (and report.html) into ``out_dir``; returns their paths."""
+REPORT_FILES = ("summary.json", "report.md", "report.html", "latency.png", "class_iou.png", "frames.png")
+
+
+def check_report_folder(out_dir: str | Path) -> None:
+    """ValueError if writing a replay report into ``out_dir`` would replace files no replay report wrote (a user's
+    report.md, another tool's summary.json); a replay report written before (its summary.json says its mode)
+    may be replaced. Call it before the replay, not only when writing."""
     out = Path(out_dir)
+    check_folder_can_be_made(out, "report folder")
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if not taken:
+        return
+    try:
+        ours = json.loads((out / "summary.json").read_text()).get("mode") in ("offline", "live")
+    except (OSError, ValueError, TypeError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out} holds {', '.join(taken)} that no replay report wrote: they are left as they "
+                         "are; give another --out folder")
+
+
+def write_report(summary: ReplaySummary, out_dir: str | Path, html_page: bool = True) -> dict[str, Path]:
+    """Write summary.json, the plots, report.md (and report.html) into ``out_dir``; returns their paths.
+
+    ValueError (check_report_folder) when ``out_dir`` holds files of the same names that no replay report wrote.
+    """
+    out = Path(out_dir)
+    check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"json": out / "summary.json"}
     write_json(paths["json"], summary.to_dict())

@@ -304,6 +304,22 @@ def test_stop_during_start_up_is_prompt_and_quiet(tmp_path, checkpoints, phase, 
         node.kill()
 
 
+def test_stop_while_importing_is_a_quiet_exit_0(tmp_path, checkpoints):
+    """Issue 21, fault 6: a SIGINT/SIGTERM while rclpy and torch import (the first seconds) printed a
+    KeyboardInterrupt traceback and exited 130 or -2; the README promises a quiet exit 0 in every phase."""
+    for delay, sig in ((0.3, signal.SIGINT), (0.8, signal.SIGTERM), (1.5, signal.SIGINT)):
+        node = NodeProcess(tmp_path, f"/imp{int(delay * 10)}", {"checkpoint": checkpoints["thermal"]}, DOMAIN_ID)
+        try:
+            time.sleep(delay)
+            node.proc.send_signal(sig)
+            code, seconds = node.wait_exit(30)
+            assert code == 0 and "Traceback" not in node.log() and "KeyboardInterrupt" not in node.log(), \
+                f"{signal.Signals(sig).name} after {delay} s: exit {code}\n{node.log()}"
+            assert seconds < 5, seconds
+        finally:
+            node.kill()
+
+
 def test_stop_during_inference_and_a_double_stop_are_quiet(tmp_path_factory, checkpoints, harness):
     """Fault 5: a stop during inference logged "frame failed ... context is invalid"; a second SIGINT a
     KeyboardInterrupt traceback."""

@@ -4,6 +4,7 @@ import random
 import pytest
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
+from ros_tools import require  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_ros.node.pair_synchronizer import PairSynchronizer, stamp_seconds  # noqa: E402
@@ -39,7 +40,7 @@ def test_our_policy_pairs_thermal_frames_within_slop_once_each():
 
 
 def test_message_filters_agrees_where_installed():
-    pytest.importorskip("message_filters", reason="message_filters is only on real ROS 2 installs")
+    require("message_filters")
     backend, theirs = _feed(use_message_filters=True)
     assert backend == "message_filters"
     _, ours = _feed(use_message_filters=False)

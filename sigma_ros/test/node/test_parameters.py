@@ -50,7 +50,7 @@ def test_defaults_and_overrides(ckpt):
         ({"sync.slop": "fast"}, "sync.slop"),
         ({"sync.queue_size": 0}, "sync.queue_size"),
         ({"sync.queue_size": 2.5}, "sync.queue_size"),
-        ({"input.qos": "best_effort"}, "input.qos"),
+        ({"input.qos": "best-effort"}, "input.qos"),
         ({"thermal.range": [40.0, 20.0]}, "thermal.range"),
         ({"thermal.range": [1.0]}, "thermal.range"),
         ({"depth.max_range": -1.0}, "depth.max_range"),
@@ -141,3 +141,64 @@ def test_shipped_yaml_documents_every_parameter_and_parses(ckpt):
         assert name.split(".")[-1] + ":" in text, f"config/sigma.yaml does not document {name}"
     values["checkpoint"] = ckpt
     parse_node_config(values)
+
+
+def test_parameters_ros_libraries_declare_are_accepted_and_typos_refused(ckpt):
+    """diagnostic_updater's Updater declares two parameters on our node, rclpy a few: a params file or -p may set
+    them. A typo of ours, or of theirs, is still refused, naming the closest known name."""
+    ros = {"use_sim_time": True, "start_type_description_service": True, "diagnostic_updater.period": 2.0,
+           "diagnostic_updater.use_fqn": False, "qos_overrides./parameter_events.publisher.depth": 10}
+    parse_node_config({"checkpoint": ckpt, **ros})
+    with pytest.raises(ConfigError, match="'diagnostics.perod_s': did you mean 'diagnostics.period_s'"):
+        parse_node_config({"checkpoint": ckpt, "diagnostics.perod_s": 2.0})
+    with pytest.raises(ConfigError, match="did you mean 'diagnostic_updater.period'"):
+        parse_node_config({"checkpoint": ckpt, "diagnostic_updater.periood": 2.0})
+
+
+def test_a_dumped_null_is_unset(ckpt):
+    """`ros2 param dump` writes unset parameters as null; rcl reads that back as the string "null"."""
+    unset = {"thermal.range": "null", "depth.max_range": "null", "output.palette": "null", "warmup.size": "~"}
+    cfg = parse_node_config({"checkpoint": ckpt, **unset})
+    assert (cfg.thermal_range, cfg.depth_max_range, cfg.palette, cfg.warmup_size) == (None, None, None, None)
+    with pytest.raises(ConfigError, match="depth.max_range must be a number"):
+        parse_node_config({"checkpoint": ckpt, "depth.max_range": "far"})
+
+
+@pytest.mark.parametrize("name", [n for n, s in PARAMETERS.items() if s.bounds is not None])
+def test_descriptor_bounds_agree_with_the_parser(name):
+    """The range ROS enforces (and `ros2 param describe` shows) is the parser's: both ends pass, beyond fails."""
+    spec = PARAMETERS[name]
+    low, high = spec.bounds
+    spec.parse(name, low)
+    step = 1 if isinstance(low, int) else 1e-6
+    with pytest.raises(ConfigError, match=name):
+        spec.parse(name, low - step)
+    if high not in (float("inf"), 2**63 - 1):  # an open end (ROS integers are int64): no parameter beyond it
+        spec.parse(name, high)
+        with pytest.raises(ConfigError, match=name):
+            spec.parse(name, high + step * max(1, abs(high)))
+    assert {"output.overlay_alpha", "diagnostics.period_s", "sync.queue_size", "output.depth"} <= {
+        n for n, s in PARAMETERS.items() if s.bounds is not None}
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"registration.mode": "homography"}, "needs registration.calibration_file or registration.homography"),
+    ({"registration.mode": "homography", "registration.homography": [1, 0, 0, 0, 1, 0, 0, 0]},
+     r"registration.homography must be a row-major 3x3 matrix \(9 numbers\)"),
+    ({"registration.mode": "rig", "registration.calibration_file": "rig.yaml",
+      "registration.translation": [0.06, 0, 0]},
+     "are both set: the file holds the calibration; unset registration.translation"),
+    ({"registration.homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]}, "registration.mode is none"),
+    ({"registration.mode": "rig", "registration.translation": [0.06, 0, float("nan")]}, "finite"),
+    ({"registration.mode": "stereo"}, "registration.mode must be one of none, homography, rig"),
+    ({"registration.distance_m": 0}, "registration.distance_m must be > 0"),
+])
+def test_registration_parameters_that_contradict_or_miss_name_what_to_set(ckpt, values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_node_config({"checkpoint": str(ckpt), **values})
+
+
+def test_registration_from_camera_info_needs_only_the_pose(ckpt):
+    cfg = parse_node_config({"checkpoint": str(ckpt), "registration.mode": "rig",
+                             "registration.translation": [0.06, 0.0, 0.0]})
+    assert cfg.calibration_file is None and cfg.registration_rotation == (0.0, 0.0, 0.0, 1.0)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
+from ros_tools import require  # noqa: E402
 from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -95,7 +96,7 @@ def test_numpy_builder_writes_the_declared_layout(monkeypatch):
 
 
 def test_sensor_msgs_py_reads_our_cloud():
-    pc2 = pytest.importorskip("sensor_msgs_py.point_cloud2", reason="sensor_msgs_py is only on real ROS 2 installs")
+    pc2 = require("sensor_msgs_py.point_cloud2")
     points, *_ = _scene(np.full((H, W), 1.5, np.float32))
     msg = points_to_cloud_msg(points, Header())
     read = pc2.read_points(msg, field_names=("x", "y", "z", "label"))

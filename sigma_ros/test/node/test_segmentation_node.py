@@ -234,6 +234,12 @@ def test_bad_input_is_logged_and_good_frames_keep_flowing(harness, thermal_node)
     assert "/t/rgb/image: rgb8 image 80x64" in log and "needs 15360 bytes" in log
     assert "/t/modal/image is 40x32 but /t/rgb/image is 80x64: resizing" in log
     assert "/t/rgb/image: stamp" in log and "is not after the previous" in log
+    # A thermal camera of another aspect ratio is another camera: segmented (stretched), and said so
+    later = stamps[-1] + 100_000_000
+    streams.rgb.publish(image(good, "rgb8", later))
+    streams.modal.publish(image(streams.thermal_frame((40, 40)), "mono16", later))
+    assert harness.wait_for(lambda: later in {stamp_ns(m) for m in harness.messages("/t/segmentation/mask")}, 10)
+    assert node.wait_log("two different cameras", 5) and "set registration.mode (rig or homography)" in node.log()
     assert node.proc.poll() is None
 
 
@@ -260,8 +266,11 @@ def test_sigint_shuts_down_cleanly(thermal_node):
 
 
 def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, checkpoints, harness):
-    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable"},
-                      DOMAIN_ID)
+    """16UC1 in an Intel L515's 0.25 mm units (depth.units, issue 21 fault 9: no node parameter existed, and scaling
+    depth.max_range fixed the mask but not the points) and 32FC1 metres give points at the right distance."""
+    quarter_mm = 0.00025
+    node = start_node(tmp_path_factory, "/d", {"checkpoint": checkpoints["depth"], "input.qos": "reliable",
+                                               "depth.units": quarter_mm}, DOMAIN_ID)
     try:
         for topic, typ in [("mask", Image), ("points", PointCloud2), ("stats", SegmentationStats)]:
             harness.subscribe(typ, f"/d/segmentation/{topic}")
@@ -274,7 +283,7 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
             mm = rng.integers(300, 8000, (H, W)).astype(np.uint16)
             mm[rng.random((H, W)) < 0.2] = 0  # no return
             if encoding == "16UC1":
-                return mm
+                return mm * np.uint16(4)  # quarter millimetres
             metres = mm.astype(np.float32) / 1000
             metres[rng.random((H, W)) < 0.1] = np.nan
             return metres
@@ -304,7 +313,7 @@ def test_depth_gives_labelled_points_one_per_valid_pixel(tmp_path_factory, check
         masks = {stamp_ns(m): image_msg_to_array(m) for m in harness.messages("/d/segmentation/mask")}
         for s, depth in sent.items():
             cloud, mask = clouds[s], masks[s]
-            metres = depth.astype(np.float32) / (1000 if depth.dtype == np.uint16 else 1)
+            metres = depth.astype(np.float32) * np.float32(quarter_mm if depth.dtype == np.uint16 else 1)
             valid = np.isfinite(metres) & (metres > 0)
             assert cloud.width * cloud.height == valid.sum() and cloud.header.frame_id == "depth_optical"
             points = np.frombuffer(bytes(cloud.data), POINT_DTYPE)
@@ -429,8 +438,13 @@ def test_unusable_checkpoints_fail_at_start_up_naming_the_reason(tmp_path, publi
     middle = len(data) // 2
     data[middle:middle + 4096] = bytes(b ^ 0x5A for b in data[middle:middle + 4096])  # 4 KiB of flipped bytes
     damaged.write_bytes(bytes(data))
+    broken_yaml = tmp_path / "dataset.yaml"
+    broken_yaml.write_text("classes: [a, b\n")  # issue 21, fault 4: was "invalid configuration: configure failed"
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), OMP_NUM_THREADS="1")
     cases = [
+        ({"checkpoint": published_parity["checkpoint"], "dataset": broken_yaml},
+         f"dataset file {broken_yaml} is not valid YAML; fix it where the parser stopped: while parsing a flow "
+         "sequence"),
         ({"checkpoint": published_parity["checkpoint"]}, "name the dataset it was trained on: a preset (mfnet, "),
         ({"checkpoint": damaged, "dataset": "mfnet"}, f"checkpoint {damaged} is damaged: member"),
         ({"checkpoint": published_parity["checkpoint"], "dataset": "sunrgbd"}, "predicts 9 classes but dataset "

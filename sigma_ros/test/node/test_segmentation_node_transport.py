@@ -42,6 +42,7 @@ def compressed(arr, encoding, fmt, stamp) -> CompressedImage:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, checkpoints, harness):
     proc = start_node(tmp_path_factory, NS, {"checkpoint": checkpoints["thermal"], "input.transport": "compressed",
+                                             "input.qos": "best_effort",  # issue 21, fault 9: was refused
                                              "output.qos": "best_effort", "output.depth": 2}, DOMAIN_ID,
                       args=("-r", "rgb/image:=/cam/color", "-r", "modal/image:=/cam/thermal"))
     harness.subscribe(Image, f"{NS}/segmentation/mask", reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -73,6 +74,7 @@ def test_jpeg_rgb_and_16bit_png_thermal_give_masks_stamped_like_the_rgb(node):
         assert (m.height, m.width, m.encoding) == (H, W, "mono8")
         assert image_msg_to_array(m).max() < 4
     assert "in: /cam/color/compressed, /cam/thermal/compressed" in proc.log()
+    assert "input compressed, QoS best_effort" in proc.log()
     # A corrupt JPEG is reported and skipped; the node keeps serving.
     stamp = time.time_ns()
     bad = compressed(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8", "jpeg", stamp)

@@ -122,6 +122,21 @@ def test_demo_fails_loudly_without_a_model_and_touches_nothing(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_arguments_the_node_would_refuse_are_refused_before_anything_starts(tmp_path):
+    """Issue 21, fault 9: --size 100000 100000 was a numpy MemoryError traceback; --size 2 2, --slop -1 and
+    --queue-size 0 were refused only by the node, 30 s later."""
+    cases = {("--size", "100000", "100000"): "--size must be [height, width] of 4..8192 pixels",
+             ("--size", "2", "2"): "--size must be [height, width] of 4..8192 pixels, got [2, 2]",
+             ("--slop", "-1"): "--slop must be > 0, got -1.0", ("--queue-size", "0"): "--queue-size must be >= 1"}
+    for args, expected in cases.items():
+        done = subprocess.run([sys.executable, "-m", "sigma_ros.replay.demo", "--output", str(tmp_path / "out"), *args],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and done.stderr == f"sigma-demo: {expected}" + done.stderr.split(expected)[1], \
+            done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_rerun_removes_only_what_the_demo_wrote(tmp_path):
     from sigma_ros.replay.demo import MANIFEST, DemoError, prepare_output, record_output
 

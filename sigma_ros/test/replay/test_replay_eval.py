@@ -300,3 +300,46 @@ def test_non_finite_logits_give_no_mask_and_are_counted(world):
     assert summary.expected_pairs == 3 and summary.frames == 0 and summary.frames_scored == 0
     assert summary.dropped == 3 and summary.metrics is None
     assert any("3 of 3 pairs got NaN/infinite logits" in note for note in summary.notes), summary.notes
+
+
+def test_a_bag_holding_fewer_messages_than_it_declares_is_an_error_or_a_warning(world, tmp_path, capsys):
+    """Issue 21, fault 3 in sigma-replay-eval: a bag whose index (here metadata.yaml) declares more RGB messages than
+    it holds is an error naming both counts; --allow-partial scores what can be read and warns. Fault 9:
+    --max-pairs below 1 is refused."""
+    import shutil
+
+    rec = world["record"]
+    bag = tmp_path / "short_bag"
+    shutil.copytree(rec.path, bag)
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())
+    for topic in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        if topic["topic_metadata"]["name"] == rec.rgb_topic:
+            held = topic["message_count"]
+            topic["message_count"] = held + 5  # what the recorder wrote, of which 5 were lost
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    args = [str(bag), "--checkpoint", str(world["ckpt"]), "--rgb-topic", rec.rgb_topic, "--modal-topic",
+            rec.modal_topic, "--out", str(tmp_path / "report"), "--device", "cpu", "--no-html"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"holds fewer messages than its index declares ({rec.rgb_topic}: {held} of {held + 5} read)" in err
+    assert "--allow-partial" in err and not (tmp_path / "report").exists()
+    assert main(args + ["--allow-partial"]) == 0
+    assert f"warning (--allow-partial): bag {bag} holds fewer messages" in capsys.readouterr().err
+    assert main(args + ["--max-pairs", "-5"]) == 2
+    assert "--max-pairs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_report_folder_holding_a_users_files_is_refused_before_replaying(world, tmp_path, capsys):
+    """Issue 21, fault 5: `sigma-replay-eval --out DIR` replaced a report.md it did not write."""
+    rec = world["record"]
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    args = [str(rec.path), "--checkpoint", str(world["ckpt"]), "--rgb-topic", rec.rgb_topic, "--modal-topic",
+            rec.modal_topic, "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    assert "holds report.md that no replay report wrote" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
+    fresh = tmp_path / "fresh"
+    assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0
+    assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0  # a replay report of its own is renewed

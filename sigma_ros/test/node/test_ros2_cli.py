@@ -1,0 +1,103 @@
+"""The ros2 CLI against the node started by `ros2 launch sigma_ros sigma.launch.py` from a colcon install.
+
+What a robot integrator types: node info, topic echo /diagnostics, param get/set/describe/dump, a dump reloaded
+as the params file of a second launch (the same configuration), and `ros2 lifecycle` through every transition of
+a node launched with lifecycle:=true. Two launches per run; the ros2 daemon runs on the module's private
+ROS_DOMAIN_ID and is stopped at the end.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from ros_tools import Launch, installed_env, require, ros2
+
+DOMAIN_ID = 100 + os.getpid() % 20
+NODE = "/sigma_segmentation"
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def env(colcon_install):
+    require("launch_ros")
+    require("ros2param")
+    env = installed_env(colcon_install, DOMAIN_ID)
+    yield env
+    ros2(env, "daemon", "stop", until=lambda out: True)
+
+
+@pytest.fixture(scope="module")
+def plain(env, checkpoints, tmp_path_factory):
+    """The plain node; a params file also sets diagnostic_updater's own parameter (its Updater declares it)."""
+    tmp = tmp_path_factory.mktemp("plain")
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "warmup": {"size": [64, 80]}, "diagnostic_updater": {"period": 0.5}}}}))
+    launch = Launch(env, tmp / "launch.log", "sigma_ros", "sigma.launch.py", f"checkpoint:={checkpoints['thermal']}",
+                    f"params_file:={params}", "device:=cpu")
+    try:
+        assert launch.wait_log("ready:"), launch.log()[-3000:]
+        yield launch
+    finally:
+        launch.stop()
+
+
+def test_node_info_lists_the_outputs_and_no_lifecycle_interface(env, plain):
+    info = ros2(env, "node", "info", NODE, until=lambda out: "segmentation/mask" in out)
+    assert "/segmentation/mask: sensor_msgs/msg/Image" in info and "/diagnostics" in info, info
+    assert "vision_msgs/msg/LabelInfo" in info, info
+    # lifecycle false: a plain node, no transition_event topic and no lifecycle services
+    assert "transition_event" not in info and "change_state" not in info, info
+
+
+def test_diagnostics_echo_and_diagnostic_updater_parameter(env, plain):
+    out = ros2(env, "topic", "echo", "/diagnostics", "--once", until=lambda out: "level" in out, timeout=60)
+    assert "name: 'sigma_segmentation: /sigma_segmentation'" in out, out
+    assert ros2(env, "param", "get", NODE, "diagnostic_updater.period").split()[-1] == "0.5"
+
+
+def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):
+    described = ros2(env, "param", "describe", NODE, "output.overlay_alpha")
+    assert "Min value: 0.0" in described and "Max value: 1.0" in described, described
+    assert "Read only: true" in ros2(env, "param", "describe", NODE, "sync.slop").replace("True", "true")
+    assert "Min value: 1" in ros2(env, "param", "describe", NODE, "sync.queue_size")
+    refused = ros2(env, "param", "set", NODE, "output.overlay_alpha", "1.5")
+    assert "out of range" in refused, refused  # the descriptor's range, checked by rclpy before our callback
+    assert "successful" in ros2(env, "param", "set", NODE, "output.overlay_alpha", "0.25")
+    assert ros2(env, "param", "get", NODE, "output.overlay_alpha").split()[-1] == "0.25"
+    assert "read-only" in ros2(env, "param", "set", NODE, "sync.slop", "0.1")
+
+
+def _parameters(dump: str) -> dict:
+    return yaml.safe_load(dump)[NODE]["ros__parameters"]
+
+
+def test_a_dump_reloads_as_params_file_and_lifecycle_launch_argument(env, plain, tmp_path):
+    """`ros2 param dump` (with nulls for unset parameters and diagnostic_updater's) is a valid params file: a
+    second launch from it, managed (lifecycle:=true), walks through every transition and, once configured,
+    dumps the same configuration."""
+    first = ros2(env, "param", "dump", NODE, until=lambda out: "ros__parameters" in out)
+    assert "range: null" in first, first  # thermal.range, depth.max_range: unset
+    (tmp_path / "dump.yaml").write_text(first)
+    plain.stop()
+    second = Launch(env, tmp_path / "launch.log", "sigma_ros", "sigma.launch.py", "lifecycle:=true",
+                    f"params_file:={tmp_path / 'dump.yaml'}")
+    try:
+        assert second.wait_log("waiting for configure"), second.log()[-3000:]
+        get = ("lifecycle", "get", NODE)
+        assert ros2(env, *get, until=lambda out: "[" in out).startswith("unconfigured [1]")
+        for transition, state in [("configure", "inactive [2]"), ("activate", "active [3]"),
+                                  ("deactivate", "inactive [2]"), ("activate", "active [3]")]:
+            assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
+            assert ros2(env, *get).startswith(state), transition
+        again = _parameters(ros2(env, "param", "dump", NODE, until=lambda out: "ros__parameters" in out))
+        expected = _parameters(first)
+        assert again.pop("lifecycle") is True and expected.pop("lifecycle") is False
+        assert again == expected
+        for transition, state in [("deactivate", "inactive [2]"), ("cleanup", "unconfigured [1]"),
+                                  ("shutdown", "finalized [4]")]:
+            assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
+            assert ros2(env, *get).startswith(state), transition
+    finally:
+        second.stop()
