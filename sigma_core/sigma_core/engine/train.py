@@ -415,7 +415,7 @@ def epoch_line(done: int, epochs: int, loss: float, lr: float, seconds: float,
         line += f"; val mIoU {100 * metrics.miou:.2f}, pixel acc. {100 * metrics.pixel_accuracy:.2f}"
     else:
         line += f"; no validation this epoch (train.eval_every={eval_every})"
-    if best is not None:
+    if best is not None and best.get("miou") is not None:
         at = f" (epoch {best['epoch']})" if best.get("epoch") else ""
         line += f"; best val mIoU {100 * best['miou']:.2f}{at}"
     return line
