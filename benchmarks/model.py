@@ -3,6 +3,7 @@
     python benchmarks/model.py                         # nano and tiny at 480x640, one thread
     python benchmarks/model.py --variants nano --size 240 320 --repeats 5 --backend cpu
     python benchmarks/model.py --compare numba:fp32 numba:bf16 cpu:fp32 --repeats 3   # same-run ratios
+    python benchmarks/model.py --compare numba:fp32 numba:bf16 --threads 1 2 --repeats 3  # thread scaling
 
 With --compare, each variant runs every backend:precision in turn within each round (rounds interleaved,
 so machine load hits all alike) and prints min and median latency and the ratio to the last entry
@@ -74,8 +75,10 @@ def time_forward(model: torch.nn.Module, size: tuple[int, int], repeats: int) ->
     return times
 
 
-def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], rounds: int) -> None:
-    """Interleaved rounds of every backend:precision setup on one model; the last setup is the baseline."""
+def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], rounds: int,
+            thread_counts: list[int]) -> None:
+    """Interleaved rounds of every backend:precision setup at every thread count on one model; the last setup at
+    the first thread count is the baseline."""
     rgb, x = torch.randn(1, 3, *size), torch.randn(1, 3, *size)
     runnable = []
     for setup in setups:
@@ -84,31 +87,37 @@ def compare(model: torch.nn.Module, size: tuple[int, int], setups: list[str], ro
         if dtype == torch.bfloat16 and not cpu_bf16_is_native():
             print(f"  {setup:<14} skipped: this CPU has no native bf16")
             continue
-        runnable.append((setup, backend, dtype))
-    times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}
-    cpu_times: dict[str, list[float]] = {setup: [] for setup, _, _ in runnable}  # robust on a shared machine
+        runnable += [(f"{setup}@{threads}t", backend, dtype, threads) for threads in thread_counts]
+    times: dict[str, list[float]] = {label: [] for label, *_ in runnable}
+    cpu_times: dict[str, list[float]] = {label: [] for label, *_ in runnable}  # robust on a shared machine
 
-    def forward(backend: str, dtype: torch.dtype, inputs) -> None:
+    def forward(backend: str, dtype: torch.dtype, threads: int, inputs) -> None:
+        torch.set_num_threads(threads)
         model.set_scan_backend(backend)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             model(*inputs)
 
     with torch.inference_mode():
-        for _setup, backend, dtype in runnable:  # warm-up at full size: kernels and oneDNN's bf16 primitives
-            forward(backend, dtype, (rgb, x))
+        for _label, backend, dtype, threads in runnable:  # warm-up at full size: kernels, oneDNN's bf16 primitives
+            forward(backend, dtype, threads, (rgb, x))
         for _ in range(rounds):
-            for setup, backend, dtype in runnable:
+            for label, backend, dtype, threads in runnable:
                 start, start_cpu = time.perf_counter(), time.process_time()
-                forward(backend, dtype, (rgb, x))
-                times[setup].append(time.perf_counter() - start)
-                cpu_times[setup].append(time.process_time() - start_cpu)
-    base, base_cpu = min(times[runnable[-1][0]]), min(cpu_times[runnable[-1][0]])
-    for setup, values in times.items():
-        cpu = cpu_times[setup]
-        print(f"  {setup:<14} wall min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
+                forward(backend, dtype, threads, (rgb, x))
+                times[label].append(time.perf_counter() - start)
+                cpu_times[label].append(time.process_time() - start_cpu)
+    baseline = runnable[-len(thread_counts)][0]
+    base, base_cpu = min(times[baseline]), min(cpu_times[baseline])
+    for label, values in times.items():
+        cpu = cpu_times[label]
+        print(f"  {label:<16} wall min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
               f"{base / min(values):5.2f}x   process CPU min {min(cpu):6.2f} s  "
               f"median {statistics.median(cpu):6.2f} s  "
-              f"{base_cpu / min(cpu):5.2f}x  (ratios vs {runnable[-1][0]})", flush=True)
+              f"{base_cpu / min(cpu):5.2f}x  (ratios vs {baseline})", flush=True)
+    for first in range(0, len(runnable), len(thread_counts)):
+        one = runnable[first][0]
+        for label, *_ in runnable[first + 1:first + len(thread_counts)]:
+            print(f"  {label:<16} {min(times[one]) / min(times[label]):5.2f}x the wall time of {one} (min)")
 
 
 def main(argv=None) -> None:
@@ -117,25 +126,26 @@ def main(argv=None) -> None:
     parser.add_argument("--size", nargs=2, type=int, default=[480, 640], metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed forwards per variant after one warm-up; 0: count only")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="torch threads; several (e.g. 1 2) with --compare: each setup at each count")
     parser.add_argument("--backend", default="auto", help="selective-scan backend (default: best for CPU)")
     parser.add_argument("--num-classes", type=int, default=9)
     parser.add_argument("--compare", nargs="+", metavar="BACKEND:PRECISION",
                         help="time these setups in interleaved rounds instead (last one = baseline)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     size = tuple(args.size)
     if args.compare:
-        print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads} thread(s), torch {torch.__version__}, "
+        print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, threads {args.threads}, torch {torch.__version__}, "
               f"min / median of {args.repeats} interleaved rounds; load average {os.getloadavg()}")
         for name in args.variants:
             torch.manual_seed(0)
             print(f"{name}:")
             compare(build_sigma(SigmaConfig(variant=name, num_classes=args.num_classes)).eval(), size,
-                    args.compare, args.repeats)
+                    args.compare, args.repeats, args.threads)
         return
     backend = resolve_backend(args.backend, "cpu")
-    print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads} thread(s), scan backend {backend!r}, "
+    print(f"Sigma forward, batch 1, {size[0]}x{size[1]}, {args.threads[0]} thread(s), scan backend {backend!r}, "
           f"torch {torch.__version__}")
     header = f"{'variant':<8} {'params':>10} {'dense GFLOPs':>13} {'scan GFLOPs':>12} {'total GFLOPs':>13} " \
              f"{'latency s (median)':>19} {'min':>7}"

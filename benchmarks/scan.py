@@ -8,6 +8,7 @@ Usage (one thread, as in CI)::
     python benchmarks/scan.py --model              # also: nano forward at 480x640 with each backend
     python benchmarks/scan.py --directions         # also: SS2D's 4 directions read by index vs cross_scan copies
     python benchmarks/scan.py --compile            # also: numba's cold compile and cached load, new processes
+    python benchmarks/scan.py --floor              # stage 1 only: plain loop, backends, the arithmetic floor
 
 Times are the min and the median of the rounds; the implementations are interleaved within each round,
 so that a change in machine load affects all of them alike. Ratios are against baselines of the same run.
@@ -17,6 +18,11 @@ Baselines, written here on purpose:
 - "naive ref": the mamba-ssm ``selective_scan_ref`` way: materialise exp(delta*A) and
   delta*B*u as full (batch, D, L, N) tensors (and B, C repeated per channel), then loop
   over L reading strided slices of them. Its memory traffic is what makes it slow.
+- "floor": the arithmetic floor of the stage-1 scan: D x L x N state updates, each
+  LANE_OPS_PER_UPDATE vector-lane operations (exp of delta*A as a polynomial, three fused
+  multiply-adds), at the single-core rate of vector-lane FMAs measured here on an in-cache
+  float32 matmul (torch.mm, one thread; MKL/oneDNN run near the FMA units' peak), as if every
+  operation issued at that rate.
 Forward+backward of the plain loop goes through autograd; it keeps every step's tensors,
 so it is measured on a prefix of L and scaled linearly (marked ``*``).
 """
@@ -130,6 +136,65 @@ def check_agreement(fn, inputs) -> float:
 
 def summary(times: list[float]) -> tuple[float, float]:
     return min(times), statistics.median(times)
+
+
+LANE_OPS_PER_UPDATE = 14  # one state update: exp(delta * A) (reduction, 6 polynomial FMAs, scale) + 3 FMAs
+
+
+def fma_lane_rate(seconds: float = 1.0) -> float:
+    """Float32 fused multiply-adds per second of one core: best of in-cache matmuls (256^3), one thread, CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(256, 256), torch.randn(256, 256)
+        out = torch.empty(256, 256)
+        best, deadline = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.thread_time()  # CPU time of this thread: what other processes take is not counted
+            for _ in range(20):
+                torch.mm(a, b, out=out)
+            best = min(best, (time.thread_time() - t0) / 20)
+        return 256 ** 3 / best
+    finally:
+        torch.set_num_threads(threads)
+
+
+def floor_seconds(dim: int, length: int, n_state: int, lane_rate: float) -> float:
+    """The arithmetic floor of one scan: dim x length x n_state updates at LANE_OPS_PER_UPDATE each."""
+    return dim * length * n_state * LANE_OPS_PER_UPDATE / lane_rate
+
+
+def floor_table(rounds: int) -> None:
+    """The Sigma-T stage-1 scan (D=768, L=19200, N, G): plain loop, each backend, and the arithmetic floor."""
+    _stage, dim, length = STAGES[0]
+    lane_rate = fma_lane_rate()
+    floor = floor_seconds(dim, length, N_STATE, lane_rate)
+    backends = [b for b in available_backends("cpu") if b != "reference"]
+    inputs = make_inputs(dim, length)
+    impls: dict[str, Callable] = {"plain loop": plain_loop, **{name: backend_fn(name) for name in backends}}
+    for name in backends:
+        impls[name](**{k: (v[..., :64] if v.dim() >= 3 else v) for k, v in inputs.items()})  # warm-up
+    wall: dict[str, list[float]] = {name: [] for name in impls}
+    cpu: dict[str, list[float]] = {name: [] for name in impls}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, fn in impls.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(**inputs)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    print(f"Sigma-T stage-1 scan forward, D={dim} L={length} N={N_STATE} G={GROUPS}, {torch.get_num_threads()} "
+          f"thread(s), min / median of {rounds} interleaved rounds; load average {os.getloadavg()}")
+    print(f"floor: {dim * length * N_STATE / 1e6:.0f} M state updates x {LANE_OPS_PER_UPDATE} lane operations at "
+          f"{lane_rate / 1e9:.1f} G float32 FMA lanes/s (one core, measured now) = {floor:.3f} s")
+    print(f"{'implementation':<12} {'wall min':>9} {'median':>7} {'process CPU min':>15}  {'vs plain':>9} "
+          f"{'x floor':>8}")
+    plain = min(cpu["plain loop"])
+    for name in impls:
+        best_cpu = min(cpu[name])
+        print(f"{name:<12} {min(wall[name]):9.3f} {statistics.median(wall[name]):7.3f} {best_cpu:15.3f}  "
+              f"{plain / best_cpu:8.1f}x {best_cpu / floor:7.2f}x")
+    print("(ratios use process CPU time, which a loaded machine inflates less than wall time)")
 
 
 def scan_table(quick: bool, naive_stages: set[int], rounds: int) -> None:
@@ -300,12 +365,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--directions", action="store_true", help="also: scan directions by index vs copies")
     parser.add_argument("--compile", action="store_true", help="also: numba cold-compile and cached-load times")
     parser.add_argument("--no-table", action="store_true", help="skip the per-stage scan table")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the stage-1 scan against the plain loop and the arithmetic floor")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     N_STATE = args.n_state
     rounds = 1 if args.quick else args.rounds
     naive = {int(s) for s in args.naive_stages.split(",") if s.strip()}
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    if args.floor:
+        floor_table(rounds)
+        return
     if not args.no_table:
         scan_table(args.quick, naive, rounds)
     if args.directions:

@@ -1,8 +1,8 @@
-# Source me: activates .venv and, without a system ROS 2, points the dynamic
+# Source me: activates .venv (or $SIGMA_VENV, e.g. .venv-jazzy) and, without a system ROS 2, points the dynamic
 # loader and ament at the ROS 2 wheels and the sigma_msgs built into the venv.
 _sigma_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
-source "$_sigma_root/.venv/bin/activate"
+source "${SIGMA_VENV:-$_sigma_root/.venv}/bin/activate"
 if [[ -z "${ROS_DISTRO:-}" ]]; then
   _site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   _libs="$VIRTUAL_ENV/lib"

@@ -36,7 +36,6 @@ import platform
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,8 @@ from torch import nn
 
 from .checkpoints import CheckpointMeta, DatasetLike, PathLike, load_model
 from .data.modality import ModalityScaling
-from .data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_modal, normalize_rgb, to_chw
+from .model_io import NonFiniteOutputError, images_to_inputs, modal_to_unit, resize_unit  # noqa: F401 (public here)
+from .onnx_runtime import is_onnx_path
 from .ops.selective_scan import load_backend, resolve_backend
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ PRECISIONS = {
 }
 _CANONICAL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _FROM_CHECKPOINT = "checkpoint"
-
-
-class NonFiniteOutputError(RuntimeError):
-    """The network gave NaN/inf logits for a frame; its mask would be meaningless, so none is returned."""
 
 
 def parse_precision(precision: str) -> torch.dtype:
@@ -110,50 +106,6 @@ def check_precision_for_device(dtype: torch.dtype, device: torch.device) -> None
             f"slower than fp32 (fp16 measured 6x slower): it has no native {name} arithmetic ({hardware}); use "
             "precision 'fp32' on a CPU, and fp16/bf16 on a GPU (device 'cuda')"
         )
-
-
-def modal_to_unit(modal: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:
-    """Raw modality (H', W') or (H', W', C) -> (H, W) float32 in [0, 1] at ``size`` = (H, W).
-
-    A modality of another size than RGB is resized to it: nearest for depth (no mixing of
-    valid and invalid pixels), bilinear for thermal.
-    """
-    unit, _ = scaling.to_unit(modal)
-    return resize_unit(unit, scaling, size)
-
-
-def resize_unit(unit: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:
-    if unit.shape[:2] == tuple(size):
-        return unit
-    interp = cv2.INTER_NEAREST if scaling.modality == "depth" else cv2.INTER_LINEAR
-    return cv2.resize(unit, (size[1], size[0]), interpolation=interp)
-
-
-def images_to_inputs(
-    rgb: np.ndarray,
-    modal: np.ndarray,
-    scaling: ModalityScaling,
-    size: Optional[tuple[int, int]] = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One image pair -> the network's inputs, numpy (3, h, w) float32 each.
-
-    rgb: (H, W, 3) uint8 RGB. modal: raw thermal/depth, (H', W') or (H', W', C), uint8/uint16/float
-    (NaN/inf allowed: ModalityScaling marks them invalid); resized to (H, W) first.
-    size: (h, w) the network runs at, or None for (H, W). mean/std: for 0..1 values (ImageNet default).
-    Training, evaluation and the Segmenter all use this, so a model sees the same values everywhere.
-    """
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be an (H, W, 3) uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
-    height, width = rgb.shape[:2]
-    unit = modal_to_unit(modal, scaling, (height, width))
-    if size is not None and tuple(size) != (height, width):
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        unit = resize_unit(unit, scaling, tuple(size))
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    return to_chw(normalize_rgb(rgb, mean, std)), to_chw(normalize_modal(unit, mean, std))
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -223,7 +175,8 @@ class Segmenter:
         *,
         allow_emulated_precision: bool = False,
     ) -> Segmenter:
-        """Load a checkpoint and wrap it: ours (see sigma_core.save_checkpoint), or a published Sigma file.
+        """Load a checkpoint and wrap it: ours (see sigma_core.save_checkpoint), a published Sigma file, or a
+        ``.onnx`` file from sigma-export (then an OnnxSegmenter, same interface, run by ONNX Runtime).
 
         dataset: for a published Sigma file, the dataset it was trained on (preset name, dataset.yaml or
             class list), which supplies classes, palette, modality scaling and input size; ignored, with a
@@ -231,6 +184,13 @@ class Segmenter:
         Raises sigma_core.checkpoints.CheckpointError (DatasetNeededError for a published file without
         ``dataset``) when the file cannot be used; see sigma_core.checkpoints.load_model.
         """
+        if is_onnx_path(path):  # a sigma-export file: ONNX Runtime runs it (see sigma_core.onnx_runtime)
+            from .onnx_runtime import OnnxSegmenter
+
+            seg = OnnxSegmenter(path, device=str(device), precision=precision, input_size=input_size)
+            if dataset is not None:
+                seg.meta.warnings.append(f"dataset {dataset!r} ignored: {Path(path).name} names its classes itself")
+            return seg  # type: ignore[return-value]
         model, meta = load_model(path, dataset=dataset, device="cpu", scan_backend=scan_backend)
         return cls(model, meta, device=device, precision=precision, scan_backend=scan_backend, input_size=input_size,
                    allow_emulated_precision=allow_emulated_precision)
@@ -276,6 +236,11 @@ class Segmenter:
     @property
     def precision(self) -> str:
         return _CANONICAL[self._dtype]
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network, for logs ("PyTorch 2.13.0"; ONNX files: "ONNX Runtime 1.32.0 (provider)")."""
+        return f"PyTorch {torch.__version__}"
 
     @property
     def scan_backend(self) -> str:

@@ -63,19 +63,29 @@ def load_segmenter(
 ) -> Any:
     """The Segmenter every tool runs: ``checkpoint`` (None or '': the bundled demo model of ``modality``).
 
-    checkpoint: anything ``Segmenter.from_checkpoint`` takes (ours, a published Sigma .pth with ``dataset``).
+    checkpoint: anything ``Segmenter.from_checkpoint`` takes (ours, a published Sigma .pth with ``dataset``), or
+    a ``.onnx`` file (sigma-export), which gives an OnnxSegmenter and imports no torch.
     dataset: what a published Sigma checkpoint (.pth) was trained on (see sigma_core.checkpoints.load_model);
     the Segmenter's ``meta.notes`` / ``meta.warnings`` say what was inferred or ignored, for the caller to show.
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
     checkpoint's). Raises ValueError naming the checkpoint, device and precision and the reason
     when it cannot be loaded there (fp16/bf16 on a CPU without them in hardware included).
     """
-    from .inference import Segmenter
+    from .onnx_runtime import is_onnx_path
 
     path = Path(checkpoint) if checkpoint else bundled_checkpoint(modality)
     try:
-        seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        if is_onnx_path(path):  # an exported model (sigma-export): ONNX Runtime, and no torch imported at all
+            from .onnx_runtime import OnnxSegmenter
+
+            seg = OnnxSegmenter(path, device=device, precision=precision)
+            if dataset:
+                seg.meta.warnings.append(f"dataset {dataset!r} ignored: {path.name} names its classes itself")
+        else:
+            from .inference import Segmenter
+
+            seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ValueError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                          f"with precision {precision}: {e}") from e
     modality = modality or seg.modality
@@ -127,13 +137,39 @@ def load_registration(mode: Optional[str], calibration_file: Optional[str], scal
     return Registration(mode, calibration, scaling, distance_m)
 
 
-def _register(rgb8: np.ndarray, modal: np.ndarray,
-              registration: Optional[Registration]) -> tuple[np.ndarray, float, Optional[str]]:
-    """(modality as the model sees it, coverage, aspect warning): registered into the RGB view, or as it is."""
+@dataclass(frozen=True)
+class PreparedPair:
+    """A pair converted for the model, before it runs: rgb (H, W, 3) uint8 RGB; modal the modality as the model
+    will see it (registered into the RGB view, or as decoded); coverage and aspect_warning as in FrameResult."""
+
+    rgb: np.ndarray
+    modal: np.ndarray
+    coverage: float
+    aspect_warning: Optional[str]
+
+
+def prepare_pair(rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
+                 registration: Optional[Registration] = None) -> PreparedPair:
+    """The model-independent half of :func:`segment_pair` (RGB conversion, registration), which the node runs on
+    the next pair while the model runs on the current one. Raises as segment_pair does."""
+    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
+    aspect_warning, coverage = None, 1.0
     if registration is None or registration.mode == "none":
-        return modal, 1.0, aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
-    registered = registration(modal, rgb8.shape[:2])
-    return registered.image, registered.coverage, None
+        aspect_warning = aspect_ratio_warning(rgb8.shape[:2], modal.shape[:2])
+    else:
+        registered = registration(modal, rgb8.shape[:2])
+        modal, coverage = registered.image, registered.coverage
+    return PreparedPair(rgb8, modal, coverage, aspect_warning)
+
+
+def segment_prepared(segmenter: Any, pair: PreparedPair, min_inference_ms: float = 0.0) -> FrameResult:
+    """The model half of :func:`segment_pair`: the model on a prepared pair, mask, confidence and counts."""
+    start = time.perf_counter()
+    mask, confidence = segmenter(pair.rgb, pair.modal)
+    inference_ms = (time.perf_counter() - start) * 1e3
+    if min_inference_ms > inference_ms:
+        time.sleep((min_inference_ms - inference_ms) * 1e-3)
+    return _result(segmenter, pair, mask, confidence, inference_ms)
 
 
 def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.ndarray,
@@ -145,14 +181,7 @@ def segment_pair(segmenter: Any, rgb: np.ndarray, rgb_encoding: str, modal: np.n
     (testing a slower model). Raises ValueError for an unsupported RGB encoding or shape, CalibrationError (a
     ValueError) when the images do not fit the registration's calibration.
     """
-    rgb8 = np.ascontiguousarray(to_rgb8(rgb, rgb_encoding))
-    modal, coverage, aspect_warning = _register(rgb8, modal, registration)
-    start = time.perf_counter()
-    mask, confidence = segmenter(rgb8, modal)
-    inference_ms = (time.perf_counter() - start) * 1e3
-    if min_inference_ms > inference_ms:
-        time.sleep((min_inference_ms - inference_ms) * 1e-3)
-    return _result(segmenter, rgb8, modal, mask, confidence, inference_ms, coverage, aspect_warning)
+    return segment_prepared(segmenter, prepare_pair(rgb, rgb_encoding, modal, registration), min_inference_ms)
 
 
 def segment_pairs(segmenter: Any, rgbs: list[np.ndarray], rgb_encoding: str, modals: list[np.ndarray],
@@ -162,31 +191,29 @@ def segment_pairs(segmenter: Any, rgbs: list[np.ndarray], rgb_encoding: str, mod
     The masks equal segment_pair's on each pair (the network sees the same inputs; pairs of one size run
     together, ``max_batch`` at a time).
     """
-    rgb8s = [np.ascontiguousarray(to_rgb8(rgb, rgb_encoding)) for rgb in rgbs]
-    seen = [_register(rgb8, modal, registration) for rgb8, modal in zip(rgb8s, modals)]
+    pairs = [prepare_pair(rgb, rgb_encoding, modal, registration) for rgb, modal in zip(rgbs, modals)]
     start = time.perf_counter()
-    outputs = segmenter.predict_batch(rgb8s, [m for m, _, _ in seen], max_batch=max_batch)
-    share_ms = (time.perf_counter() - start) * 1e3 / max(len(rgbs), 1)
-    return [_result(segmenter, rgb8, modal, mask, confidence, share_ms, coverage, warning)
-            for rgb8, (modal, coverage, warning), (mask, confidence) in zip(rgb8s, seen, outputs)]
+    outputs = segmenter.predict_batch([p.rgb for p in pairs], [p.modal for p in pairs], max_batch=max_batch)
+    share_ms = (time.perf_counter() - start) * 1e3 / max(len(pairs), 1)
+    return [_result(segmenter, pair, mask, confidence, share_ms) for pair, (mask, confidence) in zip(pairs, outputs)]
 
 
-def _result(segmenter: Any, rgb8: np.ndarray, modal: np.ndarray, mask: np.ndarray, confidence: np.ndarray,
-            inference_ms: float, coverage: float, aspect_warning: Optional[str]) -> FrameResult:
+def _result(segmenter: Any, pair: PreparedPair, mask: np.ndarray, confidence: np.ndarray,
+            inference_ms: float) -> FrameResult:
     mask = np.ascontiguousarray(mask, np.uint8)
     confidence = np.ascontiguousarray(confidence, np.float32)
     return FrameResult(
-        rgb=rgb8,
+        rgb=pair.rgb,
         mask=mask,
         confidence=confidence,
         counts=count_classes(mask, confidence, segmenter.num_classes),
         inference_ms=inference_ms,
-        modal=modal,
-        coverage=coverage,
-        modal_resized=modal.shape[:2] != rgb8.shape[:2],
-        aspect_warning=aspect_warning,
+        modal=pair.modal,
+        coverage=pair.coverage,
+        modal_resized=pair.modal.shape[:2] != pair.rgb.shape[:2],
+        aspect_warning=pair.aspect_warning,
     )
 
 
-__all__ = ["ClassCounts", "FrameResult", "bundled_checkpoint", "count_classes", "load_registration",
-           "load_segmenter", "segment_pair", "segment_pairs"]
+__all__ = ["ClassCounts", "FrameResult", "PreparedPair", "bundled_checkpoint", "count_classes", "load_registration",
+           "load_segmenter", "prepare_pair", "segment_pair", "segment_pairs", "segment_prepared"]

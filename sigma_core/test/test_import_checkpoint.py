@@ -79,6 +79,7 @@ def _lie_about_member_size(path, member_suffix: str, size: int) -> None:
     path.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 def test_checkpoints_claiming_huge_networks_are_refused_before_building(tmp_path, published, fixture):
     """Issue 21, fault 2, in sigma-import (the node and every tool load through the same load_model): a file of
     stride-0 tensors whose shapes imply 15 G parameters, our checkpoint recording a 1536-wide config, and an
@@ -102,10 +103,16 @@ def test_checkpoints_claiming_huge_networks_are_refused_before_building(tmp_path
         archive.writestr("sigma_published/zeros.bin", b"\0" * (1 << 20))
     _lie_about_member_size(extra, "zeros.bin", 0xFFFFFFF0)  # 4.3 GB of zeros, as its directory says
     files["extra_member.pth"] = extra
+    packed = tmp_path / "packed_member.pth"  # a true 64 MiB of zeros, deflated to 64 KiB: below the size limit
+    packed.write_bytes(published.read_bytes())
+    with zipfile.ZipFile(packed, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("sigma_published/zeros.bin", b"\0" * (64 << 20))
+    files["packed_member.pth"] = packed
     assert files["strided.pth"].stat().st_size < 1_000_000  # small files, huge claims
     expected = {"strided.pth": "imply 15,137,462,272 parameters (60.5 GB as float32), above the limit of 500,000,000",
                 "wide_config.pt": "which has 15,137,462,272 parameters (60.5 GB as float32), above the limit",
-                "extra_member.pth": "(largest: sigma_published/zeros.bin, 4,294,967,280 bytes)"}
+                "extra_member.pth": "(largest: sigma_published/zeros.bin, 4,294,967,280 bytes)",
+                "packed_member.pth": "member sigma_published/zeros.bin is compressed"}
     for name, path in files.items():
         run = subprocess.run([sys.executable, "-m", "sigma_core.cli.import_checkpoint", str(path), "--dataset",
                               "mfnet", "-o", str(tmp_path / f"{name}.out.pt")], capture_output=True, text=True,

@@ -16,7 +16,16 @@ from sigma_core import segmentation_step as _core
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.modality import ModalityScaling
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
-from sigma_core.segmentation_step import ClassCounts, FrameResult, count_classes, segment_pair, segment_pairs
+from sigma_core.segmentation_step import (
+    ClassCounts,
+    FrameResult,
+    PreparedPair,
+    count_classes,
+    prepare_pair,
+    segment_pair,
+    segment_pairs,
+    segment_prepared,
+)
 
 from .errors import ConfigError
 from .node.parameters import resolve_checkpoint
@@ -34,7 +43,8 @@ def load_segmenter(
 ) -> Any:
     """sigma_core's ``load_segmenter`` with the node's checkpoint rules ('' = the bundled model of ``modality``).
 
-    Raises ConfigError naming the checkpoint, device and precision and the reason when it cannot be loaded there.
+    A ``.onnx`` file (sigma-export) gives an OnnxSegmenter and imports no torch. Raises ConfigError naming the
+    checkpoint, device and precision and the reason when it cannot be loaded there.
     """
     path = checkpoint if isinstance(checkpoint, Path) else resolve_checkpoint(str(checkpoint), modality)
     try:
@@ -53,5 +63,5 @@ def load_registration(mode: Optional[str], calibration_file: Optional[str], scal
         raise ConfigError(str(e)) from None
 
 
-__all__ = ["ClassCounts", "FrameResult", "count_classes", "load_registration", "load_segmenter", "segment_pair",
-           "segment_pairs"]
+__all__ = ["ClassCounts", "FrameResult", "PreparedPair", "count_classes", "load_registration", "load_segmenter",
+           "prepare_pair", "segment_pair", "segment_pairs", "segment_prepared"]

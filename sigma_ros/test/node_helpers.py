@@ -109,12 +109,14 @@ class Harness:
 class NodeProcess:
     """``python -m sigma_ros.node`` in namespace ``ns``; its log goes to a file we can read while it runs."""
 
-    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, warmup: bool = True, args: tuple = ()):
-        """args: more ``--ros-args`` (remappings ``-r from:=to``)."""
+    def __init__(self, log_dir: Path, ns: str, params: dict, domain_id: int, warmup: bool = True, args: tuple = (),
+                 env: Optional[dict] = None):
+        """args: more ``--ros-args`` (remappings ``-r from:=to``); env: more environment variables."""
+        extra_env = env or {}
         self.ns = ns
         self.log_path = log_dir / f"{ns.strip('/')}.log"
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE),
-                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0", **extra_env)
         cmd = [sys.executable, "-m", "sigma_ros.node", "--ros-args", "-r", f"__ns:={ns}"]
         if warmup:
             cmd += ["-p", f"warmup.size:=[{H}, {W}]"]

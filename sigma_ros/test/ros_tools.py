@@ -2,7 +2,8 @@
 and ``ros2 launch`` processes. Importable from every test folder (sigma_ros/test is on sys.path).
 
 A test that needs a package from a ROS install (launch_ros, message_filters, cv_bridge, ...) skips without it,
-naming it, except in CI (``CI`` set), where tools/test.sh builds ../shared/ros2-overlay and a missing package fails.
+naming it, except where SIGMA_REQUIRE_ROS_TOOLS=1 (tools/test.sh in CI, after building ../shared/ros2-overlay): there
+a missing package fails the test.
 """
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def require(module: str) -> ModuleType:
-    """``import module``; skip (outside CI) or fail (in CI) naming it when it is missing."""
+    """``import module``; skip (fail where SIGMA_REQUIRE_ROS_TOOLS=1) naming it when it is missing."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         reason = (f"{module} is not installed ({e}): it comes with a ROS 2 install, or with ../shared/ros2-overlay "
                   "(bash ../shared/ros2-overlay/build_overlay.sh .venv)")
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run this test: {reason}", pytrace=False)
+        if os.environ.get("SIGMA_REQUIRE_ROS_TOOLS") == "1":
+            pytest.fail(f"this run must not skip it (SIGMA_REQUIRE_ROS_TOOLS=1): {reason}", pytrace=False)
         pytest.skip(reason)
 
 

@@ -94,3 +94,22 @@ def test_user_parameters_are_launch_arguments_that_reach_the_node():
     overrides = yaml.safe_load(files[1].read_text())["/sigma_segmentation"]["ros__parameters"]
     assert overrides["lifecycle"] is True and overrides["precision"] == "fp16"
     assert overrides["input.transport"] == "compressed" and "device" not in overrides  # empty: the params file's
+
+
+def test_readme_launch_argument_table_matches_the_launch_file():
+    """README's table of sigma.launch.py arguments: every declared argument, in order, with its default."""
+    text = (LAUNCH_DIR.parents[1] / "README.md").read_text()
+    table = text.split("<!-- launch-arguments:sigma.launch.py -->", 1)[1].split("<!-- end launch-arguments -->")[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[2:]]
+    documented = {name.strip().strip("`"): default.strip() for name, default in rows}
+    from launch import LaunchContext
+
+    context = LaunchContext()
+    declared = {a.name: "".join(s.perform(context) for s in a.default_value)
+                for a in launch_description("sigma.launch.py").get_launch_arguments()}
+    assert list(documented) == list(declared)
+    for name, default in declared.items():
+        if name == "params_file":
+            assert default.endswith("config/sigma.yaml") and "config/sigma.yaml" in documented[name]
+        else:
+            assert documented[name] == (f"`{default}`" if default else "empty"), name

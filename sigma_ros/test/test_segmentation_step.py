@@ -27,6 +27,19 @@ def test_the_step_imports_no_ros():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_registration_loads_without_torch(tmp_path):
+    """An ONNX-only node (no torch installed) registers too: reading a calibration and warping import no torch."""
+    from sigma_core.data.calibration import Calibration, CameraModel, save_calibration
+
+    camera = CameraModel(W, H, np.array([[60.0, 0, 39.5], [0, 60.0, 31.5], [0, 0, 1]]))
+    save_calibration(Calibration("rig", "", camera, camera, np.eye(3), np.array([0.05, 0, 0])), tmp_path / "r.yaml")
+    code = ("import sys, numpy as np; from sigma_core.data.modality import ModalityScaling; "
+            "from sigma_ros.segmentation_step import load_registration; "
+            f"r = load_registration(None, {str(tmp_path / 'r.yaml')!r}, ModalityScaling('thermal')); "
+            f"r(np.zeros(({H}, {W}), np.uint8), ({H}, {W})); sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_loader_names_the_checkpoint_and_the_reason(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -22,6 +22,8 @@ from .errors import CheckpointError, PathLike
 DEFAULT_MAX_PARAMETERS = 500_000_000  # 2 GB of float32: four times Sigma-B (121 M parameters)
 _MAX_BYTES_PER_PARAMETER = 8  # float64 weights are the widest a checkpoint stores
 _ARCHIVE_SLACK = 64 << 20  # bytes: the pickle, metadata and small members beside the tensors
+_INFLATE_RATIO = 100  # a compressed member inflating more than this is a bomb, not weights (they barely compress)
+_INFLATE_FREE = 16 << 20  # bytes: small compressed members (a re-zipped pickle, metadata) pass
 
 
 def _size(parameters: int) -> str:
@@ -93,6 +95,14 @@ def check_archive(path: PathLike, max_parameters: int = DEFAULT_MAX_PARAMETERS) 
                     f"bytes (largest: {big.filename}, {big.file_size:,} bytes), above the {max_bytes:,} bytes that "
                     f"{max_parameters:,} parameters need: refused unread (a damaged or hostile file; a network that "
                     "large needs max_parameters=)")
+            inflating = [m for m in members if m.compress_type != zipfile.ZIP_STORED
+                         and m.file_size > max(_INFLATE_FREE, _INFLATE_RATIO * m.compress_size)]
+            if inflating:  # torch.save stores members as they are: a member packed 100:1 is not its tensor data
+                m = max(inflating, key=lambda m: m.file_size)
+                raise CheckpointError(
+                    f"checkpoint {path}: member {m.filename} is compressed, {m.compress_size:,} bytes declaring "
+                    f"{m.file_size:,}, which torch.save never writes (it stores tensors uncompressed): refused unread "
+                    "(a damaged or hostile file). Re-save the state dict with torch.save")
             bad = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} is damaged: its zip archive cannot be read ({err}). "

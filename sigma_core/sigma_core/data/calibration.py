@@ -313,15 +313,16 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     if not path.is_file():
         raise CalibrationError(f"calibration file {str(path)!r} does not exist; give the file sigma-calibrate "
                                "(or Kalibr, or cv2.stereoCalibrate) wrote")
-    from ..files import read_yaml_mapping  # here: sigma_core.files imports torch, the node's --help should not
-
+    # Read here, not with sigma_core.files (which imports torch): an ONNX-only node reads calibrations too.
     text = path.read_text(errors="replace")
     if text.lstrip().startswith("%YAML") or "!!opencv-matrix" in text:
         return _load_opencv(path).check()
     try:
-        doc = read_yaml_mapping(path)
-    except ValueError as e:
-        raise CalibrationError(str(e)) from None
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CalibrationError(f"{path} is not valid YAML; fix it where the parser stopped: {e}") from None
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"{path} must hold a mapping of keys (a calibration), got {type(doc).__name__}")
     if "sigma_calibration" in doc:
         return _load_ours(path, doc).check()
     if "cam0" in doc and "cam1" in doc:

@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import concat_scan_order
-from .vmamba import LayerNorm, declare_scan_parameters, init_ssm_, no_weight_decay, scan_directions, scan_map_directions
+from ..ops.cross_scan import concat_merge, concat_scan, concat_scan_order
+from .vmamba import (
+    EXPORT_BACKEND,
+    LayerNorm,
+    declare_scan_parameters,
+    init_ssm_,
+    no_weight_decay,
+    scan_directions,
+    scan_map_directions,
+)
 
 
 class CrossSelectiveSSM(nn.Module):
@@ -128,11 +136,17 @@ class ConcatMambaOp(nn.Module):
         a = F.silu(self.conv2d(a.permute(0, 3, 1, 2)))
         b = F.silu(self.conv2d_modalx(b.permute(0, 3, 1, 2)))
         length = height * width
-        y = scan_map_directions(
-            torch.cat([a.flatten(2), b.flatten(2)], dim=-1), concat_scan_order(length, a.device), self.x_proj_weight,
-            self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
-        )
-        y_rgb, y_other = y[..., :length], y[..., length:]
+        if self.scan_backend == EXPORT_BACKEND:  # the layout as tensor ops: no size-keyed table in the graph
+            y_rgb, y_other = concat_merge(scan_directions(
+                concat_scan(a, b), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                self.Ds, backend=self.scan_backend))
+        else:
+            y = scan_map_directions(
+                torch.cat([a.flatten(2), b.flatten(2)], dim=-1), concat_scan_order(length, a.device),
+                self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                backend=self.scan_backend,
+            )
+            y_rgb, y_other = y[..., :length], y[..., length:]
         shape = (batch, height, width, self.d_inner)
         y_rgb = self.out_norm1(y_rgb.transpose(1, 2).reshape(shape)) * gate_from_other
         y_other = self.out_norm2(y_other.transpose(1, 2).reshape(shape)) * gate_from_rgb

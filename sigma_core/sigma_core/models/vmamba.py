@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import cross_scan_order
+from ..ops.cross_scan import cross_merge, cross_scan, cross_scan_order
 from ..ops.selective_scan import selective_scan, selective_scan_ordered
 
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
+EXPORT_BACKEND = "onnx"  # the scan backend sigma_core.export sets: blocks then build their layouts from tensor ops
 
 
 class LayerNorm(nn.LayerNorm):
@@ -219,10 +220,15 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
-        y = scan_map_directions(
-            x.flatten(2), cross_scan_order(height, width, x.device), self.x_proj_weight, self.dt_projs_weight,
-            self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
-        )
+        if self.scan_backend == EXPORT_BACKEND:  # the layout as tensor ops: no size-keyed table in the graph
+            y = cross_merge(scan_directions(cross_scan(x), self.x_proj_weight, self.dt_projs_weight,
+                                            self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend),
+                            height, width)
+        else:
+            y = scan_map_directions(
+                x.flatten(2), cross_scan_order(height, width, x.device), self.x_proj_weight, self.dt_projs_weight,
+                self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
+            )
         y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
@@ -250,10 +256,13 @@ class PatchMerging(nn.Module):
         self.norm = LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        batch, height, width, channels = x.shape
+        rows, cols = (height + 1) // 2, (width + 1) // 2
+        # Padding to (2 * rows, 2 * cols) written so that a tracer sees the even size (export with symbolic sizes).
+        x = F.pad(x, (0, 0, 0, 2 * cols - width, 0, 2 * rows - height))
+        x = x.reshape(batch, rows, 2, cols, 2, channels)  # (b, row, row parity, col, col parity, c)
+        # [0::2, 0::2], [1::2, 0::2], [0::2, 1::2], [1::2, 1::2] as in the published code
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(batch, rows, cols, 4 * channels)
         return self.reduction(self.norm(x))
 
 

@@ -29,6 +29,9 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"cross_scan expects a (B, D, H, W) map, got shape {tuple(x.shape)}")
     batch, dim, height, width = x.shape
+    if torch.compiler.is_compiling():  # traced for export: no in-place writes (they become slow scatters in ONNX)
+        xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
+        return torch.cat([xs, xs.flip(-1)], dim=1)
     xs = x.new_empty(batch, 4, dim, height * width)  # filled in place: one pass over memory per direction
     xs[:, 0] = x.flatten(2)
     xs[:, 1].view(batch, dim, width, height).copy_(x.transpose(2, 3))

@@ -85,6 +85,9 @@ register_backend(
 # without mamba-ssm, "auto" falls through to Triton, which needs nothing compiled.
 register_backend(ScanBackend("triton", ("cuda",), 10, ".scan_triton", "selective_scan_triton"))
 register_backend(ScanBackend("mamba_ssm", ("cuda",), 20, ".scan_mamba_ssm", "selective_scan_mamba_ssm"))
+# Export only (sigma_core.export): plain tensor ops and one torch scan over chunks, which becomes one ONNX Scan.
+# Below every other backend, so "auto" never picks it.
+register_backend(ScanBackend("onnx", ("cpu", "cuda"), -10, ".scan_onnx", "selective_scan_onnx"))
 
 
 def backend_names() -> list[str]:

@@ -36,12 +36,14 @@ LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 class HealthWindow:
     """What happened during one report period (``seconds`` long).
 
-    received: messages per input stream; inference_ms / latency_ms: one value per published mask;
+    received: messages per input stream; accepted: of those, the ones handed to the pairing (not refused for
+    their encoding, size or stamp); inference_ms / latency_ms: one value per published mask;
     stalled_s: seconds since images first arrived without a mask following (None when none waits).
     """
 
     seconds: float
     received: list[int]
+    accepted: list[int] = field(default_factory=list)
     pairs: int = 0
     outputs: int = 0
     inference_ms: list[float] = field(default_factory=list)
@@ -70,7 +72,7 @@ class HealthMonitor:
     def reset(self) -> None:
         """Start afresh (e.g. on activation): an empty window, nothing waiting."""
         with self._lock:
-            self._window = HealthWindow(0.0, [0] * self._streams)
+            self._window = HealthWindow(0.0, [0] * self._streams, [0] * self._streams)
             self._start = self._clock()
             self._waiting_since: Optional[float] = None
 
@@ -79,6 +81,10 @@ class HealthMonitor:
             self._window.received[stream] += 1
             if self._waiting_since is None:
                 self._waiting_since = self._clock()
+
+    def accepted(self, stream: int) -> None:
+        with self._lock:
+            self._window.accepted[stream] += 1
 
     def paired(self) -> None:
         with self._lock:
@@ -98,7 +104,7 @@ class HealthMonitor:
             window = self._window
             window.seconds = max(now - self._start, 1e-9)
             window.stalled_s = None if self._waiting_since is None else now - self._waiting_since
-            self._window = HealthWindow(0.0, [0] * self._streams)
+            self._window = HealthWindow(0.0, [0] * self._streams, [0] * self._streams)
             self._start = now
             return window
 
@@ -112,6 +118,41 @@ def _percentiles(values: Sequence[float]) -> tuple[str, str]:
         return "-", "-"
     p50, p95 = np.percentile(np.asarray(values, np.float64), [50, 95])
     return f"{p50:.1f}", f"{p95:.1f}"
+
+
+LATENCY_BEHIND_MS = -500.0  # the node's clock this far behind the stamps: a paused /clock, a clock set back
+LATENCY_ABSURD_MS = 3600e3  # stamps an hour older than the node's clock: not a slow model but another clock
+
+
+def _why_no_pairs(window: HealthWindow, topics: Sequence[str]) -> str:
+    """Why nothing pairs, from what each stream did in the period: silent, all refused, or apart in time."""
+    silent = [t for t, n in zip(topics, window.received) if n == 0]
+    if silent and len(silent) < len(topics):
+        others = ", ".join(t for t in topics if t not in silent)
+        return (f"no messages on {silent[0]} for {window.seconds:.1f} s while {others} publishes: check that camera, "
+                "its topic remapping and input.qos")
+    accepted = window.accepted or [1] * len(topics)
+    refused = [t for t, n, a in zip(topics, window.received, accepted) if n and not a]
+    if refused:
+        return (f"every message on {refused[0]} was refused (its encoding, size or stamps: see the last problems "
+                "below)")
+    return "no RGB/modality pairs: are both streams stamped within sync.slop of each other?"
+
+
+def _latency_warning(latency_ms: Sequence[float]) -> Optional[str]:
+    """A latency that says the clocks disagree, not that the node is slow; None when it looks like a delay."""
+    finite = [v for v in latency_ms if np.isfinite(v)]
+    if not finite:
+        return None
+    p50 = float(np.percentile(finite, 50))
+    if p50 < LATENCY_BEHIND_MS:
+        return (f"latency {p50:.0f} ms: the node's clock is behind the image stamps (a paused /clock, or a clock "
+                "set back); latencies are meaningless until it catches up")
+    if p50 > LATENCY_ABSURD_MS:
+        return (f"latency {p50 / 3.6e6:.1f} h: the image stamps are far older than the node's clock: a bag "
+                "replayed without --clock (ros2 bag play --clock, and use_sim_time:=true for the node), or cameras "
+                "stamping from another clock")
+    return None
 
 
 def decide_health(
@@ -141,7 +182,7 @@ def decide_health(
         level, message = OK, f"{state}: not processing (lifecycle)"
     elif inputs and window.stalled_s is not None and window.stalled_s >= stall_timeout_s:
         if window.pairs == 0:
-            why = "no RGB/modality pairs: are both streams stamped within sync.slop of each other?"
+            why = _why_no_pairs(window, topics)
         else:
             why = "pairs are formed but none was segmented: see the last problems below"
         level, message = ERROR, f"images arrive but no mask for {window.stalled_s:.1f} s; {why}"
@@ -152,6 +193,10 @@ def decide_health(
         level, message = OK, f"segmenting at {window.outputs / window.seconds:.1f} Hz"
     else:
         level, message = OK, "waiting for images"
+    clocks = _latency_warning(window.latency_ms) if state == "active" else None
+    if clocks is not None and level != ERROR:
+        message = clocks if level == OK else f"{message}; {clocks}"
+        level = WARN
 
     values = [(f"{topic} rate (Hz)", _rate(n, window.seconds)) for topic, n in zip(topics, window.received)]
     inf50, inf95 = _percentiles(window.inference_ms)
@@ -193,7 +238,11 @@ class NodeDiagnostics:
             from diagnostic_updater import Updater
         except ImportError:
             Updater = None
-        if Updater is not None:
+        # The node's clock stands still with use_sim_time until /clock comes (or while a bag is paused): health is
+        # most wanted then, so the own timer runs on the steady clock, and diagnostic_updater (whose timer uses
+        # the node's clock) is used only without sim time.
+        sim_time = node.get_parameter("use_sim_time").value if node.has_parameter("use_sim_time") else False
+        if Updater is not None and not sim_time:
             try:
                 self._updater = Updater(node, period=period_s)
             except TypeError:  # an older Updater without the period argument: publish ourselves
@@ -207,7 +256,9 @@ class NodeDiagnostics:
 
         self.backend = "diagnostic_msgs"
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = node.create_timer(period_s, self._publish)
+        from rclpy.clock import Clock, ClockType
+
+        self._timer = node.create_timer(period_s, self._publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _fill(self, stat):
         """diagnostic_updater task: fill its DiagnosticStatusWrapper."""

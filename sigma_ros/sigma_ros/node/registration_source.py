@@ -12,7 +12,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sigma_core.data.calibration import Calibration, CalibrationError, CameraModel, pose_from_transform
+from sigma_core.data.calibration import (
+    Calibration,
+    CalibrationError,
+    CameraModel,
+    load_calibration,
+    pose_from_transform,
+)
 from sigma_core.data.modality import ModalityScaling
 from sigma_core.data.registration import Registration
 
@@ -23,6 +29,17 @@ from .point_cloud import Pinhole
 
 RGB, MODAL = 0, 1
 CAMERA_INFO_TOPICS = ("rgb/camera_info", "modal/camera_info")
+
+
+def check_calibration_file(cfg: NodeConfig) -> None:
+    """ConfigError naming registration.calibration_file when it cannot be used: checked before the (slow) model
+    load, so a typo in the file or its path is reported at once."""
+    if cfg.calibration_file is None:
+        return
+    try:
+        load_calibration(cfg.calibration_file)
+    except CalibrationError as e:
+        raise ConfigError(f"parameter registration.calibration_file: {e}") from None
 
 
 class RegistrationSource:
@@ -105,4 +122,4 @@ def _same(a: CameraModel, b: CameraModel) -> bool:
             and tuple(a.D) == tuple(b.D))
 
 
-__all__ = ["CAMERA_INFO_TOPICS", "MODAL", "RGB", "RegistrationSource"]
+__all__ = ["CAMERA_INFO_TOPICS", "MODAL", "RGB", "RegistrationSource", "check_calibration_file"]

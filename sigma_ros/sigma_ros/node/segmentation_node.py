@@ -1,10 +1,13 @@
 """sigma_segmentation: the ROS 2 node that segments synchronized RGB + thermal/depth frames.
 
 Data path: subscriptions (executor thread) -> input checks -> approximate-time
-pairing -> a single-slot mailbox -> one inference thread (decode, the shared
-per-frame step ``segmentation_step.segment_pair``) -> publishers. The
-subscriptions never wait for the model; while it is busy, a newer pair replaces
-the waiting one (counted in ``frames_dropped``), so latency cannot build up.
+pairing -> a single-slot mailbox -> a decode thread (decode, RGB conversion,
+registration: ``segmentation_step.prepare_pair``) -> a second single-slot
+mailbox -> the inference thread (``segmentation_step.segment_prepared``) ->
+publishers. The next pair is decoded while the model runs on the current one.
+The subscriptions never wait for the model; while it is busy, a newer pair
+replaces the waiting one in either mailbox (counted in ``frames_dropped``), so
+latency cannot build up and at most four pairs are held.
 
 The node is a managed (lifecycle) node inside: configure loads and warms the
 model and creates the publishers, activate subscribes and starts the inference
@@ -29,6 +32,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,23 +40,24 @@ import numpy as np
 import rclpy
 from lifecycle_msgs.msg import State
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from sigma_core.data.bags import message_to_array
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
-from sigma_core.inference import NonFiniteOutputError
+from sigma_core.model_io import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
-from ..segmentation_step import load_segmenter, segment_pair
+from ..segmentation_step import PreparedPair, load_segmenter, prepare_pair, segment_prepared
 from .diagnostics import HealthMonitor, HealthReport, NodeDiagnostics, decide_health
 from .frame_mailbox import LatestMailbox
 from .image_conversion import (
@@ -88,7 +93,7 @@ from .parameters import (
 )
 from .point_cloud import Pinhole, labelled_points, points_to_cloud_msg
 from .qos import input_qos, latched_qos, output_qos
-from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource
+from .registration_source import CAMERA_INFO_TOPICS, MODAL, RGB, RegistrationSource, check_calibration_file
 from .segmentation_stats import stats_msg
 
 try:  # on real ROS 2 installs with vision_msgs; optional
@@ -119,6 +124,17 @@ def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     return descriptor
 
 
+# Problem kinds of a message refused on arrival (it never reaches the pairing).
+REFUSAL_KINDS = ("unsupported_encoding", "bad_image", "image_too_large", "zero_stamp", "out_of_order")
+def _compute_threads() -> str:
+    """The model's CPU threads, for the ready line: torch's (its dense ops and the numba scan follow it), or with
+    an ONNX model in a process without PyTorch, $OMP_NUM_THREADS (what the ONNX Runtime session is given)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return f"{torch.get_num_threads()} torch thread(s)"
+    return f"{os.environ.get('OMP_NUM_THREADS') or 'default'} ONNX Runtime thread(s)"
+
+
 MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
 
 
@@ -126,6 +142,16 @@ MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core'
 class _Frame:
     rgb: Any  # sensor_msgs Image or CompressedImage
     modal: Any
+
+
+@dataclass
+class _Prepared:
+    """A pair decoded and converted by the decode thread, waiting for the model."""
+
+    frame: _Frame
+    pair: PreparedPair
+    raw_shape: tuple  # the modality as decoded, for the size-mismatch warning
+    registration_mode: str
 
 
 # Problems of waiting (no images, no pairs, no CameraInfo yet) that a published mask ends.
@@ -176,11 +202,15 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._configure_error: Optional[str] = None
         self.problems = ProblemLog(self.get_logger().warning)
         self.health = HealthMonitor(2)
+        self._accepted_at: list[Optional[float]] = [None, None]  # monotonic time of each stream's last usable image
         self.frames_processed = 0
         self._dropped_before = 0  # frames dropped by earlier activations' mailboxes
-        self._mailbox: LatestMailbox[_Frame] = LatestMailbox()
+        self._mailbox: LatestMailbox[_Frame] = LatestMailbox()  # pairs to decode
         self._mailbox.close()
+        self._prepared: LatestMailbox[_Prepared] = LatestMailbox()  # decoded pairs for the model
+        self._prepared.close()
         self._worker: Optional[threading.Thread] = None
+        self._decoder: Optional[threading.Thread] = None
         self._subscriptions_active: list = []
         self._silence_timer = None
         self._camera: Optional[Pinhole] = None
@@ -214,6 +244,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         """Read the parameters, load and warm the model, create the publishers. FAILURE with the reason logged."""
         try:
             cfg = parse_node_config({name: self.get_parameter(name).value for name in PARAMETERS})
+            check_calibration_file(cfg)
             self._load_model(cfg)
             self.registration = RegistrationSource(cfg, self.seg.scaling)
         except Exception as e:  # noqa: BLE001 - whatever stops configuring, its reason is logged, never lost
@@ -262,7 +293,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
         try:
             seg.warmup(size)
-        except (RuntimeError, MemoryError) as e:  # torch: out of memory, or a size the network cannot take
+        except (RuntimeError, MemoryError, ValueError) as e:  # out of memory, a size the network (file) refuses
             raise ConfigError(f"warm-up forward pass at {size[0]}x{size[1]} failed ({e}); set warmup.size to the "
                               "camera's [height, width]") from None
 
@@ -279,10 +310,14 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self._create_subscriptions(self.cfg)
         self.watch = StreamWatch([sub.topic_name for sub in self._subscriptions_active[:2]])  # as subscribed
         self.health.reset()
-        self._silence_timer = self.create_timer(1.0, self._check_inputs)
-        self._mailbox = LatestMailbox()
+        # On the steady clock: with use_sim_time the node's clock stands still until /clock comes, when a missing
+        # input is the very thing to report.
+        self._silence_timer = self.create_timer(1.0, self._check_inputs, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._mailbox, self._prepared = LatestMailbox(), LatestMailbox()
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
+        self._decoder = threading.Thread(target=self._run_decoder, name="sigma_decode", daemon=True)
         self._worker.start()
+        self._decoder.start()
         self.state = "active"
         self.get_logger().info(f"{'active' if self.managed else 'ready'}: {self._describe()}")
         return result
@@ -318,11 +353,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                       if reg is not None and reg.mode != "none" else "")
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
-            f"{self.modality}) on {self.seg.device} {self.seg.precision}, scan backend {self.seg.scan_backend}; "
+            f"{self.modality}) on {self.seg.device} {self.seg.precision}, {self.seg.runtime}, scan backend "
+            f"{self.seg.scan_backend}, {_compute_threads()}, next pair decoded while the model runs; "
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "
-            f"{self.cfg.output_depth}){registered}"
+            f"{self.cfg.output_depth}){registered}; diagnostics {self.diagnostics.backend}"
         )
 
     def _create_publishers(self, cfg: NodeConfig) -> None:
@@ -380,11 +416,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if self._silence_timer is not None:
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
-        self._dropped_before += self._mailbox.dropped
-        self._mailbox.close()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=30.0)
-        self._worker = None
+        self._dropped_before = self._frames_dropped()
+        for mailbox in (self._mailbox, self._prepared):
+            mailbox.close()
+            mailbox.dropped = 0  # now in _dropped_before: a second stop (deactivate, then shutdown) adds nothing
+        for thread in (self._decoder, self._worker):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=30.0)
+        self._worker = self._decoder = None
+
+    def _frames_dropped(self) -> int:
+        """Pairs replaced by newer ones before they were decoded or segmented, over all activations."""
+        return self._dropped_before + self._mailbox.dropped + self._prepared.dropped
 
     def _release_model(self) -> None:
         for pub in getattr(self, "_publishers_owned", []):
@@ -394,8 +437,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.seg = None
         self.runtime.cfg = None
         gc.collect()
-        if device is not None and getattr(device, "type", "") == "cuda":
-            import torch
+        if device is not None and getattr(device, "type", "") == "cuda" and "torch" in sys.modules:
+            import torch  # (an ONNX model on CUDA never imported torch: nothing of torch's to free)
 
             torch.cuda.empty_cache()
         self.state = "unconfigured"
@@ -445,6 +488,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         except ValueError as e:
             self._report_bad_image(topic, e, "message skipped")
             return
+        self.health.accepted(stream)
+        self._accepted_at[stream] = time.monotonic()
         if stream == 0:
             self.sync.add_rgb(msg)
         else:
@@ -504,7 +549,17 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 f"check the driver, the topic remapping and input.qos; {self._input_hint([topic])}",
             )
         offset = self.watch.unpaired(after)
-        if offset is not None:
+        now = time.monotonic()
+        refused = [t for t, at in zip(topics, self._accepted_at) if at is None or now - at > after]
+        if offset is not None and refused:  # its messages arrive, but none is usable: say why, not "the clocks"
+            kinds = [k for k in REFUSAL_KINDS if k in self.problems.last]
+            last = max(kinds, key=lambda k: self.problems.last[k][0], default=None)
+            self.problems.report(
+                "no_pairs",
+                f"{topics[0]} and {topics[1]} both arrive but every message on {refused[0]} for {after:.0f} s was "
+                f"refused, so nothing pairs" + (f"; the last: {self.problems.last[last][1]}" if last else ""),
+            )
+        elif offset is not None:
             self.problems.report(
                 "no_pairs",
                 f"{topics[0]} and {topics[1]} both arrive but no pair within sync.slop "
@@ -529,9 +584,28 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         images = sorted(t for t, types in known.items() if image_type in types and t not in subscribed
                         and not t.startswith(self.pub_mask.topic_name.rsplit("/", 1)[0]))
         what = image_type.rsplit("/", 1)[1]
+        incompatible = self._incompatible_publishers(topics or subscribed)
+        if incompatible:
+            return incompatible
         found = f"{what} topics seen: {', '.join(images[:6])}" if images else f"no {what} topic is published"
         return (f"check that the cameras run and remap rgb/image:=... modal/image:=... ({found}), input.qos and "
                 "input.transport")
+
+    def _incompatible_publishers(self, topics: list[str]) -> str:
+        """'' or what keeps publishers that exist on ``topics`` from reaching the subscription: a best-effort
+        publisher never delivers to a reliable subscription (input.qos reliable)."""
+        if self.cfg.input_qos != "reliable":  # best effort matches every publisher
+            return ""
+        found = []
+        for topic in topics:
+            best_effort = [i for i in self.get_publishers_info_by_topic(topic)
+                           if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
+            if best_effort:
+                found.append(f"{len(best_effort)} best-effort publisher(s) on {topic}")
+        if not found:
+            return ""
+        return (f"{'; '.join(found)}, but input.qos is reliable: a reliable subscription never receives from a "
+                "best-effort publisher (incompatible QoS); set input.qos:=sensor_data")
 
     def _health_report(self) -> HealthReport:
         info = [("state", self.state)]
@@ -545,7 +619,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return decide_health(
             self.health.take(), self.problems, topics, state=self.state, configure_error=self._configure_error,
             stall_timeout_s=self.cfg.stall_timeout_s if self.cfg else 5.0,
-            frames_processed=self.frames_processed, frames_dropped=self._dropped_before + self._mailbox.dropped,
+            frames_processed=self.frames_processed, frames_dropped=self._frames_dropped(),
             info=info,
         )
 
@@ -579,19 +653,34 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
 
     # --- inference (worker thread) -----------------------------------------------------------------
 
-    def _run_worker(self) -> None:
-        mailbox = self._mailbox
+    def _run_decoder(self) -> None:
+        mailbox, prepared = self._mailbox, self._prepared
         while not mailbox.closed:
             frame = mailbox.take(timeout=0.5)
             if frame is None:
                 continue
             try:
-                self._process(frame)
-            except NonFiniteOutputError as e:  # never published as a confident-looking mask
-                self.problems.report("non_finite_output", f"frame at {stamp_seconds(frame.rgb):.6f} s not "
-                                                          f"published: {e}")
+                item = self._prepare(frame)
             except Exception as e:  # a bad frame must not stop the node
                 self.problems.report("processing_error", f"frame at {stamp_seconds(frame.rgb):.6f} s failed: {e!r}")
+                continue
+            if item is not None:
+                prepared.put(item)
+
+    def _run_worker(self) -> None:
+        prepared = self._prepared
+        while not prepared.closed:
+            item = prepared.take(timeout=0.5)
+            if item is None:
+                continue
+            try:
+                self._process(item)
+            except NonFiniteOutputError as e:  # never published as a confident-looking mask
+                self.problems.report("non_finite_output", f"frame at {stamp_seconds(item.frame.rgb):.6f} s not "
+                                                          f"published: {e}")
+            except Exception as e:  # a bad frame must not stop the node
+                self.problems.report("processing_error",
+                                     f"frame at {stamp_seconds(item.frame.rgb):.6f} s failed: {e!r}")
 
     def _decode(self, stream: int, msg: Any) -> Optional[tuple[np.ndarray, str]]:
         """An input message -> (array, encoding), with sigma_core's decoder (the bag tools' too); None if unusable."""
@@ -605,11 +694,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             return None
         return arr, encoding
 
-    def _process(self, frame: _Frame) -> None:
+    def _prepare(self, frame: _Frame) -> Optional[_Prepared]:
+        """Decode thread: a pair -> what the model needs; None (reported) when it cannot be segmented."""
         rgb_msg, modal_msg = frame.rgb, frame.modal
         decoded = self._decode(0, rgb_msg), self._decode(1, modal_msg)
         if decoded[0] is None or decoded[1] is None:
-            return
+            return None
         (rgb_arr, rgb_encoding), (raw, modal_encoding) = decoded
         if self.modality == "depth" and raw.dtype.kind in "ui" and self.cfg.depth_units != MILLIMETRE:
             # A camera in other units than REP 118's millimetres (depth.units): metres from here on, so the model's
@@ -626,12 +716,18 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 f"arrived on {' and '.join(waiting)} yet: remap rgb/camera_info and modal/camera_info to the "
                 "cameras' camera_info topics, or set registration.calibration_file",
             )
-            return
+            return None
         try:
-            result = segment_pair(self.seg, rgb_arr, rgb_encoding, raw, self.cfg.min_inference_ms, registration)
+            pair = prepare_pair(rgb_arr, rgb_encoding, raw, registration)
         except CalibrationError as e:  # images that do not fit the calibration: never a wrong warp
             self.problems.report("registration_error", f"frame not published: {e}")
-            return
+            return None
+        return _Prepared(frame, pair, raw.shape, registration.mode)
+
+    def _process(self, item: _Prepared) -> None:
+        """Inference thread: the model on a prepared pair, then every output."""
+        rgb_msg, modal_msg = item.frame.rgb, item.frame.modal
+        result = segment_prepared(self.seg, item.pair, self.cfg.min_inference_ms)
         rgb, mask, confidence = result.rgb, result.mask, result.confidence
         h, w = mask.shape
         if result.aspect_warning is not None:
@@ -639,7 +735,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         elif result.modal_resized:  # the Segmenter resized it (nearest for depth): worth a warning, not a drop
             self.problems.report(
                 "size_mismatch",
-                f"{self.topics[1]} is {raw.shape[1]}x{raw.shape[0]} but {self.topics[0]} is {w}x{h}: "
+                f"{self.topics[1]} is {item.raw_shape[1]}x{item.raw_shape[0]} but {self.topics[0]} is {w}x{h}: "
                 "resizing the modality to the RGB size",
             )
         self.coverage = result.coverage
@@ -647,7 +743,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             self.problems.report(
                 "low_coverage",
                 f"the modality camera covers only {result.coverage:.0%} of the RGB image after registration "
-                f"({registration.mode}); the rest gets no {self.modality}: check the calibration and "
+                f"({item.registration_mode}); the rest gets no {self.modality}: check the calibration and "
                 "registration.distance_m, or aim the cameras alike",
             )
 
@@ -686,7 +782,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                 latency_ms=latency_ms,
                 sync_skew_ms=(rgb_stamp - stamp_seconds(modal_msg)) * 1e3,
                 frames_processed=self.frames_processed,
-                frames_dropped=self._dropped_before + self._mailbox.dropped,
+                frames_dropped=self._frames_dropped(),
                 modality_coverage=result.coverage,
             )
         )

@@ -46,7 +46,7 @@ from sigma_core.data.bags import (
 from sigma_core.data.labels import label_from_message, read_label_image
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
-from sigma_core.inference import NonFiniteOutputError
+from sigma_core.model_io import NonFiniteOutputError
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 

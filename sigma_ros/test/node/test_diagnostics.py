@@ -64,13 +64,15 @@ def test_error_when_images_arrive_but_no_mask_for_the_timeout():
     monitor, problems = HealthMonitor(2, clock), ProblemLog(lambda m: None, clock=clock)
     monitor.take()
     for _ in range(15):  # both streams arrive for 1.5 s, nothing pairs
-        monitor.received(0)
-        monitor.received(1)
+        for stream in (0, 1):
+            monitor.received(stream)
+            monitor.accepted(stream)
         clock.now += 0.1
     assert _report(monitor, problems).level == OK  # not yet the 2 s timeout
     for _ in range(10):
-        monitor.received(0)
-        monitor.received(1)
+        for stream in (0, 1):
+            monitor.received(stream)
+            monitor.accepted(stream)
         clock.now += 0.1
     report = _report(monitor, problems)
     assert report.level == ERROR and "no mask for 2.5 s" in report.message and "sync.slop" in report.message
@@ -93,17 +95,29 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_helpers import Streams, image, start_node  # noqa: E402
+from ros_tools import require  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 DOMAIN_ID = 90 + os.getpid() % 30
 NS = "/g"
 
 
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory, checkpoints, harness):
+@pytest.fixture(scope="module", params=["diagnostic_updater", "diagnostic_msgs"])
+def probe(request, tmp_path_factory, checkpoints, harness):
+    """The node publishing through diagnostic_updater (a ROS install), and through its own fallback (the pip path:
+    diagnostic_updater hidden from the node process); both must say the same."""
     params = {"checkpoint": checkpoints["thermal"], "sync.slop": 0.02, "diagnostics.period_s": 0.5,
               "diagnostics.stall_timeout_s": 1.5}
-    node = start_node(tmp_path_factory, NS, params, DOMAIN_ID)
+    env = {}
+    if request.param == "diagnostic_updater":
+        require("diagnostic_updater")
+    else:
+        hidden = tmp_path_factory.mktemp("no_diagnostic_updater") / "diagnostic_updater"
+        hidden.mkdir()
+        (hidden / "__init__.py").write_text("raise ImportError('hidden by the test: the pip path lacks it')\n")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hidden.parent), os.environ.get("PYTHONPATH")) if p)
+    node = start_node(tmp_path_factory, NS, params, DOMAIN_ID, env=env)
+    assert f"diagnostics {request.param}" in node.log(), node.log()
     harness.subscribe(DiagnosticArray, "/diagnostics")
     harness.subscribe(Image, f"{NS}/segmentation/mask")
     streams = Streams(harness, NS)
@@ -189,9 +203,77 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe):
     # Pairs flow again (RGB stamped like the thermal camera now): back to OK.
     harness.clear("/diagnostics")
     _stream(streams, 2.0, modal_offset_ns=3_000_000_000, rgb_offset_ns=3_000_000_000)
-    assert _level(_statuses(harness)[-1]) == OK
-    # issue 22: an OK status no longer carries the ended waiting (no pairs, no input) as its last problem
-    keys = {kv.key for kv in _statuses(harness)[-1].values}
+    last = _statuses(harness)[-1]  # stamps 3 s ahead of the node's clock: segmenting, and that is said (fault 8)
+    assert _level(last) == WARN and "latency -" in last.message and "clock is behind the image stamps" in \
+        last.message, last.message
+    # issue 22: a status after masks flow again no longer carries the ended waiting (no pairs, no input) as its
+    # last problem
+    keys = {kv.key for kv in last.values}
     assert "last no_pairs" not in keys and "last no_input" not in keys, keys
     assert "last unsupported_encoding" in keys  # a real problem of the past stays listed with its count
     assert node.proc.poll() is None
+
+
+def _stream_rgb_only(streams, seconds: float, encoding: str = "rgb8", with_modal: bool = False):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        stamp = time.time_ns()
+        rgb = image(streams.rgb_frame(), "rgb8", stamp)
+        rgb.encoding = encoding
+        streams.rgb.publish(rgb)
+        if with_modal:
+            streams.modal.publish(image(streams.thermal_frame(), "mono16", stamp))
+        time.sleep(0.1)
+
+
+def test_diagnoses_name_the_actual_cause(probe):
+    """Issue 21, fault 8: a silent modality camera and an RGB stream refused for its encoding both gave "no
+    RGB/modality pairs: are both streams stamped within sync.slop?"; stamps hours older than the node's clock (a
+    bag replayed without --clock) gave a latency of years at level OK."""
+    harness, node, streams = probe
+    harness.clear("/diagnostics")
+    _stream_rgb_only(streams, 2.5)  # the thermal camera is silent
+    error = [s for s in _statuses(harness) if _level(s) == ERROR]
+    assert error and "no messages on /g/modal/image" in error[-1].message and "while /g/rgb/image publishes" in \
+        error[-1].message, [(s.level, s.message) for s in _statuses(harness)]
+    harness.clear("/diagnostics")
+    _stream_rgb_only(streams, 2.5, encoding="yuv422", with_modal=True)  # every RGB frame refused
+    error = [s for s in _statuses(harness) if _level(s) == ERROR]
+    assert error and "every message on /g/rgb/image was refused" in error[-1].message, \
+        [(s.level, s.message) for s in _statuses(harness)]
+    assert node.wait_log("every message on /g/rgb/image for", 5) and "unsupported encoding 'yuv422'" in node.log()
+    harness.clear("/diagnostics")
+    _stream(streams, 2.0, modal_offset_ns=-2 * 3600 * 10**9, rgb_offset_ns=-2 * 3600 * 10**9)  # stamps 2 h old
+    warn = [s for s in _statuses(harness) if _level(s) == WARN and "latency" in s.message]
+    assert warn and "latency 2.0 h: the image stamps are far older than the node's clock" in warn[-1].message, \
+        [(s.level, s.message) for s in _statuses(harness)]
+
+
+def test_a_sim_time_node_reports_before_clock_and_names_incompatible_qos(tmp_path_factory, checkpoints, harness):
+    """Issue 21, fault 8: with use_sim_time and no /clock yet /diagnostics published nothing (the timer ran on the
+    paused clock); publishers with an incompatible QoS got "no Image topic is published"."""
+    from rclpy.qos import ReliabilityPolicy
+
+    ns = "/s"
+    node = start_node(tmp_path_factory, ns, {"checkpoint": checkpoints["thermal"], "use_sim_time": "true",
+                                             "input.qos": "reliable", "diagnostics.period_s": 0.5,
+                                             "input.silent_warning_s": 1.0}, DOMAIN_ID)
+    try:
+        harness.subscribe(DiagnosticArray, "/diagnostics")  # (again, when the probe subscribed: counted twice)
+        harness.clear("/diagnostics")
+        best_effort = [harness.node.create_publisher(Image, f"{ns}/{t}/image", rclpy.qos.QoSProfile(
+            depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)) for t in ("rgb", "modal")]
+        assert harness.wait_for(lambda: any(f"{ns}/sigma_segmentation" in s.name for a in
+                                            harness.messages("/diagnostics") for s in a.status), 5), \
+            (node.log(), [s.name for a in harness.messages("/diagnostics") for s in a.status])
+        for _ in range(100):  # the warning is throttled (once per 5 s): the publishers may come after the first
+            stamp = time.time_ns()
+            best_effort[0].publish(image(Streams(harness, ns).rgb_frame(), "rgb8", stamp))
+            time.sleep(0.1)
+            if "set input.qos:=sensor_data" in node.log():
+                break
+        assert "best-effort publisher(s) on /s/rgb/image" in node.log() and "set input.qos:=sensor_data" in \
+            node.log(), node.log()
+        assert "no Image topic is published" not in node.log()
+    finally:
+        node.kill()

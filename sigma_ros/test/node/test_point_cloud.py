@@ -99,9 +99,13 @@ def test_sensor_msgs_py_reads_our_cloud():
     pc2 = require("sensor_msgs_py.point_cloud2")
     points, *_ = _scene(np.full((H, W), 1.5, np.float32))
     msg = points_to_cloud_msg(points, Header())
-    read = pc2.read_points(msg, field_names=("x", "y", "z", "label"))
-    np.testing.assert_allclose(read["x"], points["x"])
-    np.testing.assert_array_equal(read["label"], points["label"])
+    read = pc2.read_points(msg)  # every field, by the message's own field table
+    assert read.dtype.names == POINT_DTYPE.names and len(read) == len(points) == msg.width * msg.height
+    for name in POINT_DTYPE.names:  # bit for bit, packed rgb float included
+        np.testing.assert_array_equal(np.ascontiguousarray(read[name]).view(np.uint8),
+                                      np.ascontiguousarray(points[name]).view(np.uint8), name)
+    xyz = pc2.read_points_numpy(msg, field_names=("x", "y", "z"), skip_nans=True)
+    np.testing.assert_array_equal(xyz, np.stack([points["x"], points["y"], points["z"]], -1))
 
 
 def test_pack_rgb_matches_the_pcl_convention():

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import yaml
+from node_helpers import CLASSES
 from ros_tools import Launch, installed_env, require, ros2
 
 DOMAIN_ID = 100 + os.getpid() % 20
@@ -55,6 +56,15 @@ def test_diagnostics_echo_and_diagnostic_updater_parameter(env, plain):
     out = ros2(env, "topic", "echo", "/diagnostics", "--once", until=lambda out: "level" in out, timeout=60)
     assert "name: 'sigma_segmentation: /sigma_segmentation'" in out, out
     assert ros2(env, "param", "get", NODE, "diagnostic_updater.period").split()[-1] == "0.5"
+
+
+def test_label_info_is_latched_vision_msgs(env, plain):
+    """vision_msgs/LabelInfo (transient local, as Isaac ROS publishes class metadata), read by `ros2 topic echo`."""
+    out = ros2(env, "topic", "echo", "/segmentation/label_info", "vision_msgs/msg/LabelInfo", "--once",
+               "--qos-durability", "transient_local", "--qos-reliability", "reliable",
+               until=lambda out: "class_name" in out, timeout=60)
+    names = [line.split(":", 1)[1].strip().strip("'") for line in out.splitlines() if "class_name:" in line]
+    assert names == CLASSES, out
 
 
 def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):

@@ -174,6 +174,48 @@ def test_runtime_parameters_apply_without_post_set_callbacks(checkpoints, monkey
         rclpy.try_shutdown(context=context)
 
 
+def test_next_pair_is_decoded_while_the_model_runs_and_the_newest_wins(checkpoints):
+    """The decode thread prepares the next pair while the model runs on the current one (one waiting slot,
+    latest wins, counted as dropped); the ready line names the thread count."""
+    import torch
+    from rclpy.parameter import Parameter
+
+    import sigma_ros.node.segmentation_node as node_module
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = node_module.SigmaSegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoints["thermal"])), Parameter("device", value="cpu"),
+        Parameter("warmup.size", value=[32, 32]), Parameter("debug.min_inference_ms", value=2000.0)])
+    rng = np.random.default_rng(0)
+
+    def pair():
+        stamp = time.time_ns()
+        return (image(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8", stamp),
+                image(rng.integers(0, 65535, (H, W), dtype=np.uint16), "mono16", stamp))
+
+    def wait_for(condition, timeout=1.5):
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return condition()
+
+    try:
+        assert f"{torch.get_num_threads()} torch thread(s)" in node._describe()
+        node._on_pair(*pair())  # into the model (2 s)
+        assert wait_for(lambda: node._prepared._item is None and node._mailbox._item is None)
+        node._on_pair(*pair())
+        assert wait_for(lambda: node._prepared._item is not None)  # decoded while the model runs
+        waiting = node._prepared._item
+        node._on_pair(*pair())
+        assert wait_for(lambda: node._prepared._item is not waiting)  # the newer pair replaced it
+        assert node.frames_processed == 0 and node._frames_dropped() == 1
+        assert isinstance(waiting.pair.rgb, np.ndarray) and waiting.pair.rgb.shape == (H, W, 3)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 def test_palette_and_alpha_change_at_run_time(harness, thermal_node):
     harness.subscribe(ClassMap, "/t/segmentation/class_map", latched=True)
     palette = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]

@@ -1,0 +1,106 @@
+"""PyTorch (+ numba scan) against the exported ONNX file in ONNX Runtime (and OpenVINO when installed), CPU.
+
+    python benchmarks/onnx_cpu.py                                   # nano and tiny (Sigma-T), 480x640, 1 and 2 threads
+    python benchmarks/onnx_cpu.py --variants nano --size 240 320 --threads 1 --rounds 2
+
+For each variant: builds the network (random weights, seed 0), exports it with sigma_core.export (dynamic
+height and width, as sigma-export does by default; the export time and peak memory of this process are
+printed), then times one forward at each thread count in interleaved rounds (machine load hits all alike):
+torch with the "auto" scan backend (numba), ONNX Runtime's CPU provider, and OpenVINO's CPU plugin on the
+same file. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run.
+The ONNX scan alone against numba's: benchmarks/scan.py shapes, see sigma_core.ops.scan_onnx.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from sigma_core import build_sigma  # noqa: E402
+from sigma_core.checkpoints import CheckpointMeta  # noqa: E402
+from sigma_core.data.modality import ModalityScaling  # noqa: E402
+from sigma_core.export import export_onnx  # noqa: E402
+
+
+def make_runners(model, path: Path, threads: int, size):
+    """{name: callable running one forward on fixed random inputs} for every runtime installed."""
+    rgb, modal = (torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(i)) for i in range(2))
+    runners = {}
+
+    def torch_run():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(rgb, modal)
+
+    runners["torch+numba"] = torch_run
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {"rgb": rgb.numpy(), "modal": modal.numpy()}
+    runners["onnxruntime"] = lambda: session.run(None, feeds)
+    try:
+        import openvino as ov
+    except ImportError:
+        print("  (openvino not installed: pip install openvino to time it too)")
+    else:
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": str(threads),
+                                                               "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        runners["openvino"] = lambda: request.infer(feeds)
+    return runners
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["nano", "tiny"])
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    size = tuple(args.size)
+    print(f"load: {os.getloadavg()[0]:.1f} (1 min average) on {os.cpu_count()} cores; size {size[0]}x{size[1]}")
+    for variant in args.variants:
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+        model = build_sigma(variant).eval()
+        meta = CheckpointMeta(config=model.config, class_names=[f"c{i}" for i in range(model.config.num_classes)],
+                              palette=[[i, i, i] for i in range(model.config.num_classes)],
+                              scaling=ModalityScaling("thermal"))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{variant}.onnx"
+            report = export_onnx(model, meta, path, source=f"build_sigma({variant!r})", check_size=(64, 80))
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+            print(f"\n{variant}: exported in {report.seconds:.0f} s (peak memory of this process {peak:.1f} GB), "
+                  f"file {report.file_bytes / 1e6:.1f} MB for {report.weight_bytes / 1e6:.1f} MB float32 weights, "
+                  f"{report.scans} scans, relative difference {report.relative_difference:.1g}")
+            for threads in args.threads:
+                runners = make_runners(model, path, threads, size)
+                times = {name: [] for name in runners}
+                for run in runners.values():
+                    run()  # warm-up
+                for _ in range(args.rounds):
+                    for name, run in runners.items():
+                        start = time.perf_counter()
+                        run()
+                        times[name].append(time.perf_counter() - start)
+                base = statistics.median(times["torch+numba"])
+                for name, ts in times.items():
+                    median = statistics.median(ts)
+                    print(f"  {threads} thread(s) {name:12s} min {min(ts):7.3f} s  median {median:7.3f} s"
+                          f"  x{median / base:.2f} of torch+numba")
+    print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
