@@ -8,7 +8,7 @@ node would publish for the same images. Output folder (never overwritten: it mus
     color/<name>.png        the mask in the checkpoint's palette
     overlay/<name>.png      the colour mask blended over the RGB image
     confidence/<name>.tiff  max softmax probability, float32 (only when asked)
-    summary.json            source, checkpoint, frames, FPS, per-class pixel share
+    summary.json            source, checkpoint, frames, FPS (after the warm-up forward), per-class pixel share
 """
 from __future__ import annotations
 
@@ -108,10 +108,15 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
     pixels = np.zeros(segmenter.num_classes, np.int64)
     frames, model_s, names, notes = 0, 0.0, [], set()
+    warmup_s = 0.0
     started = time.perf_counter()
     bar = tqdm(total=len(pairs), unit="frame", desc="sigma-predict", disable=not options.progress)
     try:
         for batch in _batches(pairs, max(1, options.batch_size)):
+            if not frames:  # the first forward compiles the scan kernels: timed apart, as the node's warm-up
+                warm = time.perf_counter()
+                segmenter.warmup(segmenter.input_size or batch[0].rgb.shape[:2])
+                warmup_s = time.perf_counter() - warm
             try:
                 results = _segment(segmenter, batch, options.registration)
             except ValueError as e:
@@ -128,7 +133,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
             bar.update(len(batch))
     finally:
         bar.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - warmup_s
     total = max(int(pixels.sum()), 1)
     summary = {
         "source": pairs.description,
@@ -143,6 +148,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
         "batch_size": options.batch_size,
         "frames": frames,
         "seconds": round(seconds, 3),
+        "warmup_seconds": round(warmup_s, 3),
         "fps": round(frames / seconds, 3) if seconds > 0 else None,
         "model_fps": round(frames / model_s, 3) if model_s > 0 else None,
         "class_pixel_share": {name: float(n) / total for name, n in zip(segmenter.class_names, pixels)},
@@ -155,7 +161,8 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The console summary: frames, FPS, and each class's share of the pixels (largest first)."""
-    lines = [f"{summary['frames']} frames from {summary['source']} in {summary['seconds']:.1f} s: "
+    lines = [f"{summary['frames']} frames from {summary['source']} in {summary['seconds']:.1f} s "
+             f"(after a {summary['warmup_seconds']:.1f} s warm-up): "
              f"{summary['fps'] or 0:.2f} FPS overall, {summary['model_fps'] or 0:.2f} FPS in the model "
              f"({summary['model']}, {summary['device']}, {summary['precision']}, batch {summary['batch_size']})"]
     lines += [f"left out: {s}" for s in summary["skipped"]]

@@ -443,9 +443,14 @@ class RunLogs:
                              truncate_after=("epoch", progress.epoch), fresh=fresh)
         self.writer = None
         if cfg.train.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=progress.iteration)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # `pip install ./sigma_core` without the [train] extra: the run needs no TensorBoard
+                print("warning: tensorboard is not installed, so this run writes no TensorBoard logs (epochs.csv, "
+                      "train_log.csv and training_curves.png have the numbers): pip install tensorboard, or "
+                      "set train.tensorboard=false", file=sys.stderr, flush=True)
+            else:
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=progress.iteration)
         self.bar = None
 
     def start_epoch(self, epoch: int, iters: int) -> None:
