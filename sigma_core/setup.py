@@ -35,6 +35,8 @@ setup(
             "sigma-synth = sigma_core.cli.synth:main",
             "import = sigma_core.cli.import_checkpoint:main",
             "sigma-import = sigma_core.cli.import_checkpoint:main",
+            "predict = sigma_core.cli.predict:main",
+            "sigma-predict = sigma_core.cli.predict:main",
             "export = sigma_core.cli.export:main",
             "sigma-export = sigma_core.cli.export:main",
             "calibrate = sigma_core.cli.calibrate:main",

@@ -147,6 +147,10 @@ def test_sigma_evaluate_on_a_dataset_ours_and_published_format(tmp_path, capsys)
     assert "published" not in report
     for name in ("report.md", "confusion_matrix.png", "class_iou.png"):
         assert (tmp_path / "r1" / name).is_file()
+    md = (tmp_path / "r1" / "report.md").read_text()  # issue 22: the markdown alone says what was evaluated
+    assert f"- checkpoint: `{ours}` (sigma_custom_d32_1-1-1-1)" in md
+    assert f"- dataset: `{root}` (preset custom), split `test`, 4 images" in md
+    assert "- mode: whole; scales 1; flip no" in md and "- classes (8): 0 background, 1 road," in md
     predictions = sorted(p.stem for p in (tmp_path / "r1" / "predictions").glob("*.png"))
     assert predictions == sorted((root / "test.txt").read_text().split())
     assert "mIoU" in capsys.readouterr().out
@@ -263,6 +267,20 @@ def test_sigma_evaluate_runs_the_published_parity_model_like_its_import(tmp_path
             expected = model(sample["rgb"][None], sample["modal"][None])[0].argmax(0).numpy()
         saved = cv2.imread(str(tmp_path / "published" / "predictions" / f"{sample['name']}.png"))
         np.testing.assert_array_equal(saved, cv2.cvtColor(palette[expected], cv2.COLOR_RGB2BGR))
+
+
+def test_without_a_checkpoint_the_bundled_model_of_the_datasets_modality_is_evaluated(tmp_path):
+    """Issue 22: sigma-evaluate had no default checkpoint while the node, demo and replay use the bundled model."""
+    from sigma_core.data.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "synth_depth", n=4, seed=5, size=(32, 48), modality="depth", test_fraction=0.5)
+    done = subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", "--data-root", str(root),
+                           "data.num_workers=0", "--device", "cpu"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "evaluating the bundled depth demo model" in done.stderr and "sigma_nano_synthetic_depth.pt" in done.stderr
+    report = json.loads((tmp_path / "sigma_nano_synthetic_depth_eval" / "test" / "report.json").read_text())
+    assert report["checkpoint"].endswith("sigma_nano_synthetic_depth.pt") and report["images"] == 2
 
 
 @pytest.mark.slow

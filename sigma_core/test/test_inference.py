@@ -109,7 +109,7 @@ def test_mixed_precision_agrees_with_float32(tmp_path, precision):
     path = _checkpoint(tmp_path, seed=3)
     rgb, thermal = _images(48, 64, seed=4)
     mask32, conf32 = Segmenter.from_checkpoint(path)(rgb, thermal)
-    seg = Segmenter.from_checkpoint(path, precision=precision)
+    seg = Segmenter.from_checkpoint(path, precision=precision, allow_emulated_precision=True)  # numerics only
     assert seg.precision == precision
     mask, confidence = seg(rgb, thermal)
     _check_output(mask, confidence, (48, 64))
@@ -184,3 +184,14 @@ def test_non_finite_logits_give_no_mask(tmp_path):
         seg.model.decode_head.output.weight[2, 5] = float("inf")
     with pytest.raises(NonFiniteOutputError, match=r"\d+ of \d+ logits are NaN or infinite .*precision fp32"):
         seg(rgb, thermal)
+
+
+def test_fp16_on_a_cpu_without_native_fp16_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """Issue 22: the README's `-p precision:=fp16` ran 6x slower than fp32 on a CPU, silently."""
+    path = _checkpoint(tmp_path)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    with pytest.raises(ValueError, match="'fp16' on this CPU .* would be emulated and slower than fp32 .*"
+                                         "use precision 'fp32' on a CPU, and fp16/bf16 on a GPU"):
+        Segmenter.from_checkpoint(path, precision="fp16")
+    # what the tests use to measure half-precision numerics on a CPU
+    assert Segmenter.from_checkpoint(path, precision="fp16", allow_emulated_precision=True).precision == "fp16"

@@ -78,7 +78,7 @@ def test_warmup_then_poly_schedule():
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path):
+def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path, capsys):
     cfg = tiny_config(synth, tmp_path / "run", "schedule.epochs=5", "schedule.warmup_epochs=1", "train.eval_every=2",
                       "data.limit=32", "train.tensorboard=true")
     result = train(cfg)
@@ -99,6 +99,17 @@ def test_short_run_lowers_the_loss_and_beats_chance(synth, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 6)) and rows[1]["miou"] and not rows[2]["miou"]
     assert [float(r["loss"]) for r in read_csv(tmp_path / "run" / "train_log.csv")] == losses
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    # issue 22: one console line per epoch (loss, lr, time, val mIoU, best so far), a per-class IoU table at each
+    # validation, and the curves as a picture in the run folder
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 5, out
+    assert re.fullmatch(r"epoch 2/5: train loss [\d.]+, lr [\d.]+e-0\d, [\d.]+ s; val mIoU [\d.]+, pixel acc\. "
+                        r"[\d.]+; best val mIoU [\d.]+ \(epoch 2\)", lines[1]), lines[1]
+    assert "no validation this epoch (train.eval_every=2)" in lines[2]
+    assert out.count("per-class IoU (%):") == 3 and re.search(r"^  background +[\d.]+ \| road ", out, re.M)
+    png = (tmp_path / "run" / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def sigma_train(*args):
@@ -124,8 +135,11 @@ def test_kill_and_resume_equals_an_uninterrupted_run(synth, tmp_path):
         state_path_for(run / f"epoch_{epoch:04d}.pt").unlink(missing_ok=True)
     assert straight.wait(timeout=180) == 0, straight.stderr.read()
 
-    resumed = sigma_train(*common, f"train.out_dir={run}", "--resume", "auto")  # finds epoch_0002.pt
-    assert resumed.wait(timeout=180) == 0, resumed.stderr.read()
+    # Issue 22: the run folder alone, nothing retyped (its config.yaml holds TINY and the overrides above)
+    resumed = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", "--resume", str(run)],
+                             capture_output=True, text=True, timeout=180)  # epoch 2, or 1 if killed before its commit
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resumed from epoch [12] \(.*epoch_000[12].pt\)", resumed.stdout), resumed.stdout
     # every loss equal to the last bit (the log keeps the float's repr), the log continuing without the
     # killed run's later rows; final weights identical
     assert read_csv(run / "train_log.csv") == read_csv(straight_dir / "train_log.csv")
@@ -138,6 +152,32 @@ def test_kill_and_resume_equals_an_uninterrupted_run(synth, tmp_path):
     # a finished run resumes to nothing more
     again = train(tiny_config(synth, run, *common[1:], "train.resume=auto"))
     assert again.epochs_run == []
+
+
+def test_resume_takes_the_run_folders_config_and_refuses_overrides_that_change_the_run(synth, tmp_path, capsys):
+    from sigma_core.cli.train import load_config
+    from sigma_core.engine.config import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = tiny_config(synth, run, "schedule.epochs=3", "schedule.warmup_epochs=1")
+    (run / "config.yaml").write_text(saved.to_yaml())
+    # only the out_dir, or only the folder: the saved configuration, nothing retyped
+    for resume, overrides in (("auto", [f"train.out_dir={run}"]), (str(run), [])):
+        cfg = load_config(None, resume, overrides)
+        assert cfg.model == saved.model and cfg.data == saved.data and cfg.schedule == saved.schedule
+        assert cfg.train.resume == "auto" and cfg.train.out_dir == str(run)
+    # more epochs and a moved dataset are safe; a checkpoint path resumes from that checkpoint
+    cfg = resume_config(run, str(run / "epoch_0002.pt"), ["schedule.epochs=5", f"data.root={synth}"])
+    assert cfg.schedule.epochs == 5 and cfg.train.resume == str(run / "epoch_0002.pt")
+    with pytest.raises(ValueError, match=r"cannot change on resume: model.dims \(the run has 32, given 64\); "
+                                         r"optim.lr \(the run has 0.002, given 0.1\)\. .*Start a new run"):
+        resume_config(run, "auto", ["model.dims=64", "optim.lr=0.1", "train.eval_every=3"])
+    with pytest.raises(ValueError, match="resuming may only add epochs"):
+        resume_config(run, "auto", ["schedule.epochs=2"])
+    done = subprocess.run([sys.executable, "-m", "sigma_core.cli.train", "--resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a sigma-train run folder" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_torchrun_two_processes_gloo(synth, tmp_path):
@@ -334,6 +374,23 @@ def test_an_empty_validation_split_stops_training_before_it_starts(tmp_path):
     with pytest.raises(ValueError, match=r"split 'test' holds no images.*--test-fraction.*no best\.pt can be chosen"):
         train(tiny_config(root, tmp_path / "run", "schedule.epochs=1", "schedule.warmup_epochs=0"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_short_run_of_a_preset_clamps_its_warm_up_and_workers_fit_the_cpus(capsys):
+    """Issue 22: `schedule.epochs=1` on the custom preset (5 warm-up epochs) was an error; num_workers 4 on a
+    2-core machine made PyTorch warn at every validation."""
+    from sigma_core.engine.config import usable_workers
+
+    cfg = TrainConfig.load("custom", ["schedule.epochs=1"])
+    assert cfg.schedule.warmup_epochs == 1
+    assert "schedule.warmup_epochs 5 is more than schedule.epochs 1" in capsys.readouterr().err
+    assert usable_workers(10_000) == len(os.sched_getaffinity(0)) and usable_workers(0) == 0
+
+
+@pytest.mark.parametrize("name", ["nyudv2", "nyudepthv2", "NYU-Depth-v2", "nyu"])
+def test_training_presets_take_the_dataset_names_every_tool_takes(name):
+    """Issue 22: `sigma-train --config nyudepthv2` was unknown while `sigma-import --dataset nyudv2` worked."""
+    assert TrainConfig.load(name).data.preset == "nyudv2"
 
 
 @pytest.mark.slow

@@ -20,10 +20,12 @@ def test_wheel_carries_the_bundled_model_and_the_training_presets(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = tmp_path.glob("sigma_core-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "sigma_core/assets/sigma_nano_synthetic.pt" in names
+    assert {"sigma_core/assets/sigma_nano_synthetic.pt", "sigma_core/assets/sigma_nano_synthetic_depth.pt"} <= set(
+        names)
     assert {"sigma_core/configs/mfnet.yaml", "sigma_core/configs/synthetic_demo.yaml"} <= set(names)
     assert "sigma_core/ops/scan_cpu.py" in names and "sigma_core/models/sigma.py" in names
     assert not any(n.startswith("test/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "sigma-train = sigma_core.cli.train:main" in entry_points
     assert "sigma-import = sigma_core.cli.import_checkpoint:main" in entry_points
+    assert "sigma-predict = sigma_core.cli.predict:main" in entry_points

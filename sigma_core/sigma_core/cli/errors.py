@@ -1,6 +1,7 @@
-"""One-line error exits for the command-line tools."""
+"""One-line error exits and the --help format of the command-line tools."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import NoReturn
 
@@ -10,3 +11,23 @@ def fail(prog: str, error: BaseException | str, code: int = 1) -> NoReturn:
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default, also for options without a help text (argparse's own formatter
+    shows it only beside a help text); flags, empty defaults and help texts that already say theirs show none."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and self._shows_default(action):
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not self._shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        return bool(action.option_strings) and action.default not in (None, False, "", argparse.SUPPRESS)

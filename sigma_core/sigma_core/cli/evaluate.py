@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                "A published checkpoint's architecture is inferred from its keys and its classes come from the "
                "dataset being evaluated.")
     parser.add_argument("checkpoint", nargs="?",
-                        help="our checkpoint (best.pt, epoch_NNNN.pt) or a published Sigma .pth")
+                        help="our checkpoint (best.pt, epoch_NNNN.pt) or a published Sigma .pth (default: the bundled "
+                             "demo model of the dataset's modality)")
     parser.add_argument("--config", "-c", default=None, help="preset name or YAML file for the data and eval settings")
     parser.add_argument("--preset", default=None, help="dataset preset (mfnet, pst900, nyudv2, sunrgbd, custom)")
     parser.add_argument("--data-root", default=None, help="dataset folder")
@@ -72,10 +73,14 @@ def default_out(checkpoint: str, split: str, blank_modality: bool) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
-    if args.checkpoint is None:
-        parser.error("give the checkpoint to evaluate and its dataset, e.g. "
+    if args.checkpoint is None and args.data_root is None and args.config is None:
+        parser.error("give the checkpoint to evaluate (default: the bundled demo model) and its dataset, e.g. "
                      "sigma-evaluate runs/custom/best.pt --data-root my_dataset")
-    if "=" in args.checkpoint and not Path(args.checkpoint).exists():
+    if (args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists()
+            and (args.data_root or args.config)):  # no checkpoint (the bundled model), an override first
+        args.overrides.insert(0, args.checkpoint)
+        args.checkpoint = None
+    if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists():
         parser.error(f"the first argument is the checkpoint to evaluate, got the override {args.checkpoint!r}")
     from ..data.errors import DataError
     from ..engine.config import TrainConfig
@@ -93,6 +98,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append("eval.flip=true")
     try:
         cfg = TrainConfig.load(args.config, overrides)
+        if args.checkpoint is None:  # the bundled model of the dataset's modality, as the node and demo default
+            from ..data.dataset import resolve_spec
+            from ..segmentation_step import bundled_checkpoint
+
+            if cfg.data.root is None:
+                raise ValueError("no dataset: give --data-root (and --preset for a benchmark)")
+            modality = resolve_spec(cfg.data.root, cfg.data.preset).modality
+            args.checkpoint = str(bundled_checkpoint(modality))
+            print(f"no checkpoint given: evaluating the bundled {modality} demo model {args.checkpoint}",
+                  file=sys.stderr)
         if not Path(args.checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
         from ..engine.evaluate import run_evaluation

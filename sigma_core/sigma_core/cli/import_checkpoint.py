@@ -62,7 +62,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = "native size" if meta.input_size is None else f"input {meta.input_size[0]}x{meta.input_size[1]}"
     print(f"wrote {out}: {describe_config(meta.config)}, classes of {meta.extra['dataset']}, {meta.modality}, {size}"
           + (", float16 weights" if args.half else ""))
-    print(f"run it: ros2 run sigma_ros sigma_node --ros-args -p checkpoint:={out}")
+    topic = "/camera/depth/image_rect_raw" if meta.modality == "depth" else "/thermal/image_raw"
+    remaps = f"-r rgb/image:=/camera/color/image_raw -r modal/image:={topic}"
+    print(f"run it (GPU: add -p device:=cuda -p precision:=fp16; CPU: fp32, the default):\n"
+          f"  ros2 run sigma_ros sigma_node --ros-args -p checkpoint:={out} {remaps}\n"
+          f"  without ros2 (pip path): sigma_node --ros-args -p checkpoint:={out} {remaps}\n"
+          f"    (export FASTDDS_DEFAULT_PROFILES_FILE=<repo>/sigma_ros/config/fastdds_large_images.xml for camera-"
+          f"sized images, as sigma.launch.py does)\n"
+          f"  on files, without ROS: sigma-predict RGB MODAL --checkpoint {out}")
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import yaml
 
 from ..files import atomic_write_text
-from .errors import fail
+from .errors import DefaultsHelpFormatter, fail
 
 PROG = "sigma-synth"
 
@@ -25,18 +25,19 @@ PROG = "sigma-synth"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Generate the deterministic synthetic street world.")
     sub = p.add_subparsers(dest="what", metavar="{dataset,bag,target,describe}")
+    shows_defaults = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(120, 160), help="image size")
     common.add_argument("--modality", choices=("thermal", "depth"), default="thermal")
 
-    d = sub.add_parser("dataset", parents=[common], help="independent scenes in the published layout")
+    d = sub.add_parser("dataset", parents=[common], **shows_defaults, help="independent scenes in the published layout")
     d.add_argument("out", help="dataset folder")
-    d.add_argument("--n", type=int, default=200, help="number of images (default 200)")
+    d.add_argument("--n", type=int, default=200, help="number of images")
     d.add_argument("--night-fraction", type=float, default=0.5)
     d.add_argument("--test-fraction", type=float, default=0.25)
 
-    b = sub.add_parser("bag", parents=[common], help="a recording of one moving scene")
+    b = sub.add_parser("bag", parents=[common], **shows_defaults, help="a recording of one moving scene")
     b.add_argument("out", help="rosbag2 folder, or .bag file with --storage ros1")
     b.add_argument("--storage", choices=("sqlite3", "mcap", "ros1"), default="sqlite3")
     b.add_argument("--seconds", type=float, default=10.0)
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--invisible-in-thermal", action="store_true",
                     help="the target at ambient temperature: never found in thermal")
 
-    w = sub.add_parser("describe", help="write the world's classes, palette and scaling as YAML")
+    w = sub.add_parser("describe", **shows_defaults, help="write the world's classes, palette and scaling as YAML")
     w.add_argument("out", help="YAML file")
     w.add_argument("--modality", choices=("thermal", "depth"), default="thermal")
     return p

@@ -3,7 +3,8 @@
 Examples::
 
     sigma-train --config mfnet data.root=datasets/MFNet model.init=vssmtiny_dp01_ckpt_epoch_292.pth
-    sigma-train --config runs/mfnet/config.yaml train.resume=auto        # continue exactly where it stopped
+    sigma-train --resume runs/mfnet                                       # continue exactly where it stopped
+    sigma-train --resume runs/mfnet schedule.epochs=600                   # ... and train longer
     torchrun --nproc_per_node 4 -m sigma_core.cli.train --config mfnet   # 4 GPUs (DDP, NCCL)
 """
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .errors import fail
+
+if TYPE_CHECKING:
+    from ..engine.config import TrainConfig
 
 PROG = "sigma-train"
 
@@ -27,22 +32,40 @@ def build_parser() -> argparse.ArgumentParser:
                "train.out_dir=runs/x train.device=cpu. Sections: model data optim schedule eval train. "
                f"Presets: {', '.join(list_presets())}.")
     parser.add_argument("--config", "-c", default=None, help="preset name or YAML file (default: built-in defaults)")
-    parser.add_argument("--resume", default=None, metavar="CKPT|auto",
-                        help="resume from an epoch_NNNN.pt checkpoint, or 'auto' (the newest in train.out_dir)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR|CKPT|auto",
+                        help="continue a run: its folder (its config.yaml and newest checkpoint), one of its "
+                             "epoch_NNNN.pt checkpoints, or 'auto' (the run in train.out_dir, if any). Overrides "
+                             "may only add epochs, move data.root or change logging; others are refused")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser
 
 
+def load_config(config: Optional[str], resume: Optional[str], overrides: list[str]) -> TrainConfig:
+    """The run's configuration: --config and overrides; when resuming a run folder, its own config.yaml with the
+    overrides that are safe on resume (see engine.config.resume_config). ValueError naming what is wrong."""
+    from ..engine.config import TrainConfig, resume_config, run_folder_of
+
+    if not resume:
+        return TrainConfig.load(config, overrides)
+    if resume != "auto" and not Path(resume).exists():
+        raise ValueError(f"--resume {resume}: no such run folder or checkpoint")
+    given = TrainConfig.load(config, overrides)  # where "auto" looks: train.out_dir as given
+    run_dir = run_folder_of(resume, given.train.out_dir)
+    if run_dir is None:
+        if resume != "auto" and Path(resume).is_dir():
+            raise ValueError(f"--resume {resume}: no config.yaml there, so it is not a sigma-train run folder")
+        given.train.resume = resume  # a checkpoint outside a run folder, or "auto" in a folder not made yet
+        return given
+    if config is not None:
+        print(f"note: resuming {run_dir} with its own config.yaml; --config {config} is not used", file=sys.stderr)
+    return resume_config(run_dir, resume, overrides)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    from ..engine.config import TrainConfig
-
-    overrides = list(args.overrides)
-    if args.resume:
-        overrides.append(f"train.resume={args.resume}")
     try:
-        cfg = TrainConfig.load(args.config, overrides)
+        cfg = load_config(args.config, args.resume, list(args.overrides))
     except ValueError as exc:
         fail(PROG, exc, 2)
     if args.print_config:
@@ -56,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = train(cfg)
     except KeyboardInterrupt:
-        fail(PROG, "interrupted; resume with train.resume=auto (the last completed epoch's checkpoint)", 130)
+        fail(PROG, f"interrupted; continue from the last saved epoch: sigma-train --resume {cfg.train.out_dir}", 130)
     except DataError as exc:  # a dataset file or label value: one line naming it, usage-error status
         fail(PROG, exc, 2)
     except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:

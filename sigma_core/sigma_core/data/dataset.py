@@ -404,6 +404,11 @@ class RGBXDataset(torch.utils.data.Dataset):
             )
         return rgb, modal, label
 
+    def raw_modal(self, index: int) -> np.ndarray:
+        """The modality of one sample before scaling, as the checkpoint's ModalityScaling reads it (integer depth
+        stored in another unit than millimetres comes back in metres); DataError naming a bad file."""
+        return self._modal_raw(self.paths(index)[1])
+
     def _modal_raw(self, path: Path) -> np.ndarray:
         """The modality file as the scaling expects it: its channel (modal_channel), integer depth in metres."""
         raw = read_image(path)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -171,6 +173,11 @@ class TrainConfig:
                                  f"known keys in {name!r}: {sorted(known)}")
             sections[name] = section_cls(**{k: _coerce(f"{name}.{k}", known[k], v, source) for k, v in values.items()})
         cfg = cls(**sections)
+        sched = cfg.schedule
+        if sched.epochs >= 1 and sched.warmup_epochs > sched.epochs:  # a short run of a preset (warm-up 5-10)
+            print(f"note: schedule.warmup_epochs {sched.warmup_epochs} is more than schedule.epochs {sched.epochs}: "
+                  f"warming up over all {sched.epochs} epoch(s) instead", file=sys.stderr)
+            sched.warmup_epochs = sched.epochs
         cfg.validate(source)
         return cfg
 
@@ -218,6 +225,9 @@ class TrainConfig:
             raise bad("train", "needs keep_last >= 1, save_every >= 1 and eval_every >= 0")
 
 
+CONFIG_OF_DATASET = {"nyudepthv2": "nyudv2"}  # dataset preset key -> its training preset file, where they differ
+
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
@@ -230,8 +240,14 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
             raise ValueError(f"config file {path} does not exist")
         return path
     preset = PRESET_DIR / f"{config}.yaml"
+    if not preset.is_file():  # the dataset names and aliases every tool takes (nyudepthv2, NYU, sun, PST, ...)
+        from ..data.dataset import preset_key
+
+        key = preset_key(str(config))
+        preset = PRESET_DIR / f"{CONFIG_OF_DATASET.get(key, key)}.yaml"
     if not preset.is_file():
-        raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()}")
+        raise ValueError(f"unknown config {str(config)!r}: not a file and not a preset; presets: {list_presets()} "
+                         "(dataset names such as nyudepthv2 or sun work too)")
     return preset
 
 
@@ -313,3 +329,64 @@ def _coerce(key: str, f: dataclasses.Field, value: Any, source: str) -> Any:
             raise ValueError(f"{source}: {key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+# What an override may change when a run is resumed: how long it runs, how often it validates, saves and logs,
+# where its data now lives, and how it is shown. Anything else (model, data, optimiser, schedule shape) would make
+# the resumed run another experiment than the one its checkpoints and logs record.
+SAFE_ON_RESUME = frozenset({
+    "schedule.epochs", "data.root", "data.num_workers", "eval.limit", "eval.batch_size",
+    "train.resume", "train.out_dir", "train.device", "train.eval_every", "train.save_every", "train.keep_last",
+    "train.log_every", "train.tensorboard", "train.progress", "train.threads",
+})
+RUN_CONFIG = "config.yaml"
+
+
+def usable_workers(requested: int) -> int:
+    """DataLoader worker processes for ``requested``: at most the CPUs this process may use (more only compete
+    with the training process, and PyTorch warns about them at every loader start)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
+
+
+def _flat(data: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in data.items() for key, value in values.items()}
+
+
+def run_folder_of(resume: str, out_dir: Optional[str]) -> Optional[Path]:
+    """The run folder a ``--resume`` value points at: the folder itself, a checkpoint's folder, or with "auto"
+    ``out_dir`` (None: "auto" without an out_dir, or a folder without config.yaml)."""
+    if resume == "auto":
+        folder = Path(out_dir) if out_dir else None
+    else:
+        path = Path(resume)
+        folder = path if path.is_dir() else path.parent
+    return folder if folder is not None and (folder / RUN_CONFIG).is_file() else None
+
+
+def resume_config(run_dir: Path, resume: str, overrides: Sequence[str]) -> TrainConfig:
+    """The configuration that continues the run in ``run_dir``: its own config.yaml, with ``overrides`` applied
+    where they are safe (SAFE_ON_RESUME: more epochs, a moved dataset, logging); ``train.out_dir`` is
+    ``run_dir`` and ``train.resume`` is ``resume`` ("auto" for a folder: its newest complete checkpoint).
+
+    Raises ValueError naming every override that would change the experiment (its saved and given values).
+    """
+    saved_path = run_dir / RUN_CONFIG
+    saved = TrainConfig.load(saved_path)
+    wanted = TrainConfig.load(saved_path, overrides)
+    before, after = _flat(saved.to_dict()), _flat(wanted.to_dict())
+    refused = [f"{key} (the run has {before[key]!r}, given {after[key]!r})" for key in after
+               if after[key] != before[key] and key not in SAFE_ON_RESUME]
+    if refused:
+        raise ValueError(f"cannot change on resume: {'; '.join(refused)}. These define the run in {run_dir}; "
+                         f"resuming may change only {', '.join(sorted(SAFE_ON_RESUME - {'train.resume'}))}. "
+                         "Start a new run (another train.out_dir) to change the others")
+    wanted.train.out_dir = str(run_dir)
+    wanted.train.resume = "auto" if Path(resume).is_dir() or resume == "auto" else resume
+    if wanted.schedule.epochs < saved.schedule.epochs:
+        raise ValueError(f"schedule.epochs={wanted.schedule.epochs} is fewer than the run's {saved.schedule.epochs}: "
+                         "resuming may only add epochs")
+    return wanted

@@ -1,15 +1,16 @@
-"""The bundled demo model: its synthetic data, its export to half precision and its evaluation report.
+"""The bundled demo models: their synthetic data, their export to half precision and their evaluation reports.
 
-Reproduce the bundled model (about 25 minutes on one CPU thread; see tools/train_demo_model.sh)::
+Reproduce the bundled thermal model (5-25 minutes on one CPU thread; see tools/train_demo_model.sh)::
 
     python -m sigma_core.engine.demo_model data --root build/demo_data
     sigma-train --config synthetic_demo data.root=build/demo_data train.out_dir=build/demo_run
     python -m sigma_core.engine.demo_model export --run build/demo_run --data build/demo_data \
         --out sigma_core/sigma_core/assets
 
-The report gives mIoU on held-out synthetic scenes, and on night scenes with the
-thermal input against the same model with the thermal input blanked (all zeros):
-the gap is what fusion buys where RGB is dark.
+and the depth one the same way with ``data --modality depth --root build/demo_depth_data`` and
+``--config synthetic_demo_depth`` (``tools/train_demo_model.sh --modality depth``). The report gives mIoU on
+held-out synthetic scenes, and on night scenes with the second modality against the same model with it blanked
+(all zeros): the gap is what fusion buys where RGB is dark.
 """
 from __future__ import annotations
 
@@ -28,19 +29,27 @@ from .evaluate import EvalSettings, evaluate_dataset
 from .metrics import SegmentationMetrics, chance_miou
 from .reports import metrics_table, per_class_table, plot_class_iou, write_json
 
-MODEL_FILE = "sigma_nano_synthetic.pt"  # names shared with sigma_core.assets
-REPORT_JSON = "sigma_nano_synthetic_report.json"
-REPORT_MD = "sigma_nano_synthetic_report.md"
+CONFIGS = {"thermal": "configs/synthetic_demo.yaml", "depth": "configs/synthetic_demo_depth.yaml"}
+
+
+def asset_names(modality: str) -> dict[str, str]:
+    """File names of the bundled model of ``modality`` and its report (sigma_core.assets.DEMO_MODELS)."""
+    from ..assets import DEMO_MODELS
+
+    stem = DEMO_MODELS[modality][:-len(".pt")]
+    return {"model": f"{stem}.pt", "json": f"{stem}_report.json", "md": f"{stem}_report.md",
+            "night_png": f"{stem}_night_iou.png"}
 # The training/held-out world (write_dataset arguments) and a small independent check set for the tests.
 DEMO_DATA: dict[str, Any] = {"n": 800, "seed": 2026, "size": [120, 160], "night_fraction": 0.5, "test_fraction": 0.25}
 CHECK_DATA: dict[str, Any] = {"n": 64, "seed": 7, "size": [120, 160], "night_fraction": 0.5, "test_fraction": 0.5}
 
 
-def write_demo_data(root: Path, params: dict[str, Any]) -> Path:
+def write_demo_data(root: Path, params: dict[str, Any], modality: str = "thermal") -> Path:
+    """The synthetic world as a dataset folder: the same scenes with thermal (mono16) or depth (16UC1) images."""
     from ..data.synthetic import write_dataset
 
     return write_dataset(root, n=params["n"], seed=params["seed"], night_fraction=params["night_fraction"],
-                         size=tuple(params["size"]), modality="thermal", test_fraction=params["test_fraction"])
+                         size=tuple(params["size"]), modality=modality, test_fraction=params["test_fraction"])
 
 
 def evaluate_split(model: torch.nn.Module, root: Path, split: str, blank_modality: bool = False,
@@ -76,7 +85,10 @@ def _training_summary(run: Path) -> dict[str, Any]:
 
 
 def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) -> dict[str, Any]:
-    """Half-precision copy of the run's best checkpoint into ``out`` plus its report (JSON, markdown, chart)."""
+    """Half-precision copy of the run's best checkpoint into ``out`` plus its report (JSON, markdown, chart).
+
+    The modality (thermal or depth) is the run's: the files are named after it (sigma_core.assets.DEMO_MODELS).
+    """
     from ..checkpoints import load_checkpoint, save_checkpoint
 
     torch.set_num_threads(1)
@@ -86,10 +98,12 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
     training = _training_summary(run)
     config_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
     out.mkdir(parents=True, exist_ok=True)
-    target = out / MODEL_FILE
-    extra = {"demo": {"trained_on": {"generator": "sigma_core.data.synthetic", **DEMO_DATA},
+    x = meta.modality  # "thermal" or "depth": the words and file names below follow it
+    names_of = asset_names(x)
+    target = out / names_of["model"]
+    extra = {"demo": {"trained_on": {"generator": "sigma_core.data.synthetic", "modality": x, **DEMO_DATA},
                       "training": training, "source_checkpoint": source.name,
-                      "report": REPORT_JSON, "train_config": config_text}}
+                      "report": names_of["json"], "train_config": config_text}}
     save_checkpoint(target, model, meta.config, class_names=meta.class_names, modality=meta.modality,
                     palette=meta.palette, normalization=meta.normalization, scaling=meta.scaling, extra=extra,
                     input_size=tuple(DEMO_DATA["size"]), half=True)  # run at the scale it was trained for
@@ -97,21 +111,21 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
     model, meta = load_checkpoint(target)
     names = meta.class_names
     results = {
-        "test (RGB + thermal)": evaluate_split(model, data, "test", class_names=names),
-        "test, thermal blanked": evaluate_split(model, data, "test", blank_modality=True, class_names=names),
-        "day (RGB + thermal)": evaluate_split(model, data, "test_day", class_names=names),
-        "day, thermal blanked": evaluate_split(model, data, "test_day", blank_modality=True, class_names=names),
-        "night (RGB + thermal)": evaluate_split(model, data, "test_night", class_names=names),
-        "night, thermal blanked": evaluate_split(model, data, "test_night", blank_modality=True, class_names=names),
+        f"test (RGB + {x})": evaluate_split(model, data, "test", class_names=names),
+        f"test, {x} blanked": evaluate_split(model, data, "test", blank_modality=True, class_names=names),
+        f"day (RGB + {x})": evaluate_split(model, data, "test_day", class_names=names),
+        f"day, {x} blanked": evaluate_split(model, data, "test_day", blank_modality=True, class_names=names),
+        f"night (RGB + {x})": evaluate_split(model, data, "test_night", class_names=names),
+        f"night, {x} blanked": evaluate_split(model, data, "test_night", blank_modality=True, class_names=names),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        check_dir = write_demo_data(Path(check_root or tmp) / "check", CHECK_DATA)
+        check_dir = write_demo_data(Path(check_root or tmp) / "check", CHECK_DATA, x)
         check = evaluate_split(model, check_dir, "test", class_names=names)
-    chance = chance_miou(results["test (RGB + thermal)"].pixels_per_class)
-    night, blank = results["night (RGB + thermal)"], results["night, thermal blanked"]
-    day_blank = results["day, thermal blanked"]
+    chance = chance_miou(results[f"test (RGB + {x})"].pixels_per_class)
+    night, blank = results[f"night (RGB + {x})"], results[f"night, {x} blanked"]
+    day_blank = results[f"day, {x} blanked"]
     report = {
-        "model_file": MODEL_FILE,
+        "model_file": names_of["model"],
         "model": meta.config.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "file_bytes": target.stat().st_size,
@@ -130,34 +144,35 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
                       "miou": check.miou, "pixel_accuracy": check.pixel_accuracy},
         "export_seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / REPORT_JSON, report)
-    plot_class_iou(night, out / "sigma_nano_synthetic_night_iou.png",
-                   title="Night scenes: per-class IoU with and without thermal",
-                   compare={"thermal blanked": blank})
+    write_json(out / names_of["json"], report)
+    plot_class_iou(night, out / names_of["night_png"],
+                   title=f"Night scenes: per-class IoU with and without {x}",
+                   compare={f"{x} blanked": blank})
     md = [
-        "# Bundled demo model: Sigma nano on the synthetic RGB-thermal world",
+        f"# Bundled demo model: Sigma nano on the synthetic RGB-{x} world",
         "",
-        f"`{MODEL_FILE}`: {meta.config.name}, {report['parameters'] / 1e6:.2f} M parameters, float16 "
+        f"`{names_of['model']}`: {meta.config.name}, {report['parameters'] / 1e6:.2f} M parameters, float16 "
         f"({report['file_bytes'] / 1e6:.1f} MB), {len(names)} classes, modality {meta.modality}.",
         f"Trained from scratch on {DEMO_DATA['n'] - report['data']['splits']['test']} synthetic scenes "
         f"({DEMO_DATA['size'][0]}x{DEMO_DATA['size'][1]}, half at night, seed {DEMO_DATA['seed']}) for "
         f"{training['epochs']} epochs / {training['iterations']} iterations in {training['wall_seconds'] / 60:.1f} "
-        "minutes on one CPU thread (configs/synthetic_demo.yaml; reproduce with tools/train_demo_model.sh).",
+        f"minutes on one CPU thread ({CONFIGS[x]}; reproduce with tools/train_demo_model.sh"
+        f"{' --modality depth' if x == 'depth' else ''}).",
         "",
         f"Held-out scenes ({report['data']['splits']['test']} test images; "
         f"{report['data']['splits']['test_night']} at night), whole image, single scale:",
         "",
         metrics_table(results),
         "",
-        f"Night scenes: mIoU {100 * night.miou:.1f} with thermal vs {100 * blank.miou:.1f} with the thermal input "
+        f"Night scenes: mIoU {100 * night.miou:.1f} with {x} vs {100 * blank.miou:.1f} with the {x} input "
         f"blanked (all zeros): fusion adds {100 * (night.miou - blank.miou):.1f} points at night. "
         f"Chance level on the test set: uniform random {100 * chance['uniform']:.1f}, majority class "
         f"{100 * chance['majority']:.1f} mIoU.",
         "",
-        f"The model was trained with the thermal input blanked for a quarter of the samples "
-        f"(data.modality_dropout), so it also runs on RGB alone: without thermal it keeps "
-        f"{100 * day_blank.miou:.1f} mIoU by day but only {100 * blank.miou:.1f} at night, where RGB is dark "
-        "and noisy; with thermal, night scenes come close to day scenes.",
+        f"The model was trained with the {x} input blanked for a quarter of the samples "
+        f"(data.modality_dropout), so it also runs on RGB alone: without {x} it keeps "
+        f"{100 * day_blank.miou:.1f} mIoU by day and {100 * blank.miou:.1f} at night, where RGB is dark "
+        f"and noisy; with {x}, night scenes reach {100 * night.miou:.1f}.",
         "",
         "Per-class IoU (%):",
         "",
@@ -166,10 +181,10 @@ def export(run: Path, data: Path, out: Path, check_root: Optional[Path] = None) 
         f"Check set for the tests (write_dataset n={CHECK_DATA['n']}, seed={CHECK_DATA['seed']}, test split): "
         f"mIoU {100 * check.miou:.2f}.",
         "",
-        "![night IoU with and without thermal](sigma_nano_synthetic_night_iou.png)",
+        f"![night IoU with and without {x}]({names_of['night_png']})",
         "",
     ]
-    (out / REPORT_MD).write_text("\n".join(md))
+    (out / names_of["md"]).write_text("\n".join(md))
     return report
 
 
@@ -183,6 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="write the synthetic training/held-out world")
     d.add_argument("--root", default="build/demo_data")
+    d.add_argument("--modality", choices=("thermal", "depth"), default="thermal", help="the second camera")
     e = sub.add_parser("export", help="half-precision copy of a run's best checkpoint + evaluation report")
     e.add_argument("--run", default="build/demo_run")
     e.add_argument("--data", default="build/demo_data")
@@ -190,13 +206,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "data":
-            print(f"wrote {write_demo_data(Path(args.root), DEMO_DATA)}")
+            print(f"wrote {write_demo_data(Path(args.root), DEMO_DATA, args.modality)}")
         else:
             report = export(Path(args.run), Path(args.data), Path(args.out))
-            r = report["results"]
-            print(f"test mIoU {100 * r['test (RGB + thermal)']['miou']:.2f}; "
-                  f"night {100 * r['night (RGB + thermal)']['miou']:.2f} vs thermal blanked "
-                  f"{100 * r['night, thermal blanked']['miou']:.2f}; wrote {args.out}")
+            r, x = report["results"], report["modality"]
+            print(f"test mIoU {100 * r[f'test (RGB + {x})']['miou']:.2f}; "
+                  f"night {100 * r[f'night (RGB + {x})']['miou']:.2f} vs {x} blanked "
+                  f"{100 * r[f'night, {x} blanked']['miou']:.2f}; wrote {args.out}")
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"demo_model: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -227,7 +227,10 @@ def run_evaluation(checkpoint: str, cfg: Any, out_dir: Path, device: str = "auto
         def on_prediction(mask: np.ndarray, name: str) -> None:
             atomic_write_image(pred_dir / f"{name}.png", cv2.cvtColor(palette[mask], cv2.COLOR_RGB2BGR))
 
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    from .config import usable_workers
+
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
+                        num_workers=usable_workers(cfg.data.num_workers))
     metrics = evaluate_dataset(model, loader, len(class_names), settings, dev, class_names,
                                blank_modality=blank_modality, on_prediction=on_prediction, progress=True)
     variant = meta.config.variant

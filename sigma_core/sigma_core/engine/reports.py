@@ -110,6 +110,42 @@ def plot_class_iou(metrics: SegmentationMetrics, path: Path, title: str = "Per-c
     return _save_figure(fig, path)
 
 
+def plot_training_curves(epochs_csv: Path, path: Path) -> Path:
+    """A run's epochs.csv -> PNG: mean training loss per epoch (left) and validation mIoU (right), written
+    atomically (a reader never sees half a picture)."""
+    import csv
+
+    from ..files import atomic_open
+
+    with open(epochs_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{epochs_csv} has no epochs yet")
+    epochs = [int(r["epoch"]) for r in rows]
+    loss = [float(r["mean_loss"]) for r in rows]
+    val = [(int(r["epoch"]), 100 * float(r["miou"])) for r in rows if r.get("miou")]
+    plt = _pyplot()
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(epochs, loss, marker="o", ms=3)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("mean training loss")
+    ax_loss.grid(alpha=0.3)
+    if val:
+        ax_miou.plot([e for e, _ in val], [m for _, m in val], marker="o", ms=3, color="tab:green")
+        best = max(val, key=lambda v: v[1])
+        ax_miou.set_title(f"best {best[1]:.1f} at epoch {best[0]}", fontsize=9)
+    else:
+        ax_miou.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax_miou.transAxes)
+    ax_miou.set_xlabel("epoch")
+    ax_miou.set_ylabel("validation mIoU (%)")
+    ax_miou.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def metrics_table(results: dict[str, SegmentationMetrics]) -> str:
     """Markdown table: one row per named result (mIoU, mAcc, aAcc, fwIoU in %)."""
     lines = ["| evaluation | mIoU | mean class acc. | pixel acc. | fwIoU |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -155,6 +191,27 @@ def check_report_folder(out_dir: Path, checkpoint: Optional[str] = None) -> None
                          f"give --out for the report of {checkpoint}")
 
 
+def evaluation_header(info: dict[str, Any], class_names: list[str]) -> list[str]:
+    """Markdown lines saying what was evaluated: checkpoint, model, dataset and split, how (mode, scales, flip),
+    and the class list, so a report read alone (without its JSON) is unambiguous."""
+    data, how = info.get("dataset") or {}, info.get("settings") or {}
+    mode = how.get("mode", "whole")
+    if mode == "sliding":
+        mode += f" window {how.get('crop_size')}, stride {how.get('stride_ratio', 0):.2f} of it"
+    scales = ", ".join(f"{s:g}" for s in how.get("scales", [1.0]))
+    lines = [
+        f"- checkpoint: `{info.get('checkpoint', '')}` ({info.get('model', '')})",
+        f"- dataset: `{data.get('root', '')}` (preset {data.get('preset', 'custom')}), "
+        f"split `{data.get('split', '')}`, {info.get('images', '?')} images",
+        f"- mode: {mode}; scales {scales}; flip {'yes' if how.get('flip') else 'no'}"
+        + ("; modality blanked (all zeros)" if how.get("blank_modality") else ""),
+        f"- classes ({len(class_names)}): {', '.join(f'{k} {n}' for k, n in enumerate(class_names))}",
+    ]
+    if info.get("device"):
+        lines.append(f"- device: {info['device']}; {info.get('seconds', '?')} s")
+    return lines
+
+
 def write_evaluation_report(out_dir: Path, metrics: SegmentationMetrics, info: dict[str, Any],
                             published: Optional[dict[str, Any]] = None) -> dict[str, Path]:
     """report.json + confusion_matrix.png + class_iou.png + report.md in ``out_dir``; returns their paths."""
@@ -168,7 +225,8 @@ def write_evaluation_report(out_dir: Path, metrics: SegmentationMetrics, info: d
     write_json(paths["json"], report)
     paths["confusion"] = plot_confusion(metrics, out_dir / "confusion_matrix.png")
     paths["class_iou"] = plot_class_iou(metrics, out_dir / "class_iou.png")
-    md = [f"# Evaluation: {info.get('checkpoint', '')}", "", metrics_table({"this model": metrics}), ""]
+    md = [f"# Evaluation: {info.get('checkpoint', '')}", "", *evaluation_header(info, metrics.class_names), "",
+          metrics_table({"this model": metrics}), ""]
     if published is not None and "miou_same_variant" in published:
         md += [f"Published mIoU for this benchmark and variant: {published['miou_same_variant']:.1f} "
                f"({published['source']}).", ""]

@@ -20,8 +20,8 @@ from ..files import atomic_write_text
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 BEST = "best.pt"
 # atomic_open's temporaries of the files a run writes: ".<name>.<8 random characters>.tmp" beside the file.
-TEMPORARY_RE = re.compile(r"^\.(config\.yaml|train_log\.csv|epochs\.csv|best\.pt|epoch_\d{4,}(\.state)?\.pt)"
-                          r"\.[a-z0-9_]{8}\.tmp$")
+TEMPORARY_RE = re.compile(r"^\.(config\.yaml|train_log\.csv|epochs\.csv|training_curves\.png|best\.pt"
+                          r"|epoch_\d{4,}(\.state)?\.pt)\.[a-z0-9_]{8}\.tmp$")
 
 
 def state_path_for(checkpoint: Path) -> Path:

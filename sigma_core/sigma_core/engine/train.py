@@ -40,9 +40,10 @@ from .builders import (
     initialise_from,
     make_dataset,
 )
-from .config import TrainConfig
+from .config import TrainConfig, usable_workers
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
+from .reports import plot_training_curves
 from .run_folder import (
     BEST,
     CHECKPOINT_RE,
@@ -239,7 +240,8 @@ def load_data(cfg: TrainConfig, ctx: DistContext) -> TrainingData:
                                  seed=cfg.train.seed, drop_last=True)
     generator = torch.Generator()
     loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, worker_init_fn=_worker_init, generator=generator,
+                        num_workers=usable_workers(cfg.data.num_workers), worker_init_fn=_worker_init,
+                        generator=generator,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
     if len(loader) == 0:
         raise ValueError(f"data: {len(train_set)} training samples are fewer than one batch "
@@ -402,6 +404,31 @@ def check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
                          "--resume auto (train.resume=auto), or give another train.out_dir")
 
 
+CURVES_PNG = "training_curves.png"
+
+
+def epoch_line(done: int, epochs: int, loss: float, lr: float, seconds: float,
+               metrics: Optional[SegmentationMetrics], best: Optional[dict[str, Any]], eval_every: int) -> str:
+    """The one console line per epoch: train loss, learning rate, time, validation mIoU, best so far."""
+    line = f"epoch {done}/{epochs}: train loss {loss:.4f}, lr {lr:.2e}, {seconds:.1f} s"
+    if metrics is not None:
+        line += f"; val mIoU {100 * metrics.miou:.2f}, pixel acc. {100 * metrics.pixel_accuracy:.2f}"
+    else:
+        line += f"; no validation this epoch (train.eval_every={eval_every})"
+    if best is not None and best.get("miou") is not None:
+        at = f" (epoch {best['epoch']})" if best.get("epoch") else ""
+        line += f"; best val mIoU {100 * best['miou']:.2f}{at}"
+    return line
+
+
+def class_iou_table(metrics: SegmentationMetrics, per_line: int = 4) -> str:
+    """Per-class IoU at a validation, a few classes a line (40 classes fit in 10 lines)."""
+    cells = [f"{name[:14]:<14} {100 * iou:5.1f}" if np.isfinite(iou) else f"{name[:14]:<14}   n/a"
+             for name, iou in zip(metrics.class_names, metrics.iou)]
+    rows = ["  " + " | ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)]
+    return "  per-class IoU (%):\n" + "\n".join(rows)
+
+
 class RunLogs:
     """What rank 0 records while training: train_log.csv (per iteration), epochs.csv (per epoch), TensorBoard,
     the progress bar and the printed lines. On resume the logs are cut back to the resume point."""
@@ -416,9 +443,14 @@ class RunLogs:
                              truncate_after=("epoch", progress.epoch), fresh=fresh)
         self.writer = None
         if cfg.train.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=progress.iteration)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # `pip install ./sigma_core` without the [train] extra: the run needs no TensorBoard
+                print("warning: tensorboard is not installed, so this run writes no TensorBoard logs (epochs.csv, "
+                      "train_log.csv and training_curves.png have the numbers): pip install tensorboard, or "
+                      "set train.tensorboard=false", file=sys.stderr, flush=True)
+            else:
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=progress.iteration)
         self.bar = None
 
     def start_epoch(self, epoch: int, iters: int) -> None:
@@ -439,19 +471,26 @@ class RunLogs:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
     def end_epoch(self, done: int, iteration: int, losses: list[float], seconds: float,
-                  metrics: Optional[SegmentationMetrics], checkpoint: Optional[Path]) -> None:
+                  metrics: Optional[SegmentationMetrics], checkpoint: Optional[Path], lr: float = float("nan"),
+                  best: Optional[dict[str, Any]] = None) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if metrics is not None and self.writer is not None:
+            self.writer.add_scalar("val/mIoU", metrics.miou, iteration)
+            self.writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
+        print(epoch_line(done, self.cfg.schedule.epochs, float(np.mean(losses)), lr, seconds, metrics, best,
+                         self.cfg.train.eval_every), flush=True)
         if metrics is not None:
-            if self.writer is not None:
-                self.writer.add_scalar("val/mIoU", metrics.miou, iteration)
-                self.writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, iteration)
-            print(f"epoch {done}: val mIoU {100 * metrics.miou:.2f}  pixel acc. {100 * metrics.pixel_accuracy:.2f}")
+            print(class_iou_table(metrics), flush=True)
         self.epochs.write({"epoch": done, "iteration": iteration, "mean_loss": f"{np.mean(losses):.6f}",
                            "seconds": f"{seconds:.1f}", "miou": "" if metrics is None else f"{metrics.miou:.6f}",
                            "pixel_accuracy": "" if metrics is None else f"{metrics.pixel_accuracy:.6f}",
                            "checkpoint": "" if checkpoint is None else checkpoint.name})
+        try:  # a picture of the run so far, next to the TensorBoard logs; never a reason to stop training
+            plot_training_curves(self.epochs.path, self.epochs.path.parent / CURVES_PNG)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"warning: {CURVES_PNG} not written: {exc}", file=sys.stderr)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -485,6 +524,9 @@ def start_up_summary(cfg: TrainConfig, ctx: DistContext, data: TrainingData, mod
         f"{'whole images' if crop is None else f'{crop[0]}x{crop[1]}'}, batch {cfg.data.batch_size}{processes}, "
         f"{data.iters_per_epoch} iterations per epoch",
     ]
+    workers = usable_workers(cfg.data.num_workers)
+    if workers < cfg.data.num_workers:
+        lines.append(f"data.num_workers {cfg.data.num_workers} -> {workers}: the CPUs this process may use")
     if progress.resumed_from is not None:
         best = "none yet" if progress.best is None else (
             ("none (no validation)" if progress.best["miou"] is None else f"{100 * progress.best['miou']:.2f}")
@@ -548,7 +590,7 @@ def evaluation_due(cfg: TrainConfig, done: int) -> bool:
 def evaluate_epoch(cfg: TrainConfig, trainee: Trainee, data: TrainingData, ctx: DistContext) -> SegmentationMetrics:
     """Validation metrics of the current weights (rank 0 only), as configured in the ``eval`` section."""
     loader = DataLoader(data.val_set, batch_size=cfg.eval.batch_size, shuffle=False,
-                        num_workers=min(cfg.data.num_workers, 2))
+                        num_workers=min(usable_workers(cfg.data.num_workers), 2))
     settings = EvalSettings.from_section(cfg.eval, cfg.data.crop_size)
     return evaluate_dataset(trainee.model, loader, len(data.info.class_names), settings, ctx.device,
                             data.info.class_names, progress=cfg.train.progress)
@@ -638,7 +680,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         save = done % cfg.train.save_every == 0 or done == cfg.schedule.epochs or improved  # best.pt: resumable
         checkpoint = checkpoint_path(out_dir, done) if save else None
         if logs is not None:  # the epoch's row precedes its commit; a resume cuts the rows of uncommitted epochs
-            logs.end_epoch(done, progress.iteration, losses, time.perf_counter() - epoch_start, metrics, checkpoint)
+            logs.end_epoch(done, progress.iteration, losses, time.perf_counter() - epoch_start, metrics, checkpoint,
+                           lr=trainee.optimizer.param_groups[0]["lr"], best=progress.best)
         if save:
             rng = gather_rng_states(ctx)
             if ctx.is_main:

@@ -270,15 +270,16 @@ class ParameterSpec:
 
 
 PARAMETERS: dict[str, ParameterSpec] = {
-    "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo",
+    "checkpoint": ParameterSpec("", "path of a Sigma checkpoint (sigma_core.save_checkpoint); empty: the bundled demo "
+                                "model of the modality (thermal unless modality is depth)",
                                 checkpoint, "checkpoint"),
     "dataset": ParameterSpec("", "for a published Sigma checkpoint (.pth): the dataset it was trained on (mfnet, "
                                  "pst900, nyudepthv2, sunrgbd, or a dataset.yaml / class-list file); ignored with a "
                                  "warning for sigma_core checkpoints", optional_text("a preset name or a file path"),
                              "dataset"),
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N (.onnx: also tensorrt[:N])", device, "device"),
-    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (on a CPU, bf16 only where native: AVX512-BF16, AMX)",
-                               choice(*PRECISIONS), "precision"),
+    "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (fp16/bf16 for GPUs; on a CPU only where native: "
+                               "AMX-FP16, AVX512-BF16)", choice(*PRECISIONS), "precision"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
                               "modality"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,
@@ -386,8 +387,8 @@ class NodeConfig:
 assert {s.field for s in PARAMETERS.values()} == {f.name for f in fields(NodeConfig)}, "one field per parameter"
 
 
-def resolve_checkpoint(value: str) -> Path:
-    """The checkpoint path to load: ``value``, or the bundled demo model when empty."""
+def resolve_checkpoint(value: str, modality: Optional[str] = None) -> Path:
+    """The checkpoint path to load: ``value``, or when empty the bundled demo model of ``modality`` (None: thermal)."""
     if not value:
         try:
             from sigma_core.assets import demo_checkpoint
@@ -396,10 +397,10 @@ def resolve_checkpoint(value: str) -> Path:
                 "parameter checkpoint is empty and this sigma_core has no bundled demo model: "
                 "pass a checkpoint, e.g. --ros-args -p checkpoint:=/path/to/model.pt"
             ) from None
-        path = Path(demo_checkpoint())
+        path = Path(demo_checkpoint(modality or "thermal"))
         if not path.is_file():
             raise ConfigError(
-                f"parameter checkpoint is empty and the bundled demo model {path} is missing: "
+                f"parameter checkpoint is empty and the bundled {modality or 'thermal'} demo model {path} is missing: "
                 "pass a checkpoint, e.g. --ros-args -p checkpoint:=/path/to/model.pt"
             )
         return path
@@ -434,6 +435,8 @@ def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     """Parameter values by name (missing ones take their defaults) -> NodeConfig; ConfigError if invalid."""
     check_known(values)
     parsed = {spec.field: spec.parse(name, values.get(name, spec.default)) for name, spec in PARAMETERS.items()}
+    if not values.get("checkpoint") and parsed["modality"] == "depth":  # the bundled model that fits the input
+        parsed["checkpoint"] = resolve_checkpoint("", "depth")
     cfg = NodeConfig(**parsed)
     check_registration(cfg)
     return cfg

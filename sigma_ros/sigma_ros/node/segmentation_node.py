@@ -67,7 +67,14 @@ from .image_conversion import (
     array_to_image_msg,
     image_msg_to_array,
 )
-from .input_health import JUMP_BACK_TOLERANCE_S, ProblemLog, Stamp, StreamWatch, modality_problem
+from .input_health import (
+    JUMP_BACK_TOLERANCE_S,
+    ProblemLog,
+    Stamp,
+    StreamWatch,
+    depth_stream_evidence,
+    modality_problem,
+)
 from .mask_rendering import colorize, lookup_palette, overlay
 from .pair_synchronizer import PairSynchronizer, stamp_seconds
 from .parameters import (
@@ -145,6 +152,10 @@ class _Prepared:
     pair: PreparedPair
     raw_shape: tuple  # the modality as decoded, for the size-mismatch warning
     registration_mode: str
+
+
+# Problems of waiting (no images, no pairs, no CameraInfo yet) that a published mask ends.
+ENDED_BY_A_MASK = ("no_input", "silent_stream", "no_pairs", "waiting_for_camera_info")
 
 
 class SigmaSegmentationNode(LifecycleNodeMixin, Node):
@@ -689,12 +700,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         decoded = self._decode(0, rgb_msg), self._decode(1, modal_msg)
         if decoded[0] is None or decoded[1] is None:
             return None
-        (rgb_arr, rgb_encoding), (raw, _) = decoded
+        (rgb_arr, rgb_encoding), (raw, modal_encoding) = decoded
         if self.modality == "depth" and raw.dtype.kind in "ui" and self.cfg.depth_units != MILLIMETRE:
             # A camera in other units than REP 118's millimetres (depth.units): metres from here on, so the model's
             # scaling and the point cloud read the same depth. 0 (no return) stays 0.
             raw = raw.astype(np.float32) * np.float32(self.cfg.depth_units)
-        self._check_modality(raw)
+        self._check_modality(raw, modal_encoding)
         registration = self.registration.registration
         if registration is None:  # rig mode waits for the CameraInfo it takes the intrinsics from
             topics = [s.topic_name for s in (self.sub_rgb_info, self.sub_info) if s is not None]
@@ -739,6 +750,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         header = rgb_msg.header
         self.pub_mask.publish(array_to_image_msg(mask, "mono8", header))
         self.frames_processed += 1
+        if self.frames_processed == 1 or self.problems.last.keys() & ENDED_BY_A_MASK:
+            self.problems.resolve(*ENDED_BY_A_MASK)  # a mask came out: waiting for images or pairs is over
         if self.pub_confidence.get_subscription_count():
             self.pub_confidence.publish(array_to_image_msg(confidence, "32FC1", header))
         want_color = self.pub_color.get_subscription_count() > 0
@@ -774,13 +787,16 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             )
         )
 
-    def _check_modality(self, raw: np.ndarray) -> None:
-        """Warn when most of a modality image carries nothing for the model (no depth return, thermal clipped)."""
+    def _check_modality(self, raw: np.ndarray, encoding: str) -> None:
+        """Warn when most of a modality image carries nothing for the model (no depth return, thermal clipped),
+        and when a thermal model is fed a depth camera (a range cannot fix that: another model can)."""
+        topic = self.topics[1]
+        if self.modality == "thermal" and self._depth_on_thermal(topic, encoding, raw):
+            return
         found = modality_problem(raw, self.seg.scaling)
         if found is None:
             return
         kind, fraction = found
-        topic = self.topics[1]
         if kind == "invalid_depth":
             message = (f"{topic}: {fraction:.0%} of depth pixels are 0/NaN/inf (no return); "
                        "they are left out of segmentation/points")
@@ -793,6 +809,23 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                        "a blank thermal image: set thermal.range to the camera's [low, high] raw values "
                        "(mono8: [0, 255]; 32FC1 Kelvin: e.g. [250, 350]) or check the camera")
         self.problems.report(kind, message)
+
+    def _depth_on_thermal(self, topic: str, encoding: str, raw: np.ndarray) -> bool:
+        """Report (and return True) when the modality stream looks like a depth camera but the model is thermal."""
+        base = topic.rsplit("/", 1)[0]
+        info_beside = encoding in ("16UC1", "32FC1") and self.count_publishers(f"{base}/camera_info") > 0
+        reasons = depth_stream_evidence(topic, encoding, raw, info_beside)
+        if not reasons:
+            return False
+        bundled = "the bundled depth demo model: leave checkpoint empty and set -p modality:=depth"
+        self.problems.report(
+            "depth_on_thermal_model",
+            f"{topic} looks like a depth camera ({'; '.join(reasons)}) but the model ({self.cfg.checkpoint.name}) "
+            f"is a thermal model, so its masks mean nothing here; thermal.range cannot fix that. Run a depth "
+            f"model: {bundled}, or -p checkpoint:=<a depth checkpoint>. If this really is a thermal camera, set "
+            "thermal.range to its [low, high] raw values",
+        )
+        return True
 
     def _latency_ms(self, rgb_stamp: float) -> float:
         """Node clock minus the RGB stamp, ms; NaN while the clock has no time yet (use_sim_time before /clock)."""

@@ -1,8 +1,8 @@
 """The README's first command (``make demo``): the whole system on a synthetic bag, live, with a report.
 
-Steps: (1) record a few seconds of the synthetic RGB-thermal street world to a
-bag (RGB 30 Hz, thermal 9 Hz with jittered stamps, a label topic);
-(2) start the segmentation node in its own process with the bundled model;
+Steps: (1) record a few seconds of the synthetic RGB-thermal (``--modality depth``: RGB-depth) street world
+to a bag (RGB 30 Hz, thermal or depth 9 Hz with jittered stamps, a label topic; depth also a CameraInfo);
+(2) start the segmentation node in its own process with the bundled model of that modality;
 (3) wait until it is ready (its latched class map arrives); (4) replay the bag
 into the ROS graph with ``bag_player`` (original timing); (5) measure with the
 replay evaluator in this process (latency, drops, accuracy against the labels);
@@ -14,7 +14,7 @@ profile for camera-sized messages unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is
 set. Exit status: 0 when masks came back and the node ran cleanly, 1 when the
 pipeline failed (the message says where; the logs are in the output folder).
 
-    python -m sigma_ros.replay.demo [--seconds 6] [--output demo_output] [--rate 1.0] [--night]
+    python -m sigma_ros.replay.demo [--seconds 6] [--output demo_output] [--rate 1.0] [--night] [--modality depth]
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class DemoError(RuntimeError):
 def prepare_environment(env: dict) -> dict:
     """Private ROS_DOMAIN_ID, the Fast DDS profile and one torch thread (unless the user set them), in place."""
     if not env.get("ROS_DOMAIN_ID"):
-        env["ROS_DOMAIN_ID"] = str(120 + os.getpid() % 100)  # 120..219: clear of the default 0 and of tests' ranges
+        # 30..99: within ROS's documented safe range on Linux (0-101) and clear of the default 0
+        env["ROS_DOMAIN_ID"] = str(30 + os.getpid() % 70)
     # Node, player and evaluator share the CPU here; competing OpenMP threads stall each other (measured on 2 cores:
     # nano forward p50 285 ms with torch's default threads, 118 ms with one, and 50 instead of 22 of 54 pairs).
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -149,9 +150,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..node.parameters import resolve_checkpoint
 
     # Arguments first: a bad one must fail before anything is written.
-    checkpoint = resolve_checkpoint(args.checkpoint)  # fails early, naming the file, if the model is missing
+    checkpoint = resolve_checkpoint(args.checkpoint, args.modality)  # fails early, naming a missing model
     device = str(resolve_device(args.device))
-    rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS["thermal"], TOPICS["label"]
+    rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS[args.modality], TOPICS["label"]
     out = Path(args.output)
     before = prepare_output(out)
     try:
@@ -162,6 +163,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device: str, topics: tuple[str, str, str],
                   write_bag) -> int:
+    from sigma_core.data.synthetic import TOPICS
+
     rgb_topic, modal_topic, label_topic = topics
     env = prepare_environment(os.environ)  # this process too: rclpy reads both when it starts
     _log(f"output folder {out.resolve()} (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
@@ -177,11 +180,16 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
         "-p", f"sync.slop:={args.slop}", "-p", f"sync.queue_size:={args.queue_size}",
         # Warm up at the bag's size (the default, 480x640, takes tens of seconds on a small CPU).
         "-p", f"warmup.size:=[{args.size[0]}, {args.size[1]}]",
+        "-p", f"modality:={args.modality}",
+        # The node starts before the bag is recorded and replayed: a normal run must not warn of silent cameras.
+        "-p", "input.silent_warning_s:=30.0",
         "-r", f"rgb/image:={rgb_topic}", "-r", f"modal/image:={modal_topic}",
+        *(["-r", f"modal/camera_info:={TOPICS['camera_info']}"] if args.modality == "depth" else []),
     ]
     with open(node_log, "w") as log_file:
         node = subprocess.Popen(node_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    _log(f"1/5 started the node (pid {node.pid}) with {checkpoint.name} on {device}; log {node_log}")
+    _log(f"1/5 started the node (pid {node.pid}) with {checkpoint.name} ({args.modality}) on {device}; "
+         f"log {node_log}")
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -200,11 +208,12 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
         bag_path = out / "synthetic_bag"
         t0 = time.perf_counter()
         record = write_bag(bag_path, storage="sqlite3", seconds=args.seconds, seed=args.seed, night=args.night,
-                           size=tuple(args.size))
+                           size=tuple(args.size), modality=args.modality)
         if (record.rgb_topic, record.modal_topic, record.label_topic) != (rgb_topic, modal_topic, label_topic):
             raise DemoError(f"the synthetic bag's topics {record.rgb_topic}, {record.modal_topic}, "
                             f"{record.label_topic} differ from the ones the node listens to")
-        _log(f"2/5 recorded {args.seconds:g} s of the synthetic world ({'night' if args.night else 'day'}) to "
+        _log(f"2/5 recorded {args.seconds:g} s of the synthetic RGB-{args.modality} world "
+             f"({'night' if args.night else 'day'}) to "
              f"{bag_path}: {len(record.messages)} messages on {rgb_topic}, {modal_topic}, {label_topic} "
              f"in {time.perf_counter() - t0:.1f} s")
 
@@ -227,7 +236,8 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
 
         # 4. Replay the bag live, in its own process (timing undisturbed by the evaluator).
         player_log = out / "player.log"
-        topics = [record.rgb_topic, record.modal_topic, record.label_topic]
+        topics = [record.rgb_topic, record.modal_topic, record.label_topic,
+                  *([record.camera_info_topic] if record.camera_info_topic else [])]
         player_cmd = [sys.executable, "-m", "sigma_ros.replay.bag_player", str(bag_path), "--rate", str(args.rate),
                       "--topics", *topics, "--wait-timeout", "30",
                       # the node and the evaluator must both hear the first frame
@@ -261,7 +271,8 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
         rclpy.try_shutdown()
 
     summary.source.update({"bag": str(bag_path), "checkpoint": str(checkpoint), "device": device,
-                           "rate": args.rate, "seconds": args.seconds, "seed": args.seed, "night": args.night})
+                           "rate": args.rate, "seconds": args.seconds, "seed": args.seed, "night": args.night,
+                           "modality": args.modality})
     paths = write_report(summary, out)
     overlays = sorted((out / "overlays").glob("*.png"))
     print()
@@ -289,15 +300,20 @@ def _spin(executor, stop: threading.Event) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sigma-demo", description=__doc__.split("\n\n")[0])
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="sigma-demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic recording (s)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help="folder for the report, overlays and logs; a rerun replaces only what the demo wrote")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
     p.add_argument("--seed", type=int, default=0, help="synthetic world seed")
-    p.add_argument("--night", action="store_true", help="a night scene (dark, noisy RGB; thermal matters)")
+    p.add_argument("--night", action="store_true", help="a night scene (dark, noisy RGB; thermal/depth matter)")
+    p.add_argument("--modality", choices=("thermal", "depth"), default="thermal",
+                   help="the second camera of the synthetic bag (and the bundled model that fits it)")
     p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
-    p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model)")
+    p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model of --modality)")
     p.add_argument("--dataset", default="", help="a published Sigma checkpoint's dataset (mfnet, pst900, ...)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")

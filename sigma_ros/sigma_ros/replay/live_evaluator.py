@@ -47,7 +47,15 @@ from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
 from ..node.qos import INPUT_QOS_NAMES, input_qos, latched_qos
 from .label_matching import LabelMatcher, check_label_ids, forget_older, frame_confusion
-from .report import FrameSample, ReplaySummary, SampleKeeper, check_report_folder, format_summary, write_report
+from .report import (
+    FrameSample,
+    ReplaySummary,
+    SampleKeeper,
+    StripLabels,
+    check_report_folder,
+    format_summary,
+    write_report,
+)
 
 NODE_NAME = "replay_evaluator"
 
@@ -108,6 +116,7 @@ class ReplayEvaluator(Node):
         self.misfit_labels = 0  # labels whose size is not the mask's (not scored)
         self._pixels: Optional[np.ndarray] = None
         self._samples = SampleKeeper(opts.samples)
+        self._strip_labels = StripLabels(self._samples)
         self.first_input: Optional[float] = None
         self.last_activity = time.perf_counter()
         self.last_mask: Optional[float] = None
@@ -223,7 +232,8 @@ class ReplayEvaluator(Node):
             modal = np.array(image_msg_to_array(modal_msg)) if modal_msg is not None \
                 else np.zeros(mask.shape, np.uint8)
             with self._lock:
-                self._samples.add(index, FrameSample(stamp, rgb, modal, blended))
+                self._samples.add(index, FrameSample(stamp, rgb, modal, blended, mask=mask,
+                                                     label=self._strip_labels.take(stamp)))
 
     def _score(self, stamp: int, mask: np.ndarray, label: np.ndarray) -> None:
         if self._cm is None:
@@ -241,6 +251,7 @@ class ReplayEvaluator(Node):
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return
         frame = frame_confusion(mask, label, self._cm.num_classes)
+        self._strip_labels.scored(stamp, label)
         self._cm.matrix += frame
         self.confusion[stamp] = frame.numpy()
 
@@ -323,7 +334,9 @@ def spin_until_done(executor, evaluator: ReplayEvaluator, duration: float, idle_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="replay_evaluator",
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="replay_evaluator", formatter_class=DefaultsHelpFormatter,
                                 description="Measure the node's latency, drops and accuracy during a live replay.")
     p.add_argument("--rgb-topic", default="rgb/image")
     p.add_argument("--modal-topic", default="modal/image")

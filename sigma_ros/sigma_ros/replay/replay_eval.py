@@ -60,6 +60,7 @@ from .report import (
     FrameSample,
     ReplaySummary,
     SampleKeeper,
+    StripLabels,
     check_report_folder,
     format_summary,
     write_report,
@@ -268,6 +269,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette,
                         segmenter.model_name, segmenter.scaling.modality) if opts.output_bag else None
     samples = SampleKeeper(opts.samples if out_dir is not None else 0)
+    strip_labels = StripLabels(samples)
 
     label_source = (f"on {opts.label_topic}" if opts.label_topic else f"in {opts.label_dir}")
 
@@ -278,6 +280,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
         check_label_ids(label, class_names, f"the label stamped {stamp} ns {label_source}")
         frame = frame_confusion(mask, label, k)
         total.matrix += frame
+        strip_labels.scored(stamp, label)
         result.confusion[stamp] = frame.numpy()
         summary.frames_scored += 1
 
@@ -343,7 +346,8 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             if samples.wants(frames_processed - 1):
                 color = colorize(mask, table) if color is None else color
                 samples.add(frames_processed - 1, FrameSample(rgb_stamp, rgb, np.array(modal),
-                                                              overlay(rgb, color, opts.overlay_alpha)))
+                                                              overlay(rgb, color, opts.overlay_alpha), mask=mask,
+                                                              label=strip_labels.take(rgb_stamp)))
             if opts.max_pairs is not None and summary.expected_pairs >= opts.max_pairs:
                 break
     finally:
@@ -369,8 +373,10 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sigma_core.cli.errors import DefaultsHelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="sigma-replay-eval",
+        prog="sigma-replay-eval", formatter_class=DefaultsHelpFormatter,
         description="Replay a bag through the node's pairing and model offline; score, time and report it.",
     )
     p.add_argument("bag", type=Path, help="rosbag2 folder/file (sqlite3 or MCAP) or ROS 1 .bag")

@@ -30,12 +30,28 @@ from sigma_core.files import check_folder_can_be_made
 @dataclass
 class FrameSample:
     """One frame for the strip: (H, W, 3) uint8 RGB, (H, W) raw modality (any dtype; the strip stretches all
-    samples to one shared range), (H, W, 3) uint8 overlay."""
+    samples to one shared range), (H, W, 3) uint8 overlay; mask and label: (H, W) uint8 class ids (the
+    prediction, and the ground truth where the bag has one, 255 = unlabelled) for the ground-truth and error rows."""
 
     stamp_ns: int
     rgb: np.ndarray
     modal: np.ndarray
     overlay: np.ndarray
+    mask: Optional[np.ndarray] = None
+    label: Optional[np.ndarray] = None
+
+
+ERROR_COLOURS = {"correct": (40, 150, 60), "wrong": (230, 30, 30), "unlabelled": (0, 0, 0)}
+
+
+def error_map(mask: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """(H, W) predicted and true class ids -> (H, W, 3) uint8: green where right, red where wrong, black where
+    the label says unlabelled (255)."""
+    out = np.zeros((*mask.shape, 3), np.uint8)
+    labelled = label != 255
+    out[labelled & (mask == label)] = ERROR_COLOURS["correct"]
+    out[labelled & (mask != label)] = ERROR_COLOURS["wrong"]
+    return out
 
 
 @dataclass
@@ -209,25 +225,42 @@ def plot_latency(summary: ReplaySummary, path: Path) -> Optional[Path]:
 
 def plot_frames(samples: Sequence[FrameSample], path: Path,
                 legend: Sequence[tuple[str, Sequence[int]]] = ()) -> Optional[Path]:
-    """A strip: one column per sample, rows RGB / modality / overlay, and below it the class colours of the
-    overlay (``legend``: (class name, (r, g, b) 0..255) per class). None if no samples."""
+    """A strip: one column per sample, rows RGB / modality / (ground truth) / prediction overlay / (error map:
+    green right, red wrong, black unlabelled), and below it the class colours (``legend``: (class name, (r, g, b)
+    0..255) per class). The ground-truth and error rows appear when a sample has a label. None if no samples."""
     if not samples:
         return None
     plt = _pyplot()
     n = len(samples)
     h, w = samples[0].rgb.shape[:2]
     value_range = shared_range([s.modal for s in samples])  # one scale: brightness compares across frames
+    table = np.zeros((256, 3), np.uint8)
+    for k, (_, colour) in enumerate(legend):
+        table[k] = colour
+    labelled = any(s.label is not None and s.mask is not None for s in samples)
+    names = ["RGB", "modality", *(["ground truth"] if labelled else []), "prediction", *(["error"] if labelled else [])]
     col_w = 2.6
-    fig, axes = plt.subplots(3, n, figsize=(col_w * n, 3 * col_w * h / w + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(names), n, figsize=(col_w * n, len(names) * col_w * h / w + 0.6), squeeze=False)
     for j, s in enumerate(samples):
-        modal = modal_for_display(s.modal, value_range)
-        for i, (img, name) in enumerate(((s.rgb, "RGB"), (modal, "modality"), (s.overlay, "overlay"))):
+        has_label = s.label is not None and s.mask is not None and s.label.shape == s.mask.shape
+        blank = np.full((h, w, 3), 255, np.uint8)  # a frame whose label did not arrive
+        images = [s.rgb, modal_for_display(s.modal, value_range)]
+        if labelled:
+            images.append(table[s.label] if has_label else blank)
+        images.append(s.overlay)
+        if labelled:
+            images.append(error_map(s.mask, s.label) if has_label else blank)
+        for i, (img, name) in enumerate(zip(images, names)):
             ax = axes[i][j]
             ax.imshow(img, cmap="inferno" if img.ndim == 2 else None)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name)
+        if has_label:
+            valid = s.label != 255
+            right = float((s.mask[valid] == s.label[valid]).mean()) if valid.any() else float("nan")
+            axes[names.index("error")][j].set_title(f"{100 * right:.1f} % right", fontsize=7)
         axes[0][j].set_title(f"+{(s.stamp_ns - samples[0].stamp_ns) / 1e9:.2f} s", fontsize=8)
     fig.tight_layout()
     if legend:
@@ -265,7 +298,11 @@ def _markdown(summary: ReplaySummary, images: dict[str, Optional[Path]]) -> str:
         if p["count"]:
             rows.append((name, f"p50 {_fmt(p['p50'], ' ms')}, p95 {_fmt(p['p95'], ' ms')}, "
                                f"p99 {_fmt(p['p99'], ' ms')}, max {_fmt(p['max'], ' ms')}"))
-    md = [f"# Sigma {summary.mode} replay report", "", src, "", "| measure | value |", "| --- | --- |"]
+    classes = ", ".join(f"{k} {name}" for k, (name, _) in enumerate(summary.legend))
+    how = ["- mode: whole image at the model's input size, single scale, no flip (what the node runs)"]
+    if classes:
+        how.append(f"- classes ({len(summary.legend)}): {classes}")
+    md = [f"# Sigma {summary.mode} replay report", "", src, *how, "", "| measure | value |", "| --- | --- |"]
     md += [f"| {a} | {b} |" for a, b in rows]
     md.append("")
     if summary.metrics is not None:
@@ -417,9 +454,38 @@ class SampleKeeper:
             self.stride *= 2
             self._items = {i: v for i, v in self._items.items() if i % self.stride == 0}
 
+    def kept(self) -> list:
+        """Every item kept now (more than ``count`` until :meth:`items` picks)."""
+        return list(self._items.values())
+
     def items(self) -> list:
         """At most ``count`` kept items, spread evenly, in arrival order."""
         keys = sorted(self._items)
         if len(keys) > self.count:
             keys = [keys[i] for i in np.linspace(0, len(keys) - 1, self.count).round().astype(int)]
         return [self._items[k] for k in keys]
+
+
+class StripLabels:
+    """Ground truth for the strip's frames, whichever of a frame's label and its mask arrives first.
+
+    :meth:`scored` is called with every scored (stamp, label): it goes to the kept sample of that stamp, or waits
+    (the last ``recent`` labels only) for :meth:`take` when the sample is made.
+    """
+
+    def __init__(self, keeper: SampleKeeper, recent: int = 32):
+        self._keeper = keeper
+        self._recent: dict[int, np.ndarray] = {}
+        self._limit = recent
+
+    def scored(self, stamp: int, label: np.ndarray) -> None:
+        for sample in self._keeper.kept():
+            if sample.stamp_ns == stamp:
+                sample.label = label
+                return
+        self._recent[stamp] = label
+        while len(self._recent) > self._limit:
+            self._recent.pop(next(iter(self._recent)))
+
+    def take(self, stamp: int) -> Optional[np.ndarray]:
+        return self._recent.pop(stamp, None)

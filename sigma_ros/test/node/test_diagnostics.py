@@ -206,6 +206,11 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe):
     last = _statuses(harness)[-1]  # stamps 3 s ahead of the node's clock: segmenting, and that is said (fault 8)
     assert _level(last) == WARN and "latency -" in last.message and "clock is behind the image stamps" in \
         last.message, last.message
+    # issue 22: a status after masks flow again no longer carries the ended waiting (no pairs, no input) as its
+    # last problem
+    keys = {kv.key for kv in last.values}
+    assert "last no_pairs" not in keys and "last no_input" not in keys, keys
+    assert "last unsupported_encoding" in keys  # a real problem of the past stays listed with its count
     assert node.proc.poll() is None
 
 

@@ -105,3 +105,18 @@ def test_silent_stream_is_named_only_while_the_other_is_live():
     clock.t += 4
     watch.received(1, 2.0)
     assert [t for t, _ in watch.silent(3.0)] == ["/rgb"]
+
+
+def test_depth_stream_evidence_tells_a_depth_camera_from_a_thermal_one():
+    from sigma_ros.node.input_health import depth_stream_evidence
+
+    depth = np.full((4, 4), 1500, np.uint16)
+    depth[0] = 0  # no return
+    thermal = np.full((4, 4), 29315, np.uint16)
+    assert depth_stream_evidence("/camera/depth/image_rect_raw", "16UC1", thermal, False)[0] == (
+        "the topic name /camera/depth/image_rect_raw says depth")
+    assert len(depth_stream_evidence("/cam/x", "16UC1", depth, False)) == 2
+    assert len(depth_stream_evidence("/cam/x", "32FC1", np.full((4, 4), 2.5, np.float32), True)) == 2
+    # a thermal camera on a depth encoding, all pixels valid, no CameraInfo: still a thermal stream
+    assert depth_stream_evidence("/thermal/image_raw", "16UC1", thermal, False) == []
+    assert depth_stream_evidence("/thermal/image_raw", "mono16", depth, True) == []

@@ -144,6 +144,23 @@ def test_useless_thermal_images_and_zero_stamps_are_named(f_node, harness):
     assert harness.wait_for(lambda: "/f/rgb/image: header.stamp is zero" in node.log(), 10), node.log()
 
 
+def test_a_depth_camera_into_a_thermal_model_is_named_as_such_not_as_a_thermal_range(f_node, harness):
+    """Issue 22: a 16UC1 depth stream into the thermal model was told to "set thermal.range" (the wrong fix)."""
+    node, streams = f_node
+    from sigma_core.data.synthetic import Scene
+
+    depth = Scene.random(3, size=(H, W)).render().depth  # 16UC1 millimetres, 0 where nothing returns
+    assert (depth == 0).mean() > 0.005
+    before = node.count("outside the thermal range")
+    serve_one(harness, streams, "/f", modal=depth, encoding="16UC1")
+    assert harness.wait_for(lambda: "looks like a depth camera" in node.log(), 10), node.log()
+    log = node.log()
+    assert "/f/modal/image looks like a depth camera (its encoding 16UC1 is a depth encoding" in log
+    assert "of its pixels are 0/NaN, a depth camera's 'no return'" in log
+    assert "thermal.range cannot fix that" in log and "-p modality:=depth" in log
+    assert node.count("outside the thermal range") == before  # not the thermal-range advice
+
+
 def _set(harness, name, value):
     client = harness.node.create_client(SetParameters, "/f/sigma_segmentation/set_parameters")
     try:

@@ -89,3 +89,27 @@ def test_frame_strip_has_a_legend_of_the_overlay_colours(tmp_path):
         assert (with_legend == colour).all(axis=-1).sum() > 20, colour
         assert not (without == colour).all(axis=-1).any(), colour
     assert with_legend.shape[0] > without.shape[0]  # room below the strip, frames not squeezed
+
+
+def test_frame_strip_shows_ground_truth_and_an_error_map_where_labels_exist(tmp_path):
+    """Issue 22: the strip had no ground truth or error row, so nobody could see where the model is wrong."""
+    import cv2
+
+    from sigma_ros.replay.report import ERROR_COLOURS, FrameSample, error_map, plot_frames
+
+    label = np.zeros((24, 32), np.uint8)
+    label[:, 16:] = 1
+    label[:4] = 255
+    mask = np.zeros((24, 32), np.uint8)  # right on the left half, wrong on the right half
+    errors = error_map(mask, label)
+    assert (errors[10, 2] == ERROR_COLOURS["correct"]).all() and (errors[10, 20] == ERROR_COLOURS["wrong"]).all()
+    assert (errors[0] == 0).all()
+    grey = np.full((24, 32, 3), 128, np.uint8)
+    legend = [("road", (255, 0, 255)), ("person", (0, 255, 255))]
+    plain = [FrameSample(i, grey, np.zeros((24, 32), np.uint16), grey, mask=mask) for i in range(2)]
+    labelled = [FrameSample(i, grey, np.zeros((24, 32), np.uint16), grey, mask=mask, label=label) for i in range(2)]
+    a = cv2.cvtColor(cv2.imread(str(plot_frames(plain, tmp_path / "a.png", legend))), cv2.COLOR_BGR2RGB)
+    b = cv2.cvtColor(cv2.imread(str(plot_frames(labelled, tmp_path / "b.png", legend))), cv2.COLOR_BGR2RGB)
+    assert b.shape[0] > a.shape[0]  # two more rows
+    assert (b == ERROR_COLOURS["wrong"]).all(axis=-1).sum() > 100 and not (a == ERROR_COLOURS["wrong"]).all(-1).any()
+    assert (b == (0, 255, 255)).all(axis=-1).sum() > (a == (0, 255, 255)).all(axis=-1).sum()  # the label in colour

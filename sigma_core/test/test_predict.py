@@ -1,0 +1,156 @@
+"""sigma-predict on real files the test writes: an image pair, two folders, a dataset folder and videos.
+
+Every mask written must equal what the Segmenter gives on the same decoded frames (the node's per-frame step).
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sigma_core import Segmenter, SigmaConfig, build_sigma, save_checkpoint
+from sigma_core.cli import predict as cli
+from sigma_core.data.synthetic import Scene, write_dataset
+
+H, W = 48, 64
+CLASSES = ["background", "road", "building", "vegetation", "person", "vehicle", "mannequin", "cone"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A tiny thermal and a tiny depth checkpoint (random weights: the masks still vary per pixel)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for modality in ("thermal", "depth"):
+        torch.manual_seed(1)
+        cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=len(CLASSES))
+        out[modality] = save_checkpoint(root / f"{modality}.pt", build_sigma(cfg), cfg, class_names=CLASSES,
+                                        modality=modality)
+    return out
+
+
+def _frames(n, seed=0):
+    return [Scene.random(seed + i, size=(H, W), night=bool(i % 2)).render() for i in range(n)]
+
+
+def _read_mask(path):
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert mask is not None and mask.dtype == np.uint8 and mask.ndim == 2, path
+    return mask
+
+
+def _run(args, capsys):
+    code = cli.main([*map(str, args), "--no-progress"])
+    return code, capsys.readouterr()
+
+
+def test_two_folders_paired_by_name_give_the_segmenters_masks_and_a_summary(tmp_path, checkpoints, capsys):
+    rgb_dir, modal_dir, out = tmp_path / "rgb", tmp_path / "thermal", tmp_path / "out"
+    rgb_dir.mkdir(), modal_dir.mkdir()
+    frames = _frames(3)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(rgb_dir / f"{i:04d}.jpg"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(modal_dir / f"{i:04d}.png"), f.thermal)
+    cv2.imwrite(str(rgb_dir / "lonely.png"), frames[0].rgb)  # no thermal partner: left out and said so
+    code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--out", out, "--confidence",
+                     "--batch-size", "2"], capsys)
+    assert code == 0, io.err
+    seg = Segmenter.from_checkpoint(checkpoints["thermal"])
+    for i in range(3):
+        rgb = cv2.cvtColor(cv2.imread(str(rgb_dir / f"{i:04d}.jpg")), cv2.COLOR_BGR2RGB)  # the JPEG as decoded
+        mask, confidence = seg(rgb, cv2.imread(str(modal_dir / f"{i:04d}.png"), cv2.IMREAD_UNCHANGED))
+        np.testing.assert_array_equal(_read_mask(out / "mask" / f"{i:04d}.png"), mask)
+        written = cv2.imread(str(out / "confidence" / f"{i:04d}.tiff"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_allclose(written, confidence, atol=1e-5)
+        assert (out / "color" / f"{i:04d}.png").is_file() and (out / "overlay" / f"{i:04d}.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 3 and summary["fps"] > 0 and summary["batch_size"] == 2
+    assert abs(sum(summary["class_pixel_share"].values()) - 1.0) < 1e-6
+    assert "1 RGB images without a modality image" in summary["skipped"][0]
+    assert "3 frames from folders" in io.out and "FPS" in io.out and "class pixel share:" in io.out
+    assert "left out: 1 RGB images" in io.out
+
+    # never overwrites: a second run into the same folder stops before any work, in one line
+    before = (out / "mask" / "0000.png").stat().st_mtime_ns
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(rgb_dir), str(modal_dir), "--checkpoint", str(checkpoints["thermal"]), "--out", str(out)])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "never overwrites" in err
+    assert (out / "mask" / "0000.png").stat().st_mtime_ns == before
+
+
+def test_one_image_pair_with_the_bundled_model(tmp_path, capsys):
+    frame = _frames(1, seed=5)[0]
+    rgb_path, modal_path, out = tmp_path / "a.png", tmp_path / "a_thermal.png", tmp_path / "out"
+    cv2.imwrite(str(rgb_path), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(modal_path), frame.thermal)
+    code, io = _run([rgb_path, modal_path, "--out", out], capsys)
+    assert code == 0, io.err
+    from sigma_core.assets import demo_checkpoint
+
+    mask, _ = Segmenter.from_checkpoint(demo_checkpoint())(frame.rgb, frame.thermal)
+    np.testing.assert_array_equal(_read_mask(out / "mask" / "a.png"), mask)
+    assert json.loads((out / "summary.json").read_text())["checkpoint"] == "bundled demo model"
+
+
+def test_a_depth_dataset_folder_reads_its_split(tmp_path, checkpoints, capsys):
+    root = write_dataset(tmp_path / "ds", n=4, seed=3, size=(H, W), modality="depth", test_fraction=0.5)
+    out = tmp_path / "out"
+    code, io = _run([root, "--split", "test", "--checkpoint", checkpoints["depth"], "--out", out, "--no-overlay"],
+                    capsys)
+    assert code == 0, io.err
+    names = (root / "test.txt").read_text().split()
+    seg = Segmenter.from_checkpoint(checkpoints["depth"])
+    for name in names:
+        rgb = cv2.cvtColor(cv2.imread(str(root / "RGB" / f"{name}.png")), cv2.COLOR_BGR2RGB)
+        depth = cv2.imread(str(root / "Modal" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(_read_mask(out / "mask" / f"{name}.png"), seg(rgb, depth)[0])
+    assert not (out / "overlay").exists() and json.loads((out / "summary.json").read_text())["frames"] == len(names)
+
+
+def _write_video(path, images):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    assert writer.isOpened()
+    for img in images:
+        writer.write(img)
+    writer.release()
+
+
+def _decode(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def test_two_videos_frame_by_frame(tmp_path, checkpoints, capsys):
+    frames = _frames(4, seed=9)
+    rgb_video, thermal_video, out = tmp_path / "rgb.avi", tmp_path / "thermal.avi", tmp_path / "out"
+    _write_video(rgb_video, [cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR) for f in frames])
+    # an 8-bit thermal video (grey in three channels), one frame shorter: its last RGB frame is left out
+    grey = [(np.clip((f.thermal.astype(np.float32) - 25000) / 40, 0, 255)).astype(np.uint8) for f in frames[:3]]
+    _write_video(thermal_video, [cv2.cvtColor(g, cv2.COLOR_GRAY2BGR) for g in grey])
+    code, io = _run([rgb_video, thermal_video, "--checkpoint", checkpoints["thermal"], "--out", out], capsys)
+    assert code == 0, io.err
+    seg = Segmenter.from_checkpoint(checkpoints["thermal"])
+    decoded_rgb, decoded_thermal = _decode(rgb_video), _decode(thermal_video)
+    for i in range(3):
+        mask, _ = seg(cv2.cvtColor(decoded_rgb[i], cv2.COLOR_BGR2RGB), decoded_thermal[i][..., 0])
+        np.testing.assert_array_equal(_read_mask(out / "mask" / f"frame_{i:06d}.png"), mask)
+    assert not (out / "mask" / "frame_000003.png").exists()
+    assert "left out: the last 1 frames of" in io.out
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(tmp_path / "missing.png"), str(tmp_path / "a"), "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2 and "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(tmp_path / "a"), "--out", str(tmp_path / "o")])
+    assert stop.value.code == 1 and "has no dataset.yaml" in capsys.readouterr().err
