@@ -42,6 +42,10 @@ MAX_QUEUE = 10_000  # messages: a history or pairing queue longer than this is a
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service", "diagnostic_updater.period",
                   "diagnostic_updater.use_fqn")
 ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+# diagnostic_updater's name for diagnostics.period_s (its Updater declares it; `ros2 param dump` writes both): one
+# setting. Its parameters are read once, when the Updater is made, like diagnostics.period_s.
+UPDATER_PERIOD = "diagnostic_updater.period"
+READ_AT_START_ROS_PARAMETERS = (UPDATER_PERIOD, "diagnostic_updater.use_fqn")
 # How `ros2 param dump` writes a parameter that has no value, and what rcl's YAML parser reads back from it: the
 # string "null" (rcl has no YAML null). Reloading a dump must give the same configuration: these mean "unset".
 DUMPED_UNSET = ("null", "~")
@@ -431,6 +435,20 @@ def check_known(names: Iterable[str]) -> None:
         )
 
 
+def check_qos_overrides(names: Iterable[str], topics: Iterable[str], output_prefix: str) -> None:
+    """ConfigError naming a ``qos_overrides.<topic>.*`` parameter for one of this node's ``topics`` (fully
+    qualified) or a topic under ``output_prefix``: rclpy honours such a parameter only for an entity created with
+    QoS overriding options, which this node's are not (their QoS are our parameters), so it would be silently
+    ignored. Overrides of other topics (a ``/**`` file shared with other nodes) pass."""
+    topics = set(topics)
+    for name in sorted(names):
+        found = re.fullmatch(r"qos_overrides\.(/.*)\.(publisher|subscription)(_[^.]*)?\.[a-z_]+", name)
+        if found and (found[1] in topics or found[1].startswith(output_prefix)):
+            raise ConfigError(f"parameter {name} would be ignored: this node's topics take their QoS from input.qos "
+                              "(the camera subscriptions) and output.qos / output.depth (the outputs; the class map "
+                              "and label info stay reliable and transient local): set those instead")
+
+
 def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     """Parameter values by name (missing ones take their defaults) -> NodeConfig; ConfigError if invalid."""
     check_known(values)
@@ -480,6 +498,22 @@ def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
     """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
     return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default))
                  for name in ("lifecycle", "diagnostics.period_s"))
+
+
+def diagnostics_period_given(given: Mapping[str, Any]) -> Optional[float]:
+    """The report period that the -p / params-file values ``given`` (name -> value) set, None if they set none.
+
+    diagnostics.period_s and diagnostic_updater.period are one setting: either may be given; both only with the
+    same value (a dump of the node holds both: an edit of one alone would be silently undone by the other).
+    ConfigError otherwise.
+    """
+    periods = {name: timer_period(name, given[name]) for name in ("diagnostics.period_s", UPDATER_PERIOD)
+               if name in given}
+    if len(set(periods.values())) > 1:
+        raise ConfigError(f"parameters diagnostics.period_s ({periods['diagnostics.period_s']}) and {UPDATER_PERIOD} "
+                          f"({periods[UPDATER_PERIOD]}) disagree: they are one setting (diagnostic_updater's name "
+                          "for it; `ros2 param dump` writes both): give one of them, or the same value in both")
+    return next(iter(periods.values()), None)
 
 
 def describe_parameters() -> str:
@@ -556,7 +590,11 @@ class RuntimeParameters:
 
         def on_set(params: list) -> SetParametersResult:
             changes = {p.name: p.value for p in params}
-            reason = self.validate(changes)
+            # Declared writable by diagnostic_updater, which never reads them again (its declaring them comes
+            # here too: they are not declared yet then).
+            fixed = [name for name in changes if name in READ_AT_START_ROS_PARAMETERS and node.has_parameter(name)]
+            reason = (f"parameter {fixed[0]} is read once at start-up; restart the node to change it" if fixed
+                      else self.validate(changes))
             if reason is None and not post_set:
                 self.apply(changes)
             return SetParametersResult(successful=reason is None, reason=reason or "")

@@ -87,7 +87,9 @@ from .parameters import (
     RuntimeParameters,
     check_known,
     check_palette_fits,
+    check_qos_overrides,
     describe_parameters,
+    diagnostics_period_given,
     parse_node_config,
     parse_start_options,
 )
@@ -180,13 +182,20 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
         overrides = getattr(self, "_parameter_overrides", {})
         check_known(overrides)
+        inputs = [self.resolve_topic_name(t) for t in ("rgb/image", "modal/image", *CAMERA_INFO_TOPICS)]
+        check_qos_overrides(overrides, [*inputs, *(f"{t}/{suffix}" for t in inputs[:2]
+                                                   for suffix in ("compressed", "compressedDepth"))],
+                            self.resolve_topic_name("segmentation") + "/")
+        # Given as diagnostic_updater.period alone, the period is diagnostics.period_s's value too (one setting).
+        period = diagnostics_period_given({name: p.value for name, p in overrides.items()})
         for name, spec in PARAMETERS.items():
             # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
             # such a parameter stays unset, so that a dump of this node dumps the same again.
             override = overrides.get(name)
             dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
+            default = period if name == "diagnostics.period_s" and period is not None else spec.default
             try:
-                self.declare_parameter(name, spec.default, parameter_descriptor(spec), ignore_override=dumped_unset)
+                self.declare_parameter(name, default, parameter_descriptor(spec), ignore_override=dumped_unset)
             except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
                 spec.parse(name, overrides[name].value)
                 raise ConfigError(f"parameter {name}: {e}") from None
@@ -607,7 +616,21 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return (f"{'; '.join(found)}, but input.qos is reliable: a reliable subscription never receives from a "
                 "best-effort publisher (incompatible QoS); set input.qos:=sensor_data")
 
+    def _check_unique_name(self) -> None:
+        """Report another node of this node's name in the graph: its parameter and lifecycle services and its
+        /diagnostics status cannot be told apart from this one's (ROS 2 lets both run, and says nothing)."""
+        name, namespace = self.get_name(), self.get_namespace()
+        same = sum(1 for n, ns in self.get_node_names_and_namespaces() if (n, ns) == (name, namespace))
+        if same > 1:
+            self.problems.report(
+                "duplicate_name",
+                f"{same} nodes named {self.get_fully_qualified_name()} run in this ROS domain: ros2 param, ros2 "
+                "lifecycle and /diagnostics cannot tell them apart; give each its own namespace (launch argument "
+                "namespace:=...) or stop the other one",
+            )
+
     def _health_report(self) -> HealthReport:
+        self._check_unique_name()  # once per report, in every lifecycle state
         info = [("state", self.state)]
         if self.seg is not None:
             info += [("registration", self.cfg.registration_mode),

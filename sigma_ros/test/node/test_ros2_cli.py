@@ -8,6 +8,7 @@ ROS_DOMAIN_ID and is stopped at the end.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -77,6 +78,66 @@ def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):
     assert "successful" in ros2(env, "param", "set", NODE, "output.overlay_alpha", "0.25")
     assert ros2(env, "param", "get", NODE, "output.overlay_alpha").split()[-1] == "0.25"
     assert "read-only" in ros2(env, "param", "set", NODE, "sync.slop", "0.1")
+
+
+@pytest.mark.parametrize("arguments, said", [
+    (["sigma.launch.py", "lifecycle:=ture"], 'Argument "lifecycle" provided value "ture" is not valid'),
+    (["sigma.launch.py", "use_sim_time:=yes"], 'Argument "use_sim_time" provided value "yes" is not valid'),
+    (["sigma.launch.py", "lifecyle:=true"], "has no launch argument 'lifecyle': did you mean 'lifecycle'?"),
+    (["replay_eval.launch.py", "bag:=none", "use_sim_tim:=true"], "did you mean 'use_sim_time'?"),
+    (["replay_eval.launch.py", "bag:=none", "use_sim_time:=ture"], 'provided value "ture" is not valid'),
+])
+def test_a_launch_argument_typo_is_refused_before_the_node_starts(env, arguments, said):
+    """lifecycle:=ture and use_sim_time:=yes meant false, and ros2 launch ignores an undeclared lifecyle:=true:
+    each brought a plain node up without a word."""
+    run = subprocess.run(["ros2", "launch", "sigma_ros", *arguments], env=env,
+                         capture_output=True, text=True, timeout=60)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and said in out and "process started" not in out, out
+
+
+@pytest.mark.parametrize("parameters, said", [
+    ({"qos_overrides": {"/segmentation/mask": {"publisher": {"reliability": "best_effort"}}}},
+     "parameter qos_overrides./segmentation/mask.publisher.reliability would be ignored"),
+    # a dump holds both; editing one of them was silently undone by the other
+    ({"diagnostics": {"period_s": 0.25}, "diagnostic_updater": {"period": 1.0}},
+     "parameters diagnostics.period_s (0.25) and diagnostic_updater.period (1.0) disagree"),
+])
+def test_a_parameter_the_node_would_ignore_is_refused(env, tmp_path, parameters, said):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
+    run = subprocess.run(["ros2", "launch", "sigma_ros", "sigma.launch.py", f"params_file:={params}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert said in out and "exit code 2" in out, out
+
+
+def test_runtime_use_sim_time_keeps_diagnostics_and_updater_parameters_are_refused(env, plain):
+    """Set at run time, use_sim_time stopped /diagnostics (diagnostic_updater's timer on the node's clock, which
+    stands still without /clock); diagnostic_updater.period "successfully" set changed nothing."""
+    assert "successful" in ros2(env, "param", "set", NODE, "use_sim_time", "true")
+    try:
+        out = ros2(env, "topic", "echo", "/diagnostics", "--once", until=lambda out: "level" in out, timeout=30)
+        assert "name: 'sigma_segmentation: /sigma_segmentation'" in out, out
+    finally:
+        assert "successful" in ros2(env, "param", "set", NODE, "use_sim_time", "false")
+    for name, value in [("diagnostic_updater.period", "0.25"), ("diagnostic_updater.use_fqn", "true")]:
+        refused = ros2(env, "param", "set", NODE, name, value)
+        assert f"parameter {name} is read once at start-up" in refused, refused
+
+
+def test_another_node_of_the_same_name_is_reported(plain):
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    twin = rclpy.create_node("sigma_segmentation", context=context)
+    try:
+        assert plain.wait_log("2 nodes named /sigma_segmentation run in this ROS domain", timeout=30), \
+            plain.log()[-3000:]
+    finally:
+        twin.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 def _parameters(dump: str) -> dict:
