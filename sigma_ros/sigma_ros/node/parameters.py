@@ -494,10 +494,12 @@ def check_registration(cfg: NodeConfig) -> None:
                           "in the RGB optical frame) with the intrinsics from rgb/camera_info and modal/camera_info")
 
 
+START_OPTIONS = ("lifecycle", "diagnostics.period_s")  # read before configure: fixed for the node's lifetime
+
+
 def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
     """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
-    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default))
-                 for name in ("lifecycle", "diagnostics.period_s"))
+    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default)) for name in START_OPTIONS)
 
 
 def diagnostics_period_given(given: Mapping[str, Any]) -> Optional[float]:
@@ -533,15 +535,18 @@ class RuntimeParameters:
     """Validates and applies changes of the ``runtime=True`` parameters while a node runs.
 
     ``cfg`` is the current NodeConfig (readers take ``self.cfg`` once per use), or None while a lifecycle
-    node is unconfigured (changes are then only parsed: configure reads them). ``fits(cfg)`` raises
+    node is unconfigured (changes are then only parsed: configure reads them). A ``managed`` (lifecycle) node
+    takes changes of the other parameters too while unconfigured, except START_OPTIONS: a configure that failed
+    on a parameter can be retried without a restart. ``fits(cfg)`` raises
     ConfigError when a candidate configuration does not fit the running model; ``on_change(old, new)``
     runs after a change is accepted, for side effects such as republishing the class map.
     Every change is answered: an invalid one of any type is refused with a reason, never an exception.
     """
 
     def __init__(self, cfg: Optional[NodeConfig], fits: Callable[[NodeConfig], None] = lambda cfg: None,
-                 on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None):
+                 on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None, managed: bool = False):
         self.cfg = cfg
+        self.managed = managed
         self._fits = fits
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -554,7 +559,11 @@ class RuntimeParameters:
             if spec is None:
                 continue  # not ours (use_sim_time, qos_overrides.*): rclpy's
             if not spec.runtime:
-                raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
+                if not self.managed or name in START_OPTIONS:
+                    raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
+                if self.cfg is not None:
+                    raise ConfigError(f"parameter {name} is read at configure: deactivate and clean up the node "
+                                      "(ros2 lifecycle set), set it, then configure again")
             updates[spec.field] = spec.parse(name, value)
         if self.cfg is None:
             return None

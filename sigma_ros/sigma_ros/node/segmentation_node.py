@@ -81,6 +81,7 @@ from .parameters import (
     DUMPED_UNSET,
     MAX_IMAGE_SIDE,
     PARAMETERS,
+    START_OPTIONS,
     ConfigError,
     NodeConfig,
     ParameterSpec,
@@ -108,14 +109,17 @@ LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modali
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+def parameter_descriptor(name: str, spec: ParameterSpec, managed: bool = False) -> ParameterDescriptor:
     """The ROS descriptor of one of our parameters: what ``ros2 param describe`` shows, and the range ROS enforces.
 
     Dynamic typing, so that a YAML ``1`` where ``1.0`` was meant is accepted (our parser converts it); ROS
     then checks a range only against a value of the range's own type, and our parser checks every value.
+    Read only unless changeable at run time, or (a ``managed`` node) while unconfigured.
     """
-    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraint,
-                                     dynamic_typing=True, read_only=not spec.runtime)
+    while_unconfigured = managed and not spec.runtime and name not in START_OPTIONS
+    constraint = spec.constraint + ("; set only while unconfigured (read at configure)" if while_unconfigured else "")
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=constraint,
+                                     dynamic_typing=True, read_only=not spec.runtime and not while_unconfigured)
     if spec.bounds is not None:
         low, high = spec.bounds
         if isinstance(low, int) and isinstance(high, int):
@@ -188,6 +192,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
                             self.resolve_topic_name("segmentation") + "/")
         # Given as diagnostic_updater.period alone, the period is diagnostics.period_s's value too (one setting).
         period = diagnostics_period_given({name: p.value for name, p in overrides.items()})
+        managed = PARAMETERS["lifecycle"].parse("lifecycle", overrides["lifecycle"].value) \
+            if "lifecycle" in overrides else PARAMETERS["lifecycle"].default
         for name, spec in PARAMETERS.items():
             # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
             # such a parameter stays unset, so that a dump of this node dumps the same again.
@@ -195,7 +201,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
             dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
             default = period if name == "diagnostics.period_s" and period is not None else spec.default
             try:
-                self.declare_parameter(name, default, parameter_descriptor(spec), ignore_override=dumped_unset)
+                self.declare_parameter(name, default, parameter_descriptor(name, spec, managed),
+                                       ignore_override=dumped_unset)
             except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
                 spec.parse(name, overrides[name].value)
                 raise ConfigError(f"parameter {name}: {e}") from None
@@ -205,7 +212,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.managed, period = parse_start_options(self._declare_parameters())
         # The configuration lives in self.runtime (self.cfg; None until configured): runtime parameter
         # changes replace it whole.
-        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change)
+        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change,
+                                         managed=self.managed)
         self.seg: Any = None
         self.state = "unconfigured"
         self._configure_error: Optional[str] = None

@@ -158,10 +158,19 @@ def test_a_dump_reloads_as_params_file_and_lifecycle_launch_argument(env, plain,
         assert second.wait_log("waiting for configure"), second.log()[-3000:]
         get = ("lifecycle", "get", NODE)
         assert ros2(env, *get, until=lambda out: "[" in out).startswith("unconfigured [1]")
+        # Unconfigured, the parameters read at configure may change (a configure that failed on one was final:
+        # they were read only); a bad value is refused at once; configured, they are fixed again.
+        assert "successful" in ros2(env, "param", "set", NODE, "sync.slop", "0.2")
+        slop = str(_parameters(first)["sync"]["slop"])
+        assert "successful" in ros2(env, "param", "set", NODE, "sync.slop", slop)
+        refused = ros2(env, "param", "set", NODE, "checkpoint", str(tmp_path / "missing.pt"))
+        assert "parameter checkpoint: no such file" in refused, refused
+        assert "read-only" in ros2(env, "param", "set", NODE, "lifecycle", "false")  # read before configure
         for transition, state in [("configure", "inactive [2]"), ("activate", "active [3]"),
                                   ("deactivate", "inactive [2]"), ("activate", "active [3]")]:
             assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
             assert ros2(env, *get).startswith(state), transition
+        assert "read at configure: deactivate and clean up" in ros2(env, "param", "set", NODE, "sync.slop", "0.2")
         again = _parameters(ros2(env, "param", "dump", NODE, until=lambda out: "ros__parameters" in out))
         expected = _parameters(first)
         assert again.pop("lifecycle") is True and expected.pop("lifecycle") is False
