@@ -296,3 +296,27 @@ def test_png_with_more_compressed_data_than_its_size_needs_is_refused_before_dec
     noise = np.random.default_rng(0).integers(0, 65535, (300, 500), endpoint=True).astype(np.uint16)
     stored = cv2.imencode(".png", noise, [cv2.IMWRITE_PNG_COMPRESSION, 0])[1]  # deflate's worst case: stored
     assert stored.size > 300 * 1001 and np.array_equal(decode_compressed("png", stored)[0], noise)
+
+
+def _tiled_tiff(width: int, height: int, tile_width: int, tile_height: int) -> bytes:
+    """A little-endian grey 8-bit TIFF of one tile (its bytes all zero), written tag by tag."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (277, 3, 1),
+            (322, 4, tile_width), (323, 4, tile_height), (324, 4, 0), (325, 4, 256)]
+    data_at = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, kind, value in tags:
+        value = data_at if tag == 324 else value
+        out += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, 1, value, *((0,) if kind == 3 else ()))
+    return out + b"\0\0\0\0" + b"\0" * 256
+
+
+def test_tiff_with_tiles_larger_than_its_image_is_refused_before_decoding():
+    """Issue 21 attack (second pass): a 390-byte TIFF of 16x16 pixels in one 16384x16368 tile took 826 MB (OpenCV
+    allocates the whole tile before reading it, up to 1 GB). Tiles up to the image rounded up to 16 pixels pass."""
+    from sigma_core.data.image_encoding import check_compressed_size
+
+    check_compressed_size("tiff", _tiled_tiff(16, 16, 16, 16))
+    check_compressed_size("tiff", _tiled_tiff(20, 20, 32, 32))
+    for tile in ((16384, 16368), (32, 16), (16, 32)):
+        with pytest.raises(ValueError, match=f"declares {tile[0]}x{tile[1]} tiles for a 16x16 image"):
+            decode_compressed("tiff", _tiled_tiff(16, 16, *tile))

@@ -289,7 +289,9 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
 
     The pixel's width (tags 277 SamplesPerPixel x 258 BitsPerSample) is checked too: OpenCV decodes 4 samples of
     64-bit floats, 32 bytes a pixel, so a 0.4 MB TIFF within the pixel limit would still take gigabytes; more than
-    32 bits a pixel (bgra8, 32FC1) is refused here, as it would be after decoding.
+    32 bits a pixel (bgra8, 32FC1) is refused here, as it would be after decoding. So are tiles (tags 322 TileWidth,
+    323 TileLength) larger than the image rounded up to 16 pixels: OpenCV allocates a whole tile first, so a 390-byte
+    TIFF of 16x16 pixels in one 16384x16368 tile took 826 MB.
     """
     order = "<" if raw[:2] == b"II" else ">"
     try:
@@ -298,7 +300,7 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
         tags = {}
         for n in range(count):
             tag, kind, values, value = struct.unpack(order + "HHII", raw[ifd + 2 + 12 * n:ifd + 14 + 12 * n])
-            if tag in (256, 257, 258, 277):  # a SHORT value sits in the first two bytes of the value field
+            if tag in (256, 257, 258, 277, 322, 323):  # a SHORT value sits in the first two bytes of the value field
                 at = ifd + 10 + 12 * n
                 if tag == 258 and values > 2:  # one BitsPerSample per sample, stored at the offset given
                     at = value
@@ -312,7 +314,19 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
     if samples * bits > _TIFF_MAX_BITS_PER_PIXEL:
         raise ValueError(f"TIFF data declares {samples} samples of {bits} bits a pixel: only 8-bit mono/colour and "
                          "16-bit or 32-bit float single-channel TIFFs are supported (refused before decoding)")
-    return tags[256], tags[257]
+    width, height = tags[256], tags[257]
+    if 322 in tags or 323 in tags:  # tiled: OpenCV allocates one whole tile (4 bytes a pixel) before decoding it
+        tile_width, tile_height = tags.get(322, 0), tags.get(323, 0)
+        if tile_width > _padded(width) or tile_height > _padded(height):
+            raise ValueError(f"TIFF data declares {tile_width}x{tile_height} tiles for a {width}x{height} image: "
+                             "tiles larger than the image (refused before decoding: OpenCV would allocate a whole "
+                             "tile, up to 1 GB for a file of a few hundred bytes)")
+    return width, height
+
+
+def _padded(size: int) -> int:
+    """``size`` rounded up to the 16-pixel multiple TIFF tiles are made of."""
+    return (size + 15) // 16 * 16
 
 
 def check_compressed_size(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
