@@ -409,6 +409,8 @@ def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str, max_pixel
     if re.search(r"compresseddepth\s+rvl", fmt.lower()):
         if len(raw) < _DEPTH_HEADER + 8:
             raise ValueError(f"compressedDepth rvl data ({fmt!r}) is {len(raw)} bytes: too short for its headers")
+        from .rvl import decode_rvl  # compiles its kernel on first use: only when an RVL image comes
+
         start = _DEPTH_HEADER
         img = decode_rvl(raw[_DEPTH_HEADER:], max_pixels)
     else:
@@ -428,70 +430,6 @@ def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str, max_pixel
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(img > 0, quant_a / (values - quant_b), np.nan).astype(np.float32)
     return depth, "32FC1"
-
-
-_NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.uint32)  # RVL reads each 32-bit word from its top nibble
-
-
-def decode_rvl(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """image_transport's RVL payload (uint32 cols, uint32 rows, then the RVL stream) -> (rows, cols) uint16.
-
-    RVL (A. D. Wilson, "Fast Lossless Depth Image Compression", ISS 2017) codes runs of zeros
-    and non-zeros with 4-bit variable-length codes packed into little-endian 32-bit words; the
-    non-zero pixels store zig-zag deltas to the previous non-zero pixel. Raises ValueError for a
-    stream that does not fill exactly rows x cols pixels (corrupt or truncated data),
-    ImageTooLargeError when rows x cols > max_pixels (checked before anything is allocated).
-    """
-    if len(data) < 8:
-        raise ValueError("RVL data is too short for its size header")
-    cols, rows = struct.unpack("<II", data[:8])
-    n = int(rows) * int(cols)
-    if n == 0:
-        raise ValueError(f"RVL data reports an empty image of {cols}x{rows} pixels: corrupt")
-    check_pixels(cols, rows, max_pixels, f"RVL data of {len(data):,} bytes")
-    stream = data[8:]
-    stream = stream + b"\0" * (-len(stream) % 4)
-    words = np.frombuffer(stream, dtype="<u4")
-    nibbles = ((words[:, None] >> _NIBBLE_SHIFTS[None, :]) & 0xF).astype(np.int64).reshape(-1)
-    ends = np.flatnonzero((nibbles & 0x8) == 0)  # the last nibble of each value has no continuation bit
-    if ends.size == 0:
-        raise ValueError("RVL data holds no complete value: corrupt or truncated")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 11:  # 33 bits: no 16-bit image needs that many
-        raise ValueError("RVL data holds an over-long value: corrupt")
-    nibbles = nibbles[: ends[-1] + 1]
-    within = np.arange(nibbles.size) - np.repeat(starts, lengths)
-    values = np.add.reduceat((nibbles & 0x7) << (3 * within), starts)
-    # the run structure (zeros, non-zeros, that many deltas) is sequential; walk it run by run
-    run_starts, run_lengths, header_at = [], [], []
-    vals = values.tolist()
-    pos = i = 0
-    while pos < n:
-        if i + 1 >= len(vals):
-            raise ValueError(f"RVL data ends after {pos} of {n} pixels: truncated")
-        zeros, nonzeros = vals[i], vals[i + 1]
-        header_at += (i, i + 1)
-        pos += zeros
-        run_starts.append(pos)
-        run_lengths.append(nonzeros)
-        pos += nonzeros
-        i += 2 + nonzeros
-    if i > len(vals):
-        raise ValueError(f"RVL data ends {i - len(vals)} values short of its {cols}x{rows} pixels: truncated")
-    if pos != n:
-        raise ValueError(f"RVL data codes {pos} pixels for a {cols}x{rows} image: corrupt")
-    is_delta = np.ones(i, dtype=bool)
-    is_delta[header_at] = False
-    zigzag = values[:i][is_delta]
-    deltas = (zigzag >> 1) ^ -(zigzag & 1)
-    edges = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(edges, np.asarray(run_starts), 1)
-    np.add.at(edges, np.asarray(run_starts) + np.asarray(run_lengths), -1)
-    nonzero = np.cumsum(edges[:n]) > 0
-    out = np.zeros(n, dtype=np.uint16)
-    out[nonzero] = (np.cumsum(deltas) & 0xFFFF).astype(np.uint16)
-    return out.reshape(int(rows), int(cols))
 
 
 def encode_compressed(arr: np.ndarray, encoding: str, fmt: str = "png", jpeg_quality: int = 95) -> tuple[str, bytes]:
