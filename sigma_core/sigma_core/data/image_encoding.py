@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -327,6 +327,44 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
 def _padded(size: int) -> int:
     """``size`` rounded up to the 16-pixel multiple TIFF tiles are made of."""
     return (size + 15) // 16 * 16
+
+
+def check_file_size(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Check the size an image file's bytes declare (``what`` names the file), before OpenCV decodes it.
+
+    PNG, JPEG and TIFF are read by :func:`compressed_size` (with its bomb checks); any other format OpenCV reads
+    from files (BMP, WebP, PNM, GIF, JPEG 2000, ...) by Pillow, from its header alone. A format neither knows
+    (EXR, Radiance HDR) is left to OpenCV's own limit (2^30 pixels). ImageTooLargeError above ``max_pixels``;
+    ValueError for a PNG/JPEG/TIFF header that is corrupt.
+    """
+    buf = _as_byte_array(data)
+    head = buf[:8].tobytes()
+    if head == _PNG_MAGIC or head[:2] == b"\xff\xd8" or head[:4] in (b"II*\0", b"MM\0*"):
+        _, width, height = compressed_size(buf)
+    else:
+        size = _pillow_size(buf, what)
+        if size is None:
+            return
+        width, height = size
+    check_pixels(width, height, max_pixels, what)
+
+
+def _pillow_size(buf: np.ndarray, what: str) -> Optional[tuple[int, int]]:
+    """(width, height) Pillow reads from an image's header without decoding it; None for a format it lacks."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            with Image.open(io.BytesIO(buf.tobytes())) as img:  # lazy: reads the header only
+                return img.size
+    except Image.DecompressionBombError as err:  # Pillow's own limit, far above ours: refused all the same
+        raise ImageTooLargeError(f"{what}: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def check_compressed_size(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
