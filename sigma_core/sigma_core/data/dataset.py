@@ -24,7 +24,7 @@ import yaml
 
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
-from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels, compressed_size, jpeg_is_truncated
+from .image_encoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_file_size, jpeg_is_truncated
 from .labels import check_class_names, check_label_values, read_label_image, shift_labels
 from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
@@ -270,12 +270,8 @@ def _frame_name(line: str) -> str:
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """cv2.imread (or np.load for .npy) that raises DataError naming the file instead of returning None.
-
-    A PNG, JPEG or TIFF declaring more than ``max_pixels`` (default 4096 x 4096) is refused from its header
-    before decoding (ImageTooLargeError, a DataError too): a 0.4 MB PNG of 20000 x 20000 zeros decodes to 400 MB
-    and a network run at that size needs tens of GB.
-    """
+    """cv2.imread (or np.load for .npy) that raises DataError naming the file instead of returning None, and for a
+    file declaring more than ``max_pixels`` pixels (checked from its header before decoding)."""
     if not path.is_file():
         raise DataError(f"missing file {path}")
     if path.suffix == ".npy":
@@ -287,27 +283,16 @@ def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED, max_pixels: int = 
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
-    _check_declared_size(data, max_pixels, path)
+    try:  # a decompression bomb is refused from its header (a 0.75 MB PNG can declare 16000x16000 pixels)
+        check_file_size(data, f"image {path}", max_pixels)
+    except ValueError as exc:
+        said = str(exc) if isinstance(exc, ImageTooLargeError) else f"cannot decode image {path}: {exc}"
+        raise DataError(f"{said}; replace the file (in a dataset: or remove its name from the split list)") from None
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None or jpeg_is_truncated(data):  # libjpeg fills a truncated JPEG's missing rows grey, silently
         raise DataError(f"cannot decode image {path} (empty, corrupt, truncated or not an image); "
                         "replace the file or remove its name from the split list")
     return img
-
-
-class ImageFileTooLargeError(DataError):
-    """An image file declares more pixels than the limit (refused before decoding)."""
-
-
-def _check_declared_size(data: np.ndarray, max_pixels: int, path: Path) -> None:
-    try:
-        _, width, height = compressed_size(data)
-    except ValueError:  # not PNG/JPEG/TIFF, or a header OpenCV judges itself: decoded (or refused) as before
-        return
-    try:
-        check_pixels(width, height, max_pixels, f"image file {path}")
-    except ValueError as e:
-        raise ImageFileTooLargeError(str(e)) from None
 
 
 class RGBXDataset(torch.utils.data.Dataset):

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .dataset import DATASET_YAML, IMAGE_EXTS, RGBXDataset, read_image
+from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -151,6 +152,12 @@ def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     if not cap.isOpened():
         raise ValueError(f"cannot open video {path} (not a video, or a codec OpenCV lacks)")
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:  # from the container's header, before a frame of that size is decoded
+        check_pixels(width, height, DEFAULT_MAX_PIXELS, f"video {path}")
+    except ValueError:
+        cap.release()
+        raise
 
     def frames() -> Iterator[np.ndarray]:
         try:
