@@ -188,7 +188,7 @@ def test_unreadable_and_oversized_files_leave_out_their_frame_and_say_so(tmp_pat
         cli.main([str(rgb_dir / "0001.png"), str(modal_dir / "0001.png"), "--checkpoint",
                   str(checkpoints["thermal"]), "--out", str(lone), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 1 and "no pair could be segmented" in err[-1] and not lone.exists()
+    assert stop.value.code == 2 and "cannot decode image" in err[-1] and "0001.png" in err[-1] and not lone.exists()
 
 
 def test_a_thermal_model_on_depth_images_is_named_with_the_fix(tmp_path, checkpoints, capsys):

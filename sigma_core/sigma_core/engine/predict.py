@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
+from ..data.errors import DataError
 from ..data.frame_sources import FramePair, PairSource
 from ..data.modality import depth_stream_evidence
 from ..data.registration import Registration
@@ -139,7 +140,8 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     Interrupted or stopped by an error, the run still writes summary.json with ``"complete": false`` and the
     frames written so far (a folder it created and wrote nothing into is removed), then re-raises: a partial
     folder never looks like a finished one.
-    Raises ValueError for an output folder that holds files, or when no pair at all could be segmented.
+    Raises ValueError for an output folder that holds files, or when no pair at all could be segmented
+    (DataError when every pair's files were unreadable).
     """
     from tqdm import tqdm
 
@@ -152,7 +154,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     out.mkdir(parents=True, exist_ok=True)
     table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
     pixels = np.zeros(segmenter.num_classes, np.int64)
-    frames, model_s, names, notes, left_out = 0, 0.0, [], [], []
+    frames, model_s, names, notes, left_out, unreadable = 0, 0.0, [], [], [], 0
     warmup_s = 0.0
     started = time.perf_counter()
     bar = tqdm(total=len(pairs), unit="frame", desc="sigma-predict", disable=not options.progress)
@@ -201,6 +203,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
             for pair in batch:
                 if pair.problem is not None:
                     left_out.append(pair.problem)
+                    unreadable += 1
                 else:
                     readable.append(pair)
             if readable and not names and not warmup_s:
@@ -228,8 +231,11 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     bar.close()
     if not names:
         summary(False, "no pair could be segmented")
-        raise ValueError(f"no pair could be segmented ({len(left_out)} left out), e.g. {left_out[0]}"
-                         if left_out else "no pair to segment")
+        if len(left_out) == 1:  # one pair: its own reason, as a bad file (DataError) or a refused image
+            raise (DataError if unreadable else ValueError)(left_out[0])
+        error = DataError if left_out and unreadable == len(left_out) else ValueError
+        raise error(f"no pair could be segmented ({len(left_out)} left out), e.g. {left_out[0]}"
+                    if left_out else "no pair to segment")
     return summary(True)
 
 
