@@ -302,3 +302,47 @@ def test_segmenter_runs_where_torch_cannot_be_imported(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == "(8, 8)"
     assert "normalization must be finite with std > 0" in run.stdout
+
+
+BLOCKER = '''import sys
+
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} is blocked: this process stands for an install without it")
+
+
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def without(tmp_path: Path, *packages: str) -> dict:
+    """The environment of a process where importing any of ``packages`` fails (a sitecustomize found first)."""
+    folder = tmp_path / f"without_{'_'.join(packages)}"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(packages)))
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_sigma_predict_runs_an_onnx_file_without_torch_and_says_when_onnxruntime_is_missing(tmp_path):
+    """sigma-predict with an .onnx file in a process where `import torch` fails writes its masks (it imported torch
+    through the dataset reader: ImportError traceback); without onnxruntime it exits 1 with the pip command."""
+    import cv2
+
+    for folder, image in (("rgb", np.zeros((40, 50, 3), np.uint8)), ("thermal", np.zeros((40, 50), np.uint16))):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "0001.png"), image)
+    model = write_model(tmp_path / "m.onnx")
+    cmd = [sys.executable, "-m", "sigma_core.cli.predict", str(tmp_path / "rgb"), str(tmp_path / "thermal"),
+           "--checkpoint", str(model), "--no-progress"]
+    run = subprocess.run([*cmd, "--out", str(tmp_path / "out")], env=without(tmp_path, "torch"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert cv2.imread(str(tmp_path / "out" / "mask" / "0001.png"), cv2.IMREAD_UNCHANGED).shape == (40, 50)
+    run = subprocess.run([*cmd, "--out", str(tmp_path / "out2")], env=without(tmp_path, "onnxruntime"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert "needs ONNX Runtime, which is not installed" in run.stderr and "pip install onnxruntime" in run.stderr
+    assert not (tmp_path / "out2").exists()
