@@ -25,6 +25,7 @@ import numpy as np
 
 from .data.modality import ModalityScaling
 from .model_io import MAX_INPUT_SIDE, NonFiniteOutputError, check_description, images_to_inputs, logits_to_mask
+from .onnx_file import ExternalDataError, check_external_data
 
 INSTALL_HINT = "pip install onnxruntime (NVIDIA GPU: pip install onnxruntime-gpu)"
 FORMAT = "sigma-onnx/1"
@@ -210,6 +211,10 @@ class OnnxSegmenter:
         if head[:2] == b"PK" or head[:1] == b"\x80":
             raise OnnxModelError(f"{source} is not an ONNX model but a PyTorch file (zip/pickle): rename it to .pt, "
                                  f"or export it with: sigma-export {self.path.with_suffix('.pt').name} --out {source}")
+        try:  # before ONNX Runtime reads any of it: older releases follow any path a file names
+            check_external_data(self.path)
+        except ExternalDataError as e:
+            raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
         threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         options.intra_op_num_threads = threads

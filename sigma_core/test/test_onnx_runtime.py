@@ -229,26 +229,45 @@ def with_weight(path: Path, weight) -> Path:
 
 def test_external_data_outside_the_model_folder_or_of_absurd_size_is_refused(tmp_path):
     """External data naming /etc/passwd, a ../ path, a symbolic link out of the folder, /dev/zero, or declaring
-    terabytes (length, offset, or dimensions beyond the file): refused while loading, before any allocation (the
-    process would not survive a 4 TB one). External data inside the folder still loads."""
+    terabytes (length, offset, or dimensions beyond the file), also in a Constant node and inside a Scan body:
+    refused by our own check (sigma_core.onnx_file) before ONNX Runtime reads anything, as releases before 2026
+    read any path and allocate what a file declares. External data inside the folder still loads."""
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "w.bin").write_bytes(np.ones(1, np.float32).tobytes())
     (folder / "link.bin").symlink_to("/etc/passwd")
     assert segment(OnnxSegmenter(with_weight(folder / "inside.onnx", external_weight("w.bin")))).shape == (40, 50)
-    for name, weight in {
-        "absolute": external_weight("/etc/passwd", length=4),
-        "traversal": external_weight("../../../../../../etc/passwd", length=4),
-        "link": external_weight("link.bin", length=4),
-        "device": external_weight("/dev/zero", dims=(10**10,)),
-        "length": external_weight("w.bin", length=10**12),
-        "offset": external_weight("w.bin", offset=10**15, length=4),
-        "dims": external_weight("w.bin", dims=(10**6, 10**6)),
-    }.items():
-        with pytest.raises(OnnxModelError, match=f"cannot load .*{name}.onnx"):
+    outside = "outside the model's folder"
+    for name, weight, message in (
+            ("absolute", external_weight("/etc/passwd", length=4), outside),
+            ("traversal", external_weight("../../../../../../etc/passwd", length=4), outside),
+            ("link", external_weight("link.bin", length=4), outside),
+            ("device", external_weight("/dev/zero", dims=(10**10,)), outside),
+            ("missing", external_weight("gone.bin"), "which is missing"),
+            ("length", external_weight("w.bin", length=10**12), "1000000000000 bytes, .* holds 4 bytes"),
+            ("offset", external_weight("w.bin", offset=10**15, length=4), "at offset 1000000000000000"),
+            ("dims", external_weight("w.bin", dims=(10**6, 10**6)), r"\(4000000000000 bytes\), but that file holds")):
+        with pytest.raises(OnnxModelError, match=f"{name}.onnx: tensor 'w' keeps its data in .*{message}"):
             OnnxSegmenter(with_weight(folder / f"{name}.onnx", weight))
+    constant = [helper.make_node("Constant", [], ["w"], value=external_weight("/etc/passwd", length=4)),
+                helper.make_node("Add", ["rgb", "modal"], ["s"]), helper.make_node("Add", ["s", "w"], ["logits"])]
+    with pytest.raises(OnnxModelError, match=f"constant.onnx: tensor 'w' .*{outside}"):
+        OnnxSegmenter(write_model(folder / "constant.onnx", constant))
+    body = helper.make_graph(  # a Scan body (one step: state + w), its weight external
+        [helper.make_node("Add", ["s_in", "w"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["y"])], "body",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[external_weight("../../etc/passwd", length=4)])
+    scan = [helper.make_node("Scan", ["zero", "seq"], ["last", "ys"], body=body, num_scan_inputs=1),
+            helper.make_node("Add", ["rgb", "modal"], ["logits"])]
+    inits = [numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+             numpy_helper.from_array(np.zeros((2, 1), np.float32), "seq")]
+    with pytest.raises(OnnxModelError, match=f"scan.onnx: tensor 'w' .*{outside}"):
+        OnnxSegmenter(write_model(folder / "scan.onnx", scan, initializers=inits))
     embedded = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10**6, 10**6], raw_data=b"\0" * 4)
-    with pytest.raises(OnnxModelError, match="cannot load .*embedded.onnx"):
+    with pytest.raises(OnnxModelError, match="cannot load .*embedded.onnx"):  # ONNX Runtime's own check
         OnnxSegmenter(with_weight(folder / "embedded.onnx", embedded))
 
 
