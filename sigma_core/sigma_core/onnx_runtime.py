@@ -190,7 +190,8 @@ class OnnxSegmenter:
     """An exported Sigma model with its input/output handling. Call it on numpy images (see module docstring).
 
     path: a .onnx file written by sigma-export. device: auto | cpu | cuda[:N] | tensorrt[:N]. precision: the
-    file's own (fp32 or fp16, chosen at export); asking for another is noted in ``meta.warnings``.
+    file's own (fp32 or fp16, chosen at export); asking for another is noted in ``meta.warnings``; fp16/bf16 asked
+    for on the CPU is refused (ValueError), as the torch Segmenter refuses emulated half precision.
     input_size: (H, W) to run at, None for each image's size; default the file's fixed size, else the
     checkpoint's. threads: ONNX Runtime intra-op threads (default $OMP_NUM_THREADS, else its own default).
     Raises OnnxModelError (not ONNX, no sigma metadata, a size its fixed dimensions refuse), OnnxRuntimeMissing,
@@ -223,6 +224,12 @@ class OnnxSegmenter:
         # throttled); its own log lines would repeat it unthrottled on stderr for every frame.
         options.log_severity_level = 4
         providers, self._device = providers_for(device, ort.get_available_providers())
+        if str(precision).lower() not in ("fp32", "float32") and self._device.type == "cpu":
+            # the same refusal as the torch Segmenter's (check_precision_for_device), for every tool alike
+            raise ValueError(f"precision {precision!r} on the CPU (ONNX Runtime's CPUExecutionProvider) would be "
+                             "emulated and slower than fp32: use precision 'fp32' on a CPU, and fp16/bf16 on a GPU "
+                             "(device 'cuda' or 'tensorrt'); an ONNX file's own precision is chosen at export "
+                             "(sigma-export --precision)")
         self.session = _open_session(ort, source, options, providers)
         fallback = self._check_provider(device)
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source)
@@ -230,6 +237,9 @@ class OnnxSegmenter:
             self.meta.warnings.append(fallback)
         self._check_io(source)
         self._fixed = self._fixed_size()
+        if self.meta.precision != "fp32" and self._device.type == "cpu":
+            self.meta.warnings.append(f"{self.path.name} holds a {self.meta.precision} model, made for GPU runtimes: "
+                                      "for a CPU, export it with sigma-export --precision fp32")
         if precision not in (self.meta.precision, "fp32"):
             self.meta.warnings.append(f"precision {precision} asked for, but {self.path.name} holds a "
                                       f"{self.meta.precision} model (sigma-export --precision chooses it)")

@@ -89,6 +89,10 @@ def load_segmenter(
         raise ValueError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                          f"with precision {precision}: {e}") from e
     modality = modality or seg.modality
+    if modality != seg.modality:  # said here, so every tool says it (the node logs meta.warnings)
+        seg.meta.warnings.append(f"modality {modality!r} overrides the checkpoint's {seg.modality!r}: the model "
+                                 f"was not trained on this input (a {modality} checkpoint, or none for the "
+                                 f"bundled {modality} model, fits it)")
     if modality != seg.modality or thermal_range is not None or depth_max_range is not None:
         base = seg.scaling
         seg.scaling = ModalityScaling(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -294,3 +295,24 @@ def test_export_published_checkpoint_fp32_and_fp16(tmp_path):
         if precision == "fp32":
             assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.995
+
+
+def test_half_precision_asked_for_on_the_cpu_is_refused_for_onnx_files_as_for_checkpoints(tmp_path, capsys):
+    """Issue 22 attack: an .onnx checkpoint with precision fp16 on a CPU warned and ran fp32, where a .pt was refused;
+    every tool loads through load_segmenter, so sigma-predict (and the node, replay) now refuse both alike."""
+    from sigma_core.cli import predict
+
+    model = write_onnx(tmp_path / "m.onnx", sigma_props())
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(ValueError, match=f"precision '{precision}' on the CPU .* would be emulated and slower than "
+                                             "fp32: use precision 'fp32' on a CPU"):
+            OnnxSegmenter(model, device="cpu", precision=precision)
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "t.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        predict.main([str(tmp_path / "rgb.png"), str(tmp_path / "t.png"), "--checkpoint", str(model), "--device",
+                      "cpu", "--precision", "fp16", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 1 and err.count("\n") == 0 and "would be emulated and slower than fp32" in err
+    assert not (tmp_path / "o").exists()
+    assert OnnxSegmenter(model, device="cpu").precision == "fp32"

@@ -154,3 +154,79 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([str(tmp_path / "a"), "--out", str(tmp_path / "o")])
     assert stop.value.code == 1 and "has no dataset.yaml" in capsys.readouterr().err
+
+
+def _write_pairs(rgb_dir, modal_dir, frames, modal_of=lambda f: f.thermal, names=None):
+    rgb_dir.mkdir(), modal_dir.mkdir()
+    names = names or [f"{i:04d}" for i in range(len(frames))]
+    for name, f in zip(names, frames):
+        cv2.imwrite(str(rgb_dir / f"{name}.png"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(modal_dir / f"{name}.png"), modal_of(f))
+    return names
+
+
+def test_unreadable_and_oversized_files_leave_out_their_frame_and_say_so(tmp_path, checkpoints, capsys):
+    """One bad file among thousands must not end the run: its frame is left out, counted, with the reason. A small
+    PNG declaring 20000x20000 (it decoded to 400 MB and the network then needed 20 GB: OOM-killed) is refused
+    from its header."""
+    rgb_dir, modal_dir, out = tmp_path / "rgb", tmp_path / "thermal", tmp_path / "out"
+    _write_pairs(rgb_dir, modal_dir, _frames(3))
+    (rgb_dir / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    cv2.imwrite(str(modal_dir / "0002.png"), np.zeros((20000, 20000), np.uint8))  # 0.4 MB on disk
+    code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--out", out, "--batch-size", "2"],
+                    capsys)
+    assert code == 0, io.err
+    assert sorted(p.name for p in (out / "mask").iterdir()) == ["0000.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["frames"] == 1 and len(summary["left_out"]) == 2
+    assert "0001.png" in summary["left_out"][0] and "20000x20000" in summary["left_out"][1]
+    assert "left out: 2 frames that could not be read or segmented" in io.out
+
+    # nothing readable at all: one line, exit 1, and no folder left behind that looks like a result
+    lone = tmp_path / "lone"
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(rgb_dir / "0001.png"), str(modal_dir / "0001.png"), "--checkpoint",
+                  str(checkpoints["thermal"]), "--out", str(lone), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "cannot decode image" in err[-1] and "0001.png" in err[-1] and not lone.exists()
+
+
+def test_a_thermal_model_on_depth_images_is_named_with_the_fix(tmp_path, checkpoints, capsys):
+    frames = _frames(2, seed=11)
+    rgb_dir, modal_dir = tmp_path / "rgb", tmp_path / "cam2"
+    _write_pairs(rgb_dir, modal_dir, frames, modal_of=lambda f: f.depth)  # 16-bit mm with 'no return' zeros
+    code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--out", tmp_path / "o"], capsys)
+    assert code == 0, io.err
+    assert "look like depth" in io.err and "is a thermal model" in io.err and "--modality depth" in io.err
+    assert any("look like depth" in n for n in json.loads((tmp_path / "o" / "summary.json").read_text())["notes"])
+    # a depth checkpoint on the same files: no such note; a thermal checkpoint forced to depth: said at start
+    code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["depth"], "--out", tmp_path / "d"], capsys)
+    assert code == 0 and "look like depth" not in io.err
+    code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--modality", "depth",
+                     "--out", tmp_path / "f"], capsys)
+    assert code == 0 and "modality 'depth' overrides the checkpoint's 'thermal'" in io.err
+
+
+def test_ctrl_c_leaves_a_folder_that_says_it_is_incomplete(tmp_path, checkpoints):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    frame = _frames(1)[0]
+    rgb_dir, modal_dir, out = tmp_path / "rgb", tmp_path / "thermal", tmp_path / "out"
+    _write_pairs(rgb_dir, modal_dir, [frame] * 300)
+    proc = subprocess.Popen([sys.executable, "-m", "sigma_core.cli.predict", str(rgb_dir), str(modal_dir),
+                             "--checkpoint", str(checkpoints["thermal"]), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "mask" / "0002.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("sigma-predict: error: interrupted") and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    masks = sorted(p.stem for p in (out / "mask").iterdir())
+    assert summary["complete"] is False and summary["stopped"] == "interrupted"
+    assert 3 <= summary["frames"] < 300 and summary["frame_names"] == masks

@@ -109,15 +109,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{seg.precision}; writing {', '.join(outputs)} to {args.out}", file=sys.stderr)
         summary = predict(pairs, seg, PredictOptions(args.out, outputs, batch, args.overlay_alpha,
                                                      progress=not args.no_progress, registration=registration),
-                          checkpoint=args.checkpoint or "bundled demo model")
+                          checkpoint=args.checkpoint or "bundled demo model",
+                          warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     except KeyboardInterrupt:
-        fail(PROG, f"interrupted; the frames written so far are in {args.out}", 130)
+        fail(PROG, f"interrupted: {args.out} holds only the frames written so far ({partial(args.out)})", 130)
     except (DataError, FileNotFoundError) as exc:
-        fail(PROG, exc, 2)
+        fail(PROG, f"{exc}{partial_note(args.out)}", 2)
     except (ValueError, OSError, RuntimeError) as exc:
-        fail(PROG, exc)
+        fail(PROG, f"{exc}{partial_note(args.out)}")
     print("\n".join(summary_lines(summary)))
     return 0
+
+
+def partial(out: Path) -> str:
+    """What an unfinished run left in ``out``: its summary.json says incomplete."""
+    masks = len(list((out / "mask").glob("*.png"))) if (out / "mask").is_dir() else 0
+    return f"{masks} masks; its summary.json says \"complete\": false"
+
+
+def partial_note(out: Path) -> str:
+    """For an error after the run started writing: the folder is partial, and says so."""
+    return f"; {out} is incomplete ({partial(out)})" if (out / "summary.json").is_file() else ""
 
 
 if __name__ == "__main__":

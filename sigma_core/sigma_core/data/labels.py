@@ -25,7 +25,15 @@ import cv2
 import numpy as np
 
 from .errors import DataError
-from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels, compressed_kind, compressed_size, image_to_array
+from .image_encoding import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    check_file_size,
+    check_pixels,
+    compressed_kind,
+    compressed_size,
+    image_to_array,
+)
 from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -147,6 +155,8 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing label file {path}")
+    if path.suffix != ".npy":
+        _check_label_file_size(path)
     header = _file_png_header(path)
     if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(path, str(path))
@@ -168,6 +178,19 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     if not np.issubdtype(stored.dtype, np.integer):
         raise DataError(f"{path}: labels must be integer class ids, the file holds {stored.dtype}")
     return label_from_array(stored, str(path), palette)
+
+
+def _check_label_file_size(path: Path) -> None:
+    """DataError for a label file declaring more pixels than the decoders' limit (read from its header)."""
+    try:
+        check_file_size(np.fromfile(path, np.uint8), f"label image {path}")
+    except ImageTooLargeError as exc:
+        raise DataError(f"{exc}; re-export it or remove its name from the split list") from None
+    except ValueError as exc:
+        raise DataError(f"cannot decode label image {path} ({exc}); re-export it or remove its name from the split "
+                        "list") from None
+    except OSError as exc:
+        raise DataError(f"cannot read label {path}: {exc.strerror}") from None
 
 
 def label_from_message(msg, where: str) -> np.ndarray:
