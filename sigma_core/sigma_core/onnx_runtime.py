@@ -151,6 +151,16 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number sigma-export writes")
 
 
+def _threads_from_environment() -> int:
+    """$OMP_NUM_THREADS as ONNX Runtime's intra-op thread count (0: its default); ValueError naming a bad value."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"OMP_NUM_THREADS={text!r} is not a thread count: set it to a number (1, 2, ...) or unset it")
+    return int(text)
+
+
 def _open_session(ort, source: str, options, providers: list):
     """ort.InferenceSession; OnnxModelError saying whether the file is no ONNX model at all or which part of it
     ONNX Runtime refuses (an operator, a type, external data outside the model's folder, ...)."""
@@ -217,7 +227,7 @@ class OnnxSegmenter:
         except ExternalDataError as e:
             raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
-        threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        threads = threads if threads is not None else _threads_from_environment()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # Fatal only: every error ONNX Runtime logs it also raises, and we say it once, in one line (the node

@@ -365,3 +365,13 @@ def test_sigma_predict_runs_an_onnx_file_without_torch_and_says_when_onnxruntime
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert "needs ONNX Runtime, which is not installed" in run.stderr and "pip install onnxruntime" in run.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_bad_thread_count_in_the_environment_is_named(tmp_path, monkeypatch):
+    """OMP_NUM_THREADS=abc (ONNX Runtime's thread count) was 'invalid literal for int()'; now it names the variable."""
+    path = write_model(tmp_path / "m.onnx")
+    monkeypatch.setenv("OMP_NUM_THREADS", "abc")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='abc' is not a thread count"):
+        OnnxSegmenter(path)
+    monkeypatch.setenv("OMP_NUM_THREADS", " 2 ")
+    assert segment(OnnxSegmenter(path)).shape == (40, 50)
