@@ -70,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the first argument that cannot make what was asked, before anything is written."""
+    from ..data.image_encoding import DEFAULT_MAX_PIXELS
+
+    for flag in ("size", "modal_size"):
+        size = getattr(args, flag, None)
+        if size is not None and (min(size) < 1 or size[0] * size[1] > DEFAULT_MAX_PIXELS):
+            raise ValueError(f"--{flag.replace('_', '-')} {size[0]} {size[1]}: each side must be at least 1 pixel and "
+                             f"the image at most {DEFAULT_MAX_PIXELS:,} pixels (4096x4096, the decoders' limit)")
+    for flag in ("seconds", "rgb_hz", "modal_hz"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {value:g}")
+    if getattr(args, "views", 1) < 1:
+        raise ValueError(f"--views must be at least 1, got {args.views}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data import synthetic
 
     try:
+        check_arguments(args)
         if args.what == "dataset":
             root = synthetic.write_dataset(args.out, n=args.n, seed=args.seed, night_fraction=args.night_fraction,
                                            size=tuple(args.size), modality=args.modality,
