@@ -10,7 +10,6 @@ from typing import IO, Any, Iterator
 
 import cv2
 import numpy as np
-import torch
 import yaml
 
 from .yaml_loading import load_yaml
@@ -85,6 +84,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch  # here only: the other writers serve tools that run without torch (ONNX deployments)
+
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)

@@ -281,6 +281,15 @@ def test_without_a_checkpoint_the_bundled_model_of_the_datasets_modality_is_eval
     assert "evaluating the bundled depth demo model" in done.stderr and "sigma_nano_synthetic_depth.pt" in done.stderr
     report = json.loads((tmp_path / "sigma_nano_synthetic_depth_eval" / "test" / "report.json").read_text())
     assert report["checkpoint"].endswith("sigma_nano_synthetic_depth.pt") and report["images"] == 2
+    # the bundled thermal model on the same depth images scored 'mIoU 1.39' without a word: refused, one line
+    from sigma_core.assets import demo_checkpoint
+
+    wrong = subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", str(demo_checkpoint("thermal")),
+                            "--data-root", str(root), "data.num_workers=0", "--device", "cpu", "--out",
+                            str(tmp_path / "wrong")], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and wrong.stderr.strip().count("\n") == 0, wrong.stderr
+    assert "is a thermal model but the dataset's modality is depth" in wrong.stderr
+    assert not (tmp_path / "wrong").exists()
 
 
 @pytest.mark.slow

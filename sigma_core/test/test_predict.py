@@ -154,6 +154,10 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([str(tmp_path / "a"), "--out", str(tmp_path / "o")])
     assert stop.value.code == 1 and "has no dataset.yaml" in capsys.readouterr().err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link: was "[Errno 17] File exists"
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "gone")])
+    assert stop.value.code == 1 and "is a symbolic link to" in capsys.readouterr().err
 
 
 def _write_pairs(rgb_dir, modal_dir, frames, modal_of=lambda f: f.thermal, names=None):

@@ -14,6 +14,7 @@ node would publish for the same images. Output folder (never overwritten: it mus
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class PredictOptions:
 
 def check_output_folder(out: Path) -> None:
     """ValueError unless ``out`` is new or an empty folder: sigma-predict never overwrites a file."""
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: name a new "
+                         "folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: name a new folder")
     if out.is_dir() and any(out.iterdir()):
