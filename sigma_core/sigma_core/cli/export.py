@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         from ..export import check_arguments
 
-        check_arguments(out, args.height, args.width, args.precision, args.opset)  # before loading anything
+        check_arguments(out, args.height, args.width, args.precision, args.opset,  # before loading anything
+                        tuple(args.check_size) if args.check_size else None)
         from ..checkpoints import describe_config, load_model
         from ..export import export_onnx
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "frames with both images)")
     p.add_argument("--preset", default=None, help="for a benchmark dataset folder without dataset.yaml: mfnet, "
                                                   "pst900, nyudepthv2, sunrgbd")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (an .onnx checkpoint also tensorrt, tensorrt:N)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="fp16/bf16 for GPUs (refused on a CPU without native support)")
     p.add_argument("--batch-size", type=int, default=None,

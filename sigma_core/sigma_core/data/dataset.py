@@ -19,8 +19,12 @@ from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
-import torch
 import yaml
+
+try:
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # a deployment without torch (an .onnx model): listing and reading pairs still works
+    _TorchDataset = object
 
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
@@ -295,7 +299,7 @@ def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED, max_pixels: int = 
     return img
 
 
-class RGBXDataset(torch.utils.data.Dataset):
+class RGBXDataset(_TorchDataset):
     """Samples ``{"rgb": (3, H, W) float32, "modal": (3, H, W) float32, "label": (H, W) int64, "name": str}``.
 
     rgb/modal are ImageNet-normalised (the modality first scaled to [0, 1] by the spec's
@@ -443,6 +447,8 @@ class RGBXDataset(torch.utils.data.Dataset):
             rgb_n, modal_n, label_n = self.transform(rgb, modal, label, rng)
         else:
             rgb_n, modal_n, label_n = to_network(rgb, modal, label)
+        import torch  # a training sample is a tensor; load() above serves the torch-free tools
+
         return {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb_n)),
             "modal": torch.from_numpy(np.ascontiguousarray(modal_n)),

@@ -6,6 +6,7 @@ checkpoints record it, so a model sees the same values in training and on the ro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -41,11 +42,11 @@ class ModalityScaling:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.range is not None:
             lo, hi = self.range
-            if not hi > lo:
-                raise ValueError(f"thermal range must be (low, high) with high > low, got {self.range}")
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):  # inf: every value would scale to 0
+                raise ValueError(f"thermal range must be (low, high), finite, with high > low, got {self.range}")
             object.__setattr__(self, "range", (float(lo), float(hi)))
-        if not self.max_range > 0:
-            raise ValueError(f"depth max_range must be > 0 metres, got {self.max_range}")
+        if not (math.isfinite(self.max_range) and self.max_range > 0):
+            raise ValueError(f"depth max_range must be finite and > 0 metres, got {self.max_range}")
 
     def to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) or (H, W, C) raw array -> ((H, W) float32 in [0, 1], (H, W) bool valid mask).
@@ -90,6 +91,9 @@ class ModalityScaling:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModalityScaling:
+        """from to_dict()'s dict; ValueError when ``d`` is not one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"modality scaling must be a dict like {cls().to_dict()}, got {type(d).__name__}")
         rng = d.get("range")
         return cls(
             modality=d.get("modality", "thermal"),

@@ -284,7 +284,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         if seg.input_size is not None and max(seg.input_size) > MAX_IMAGE_SIDE:
             raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} records input size {list(seg.input_size)}"
                               f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
-        size = cfg.warmup_size or seg.input_size or (480, 640)
+        # An .onnx file of fixed dimensions runs at them only (every image is resized to them): warmed up there.
+        size = getattr(seg, "fixed_size", None) or cfg.warmup_size or seg.input_size or (480, 640)
         self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
         try:
             seg.warmup(size)

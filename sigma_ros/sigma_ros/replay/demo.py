@@ -145,13 +145,18 @@ def record_output(out: Path, before: set[str]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from sigma_core.data.synthetic import TOPICS, write_bag
-    from sigma_core.inference import resolve_device
+    from sigma_core.onnx_runtime import is_onnx_path
 
+    from ..node.parameters import device as device_parameter
     from ..node.parameters import resolve_checkpoint
 
     # Arguments first: a bad one must fail before anything is written.
     checkpoint = resolve_checkpoint(args.checkpoint, args.modality)  # fails early, naming a missing model
-    device = str(resolve_device(args.device))
+    device = device_parameter("--device", args.device)
+    if not is_onnx_path(checkpoint):  # an .onnx file's device is ONNX Runtime's (the node picks the provider)
+        from sigma_core.inference import resolve_device
+
+        device = str(resolve_device(device))
     rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS[args.modality], TOPICS["label"]
     out = Path(args.output)
     before = prepare_output(out)
@@ -315,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model of --modality)")
     p.add_argument("--dataset", default="", help="a published Sigma checkpoint's dataset (mfnet, pst900, ...)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (an .onnx checkpoint also tensorrt, tensorrt:N)")
     p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")
     p.add_argument("--queue-size", type=int, default=10, help="the node's sync.queue_size")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
