@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import yaml
 
+from .yaml_loading import load_yaml
+
 # What open() gives a new file under this process's umask (read once: reading it means setting it).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -36,7 +38,7 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML; fix it where the parser stopped: {exc}") from None
     if data is None:

@@ -239,11 +239,16 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
 
 
 def check_class_names(names: Sequence[Any], source: str) -> None:
-    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice.
+    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice, or a name
+    is not text (a number is taken as text; a list or mapping is a misplaced YAML level).
 
     Two classes of one name cannot be told apart in a report, a ClassMap or a class-name lookup; it is
     almost always a copy-and-paste slip in a classes list.
     """
+    for i, name in enumerate(names):  # a list or mapping where a name belongs is a misplaced YAML level
+        if not isinstance(name, (str, int, float)):
+            raise ValueError(f"{source}: class names must be text, but id {i} is a {type(name).__name__} "
+                             f"({len(name) if hasattr(name, '__len__') else 1} items): one name per list entry")
     first: dict[str, int] = {}
     repeated = []
     for i, name in enumerate(str(n) for n in names):

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 
 from ..files import read_yaml_mapping
+from ..yaml_loading import load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -254,7 +255,7 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
 def parse_value(text: str) -> Any:
     """A command-line value as YAML (numbers, booleans, null, [lists]); "6e-5" is a float, not a string."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
