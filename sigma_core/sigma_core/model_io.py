@@ -32,7 +32,7 @@ def check_description(num_classes: int, class_names: Any, palette: Any, normaliz
 
     Every model file (our checkpoints, sigma-export's ONNX files) is checked by this one function, so a file
     cannot carry a description one runtime refuses and another runs. num_classes: the logits' channels K.
-    class_names: K distinct strings (at most MAX_CLASSES, each at most MAX_CLASS_NAME characters); palette: K
+    class_names: K distinct printable strings (at most MAX_CLASSES, each at most MAX_CLASS_NAME characters); palette: K
     [r, g, b] integers 0..255; normalization: {"mean": [3], "std": [3]} finite, std > 0, for 0..1 values;
     input_size: None or [H, W] integers 4..MAX_INPUT_SIDE.
     """
@@ -49,6 +49,9 @@ def check_description(num_classes: int, class_names: Any, palette: Any, normaliz
     if long_name is not None:
         raise ValueError(f"{source}: a class name of {len(long_name)} characters ({_shorten(long_name)}); names "
                          f"are at most {MAX_CLASS_NAME}")
+    controlled = next((n for n in class_names if not n.isprintable()), None)
+    if controlled is not None:  # a newline or escape code forges log lines and breaks report tables
+        raise ValueError(f"{source}: class name {controlled!r} holds control characters (newline, tab, escape)")
     check_class_names(class_names, source)
     if not (isinstance(palette, (list, tuple)) and len(palette) == num_classes
             and all(isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_byte(v) for v in c) for c in palette)):

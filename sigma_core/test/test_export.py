@@ -154,7 +154,8 @@ def test_export_refuses_before_work(tmp_path, capsys):
 def test_export_refuses_hostile_outputs_and_arguments_before_work(tmp_path, capsys, published):
     """Each of these used to fail (or succeed wrongly) only after minutes of export, or not at all: a dangling
     symbolic link as --out (linked through at the end), a folder, an unwritable folder, a check size of 0 or one the
-    fixed size refuses; a published .pth without --dataset; a typo in --precision (argparse, exit 2). One line each,
+    fixed size refuses, an opset newer than onnx knows (a converter traceback after the trace); a published .pth
+    without --dataset; a typo in --precision (argparse, exit 2). One line each,
     no model loaded, nothing written."""
     from sigma_core.cli.export import main
 
@@ -171,6 +172,7 @@ def test_export_refuses_hostile_outputs_and_arguments_before_work(tmp_path, caps
             ([ckpt, "--out", new, "--height", "64", "--width", "64", "--check-size", "48", "48"],
              "differs from the fixed size 64x64"),
             ([ckpt, "--out", new, "--height", "-32", "--width", "64"], "outside 32..8192"),
+            ([ckpt, "--out", new, "--opset", "99"], r"opset 99 is newer than this onnx package knows \(\d+\)"),
             ([str(published), "--out", new], "published Sigma checkpoint .*--dataset")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

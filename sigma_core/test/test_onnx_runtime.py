@@ -84,6 +84,8 @@ FORGED = {  # metadata key -> (JSON text, what the error must say)
     "classes as one string": ("classes", '"abc"', "class names must be a list of strings, got 'abc'"),
     "a class name of 100k characters": ("classes", json.dumps(["a", "b", "c" * 100_000]),
                                         "a class name of 100000 characters"),
+    "a class name with a newline and an escape code": ("classes", json.dumps(["a", "b\n[ERROR] forged", "\u001b[2J"]),
+                                                       "class name 'b\\\\n.ERROR. forged' holds control characters"),
     "a class twice": ("classes", '["a", "a", "b"]', r"class names must differ; repeated: 'a' \(ids 0 and 1\)"),
     "short palette": ("palette", "[[0, 0, 0]]", "palette must be 3"),
     "palette value 999": ("palette", "[[999, 0, 0], [0, 0, 0], [0, 0, 0]]", "integer values 0..255"),

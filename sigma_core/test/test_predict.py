@@ -209,6 +209,13 @@ def test_a_thermal_model_on_depth_images_is_named_with_the_fix(tmp_path, checkpo
     code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--modality", "depth",
                      "--out", tmp_path / "f"], capsys)
     assert code == 0 and "modality 'depth' overrides the checkpoint's 'thermal'" in io.err
+    # and the other way: 8-bit images (thermal, or a depth visualisation) into a depth model, read as 0-255 mm
+    eight = tmp_path / "eight"
+    eight.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(eight / f"{i:04d}.png"), (f.thermal >> 8).astype(np.uint8))
+    code, io = _run([rgb_dir, eight, "--checkpoint", checkpoints["depth"], "--out", tmp_path / "e"], capsys)
+    assert code == 0 and "they are 8-bit, which a depth model reads as 0-255 mm" in io.err
 
 
 def test_ctrl_c_leaves_a_folder_that_says_it_is_incomplete(tmp_path, checkpoints):
@@ -234,3 +241,30 @@ def test_ctrl_c_leaves_a_folder_that_says_it_is_incomplete(tmp_path, checkpoints
     masks = sorted(p.stem for p in (out / "mask").iterdir())
     assert summary["complete"] is False and summary["stopped"] == "interrupted"
     assert 3 <= summary["frames"] < 300 and summary["frame_names"] == masks
+
+
+def test_a_truncated_video_and_options_that_do_not_apply_are_said(tmp_path, checkpoints, capsys):
+    """Issue 22 attacks: a video cut short (its header still declares every frame) gave 'complete' with 1 of 4 pairs
+    and no word; --split with two images and --max-depth on a thermal model were silently ignored."""
+    frames = _frames(4, seed=21)
+    rgb_video, thermal_video = tmp_path / "rgb.avi", tmp_path / "thermal.avi"
+    _write_video(rgb_video, [cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR) for f in frames])
+    _write_video(thermal_video, [cv2.cvtColor((f.thermal >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR) for f in frames])
+    whole = rgb_video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole[:len(whole) * 3 // 5])  # the header and 1-2 frames
+    code, io = _run([cut, thermal_video, "--checkpoint", checkpoints["thermal"], "--out", tmp_path / "o"], capsys)
+    assert code == 0, io.err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert 1 <= summary["frames"] < 4 and len(list((tmp_path / "o" / "mask").iterdir())) == summary["frames"]
+    assert any(f"the source ended after {summary['frames']}" in s for s in summary["skipped"]), summary["skipped"]
+    assert "truncated or damaged video" in io.out
+
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(frames[0].rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "t.png"), frames[0].thermal)
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(tmp_path / "a.png"), str(tmp_path / "t.png"), "--split", "test", "--out", str(tmp_path / "s")])
+    assert stop.value.code == 2 and "--split is for a dataset folder" in capsys.readouterr().err
+    code, io = _run([tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--max-depth",
+                     "10", "--out", tmp_path / "m"], capsys)
+    assert code == 0 and "depth max range 10.0 is ignored: the modality is thermal" in io.err

@@ -84,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..engine.predict import PredictOptions, check_output_folder, predict, summary_lines
     from ..segmentation_step import load_registration, load_segmenter
 
+    if args.modal is not None and (args.split or args.preset):  # was ignored: a pair or folders have no splits
+        parser.error(f"--{'split' if args.split else 'preset'} is for a dataset folder (one path, no MODAL); "
+                     f"{args.rgb} and {args.modal} are segmented whole")
     outputs = ["mask"] + [o for o, off in (("color", args.no_color), ("overlay", args.no_overlay)) if not off]
     if args.confidence:
         outputs.append("confidence")

@@ -377,7 +377,7 @@ def resume_config(run_dir: Path, resume: str, overrides: Sequence[str]) -> Train
     """
     saved_path = run_dir / RUN_CONFIG
     try:
-        content = yaml.safe_load(saved_path.read_text())
+        content = load_yaml(saved_path.read_text())
     except yaml.YAMLError:
         content = TrainConfig.load(saved_path)  # raises the loader's message, naming where the parser stopped
     if not isinstance(content, dict) or not {"model", "data", "schedule"} <= set(content):
