@@ -209,6 +209,13 @@ def test_a_thermal_model_on_depth_images_is_named_with_the_fix(tmp_path, checkpo
     code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--modality", "depth",
                      "--out", tmp_path / "f"], capsys)
     assert code == 0 and "modality 'depth' overrides the checkpoint's 'thermal'" in io.err
+    # and the other way: 8-bit images (thermal, or a depth visualisation) into a depth model, read as 0-255 mm
+    eight = tmp_path / "eight"
+    eight.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(eight / f"{i:04d}.png"), (f.thermal >> 8).astype(np.uint8))
+    code, io = _run([rgb_dir, eight, "--checkpoint", checkpoints["depth"], "--out", tmp_path / "e"], capsys)
+    assert code == 0 and "they are 8-bit, which a depth model reads as 0-255 mm" in io.err
 
 
 def test_ctrl_c_leaves_a_folder_that_says_it_is_incomplete(tmp_path, checkpoints):

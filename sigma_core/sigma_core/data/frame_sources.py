@@ -143,8 +143,9 @@ def dataset_pairs(root: Path, split: Optional[str], preset: Optional[str]) -> Pa
             rgb_path, modal_path, _ = ds.paths(i)
             yield _read_pair(ds.names[i], rgb_path, modal_path, lambda i=i: ds.raw_modal(i))
 
-    return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames,
-                      modal_path=str(root / ds.spec.modal_dir))
+    # no modal_path: a benchmark's folder name (NYU's Depth/) says depth for 8-bit images its checkpoints read
+    # with a 0..255 scaling; the files' encoding still speaks for itself
+    return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames)
 
 
 def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
