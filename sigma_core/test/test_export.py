@@ -235,9 +235,31 @@ def test_interrupted_export_leaves_nothing(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted; nothing was written"
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
     assert "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_an_export_like_ctrl_c(tmp_path):
+    """SIGTERM (systemd, `timeout`, a container stop) ended the process without its clean-up, leaving the partial file
+    of an export past its trace; now it takes Ctrl-C's path (its clean-up is the test above): exit 130, one line."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "sigma_core.cli.export", str(demo_checkpoint()), "--out", str(tmp_path / "m.onnx")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not (line := proc.stdout.readline()).startswith("exporting "):  # tracing, the handler installed
+            assert line and time.monotonic() < deadline, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
