@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from ..checkpoints.errors import ArchitectureMismatchError
 from ..data.transforms import IGNORE_INDEX
 from ..files import atomic_torch_save, atomic_write_text
 from ..inference import resolve_device
@@ -40,7 +41,7 @@ from .builders import (
     initialise_from,
     make_dataset,
 )
-from .config import TrainConfig, usable_workers
+from .config import RUN_CONFIG, TrainConfig, usable_workers
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
 from .reports import plot_training_curves
@@ -332,7 +333,17 @@ def resume_or_initialise(cfg: TrainConfig, trainee: Trainee, iters_per_epoch: in
             if ctx.is_main:
                 print(f"initialised from {cfg.model.init}: {report}")
         return Progress()
-    state = read_training_state(resume, trainee.model)
+    try:
+        state = read_training_state(resume, trainee.model)
+    except ArchitectureMismatchError as e:
+        if not (resume.parent / RUN_CONFIG).is_file():
+            raise
+        # the run's own config.yaml builds the model on resume (model overrides are refused), so it is to blame
+        raise ArchitectureMismatchError(
+            f"{resume.parent / RUN_CONFIG} does not describe the checkpoints beside it: {resume.name} holds {e.held}, "
+            f"the config builds {e.built} ({', '.join(e.fields)} differ). It was edited or copied from another run: "
+            f"restore the run's own config.yaml, or start a new run from {resume} with model.init={resume}",
+            e.held, e.built, e.fields) from None
     if state.get("iters_per_epoch") not in (None, iters_per_epoch):
         raise ValueError(f"{resume}: saved with {state['iters_per_epoch']} iterations per epoch, now "
                          f"{iters_per_epoch}; resume with the same data, batch size and process count")

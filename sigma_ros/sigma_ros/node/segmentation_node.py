@@ -54,6 +54,7 @@ from std_msgs.msg import Header
 from sigma_core.data.bags import message_to_array
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
+from sigma_core.data.modality import depth_stream_evidence
 from sigma_core.model_io import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
@@ -72,7 +73,6 @@ from .input_health import (
     ProblemLog,
     Stamp,
     StreamWatch,
-    depth_stream_evidence,
     modality_problem,
 )
 from .mask_rendering import colorize, lookup_palette, overlay
@@ -297,16 +297,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         for warning in seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
             self.get_logger().warning(warning)
         self.seg, self.modality, self.class_names = seg, seg.scaling.modality, list(seg.class_names)
-        if self.modality != seg.meta.scaling.modality:
-            self.get_logger().warning(
-                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
-                "the model was not trained on this input"
-            )
         self._fits_model(cfg)
         if seg.input_size is not None and max(seg.input_size) > MAX_IMAGE_SIDE:
             raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} records input size {list(seg.input_size)}"
                               f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
-        size = cfg.warmup_size or seg.input_size or (480, 640)
+        # An .onnx file of fixed dimensions runs at them only (every image is resized to them): warmed up there.
+        size = getattr(seg, "fixed_size", None) or cfg.warmup_size or seg.input_size or (480, 640)
         self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
         try:
             seg.warmup(size)
