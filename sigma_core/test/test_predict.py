@@ -273,3 +273,35 @@ def test_a_truncated_video_and_options_that_do_not_apply_are_said(tmp_path, chec
     code, io = _run([tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--max-depth",
                      "10", "--out", tmp_path / "m"], capsys)
     assert code == 0 and "depth max range 10.0 is ignored: the modality is thermal" in io.err
+
+
+def test_depth_units_read_nyu_depth_as_its_metres(tmp_path):
+    """Issue 21 attack (second pass), real data in a real process: NYU Depth V2's depth PNG counts 0.1 mm (1.8-3.6 m);
+    sigma-predict read it as millimetres (18-36 m, within the bundled model's 40 m: no word) and had no option for
+    its units, as the node (depth.units) and datasets (depth_units) have. With --depth-units 0.1mm the masks are
+    those of the same depth given in metres."""
+    import subprocess
+    import sys
+
+    from reference_data import realdata_file
+
+    rgb, depth = realdata_file("rgbd/nyuv2/0001/rgb.png"), realdata_file("rgbd/nyuv2/0001/depth_0.1mm.png")
+    metres = tmp_path / "depth_m.tiff"
+    raw = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(metres), (raw.astype(np.float64) * 1e-4).astype(np.float32))
+
+    def masks(modal, out, *extra):
+        run = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(rgb), str(modal), "--modality",
+                              "depth", "--out", str(tmp_path / out), "--no-progress", "--no-overlay", "--no-color",
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return next((tmp_path / out).rglob("*.png")), run.stderr
+
+    converted, said = masks(depth, "units", "--depth-units", "0.1mm")
+    assert "(depth in 0.1mm)" in said
+    assert np.array_equal(_read_mask(converted), _read_mask(masks(metres, "metres")[0]))
+    assert not np.array_equal(_read_mask(converted), _read_mask(masks(depth, "as_mm")[0]))  # the units matter
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(rgb), str(depth),
+                          "--out", str(tmp_path / "bad"), "--depth-units", "inches"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0 and "depth_units must be one of mm, 0.1mm" in run.stderr.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ video's tail), so the caller can say so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from .dataset import DATASET_YAML, IMAGE_EXTS, RGBXDataset, read_image
 from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels
+from .modality import depth_to_metres, depth_units_key
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -156,6 +157,23 @@ def dataset_pairs(root: Path, split: Optional[str], preset: Optional[str]) -> Pa
     # no modal_path: a benchmark's folder name (NYU's Depth/) says depth for 8-bit images its checkpoints read
     # with a 0..255 scaling; the files' encoding still speaks for itself
     return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames)
+
+
+def with_depth_units(source: PairSource, units: str) -> PairSource:
+    """``source`` with its integer depth images converted from ``units`` (see
+    :func:`~sigma_core.data.modality.depth_to_metres`: "mm", "0.1mm" for NYU Depth V2, "0.2mm" for TUM, ...) to
+    float32 metres, as a dataset's ``depth_units`` and the node's ``depth.units`` do; float depth (metres already)
+    passes unchanged. ValueError listing the units for an unknown one."""
+    key = depth_units_key(units)
+
+    def frames() -> Iterator[FramePair]:
+        for pair in source.frames():
+            if pair.modal is not None and pair.modal.dtype.kind in "ui":
+                depth = pair.modal[..., 0] if pair.modal.ndim == 3 else pair.modal
+                pair = replace(pair, modal=depth_to_metres(depth, key))
+            yield pair
+
+    return replace(source, description=f"{source.description} (depth in {key})", frames=frames)
 
 
 def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
