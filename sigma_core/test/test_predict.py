@@ -305,3 +305,14 @@ def test_depth_units_read_nyu_depth_as_its_metres(tmp_path):
                           "--out", str(tmp_path / "bad"), "--depth-units", "inches"], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode != 0 and "depth_units must be one of mm, 0.1mm" in run.stderr.strip().splitlines()[-1]
+
+
+def test_a_modality_of_another_size_is_resized_and_said(tmp_path, checkpoints, capsys):
+    frame = _frames(1, seed=31)[0]
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "t.png"), cv2.resize(frame.thermal, (W // 2, H // 2)))  # same aspect, half size
+    code, io = _run([tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--out",
+                     tmp_path / "o"], capsys)
+    assert code == 0, io.err
+    assert "note: 1 of 1 pairs had a modality image of another size than the RGB image: resized" in io.out
+    assert _read_mask(tmp_path / "o" / "mask" / "a.png").shape == (H, W)
