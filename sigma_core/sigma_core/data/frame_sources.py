@@ -82,11 +82,21 @@ def _read_pair(name: str, rgb: Path, modal: Path, read_modal: Callable[[], np.nd
         return FramePair(name, None, "", None, problem=str(e))
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+def _image_files(folder: Path, skipped: Optional[list[str]] = None) -> dict[str, Path]:
+    """Image files by name without extension; a second file of the same name (0001.jpg beside 0001.png) is left
+    out, and said in ``skipped``."""
     files: dict[str, Path] = {}
+    twins: list[Path] = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            files.setdefault(p.stem, p)
+            if p.stem in files:
+                twins.append(p)
+            else:
+                files[p.stem] = p
+    if twins and skipped is not None:
+        skipped.append(f"{len(twins)} files in {folder} share their name with another and were not used (e.g. "
+                       f"{twins[0].name}; {files[twins[0].stem].name} was): pairs are matched by name without "
+                       "extension")
     return files
 
 
@@ -99,9 +109,9 @@ def image_pair(rgb: Path, modal: Path) -> PairSource:
 
 def folder_pairs(rgb_dir: Path, modal_dir: Path) -> PairSource:
     """Two folders, paired by file name without extension (``0001.jpg`` with ``0001.png``)."""
-    rgbs, modals = _image_files(rgb_dir), _image_files(modal_dir)
+    skipped: list[str] = []
+    rgbs, modals = _image_files(rgb_dir, skipped), _image_files(modal_dir, skipped)
     names = [n for n in rgbs if n in modals]
-    skipped = []
     if len(rgbs) > len(names):
         skipped.append(f"{len(rgbs) - len(names)} RGB images without a modality image of the same name in "
                        f"{modal_dir} (e.g. {next(n for n in rgbs if n not in modals)})")
@@ -195,13 +205,13 @@ def video_pairs(rgb: Path, modal: Path) -> PairSource:
     """An RGB video with a modality video (frame i with frame i) or a modality image folder (its images in name
     order). A video's modality is 8-bit: a colour-mapped modality video is read through its first channel."""
     rgb_count, _ = _video_frames(rgb)
+    skipped: list[str] = []
     if modal.is_dir():
-        modal_files = list(_image_files(modal).values())
+        modal_files = list(_image_files(modal, skipped).values())
         modal_count = len(modal_files)
     else:
         modal_count, _ = _video_frames(modal)
     count = min(rgb_count, modal_count)
-    skipped = []
     if rgb_count != modal_count:
         longer = rgb if rgb_count > modal_count else modal
         skipped.append(f"the last {abs(rgb_count - modal_count)} frames of {longer} ({rgb_count} RGB frames, "
@@ -252,6 +262,9 @@ def open_pairs(rgb: Path, modal: Optional[Path], split: Optional[str] = None,
         if not (is_video(modal) or modal.is_dir()):
             raise ValueError(f"{rgb} is a video: the modality must be a video or an image folder, got {modal}")
         return video_pairs(rgb, modal)
+    if rgb.resolve() == modal.resolve():  # a typo: every RGB image would be paired with itself as the modality
+        raise ValueError(f"the RGB and the modality path are the same ({rgb}): give the modality's own image, "
+                         "folder or video")
     if rgb.is_dir() and modal.is_dir():
         return folder_pairs(rgb, modal)
     if rgb.is_file() and modal.is_file():

@@ -170,6 +170,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
     pixels = np.zeros(segmenter.num_classes, np.int64)
     frames, model_s, names, notes, left_out, unreadable, seen = 0, 0.0, [], [], [], 0, 0
+    resized = 0
     skipped = list(pairs.skipped)  # what the source left out, and frames a truncated video never delivered
     warmup_s = 0.0
     started = time.perf_counter()
@@ -235,6 +236,8 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
                 _write(out, pair.name, result, options.outputs, table, options.overlay_alpha)
                 pixels += result.counts.pixel_count
                 model_s += result.inference_ms / 1e3
+                if result.modal_resized:
+                    resized += 1
                 if result.aspect_warning:  # two cameras without --calibration: said once, in the summary
                     note(result.aspect_warning.replace("registration.mode (rig or homography) with "
                                                        "registration.calibration_file", "--calibration"))
@@ -249,6 +252,9 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
         summary(False, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise
     bar.close()
+    if resized:  # as the node says it: the model saw a resampled modality
+        note(f"{resized} of {len(names)} pairs had a modality image of another size than the RGB image: resized to "
+             f"it ({'nearest' if segmenter.scaling.modality == 'depth' else 'bilinear'})")
     if seen < len(pairs):  # a video whose header promises more frames than its data holds (truncated, damaged)
         skipped.append(f"{len(pairs) - seen} of the {len(pairs)} pairs {pairs.description} declared: the source "
                         f"ended after {seen} (a truncated or damaged video)")
