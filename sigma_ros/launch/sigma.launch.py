@@ -13,6 +13,8 @@ rgb_camera_info_topic (remaps of rgb/image, modal/image, modal/camera_info, rgb/
 (default: the shipped config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node
 gets the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
+from pathlib import Path
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -41,6 +43,10 @@ def _sigma_node(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
+    params_file = arg("params_file")
+    if not Path(params_file).expanduser().is_file():  # launch_ros would warn and start the node without it
+        raise RuntimeError(f"launch argument params_file: {params_file!r} is not a file; give a parameters YAML "
+                           "(e.g. a copy of the shipped config/sigma.yaml, or a `ros2 param dump`)")
     overrides = {"use_sim_time": is_true(arg("use_sim_time"))}
     for argument, (parameter, _, _) in NODE_PARAMETERS.items():
         value = arg(argument)
@@ -58,7 +64,7 @@ def _sigma_node(context):
             executable="sigma_node",
             name="sigma_segmentation",
             namespace=arg("namespace"),
-            parameters=[arg("params_file"), overrides],
+            parameters=[params_file, overrides],
             remappings=[
                 ("rgb/image", arg("rgb_topic")),
                 ("modal/image", arg("modal_topic")),

@@ -84,12 +84,13 @@ def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):
     (["sigma.launch.py", "lifecycle:=ture"], 'Argument "lifecycle" provided value "ture" is not valid'),
     (["sigma.launch.py", "use_sim_time:=yes"], 'Argument "use_sim_time" provided value "yes" is not valid'),
     (["sigma.launch.py", "lifecyle:=true"], "has no launch argument 'lifecyle': did you mean 'lifecycle'?"),
+    (["sigma.launch.py", "params_file:=/no/such/params.yaml"], "params_file: '/no/such/params.yaml' is not a file"),
     (["replay_eval.launch.py", "bag:=none", "use_sim_tim:=true"], "did you mean 'use_sim_time'?"),
     (["replay_eval.launch.py", "bag:=none", "use_sim_time:=ture"], 'provided value "ture" is not valid'),
 ])
 def test_a_launch_argument_typo_is_refused_before_the_node_starts(env, arguments, said):
-    """lifecycle:=ture and use_sim_time:=yes meant false, and ros2 launch ignores an undeclared lifecyle:=true:
-    each brought a plain node up without a word."""
+    """lifecycle:=ture and use_sim_time:=yes meant false, ros2 launch ignores an undeclared lifecyle:=true, and
+    launch_ros only warns about a params_file that is not there: each brought the node up otherwise than asked."""
     run = subprocess.run(["ros2", "launch", "sigma_ros", *arguments], env=env,
                          capture_output=True, text=True, timeout=60)
     out = run.stdout + run.stderr
