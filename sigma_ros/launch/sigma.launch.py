@@ -23,6 +23,7 @@ from launch_ros.actions import Node
 from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
 from sigma_ros.node.parameters import INPUT_QOS_NAMES, MODALITIES, PRECISIONS, REGISTRATION_MODES, TRANSPORTS
 from sigma_ros.package_files import fastdds_profile_env, share_file
+from sigma_ros.stop_signals import launch_env
 
 # Launch argument -> (node parameter it sets, description, the values launch accepts or None: any). Empty (the
 # default) keeps the params file's value.
@@ -57,7 +58,7 @@ def _sigma_node(context):
         overrides["registration.mode"] = arg("registration_mode") or "rig"
     elif arg("registration_mode"):
         overrides["registration.mode"] = arg("registration_mode")
-    env = fastdds_profile_env()
+    env = {**fastdds_profile_env(), **launch_env()}  # launch_env: the processes stop when launch dies
     return [
         Node(
             package="sigma_ros",

@@ -8,7 +8,11 @@ ROS_DOMAIN_ID and is stopped at the end.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -180,5 +184,20 @@ def test_a_dump_reloads_as_params_file_and_lifecycle_launch_argument(env, plain,
                                   ("shutdown", "finalized [4]")]:
             assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
             assert ros2(env, *get).startswith(state), transition
+        # SIGTERM, as a supervisor or `timeout` stops it, kills ros2 launch at once: its node ran on, orphaned.
+        node_pid = int(re.search(r"process started with pid \[(\d+)\]", second.log())[1])
+        second.proc.send_signal(signal.SIGTERM)
+        second.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(node_pid), "the node outlived ros2 launch"
     finally:
         second.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
