@@ -162,6 +162,11 @@ def check_arguments(out: Path, height: Optional[int], width: Optional[int], prec
     if missing:
         raise ImportError(f"sigma-export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
                           f"installed: pip install {' '.join(EXPORT_PACKAGES)}")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:  # the exporter's converter fails after the trace, with a traceback of its own
+        raise ValueError(f"opset {opset} is newer than this onnx package knows ({newest}): choose {OPSET}..{newest}")
     try:  # a read-only or full folder fails now, not after the export
         probe, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
         os.close(probe)

@@ -344,3 +344,24 @@ def test_a_runs_checkpoint_is_evaluated_on_the_runs_own_dataset_without_retyping
     assert f"using the run's configuration {run / 'config.yaml'}" in io.err
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["images"] == 2 and report["dataset"]["root"] == str(root)
+
+
+def test_the_modality_check_lets_benchmark_depth_checkpoints_through(tmp_path):
+    """NYU/SUN presets read 8-bit depth with a 0..255 'thermal' scaling that checkpoints trained on them record:
+    those still evaluate; a thermal model on a dataset whose depth is scaled as depth does not."""
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.data.dataset import PRESETS
+    from sigma_core.data.synthetic import DEPTH_SCALING
+    from sigma_core.engine.config import TrainConfig
+    from sigma_core.engine.evaluate import load_model_for_evaluation
+
+    nyu = PRESETS["nyudepthv2"]
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(nyu.classes)})
+    trained = save_checkpoint(tmp_path / "nyu.pt", build_sigma(cfg), cfg, class_names=list(nyu.classes),
+                              modality=nyu.scaling.modality, scaling=nyu.scaling)
+    load_model_for_evaluation(str(trained), TrainConfig.load(), nyu, torch.device("cpu"))
+    import dataclasses
+
+    depth_spec = dataclasses.replace(nyu, scaling=DEPTH_SCALING)
+    with pytest.raises(ValueError, match="is a thermal model but the dataset's modality is depth"):
+        load_model_for_evaluation(str(trained), TrainConfig.load(), depth_spec, torch.device("cpu"))

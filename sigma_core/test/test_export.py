@@ -154,7 +154,8 @@ def test_export_refuses_before_work(tmp_path, capsys):
 def test_export_refuses_hostile_outputs_and_arguments_before_work(tmp_path, capsys, published):
     """Each of these used to fail (or succeed wrongly) only after minutes of export, or not at all: a dangling
     symbolic link as --out (linked through at the end), a folder, an unwritable folder, a check size of 0 or one the
-    fixed size refuses; a published .pth without --dataset; a typo in --precision (argparse, exit 2). One line each,
+    fixed size refuses, an opset newer than onnx knows (a converter traceback after the trace); a published .pth
+    without --dataset; a typo in --precision (argparse, exit 2). One line each,
     no model loaded, nothing written."""
     from sigma_core.cli.export import main
 
@@ -171,6 +172,7 @@ def test_export_refuses_hostile_outputs_and_arguments_before_work(tmp_path, caps
             ([ckpt, "--out", new, "--height", "64", "--width", "64", "--check-size", "48", "48"],
              "differs from the fixed size 64x64"),
             ([ckpt, "--out", new, "--height", "-32", "--width", "64"], "outside 32..8192"),
+            ([ckpt, "--out", new, "--opset", "99"], r"opset 99 is newer than this onnx package knows \(\d+\)"),
             ([str(published), "--out", new], "published Sigma checkpoint .*--dataset")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -233,9 +235,31 @@ def test_interrupted_export_leaves_nothing(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted; nothing was written"
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
     assert "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_an_export_like_ctrl_c(tmp_path):
+    """SIGTERM (systemd, `timeout`, a container stop) ended the process without its clean-up, leaving the partial file
+    of an export past its trace; now it takes Ctrl-C's path (its clean-up is the test above): exit 130, one line."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "sigma_core.cli.export", str(demo_checkpoint()), "--out", str(tmp_path / "m.onnx")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not (line := proc.stdout.readline()).startswith("exporting "):  # tracing, the handler installed
+            assert line and time.monotonic() < deadline, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

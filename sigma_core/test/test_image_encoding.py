@@ -349,3 +349,17 @@ def test_rvl_of_one_pixel_runs_decodes_in_bounded_time():
     want[1::2] = np.arange(1, 1024 * 512 + 1) & 0xFFFF  # 16-bit deltas wrap
     np.testing.assert_array_equal(img.reshape(-1), want)
     assert elapsed < 0.5, f"{elapsed:.2f} s for 1024x1024 one-pixel runs"
+
+
+def test_a_tiff_whose_directory_follows_its_image_data_is_read():
+    """Issue 21 attack (second pass): OpenCV and libtiff write the image directory after the pixels, but the size
+    check read only the first 64 KiB: a 640x480 32FC1 depth TIFF (1.2 MB) was refused as 'corrupt', as message or
+    file. The directory is read where its offset says."""
+    depth = np.random.default_rng(3).random((480, 640), dtype=np.float32) * 10
+    data = cv2.imencode(".tiff", depth)[1].tobytes()
+    assert struct.unpack("<I", data[4:8])[0] > 1 << 16  # the directory lies beyond the first 64 KiB
+    image, encoding = decode_compressed("32FC1; tiff", data)
+    assert encoding == "32FC1" and np.array_equal(image, depth)
+    for cut in (100, 4000):  # the strip tables (after the directory), then the directory itself
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            decode_compressed("32FC1; tiff", data[: len(data) - cut])

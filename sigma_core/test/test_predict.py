@@ -53,6 +53,7 @@ def test_two_folders_paired_by_name_give_the_segmenters_masks_and_a_summary(tmp_
         cv2.imwrite(str(rgb_dir / f"{i:04d}.jpg"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(modal_dir / f"{i:04d}.png"), f.thermal)
     cv2.imwrite(str(rgb_dir / "lonely.png"), frames[0].rgb)  # no thermal partner: left out and said so
+    cv2.imwrite(str(modal_dir / "0001.tiff"), frames[0].thermal)  # a twin of 0001.png: not used, and said so
     code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--out", out, "--confidence",
                      "--batch-size", "2"], capsys)
     assert code == 0, io.err
@@ -67,7 +68,8 @@ def test_two_folders_paired_by_name_give_the_segmenters_masks_and_a_summary(tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["fps"] > 0 and summary["batch_size"] == 2
     assert abs(sum(summary["class_pixel_share"].values()) - 1.0) < 1e-6
-    assert "1 RGB images without a modality image" in summary["skipped"][0]
+    assert "1 files in" in summary["skipped"][0] and "0001.tiff; 0001.png was" in summary["skipped"][0]
+    assert "1 RGB images without a modality image" in summary["skipped"][1]
     assert "3 frames from folders" in io.out and "FPS" in io.out and "class pixel share:" in io.out
     assert "left out: 1 RGB images" in io.out
 
@@ -154,6 +156,9 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([str(tmp_path / "a"), "--out", str(tmp_path / "o")])
     assert stop.value.code == 1 and "has no dataset.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a typo pairing every RGB image with itself
+        cli.main([str(tmp_path / "a"), str(tmp_path / "a") + "/", "--out", str(tmp_path / "o")])
+    assert stop.value.code == 1 and "the RGB and the modality path are the same" in capsys.readouterr().err
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link: was "[Errno 17] File exists"
     with pytest.raises(SystemExit) as stop:
         cli.main([str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "gone")])
@@ -209,6 +214,13 @@ def test_a_thermal_model_on_depth_images_is_named_with_the_fix(tmp_path, checkpo
     code, io = _run([rgb_dir, modal_dir, "--checkpoint", checkpoints["thermal"], "--modality", "depth",
                      "--out", tmp_path / "f"], capsys)
     assert code == 0 and "modality 'depth' overrides the checkpoint's 'thermal'" in io.err
+    # and the other way: 8-bit images (thermal, or a depth visualisation) into a depth model, read as 0-255 mm
+    eight = tmp_path / "eight"
+    eight.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(eight / f"{i:04d}.png"), (f.thermal >> 8).astype(np.uint8))
+    code, io = _run([rgb_dir, eight, "--checkpoint", checkpoints["depth"], "--out", tmp_path / "e"], capsys)
+    assert code == 0 and "they are 8-bit, which a depth model reads as 0-255 mm" in io.err
 
 
 def test_ctrl_c_leaves_a_folder_that_says_it_is_incomplete(tmp_path, checkpoints):
@@ -261,3 +273,46 @@ def test_a_truncated_video_and_options_that_do_not_apply_are_said(tmp_path, chec
     code, io = _run([tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--max-depth",
                      "10", "--out", tmp_path / "m"], capsys)
     assert code == 0 and "depth max range 10.0 is ignored: the modality is thermal" in io.err
+
+
+def test_depth_units_read_nyu_depth_as_its_metres(tmp_path):
+    """Issue 21 attack (second pass), real data in a real process: NYU Depth V2's depth PNG counts 0.1 mm (1.8-3.6 m);
+    sigma-predict read it as millimetres (18-36 m, within the bundled model's 40 m: no word) and had no option for
+    its units, as the node (depth.units) and datasets (depth_units) have. With --depth-units 0.1mm the masks are
+    those of the same depth given in metres."""
+    import subprocess
+    import sys
+
+    from reference_data import realdata_file
+
+    rgb, depth = realdata_file("rgbd/nyuv2/0001/rgb.png"), realdata_file("rgbd/nyuv2/0001/depth_0.1mm.png")
+    metres = tmp_path / "depth_m.tiff"
+    raw = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(metres), (raw.astype(np.float64) * 1e-4).astype(np.float32))
+
+    def masks(modal, out, *extra):
+        run = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(rgb), str(modal), "--modality",
+                              "depth", "--out", str(tmp_path / out), "--no-progress", "--no-overlay", "--no-color",
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return next((tmp_path / out).rglob("*.png")), run.stderr
+
+    converted, said = masks(depth, "units", "--depth-units", "0.1mm")
+    assert "(depth in 0.1mm)" in said
+    assert np.array_equal(_read_mask(converted), _read_mask(masks(metres, "metres")[0]))
+    assert not np.array_equal(_read_mask(converted), _read_mask(masks(depth, "as_mm")[0]))  # the units matter
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(rgb), str(depth),
+                          "--out", str(tmp_path / "bad"), "--depth-units", "inches"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0 and "depth_units must be one of mm, 0.1mm" in run.stderr.strip().splitlines()[-1]
+
+
+def test_a_modality_of_another_size_is_resized_and_said(tmp_path, checkpoints, capsys):
+    frame = _frames(1, seed=31)[0]
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "t.png"), cv2.resize(frame.thermal, (W // 2, H // 2)))  # same aspect, half size
+    code, io = _run([tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--out",
+                     tmp_path / "o"], capsys)
+    assert code == 0, io.err
+    assert "note: 1 of 1 pairs had a modality image of another size than the RGB image: resized" in io.out
+    assert _read_mask(tmp_path / "o" / "mask" / "a.png").shape == (H, W)

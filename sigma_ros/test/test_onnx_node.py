@@ -180,3 +180,35 @@ def test_replay_evaluation_of_an_exported_model_without_torch(exported):
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert summary["frames"] == FRAMES, summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_runs_a_depth_onnx_file_without_torch(exported, tmp_path):
+    """The demo (`--modality depth`: 16UC1 bag, CameraInfo, the node's depth path) with an .onnx file, demo and node
+    both in processes where `import torch` fails: they imported it for the synthetic recording, the evaluator's
+    confusion counts and torch.device (ImportError traceback before anything ran). The file is the module's export
+    with its metadata made a depth model's (the weights do not know their modality)."""
+    import onnx
+
+    from sigma_core.onnx_runtime import KEY_PREFIX
+
+    root, _, onnx_file = exported
+    model = onnx.load(str(onnx_file))
+    for entry in model.metadata_props:
+        if entry.key == KEY_PREFIX + "modality":
+            entry.value = json.dumps({"modality": "depth", "range": None, "max_range": 8.0})
+    depth_file = tmp_path / "depth.onnx"
+    onnx.save(model, str(depth_file))
+    out = tmp_path / "demo"
+    env = dict(os.environ, PYTHONPATH=blocking(tmp_path, "torch"), OMP_NUM_THREADS="1",
+               ROS_DOMAIN_ID=str(DOMAIN_ID + 1))
+    run = subprocess.run([sys.executable, "-m", "sigma_ros.replay.demo", "--modality", "depth", "--seconds", "2",
+                          "--size", "48", "60", "--output", str(out), "--device", "cpu", "--checkpoint",
+                          str(depth_file)], env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    node_log = (out / "node.log").read_text()
+    assert "ONNX Runtime" in node_log and "Traceback" not in node_log + run.stderr, node_log
+    assert f"warming up at {H}x{W}" in node_log  # the file's fixed size, not the demo's 48x60 bag
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"]["modality"] == "depth" and summary["frames"] >= 1, summary

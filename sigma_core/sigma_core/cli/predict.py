@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0..1 (default: the checkpoint's)")
     p.add_argument("--max-depth", type=float, default=None, help="depth in metres mapped to 1 (default: the "
                                                                  "checkpoint's)")
+    p.add_argument("--depth-units", default=None, metavar="UNITS",
+                   help="what integer depth images count in: mm (REP 118, the default), 0.1mm (NYU Depth V2), 0.2mm "
+                        "(TUM), sunrgbd (or nyu, tum, redwood); converted to metres before the model's scaling")
     p.add_argument("--calibration", default=None,
                    help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
                         "registers the modality into the RGB view as the node does with "
@@ -79,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0.0 <= args.overlay_alpha <= 1.0:
         parser.error(f"--overlay-alpha must be within 0..1, got {args.overlay_alpha}")
     from ..data.errors import DataError
-    from ..data.frame_sources import open_pairs
+    from ..data.frame_sources import open_pairs, with_depth_units
     from ..data.registration import DEFAULT_DISTANCE_M
     from ..engine.predict import PredictOptions, check_output_folder, predict, summary_lines
     from ..segmentation_step import load_registration, load_segmenter
@@ -93,6 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_output_folder(args.out)  # before loading anything
         pairs = open_pairs(args.rgb, args.modal, split=args.split, preset=args.preset)
+        if args.depth_units is not None:
+            pairs = with_depth_units(pairs, args.depth_units)
         seg = load_segmenter(args.checkpoint or None, args.device, args.precision, dataset=args.dataset,
                              modality=args.modality,
                              thermal_range=tuple(args.thermal_range) if args.thermal_range else None,

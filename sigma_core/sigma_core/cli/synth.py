@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="what", metavar="{dataset,bag,target,describe}")
     shows_defaults = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=0, help="world seed (the same seed writes the same files)")
     common.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(120, 160), help="image size")
     common.add_argument("--modality", choices=("thermal", "depth"), default="thermal")
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(720, 1280), help="RGB image size")
     tb.add_argument("--views", type=int, default=16, help="target poses (default 16)")
     tb.add_argument("--pattern", choices=("chessboard", "circles"), default="chessboard")
-    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--seed", type=int, default=0, help="seed of the target poses and noise")
     tb.add_argument("--invisible-in-thermal", action="store_true",
                     help="the target at ambient temperature: never found in thermal")
 

@@ -9,7 +9,7 @@ video's tail), so the caller can say so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from .dataset import DATASET_YAML, IMAGE_EXTS, RGBXDataset, read_image
 from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels
+from .modality import depth_to_metres, depth_units_key
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -81,11 +82,21 @@ def _read_pair(name: str, rgb: Path, modal: Path, read_modal: Callable[[], np.nd
         return FramePair(name, None, "", None, problem=str(e))
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+def _image_files(folder: Path, skipped: Optional[list[str]] = None) -> dict[str, Path]:
+    """Image files by name without extension; a second file of the same name (0001.jpg beside 0001.png) is left
+    out, and said in ``skipped``."""
     files: dict[str, Path] = {}
+    twins: list[Path] = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            files.setdefault(p.stem, p)
+            if p.stem in files:
+                twins.append(p)
+            else:
+                files[p.stem] = p
+    if twins and skipped is not None:
+        skipped.append(f"{len(twins)} files in {folder} share their name with another and were not used (e.g. "
+                       f"{twins[0].name}; {files[twins[0].stem].name} was): pairs are matched by name without "
+                       "extension")
     return files
 
 
@@ -98,9 +109,9 @@ def image_pair(rgb: Path, modal: Path) -> PairSource:
 
 def folder_pairs(rgb_dir: Path, modal_dir: Path) -> PairSource:
     """Two folders, paired by file name without extension (``0001.jpg`` with ``0001.png``)."""
-    rgbs, modals = _image_files(rgb_dir), _image_files(modal_dir)
+    skipped: list[str] = []
+    rgbs, modals = _image_files(rgb_dir, skipped), _image_files(modal_dir, skipped)
     names = [n for n in rgbs if n in modals]
-    skipped = []
     if len(rgbs) > len(names):
         skipped.append(f"{len(rgbs) - len(names)} RGB images without a modality image of the same name in "
                        f"{modal_dir} (e.g. {next(n for n in rgbs if n not in modals)})")
@@ -143,8 +154,26 @@ def dataset_pairs(root: Path, split: Optional[str], preset: Optional[str]) -> Pa
             rgb_path, modal_path, _ = ds.paths(i)
             yield _read_pair(ds.names[i], rgb_path, modal_path, lambda i=i: ds.raw_modal(i))
 
-    return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames,
-                      modal_path=str(root / ds.spec.modal_dir))
+    # no modal_path: a benchmark's folder name (NYU's Depth/) says depth for 8-bit images its checkpoints read
+    # with a 0..255 scaling; the files' encoding still speaks for itself
+    return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames)
+
+
+def with_depth_units(source: PairSource, units: str) -> PairSource:
+    """``source`` with its integer depth images converted from ``units`` (see
+    :func:`~sigma_core.data.modality.depth_to_metres`: "mm", "0.1mm" for NYU Depth V2, "0.2mm" for TUM, ...) to
+    float32 metres, as a dataset's ``depth_units`` and the node's ``depth.units`` do; float depth (metres already)
+    passes unchanged. ValueError listing the units for an unknown one."""
+    key = depth_units_key(units)
+
+    def frames() -> Iterator[FramePair]:
+        for pair in source.frames():
+            if pair.modal is not None and pair.modal.dtype.kind in "ui":
+                depth = pair.modal[..., 0] if pair.modal.ndim == 3 else pair.modal
+                pair = replace(pair, modal=depth_to_metres(depth, key))
+            yield pair
+
+    return replace(source, description=f"{source.description} (depth in {key})", frames=frames)
 
 
 def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
@@ -176,13 +205,13 @@ def video_pairs(rgb: Path, modal: Path) -> PairSource:
     """An RGB video with a modality video (frame i with frame i) or a modality image folder (its images in name
     order). A video's modality is 8-bit: a colour-mapped modality video is read through its first channel."""
     rgb_count, _ = _video_frames(rgb)
+    skipped: list[str] = []
     if modal.is_dir():
-        modal_files = list(_image_files(modal).values())
+        modal_files = list(_image_files(modal, skipped).values())
         modal_count = len(modal_files)
     else:
         modal_count, _ = _video_frames(modal)
     count = min(rgb_count, modal_count)
-    skipped = []
     if rgb_count != modal_count:
         longer = rgb if rgb_count > modal_count else modal
         skipped.append(f"the last {abs(rgb_count - modal_count)} frames of {longer} ({rgb_count} RGB frames, "
@@ -233,6 +262,9 @@ def open_pairs(rgb: Path, modal: Optional[Path], split: Optional[str] = None,
         if not (is_video(modal) or modal.is_dir()):
             raise ValueError(f"{rgb} is a video: the modality must be a video or an image folder, got {modal}")
         return video_pairs(rgb, modal)
+    if rgb.resolve() == modal.resolve():  # a typo: every RGB image would be paired with itself as the modality
+        raise ValueError(f"the RGB and the modality path are the same ({rgb}): give the modality's own image, "
+                         "folder or video")
     if rgb.is_dir() and modal.is_dir():
         return folder_pairs(rgb, modal)
     if rgb.is_file() and modal.is_file():

@@ -222,8 +222,8 @@ def compressed_size(data: Any) -> tuple[str, int, int]:
                              "decoding (every progressive scan passes over the whole image: a few bytes each, "
                              "seconds in all; a hostile or corrupt file)")
         return ("jpeg", *_jpeg_size(raw))
-    if raw[:4] in (b"II*\0", b"MM\0*"):
-        return ("tiff", *_tiff_size(raw))
+    if raw[:4] in (b"II*\0", b"MM\0*"):  # writers (OpenCV, libtiff) put the directory after the image data
+        return ("tiff", *_tiff_size(memoryview(np.ascontiguousarray(_as_byte_array(data)))))
     raise ValueError(f"data starting with {raw[:8]!r} is not PNG, JPEG or TIFF")
 
 
@@ -284,7 +284,7 @@ def _jpeg_size(raw: bytes) -> tuple[int, int]:
 _TIFF_MAX_BITS_PER_PIXEL = 32  # the widest pixel we use: bgra8 or 32FC1 depth (4 bytes)
 
 
-def _tiff_size(raw: bytes) -> tuple[int, int]:
+def _tiff_size(raw: memoryview) -> tuple[int, int]:
     """(width, height) from the first image directory of a classic TIFF (tags 256 ImageWidth, 257 ImageLength).
 
     The pixel's width (tags 277 SamplesPerPixel x 258 BitsPerSample) is checked too: OpenCV decodes 4 samples of
@@ -306,8 +306,7 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
                     at = value
                 tags[tag] = value if kind == 4 and values == 1 else struct.unpack(order + "H", raw[at:at + 2])[0]
     except struct.error:
-        raise ValueError("TIFF data ends inside its first image directory: corrupt, or its directory lies beyond "
-                         "the first 64 KiB") from None
+        raise ValueError("TIFF data ends inside its first image directory: corrupt or truncated") from None
     if 256 not in tags or 257 not in tags:
         raise ValueError("TIFF data names no image width/length in its first directory: corrupt")
     samples, bits = tags.get(277, 1), tags.get(258, 1)

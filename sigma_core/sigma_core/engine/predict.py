@@ -122,10 +122,21 @@ def _refused(segmenter: Any, pair: FramePair, registration: Optional[Registratio
         return []
 
 
-def _looks_like_depth(pairs: PairSource, pair: FramePair, segmenter: Any) -> Optional[str]:
-    """The note for a thermal model fed depth images (a range cannot fix that), or None."""
-    if segmenter.scaling.modality != "thermal":
-        return None
+def _modality_mismatch(pairs: PairSource, pair: FramePair, segmenter: Any) -> Optional[str]:
+    """The note for a thermal model fed depth images (a range cannot fix that), or a depth model fed 8-bit images
+    or a path saying thermal; None when the images fit the model."""
+    if segmenter.scaling.modality == "depth":
+        reasons = []
+        if pair.modal.dtype == np.uint8:
+            reasons.append("they are 8-bit, which a depth model reads as 0-255 mm (depth images are 16-bit "
+                           "millimetres or 32-bit float metres; 8-bit ones are thermal or a depth visualisation)")
+        if any(word in pairs.modal_path.lower() for word in ("thermal", "lwir", "flir", "infrared")):
+            reasons.append(f"the path {pairs.modal_path} says thermal")
+        if not reasons:
+            return None
+        return (f"the modality images may not be depth ({'; '.join(reasons)}) but {segmenter.model_name} is a "
+                "depth model: --modality thermal (the bundled thermal model) or --checkpoint <a thermal "
+                "checkpoint>, or 16-bit millimetre depth files")
     encoding = {np.dtype(np.uint16): "16UC1", np.dtype(np.float32): "32FC1"}.get(pair.modal.dtype, "")
     reasons = depth_stream_evidence(pairs.modal_path, encoding, pair.modal, False, named="the path")
     if not reasons:
@@ -159,6 +170,7 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
     table = lookup_palette(np.asarray(segmenter.palette, np.uint8))
     pixels = np.zeros(segmenter.num_classes, np.int64)
     frames, model_s, names, notes, left_out, unreadable, seen = 0, 0.0, [], [], [], 0, 0
+    resized = 0
     skipped = list(pairs.skipped)  # what the source left out, and frames a truncated video never delivered
     warmup_s = 0.0
     started = time.perf_counter()
@@ -216,14 +228,16 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
                 warm = time.perf_counter()
                 segmenter.warmup(segmenter.input_size or readable[0].rgb.shape[:2])
                 warmup_s = time.perf_counter() - warm
-                depth_note = _looks_like_depth(pairs, readable[0], segmenter)
-                if depth_note:
-                    note(depth_note)
+                mismatch = _modality_mismatch(pairs, readable[0], segmenter)
+                if mismatch:
+                    note(mismatch)
             for pair, result in _segment_each(segmenter, readable, options.registration, left_out):
                 names.append(pair.name)  # before its files: an interruption between the two is reconciled below
                 _write(out, pair.name, result, options.outputs, table, options.overlay_alpha)
                 pixels += result.counts.pixel_count
                 model_s += result.inference_ms / 1e3
+                if result.modal_resized:
+                    resized += 1
                 if result.aspect_warning:  # two cameras without --calibration: said once, in the summary
                     note(result.aspect_warning.replace("registration.mode (rig or homography) with "
                                                        "registration.calibration_file", "--calibration"))
@@ -238,6 +252,9 @@ def predict(pairs: PairSource, segmenter: Any, options: PredictOptions, checkpoi
         summary(False, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise
     bar.close()
+    if resized:  # as the node says it: the model saw a resampled modality
+        note(f"{resized} of {len(names)} pairs had a modality image of another size than the RGB image: resized to "
+             f"it ({'nearest' if segmenter.scaling.modality == 'depth' else 'bilinear'})")
     if seen < len(pairs):  # a video whose header promises more frames than its data holds (truncated, damaged)
         skipped.append(f"{len(pairs) - seen} of the {len(pairs)} pairs {pairs.description} declared: the source "
                         f"ended after {seen} (a truncated or damaged video)")

@@ -81,13 +81,16 @@ from .parameters import (
     DUMPED_UNSET,
     MAX_IMAGE_SIDE,
     PARAMETERS,
+    START_OPTIONS,
     ConfigError,
     NodeConfig,
     ParameterSpec,
     RuntimeParameters,
     check_known,
     check_palette_fits,
+    check_qos_overrides,
     describe_parameters,
+    diagnostics_period_given,
     parse_node_config,
     parse_start_options,
 )
@@ -106,14 +109,17 @@ LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modali
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+def parameter_descriptor(name: str, spec: ParameterSpec, managed: bool = False) -> ParameterDescriptor:
     """The ROS descriptor of one of our parameters: what ``ros2 param describe`` shows, and the range ROS enforces.
 
     Dynamic typing, so that a YAML ``1`` where ``1.0`` was meant is accepted (our parser converts it); ROS
     then checks a range only against a value of the range's own type, and our parser checks every value.
+    Read only unless changeable at run time, or (a ``managed`` node) while unconfigured.
     """
-    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraint,
-                                     dynamic_typing=True, read_only=not spec.runtime)
+    while_unconfigured = managed and not spec.runtime and name not in START_OPTIONS
+    constraint = spec.constraint + ("; set only while unconfigured (read at configure)" if while_unconfigured else "")
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=constraint,
+                                     dynamic_typing=True, read_only=not spec.runtime and not while_unconfigured)
     if spec.bounds is not None:
         low, high = spec.bounds
         if isinstance(low, int) and isinstance(high, int):
@@ -180,13 +186,23 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
         overrides = getattr(self, "_parameter_overrides", {})
         check_known(overrides)
+        inputs = [self.resolve_topic_name(t) for t in ("rgb/image", "modal/image", *CAMERA_INFO_TOPICS)]
+        check_qos_overrides(overrides, [*inputs, *(f"{t}/{suffix}" for t in inputs[:2]
+                                                   for suffix in ("compressed", "compressedDepth"))],
+                            self.resolve_topic_name("segmentation") + "/")
+        # Given as diagnostic_updater.period alone, the period is diagnostics.period_s's value too (one setting).
+        period = diagnostics_period_given({name: p.value for name, p in overrides.items()})
+        managed = PARAMETERS["lifecycle"].parse("lifecycle", overrides["lifecycle"].value) \
+            if "lifecycle" in overrides else PARAMETERS["lifecycle"].default
         for name, spec in PARAMETERS.items():
             # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
             # such a parameter stays unset, so that a dump of this node dumps the same again.
             override = overrides.get(name)
             dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
+            default = period if name == "diagnostics.period_s" and period is not None else spec.default
             try:
-                self.declare_parameter(name, spec.default, parameter_descriptor(spec), ignore_override=dumped_unset)
+                self.declare_parameter(name, default, parameter_descriptor(name, spec, managed),
+                                       ignore_override=dumped_unset)
             except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
                 spec.parse(name, overrides[name].value)
                 raise ConfigError(f"parameter {name}: {e}") from None
@@ -196,7 +212,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.managed, period = parse_start_options(self._declare_parameters())
         # The configuration lives in self.runtime (self.cfg; None until configured): runtime parameter
         # changes replace it whole.
-        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change)
+        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change,
+                                         managed=self.managed)
         self.seg: Any = None
         self.state = "unconfigured"
         self._configure_error: Optional[str] = None
@@ -603,7 +620,21 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return (f"{'; '.join(found)}, but input.qos is reliable: a reliable subscription never receives from a "
                 "best-effort publisher (incompatible QoS); set input.qos:=sensor_data")
 
+    def _check_unique_name(self) -> None:
+        """Report another node of this node's name in the graph: its parameter and lifecycle services and its
+        /diagnostics status cannot be told apart from this one's (ROS 2 lets both run, and says nothing)."""
+        name, namespace = self.get_name(), self.get_namespace()
+        same = sum(1 for n, ns in self.get_node_names_and_namespaces() if (n, ns) == (name, namespace))
+        if same > 1:
+            self.problems.report(
+                "duplicate_name",
+                f"{same} nodes named {self.get_fully_qualified_name()} run in this ROS domain: ros2 param, ros2 "
+                "lifecycle and /diagnostics cannot tell them apart; give each its own namespace (launch argument "
+                "namespace:=...) or stop the other one",
+            )
+
     def _health_report(self) -> HealthReport:
+        self._check_unique_name()  # once per report, in every lifecycle state
         info = [("state", self.state)]
         if self.seg is not None:
             info += [("registration", self.cfg.registration_mode),

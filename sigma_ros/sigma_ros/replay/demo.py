@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -275,6 +276,7 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
             evaluator.destroy_node()
         rclpy.try_shutdown()
 
+    summary.notes += [f"the node warned: {w}" for w in node_warnings(node_log)]  # a normal run has none
     summary.source.update({"bag": str(bag_path), "checkpoint": str(checkpoint), "device": device,
                            "rate": args.rate, "seconds": args.seconds, "seed": args.seed, "night": args.night,
                            "modality": args.modality})
@@ -292,6 +294,20 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
     if unknown_masks:
         raise DemoError(f"{unknown_masks} masks came back with the stamp of no replayed RGB frame")
     return 0
+
+
+_NODE_WARNING = re.compile(r"^\[(?:WARN|ERROR)\] \[[^\]]*\] \[[^\]]*\]: (.*)$")
+
+
+def node_warnings(log: Path, limit: int = 5) -> list[str]:
+    """The distinct warnings and errors in a node log (rclpy's console format), first ``limit``, in order: a
+    thermal checkpoint run with --modality depth is said in the node's log, and the demo's report must say it."""
+    found: list[str] = []
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        match = _NODE_WARNING.match(line.strip())
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found[:limit]
 
 
 def _spin(executor, stop: threading.Event) -> None:

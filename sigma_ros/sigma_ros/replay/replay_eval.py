@@ -45,9 +45,11 @@ from sigma_core.data.bags import (
 )
 from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.labels import label_from_message, read_label_image
+from sigma_core.data.modality import depth_stream_evidence
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
 from sigma_core.model_io import NonFiniteOutputError
+from sigma_core.segmentation_step import bundled_checkpoint
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 
@@ -234,6 +236,16 @@ def _iter_bag(opts: ReplayOptions, partial: Optional[list[str]] = None) -> Itera
             yield in_bag[conn.topic], log_ns, msg
 
 
+def _depth_on_thermal_note(topic: str, encoding: str, raw: np.ndarray, segmenter: Any) -> str:
+    """The node's 'a depth camera into a thermal model' report, for a bag: empty when the stream is not depth."""
+    reasons = depth_stream_evidence(topic, encoding, raw, False)
+    if not reasons:
+        return ""
+    return (f"{topic} looks like a depth camera ({'; '.join(reasons)}) but {segmenter.model_name} is a thermal "
+            f"model, so its masks and scores mean nothing here: replay a depth checkpoint (the bundled depth demo "
+            f"model: --checkpoint {bundled_checkpoint('depth')})")
+
+
 def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = None) -> ReplayResult:
     """Replay ``opts.bag`` through ``segmenter`` (a sigma_core Segmenter); see the module docstring.
 
@@ -308,7 +320,11 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             (rgb_stamp, rgb_log, rgb_msg), (modal_stamp, _, modal_msg) = pair.first, pair.second
             summary.expected_pairs += 1
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
-            modal, _ = message_to_array(modal_msg)
+            modal, modal_enc = message_to_array(modal_msg)
+            if summary.expected_pairs == 1 and segmenter.scaling.modality == "thermal":
+                depth_note = _depth_on_thermal_note(opts.modal_topic, modal_enc, modal, segmenter)
+                if depth_note:
+                    summary.notes.append(depth_note)
             try:
                 # what the node runs, registration and resizing included
                 frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal, registration=opts.registration)
