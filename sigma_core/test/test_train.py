@@ -216,6 +216,22 @@ def test_resume_with_a_config_yaml_of_another_model_blames_the_config_not_an_ove
         train(load_config(None, str(run), ["schedule.epochs=2"]))
 
 
+def test_resume_onto_a_dataset_of_another_modality_is_refused(synth, tmp_path):
+    """Issue 22 attack: data.root (safe on resume: a moved dataset) pointed at a depth dataset of the same size
+    trained the thermal run's model on depth without a word."""
+    from sigma_core.cli.train import load_config
+
+    run = tmp_path / "run"
+    train(tiny_config(synth, run, "schedule.epochs=1", "schedule.warmup_epochs=1", "data.limit=8",
+                      "train.eval_every=0"))
+    depth = write_dataset(tmp_path / "depth", n=64, seed=3, size=(32, 48), modality="depth")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ValueError, match=r"epoch_0001.pt was trained on other data than data.root=.*depth: it is a "
+                                         r"thermal model, the data is depth\. .*model.init="):
+        train(load_config(None, str(run), ["schedule.epochs=2", f"data.root={depth}"]))
+    assert sorted(p.name for p in run.iterdir()) == before  # refused before anything was written
+
+
 def test_torchrun_two_processes_gloo(synth, tmp_path):
     run = tmp_path / "ddp"
     args = [*TINY, f"data.root={synth}", f"train.out_dir={run}", "schedule.epochs=1", "schedule.warmup_epochs=0",
