@@ -20,7 +20,13 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
+from sigma_ros.launch_arguments import (
+    BOOLEAN_CHOICES,
+    is_true,
+    node_name,
+    refuse_params_file_of_other_nodes,
+    refuse_unknown_arguments,
+)
 from sigma_ros.node.parameters import INPUT_QOS_NAMES, MODALITIES, PRECISIONS, REGISTRATION_MODES, TRANSPORTS
 from sigma_ros.package_files import fastdds_profile_env, share_file
 from sigma_ros.stop_signals import launch_env
@@ -48,6 +54,7 @@ def _sigma_node(context):
     if not Path(params_file).expanduser().is_file():  # launch_ros would warn and start the node without it
         raise RuntimeError(f"launch argument params_file: {params_file!r} is not a file; give a parameters YAML "
                            "(e.g. a copy of the shipped config/sigma.yaml, or a `ros2 param dump`)")
+    refuse_params_file_of_other_nodes(params_file, node_name(context, arg("namespace"), "sigma_segmentation"))
     overrides = {"use_sim_time": is_true(arg("use_sim_time"))}
     for argument, (parameter, _, _) in NODE_PARAMETERS.items():
         value = arg(argument)

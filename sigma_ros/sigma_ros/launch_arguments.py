@@ -51,3 +51,30 @@ def refuse_unknown_arguments(context: Any, launch_file: str, declared: Iterable[
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise RuntimeError(f"{launch_file} has no launch argument {name!r}: {hint}its arguments are "
                            f"{', '.join(declared)} (ros2 launch sigma_ros {launch_file} --show-args)")
+
+
+def node_name(context: Any, namespace: str, name: str) -> str:
+    """The fully qualified name launch_ros gives a node ``name`` in ``namespace``: a relative namespace goes under
+    the namespace a including launch file pushed (PushRosNamespace)."""
+    pushed = "" if namespace.startswith("/") else context.launch_configurations.get("ros_namespace", "")
+    parts = [part.strip("/") for part in (pushed, namespace, name) if part.strip("/")]
+    return "/" + "/".join(parts)
+
+
+def refuse_params_file_of_other_nodes(path: str, node: str) -> None:
+    """RuntimeError when every section of the parameters YAML at ``path`` names a node other than ``node`` (fully
+    qualified) literally, e.g. a ``ros2 param dump`` of the node under another namespace: rcl applies none of the
+    file's values then, without a word (the node would run on defaults, even another model). Sections with
+    wildcards (``/**``) may apply; an unreadable file is left to the node to report."""
+    import yaml
+
+    try:
+        sections = [str(key) for key in (yaml.safe_load(Path(path).read_text()) or {})]
+    except (OSError, yaml.YAMLError, TypeError):
+        return
+    if not sections or any("*" in key or key.strip("/") in (node.strip("/"), node.rsplit("/", 1)[-1])
+                           for key in sections):
+        return
+    raise RuntimeError(f"params_file {path}: its sections ({', '.join(sections)}) are for other nodes than {node}, "
+                       f"so the node would start without any of its values: key it {node} or /** (any node), or "
+                       "launch with the namespace it was written for")

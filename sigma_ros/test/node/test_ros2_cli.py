@@ -101,6 +101,18 @@ def test_a_launch_argument_typo_is_refused_before_the_node_starts(env, arguments
     assert run.returncode == 1 and said in out and "process started" not in out, out
 
 
+def test_a_params_file_for_another_node_is_refused(env, tmp_path):
+    """A dump of the node under namespace front, launched without it: rcl applied none of its values (another
+    checkpoint, the bundled model, ran) without a word."""
+    params = tmp_path / "dump.yaml"
+    params.write_text(yaml.safe_dump({"/front/sigma_segmentation": {"ros__parameters": {"sync": {"slop": 0.1}}}}))
+    run = subprocess.run(["ros2", "launch", "sigma_ros", "sigma.launch.py", f"params_file:={params}"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and "are for other nodes than /sigma_segmentation" in out, out
+    assert "process started" not in out, out
+
+
 @pytest.mark.parametrize("parameters, said", [
     ({"qos_overrides": {"/segmentation/mask": {"publisher": {"reliability": "best_effort"}}}},
      "parameter qos_overrides./segmentation/mask.publisher.reliability would be ignored"),
