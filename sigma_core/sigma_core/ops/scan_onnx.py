@@ -38,18 +38,23 @@ OP_TYPE = "ScanRecurrence"
 
 
 @torch.library.custom_op("sigma::scan_recurrence", mutates_args=())
-def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                    C: torch.Tensor) -> torch.Tensor:
-    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, y_t = <C_t, h_t>; float32 in and out.
+def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool) -> torch.Tensor:
+    """The selective scan, float32 in and out: dt = softplus(delta + delta_bias) (or delta + delta_bias),
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = <C_t, h_t> + D u_t.
 
-    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L). Returns (batch, D, L). Eagerly it runs
-    the chunked formulation in torch (the same arithmetic as the ONNX nodes, for tests and checks).
+    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L); D, delta_bias: (D,). Returns (batch, D, L).
+    Eagerly it runs the recurrence in torch in chunks of CHUNK steps (for tests and checks); in the file it
+    is recurrence_nodes, which do the bias, softplus and skip inside the Scan, on chunks in the cache.
     """
     batch, dim, length = u.shape
     groups, n = B.shape[1], B.shape[2]
     per_group = dim // groups
     chunks = -(-length // CHUNK)
     pad = chunks * CHUNK - length
+    delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = softplus(delta)
 
     def time_major(t: torch.Tensor) -> torch.Tensor:  # (batch, X.., L) -> (chunks, CHUNK, batch, X..)
         t = torch.nn.functional.pad(t, (0, pad)).unflatten(-1, (chunks, CHUNK))
@@ -69,11 +74,12 @@ def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             h = decay[step:step + 1] * h + inject[step:step + 1]
             states.append(h)
         ys.append((torch.cat(states) * ct[c]).sum(1))  # (T, b, G, D/G)
-    return torch.cat(ys).flatten(2).permute(1, 2, 0)[..., :length].contiguous()
+    y = torch.cat(ys).flatten(2).permute(1, 2, 0)[..., :length]
+    return (y + u * D[:, None]).contiguous()
 
 
 @scan_recurrence.register_fake
-def _(u, delta, A, B, C):
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return torch.empty_like(u)
 
 
@@ -96,14 +102,9 @@ def selective_scan_onnx(
 
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = softplus(delta)
-    y = scan_recurrence(u, delta, A, B.contiguous(), C.contiguous())
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    return y
+    D = u.new_zeros(u.shape[1]) if D is None else D.float()
+    delta_bias = u.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.float()
+    return scan_recurrence(u, delta, A, B.contiguous(), C.contiguous(), D, delta_bias, delta_softplus)
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +125,8 @@ def onnx_translation():
     _register_placeholder_schema()
     recurrence = values.Op(values.Opset(DOMAIN, 1), OP_TYPE)  # a placeholder that expand_scan_nodes replaces
 
-    def translate(u, delta, A, B, C):
-        return recurrence(u, delta, A, B, C)
+    def translate(u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return recurrence(u, delta, A, B, C, D, delta_bias, softplus=int(delta_softplus))
 
     return {torch.ops.sigma.scan_recurrence.default: translate}
 
@@ -140,15 +141,18 @@ def _register_placeholder_schema() -> None:
         return
     except onnx.defs.SchemaError:
         pass
-    tensor = [OpSchema.FormalParameter(n, "T") for n in ("u", "delta", "A", "B", "C")]
+    tensor = [OpSchema.FormalParameter(n, "T") for n in ("u", "delta", "A", "B", "C", "D", "delta_bias")]
     onnx.defs.register_schema(OpSchema(
         OP_TYPE, DOMAIN, 1, inputs=tensor, outputs=[OpSchema.FormalParameter("y", "T")],
         type_constraints=[("T", ["tensor(float)"], "float32")],
+        attributes=[OpSchema.Attribute("softplus", OpSchema.AttrType.INT, "1: dt = softplus(delta + delta_bias)")],
         doc="selective-scan recurrence; sigma_core.ops.scan_onnx.expand_scan_nodes replaces it by standard ops"))
 
 
-def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y: str, steps: int = STEPS):
-    """The ONNX nodes (opset >= 18) computing ``y`` = scan_recurrence(u, delta, A, B, C) by name.
+def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str, y: str,
+                     softplus: bool = True, steps: int = STEPS):
+    """The ONNX nodes (opset >= 18) computing ``y`` = scan_recurrence(u, delta, A, B, C, D, delta_bias, softplus)
+    by name.
 
     One Scan iteration covers ``steps`` steps (see _chunk_body). Names made here start
     with ``prefix``. Returns a list of NodeProto, the Scan's body included.
@@ -205,34 +209,44 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y:
         padded = pad_if_needed(moved, pads)
         return one("Reshape", [padded, one("Concat", chunked + inner, "chunked_shape", axis=0)])
 
-    dt_c = time_major(delta, 3, [one_const, per_group])  # (c, T, b, G, 1, D/G)
-    du_c = time_major(one("Mul", [delta, u], "du"), 3, [one_const, per_group])
+    u_c = time_major(u, 3, [one_const, per_group])  # (c, T, b, G, 1, D/G)
+    delta_c = time_major(delta, 3, [one_const, per_group])
     b_c, c_c = time_major(B, 4, [states, one_const]), time_major(C, 4, [states, one_const])  # (c, T, b, G, N, 1)
     a_shape = one("Concat", [groups, per_group, states], "a_shape", axis=0)
-    a_c = one("Transpose", [one("Reshape", [A, a_shape])], perm=[0, 2, 1])  # (G, N, D/G)
+    per_channel = one("Concat", [groups, one_const, per_group], "per_channel_shape", axis=0)
+    outer = {  # read by the Scan body from this graph
+        "a": one("Transpose", [one("Reshape", [A, a_shape])], "a", perm=[0, 2, 1]),  # (G, N, D/G)
+        "skip": one("Reshape", [D, per_channel], "skip"),  # (G, 1, D/G)
+        "bias": one("Reshape", [delta_bias, per_channel], "bias"),
+        "threshold": one("Constant", [], "threshold", value=helper.make_tensor(name("v"), TensorProto.FLOAT, [], [20.0])),
+        "one": one("Constant", [], "one_f", value=helper.make_tensor(name("v"), TensorProto.FLOAT, [], [1.0])),
+        "axis": const([3], "state_axis"),
+    }
     h_shape = one("Concat", [const([1]), batch, groups, states, per_group], "h_shape", axis=0)
     h0 = one("ConstantOfShape", [h_shape], "h0", value=helper.make_tensor(name("zero"), TensorProto.FLOAT, [1], [0.0]))
 
-    body = _chunk_body(prefix + "body_", steps)
-    _, _, ys = node("Scan", [h0, a_c, dt_c, du_c, b_c, c_c], "scan", 3, body=body, num_scan_inputs=4)
-    # ys: (c, T, b, G, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
+    body = _chunk_body(prefix + "body_", steps, outer, softplus)
+    _, ys = node("Scan", [h0, u_c, delta_c, b_c, c_c], "scan", 2, body=body, num_scan_inputs=4)
+    # ys: (c, T, b, G, 1, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
     flat = one("Reshape", [ys, one("Concat", [const([-1]), batch, channels], "ys_shape", axis=0)])
     first = one("Slice", [flat, const([0]), length, const([0])])
     nodes.append(helper.make_node("Transpose", [first], [y], name=name("n_Transpose"), perm=[1, 2, 0]))
     return nodes
 
 
-def _chunk_body(prefix: str, steps: int):
-    """The Scan body: state (h, A) and one chunk of T = ``steps`` steps -> (h, A), y.
+def _chunk_body(prefix: str, steps: int, outer: dict[str, str], softplus: bool):
+    """The Scan body: state h and one chunk of T = ``steps`` steps -> h, y.
 
-    Few ops per iteration (runtimes pay per op): decay and inject for the whole chunk, the T steps in turn
-    (h_t = decay_t h_{t-1} + inject_t), y_t = sum_n C_t h_t for the whole chunk. Inputs per iteration:
-    dt, du (T, b, G, 1, D/G); B, C (T, b, G, N, 1); h (1, b, G, N, D/G); A (G, N, D/G). Output y (T, b, G, D/G).
+    Few ops per iteration (runtimes pay per op), each on a chunk that stays in the cache: dt = softplus(delta
+    + bias), decay and inject for the whole chunk, the T steps in turn (h_t = decay_t h_{t-1} + inject_t),
+    y_t = sum_n C_t h_t + D u_t for the whole chunk. Inputs per iteration: u, delta (T, b, G, 1, D/G); B, C
+    (T, b, G, N, 1); h (1, b, G, N, D/G). From the outer graph (``outer``): A (G, N, D/G), skip D and bias
+    (G, 1, D/G), the constants. Output y (T, b, G, 1, D/G).
     """
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    io = {k: prefix + k for k in ("h", "a", "dt", "du", "b", "c", "h_out", "a_out", "y")}
+    io = {k: prefix + k for k in ("h", "u", "delta", "b", "c", "h_out", "y")}
     nodes = []
     counter = itertools.count()
 
@@ -244,20 +258,21 @@ def _chunk_body(prefix: str, steps: int):
     def split(t: str) -> list[str]:  # (T, ...) -> T x (1, ...)
         return [t] if steps == 1 else one("Split", [t], n_out=steps, axis=0, num_outputs=steps)
 
-    decay = split(one("Exp", [one("Mul", [io["dt"], io["a"]])]))  # T x (1, b, G, N, D/G); exponent <= 0
-    inject = split(one("Mul", [io["du"], io["b"]]))
+    dt = one("Add", [io["delta"], outer["bias"]])
+    if softplus:  # as scan_onnx.softplus: max(x, log(1 + exp(min(x, 20))))
+        capped = one("Exp", [one("Min", [dt, outer["threshold"]])])
+        dt = one("Max", [dt, one("Log", [one("Add", [capped, outer["one"]])])])
+    decay = split(one("Exp", [one("Mul", [dt, outer["a"]])]))  # T x (1, b, G, N, D/G); exponent <= 0
+    inject = split(one("Mul", [one("Mul", [dt, io["u"]]), io["b"]]))
     states = [io["h"]]
     for t in range(steps):
         states.append(one("Add", [one("Mul", [decay[t], states[-1]]), inject[t]]))
     one("Identity", [states[-1]], io["h_out"])
     all_states = states[1] if steps == 1 else one("Concat", states[1:], axis=0)  # (T, b, G, N, D/G)
-    axes = f"{prefix}axes"
-    nodes.append(helper.make_node("Constant", [], [axes], value=helper.make_tensor(axes + "_v", TensorProto.INT64,
-                                                                                 [1], [3])))
-    one("ReduceSum", [one("Mul", [all_states, io["c"]]), axes], io["y"], keepdims=0)
-    one("Identity", [io["a"]], io["a_out"])
-    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "a", "dt", "du", "b", "c")]
-    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "a_out", "y")]
+    read = one("ReduceSum", [one("Mul", [all_states, io["c"]]), outer["axis"]], keepdims=1)  # (T, b, G, 1, D/G)
+    one("Add", [read, one("Mul", [io["u"], outer["skip"]])], io["y"])
+    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "u", "delta", "b", "c")]
+    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "y")]
     return helper.make_graph(nodes, prefix + "graph", inputs, outputs)
 
 
@@ -270,7 +285,8 @@ def expand_scan_nodes(model) -> int:
     out, count = [], 0
     for node in graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
-            out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0]))
+            softplus = next((a.i for a in node.attribute if a.name == "softplus"), 1)
+            out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=bool(softplus)))
             count += 1
         else:
             out.append(node)
