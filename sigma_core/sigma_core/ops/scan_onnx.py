@@ -193,21 +193,20 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     no_pad = one("Equal", [pad, const([0])], "no_pad")
     no_pad_scalar = one("Squeeze", [no_pad, const([0])], "no_pad_scalar")
 
-    def pad_if_needed(t: str, pads: str) -> str:  # Pad copies even when it adds nothing: skip it then
-        same, padded = name("same"), name("padded")
-        keep = helper.make_graph([helper.make_node("Identity", [t], [same])], name("keep"), [],
-                                 [helper.make_tensor_value_info(same, TensorProto.FLOAT, None)])
-        pad_it = helper.make_graph([helper.make_node("Pad", [t, pads], [padded])], name("pad"), [],
-                                   [helper.make_tensor_value_info(padded, TensorProto.FLOAT, None)])
-        return one("If", [no_pad_scalar], "maybe_padded", then_branch=keep, else_branch=pad_it)
-
     def time_major(t: str, rank: int, inner: list[str]) -> str:  # (b, X.., Lp) -> (c, T, b, G, inner..)
         # moving the one time axis outward (then padding the outermost axis) is a plain strided copy at full
-        # speed in ONNX Runtime; general permutations were 10 % of the forward
-        moved = one("Transpose", [t], perm=[rank - 1] + list(range(rank - 1)))
+        # speed in ONNX Runtime; general permutations were 10 % of the forward. Pad copies even when it adds
+        # nothing, so it runs only when needed (the If's branches compute their outputs: no extra copy)
+        perm = [rank - 1] + list(range(rank - 1))
         pads = one("Concat", [const([0] * rank), pad, const([0] * (rank - 1))], "pads", axis=0)
-        padded = pad_if_needed(moved, pads)
-        return one("Reshape", [padded, one("Concat", chunked + inner, "chunked_shape", axis=0)])
+        moved, moved_for_pad, padded = name("moved"), name("moved"), name("padded")
+        keep = helper.make_graph([helper.make_node("Transpose", [t], [moved], perm=perm)], name("keep"), [],
+                                 [helper.make_tensor_value_info(moved, TensorProto.FLOAT, None)])
+        pad_it = helper.make_graph([helper.make_node("Transpose", [t], [moved_for_pad], perm=perm),
+                                    helper.make_node("Pad", [moved_for_pad, pads], [padded])], name("pad"), [],
+                                   [helper.make_tensor_value_info(padded, TensorProto.FLOAT, None)])
+        ready = one("If", [no_pad_scalar], "time_major", then_branch=keep, else_branch=pad_it)
+        return one("Reshape", [ready, one("Concat", chunked + inner, "chunked_shape", axis=0)])
 
     u_c = time_major(u, 3, [one_const, per_group])  # (c, T, b, G, 1, D/G)
     delta_c = time_major(delta, 3, [one_const, per_group])
