@@ -1,16 +1,16 @@
 """The selective scan for export: one opaque torch op while tracing, a chunked ONNX ``Scan`` in the file.
 
 Backend ``"onnx"`` (never chosen by "auto"): ``sigma_core.export`` routes every scan of the network here
-before ``torch.onnx.export``. The delta bias, softplus and D skip are plain torch ops around the core
-recurrence, which is the custom op ``sigma::scan_recurrence``: tracing sees one node per scan (export
+before ``torch.onnx.export``. The whole scan (delta bias, softplus and D skip included) is the custom op
+``sigma::scan_recurrence``: tracing sees one node per scan (export
 stays fast and the graph small), the exporter writes it as ``ai.sigma.ScanRecurrence`` and
 :func:`expand_scan_nodes` replaces each such node with standard ONNX ops built by :func:`recurrence_nodes`,
 so any runtime (ONNX Runtime, OpenVINO, TensorRT) runs the file.
 
 The ONNX formulation (chunked; the graph does not grow with the image and the runtime loops L / 8 times):
 the inputs are made time-major once (each a single-axis Transpose, the cheap kind for runtimes) and cut
-into chunks of STEPS = 8 steps, the end padded with delta = 0 and u = 0 (which keep the state and add
-nothing). One ``Scan`` over the chunks carries the state h; one iteration runs few ops (see _chunk_body):
+into chunks of STEPS = 8 steps, the end padded with zeros (steps after the last: their outputs are
+dropped). One ``Scan`` over the chunks carries the state h; one iteration runs few ops (see _chunk_body):
 
     decay = exp(delta_t * A), inject = delta_t * u_t * B_t     for the whole chunk at once
     h_t   = decay_t * h_{t-1} + inject_t                       the 8 steps in turn
@@ -22,7 +22,9 @@ throughout, within 1e-4 of the float64 reference (tests). Measured on Sigma-T's 
 chunks of 8 steps keep an iteration's tensors in the core's cache and ran 2.2x faster than 64-step chunks
 computed as 8 blocks of 8 steps combined by decay products (the previous formulation); 4, 16 or 32 steps
 and 2 to 8 blocks were slower. The layout puts D/G innermost so that every broadcast repeats a contiguous
-run (N innermost made ONNX Runtime 3x slower). The eager torch op below computes the same recurrence step by step in chunks of CHUNK.
+run (N innermost made ONNX Runtime 3x slower). The delta bias, softplus and D skip run inside the Scan too,
+on the cached chunk (each is one pass over the whole map outside). The eager torch op below computes the
+same recurrence step by step in chunks of CHUNK.
 """
 from __future__ import annotations
 
@@ -213,19 +215,15 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     b_c, c_c = time_major(B, 4, [states, one_const]), time_major(C, 4, [states, one_const])  # (c, T, b, G, N, 1)
     a_shape = one("Concat", [groups, per_group, states], "a_shape", axis=0)
     per_channel = one("Concat", [groups, one_const, per_group], "per_channel_shape", axis=0)
-    outer = {  # read by the Scan body from this graph
-        "a": one("Transpose", [one("Reshape", [A, a_shape])], "a", perm=[0, 2, 1]),  # (G, N, D/G)
-        "skip": one("Reshape", [D, per_channel], "skip"),  # (G, 1, D/G)
-        "bias": one("Reshape", [delta_bias, per_channel], "bias"),
-        "threshold": one("Constant", [], "threshold", value=helper.make_tensor(name("v"), TensorProto.FLOAT, [], [20.0])),
-        "one": one("Constant", [], "one_f", value=helper.make_tensor(name("v"), TensorProto.FLOAT, [], [1.0])),
-        "axis": const([3], "state_axis"),
-    }
+    a_c = one("Transpose", [one("Reshape", [A, a_shape])], "a", perm=[0, 2, 1])  # (G, N, D/G)
+    skip_c = one("Reshape", [D, per_channel], "skip")  # (G, 1, D/G)
+    bias_c = one("Reshape", [delta_bias, per_channel], "bias")
     h_shape = one("Concat", [const([1]), batch, groups, states, per_group], "h_shape", axis=0)
     h0 = one("ConstantOfShape", [h_shape], "h0", value=helper.make_tensor(name("zero"), TensorProto.FLOAT, [1], [0.0]))
 
-    body = _chunk_body(prefix + "body_", steps, outer, softplus)
-    _, ys = node("Scan", [h0, u_c, delta_c, b_c, c_c], "scan", 2, body=body, num_scan_inputs=4)
+    body = _chunk_body(prefix + "body_", steps, softplus)
+    # A, D and the bias ride along as loop state (OpenVINO's Scan import rejects bodies reading the outer graph)
+    *_, ys = node("Scan", [h0, a_c, skip_c, bias_c, u_c, delta_c, b_c, c_c], "scan", 5, body=body, num_scan_inputs=4)
     # ys: (c, T, b, G, 1, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
     flat = one("Reshape", [ys, one("Concat", [const([-1]), batch, channels], "ys_shape", axis=0)])
     first = one("Slice", [flat, const([0]), length, const([0])])
@@ -233,19 +231,20 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     return nodes
 
 
-def _chunk_body(prefix: str, steps: int, outer: dict[str, str], softplus: bool):
-    """The Scan body: state h and one chunk of T = ``steps`` steps -> h, y.
+def _chunk_body(prefix: str, steps: int, softplus: bool):
+    """The Scan body: state (h, A, D, bias) and one chunk of T = ``steps`` steps -> (h, A, D, bias), y.
 
     Few ops per iteration (runtimes pay per op), each on a chunk that stays in the cache: dt = softplus(delta
     + bias), decay and inject for the whole chunk, the T steps in turn (h_t = decay_t h_{t-1} + inject_t),
     y_t = sum_n C_t h_t + D u_t for the whole chunk. Inputs per iteration: u, delta (T, b, G, 1, D/G); B, C
-    (T, b, G, N, 1); h (1, b, G, N, D/G). From the outer graph (``outer``): A (G, N, D/G), skip D and bias
-    (G, 1, D/G), the constants. Output y (T, b, G, 1, D/G).
+    (T, b, G, N, 1); state h (1, b, G, N, D/G), A (G, N, D/G), D and bias (G, 1, D/G), passed on unchanged.
+    Output y (T, b, G, 1, D/G).
     """
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    io = {k: prefix + k for k in ("h", "u", "delta", "b", "c", "h_out", "y")}
+    io = {k: prefix + k for k in ("h", "a", "skip", "bias", "u", "delta", "b", "c",
+                                  "h_out", "a_out", "skip_out", "bias_out", "y")}
     nodes = []
     counter = itertools.count()
 
@@ -253,6 +252,14 @@ def _chunk_body(prefix: str, steps: int, outer: dict[str, str], softplus: bool):
         outs = [out] if out else [f"{prefix}{op.lower()}_{next(counter)}" for _ in range(n_out)]
         nodes.append(helper.make_node(op, inputs, outs, name=f"{prefix}n{next(counter)}", **attrs))
         return outs if n_out > 1 else outs[0]
+
+    def const(value, dtype) -> str:
+        return one("Constant", [], value=helper.make_tensor(f"{prefix}v{next(counter)}", dtype, [len(value)], value))
+
+    outer = {"a": io["a"], "skip": io["skip"], "bias": io["bias"], "threshold": const([20.0], f),
+             "one": const([1.0], f), "axis": const([3], TensorProto.INT64)}
+    for k in ("a", "skip", "bias"):
+        one("Identity", [io[k]], io[k + "_out"])
 
     def split(t: str) -> list[str]:  # (T, ...) -> T x (1, ...)
         return [t] if steps == 1 else one("Split", [t], n_out=steps, axis=0, num_outputs=steps)
@@ -270,8 +277,8 @@ def _chunk_body(prefix: str, steps: int, outer: dict[str, str], softplus: bool):
     all_states = states[1] if steps == 1 else one("Concat", states[1:], axis=0)  # (T, b, G, N, D/G)
     read = one("ReduceSum", [one("Mul", [all_states, io["c"]]), outer["axis"]], keepdims=1)  # (T, b, G, 1, D/G)
     one("Add", [read, one("Mul", [io["u"], outer["skip"]])], io["y"])
-    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "u", "delta", "b", "c")]
-    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "y")]
+    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "a", "skip", "bias", "u", "delta", "b", "c")]
+    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "a_out", "skip_out", "bias_out", "y")]
     return helper.make_graph(nodes, prefix + "graph", inputs, outputs)
 
 
