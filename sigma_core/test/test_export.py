@@ -223,3 +223,13 @@ def test_export_published_checkpoint_fp32_and_fp16(tmp_path):
         if precision == "fp32":
             assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.995
+
+
+def test_gpu_benchmark_is_ready_and_says_when_it_cannot_run():
+    """benchmarks/onnx_gpu.py (ORT CUDA/TensorRT against torch CUDA) parses and, without a GPU, says it has not run."""
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is here: run benchmarks/onnx_gpu.py itself")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_gpu.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "onnx_gpu.py is ready; this machine cannot run it: needs a CUDA GPU" in done.stdout
