@@ -25,8 +25,10 @@ file is never overwritten: the file is written under a temporary name and linked
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ MIN_MASK_AGREEMENT = 0.995  # fraction of mask pixels an fp16 file must share wi
 CHECK_SIZE = (480, 640)  # the full-size frame of the check when neither the file nor the checkpoint fixes one
 TRACE_SIZE = (64, 96)  # the example input size torch traces with (any size; symbolic in the file)
 PRECISIONS = ("fp32", "fp16")
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # torch's exporter, its ONNX builder, the check's runtime
 
 
 class ExportError(RuntimeError):
@@ -82,7 +85,7 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
     """
     out = Path(out)
     start = time.perf_counter()
-    fixed = check_arguments(out, height, width, precision, opset)
+    fixed = check_arguments(out, height, width, precision, opset, check_size)
     check_size = tuple(check_size or fixed or meta.input_size or CHECK_SIZE)
     model = model.float().eval()
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -123,11 +126,17 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
                         agreement, scans)
 
 
-def check_arguments(out: Path, height: Optional[int], width: Optional[int], precision: str,
-                    opset: int) -> Optional[tuple[int, int]]:
-    """Checks before any work; returns the fixed (H, W) or None."""
+def check_arguments(out: Path, height: Optional[int], width: Optional[int], precision: str, opset: int,
+                    check_size: Optional[tuple[int, int]] = None) -> Optional[tuple[int, int]]:
+    """Checks before any work (an export takes minutes); returns the fixed (H, W) or None. FileExistsError for an
+    existing ``out`` (a symbolic link too, even a dangling one), ValueError for the rest, OSError when nothing can
+    be written in ``out``'s folder."""
+    if out.is_symlink():
+        raise FileExistsError(f"{out} is a symbolic link (to {os.readlink(out)}); sigma-export never writes through "
+                              "or replaces one: choose another --out")
     if out.exists():
-        raise FileExistsError(f"{out} exists; sigma-export never overwrites a file: choose another --out")
+        kind = "a folder" if out.is_dir() else "a file"
+        raise FileExistsError(f"{out} exists ({kind}); sigma-export never overwrites: choose another --out")
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {out} must end in .onnx (the tools tell an exported model from a checkpoint by it)")
     if not out.parent.is_dir():
@@ -138,11 +147,41 @@ def check_arguments(out: Path, height: Optional[int], width: Optional[int], prec
         raise ValueError(f"opset {opset} is too old; the export needs opset {OPSET} or later")
     if (height is None) != (width is None):
         raise ValueError("give both --height and --width to fix the input size, or neither (any size)")
-    if height is None:
-        return None
-    if not (32 <= height <= 8192 and 32 <= width <= 8192):
-        raise ValueError(f"input size {height}x{width} is outside 32..8192 pixels a side")
-    return int(height), int(width)
+    fixed = None
+    if height is not None:
+        if not (32 <= height <= 8192 and 32 <= width <= 8192):
+            raise ValueError(f"input size {height}x{width} is outside 32..8192 pixels a side")
+        fixed = int(height), int(width)
+    if check_size is not None:
+        if len(check_size) != 2 or not all(4 <= v <= 8192 for v in check_size):
+            raise ValueError(f"check size {' x '.join(map(str, check_size))} is outside 4..8192 pixels a side")
+        if fixed is not None and tuple(check_size) != fixed:
+            raise ValueError(f"check size {check_size[0]}x{check_size[1]} differs from the fixed size "
+                             f"{fixed[0]}x{fixed[1]}, the only size the file runs at: leave --check-size out")
+    missing = [name for name in EXPORT_PACKAGES if not _importable(name)]
+    if missing:
+        raise ImportError(f"sigma-export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                          f"installed: pip install {' '.join(EXPORT_PACKAGES)}")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:  # the exporter's converter fails after the trace, with a traceback of its own
+        raise ValueError(f"opset {opset} is newer than this onnx package knows ({newest}): choose {OPSET}..{newest}")
+    try:  # a read-only or full folder fails now, not after the export
+        probe, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(probe)
+        os.unlink(name)
+    except OSError as e:
+        raise OSError(f"cannot write in {out.parent} (--out {out}): {e.strerror or e}") from None
+    return fixed
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def trace_to_onnx(model: torch.nn.Module, fixed: Optional[tuple[int, int]], precision: str, opset: int):

@@ -10,8 +10,9 @@ from typing import IO, Any, Iterator
 
 import cv2
 import numpy as np
-import torch
 import yaml
+
+from .yaml_loading import load_yaml
 
 # What open() gives a new file under this process's umask (read once: reading it means setting it).
 _UMASK = os.umask(0o022)
@@ -37,7 +38,7 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML; fix it where the parser stopped: {exc}") from None
     if data is None:
@@ -83,6 +84,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch  # here only: the other writers serve tools that run without torch (ONNX deployments)
+
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)

@@ -111,11 +111,19 @@ def check_precision_for_device(dtype: torch.dtype, device: torch.device) -> None
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
     """The torch device for ``device``: "auto" is CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given.
 
-    Raises ValueError when CUDA is asked for but not available.
+    Raises ValueError when CUDA is asked for but not available, or ``device`` is none of these (tensorrt: an
+    exported .onnx model's device).
     """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    if str(device).partition(":")[0] == "tensorrt":  # a device of ONNX Runtime's, not torch's
+        raise ValueError(f"device {str(device)!r} runs an exported .onnx model (TensorRT through ONNX Runtime), not a "
+                         "PyTorch checkpoint: export it with sigma-export CHECKPOINT --out model.onnx and pass that "
+                         "file, or use device 'cuda'")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch lists its twenty device types
+        raise ValueError(f"device {str(device)!r} is unknown; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); use 'cpu'")
     return dev

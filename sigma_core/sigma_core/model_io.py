@@ -6,7 +6,9 @@ ONNX Runtime has no torch).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+import numbers
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -14,9 +16,80 @@ import numpy as np
 from .data.modality import ModalityScaling
 from .data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_modal, normalize_rgb, to_chw
 
+MAX_CLASSES = 255  # class ids 0..254 in a uint8 mask; 255 is the ignore id
+MAX_CLASS_NAME = 256  # characters: a longer "class name" is damage (it would go out in every ClassMap message)
+MAX_INPUT_SIDE = 8192  # pixels: a recorded or fixed network input larger than this is a typo, not a camera
+MAX_NORMALIZED = 1e4  # |(v - mean) / std| for v in 0..1 beyond this: mean/std were not meant for 0..1 values
+
 
 class NonFiniteOutputError(RuntimeError):
     """The network gave NaN/inf logits for a frame; its mask would be meaningless, so none is returned."""
+
+
+def check_description(num_classes: int, class_names: Any, palette: Any, normalization: Any, input_size: Any,
+                      source: str) -> None:
+    """ValueError naming ``source`` and the first thing wrong with what a model file says about its model.
+
+    Every model file (our checkpoints, sigma-export's ONNX files) is checked by this one function, so a file
+    cannot carry a description one runtime refuses and another runs. num_classes: the logits' channels K.
+    class_names: K distinct printable strings (at most MAX_CLASSES, each at most MAX_CLASS_NAME characters); palette: K
+    [r, g, b] integers 0..255; normalization: {"mean": [3], "std": [3]} finite, std > 0, for 0..1 values;
+    input_size: None or [H, W] integers 4..MAX_INPUT_SIDE.
+    """
+    from .data.labels import check_class_names
+
+    if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
+        raise ValueError(f"{source}: class names must be a list of strings, got {_shorten(class_names)}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"{source}: {num_classes} classes do not fit a uint8 mask (1..{MAX_CLASSES}; 255 is the "
+                         "ignore id)")
+    if len(class_names) != num_classes:
+        raise ValueError(f"{source}: {len(class_names)} class names for a model with {num_classes} classes")
+    long_name = next((n for n in class_names if len(n) > MAX_CLASS_NAME), None)
+    if long_name is not None:
+        raise ValueError(f"{source}: a class name of {len(long_name)} characters ({_shorten(long_name)}); names "
+                         f"are at most {MAX_CLASS_NAME}")
+    controlled = next((n for n in class_names if not n.isprintable()), None)
+    if controlled is not None:  # a newline or escape code forges log lines and breaks report tables
+        raise ValueError(f"{source}: class name {controlled!r} holds control characters (newline, tab, escape)")
+    check_class_names(class_names, source)
+    if not (isinstance(palette, (list, tuple)) and len(palette) == num_classes
+            and all(isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_byte(v) for v in c) for c in palette)):
+        raise ValueError(f"{source}: palette must be {num_classes} [r, g, b] colours with integer values 0..255, "
+                         f"got {_shorten(palette)}")
+    _check_normalization(normalization, source)
+    if input_size is not None and not (
+            isinstance(input_size, (list, tuple)) and len(input_size) == 2
+            and all(_is_integer(v) and 4 <= v <= MAX_INPUT_SIDE for v in input_size)):
+        raise ValueError(f"{source}: input_size must be (H, W) with both 4..{MAX_INPUT_SIDE}, or None; got "
+                         f"{_shorten(input_size)}")
+
+
+def _check_normalization(norm: Any, source: str) -> None:
+    usage = "{'mean': [3 numbers], 'std': [3 numbers > 0]} for 0..1 values (ImageNet's: mean 0.485 0.456 0.406)"
+    if not (isinstance(norm, dict) and set(norm) == {"mean", "std"}
+            and all(isinstance(norm[k], (list, tuple)) and len(norm[k]) == 3 for k in ("mean", "std"))
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (*norm["mean"], *norm["std"]))):
+        raise ValueError(f"{source}: normalization must be {usage}, got {_shorten(norm)}")
+    if not all(math.isfinite(v) for v in (*norm["mean"], *norm["std"])) or min(norm["std"]) <= 0:
+        raise ValueError(f"{source}: normalization must be finite with std > 0, got {norm}")
+    reach = max(abs(v - m) / s for m, s in zip(norm["mean"], norm["std"]) for v in (0.0, 1.0))
+    if reach > MAX_NORMALIZED:
+        raise ValueError(f"{source}: normalization {norm} maps 0..1 pixel values to +-{reach:.3g} (limit "
+                         f"{MAX_NORMALIZED:g}); it must be {usage}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_byte(value: Any) -> bool:
+    return _is_integer(value) and 0 <= value <= 255
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def modal_to_unit(modal: np.ndarray, scaling: ModalityScaling, size: tuple[int, int]) -> np.ndarray:

@@ -24,7 +24,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .data.modality import ModalityScaling
-from .model_io import NonFiniteOutputError, images_to_inputs, logits_to_mask
+from .model_io import MAX_INPUT_SIDE, NonFiniteOutputError, check_description, images_to_inputs, logits_to_mask
+from .onnx_file import ExternalDataError, check_external_data
 
 INSTALL_HINT = "pip install onnxruntime (NVIDIA GPU: pip install onnxruntime-gpu)"
 FORMAT = "sigma-onnx/1"
@@ -34,10 +35,16 @@ REQUIRED_KEYS = ("format", "model", "classes", "palette", "modality", "normaliza
                  "source_checkpoint", "sigma_core_version")
 INPUT_NAMES = ("rgb", "modal")
 OUTPUT_NAME = "logits"
+PRECISIONS = ("fp32", "fp16")
+MAX_METADATA_CHARS = 1 << 20  # per sigma.* value: a whole 255-class description is a few kB
 
 
 class OnnxModelError(ValueError):
     """An ONNX file that cannot be used as a Sigma model; the message says why and what to do."""
+
+
+class OnnxRunError(RuntimeError):
+    """ONNX Runtime failed to run the model on an input (out of memory, a kernel error); the message says which."""
 
 
 class OnnxRuntimeMissing(ImportError):
@@ -98,30 +105,74 @@ def is_onnx_path(path: Union[str, Path]) -> bool:
 
 
 def read_metadata(props: dict[str, str], source: str) -> OnnxModelMeta:
-    """metadata_props (ONNX Runtime's custom_metadata_map) -> OnnxModelMeta; OnnxModelError naming what is missing."""
+    """metadata_props (ONNX Runtime's custom_metadata_map) -> OnnxModelMeta; OnnxModelError naming what is missing
+    or wrong (the rules of sigma_core.model_io.check_description, as for a checkpoint)."""
     missing = [KEY_PREFIX + k for k in REQUIRED_KEYS if KEY_PREFIX + k not in props]
     if missing:
         raise OnnxModelError(
             f"{source} is an ONNX model without sigma_core's metadata (missing {', '.join(missing)}): it was not "
             "written by sigma-export, so its classes, palette and input scaling are unknown; export the checkpoint "
             f"with: sigma-export CHECKPOINT --out {Path(source).name}")
+    huge = [f"{KEY_PREFIX}{k} ({len(props[KEY_PREFIX + k])} characters)" for k in REQUIRED_KEYS
+            if len(props[KEY_PREFIX + k]) > MAX_METADATA_CHARS]
+    if huge:
+        raise OnnxModelError(f"{source}: metadata {', '.join(huge)} is larger than sigma-export writes (at most "
+                             f"{MAX_METADATA_CHARS} characters a value); export the checkpoint again")
     try:
-        value = {k: json.loads(props[KEY_PREFIX + k]) for k in REQUIRED_KEYS}
+        value = {k: json.loads(props[KEY_PREFIX + k], parse_constant=_no_constant) for k in REQUIRED_KEYS}
         if value["format"] != FORMAT:
             raise OnnxModelError(f"{source} has format {value['format']!r}; this sigma_core reads {FORMAT!r}: "
                                  "export it again with this version's sigma-export")
-        size = value["input_size"]
+        if value["precision"] not in PRECISIONS:
+            raise ValueError(f"precision {value['precision']!r} is none of {', '.join(PRECISIONS)}")
+        texts = [k for k in ("model", "source_checkpoint", "sigma_core_version") if not isinstance(value[k], str)]
+        if texts:
+            raise ValueError(f"{', '.join(KEY_PREFIX + k for k in texts)} must be a string")
+        classes, palette, size = value["classes"], value["palette"], value["input_size"]
+        try:
+            check_description(len(classes) if isinstance(classes, list) else 0, classes, palette,
+                              value["normalization"], size, source)
+        except ValueError as e:
+            raise OnnxModelError(f"{e}; export the checkpoint again") from None
         return OnnxModelMeta(
-            model_name=str(value["model"]), class_names=[str(c) for c in value["classes"]],
-            palette=[[int(v) for v in c] for c in value["palette"]],
+            model_name=value["model"], class_names=list(classes), palette=[list(c) for c in palette],
             scaling=ModalityScaling.from_dict(value["modality"]),
-            normalization={"mean": [float(v) for v in value["normalization"]["mean"]],
-                           "std": [float(v) for v in value["normalization"]["std"]]},
-            input_size=tuple(int(v) for v in size) if size is not None else None, precision=str(value["precision"]),
-            source=source, source_checkpoint=str(value["source_checkpoint"]),
-            sigma_core_version=str(value["sigma_core_version"]))
+            normalization={k: [float(v) for v in value["normalization"][k]] for k in ("mean", "std")},
+            input_size=tuple(size) if size is not None else None, precision=value["precision"],
+            source=source, source_checkpoint=value["source_checkpoint"],
+            sigma_core_version=value["sigma_core_version"])
     except (ValueError, TypeError, KeyError) as e:
+        if isinstance(e, OnnxModelError):
+            raise
         raise OnnxModelError(f"{source}: sigma_core metadata is malformed ({e}); export the checkpoint again") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number sigma-export writes")
+
+
+def _threads_from_environment() -> int:
+    """$OMP_NUM_THREADS as ONNX Runtime's intra-op thread count (0: its default); ValueError naming a bad value."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"OMP_NUM_THREADS={text!r} is not a thread count: set it to a number (1, 2, ...) or unset it")
+    return int(text)
+
+
+def _open_session(ort, source: str, options, providers: list):
+    """ort.InferenceSession; OnnxModelError saying whether the file is no ONNX model at all or which part of it
+    ONNX Runtime refuses (an operator, a type, external data outside the model's folder, ...)."""
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        text = " ".join(str(e).split())
+        if "Protobuf parsing failed" in text or "No graph was found in the protobuf" in text:
+            raise OnnxModelError(f"{source} is not an ONNX model file (ONNX Runtime cannot parse it; truncated, or "
+                                 "another format); pass a file written by sigma-export, or a checkpoint (.pt/.pth)"
+                                 ) from None
+        raise OnnxModelError(f"ONNX Runtime cannot load {source}: {text[:1000]}") from None
 
 
 def providers_for(device: str, available: Sequence[str]) -> tuple[list, DeviceInfo]:
@@ -149,7 +200,8 @@ class OnnxSegmenter:
     """An exported Sigma model with its input/output handling. Call it on numpy images (see module docstring).
 
     path: a .onnx file written by sigma-export. device: auto | cpu | cuda[:N] | tensorrt[:N]. precision: the
-    file's own (fp32 or fp16, chosen at export); asking for another is noted in ``meta.warnings``.
+    file's own (fp32 or fp16, chosen at export); asking for another is noted in ``meta.warnings``; fp16/bf16 asked
+    for on the CPU is refused (ValueError), as the torch Segmenter refuses emulated half precision.
     input_size: (H, W) to run at, None for each image's size; default the file's fixed size, else the
     checkpoint's. threads: ONNX Runtime intra-op threads (default $OMP_NUM_THREADS, else its own default).
     Raises OnnxModelError (not ONNX, no sigma metadata, a size its fixed dimensions refuse), OnnxRuntimeMissing,
@@ -164,28 +216,40 @@ class OnnxSegmenter:
         self.path = Path(path)
         source = str(self.path)
         if not self.path.is_file():
-            raise OnnxModelError(f"no such file {source!r}")
+            raise OnnxModelError(f"{source!r} is not a file" if self.path.exists() else f"no such file {source!r}")
         with open(self.path, "rb") as f:
             head = f.read(4)
         if head[:2] == b"PK" or head[:1] == b"\x80":
             raise OnnxModelError(f"{source} is not an ONNX model but a PyTorch file (zip/pickle): rename it to .pt, "
                                  f"or export it with: sigma-export {self.path.with_suffix('.pt').name} --out {source}")
+        try:  # before ONNX Runtime reads any of it: older releases follow any path a file names
+            check_external_data(self.path)
+        except ExternalDataError as e:
+            raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
-        threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        threads = threads if threads is not None else _threads_from_environment()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Fatal only: every error ONNX Runtime logs it also raises, and we say it once, in one line (the node
+        # throttled); its own log lines would repeat it unthrottled on stderr for every frame.
+        options.log_severity_level = 4
         providers, self._device = providers_for(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(source, options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            text = " ".join(str(e).split())
-            if "Protobuf parsing failed" in text or "INVALID_PROTOBUF" in text or "Load model" in text:
-                raise OnnxModelError(f"{source} is not an ONNX model file (ONNX Runtime cannot parse it); pass a file "
-                                     "written by sigma-export, or a checkpoint (.pt/.pth)") from None
-            raise OnnxModelError(f"ONNX Runtime cannot load {source}: {text}") from None
+        if str(precision).lower() not in ("fp32", "float32") and self._device.type == "cpu":
+            # the same refusal as the torch Segmenter's (check_precision_for_device), for every tool alike
+            raise ValueError(f"precision {precision!r} on the CPU (ONNX Runtime's CPUExecutionProvider) would be "
+                             "emulated and slower than fp32: use precision 'fp32' on a CPU, and fp16/bf16 on a GPU "
+                             "(device 'cuda' or 'tensorrt'); an ONNX file's own precision is chosen at export "
+                             "(sigma-export --precision)")
+        self.session = _open_session(ort, source, options, providers)
+        fallback = self._check_provider(device)
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source)
+        if fallback:
+            self.meta.warnings.append(fallback)
         self._check_io(source)
         self._fixed = self._fixed_size()
+        if self.meta.precision != "fp32" and self._device.type == "cpu":
+            self.meta.warnings.append(f"{self.path.name} holds a {self.meta.precision} model, made for GPU runtimes: "
+                                      "for a CPU, export it with sigma-export --precision fp32")
         if precision not in (self.meta.precision, "fp32"):
             self.meta.warnings.append(f"precision {precision} asked for, but {self.path.name} holds a "
                                       f"{self.meta.precision} model (sigma-export --precision chooses it)")
@@ -237,6 +301,11 @@ class OnnxSegmenter:
     def precision(self) -> str:
         return self.meta.precision
 
+    @property
+    def fixed_size(self) -> Optional[tuple[int, int]]:
+        """(H, W) the file was exported for (sigma-export --height/--width), the only size it runs at; None: any."""
+        return self._fixed
+
     # --- running ---------------------------------------------------------------------------------------
 
     def __call__(self, rgb: np.ndarray, modal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,11 +326,24 @@ class OnnxSegmenter:
         return results
 
     def logits(self, rgb: np.ndarray, modal: np.ndarray) -> np.ndarray:
-        """Normalised inputs (B, 3, h, w) float32 -> float32 logits (B, K, h, w); NonFiniteOutputError on NaN/inf."""
+        """Normalised inputs (B, 3, h, w) float32 -> float32 logits (B, K, h, w); NonFiniteOutputError on NaN/inf,
+        ValueError for inputs smaller than 4x4 (as the torch network), OnnxRunError when ONNX Runtime fails."""
         self.check_size(tuple(rgb.shape[2:]))
+        if min(rgb.shape[2:]) < 4:
+            raise ValueError(f"Sigma needs images of at least 4x4 pixels, got {tuple(rgb.shape[2:])}")
         feeds = {INPUT_NAMES[0]: np.ascontiguousarray(rgb, np.float32),
                  INPUT_NAMES[1]: np.ascontiguousarray(modal, np.float32)}
-        logits = self.session.run([OUTPUT_NAME], feeds)[0].astype(np.float32, copy=False)
+        try:
+            logits = self.session.run([OUTPUT_NAME], feeds)[0]
+        except Exception as e:  # onnxruntime's own types (Fail, RuntimeException, ...): one line naming the input
+            raise OnnxRunError(f"ONNX Runtime failed to run {self.path.name} ({self.runtime}) on a "
+                               f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: "
+                               f"{' '.join(str(e).split())[:500]}") from None
+        expected = (rgb.shape[0], self.num_classes, rgb.shape[2], rgb.shape[3])
+        if logits.shape != expected or logits.dtype != np.float32:
+            raise OnnxModelError(f"{self.path.name} gave logits {logits.dtype} {list(logits.shape)} for a "
+                                 f"{rgb.shape[2]}x{rgb.shape[3]} input; a sigma-export file gives float32 (B, K, H, W) "
+                                 f"= {list(expected)} (K: its {self.num_classes} classes): export the checkpoint again")
         finite = np.isfinite(logits)
         if not finite.all():
             raise NonFiniteOutputError(
@@ -288,11 +370,51 @@ class OnnxSegmenter:
             f"--height {'H' if size is None else size[0]} --width {'W' if size is None else size[1]}")
 
     def _check_io(self, source: str) -> None:
-        names = [i.name for i in self.session.get_inputs()]
-        outs = [o.name for o in self.session.get_outputs()]
+        """OnnxModelError unless inputs and output are the (B, 3, H, W) float32 ``rgb``/``modal`` and the float32
+        (B, K, H, W) ``logits`` sigma-export writes (K: the metadata's class count), with a fixed size (if any) of
+        4..MAX_INPUT_SIDE pixels a side: checked before any frame, so a foreign or edited file is refused at
+        load, not by a cryptic error (or a wrong mask) later."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        names, outs = [i.name for i in inputs], [o.name for o in outputs]
+        redo = "export the checkpoint again"
         if tuple(names) != INPUT_NAMES or OUTPUT_NAME not in outs:
             raise OnnxModelError(f"{source} has inputs {names} and outputs {outs}; a sigma-export file has inputs "
-                                 f"{list(INPUT_NAMES)} and output {OUTPUT_NAME!r}: export the checkpoint again")
+                                 f"{list(INPUT_NAMES)} and output {OUTPUT_NAME!r}: {redo}")
+        wanted = "float32 (B, 3, H, W)"
+        shapes = [i.shape for i in inputs]
+        for arg in inputs:
+            shape = arg.shape
+            if (arg.type != "tensor(float)" or len(shape) != 4 or shape[1] != 3
+                    or (isinstance(shape[0], int) and shape[0] != 1)):
+                raise OnnxModelError(f"{source}: input {arg.name!r} is {arg.type} {shape}; a sigma-export file takes "
+                                     f"{wanted} (B 1 or any): {redo}")
+            sides = [d for d in shape[2:] if isinstance(d, int)]
+            if sides and (len(sides) != 2 or not all(4 <= d <= MAX_INPUT_SIDE for d in sides)):
+                raise OnnxModelError(f"{source}: input {arg.name!r} declares size {shape[2]}x{shape[3]}; a fixed size "
+                                     f"is 4..{MAX_INPUT_SIDE} pixels a side, both fixed or neither: {redo}")
+        if any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(*shapes)):
+            raise OnnxModelError(f"{source}: inputs rgb {shapes[0]} and modal {shapes[1]} differ in shape: {redo}")
+        logits = outputs[outs.index(OUTPUT_NAME)]
+        shape = logits.shape
+        if (logits.type != "tensor(float)" or (shape is not None and len(shape) != 4)
+                or (shape and isinstance(shape[1], int) and shape[1] != self.meta.num_classes)):
+            raise OnnxModelError(f"{source}: output {OUTPUT_NAME!r} is {logits.type} {shape}, but its metadata names "
+                                 f"{self.meta.num_classes} classes: a sigma-export file gives float32 (B, "
+                                 f"{self.meta.num_classes}, H, W) logits: {redo}")
+
+    def _check_provider(self, device: str) -> Optional[str]:
+        """ONNX Runtime falls back to the CPU when the provider asked for cannot start (e.g. CUDA's libraries are
+        missing), with a log line only: a GPU asked for by name is refused (ValueError), "auto" runs on the CPU
+        and returns the warning saying so; never the CPU silently."""
+        wanted, got = self._device.provider, self.session.get_providers()
+        if wanted == "CPUExecutionProvider" or got[0] == wanted:
+            return None
+        why = (f"ONNX Runtime could not start its {wanted} (the session got {', '.join(got)}): check that CUDA, "
+               "cuDNN (and TensorRT for 'tensorrt') are installed in the versions this onnxruntime-gpu needs")
+        if str(device) != "auto":
+            raise ValueError(f"device {device!r}: {why}, or use device 'cpu'")
+        self._device = DeviceInfo("cpu", None, "CPUExecutionProvider")
+        return f"device 'auto' runs on the CPU: {why}"
 
     def _fixed_size(self) -> Optional[tuple[int, int]]:
         shape = self.session.get_inputs()[0].shape  # [batch, 3, H, W]; symbolic dims are strings or None

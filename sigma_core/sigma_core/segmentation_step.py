@@ -89,6 +89,13 @@ def load_segmenter(
         raise ValueError(f"cannot run checkpoint {str(path)!r} on device {device!r} "
                          f"with precision {precision}: {e}") from e
     modality = modality or seg.modality
+    if modality != seg.modality:  # said here, so every tool says it (the node logs meta.warnings)
+        seg.meta.warnings.append(f"modality {modality!r} overrides the checkpoint's {seg.modality!r}: the model "
+                                 f"was not trained on this input (a {modality} checkpoint, or none for the "
+                                 f"bundled {modality} model, fits it)")
+    unused = (("depth max range", depth_max_range) if modality == "thermal" else ("thermal range", thermal_range))
+    if unused[1] is not None:  # a scaling of the other modality: said, not silently dropped
+        seg.meta.warnings.append(f"{unused[0]} {unused[1]} is ignored: the modality is {modality}")
     if modality != seg.modality or thermal_range is not None or depth_max_range is not None:
         base = seg.scaling
         seg.scaling = ModalityScaling(

@@ -46,3 +46,77 @@ def test_writer_never_overwrites_and_reader_explains_bad_paths(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(BagError, match="ROS 1 .bag"):
         open_bag(tmp_path / "x.txt").__enter__()
+
+
+@pytest.mark.parametrize("kind", ["bz2", "lz4", "zstd"])
+def test_chunks_inflate_only_up_to_the_limit(kind):
+    """Issue 21 attack (second pass): rosbags inflates ROS 1 (bz2, lz4) and MCAP (lz4, zstd) chunks whole and
+    unbounded. Concatenated streams still inflate; past the limit, or cut short, is an error."""
+    import bz2
+
+    import lz4.frame
+
+    from sigma_core.data.bag_decompression import ChunkTooLargeError, _decompressor_factories, inflate
+
+    if kind == "zstd":
+        if kind not in _decompressor_factories():
+            pytest.skip("no zstd module (rosbags' MCAP zstd needs backports.zstd)")
+        from backports import zstd
+
+        compress = zstd.compress
+    else:
+        compress = {"bz2": bz2.compress, "lz4": lz4.frame.compress}[kind]
+    data = compress(b"a" * 1000) + compress(b"b" * 24)
+    assert inflate(kind, data, limit=1024) == b"a" * 1000 + b"b" * 24
+    with pytest.raises(ChunkTooLargeError, match=f"a {kind} chunk of {len(data):,} bytes inflates past 1,023 bytes"):
+        inflate(kind, data, limit=1023)
+    with pytest.raises(EOFError, match="truncated"):
+        inflate(kind, data[: len(data) // 3], limit=1024)
+
+
+def test_mcap_chunks_inflating_past_their_declared_size_are_refused():
+    import lz4.frame
+    from rosbags.rosbag2 import storage_mcap
+
+    from sigma_core.data.bag_decompression import ChunkTooLargeError, bound_chunk_decompression
+
+    bound_chunk_decompression()
+    data = lz4.frame.compress(b"\0" * 100_000)
+    assert storage_mcap.decompress(data, "lz4", 100_000, 0) == b"\0" * 100_000
+    with pytest.raises(ChunkTooLargeError, match="inflates past 1,000 bytes"):
+        storage_mcap.decompress(data, "lz4", 1000, 0)  # declares 1000 bytes, inflates to 100000
+    with pytest.raises(ChunkTooLargeError, match="declares 1,099,511,627,776 bytes"):
+        storage_mcap.decompress(data, "lz4", 1 << 40, 0)
+
+
+def test_sigma_extract_refuses_a_ros1_chunk_bomb_in_one_line(tmp_path):
+    """A 1.2 MB ROS 1 bag whose lz4 chunk inflates to 300 MB (past the 256 MB bound): one line naming the bag, exit 2,
+    in a real process. Before, rosbags inflated it whole (a 6.9 KB bz2 bag took sigma-extract to 3.4 GB)."""
+    import subprocess
+    import sys
+
+    import lz4.frame
+    from rosbags.rosbag1 import Writer as Writer1
+
+    def bomb(chunk: bytes) -> bytes:  # the chunk's records, then 300 MB of zeros no index points into
+        packer = lz4.frame.LZ4FrameCompressor()
+        parts = [packer.begin(), packer.compress(chunk)]
+        zeros = b"\0" * (16 << 20)
+        parts += [packer.compress(zeros) for _ in range(300 // 16)]
+        return b"".join(parts + [packer.flush()])
+
+    path = tmp_path / "bomb.bag"
+    bag = BagWriter(path, "ros1")
+    bag._writer.set_compression(Writer1.CompressionFormat.LZ4)
+    bag._writer.compressor = bomb
+    with bag:
+        for k in range(2):
+            stamp = 1_700_000_000_000_000_000 + k * 100_000_000
+            bag.write("/rgb", stamp, bag.image(stamp, "c", np.zeros((6, 8, 3), np.uint8), "rgb8"))
+            bag.write("/thermal", stamp, bag.image(stamp, "t", np.zeros((6, 8), np.uint8), "mono8"))
+    assert path.stat().st_size < 2_000_000
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.extract", str(path), "-o", str(tmp_path / "out"),
+                          "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "bomb.bag" in run.stderr and "lz4 chunk" in run.stderr and "inflates past 268,435,456 bytes" in run.stderr

@@ -1,6 +1,7 @@
 """Checkpoint loading: published Sigma, VMamba ImageNet (new and old key names), our own format, clear errors."""
 import json
 import os
+import pickle
 import re
 import shutil
 
@@ -16,6 +17,7 @@ from sigma_core.checkpoints import (
     default_palette,
     infer_sigma_config,
     load_model,
+    read_checkpoint,
 )
 from sigma_core.data.dataset import DatasetSpec
 
@@ -107,6 +109,22 @@ def test_files_that_would_run_code_are_refused(tmp_path):
         load_weights(build_sigma(SigmaConfig(**SMALL)), path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(build_sigma(SigmaConfig(**SMALL)), tmp_path / "absent.pth")
+
+
+class _RunsAShellCommand:
+    def __reduce__(self):
+        return (os.system, ("echo never run",))
+
+
+def test_files_naming_a_blocked_module_are_called_code_not_damage(tmp_path):
+    """Issue 21 attack (second pass): a pickle calling os.system (torch blocks the module outright, with another
+    wording) was called 'not a torch.save file or damaged: download it again', in the legacy format too."""
+    torch.save({"model": {}, "x": _RunsAShellCommand()}, tmp_path / "evil.pth")
+    with open(tmp_path / "evil_legacy.pth", "wb") as f:
+        pickle.dump({"x": _RunsAShellCommand()}, f, protocol=2)
+    for name in ("evil.pth", "evil_legacy.pth"):
+        with pytest.raises(CheckpointError, match=rf"{name}: it holds Python objects such as posix\.system.*never run"):
+            read_checkpoint(tmp_path / name)
 
 
 def test_save_then_load_reproduces_outputs_exactly(tmp_path):

@@ -1,4 +1,5 @@
 """RGBXDataset over each published layout (fake folders made here) and over dataset.yaml folders."""
+import re
 from pathlib import Path
 
 import cv2
@@ -385,3 +386,59 @@ def test_sunrgbd_raw_depth_bits_are_rotated_back_to_millimetres():
     assert stored.max() == 8 * mm.max()  # what a reader that ignores the rotation would take as millimetres
     with pytest.raises(ValueError, match="dataset.yaml: depth_units must be one of mm, 0.1mm, 0.2mm, sunrgbd"):
         DatasetSpec.from_dict({"classes": ["a"], "modality": "depth", "depth_units": "inches"})
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG header declaring width x height grey pixels, its image data cut short (never decoded if refused)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def _bmp_rle8_declaring(width: int, height: int) -> bytes:
+    """A 1 KB run-length-coded BMP declaring width x height pixels (OpenCV decodes it into BGR: 3 bytes a pixel)."""
+    import struct
+
+    palette, pixels = b"\0" * 1024, b"\x00\x01"  # 256 black entries; 'end of bitmap' at once
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def test_image_and_label_files_declaring_too_many_pixels_are_refused_before_decoding(tmp_path):
+    """Issue 21 attack (second pass): files had no size check (messages did). sigma-predict on a 0.75 MB PNG declaring
+    16000x16000 RGB pixels was killed after 58 s at 22 GB; a 1 KB BMP decoded into 768 MB. Here 5000x5000 (above
+    the 4096x4096 limit): each reader refuses from the header, naming the file and the size."""
+    from sigma_core.data.dataset import read_image
+    from sigma_core.data.labels import read_label_image
+
+    for name, data in (("bomb.png", _png_declaring(5000, 5000)), ("bomb.bmp", _bmp_rle8_declaring(5000, 5000))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=rf"image .*{name} declares 5000x5000 = 25,000,000 pixels, above the limit"):
+            read_image(tmp_path / name)
+        with pytest.raises(DataError, match=rf"label image .*{name} declares 5000x5000"):
+            read_label_image(tmp_path / name)
+    (tmp_path / "small.bmp").write_bytes(_bmp_rle8_declaring(40, 30))
+    assert read_image(tmp_path / "small.bmp").shape[:2] == (30, 40)  # formats besides PNG/JPEG/TIFF still read
+    assert read_label_image(tmp_path / "small.bmp").shape == (30, 40)
+
+
+def test_sigma_predict_refuses_a_decompression_bomb_in_one_line(tmp_path):
+    """The CLI in a real process: its error line names the file and its declared size, exit 2, nothing decoded."""
+    import subprocess
+    import sys
+
+    (tmp_path / "rgb.png").write_bytes(_png_declaring(16000, 16000))
+    cv2.imwrite(str(tmp_path / "thermal.png"), np.zeros((48, 64), np.uint8))
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(tmp_path / "rgb.png"),
+                          str(tmp_path / "thermal.png"), "--out", str(tmp_path / "out"), "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert re.search(r"^sigma-predict: error: image .*rgb\.png declares 16000x16000 = 256,000,000 pixels, above the "
+                     "limit", lines[-1]), lines

@@ -281,6 +281,15 @@ def test_without_a_checkpoint_the_bundled_model_of_the_datasets_modality_is_eval
     assert "evaluating the bundled depth demo model" in done.stderr and "sigma_nano_synthetic_depth.pt" in done.stderr
     report = json.loads((tmp_path / "sigma_nano_synthetic_depth_eval" / "test" / "report.json").read_text())
     assert report["checkpoint"].endswith("sigma_nano_synthetic_depth.pt") and report["images"] == 2
+    # the bundled thermal model on the same depth images scored 'mIoU 1.39' without a word: refused, one line
+    from sigma_core.assets import demo_checkpoint
+
+    wrong = subprocess.run([sys.executable, "-m", "sigma_core.cli.evaluate", str(demo_checkpoint("thermal")),
+                            "--data-root", str(root), "data.num_workers=0", "--device", "cpu", "--out",
+                            str(tmp_path / "wrong")], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and wrong.stderr.strip().count("\n") == 0, wrong.stderr
+    assert "is a thermal model but the dataset's modality is depth" in wrong.stderr
+    assert not (tmp_path / "wrong").exists()
 
 
 @pytest.mark.slow
@@ -312,3 +321,47 @@ def test_a_report_of_another_checkpoint_is_never_replaced(tmp_path):
     assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
     assert "holds the report of another checkpoint (runs/street/best.pt)" in again.stderr
     assert (tmp_path / "street_best_eval" / "test" / "report.json").read_text() == street
+
+
+def test_a_runs_checkpoint_is_evaluated_on_the_runs_own_dataset_without_retyping_it(tmp_path, capsys):
+    """Issue 22 walk-through: `sigma-evaluate runs/x/best.pt` said 'data.root is not set' although the run folder
+    records its dataset (config.yaml), as resume reads it."""
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.cli.evaluate import main
+    from sigma_core.data.synthetic import CLASSES, PALETTE, THERMAL_SCALING, write_dataset
+    from sigma_core.engine.config import TrainConfig
+
+    root = write_dataset(tmp_path / "synth", n=4, seed=5, size=(32, 48), test_fraction=0.5)
+    run = tmp_path / "runs" / "street"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(TrainConfig.load(None, [f"data.root={root}", "data.num_workers=0",
+                                                             f"train.out_dir={run}"]).to_yaml())
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(CLASSES)})
+    save_checkpoint(run / "best.pt", build_sigma(cfg), cfg, class_names=CLASSES, palette=PALETTE,
+                    modality="thermal", scaling=THERMAL_SCALING)
+    assert main([str(run / "best.pt"), "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    io = capsys.readouterr()
+    assert f"using the run's configuration {run / 'config.yaml'}" in io.err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["images"] == 2 and report["dataset"]["root"] == str(root)
+
+
+def test_the_modality_check_lets_benchmark_depth_checkpoints_through(tmp_path):
+    """NYU/SUN presets read 8-bit depth with a 0..255 'thermal' scaling that checkpoints trained on them record:
+    those still evaluate; a thermal model on a dataset whose depth is scaled as depth does not."""
+    from sigma_core.checkpoints import save_checkpoint
+    from sigma_core.data.dataset import PRESETS
+    from sigma_core.data.synthetic import DEPTH_SCALING
+    from sigma_core.engine.config import TrainConfig
+    from sigma_core.engine.evaluate import load_model_for_evaluation
+
+    nyu = PRESETS["nyudepthv2"]
+    cfg = SigmaConfig(**{**TINY, "num_classes": len(nyu.classes)})
+    trained = save_checkpoint(tmp_path / "nyu.pt", build_sigma(cfg), cfg, class_names=list(nyu.classes),
+                              modality=nyu.scaling.modality, scaling=nyu.scaling)
+    load_model_for_evaluation(str(trained), TrainConfig.load(), nyu, torch.device("cpu"))
+    import dataclasses
+
+    depth_spec = dataclasses.replace(nyu, scaling=DEPTH_SCALING)
+    with pytest.raises(ValueError, match="is a thermal model but the dataset's modality is depth"):
+        load_model_for_evaluation(str(trained), TrainConfig.load(), depth_spec, torch.device("cpu"))

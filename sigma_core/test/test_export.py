@@ -2,10 +2,12 @@
 and the one-line errors of files that cannot run."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -166,6 +168,117 @@ def test_export_refuses_before_work(tmp_path, capsys):
     assert not (tmp_path / "a.onnx").exists()
 
 
+def test_export_refuses_hostile_outputs_and_arguments_before_work(tmp_path, capsys, published):
+    """Each of these used to fail (or succeed wrongly) only after minutes of export, or not at all: a dangling
+    symbolic link as --out (linked through at the end), a folder, an unwritable folder, a check size of 0 or one the
+    fixed size refuses, an opset newer than onnx knows (a converter traceback after the trace); a published .pth
+    without --dataset; a typo in --precision (argparse, exit 2). One line each,
+    no model loaded, nothing written."""
+    from sigma_core.cli.export import main
+
+    ckpt = str(demo_checkpoint())
+    dangling = tmp_path / "dangling.onnx"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    new = str(tmp_path / "new.onnx")
+    for argv, message in (
+            ([ckpt, "--out", str(dangling)], "dangling.onnx is a symbolic link .*never writes through"),
+            ([ckpt, "--out", str(tmp_path / "folder.onnx")], r"folder.onnx exists \(a folder\)"),
+            ([ckpt, "--out", "/proc/sigma_export_test.onnx"], "cannot write in /proc"),
+            ([ckpt, "--out", new, "--check-size", "0", "0"], "check size 0 x 0 is outside 4..8192"),
+            ([ckpt, "--out", new, "--height", "64", "--width", "64", "--check-size", "48", "48"],
+             "differs from the fixed size 64x64"),
+            ([ckpt, "--out", new, "--height", "-32", "--width", "64"], "outside 32..8192"),
+            ([ckpt, "--out", new, "--opset", "99"], r"opset 99 is newer than this onnx package knows \(\d+\)"),
+            ([str(published), "--out", new], "published Sigma checkpoint .*--dataset")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.count("\n") == 1, err
+        assert re.search(message, err), err
+    with pytest.raises(SystemExit) as exit_info:
+        main([ckpt, "--out", new, "--precision", "fp61"])
+    assert exit_info.value.code == 2 and "invalid choice: 'fp61'" in capsys.readouterr().err
+    assert dangling.is_symlink() and not Path(new).exists() and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.onnx", "folder.onnx", "sigma_published.pth"]
+
+
+def test_export_without_its_packages_names_the_install_command(tmp_path):
+    """onnxscript (torch's ONNX builder) missing: one line with the pip command before the checkpoint loads (it
+    failed after loading, deep in torch.onnx); onnxruntime missing likewise."""
+    for blocked in ("onnxscript", "onnxruntime"):
+        code = ("import sys\n"
+                "class Block:\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                f"        if name.split('.')[0] == {blocked!r}: raise ImportError(name + ' is blocked')\n"
+                "sys.meta_path.insert(0, Block())\n"
+                "from sigma_core.cli.export import main\n"
+                f"main([{str(demo_checkpoint())!r}, '--out', {str(tmp_path / 'm.onnx')!r}])\n")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.strip().splitlines() == [
+            f"sigma-export: error: sigma-export needs {blocked}, which is not installed: pip install onnx onnxscript "
+            "onnxruntime"]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_interrupted_export_leaves_nothing(tmp_path):
+    """Ctrl-C (SIGINT) to a real sigma-export process while the written file is being checked against torch: exit
+    130 with one line, and nothing in the folder, neither the .onnx nor its partial file."""
+    import signal
+    import time
+
+    from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_sigma(cfg), cfg, class_names=["a", "b", "c"])
+    out = tmp_path / "out"
+    out.mkdir()
+    # a 2048x2048 check frame: the check runs for many seconds after the partial file is complete
+    cmd = [sys.executable, "-m", "sigma_core.cli.export", str(ckpt), "--out", str(out / "tiny.onnx"),
+           "--check-size", "2048", "2048"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 500
+        while "checking tiny.onnx against torch" not in (line := proc.stdout.readline()):
+            assert line and time.monotonic() < deadline, proc.stderr.read()
+        assert [p.name for p in out.iterdir()] == [f".tiny.onnx.partial-{proc.pid}"]  # written, being checked
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_an_export_like_ctrl_c(tmp_path):
+    """SIGTERM (systemd, `timeout`, a container stop) ended the process without its clean-up, leaving the partial file
+    of an export past its trace; now it takes Ctrl-C's path (its clean-up is the test above): exit 130, one line."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "sigma_core.cli.export", str(demo_checkpoint()), "--out", str(tmp_path / "m.onnx")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not (line := proc.stdout.readline()).startswith("exporting "):  # tracing, the handler installed
+            assert line and time.monotonic() < deadline, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "sigma-export: error: interrupted (Ctrl-C or SIGTERM); nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def bundled_onnx(tmp_path_factory) -> Path:
     """The bundled demo model exported with dynamic height and width (checked at 64x80 to keep CI short)."""
@@ -233,3 +346,24 @@ def test_gpu_benchmark_is_ready_and_says_when_it_cannot_run():
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "onnx_gpu.py is ready; this machine cannot run it: needs a CUDA GPU" in done.stdout
+
+
+def test_half_precision_asked_for_on_the_cpu_is_refused_for_onnx_files_as_for_checkpoints(tmp_path, capsys):
+    """Issue 22 attack: an .onnx checkpoint with precision fp16 on a CPU warned and ran fp32, where a .pt was refused;
+    every tool loads through load_segmenter, so sigma-predict (and the node, replay) now refuse both alike."""
+    from sigma_core.cli import predict
+
+    model = write_onnx(tmp_path / "m.onnx", sigma_props())
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(ValueError, match=f"precision '{precision}' on the CPU .* would be emulated and slower than "
+                                             "fp32: use precision 'fp32' on a CPU"):
+            OnnxSegmenter(model, device="cpu", precision=precision)
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "t.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        predict.main([str(tmp_path / "rgb.png"), str(tmp_path / "t.png"), "--checkpoint", str(model), "--device",
+                      "cpu", "--precision", "fp16", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 1 and err.count("\n") == 0 and "would be emulated and slower than fp32" in err
+    assert not (tmp_path / "o").exists()
+    assert OnnxSegmenter(model, device="cpu").precision == "fp32"

@@ -224,7 +224,8 @@ def _rvl_zeros(cols: int, rows: int) -> bytes:
 def test_every_decoder_checks_the_declared_size_before_decoding():
     """Issue 21, fault 1: PNG, JPEG, TIFF (even under another format string), RVL, compressedDepth and raw Image
     fields declaring more pixels than the limit are refused from their headers, naming the size and the limit."""
-    from sigma_core.data.image_encoding import ImageTooLargeError, decode_rvl, image_to_array
+    from sigma_core.data.image_encoding import ImageTooLargeError, image_to_array
+    from sigma_core.data.rvl import decode_rvl
 
     small = np.zeros((40, 60), np.uint8)
     assert decode_rvl(_rvl_zeros(6, 4)).shape == (4, 6)  # the helper codes what it says
@@ -296,3 +297,69 @@ def test_png_with_more_compressed_data_than_its_size_needs_is_refused_before_dec
     noise = np.random.default_rng(0).integers(0, 65535, (300, 500), endpoint=True).astype(np.uint16)
     stored = cv2.imencode(".png", noise, [cv2.IMWRITE_PNG_COMPRESSION, 0])[1]  # deflate's worst case: stored
     assert stored.size > 300 * 1001 and np.array_equal(decode_compressed("png", stored)[0], noise)
+
+
+def _tiled_tiff(width: int, height: int, tile_width: int, tile_height: int) -> bytes:
+    """A little-endian grey 8-bit TIFF of one tile (its bytes all zero), written tag by tag."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (277, 3, 1),
+            (322, 4, tile_width), (323, 4, tile_height), (324, 4, 0), (325, 4, 256)]
+    data_at = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, kind, value in tags:
+        value = data_at if tag == 324 else value
+        out += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, 1, value, *((0,) if kind == 3 else ()))
+    return out + b"\0\0\0\0" + b"\0" * 256
+
+
+def test_tiff_with_tiles_larger_than_its_image_is_refused_before_decoding():
+    """Issue 21 attack (second pass): a 390-byte TIFF of 16x16 pixels in one 16384x16368 tile took 826 MB (OpenCV
+    allocates the whole tile before reading it, up to 1 GB). Tiles up to the image rounded up to 16 pixels pass."""
+    from sigma_core.data.image_encoding import check_compressed_size
+
+    check_compressed_size("tiff", _tiled_tiff(16, 16, 16, 16))
+    check_compressed_size("tiff", _tiled_tiff(20, 20, 32, 32))
+    for tile in ((16384, 16368), (32, 16), (16, 32)):
+        with pytest.raises(ValueError, match=f"declares {tile[0]}x{tile[1]} tiles for a 16x16 image"):
+            decode_compressed("tiff", _tiled_tiff(16, 16, *tile))
+
+
+def _rvl_one_pixel_runs(cols: int, rows: int) -> bytes:
+    """An RVL payload of cols x rows pixels alternating 0 and 1, 2, 3, ...: a one-pixel run each, 1.5 nibbles a
+    pixel."""
+    nibbles = np.tile(np.array([1, 1, 2], np.uint32), cols * rows // 2)  # 1 zero, 1 non-zero, delta +1 zig-zagged
+    nibbles = np.concatenate([nibbles, np.zeros(-nibbles.size % 8, np.uint32)]).reshape(-1, 8)
+    words = np.bitwise_or.reduce(nibbles << np.arange(28, -1, -4, dtype=np.uint32), axis=1)
+    return struct.pack("<II", cols, rows) + words.astype("<u4").tobytes()
+
+
+def test_rvl_of_one_pixel_runs_decodes_in_bounded_time():
+    """Issue 21 attack (second pass): RVL's run walk was plain Python, a few microseconds a run: a 3 MB stream of
+    2048x2048 one-pixel runs (within the pixel limit) took 13 s and 530 MB, 4096x4096 about a minute. Compiled, the
+    same 1024x1024 image here decodes in well under a second once the kernel is compiled (warmed up first)."""
+    import time
+
+    from sigma_core.data.rvl import decode_rvl
+
+    assert decode_rvl(_rvl_one_pixel_runs(4, 2)).tolist() == [[0, 1, 0, 2], [0, 3, 0, 4]]
+    data = _rvl_one_pixel_runs(1024, 1024)
+    start = time.perf_counter()
+    img = decode_rvl(data)
+    elapsed = time.perf_counter() - start
+    want = np.zeros(1024 * 1024, np.uint16)
+    want[1::2] = np.arange(1, 1024 * 512 + 1) & 0xFFFF  # 16-bit deltas wrap
+    np.testing.assert_array_equal(img.reshape(-1), want)
+    assert elapsed < 0.5, f"{elapsed:.2f} s for 1024x1024 one-pixel runs"
+
+
+def test_a_tiff_whose_directory_follows_its_image_data_is_read():
+    """Issue 21 attack (second pass): OpenCV and libtiff write the image directory after the pixels, but the size
+    check read only the first 64 KiB: a 640x480 32FC1 depth TIFF (1.2 MB) was refused as 'corrupt', as message or
+    file. The directory is read where its offset says."""
+    depth = np.random.default_rng(3).random((480, 640), dtype=np.float32) * 10
+    data = cv2.imencode(".tiff", depth)[1].tobytes()
+    assert struct.unpack("<I", data[4:8])[0] > 1 << 16  # the directory lies beyond the first 64 KiB
+    image, encoding = decode_compressed("32FC1; tiff", data)
+    assert encoding == "32FC1" and np.array_equal(image, depth)
+    for cut in (100, 4000):  # the strip tables (after the directory), then the directory itself
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            decode_compressed("32FC1; tiff", data[: len(data) - cut])

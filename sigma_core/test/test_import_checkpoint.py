@@ -121,6 +121,26 @@ def test_checkpoints_claiming_huge_networks_are_refused_before_building(tmp_path
         assert expected[name] in run.stderr and run.stderr.strip().count("\n") == 0, (name, run.stderr)
 
 
+def test_a_checkpoint_describing_too_many_blocks_is_refused_before_building(tmp_path):
+    """Issue 21 attack (second pass): our 2 KB checkpoint whose config names 200,000 encoder blocks of the narrowest
+    width (within the parameter limit block by block) was still being built on the "meta" device for the size check
+    after 300 s (1.8 GB). Refused from the block count at once; here 20,000 blocks (30 s of building before)."""
+    import time
+
+    from sigma_core import SigmaConfig, build_sigma, save_checkpoint
+
+    tiny = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=9)
+    ours = torch.load(save_checkpoint(tmp_path / "ours.pt", build_sigma(tiny), tiny), weights_only=True)
+    ours["config"]["depths"] = [20000, 1, 1, 1]
+    torch.save(ours, tmp_path / "deep.pt")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.import_checkpoint", str(tmp_path / "deep.pt"),
+                          "--dataset", "mfnet", "-o", str(tmp_path / "out.pt")], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 1 and run.stderr.strip().count("\n") == 0, run.stderr
+    assert "20,006 blocks in all, above the limit of 256" in run.stderr and time.monotonic() - start < 20
+
+
 def test_a_malformed_dataset_yaml_is_one_line_naming_the_file(tmp_path, published):
     """Issue 21, fault 4: was a yaml.parser traceback."""
     broken = tmp_path / "dataset.yaml"

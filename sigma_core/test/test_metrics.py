@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_core.engine.metrics import ConfusionMatrix, compute_metrics
+from sigma_core.engine.metrics import ConfusionMatrix, compute_metrics, confusion_counts
 
 
 def test_three_class_matrix_by_hand():
@@ -55,6 +55,10 @@ def test_accumulator_ignores_255_and_out_of_range_labels():
     assert np.array_equal(cm.matrix.numpy(), 2 * expected)
     m = cm.compute()
     assert m.pixel_accuracy == pytest.approx(3 / 4)
+    # the numpy count the torch-free tools (replay, demo) use counts the same
+    assert np.array_equal(confusion_counts(pred.numpy(), target.numpy(), 3), expected)
+    with pytest.raises(ValueError, match=r"predicted class ids must lie in \[0, 3\), got 0..5"):
+        confusion_counts(np.array([0, 5]), np.array([0, 1]), 3)
 
 
 def test_errors_name_the_problem():

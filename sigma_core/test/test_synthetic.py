@@ -138,3 +138,24 @@ def test_sigma_synth_describe_does_not_overwrite_a_users_file(tmp_path, capsys):
         synth.main(["describe", str(mine)])
     assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
     assert mine.read_text() == "chapter 1\n"
+
+
+@pytest.mark.parametrize("args, named", [
+    (["dataset", "{out}", "--n", "1", "--size", "100000", "100000"], "--size 100000 100000"),  # was a MemoryError
+    (["dataset", "{out}", "--n", "1", "--size", "0", "5"], "--size 0 5"),  # was an OpenCV traceback, folders left
+    (["bag", "{out}", "--seconds", "-1"], "--seconds"),  # was an empty bag and exit 0
+    (["bag", "{out}", "--rgb-hz", "0"], "--rgb-hz"),
+    (["bag", "{out}", "--rig", "--modal-size", "-4", "640"], "--modal-size -4 640"),
+    (["target", "{out}", "--views", "0"], "--views"),  # was 0 views and exit 0
+])
+def test_sigma_synth_refuses_sizes_and_counts_it_cannot_make_in_one_line(tmp_path, args, named):
+    """Issue 21 attack (second pass): sigma-synth in a real process, exit 2, one line, nothing written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "sigma_core.cli.synth", *(a.format(out=out) for a in args)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(f"sigma-synth: error: {named}"), run.stderr
+    assert not out.exists()

@@ -180,6 +180,58 @@ def test_resume_takes_the_run_folders_config_and_refuses_overrides_that_change_t
     assert done.returncode == 2 and "not a sigma-train run folder" in done.stderr and done.stderr.count("\n") == 1
 
 
+def test_resume_attacks_a_damaged_config_fewer_epochs_and_another_out_dir(synth, tmp_path):
+    """Issue 22 attacks: an empty config.yaml resumed with the built-in defaults ('data.root is not set'); fewer
+    epochs were named as a warm-up change; train.out_dir=elsewhere on resume was accepted and silently ignored."""
+    from sigma_core.engine.config import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(tiny_config(synth, run, "schedule.epochs=3", "schedule.warmup_epochs=2").to_yaml())
+    with pytest.raises(ValueError, match=r"schedule.epochs=1 is fewer than the run's 3: resuming may only add epochs"):
+        resume_config(run, "auto", ["schedule.epochs=1"])
+    with pytest.raises(ValueError, match=r"train.out_dir=.*elsewhere: a resumed run writes to its own folder .*copy"):
+        resume_config(run, str(run), [f"train.out_dir={tmp_path / 'elsewhere'}"])
+    assert resume_config(run, str(run), [f"train.out_dir={run}/"]).train.out_dir == str(run)
+    for damaged in ("", "name: synthetic\nclasses: [a, b]\n"):  # emptied, or another YAML in its place
+        (run / "config.yaml").write_text(damaged)
+        with pytest.raises(ValueError, match="config.yaml holds no sigma-train configuration"):
+            resume_config(run, "auto", [])
+
+
+def test_resume_with_a_config_yaml_of_another_model_blames_the_config_not_an_override(synth, tmp_path):
+    """Issue 22 attack: a run folder whose config.yaml describes another model (edited, or copied from another run)
+    advised 'model.dims=32', an override resume refuses: a dead end. It now names the config.yaml and the fix."""
+    from sigma_core.checkpoints.errors import ArchitectureMismatchError
+    from sigma_core.cli.train import load_config
+
+    run = tmp_path / "run"
+    train(tiny_config(synth, run, "schedule.epochs=1", "schedule.warmup_epochs=1", "data.limit=8",
+                      "train.eval_every=0"))
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("dims: 32", "dims: 64"))
+    with pytest.raises(ArchitectureMismatchError, match=r"run/config.yaml does not describe the checkpoints beside "
+                                                        r"it: epoch_0001.pt holds .*width 32.*width 64.*\(dims "
+                                                        r"differ\)\. It was edited or copied from another run"):
+        train(load_config(None, str(run), ["schedule.epochs=2"]))
+
+
+def test_resume_onto_a_dataset_of_another_modality_is_refused(synth, tmp_path):
+    """Issue 22 attack: data.root (safe on resume: a moved dataset) pointed at a depth dataset of the same size
+    trained the thermal run's model on depth without a word."""
+    from sigma_core.cli.train import load_config
+
+    run = tmp_path / "run"
+    train(tiny_config(synth, run, "schedule.epochs=1", "schedule.warmup_epochs=1", "data.limit=8",
+                      "train.eval_every=0"))
+    depth = write_dataset(tmp_path / "depth", n=64, seed=3, size=(32, 48), modality="depth")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ValueError, match=r"epoch_0001.pt was trained on other data than data.root=.*depth: it is a "
+                                         r"thermal model, the data is depth\. .*model.init="):
+        train(load_config(None, str(run), ["schedule.epochs=2", f"data.root={depth}"]))
+    assert sorted(p.name for p in run.iterdir()) == before  # refused before anything was written
+
+
 def test_torchrun_two_processes_gloo(synth, tmp_path):
     run = tmp_path / "ddp"
     args = [*TINY, f"data.root={synth}", f"train.out_dir={run}", "schedule.epochs=1", "schedule.warmup_epochs=0",

@@ -24,6 +24,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
 from sigma_ros.package_files import fastdds_profile_env, share_file
 
 
@@ -31,7 +32,7 @@ def _player_and_evaluator(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    sim_time = arg("use_sim_time").lower() in ("true", "1", "yes")
+    sim_time = is_true(arg("use_sim_time"))
     env = fastdds_profile_env()
     topics = [t for t in (arg("rgb_topic"), arg("modal_topic"), arg("label_topic")) if t]
     player_args = [arg("bag"), "--rate", arg("rate"), "--start-offset", arg("start_offset"),
@@ -70,21 +71,22 @@ def generate_launch_description() -> LaunchDescription:
             "use_sim_time": LaunchConfiguration("use_sim_time"),
         }.items(),
     )
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument("bag", description="rosbag2 folder/file or ROS 1 .bag to replay"),
-            DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw", description="RGB topic"),
-            DeclareLaunchArgument("modal_topic", default_value="/thermal/image_raw", description="thermal/depth"),
-            DeclareLaunchArgument("label_topic", default_value="", description="mono8 labels; empty: none"),
-            DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params"),
-            DeclareLaunchArgument("dataset", default_value="", description="a published checkpoint's dataset"),
-            DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params"),
-            DeclareLaunchArgument("rate", default_value="1.0", description="replay speed factor"),
-            DeclareLaunchArgument("start_offset", default_value="0.0", description="seconds of the bag to skip"),
-            DeclareLaunchArgument("use_sim_time", default_value="false", description="replay /clock, node uses it"),
-            DeclareLaunchArgument("out", default_value="replay_report", description="report folder"),
-            DeclareLaunchArgument("idle_timeout", default_value="3.0", description="evaluator stops when quiet"),
-            node,
-            OpaqueFunction(function=_player_and_evaluator),
-        ]
-    )
+    arguments = [
+        DeclareLaunchArgument("bag", description="rosbag2 folder/file or ROS 1 .bag to replay"),
+        DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw", description="RGB topic"),
+        DeclareLaunchArgument("modal_topic", default_value="/thermal/image_raw", description="thermal/depth"),
+        DeclareLaunchArgument("label_topic", default_value="", description="mono8 labels; empty: none"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="Sigma checkpoint; empty: params"),
+        DeclareLaunchArgument("dataset", default_value="", description="a published checkpoint's dataset"),
+        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda[:N]; empty: params"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="replay speed factor"),
+        DeclareLaunchArgument("start_offset", default_value="0.0", description="seconds of the bag to skip"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="replay /clock, node uses it",
+                              choices=BOOLEAN_CHOICES),
+        DeclareLaunchArgument("out", default_value="replay_report", description="report folder"),
+        DeclareLaunchArgument("idle_timeout", default_value="3.0", description="evaluator stops when quiet"),
+    ]
+    # Before anything starts: ros2 launch would ignore a misspelt argument.
+    check = OpaqueFunction(function=refuse_unknown_arguments,
+                           args=["replay_eval.launch.py", [a.name for a in arguments]])
+    return LaunchDescription([*arguments, check, node, OpaqueFunction(function=_player_and_evaluator)])

@@ -18,34 +18,34 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
+from sigma_ros.node.parameters import INPUT_QOS_NAMES, MODALITIES, PRECISIONS, REGISTRATION_MODES, TRANSPORTS
 from sigma_ros.package_files import fastdds_profile_env, share_file
 
-# Launch argument -> (node parameter it sets, description). Empty (the default) keeps the params file's value.
+# Launch argument -> (node parameter it sets, description, the values launch accepts or None: any). Empty (the
+# default) keeps the params file's value.
 NODE_PARAMETERS = {
-    "checkpoint": ("checkpoint", "Sigma checkpoint; empty: params file (the shipped one: the bundled demo model)"),
-    "dataset": ("dataset", "a published checkpoint's dataset (mfnet, pst900, nyudepthv2, sunrgbd, a file)"),
-    "device": ("device", "auto, cpu, cuda or cuda:N"),
-    "precision": ("precision", "fp32, fp16 or bf16"),
-    "modality": ("modality", "thermal or depth (the checkpoint's by default)"),
-    "lifecycle": ("lifecycle", "true: a managed node waiting for configure/activate (ros2 lifecycle set)"),
-    "input_transport": ("input.transport", "raw (Image) or compressed (CompressedImage)"),
-    "input_qos": ("input.qos", "sensor_data (best effort) or reliable"),
+    "checkpoint": ("checkpoint", "Sigma checkpoint (the shipped params file has none: the bundled demo model)", None),
+    "dataset": ("dataset", "a published checkpoint's dataset (mfnet, pst900, nyudepthv2, sunrgbd, a file)", None),
+    "device": ("device", "auto, cpu, cuda or cuda:N", None),
+    "precision": ("precision", "fp32, fp16 or bf16", PRECISIONS),
+    "modality": ("modality", "thermal or depth (the checkpoint's by default)", MODALITIES),
+    "lifecycle": ("lifecycle", "true: a managed node waiting for configure/activate (ros2 lifecycle set)",
+                  BOOLEAN_CHOICES),
+    "input_transport": ("input.transport", "raw (Image) or compressed (CompressedImage)", TRANSPORTS),
+    "input_qos": ("input.qos", "sensor_data (best effort) or reliable", INPUT_QOS_NAMES),
 }
-
-
-def _boolean(text: str) -> bool:
-    return text.lower() in ("true", "1", "yes")
 
 
 def _sigma_node(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    overrides = {"use_sim_time": _boolean(arg("use_sim_time"))}
-    for argument, (parameter, _) in NODE_PARAMETERS.items():
+    overrides = {"use_sim_time": is_true(arg("use_sim_time"))}
+    for argument, (parameter, _, _) in NODE_PARAMETERS.items():
         value = arg(argument)
         if value:  # empty: keep the params file's value
-            overrides[parameter] = _boolean(value) if parameter == "lifecycle" else value
+            overrides[parameter] = is_true(value) if parameter == "lifecycle" else value
     if arg("calibration_file"):
         overrides["registration.calibration_file"] = arg("calibration_file")
         overrides["registration.mode"] = arg("registration_mode") or "rig"
@@ -73,28 +73,31 @@ def _sigma_node(context):
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription(
-        [
-            *(DeclareLaunchArgument(argument, default_value="", description=f"{text}; empty: params file")
-              for argument, (_, text) in NODE_PARAMETERS.items()),
-            DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
-            DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
-            DeclareLaunchArgument(
-                "camera_info_topic", default_value="modal/camera_info", description="modality camera's CameraInfo"
-            ),
-            DeclareLaunchArgument("rgb_camera_info_topic", default_value="rgb/camera_info",
-                                  description="RGB camera's CameraInfo (registration.mode rig without a file)"),
-            DeclareLaunchArgument("calibration_file", default_value="",
-                                  description="two-camera calibration (sigma-calibrate, Kalibr, OpenCV); empty: "
-                                              "params file"),
-            DeclareLaunchArgument("registration_mode", default_value="",
-                                  description="none, homography or rig; empty: rig with calibration_file, else the "
-                                              "params file's"),
-            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-            DeclareLaunchArgument(
-                "params_file", default_value=str(share_file("config", "sigma.yaml")), description="parameters YAML"
-            ),
-            DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
-            OpaqueFunction(function=_sigma_node),
-        ]
-    )
+    # Closed sets declare their choices: launch refuses a typo (lifecycle:=ture) instead of it meaning false.
+    arguments = [
+        *(DeclareLaunchArgument(argument, default_value="", description=f"{text}; empty: params file",
+                                choices=None if choices is None else ["", *choices])
+          for argument, (_, text, choices) in NODE_PARAMETERS.items()),
+        DeclareLaunchArgument("rgb_topic", default_value="rgb/image", description="RGB sensor_msgs/Image topic"),
+        DeclareLaunchArgument("modal_topic", default_value="modal/image", description="thermal or depth Image"),
+        DeclareLaunchArgument(
+            "camera_info_topic", default_value="modal/camera_info", description="modality camera's CameraInfo"
+        ),
+        DeclareLaunchArgument("rgb_camera_info_topic", default_value="rgb/camera_info",
+                              description="RGB camera's CameraInfo (registration.mode rig without a file)"),
+        DeclareLaunchArgument("calibration_file", default_value="",
+                              description="two-camera calibration (sigma-calibrate, Kalibr, OpenCV); empty: "
+                                          "params file"),
+        DeclareLaunchArgument("registration_mode", default_value="", choices=["", *REGISTRATION_MODES],
+                              description="none, homography or rig; empty: rig with calibration_file, else the "
+                                          "params file's"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument(
+            "params_file", default_value=str(share_file("config", "sigma.yaml")), description="parameters YAML"
+        ),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)",
+                              choices=BOOLEAN_CHOICES),
+    ]
+    # Before anything starts: ros2 launch would ignore a misspelt argument.
+    check = OpaqueFunction(function=refuse_unknown_arguments, args=["sigma.launch.py", [a.name for a in arguments]])
+    return LaunchDescription([*arguments, check, OpaqueFunction(function=_sigma_node)])

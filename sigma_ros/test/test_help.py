@@ -18,6 +18,7 @@ def test_help_shows_the_defaults():
 
     assert "--modal-hz MODAL_HZ (default: 9.0)" in _help(synth, "bag")
     assert "--n N number of images (default: 200)" in _help(synth, "dataset")
+    assert "(the same seed writes the same files) (default: 0)" in _help(synth, "dataset")  # 0 == False: was hidden
     assert "--slop SLOP pairing slop in seconds (the node's sync.slop) (default: 0.05)" in _help(replay_eval)
     assert "--modality {thermal,depth}" in _help(demo) and "(default: thermal)" in _help(demo)
     assert "--overlay-alpha OVERLAY_ALPHA weight of the colour mask in the overlay (default: 0.5)" in _help(predict)

@@ -78,7 +78,7 @@ def test_user_parameters_are_launch_arguments_that_reach_the_node():
     module = launch_module("sigma.launch.py")
     from launch import LaunchContext
 
-    forwarded = {parameter for parameter, _ in module.NODE_PARAMETERS.values()}
+    forwarded = {parameter for parameter, _, _ in module.NODE_PARAMETERS.values()}
     assert forwarded <= set(PARAMETERS) and USER_PARAMETERS <= forwarded
     description = module.generate_launch_description()
     assert set(module.NODE_PARAMETERS) <= {a.name for a in description.get_launch_arguments()}

@@ -21,3 +21,12 @@ class NotOurCheckpointError(CheckpointError):
 
 class DatasetNeededError(CheckpointError):
     """A published Sigma checkpoint was given without the dataset that supplies its classes and input handling."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """The file holds another Sigma architecture than the model it is loaded into; ``held`` and ``built`` describe
+    the two, ``fields`` names the configuration fields that differ."""
+
+    def __init__(self, message: str, held: str, built: str, fields: tuple[str, ...]):
+        super().__init__(message)
+        self.held, self.built, self.fields = held, built, fields

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..config import SigmaConfig
-from ..data.labels import check_class_names
 from ..data.modality import ModalityScaling
 from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..files import atomic_torch_save
+from ..model_io import check_description
 from .errors import CheckpointError, NotOurCheckpointError, PathLike
 from .limits import DEFAULT_MAX_PARAMETERS, check_config_size
 from .reading import read_checkpoint
@@ -181,23 +181,13 @@ def _build_and_load(obj: Mapping[str, Any], meta: CheckpointMeta, scan_backend: 
 
 
 def _validate_meta(meta: CheckpointMeta, modality: str, source: str) -> None:
-    k = meta.config.num_classes
-    if len(meta.class_names) != k:
-        raise CheckpointError(f"{source}: {len(meta.class_names)} class names for a model with {k} classes")
-    try:
-        check_class_names(meta.class_names, source)
+    try:  # the rules every model file (sigma-export's ONNX files too) follows
+        check_description(meta.config.num_classes, meta.class_names, meta.palette, meta.normalization,
+                          meta.input_size, source)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    if len(meta.palette) != k or any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in meta.palette):
-        raise CheckpointError(f"{source}: palette must be {k} [r, g, b] colours with values 0..255")
     if meta.scaling.modality != modality:
         raise CheckpointError(f"{source}: modality {modality!r} but scaling is for {meta.scaling.modality!r}")
-    norm = meta.normalization
-    if set(norm) != {"mean", "std"} or len(norm["mean"]) != 3 or len(norm["std"]) != 3 or min(norm["std"]) <= 0:
-        raise CheckpointError(f"{source}: normalization must be {{'mean': [3 floats], 'std': [3 floats > 0]}}, "
-                              f"got {norm}")
-    if meta.input_size is not None and (len(meta.input_size) != 2 or min(meta.input_size) < 4):
-        raise CheckpointError(f"{source}: input_size must be (H, W) with both >= 4, or None; got {meta.input_size}")
     _check_plain(meta.extra, f"{source}: extra")
 
 

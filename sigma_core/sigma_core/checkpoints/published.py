@@ -11,6 +11,7 @@ from torch import nn
 from ..config import SigmaConfig
 from ..data.labels import check_class_names
 from ..data.modality import ModalityScaling
+from ..yaml_loading import load_yaml
 from .architecture import describe_config, infer_sigma_config
 from .errors import CheckpointError, DatasetNeededError, PathLike
 from .limits import DEFAULT_MAX_PARAMETERS, check_state_size
@@ -57,7 +58,7 @@ def resolve_dataset(dataset: DatasetLike) -> Any:
 
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                loaded = yaml.safe_load(path.read_text())
+                loaded = load_yaml(path.read_text())
                 spec = (DatasetSpec.from_dict(read_yaml_mapping(path), source=str(path)) if isinstance(loaded, dict)
                         else _class_list_spec(path, loaded))
             else:

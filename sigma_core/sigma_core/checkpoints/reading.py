@@ -45,8 +45,10 @@ def read_checkpoint(path: PathLike, max_parameters: int = DEFAULT_MAX_PARAMETERS
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's own message suggests weights_only=False; we never do that, so say what is in the way instead.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if not found and "Unsupported" not in str(err):
+        # torch words it "Unsupported global: GLOBAL m.f ..." or, for modules it blocks outright (os, subprocess,
+        # builtins: what a malicious file names), "Trying to load unsupported GLOBAL posix.system whose module ..."
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
+        if not found and "unsupported" not in str(err).lower():
             raise CheckpointError(f"cannot read checkpoint {path}: it is not a torch.save file or it is damaged "
                                   f"({str(err).splitlines()[0][:200]}). Download or copy the file again.") from err
         what = f" such as {found.group(1)}" if found else ""

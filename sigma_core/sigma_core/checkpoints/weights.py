@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import SigmaConfig
 from .architecture import _ARCHITECTURE_FIELDS, describe_config, infer_sigma_config
-from .errors import CheckpointError, PathLike
+from .errors import ArchitectureMismatchError, CheckpointError, PathLike
 from .limits import DEFAULT_MAX_PARAMETERS, check_state_size
 from .own_format import FORMAT
 from .reading import read_checkpoint
@@ -120,10 +120,10 @@ def _check_same_architecture(model: nn.Module, state: dict[str, torch.Tensor], k
         return  # incomplete or unusual: the key-by-key shape check below reports what does not fit
     fields_ = [f for f in _ARCHITECTURE_FIELDS if getattr(held, f) != getattr(built, f)]
     if fields_:
-        raise CheckpointError(
+        raise ArchitectureMismatchError(
             f"{source} holds {describe_config(held)}, but the model is {describe_config(built)} "
             f"({', '.join(fields_)} differ): build the model as the file's ({_how_to_build(held)}), "
-            "or use a file of the model's variant")
+            "or use a file of the model's variant", describe_config(held), describe_config(built), tuple(fields_))
 
 
 def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -160,6 +160,8 @@ def folder_image_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple
     import cv2
 
     from ..data.calibration import CalibrationError
+    from ..data.dataset import read_image
+    from ..data.errors import DataError
     from ..data.target_calibration import folder_pairs
 
     pairs, n = folder_pairs(args.rgb_dir, args.modal_dir)
@@ -168,10 +170,11 @@ def folder_image_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple
         print(f"{PROG}: skipped {n[0] - len(pairs)} of {n[0]} images in {args.rgb_dir} and {n[1] - len(pairs)} of "
               f"{n[1]} in {args.modal_dir}: no image of the same name in the other folder", file=sys.stderr)
     for name, rgb_path, modal_path in pairs:
-        rgb = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
-        modal = cv2.imread(str(modal_path), cv2.IMREAD_UNCHANGED)
-        if rgb is None or modal is None:
-            raise CalibrationError(f"cannot read {rgb_path if rgb is None else modal_path} as an image")
+        try:  # the dataset reader: sizes checked from the headers before decoding, errors naming the file
+            rgb = read_image(rgb_path, cv2.IMREAD_COLOR)
+            modal = read_image(modal_path)
+        except DataError as exc:
+            raise CalibrationError(str(exc)) from None
         yield name, cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), modal
 
 

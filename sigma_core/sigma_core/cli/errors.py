@@ -30,4 +30,6 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     @staticmethod
     def _shows_default(action: argparse.Action) -> bool:
-        return bool(action.option_strings) and action.default not in (None, False, "", argparse.SUPPRESS)
+        default = action.default  # by identity: 0 == False, and a default of 0 (a seed, an offset) is worth showing
+        return (bool(action.option_strings) and default is not None and default is not False
+                and default is not argparse.SUPPRESS and default != "")

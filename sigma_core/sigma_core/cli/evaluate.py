@@ -83,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists():
         parser.error(f"the first argument is the checkpoint to evaluate, got the override {args.checkpoint!r}")
     from ..data.errors import DataError
-    from ..engine.config import TrainConfig
+    from ..engine.config import RUN_CONFIG, TrainConfig
 
     overrides = list(args.overrides)
     for flag, key in ((args.preset, "data.preset"), (args.data_root, "data.root"), (args.split, "data.val_split"),
@@ -96,8 +96,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"eval.scales=[{', '.join(str(s) for s in args.scales)}]")
     if args.flip:
         overrides.append("eval.flip=true")
+    config = args.config
+    run_config = Path(args.checkpoint).parent / RUN_CONFIG if args.checkpoint else None
+    if config is None and args.data_root is None and args.preset is None and run_config and run_config.is_file():
+        config = str(run_config)  # a run's checkpoint: its dataset and validation settings, nothing retyped
+        print(f"using the run's configuration {run_config} (give --data-root or --config for another dataset)",
+              file=sys.stderr)
     try:
-        cfg = TrainConfig.load(args.config, overrides)
+        cfg = TrainConfig.load(config, overrides)
         if args.checkpoint is None:  # the bundled model of the dataset's modality, as the node and demo default
             from ..data.dataset import resolve_spec
             from ..segmentation_step import bundled_checkpoint

@@ -11,7 +11,9 @@ torch on a full-size frame before it is kept (see sigma_core.export); an existin
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -40,13 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (systemd, `timeout`, a container stop) as Ctrl-C: the partial file is removed
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     try:
         from ..export import check_arguments
 
-        check_arguments(out, args.height, args.width, args.precision, args.opset)  # before loading anything
+        check_arguments(out, args.height, args.width, args.precision, args.opset,  # before loading anything
+                        tuple(args.check_size) if args.check_size else None)
         from ..checkpoints import describe_config, load_model
         from ..export import export_onnx
 
@@ -58,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              check_size=tuple(args.check_size) if args.check_size else None, opset=args.opset,
                              log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        fail(PROG, "interrupted; nothing was written", 130)
+        fail(PROG, "interrupted (Ctrl-C or SIGTERM); nothing was written", 130)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:  # CheckpointError is a ValueError
         fail(PROG, exc)
     size = f"{args.height}x{args.width} only" if args.height else "any size"

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "frames with both images)")
     p.add_argument("--preset", default=None, help="for a benchmark dataset folder without dataset.yaml: mfnet, "
                                                   "pst900, nyudepthv2, sunrgbd")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (an .onnx checkpoint also tensorrt, tensorrt:N)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="fp16/bf16 for GPUs (refused on a CPU without native support)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw thermal values mapped to 0..1 (default: the checkpoint's)")
     p.add_argument("--max-depth", type=float, default=None, help="depth in metres mapped to 1 (default: the "
                                                                  "checkpoint's)")
+    p.add_argument("--depth-units", default=None, metavar="UNITS",
+                   help="what integer depth images count in: mm (REP 118, the default), 0.1mm (NYU Depth V2), 0.2mm "
+                        "(TUM), sunrgbd (or nyu, tum, redwood); converted to metres before the model's scaling")
     p.add_argument("--calibration", default=None,
                    help="two-camera calibration (sigma-calibrate's, a Kalibr camchain or an OpenCV stereo YAML): "
                         "registers the modality into the RGB view as the node does with "
@@ -78,17 +82,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0.0 <= args.overlay_alpha <= 1.0:
         parser.error(f"--overlay-alpha must be within 0..1, got {args.overlay_alpha}")
     from ..data.errors import DataError
-    from ..data.frame_sources import open_pairs
+    from ..data.frame_sources import open_pairs, with_depth_units
     from ..data.registration import DEFAULT_DISTANCE_M
     from ..engine.predict import PredictOptions, check_output_folder, predict, summary_lines
     from ..segmentation_step import load_registration, load_segmenter
 
+    if args.modal is not None and (args.split or args.preset):  # was ignored: a pair or folders have no splits
+        parser.error(f"--{'split' if args.split else 'preset'} is for a dataset folder (one path, no MODAL); "
+                     f"{args.rgb} and {args.modal} are segmented whole")
     outputs = ["mask"] + [o for o, off in (("color", args.no_color), ("overlay", args.no_overlay)) if not off]
     if args.confidence:
         outputs.append("confidence")
     try:
         check_output_folder(args.out)  # before loading anything
         pairs = open_pairs(args.rgb, args.modal, split=args.split, preset=args.preset)
+        if args.depth_units is not None:
+            pairs = with_depth_units(pairs, args.depth_units)
         seg = load_segmenter(args.checkpoint or None, args.device, args.precision, dataset=args.dataset,
                              modality=args.modality,
                              thermal_range=tuple(args.thermal_range) if args.thermal_range else None,
@@ -108,15 +117,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{seg.precision}; writing {', '.join(outputs)} to {args.out}", file=sys.stderr)
         summary = predict(pairs, seg, PredictOptions(args.out, outputs, batch, args.overlay_alpha,
                                                      progress=not args.no_progress, registration=registration),
-                          checkpoint=args.checkpoint or "bundled demo model")
+                          checkpoint=args.checkpoint or "bundled demo model",
+                          warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     except KeyboardInterrupt:
-        fail(PROG, f"interrupted; the frames written so far are in {args.out}", 130)
+        fail(PROG, f"interrupted: {args.out} holds only the frames written so far ({partial(args.out)})", 130)
     except (DataError, FileNotFoundError) as exc:
-        fail(PROG, exc, 2)
+        fail(PROG, f"{exc}{partial_note(args.out)}", 2)
     except (ValueError, OSError, RuntimeError) as exc:
-        fail(PROG, exc)
+        fail(PROG, f"{exc}{partial_note(args.out)}")
     print("\n".join(summary_lines(summary)))
     return 0
+
+
+def partial(out: Path) -> str:
+    """What an unfinished run left in ``out``: its summary.json says incomplete."""
+    masks = len(list((out / "mask").glob("*.png"))) if (out / "mask").is_dir() else 0
+    return f"{masks} masks; its summary.json says \"complete\": false"
+
+
+def partial_note(out: Path) -> str:
+    """For an error after the run started writing: the folder is partial, and says so."""
+    return f"; {out} is incomplete ({partial(out)})" if (out / "summary.json").is_file() else ""
 
 
 if __name__ == "__main__":

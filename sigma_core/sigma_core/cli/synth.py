@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="what", metavar="{dataset,bag,target,describe}")
     shows_defaults = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=0, help="world seed (the same seed writes the same files)")
     common.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(120, 160), help="image size")
     common.add_argument("--modality", choices=("thermal", "depth"), default="thermal")
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(720, 1280), help="RGB image size")
     tb.add_argument("--views", type=int, default=16, help="target poses (default 16)")
     tb.add_argument("--pattern", choices=("chessboard", "circles"), default="chessboard")
-    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--seed", type=int, default=0, help="seed of the target poses and noise")
     tb.add_argument("--invisible-in-thermal", action="store_true",
                     help="the target at ambient temperature: never found in thermal")
 
@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("out", help="YAML file")
     w.add_argument("--modality", choices=("thermal", "depth"), default="thermal")
     return p
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the first argument that cannot make what was asked, before anything is written."""
+    from ..data.image_encoding import DEFAULT_MAX_PIXELS
+
+    for flag in ("size", "modal_size"):
+        size = getattr(args, flag, None)
+        if size is not None and (min(size) < 1 or size[0] * size[1] > DEFAULT_MAX_PIXELS):
+            raise ValueError(f"--{flag.replace('_', '-')} {size[0]} {size[1]}: each side must be at least 1 pixel and "
+                             f"the image at most {DEFAULT_MAX_PIXELS:,} pixels (4096x4096, the decoders' limit)")
+    for flag in ("seconds", "rgb_hz", "modal_hz"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {value:g}")
+    if getattr(args, "views", 1) < 1:
+        raise ValueError(f"--views must be at least 1, got {args.views}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -79,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data import synthetic
 
     try:
+        check_arguments(args)
         if args.what == "dataset":
             root = synthetic.write_dataset(args.out, n=args.n, seed=args.seed, night_fraction=args.night_fraction,
                                            size=tuple(args.size), modality=args.modality,

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .bag_decompression import bound_chunk_decompression
 from .errors import DataError
 from .image_encoding import DEFAULT_MAX_PIXELS, array_to_image_fields, decode_compressed, image_to_array
 
@@ -54,6 +55,7 @@ def open_bag(path: str | os.PathLike) -> Iterator[Any]:
     """``with open_bag(path) as reader:`` an opened ``rosbags.highlevel.AnyReader``, closed on exit."""
     from rosbags.highlevel import AnyReader
 
+    bound_chunk_decompression()
     p = resolve_bag_path(path)
     reader = AnyReader([p], default_typestore=_typestore(ros1=False))
     try:

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import yaml
 
+from ..yaml_loading import load_yaml
 from .errors import DataError
 
 REGISTRATION_MODES = ("none", "homography", "rig")
@@ -370,7 +371,7 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     if text.lstrip().startswith("%YAML:") or "!!opencv-matrix" in text:
         return _load_opencv(path).check()
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as e:
         raise CalibrationError(f"{path} is not valid YAML; fix it where the parser stopped: {e}") from None
     if not isinstance(doc, dict):

@@ -19,12 +19,16 @@ from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
-import torch
 import yaml
+
+try:
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # a deployment without torch (an .onnx model): listing and reading pairs still works
+    _TorchDataset = object
 
 from ..files import atomic_write_text, read_yaml_mapping
 from .errors import DataError
-from .image_encoding import jpeg_is_truncated
+from .image_encoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_file_size, jpeg_is_truncated
 from .labels import check_class_names, check_label_values, read_label_image, shift_labels
 from .modality import ModalityScaling, depth_to_metres, depth_units_key
 from .transforms import IGNORE_INDEX, to_network
@@ -269,8 +273,9 @@ def _frame_name(line: str) -> str:
     return stem if ext.lower() in IMAGE_EXTS else base
 
 
-def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """cv2.imread (or np.load for .npy) that raises DataError naming the file instead of returning None."""
+def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """cv2.imread (or np.load for .npy) that raises DataError naming the file instead of returning None, and for a
+    file declaring more than ``max_pixels`` pixels (checked from its header before decoding)."""
     if not path.is_file():
         raise DataError(f"missing file {path}")
     if path.suffix == ".npy":
@@ -282,6 +287,11 @@ def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    try:  # a decompression bomb is refused from its header (a 0.75 MB PNG can declare 16000x16000 pixels)
+        check_file_size(data, f"image {path}", max_pixels)
+    except ValueError as exc:
+        said = str(exc) if isinstance(exc, ImageTooLargeError) else f"cannot decode image {path}: {exc}"
+        raise DataError(f"{said}; replace the file (in a dataset: or remove its name from the split list)") from None
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None or jpeg_is_truncated(data):  # libjpeg fills a truncated JPEG's missing rows grey, silently
         raise DataError(f"cannot decode image {path} (empty, corrupt, truncated or not an image); "
@@ -289,7 +299,7 @@ def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     return img
 
 
-class RGBXDataset(torch.utils.data.Dataset):
+class RGBXDataset(_TorchDataset):
     """Samples ``{"rgb": (3, H, W) float32, "modal": (3, H, W) float32, "label": (H, W) int64, "name": str}``.
 
     rgb/modal are ImageNet-normalised (the modality first scaled to [0, 1] by the spec's
@@ -437,6 +447,8 @@ class RGBXDataset(torch.utils.data.Dataset):
             rgb_n, modal_n, label_n = self.transform(rgb, modal, label, rng)
         else:
             rgb_n, modal_n, label_n = to_network(rgb, modal, label)
+        import torch  # a training sample is a tensor; load() above serves the torch-free tools
+
         return {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb_n)),
             "modal": torch.from_numpy(np.ascontiguousarray(modal_n)),

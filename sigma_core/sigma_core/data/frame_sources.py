@@ -9,7 +9,7 @@ video's tail), so the caller can say so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from .dataset import DATASET_YAML, IMAGE_EXTS, RGBXDataset, read_image
+from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels
+from .modality import depth_to_metres, depth_units_key
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -24,22 +26,27 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 @dataclass(frozen=True)
 class FramePair:
     """name: output file stem; rgb: (H, W, C) uint8 as decoded; rgb_encoding: bgr8, bgra8 or mono8;
-    modal: (H', W') or (H', W', C) raw modality (uint8/uint16/float32)."""
+    modal: (H', W') or (H', W', C) raw modality (uint8/uint16/float32). problem: why the pair could not be read
+    (a corrupt, empty or oversized file; then rgb and modal are None): one bad file leaves out one frame, said
+    with its reason, instead of ending a run over thousands."""
 
     name: str
-    rgb: np.ndarray
+    rgb: Optional[np.ndarray]
     rgb_encoding: str
-    modal: np.ndarray
+    modal: Optional[np.ndarray]
+    problem: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class PairSource:
-    """An ordered collection of pairs: ``len()`` frames, read lazily; ``skipped`` says what was left out and why."""
+    """An ordered collection of pairs: ``len()`` frames, read lazily; ``skipped`` says what was left out and why;
+    ``modal_path`` where the modality comes from (its name may say what camera it is)."""
 
     description: str
     count: int
     frames: Callable[[], Iterator[FramePair]]
     skipped: list[str] = field(default_factory=list)
+    modal_path: str = ""
 
     def __len__(self) -> int:
         return self.count
@@ -66,27 +73,45 @@ def read_rgb(path: Path) -> tuple[np.ndarray, str]:
     return img, _encoding_of(img, path)
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+def _read_pair(name: str, rgb: Path, modal: Path, read_modal: Callable[[], np.ndarray]) -> FramePair:
+    """The pair ``name`` read from files, or a FramePair carrying the reason it cannot be read."""
+    try:
+        image, encoding = read_rgb(rgb)
+        return FramePair(name, image, encoding, read_modal())
+    except ValueError as e:  # DataError, ImageTooLargeError: the file is named in the message
+        return FramePair(name, None, "", None, problem=str(e))
+
+
+def _image_files(folder: Path, skipped: Optional[list[str]] = None) -> dict[str, Path]:
+    """Image files by name without extension; a second file of the same name (0001.jpg beside 0001.png) is left
+    out, and said in ``skipped``."""
     files: dict[str, Path] = {}
+    twins: list[Path] = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            files.setdefault(p.stem, p)
+            if p.stem in files:
+                twins.append(p)
+            else:
+                files[p.stem] = p
+    if twins and skipped is not None:
+        skipped.append(f"{len(twins)} files in {folder} share their name with another and were not used (e.g. "
+                       f"{twins[0].name}; {files[twins[0].stem].name} was): pairs are matched by name without "
+                       "extension")
     return files
 
 
 def image_pair(rgb: Path, modal: Path) -> PairSource:
     def frames() -> Iterator[FramePair]:
-        image, encoding = read_rgb(rgb)
-        yield FramePair(rgb.stem, image, encoding, read_image(modal))
+        yield _read_pair(rgb.stem, rgb, modal, lambda: read_image(modal))
 
-    return PairSource(f"image pair {rgb} + {modal}", 1, frames)
+    return PairSource(f"image pair {rgb} + {modal}", 1, frames, modal_path=str(modal))
 
 
 def folder_pairs(rgb_dir: Path, modal_dir: Path) -> PairSource:
     """Two folders, paired by file name without extension (``0001.jpg`` with ``0001.png``)."""
-    rgbs, modals = _image_files(rgb_dir), _image_files(modal_dir)
+    skipped: list[str] = []
+    rgbs, modals = _image_files(rgb_dir, skipped), _image_files(modal_dir, skipped)
     names = [n for n in rgbs if n in modals]
-    skipped = []
     if len(rgbs) > len(names):
         skipped.append(f"{len(rgbs) - len(names)} RGB images without a modality image of the same name in "
                        f"{modal_dir} (e.g. {next(n for n in rgbs if n not in modals)})")
@@ -99,10 +124,10 @@ def folder_pairs(rgb_dir: Path, modal_dir: Path) -> PairSource:
 
     def frames() -> Iterator[FramePair]:
         for n in names:
-            image, encoding = read_rgb(rgbs[n])
-            yield FramePair(n, image, encoding, read_image(modals[n]))
+            yield _read_pair(n, rgbs[n], modals[n], lambda n=n: read_image(modals[n]))
 
-    return PairSource(f"folders {rgb_dir} + {modal_dir}", count=len(names), skipped=skipped, frames=frames)
+    return PairSource(f"folders {rgb_dir} + {modal_dir}", count=len(names), skipped=skipped, frames=frames,
+                      modal_path=str(modal_dir))
 
 
 def dataset_pairs(root: Path, split: Optional[str], preset: Optional[str]) -> PairSource:
@@ -127,10 +152,28 @@ def dataset_pairs(root: Path, split: Optional[str], preset: Optional[str]) -> Pa
     def frames() -> Iterator[FramePair]:
         for i in indices:
             rgb_path, modal_path, _ = ds.paths(i)
-            image, encoding = read_rgb(rgb_path)
-            yield FramePair(ds.names[i], image, encoding, ds.raw_modal(i))
+            yield _read_pair(ds.names[i], rgb_path, modal_path, lambda i=i: ds.raw_modal(i))
 
+    # no modal_path: a benchmark's folder name (NYU's Depth/) says depth for 8-bit images its checkpoints read
+    # with a 0..255 scaling; the files' encoding still speaks for itself
     return PairSource(f"dataset {root} ({ds.spec.name}, {what})", count=len(indices), frames=frames)
+
+
+def with_depth_units(source: PairSource, units: str) -> PairSource:
+    """``source`` with its integer depth images converted from ``units`` (see
+    :func:`~sigma_core.data.modality.depth_to_metres`: "mm", "0.1mm" for NYU Depth V2, "0.2mm" for TUM, ...) to
+    float32 metres, as a dataset's ``depth_units`` and the node's ``depth.units`` do; float depth (metres already)
+    passes unchanged. ValueError listing the units for an unknown one."""
+    key = depth_units_key(units)
+
+    def frames() -> Iterator[FramePair]:
+        for pair in source.frames():
+            if pair.modal is not None and pair.modal.dtype.kind in "ui":
+                depth = pair.modal[..., 0] if pair.modal.ndim == 3 else pair.modal
+                pair = replace(pair, modal=depth_to_metres(depth, key))
+            yield pair
+
+    return replace(source, description=f"{source.description} (depth in {key})", frames=frames)
 
 
 def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
@@ -138,6 +181,12 @@ def _video_frames(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     if not cap.isOpened():
         raise ValueError(f"cannot open video {path} (not a video, or a codec OpenCV lacks)")
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:  # from the container's header, before a frame of that size is decoded
+        check_pixels(width, height, DEFAULT_MAX_PIXELS, f"video {path}")
+    except ValueError:
+        cap.release()
+        raise
 
     def frames() -> Iterator[np.ndarray]:
         try:
@@ -156,13 +205,13 @@ def video_pairs(rgb: Path, modal: Path) -> PairSource:
     """An RGB video with a modality video (frame i with frame i) or a modality image folder (its images in name
     order). A video's modality is 8-bit: a colour-mapped modality video is read through its first channel."""
     rgb_count, _ = _video_frames(rgb)
+    skipped: list[str] = []
     if modal.is_dir():
-        modal_files = list(_image_files(modal).values())
+        modal_files = list(_image_files(modal, skipped).values())
         modal_count = len(modal_files)
     else:
         modal_count, _ = _video_frames(modal)
     count = min(rgb_count, modal_count)
-    skipped = []
     if rgb_count != modal_count:
         longer = rgb if rgb_count > modal_count else modal
         skipped.append(f"the last {abs(rgb_count - modal_count)} frames of {longer} ({rgb_count} RGB frames, "
@@ -173,16 +222,23 @@ def video_pairs(rgb: Path, modal: Path) -> PairSource:
     def frames() -> Iterator[FramePair]:
         _, rgb_frames = _video_frames(rgb)
         if modal.is_dir():
-            modal_frames = (read_image(p) for p in modal_files)
+            modal_frames = iter(modal_files)
         else:
             modal_frames = (f[..., 0] if f.ndim == 3 else f for f in _video_frames(modal)[1])
         for i, (image, raw) in enumerate(zip(rgb_frames, modal_frames)):
             if i >= count:
                 return
-            yield FramePair(f"frame_{i:06d}", image, _encoding_of(image, rgb), raw)
+            name = f"frame_{i:06d}"
+            if isinstance(raw, Path):
+                try:
+                    raw = read_image(raw)
+                except ValueError as e:
+                    yield FramePair(name, None, "", None, problem=str(e))
+                    continue
+            yield FramePair(name, image, _encoding_of(image, rgb), raw)
 
     return PairSource(f"video {rgb} + {'image folder' if modal.is_dir() else 'video'} {modal}", count=count,
-                      skipped=skipped, frames=frames)
+                      skipped=skipped, frames=frames, modal_path=str(modal))
 
 
 def open_pairs(rgb: Path, modal: Optional[Path], split: Optional[str] = None,
@@ -206,6 +262,9 @@ def open_pairs(rgb: Path, modal: Optional[Path], split: Optional[str] = None,
         if not (is_video(modal) or modal.is_dir()):
             raise ValueError(f"{rgb} is a video: the modality must be a video or an image folder, got {modal}")
         return video_pairs(rgb, modal)
+    if rgb.resolve() == modal.resolve():  # a typo: every RGB image would be paired with itself as the modality
+        raise ValueError(f"the RGB and the modality path are the same ({rgb}): give the modality's own image, "
+                         "folder or video")
     if rgb.is_dir() and modal.is_dir():
         return folder_pairs(rgb, modal)
     if rgb.is_file() and modal.is_file():

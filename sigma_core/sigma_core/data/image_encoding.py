@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -222,8 +222,8 @@ def compressed_size(data: Any) -> tuple[str, int, int]:
                              "decoding (every progressive scan passes over the whole image: a few bytes each, "
                              "seconds in all; a hostile or corrupt file)")
         return ("jpeg", *_jpeg_size(raw))
-    if raw[:4] in (b"II*\0", b"MM\0*"):
-        return ("tiff", *_tiff_size(raw))
+    if raw[:4] in (b"II*\0", b"MM\0*"):  # writers (OpenCV, libtiff) put the directory after the image data
+        return ("tiff", *_tiff_size(memoryview(np.ascontiguousarray(_as_byte_array(data)))))
     raise ValueError(f"data starting with {raw[:8]!r} is not PNG, JPEG or TIFF")
 
 
@@ -284,12 +284,14 @@ def _jpeg_size(raw: bytes) -> tuple[int, int]:
 _TIFF_MAX_BITS_PER_PIXEL = 32  # the widest pixel we use: bgra8 or 32FC1 depth (4 bytes)
 
 
-def _tiff_size(raw: bytes) -> tuple[int, int]:
+def _tiff_size(raw: memoryview) -> tuple[int, int]:
     """(width, height) from the first image directory of a classic TIFF (tags 256 ImageWidth, 257 ImageLength).
 
     The pixel's width (tags 277 SamplesPerPixel x 258 BitsPerSample) is checked too: OpenCV decodes 4 samples of
     64-bit floats, 32 bytes a pixel, so a 0.4 MB TIFF within the pixel limit would still take gigabytes; more than
-    32 bits a pixel (bgra8, 32FC1) is refused here, as it would be after decoding.
+    32 bits a pixel (bgra8, 32FC1) is refused here, as it would be after decoding. So are tiles (tags 322 TileWidth,
+    323 TileLength) larger than the image rounded up to 16 pixels: OpenCV allocates a whole tile first, so a 390-byte
+    TIFF of 16x16 pixels in one 16384x16368 tile took 826 MB.
     """
     order = "<" if raw[:2] == b"II" else ">"
     try:
@@ -298,21 +300,70 @@ def _tiff_size(raw: bytes) -> tuple[int, int]:
         tags = {}
         for n in range(count):
             tag, kind, values, value = struct.unpack(order + "HHII", raw[ifd + 2 + 12 * n:ifd + 14 + 12 * n])
-            if tag in (256, 257, 258, 277):  # a SHORT value sits in the first two bytes of the value field
+            if tag in (256, 257, 258, 277, 322, 323):  # a SHORT value sits in the first two bytes of the value field
                 at = ifd + 10 + 12 * n
                 if tag == 258 and values > 2:  # one BitsPerSample per sample, stored at the offset given
                     at = value
                 tags[tag] = value if kind == 4 and values == 1 else struct.unpack(order + "H", raw[at:at + 2])[0]
     except struct.error:
-        raise ValueError("TIFF data ends inside its first image directory: corrupt, or its directory lies beyond "
-                         "the first 64 KiB") from None
+        raise ValueError("TIFF data ends inside its first image directory: corrupt or truncated") from None
     if 256 not in tags or 257 not in tags:
         raise ValueError("TIFF data names no image width/length in its first directory: corrupt")
     samples, bits = tags.get(277, 1), tags.get(258, 1)
     if samples * bits > _TIFF_MAX_BITS_PER_PIXEL:
         raise ValueError(f"TIFF data declares {samples} samples of {bits} bits a pixel: only 8-bit mono/colour and "
                          "16-bit or 32-bit float single-channel TIFFs are supported (refused before decoding)")
-    return tags[256], tags[257]
+    width, height = tags[256], tags[257]
+    if 322 in tags or 323 in tags:  # tiled: OpenCV allocates one whole tile (4 bytes a pixel) before decoding it
+        tile_width, tile_height = tags.get(322, 0), tags.get(323, 0)
+        if tile_width > _padded(width) or tile_height > _padded(height):
+            raise ValueError(f"TIFF data declares {tile_width}x{tile_height} tiles for a {width}x{height} image: "
+                             "tiles larger than the image (refused before decoding: OpenCV would allocate a whole "
+                             "tile, up to 1 GB for a file of a few hundred bytes)")
+    return width, height
+
+
+def _padded(size: int) -> int:
+    """``size`` rounded up to the 16-pixel multiple TIFF tiles are made of."""
+    return (size + 15) // 16 * 16
+
+
+def check_file_size(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Check the size an image file's bytes declare (``what`` names the file), before OpenCV decodes it.
+
+    PNG, JPEG and TIFF are read by :func:`compressed_size` (with its bomb checks); any other format OpenCV reads
+    from files (BMP, WebP, PNM, GIF, JPEG 2000, ...) by Pillow, from its header alone. A format neither knows
+    (EXR, Radiance HDR) is left to OpenCV's own limit (2^30 pixels). ImageTooLargeError above ``max_pixels``;
+    ValueError for a PNG/JPEG/TIFF header that is corrupt.
+    """
+    buf = _as_byte_array(data)
+    head = buf[:8].tobytes()
+    if head == _PNG_MAGIC or head[:2] == b"\xff\xd8" or head[:4] in (b"II*\0", b"MM\0*"):
+        _, width, height = compressed_size(buf)
+    else:
+        size = _pillow_size(buf, what)
+        if size is None:
+            return
+        width, height = size
+    check_pixels(width, height, max_pixels, what)
+
+
+def _pillow_size(buf: np.ndarray, what: str) -> Optional[tuple[int, int]]:
+    """(width, height) Pillow reads from an image's header without decoding it; None for a format it lacks."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            with Image.open(io.BytesIO(buf.tobytes())) as img:  # lazy: reads the header only
+                return img.size
+    except Image.DecompressionBombError as err:  # Pillow's own limit, far above ours: refused all the same
+        raise ImageTooLargeError(f"{what}: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def check_compressed_size(fmt: str, data: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -395,6 +446,8 @@ def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str, max_pixel
     if re.search(r"compresseddepth\s+rvl", fmt.lower()):
         if len(raw) < _DEPTH_HEADER + 8:
             raise ValueError(f"compressedDepth rvl data ({fmt!r}) is {len(raw)} bytes: too short for its headers")
+        from .rvl import decode_rvl  # compiles its kernel on first use: only when an RVL image comes
+
         start = _DEPTH_HEADER
         img = decode_rvl(raw[_DEPTH_HEADER:], max_pixels)
     else:
@@ -414,70 +467,6 @@ def _decode_compressed_depth(original: str, buf: np.ndarray, fmt: str, max_pixel
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(img > 0, quant_a / (values - quant_b), np.nan).astype(np.float32)
     return depth, "32FC1"
-
-
-_NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.uint32)  # RVL reads each 32-bit word from its top nibble
-
-
-def decode_rvl(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """image_transport's RVL payload (uint32 cols, uint32 rows, then the RVL stream) -> (rows, cols) uint16.
-
-    RVL (A. D. Wilson, "Fast Lossless Depth Image Compression", ISS 2017) codes runs of zeros
-    and non-zeros with 4-bit variable-length codes packed into little-endian 32-bit words; the
-    non-zero pixels store zig-zag deltas to the previous non-zero pixel. Raises ValueError for a
-    stream that does not fill exactly rows x cols pixels (corrupt or truncated data),
-    ImageTooLargeError when rows x cols > max_pixels (checked before anything is allocated).
-    """
-    if len(data) < 8:
-        raise ValueError("RVL data is too short for its size header")
-    cols, rows = struct.unpack("<II", data[:8])
-    n = int(rows) * int(cols)
-    if n == 0:
-        raise ValueError(f"RVL data reports an empty image of {cols}x{rows} pixels: corrupt")
-    check_pixels(cols, rows, max_pixels, f"RVL data of {len(data):,} bytes")
-    stream = data[8:]
-    stream = stream + b"\0" * (-len(stream) % 4)
-    words = np.frombuffer(stream, dtype="<u4")
-    nibbles = ((words[:, None] >> _NIBBLE_SHIFTS[None, :]) & 0xF).astype(np.int64).reshape(-1)
-    ends = np.flatnonzero((nibbles & 0x8) == 0)  # the last nibble of each value has no continuation bit
-    if ends.size == 0:
-        raise ValueError("RVL data holds no complete value: corrupt or truncated")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 11:  # 33 bits: no 16-bit image needs that many
-        raise ValueError("RVL data holds an over-long value: corrupt")
-    nibbles = nibbles[: ends[-1] + 1]
-    within = np.arange(nibbles.size) - np.repeat(starts, lengths)
-    values = np.add.reduceat((nibbles & 0x7) << (3 * within), starts)
-    # the run structure (zeros, non-zeros, that many deltas) is sequential; walk it run by run
-    run_starts, run_lengths, header_at = [], [], []
-    vals = values.tolist()
-    pos = i = 0
-    while pos < n:
-        if i + 1 >= len(vals):
-            raise ValueError(f"RVL data ends after {pos} of {n} pixels: truncated")
-        zeros, nonzeros = vals[i], vals[i + 1]
-        header_at += (i, i + 1)
-        pos += zeros
-        run_starts.append(pos)
-        run_lengths.append(nonzeros)
-        pos += nonzeros
-        i += 2 + nonzeros
-    if i > len(vals):
-        raise ValueError(f"RVL data ends {i - len(vals)} values short of its {cols}x{rows} pixels: truncated")
-    if pos != n:
-        raise ValueError(f"RVL data codes {pos} pixels for a {cols}x{rows} image: corrupt")
-    is_delta = np.ones(i, dtype=bool)
-    is_delta[header_at] = False
-    zigzag = values[:i][is_delta]
-    deltas = (zigzag >> 1) ^ -(zigzag & 1)
-    edges = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(edges, np.asarray(run_starts), 1)
-    np.add.at(edges, np.asarray(run_starts) + np.asarray(run_lengths), -1)
-    nonzero = np.cumsum(edges[:n]) > 0
-    out = np.zeros(n, dtype=np.uint16)
-    out[nonzero] = (np.cumsum(deltas) & 0xFFFF).astype(np.uint16)
-    return out.reshape(int(rows), int(cols))
 
 
 def encode_compressed(arr: np.ndarray, encoding: str, fmt: str = "png", jpeg_quality: int = 95) -> tuple[str, bytes]:

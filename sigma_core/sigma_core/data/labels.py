@@ -25,7 +25,15 @@ import cv2
 import numpy as np
 
 from .errors import DataError
-from .image_encoding import DEFAULT_MAX_PIXELS, check_pixels, compressed_kind, compressed_size, image_to_array
+from .image_encoding import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    check_file_size,
+    check_pixels,
+    compressed_kind,
+    compressed_size,
+    image_to_array,
+)
 from .transforms import IGNORE_INDEX
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -147,6 +155,8 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing label file {path}")
+    if path.suffix != ".npy":
+        _check_label_file_size(path)
     header = _file_png_header(path)
     if header is not None and header[1] == _PNG_INDEXED:
         return _read_indexed_png(path, str(path))
@@ -168,6 +178,19 @@ def read_label_image(path: str | os.PathLike, palette: Optional[Sequence[Sequenc
     if not np.issubdtype(stored.dtype, np.integer):
         raise DataError(f"{path}: labels must be integer class ids, the file holds {stored.dtype}")
     return label_from_array(stored, str(path), palette)
+
+
+def _check_label_file_size(path: Path) -> None:
+    """DataError for a label file declaring more pixels than the decoders' limit (read from its header)."""
+    try:
+        check_file_size(np.fromfile(path, np.uint8), f"label image {path}")
+    except ImageTooLargeError as exc:
+        raise DataError(f"{exc}; re-export it or remove its name from the split list") from None
+    except ValueError as exc:
+        raise DataError(f"cannot decode label image {path} ({exc}); re-export it or remove its name from the split "
+                        "list") from None
+    except OSError as exc:
+        raise DataError(f"cannot read label {path}: {exc.strerror}") from None
 
 
 def label_from_message(msg, where: str) -> np.ndarray:
@@ -216,11 +239,16 @@ def _decode_compressed_label(fmt: str, data: bytes, where: str) -> tuple[np.ndar
 
 
 def check_class_names(names: Sequence[Any], source: str) -> None:
-    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice.
+    """ValueError naming ``source`` and the repeated names with their class ids, if any name is given twice, or a name
+    is not text (a number is taken as text; a list or mapping is a misplaced YAML level).
 
     Two classes of one name cannot be told apart in a report, a ClassMap or a class-name lookup; it is
     almost always a copy-and-paste slip in a classes list.
     """
+    for i, name in enumerate(names):  # a list or mapping where a name belongs is a misplaced YAML level
+        if not isinstance(name, (str, int, float)):
+            raise ValueError(f"{source}: class names must be text, but id {i} is a {type(name).__name__} "
+                             f"({len(name) if hasattr(name, '__len__') else 1} items): one name per list entry")
     first: dict[str, int] = {}
     repeated = []
     for i, name in enumerate(str(n) for n in names):

@@ -6,6 +6,7 @@ checkpoints record it, so a model sees the same values in training and on the ro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -41,11 +42,11 @@ class ModalityScaling:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.range is not None:
             lo, hi = self.range
-            if not hi > lo:
-                raise ValueError(f"thermal range must be (low, high) with high > low, got {self.range}")
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):  # inf: every value would scale to 0
+                raise ValueError(f"thermal range must be (low, high), finite, with high > low, got {self.range}")
             object.__setattr__(self, "range", (float(lo), float(hi)))
-        if not self.max_range > 0:
-            raise ValueError(f"depth max_range must be > 0 metres, got {self.max_range}")
+        if not (math.isfinite(self.max_range) and self.max_range > 0):
+            raise ValueError(f"depth max_range must be finite and > 0 metres, got {self.max_range}")
 
     def to_unit(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) or (H, W, C) raw array -> ((H, W) float32 in [0, 1], (H, W) bool valid mask).
@@ -90,6 +91,9 @@ class ModalityScaling:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModalityScaling:
+        """from to_dict()'s dict; ValueError when ``d`` is not one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"modality scaling must be a dict like {cls().to_dict()}, got {type(d).__name__}")
         rng = d.get("range")
         return cls(
             modality=d.get("modality", "thermal"),
@@ -119,3 +123,35 @@ def depth_to_metres(raw: np.ndarray, units: str = "mm") -> np.ndarray:
         v = raw.astype(np.uint16)
         raw = (v >> 3) | (v << 13)  # uint16 arithmetic: the top bits fall off, as in the toolbox
     return (raw.astype(np.float64) * DEPTH_UNITS[units]).astype(np.float32)
+
+
+DEPTH_ENCODINGS_REP118 = ("16UC1", "32FC1")  # REP 118: depth images are 16UC1 millimetres or 32FC1 metres
+NO_RETURN_FRACTION = 0.002  # depth cameras mark pixels without a return 0 or NaN; thermal cameras never do
+
+
+def depth_stream_evidence(topic: str, encoding: str, raw: np.ndarray, camera_info_beside: bool,
+                          named: str = "the topic name") -> list[str]:
+    """Why a modality stream fed to a thermal model looks like a depth camera; empty when it does not.
+
+    topic: the stream's topic (or file path, with ``named`` "the path"); encoding: its ROS encoding (a file's:
+    16UC1 for uint16, 32FC1 for float32); raw: (H, W) or (H, W, C) as received. Used by the node and sigma-predict.
+
+    The topic name saying ``depth`` is enough on its own; otherwise a REP 118 depth encoding must come with
+    "no return" pixels (0 or NaN) or a CameraInfo topic beside the image topic. A thermal camera on 16UC1 or
+    32FC1 (some are) gives neither, so it keeps the thermal-range advice.
+    """
+    name_says = "depth" in topic.lower()
+    encoded = encoding in DEPTH_ENCODINGS_REP118
+    values = raw[..., 0] if raw.ndim == 3 else raw
+    with np.errstate(invalid="ignore"):
+        no_return = float(np.count_nonzero(~(values > 0))) / max(values.size, 1)  # 0 and NaN
+    reasons = []
+    if name_says:
+        reasons.append(f"{named} {topic} says depth")
+    if encoded:
+        reasons.append(f"its encoding {encoding} is a depth encoding (REP 118: 16UC1 millimetres, 32FC1 metres)")
+    if encoded and no_return > NO_RETURN_FRACTION:
+        reasons.append(f"{no_return:.0%} of its pixels are 0/NaN, a depth camera's 'no return'")
+    if encoded and camera_info_beside:
+        reasons.append("a CameraInfo topic is published beside it")
+    return reasons if name_says or (encoded and len(reasons) > 1) else []

@@ -29,7 +29,6 @@ import numpy as np
 import yaml
 
 from ..files import atomic_write_image, atomic_write_text, read_yaml_mapping
-from .dataset import DatasetSpec
 from .modality import ModalityScaling
 
 CLASSES = ("background", "road", "building", "vegetation", "person", "vehicle", "mannequin", "cone")
@@ -460,6 +459,8 @@ def write_dataset(
     for split, names in splits.items():
         atomic_write_text(root / f"{split}.txt", "".join(f"{s}\n" for s in names))
     atomic_write_text(root / "meta.yaml", yaml.safe_dump(meta, sort_keys=True))
+    from .dataset import DatasetSpec  # imports torch: here only, the demo's recording runs without it
+
     h, w = size
     DatasetSpec(
         name="synthetic",

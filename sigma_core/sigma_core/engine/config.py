@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 
 from ..files import read_yaml_mapping
+from ..yaml_loading import load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -254,7 +255,7 @@ def resolve_config_path(config: Union[str, Path]) -> Path:
 def parse_value(text: str) -> Any:
     """A command-line value as YAML (numbers, booleans, null, [lists]); "6e-5" is a float, not a string."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -375,8 +376,23 @@ def resume_config(run_dir: Path, resume: str, overrides: Sequence[str]) -> Train
     Raises ValueError naming every override that would change the experiment (its saved and given values).
     """
     saved_path = run_dir / RUN_CONFIG
+    try:
+        content = load_yaml(saved_path.read_text())
+    except yaml.YAMLError:
+        content = TrainConfig.load(saved_path)  # raises the loader's message, naming where the parser stopped
+    if not isinstance(content, dict) or not {"model", "data", "schedule"} <= set(content):
+        # an empty or foreign file would resume with the built-in defaults: not this run's configuration
+        raise ValueError(f"{saved_path} holds no sigma-train configuration (empty, or not the file sigma-train "
+                         "wrote): restore it from the run, or start a new run in another train.out_dir")
+    moved = [o.split("=", 1)[1] for o in overrides if o.startswith("train.out_dir=")]
+    if moved and Path(moved[-1]).resolve() != run_dir.resolve():
+        raise ValueError(f"train.out_dir={moved[-1]}: a resumed run writes to its own folder {run_dir}; to branch "
+                         f"it, copy {run_dir} to {moved[-1]} and resume that copy")
     saved = TrainConfig.load(saved_path)
     wanted = TrainConfig.load(saved_path, overrides)
+    if wanted.schedule.epochs < saved.schedule.epochs:  # before the warm-up it clamps is named as the change
+        raise ValueError(f"schedule.epochs={wanted.schedule.epochs} is fewer than the run's {saved.schedule.epochs}: "
+                         "resuming may only add epochs")
     before, after = _flat(saved.to_dict()), _flat(wanted.to_dict())
     refused = [f"{key} (the run has {before[key]!r}, given {after[key]!r})" for key in after
                if after[key] != before[key] and key not in SAFE_ON_RESUME]
@@ -386,7 +402,4 @@ def resume_config(run_dir: Path, resume: str, overrides: Sequence[str]) -> Train
                          "Start a new run (another train.out_dir) to change the others")
     wanted.train.out_dir = str(run_dir)
     wanted.train.resume = "auto" if Path(resume).is_dir() or resume == "auto" else resume
-    if wanted.schedule.epochs < saved.schedule.epochs:
-        raise ValueError(f"schedule.epochs={wanted.schedule.epochs} is fewer than the run's {saved.schedule.epochs}: "
-                         "resuming may only add epochs")
     return wanted

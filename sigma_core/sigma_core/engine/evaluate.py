@@ -179,7 +179,7 @@ def load_model_for_evaluation(checkpoint: str, cfg: Any, dataset_spec: Any, devi
 
     Ours as it is; a published Sigma checkpoint with its architecture inferred from its keys and its
     classes from ``dataset_spec`` (the evaluation dataset's DatasetSpec). Raises ValueError (a
-    CheckpointError) when the class counts of checkpoint and dataset differ.
+    CheckpointError) when the class counts or the modalities of checkpoint and dataset differ.
     """
     from ..checkpoints import load_model
 
@@ -188,6 +188,12 @@ def load_model_for_evaluation(checkpoint: str, cfg: Any, dataset_spec: Any, devi
     num_classes = len(dataset_spec.classes)
     if meta.num_classes != num_classes:
         raise ValueError(f"{checkpoint} predicts {meta.num_classes} classes but the dataset has {num_classes}")
+    # a thermal model scored on depth images: numbers that mean nothing. The benchmark depth presets read their
+    # 8-bit depth with a thermal-style 0..255 scaling (spec.scaling), which their trained checkpoints record
+    if meta.modality not in (dataset_spec.modality, dataset_spec.scaling.modality):
+        raise ValueError(f"{checkpoint} is a {meta.modality} model but the dataset's modality is "
+                         f"{dataset_spec.modality}: evaluate a {dataset_spec.modality} checkpoint (none: the bundled "
+                         f"{dataset_spec.modality} demo model)")
     return model, meta
 
 

@@ -10,16 +10,37 @@ from the ground truth has IoU 0 and counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+
+def confusion_counts(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """numpy, no torch (the replay tools run beside an .onnx model): integer arrays of one shape -> (K, K) int64
+    confusion (rows: truth, columns: prediction), as ConfusionMatrix.update counts it.
+
+    Target pixels outside [0, K) are ignored; predictions must lie in [0, K) (ValueError).
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+    k = int(num_classes)
+    pred, true = prediction.reshape(-1).astype(np.int64), target.reshape(-1).astype(np.int64)
+    keep = (true >= 0) & (true < k)
+    pred, true = pred[keep], true[keep]
+    if pred.size and (int(pred.min()) < 0 or int(pred.max()) >= k):
+        raise ValueError(f"predicted class ids must lie in [0, {k}), got {int(pred.min())}..{int(pred.max())}")
+    return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
 
 
 class ConfusionMatrix:
-    """Accumulates a (K, K) int64 confusion matrix (rows: truth, columns: prediction) on any device."""
+    """Accumulates a (K, K) int64 confusion matrix (rows: truth, columns: prediction) on any torch device."""
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int, device: Any = "cpu"):
+        import torch  # here: the rest of this module (metrics from a numpy matrix) serves torch-free tools
+
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -32,6 +53,8 @@ class ConfusionMatrix:
         """
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+        import torch
+
         k = self.num_classes
         pred = prediction.reshape(-1).to(self.matrix.device, torch.int64)
         true = target.reshape(-1).to(self.matrix.device, torch.int64)
@@ -43,6 +66,8 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all processes of an initialised torch.distributed group (no-op otherwise)."""
+        import torch
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.matrix)
 

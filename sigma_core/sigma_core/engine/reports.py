@@ -139,6 +139,11 @@ def plot_training_curves(epochs_csv: Path, path: Path) -> Path:
     ax_miou.set_xlabel("epoch")
     ax_miou.set_ylabel("validation mIoU (%)")
     ax_miou.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_miou):  # epochs are whole (no 1.25 ticks on a short run), both panels the same span
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

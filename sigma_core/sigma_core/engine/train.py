@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from ..checkpoints.errors import ArchitectureMismatchError
 from ..data.transforms import IGNORE_INDEX
 from ..files import atomic_torch_save, atomic_write_text
 from ..inference import resolve_device
@@ -40,7 +41,7 @@ from .builders import (
     initialise_from,
     make_dataset,
 )
-from .config import TrainConfig, usable_workers
+from .config import RUN_CONFIG, TrainConfig, usable_workers
 from .evaluate import EvalSettings, blank_modality_like, evaluate_dataset, unpack_batch
 from .metrics import SegmentationMetrics
 from .reports import plot_training_curves
@@ -318,8 +319,26 @@ def resume_point(cfg: TrainConfig, out_dir: Path) -> Optional[Path]:
     return Path(cfg.train.resume) if cfg.train.resume else None
 
 
+def check_same_data(resume: Path, info: Any, root: Any) -> None:
+    """ValueError when the checkpoint to resume was trained on other classes or another modality than the data
+    now configured: data.root may be changed on resume to follow a moved dataset, not to swap it."""
+    from ..checkpoints import read_checkpoint, read_meta
+
+    held = read_meta(read_checkpoint(resume), str(resume))
+    differ = []
+    if list(held.class_names) != list(info.class_names):
+        differ.append(f"its classes are {len(held.class_names)} ({', '.join(held.class_names[:4])}, ...), the "
+                      f"data's {len(info.class_names)} ({', '.join(info.class_names[:4])}, ...)")
+    if held.modality != info.scaling.modality:
+        differ.append(f"it is a {held.modality} model, the data is {info.scaling.modality}")
+    if differ:
+        raise ValueError(f"{resume} was trained on other data than data.root={root}: {'; '.join(differ)}. Resuming "
+                         f"may move a dataset, not change it: to train on this one, start a new run with "
+                         f"model.init={resume}")
+
+
 def resume_or_initialise(cfg: TrainConfig, trainee: Trainee, iters_per_epoch: int, ctx: DistContext,
-                         out_dir: Path) -> Progress:
+                         out_dir: Path, info: Any = None) -> Progress:
     """Restore weights, optimiser, scaler, progress and RNGs from the resume checkpoint, or load model.init.
 
     Raises FileNotFoundError/ValueError when the checkpoint is missing, lacks its state, or was saved with
@@ -332,7 +351,19 @@ def resume_or_initialise(cfg: TrainConfig, trainee: Trainee, iters_per_epoch: in
             if ctx.is_main:
                 print(f"initialised from {cfg.model.init}: {report}")
         return Progress()
-    state = read_training_state(resume, trainee.model)
+    if info is not None and resume.is_file():
+        check_same_data(resume, info, cfg.data.root)
+    try:
+        state = read_training_state(resume, trainee.model)
+    except ArchitectureMismatchError as e:
+        if not (resume.parent / RUN_CONFIG).is_file():
+            raise
+        # the run's own config.yaml builds the model on resume (model overrides are refused), so it is to blame
+        raise ArchitectureMismatchError(
+            f"{resume.parent / RUN_CONFIG} does not describe the checkpoints beside it: {resume.name} holds {e.held}, "
+            f"the config builds {e.built} ({', '.join(e.fields)} differ). It was edited or copied from another run: "
+            f"restore the run's own config.yaml, or start a new run from {resume} with model.init={resume}",
+            e.held, e.built, e.fields) from None
     if state.get("iters_per_epoch") not in (None, iters_per_epoch):
         raise ValueError(f"{resume}: saved with {state['iters_per_epoch']} iterations per epoch, now "
                          f"{iters_per_epoch}; resume with the same data, batch size and process count")
@@ -651,7 +682,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         check_out_dir(cfg, out_dir)
     data = load_data(cfg, ctx)
     trainee = build_trainee(cfg, len(data.info.class_names), data.iters_per_epoch, ctx)
-    progress = resume_or_initialise(cfg, trainee, data.iters_per_epoch, ctx, out_dir)
+    progress = resume_or_initialise(cfg, trainee, data.iters_per_epoch, ctx, out_dir, data.info)
     logs = None
     if ctx.is_main:  # rank 0 logs and writes; everything is checked, so now the run folder may be written
         warning = check_memory(cfg, data, trainee.model, ctx)

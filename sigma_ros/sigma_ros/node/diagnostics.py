@@ -238,17 +238,23 @@ class NodeDiagnostics:
             from diagnostic_updater import Updater
         except ImportError:
             Updater = None
-        # The node's clock stands still with use_sim_time until /clock comes (or while a bag is paused): health is
-        # most wanted then, so the own timer runs on the steady clock, and diagnostic_updater (whose timer uses
-        # the node's clock) is used only without sim time.
-        sim_time = node.get_parameter("use_sim_time").value if node.has_parameter("use_sim_time") else False
-        if Updater is not None and not sim_time:
+        # The node's clock stands still with use_sim_time (set at start or at run time) until /clock comes, or
+        # while a bag is paused: health is most wanted then, so reports follow the steady clock, diagnostic_updater's
+        # too (its own timer uses the node's clock: it is replaced).
+        from rclpy.clock import Clock, ClockType
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if Updater is not None:
             try:
                 self._updater = Updater(node, period=period_s)
             except TypeError:  # an older Updater without the period argument: publish ourselves
                 self._updater = None
         if self._updater is not None:
             self.backend = "diagnostic_updater"
+            if getattr(self._updater, "timer", None) is not None:
+                node.destroy_timer(self._updater.timer)
+                period = getattr(self._updater, "period", period_s)  # its parameter's value
+                self._updater.timer = node.create_timer(period, self._updater.update, clock=steady)
             self._updater.setHardwareID(hardware_id)
             self._updater.add(self.task_name, self._fill)
             return
@@ -256,9 +262,7 @@ class NodeDiagnostics:
 
         self.backend = "diagnostic_msgs"
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        from rclpy.clock import Clock, ClockType
-
-        self._timer = node.create_timer(period_s, self._publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._timer = node.create_timer(period_s, self._publish, clock=steady)
 
     def _fill(self, stat):
         """diagnostic_updater task: fill its DiagnosticStatusWrapper."""

@@ -188,31 +188,3 @@ def modality_problem(raw: np.ndarray, scaling: Any) -> Optional[tuple[str, float
             return None  # integers without a range span their dtype: nothing is clipped
     fraction = float(np.count_nonzero(bad)) / max(bad.size, 1)
     return (kind, fraction) if fraction > MOSTLY_UNUSABLE else None
-
-
-DEPTH_ENCODINGS_REP118 = ("16UC1", "32FC1")  # REP 118: depth images are 16UC1 millimetres or 32FC1 metres
-NO_RETURN_FRACTION = 0.002  # depth cameras mark pixels without a return 0 or NaN; thermal cameras never do
-
-
-def depth_stream_evidence(topic: str, encoding: str, raw: np.ndarray, camera_info_beside: bool) -> list[str]:
-    """Why a modality stream fed to a thermal model looks like a depth camera; empty when it does not.
-
-    The topic name saying ``depth`` is enough on its own; otherwise a REP 118 depth encoding must come with
-    "no return" pixels (0 or NaN) or a CameraInfo topic beside the image topic. A thermal camera on 16UC1 or
-    32FC1 (some are) gives neither, so it keeps the thermal-range advice.
-    """
-    name_says = "depth" in topic.lower()
-    encoded = encoding in DEPTH_ENCODINGS_REP118
-    values = raw[..., 0] if raw.ndim == 3 else raw
-    with np.errstate(invalid="ignore"):
-        no_return = float(np.count_nonzero(~(values > 0))) / max(values.size, 1)  # 0 and NaN
-    reasons = []
-    if name_says:
-        reasons.append(f"the topic name {topic} says depth")
-    if encoded:
-        reasons.append(f"its encoding {encoding} is a depth encoding (REP 118: 16UC1 millimetres, 32FC1 metres)")
-    if encoded and no_return > NO_RETURN_FRACTION:
-        reasons.append(f"{no_return:.0%} of its pixels are 0/NaN, a depth camera's 'no return'")
-    if encoded and camera_info_beside:
-        reasons.append("a CameraInfo topic is published beside it")
-    return reasons if name_says or (encoded and len(reasons) > 1) else []

@@ -42,6 +42,10 @@ MAX_QUEUE = 10_000  # messages: a history or pairing queue longer than this is a
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service", "diagnostic_updater.period",
                   "diagnostic_updater.use_fqn")
 ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+# diagnostic_updater's name for diagnostics.period_s (its Updater declares it; `ros2 param dump` writes both): one
+# setting. Its parameters are read once, when the Updater is made, like diagnostics.period_s.
+UPDATER_PERIOD = "diagnostic_updater.period"
+READ_AT_START_ROS_PARAMETERS = (UPDATER_PERIOD, "diagnostic_updater.use_fqn")
 # How `ros2 param dump` writes a parameter that has no value, and what rcl's YAML parser reads back from it: the
 # string "null" (rcl has no YAML null). Reloading a dump must give the same configuration: these mean "unset".
 DUMPED_UNSET = ("null", "~")
@@ -431,6 +435,20 @@ def check_known(names: Iterable[str]) -> None:
         )
 
 
+def check_qos_overrides(names: Iterable[str], topics: Iterable[str], output_prefix: str) -> None:
+    """ConfigError naming a ``qos_overrides.<topic>.*`` parameter for one of this node's ``topics`` (fully
+    qualified) or a topic under ``output_prefix``: rclpy honours such a parameter only for an entity created with
+    QoS overriding options, which this node's are not (their QoS are our parameters), so it would be silently
+    ignored. Overrides of other topics (a ``/**`` file shared with other nodes) pass."""
+    topics = set(topics)
+    for name in sorted(names):
+        found = re.fullmatch(r"qos_overrides\.(/.*)\.(publisher|subscription)(_[^.]*)?\.[a-z_]+", name)
+        if found and (found[1] in topics or found[1].startswith(output_prefix)):
+            raise ConfigError(f"parameter {name} would be ignored: this node's topics take their QoS from input.qos "
+                              "(the camera subscriptions) and output.qos / output.depth (the outputs; the class map "
+                              "and label info stay reliable and transient local): set those instead")
+
+
 def parse_node_config(values: Mapping[str, Any]) -> NodeConfig:
     """Parameter values by name (missing ones take their defaults) -> NodeConfig; ConfigError if invalid."""
     check_known(values)
@@ -476,10 +494,28 @@ def check_registration(cfg: NodeConfig) -> None:
                           "in the RGB optical frame) with the intrinsics from rgb/camera_info and modal/camera_info")
 
 
+START_OPTIONS = ("lifecycle", "diagnostics.period_s")  # read before configure: fixed for the node's lifetime
+
+
 def parse_start_options(values: Mapping[str, Any]) -> tuple[bool, float]:
     """(lifecycle, diagnostics.period_s): what the node needs before it is configured; ConfigError if invalid."""
-    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default))
-                 for name in ("lifecycle", "diagnostics.period_s"))
+    return tuple(PARAMETERS[name].parse(name, values.get(name, PARAMETERS[name].default)) for name in START_OPTIONS)
+
+
+def diagnostics_period_given(given: Mapping[str, Any]) -> Optional[float]:
+    """The report period that the -p / params-file values ``given`` (name -> value) set, None if they set none.
+
+    diagnostics.period_s and diagnostic_updater.period are one setting: either may be given; both only with the
+    same value (a dump of the node holds both: an edit of one alone would be silently undone by the other).
+    ConfigError otherwise.
+    """
+    periods = {name: timer_period(name, given[name]) for name in ("diagnostics.period_s", UPDATER_PERIOD)
+               if name in given}
+    if len(set(periods.values())) > 1:
+        raise ConfigError(f"parameters diagnostics.period_s ({periods['diagnostics.period_s']}) and {UPDATER_PERIOD} "
+                          f"({periods[UPDATER_PERIOD]}) disagree: they are one setting (diagnostic_updater's name "
+                          "for it; `ros2 param dump` writes both): give one of them, or the same value in both")
+    return next(iter(periods.values()), None)
 
 
 def describe_parameters() -> str:
@@ -499,15 +535,18 @@ class RuntimeParameters:
     """Validates and applies changes of the ``runtime=True`` parameters while a node runs.
 
     ``cfg`` is the current NodeConfig (readers take ``self.cfg`` once per use), or None while a lifecycle
-    node is unconfigured (changes are then only parsed: configure reads them). ``fits(cfg)`` raises
+    node is unconfigured (changes are then only parsed: configure reads them). A ``managed`` (lifecycle) node
+    takes changes of the other parameters too while unconfigured, except START_OPTIONS: a configure that failed
+    on a parameter can be retried without a restart. ``fits(cfg)`` raises
     ConfigError when a candidate configuration does not fit the running model; ``on_change(old, new)``
     runs after a change is accepted, for side effects such as republishing the class map.
     Every change is answered: an invalid one of any type is refused with a reason, never an exception.
     """
 
     def __init__(self, cfg: Optional[NodeConfig], fits: Callable[[NodeConfig], None] = lambda cfg: None,
-                 on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None):
+                 on_change: Callable[[NodeConfig, NodeConfig], None] = lambda old, new: None, managed: bool = False):
         self.cfg = cfg
+        self.managed = managed
         self._fits = fits
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -520,7 +559,11 @@ class RuntimeParameters:
             if spec is None:
                 continue  # not ours (use_sim_time, qos_overrides.*): rclpy's
             if not spec.runtime:
-                raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
+                if not self.managed or name in START_OPTIONS:
+                    raise ConfigError(f"parameter {name} is read once at start-up; restart the node to change it")
+                if self.cfg is not None:
+                    raise ConfigError(f"parameter {name} is read at configure: deactivate and clean up the node "
+                                      "(ros2 lifecycle set), set it, then configure again")
             updates[spec.field] = spec.parse(name, value)
         if self.cfg is None:
             return None
@@ -556,7 +599,11 @@ class RuntimeParameters:
 
         def on_set(params: list) -> SetParametersResult:
             changes = {p.name: p.value for p in params}
-            reason = self.validate(changes)
+            # Declared writable by diagnostic_updater, which never reads them again (its declaring them comes
+            # here too: they are not declared yet then).
+            fixed = [name for name in changes if name in READ_AT_START_ROS_PARAMETERS and node.has_parameter(name)]
+            reason = (f"parameter {fixed[0]} is read once at start-up; restart the node to change it" if fixed
+                      else self.validate(changes))
             if reason is None and not post_set:
                 self.apply(changes)
             return SetParametersResult(successful=reason is None, reason=reason or "")

@@ -54,6 +54,7 @@ from std_msgs.msg import Header
 from sigma_core.data.bags import message_to_array
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
+from sigma_core.data.modality import depth_stream_evidence
 from sigma_core.model_io import NonFiniteOutputError
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
@@ -72,7 +73,6 @@ from .input_health import (
     ProblemLog,
     Stamp,
     StreamWatch,
-    depth_stream_evidence,
     modality_problem,
 )
 from .mask_rendering import colorize, lookup_palette, overlay
@@ -81,13 +81,16 @@ from .parameters import (
     DUMPED_UNSET,
     MAX_IMAGE_SIDE,
     PARAMETERS,
+    START_OPTIONS,
     ConfigError,
     NodeConfig,
     ParameterSpec,
     RuntimeParameters,
     check_known,
     check_palette_fits,
+    check_qos_overrides,
     describe_parameters,
+    diagnostics_period_given,
     parse_node_config,
     parse_start_options,
 )
@@ -106,14 +109,17 @@ LOW_COVERAGE = 0.5  # below this fraction of the RGB image covered by the modali
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+def parameter_descriptor(name: str, spec: ParameterSpec, managed: bool = False) -> ParameterDescriptor:
     """The ROS descriptor of one of our parameters: what ``ros2 param describe`` shows, and the range ROS enforces.
 
     Dynamic typing, so that a YAML ``1`` where ``1.0`` was meant is accepted (our parser converts it); ROS
     then checks a range only against a value of the range's own type, and our parser checks every value.
+    Read only unless changeable at run time, or (a ``managed`` node) while unconfigured.
     """
-    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraint,
-                                     dynamic_typing=True, read_only=not spec.runtime)
+    while_unconfigured = managed and not spec.runtime and name not in START_OPTIONS
+    constraint = spec.constraint + ("; set only while unconfigured (read at configure)" if while_unconfigured else "")
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=constraint,
+                                     dynamic_typing=True, read_only=not spec.runtime and not while_unconfigured)
     if spec.bounds is not None:
         low, high = spec.bounds
         if isinstance(low, int) and isinstance(high, int):
@@ -180,13 +186,23 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         # rclpy keeps the -p / params-file values meant for this node here (the same attribute Humble..Kilted).
         overrides = getattr(self, "_parameter_overrides", {})
         check_known(overrides)
+        inputs = [self.resolve_topic_name(t) for t in ("rgb/image", "modal/image", *CAMERA_INFO_TOPICS)]
+        check_qos_overrides(overrides, [*inputs, *(f"{t}/{suffix}" for t in inputs[:2]
+                                                   for suffix in ("compressed", "compressedDepth"))],
+                            self.resolve_topic_name("segmentation") + "/")
+        # Given as diagnostic_updater.period alone, the period is diagnostics.period_s's value too (one setting).
+        period = diagnostics_period_given({name: p.value for name, p in overrides.items()})
+        managed = PARAMETERS["lifecycle"].parse("lifecycle", overrides["lifecycle"].value) \
+            if "lifecycle" in overrides else PARAMETERS["lifecycle"].default
         for name, spec in PARAMETERS.items():
             # `ros2 param dump` writes an unset parameter as null, which rcl reads back as the string "null":
             # such a parameter stays unset, so that a dump of this node dumps the same again.
             override = overrides.get(name)
             dumped_unset = spec.default is None and override is not None and override.value in DUMPED_UNSET
+            default = period if name == "diagnostics.period_s" and period is not None else spec.default
             try:
-                self.declare_parameter(name, spec.default, parameter_descriptor(spec), ignore_override=dumped_unset)
+                self.declare_parameter(name, default, parameter_descriptor(name, spec, managed),
+                                       ignore_override=dumped_unset)
             except InvalidParameterValueException as e:  # outside the descriptor's range: our parser's words
                 spec.parse(name, overrides[name].value)
                 raise ConfigError(f"parameter {name}: {e}") from None
@@ -196,7 +212,8 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         self.managed, period = parse_start_options(self._declare_parameters())
         # The configuration lives in self.runtime (self.cfg; None until configured): runtime parameter
         # changes replace it whole.
-        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change)
+        self.runtime = RuntimeParameters(None, fits=self._fits_model, on_change=self._on_runtime_change,
+                                         managed=self.managed)
         self.seg: Any = None
         self.state = "unconfigured"
         self._configure_error: Optional[str] = None
@@ -280,16 +297,12 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         for warning in seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
             self.get_logger().warning(warning)
         self.seg, self.modality, self.class_names = seg, seg.scaling.modality, list(seg.class_names)
-        if self.modality != seg.meta.scaling.modality:
-            self.get_logger().warning(
-                f"modality parameter {self.modality!r} overrides the checkpoint's {seg.meta.scaling.modality!r}: "
-                "the model was not trained on this input"
-            )
         self._fits_model(cfg)
         if seg.input_size is not None and max(seg.input_size) > MAX_IMAGE_SIDE:
             raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} records input size {list(seg.input_size)}"
                               f", more than {MAX_IMAGE_SIDE} pixels a side: re-save it with a camera-sized input")
-        size = cfg.warmup_size or seg.input_size or (480, 640)
+        # An .onnx file of fixed dimensions runs at them only (every image is resized to them): warmed up there.
+        size = getattr(seg, "fixed_size", None) or cfg.warmup_size or seg.input_size or (480, 640)
         self.get_logger().info(f"warming up at {size[0]}x{size[1]}")
         try:
             seg.warmup(size)
@@ -607,7 +620,21 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return (f"{'; '.join(found)}, but input.qos is reliable: a reliable subscription never receives from a "
                 "best-effort publisher (incompatible QoS); set input.qos:=sensor_data")
 
+    def _check_unique_name(self) -> None:
+        """Report another node of this node's name in the graph: its parameter and lifecycle services and its
+        /diagnostics status cannot be told apart from this one's (ROS 2 lets both run, and says nothing)."""
+        name, namespace = self.get_name(), self.get_namespace()
+        same = sum(1 for n, ns in self.get_node_names_and_namespaces() if (n, ns) == (name, namespace))
+        if same > 1:
+            self.problems.report(
+                "duplicate_name",
+                f"{same} nodes named {self.get_fully_qualified_name()} run in this ROS domain: ros2 param, ros2 "
+                "lifecycle and /diagnostics cannot tell them apart; give each its own namespace (launch argument "
+                "namespace:=...) or stop the other one",
+            )
+
     def _health_report(self) -> HealthReport:
+        self._check_unique_name()  # once per report, in every lifecycle state
         info = [("state", self.state)]
         if self.seg is not None:
             info += [("registration", self.cfg.registration_mode),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,13 +146,18 @@ def record_output(out: Path, before: set[str]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from sigma_core.data.synthetic import TOPICS, write_bag
-    from sigma_core.inference import resolve_device
+    from sigma_core.onnx_runtime import is_onnx_path
 
+    from ..node.parameters import device as device_parameter
     from ..node.parameters import resolve_checkpoint
 
     # Arguments first: a bad one must fail before anything is written.
     checkpoint = resolve_checkpoint(args.checkpoint, args.modality)  # fails early, naming a missing model
-    device = str(resolve_device(args.device))
+    device = device_parameter("--device", args.device)
+    if not is_onnx_path(checkpoint):  # an .onnx file's device is ONNX Runtime's (the node picks the provider)
+        from sigma_core.inference import resolve_device
+
+        device = str(resolve_device(device))
     rgb_topic, modal_topic, label_topic = TOPICS["rgb"], TOPICS[args.modality], TOPICS["label"]
     out = Path(args.output)
     before = prepare_output(out)
@@ -270,6 +276,7 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
             evaluator.destroy_node()
         rclpy.try_shutdown()
 
+    summary.notes += [f"the node warned: {w}" for w in node_warnings(node_log)]  # a normal run has none
     summary.source.update({"bag": str(bag_path), "checkpoint": str(checkpoint), "device": device,
                            "rate": args.rate, "seconds": args.seconds, "seed": args.seed, "night": args.night,
                            "modality": args.modality})
@@ -287,6 +294,20 @@ def _run_pipeline(args: argparse.Namespace, out: Path, checkpoint: Path, device:
     if unknown_masks:
         raise DemoError(f"{unknown_masks} masks came back with the stamp of no replayed RGB frame")
     return 0
+
+
+_NODE_WARNING = re.compile(r"^\[(?:WARN|ERROR)\] \[[^\]]*\] \[[^\]]*\]: (.*)$")
+
+
+def node_warnings(log: Path, limit: int = 5) -> list[str]:
+    """The distinct warnings and errors in a node log (rclpy's console format), first ``limit``, in order: a
+    thermal checkpoint run with --modality depth is said in the node's log, and the demo's report must say it."""
+    found: list[str] = []
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        match = _NODE_WARNING.match(line.strip())
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found[:limit]
 
 
 def _spin(executor, stop: threading.Event) -> None:
@@ -315,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     p.add_argument("--checkpoint", default="", help="Sigma checkpoint (default: the bundled demo model of --modality)")
     p.add_argument("--dataset", default="", help="a published Sigma checkpoint's dataset (mfnet, pst900, ...)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (an .onnx checkpoint also tensorrt, tensorrt:N)")
     p.add_argument("--slop", type=float, default=0.05, help="the node's sync.slop (s)")
     p.add_argument("--queue-size", type=int, default=10, help="the node's sync.queue_size")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from sigma_core.data.labels import check_label_values
-from sigma_core.engine.metrics import ConfusionMatrix
+from sigma_core.engine.metrics import confusion_counts
 
 MatchCallback = Callable[[int, np.ndarray, np.ndarray], None]  # (stamp ns, (H, W) uint8 mask, (H, W) uint8 label)
 
@@ -22,14 +21,12 @@ def forget_older(pending: dict[int, Any], newest: int, horizon_ns: int) -> None:
         del pending[stamp]
 
 
-def frame_confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> torch.Tensor:
+def frame_confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
     """(H, W) predicted ids and (H, W) label ids -> (K, K) int64 confusion of this frame (rows: label).
 
     Label ids outside 0..K-1 (e.g. 255, unlabelled) are ignored, as in ``sigma_core.engine.metrics``.
     """
-    frame = ConfusionMatrix(num_classes)
-    frame.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
-    return frame.matrix
+    return confusion_counts(mask, label, num_classes)
 
 
 def check_label_ids(label: np.ndarray, class_names: Sequence[str], where: str) -> None:

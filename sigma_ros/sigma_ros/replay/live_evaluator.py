@@ -39,7 +39,7 @@ from sigma_core.data.bags import stamp_ns
 from sigma_core.data.errors import DataError
 from sigma_core.data.labels import label_from_message
 from sigma_core.data.pairing import ApproximateTimePairer
-from sigma_core.engine.metrics import ConfusionMatrix
+from sigma_core.engine.metrics import compute_metrics
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from ..node.image_conversion import image_msg_to_array, image_msg_to_rgb8
@@ -92,7 +92,7 @@ class ReplayEvaluator(Node):
         self.class_names: list[str] = []
         self._palette: list[tuple[int, int, int]] = []
         self._table: Optional[np.ndarray] = None
-        self._cm: Optional[ConfusionMatrix] = None
+        self._cm: Optional[np.ndarray] = None  # (K, K) int64 confusion of every scored frame
         self._pairer = ApproximateTimePairer(queue_size=opts.queue_size, slop=opts.slop)
         self.expected: dict[int, int] = {}  # RGB stamp -> modality stamp of each pair the node should segment
         self.rgb_received: dict[int, float] = {}  # RGB stamp -> receive time (perf_counter s)
@@ -182,8 +182,8 @@ class ReplayEvaluator(Node):
             palette = np.asarray(msg.colors, np.uint8).reshape(-1, 3)
             self._palette = [tuple(int(v) for v in c) for c in palette]
             self._table = lookup_palette(palette)
-            if self._cm is None or self._cm.num_classes != len(self.class_names):
-                self._cm = ConfusionMatrix(len(self.class_names))
+            if self._cm is None or len(self._cm) != len(self.class_names):
+                self._cm = np.zeros((len(self.class_names),) * 2, np.int64)
                 self._pixels = np.zeros(len(self.class_names), np.int64)
         self.class_map_event.set()
 
@@ -250,10 +250,10 @@ class ReplayEvaluator(Node):
             self.bad_labels += 1
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return
-        frame = frame_confusion(mask, label, self._cm.num_classes)
+        frame = frame_confusion(mask, label, len(self._cm))
         self._strip_labels.scored(stamp, label)
-        self._cm.matrix += frame
-        self.confusion[stamp] = frame.numpy()
+        self._cm += frame
+        self.confusion[stamp] = frame
 
     # --- results ------------------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class ReplayEvaluator(Node):
             s.modality_coverage = [self.node_coverage[st] for st in self.mask_stamps if st in self.node_coverage]
             s.frames_scored = len(self.confusion)
             if self._cm is not None and self.confusion:
-                s.metrics = self._cm.compute(self.class_names)
+                s.metrics = compute_metrics(self._cm, self.class_names)
             if self._pixels is not None:
                 s.class_pixels = {n: int(c) for n, c in zip(self.class_names, self._pixels)}
             if repaired:

@@ -45,9 +45,11 @@ from sigma_core.data.bags import (
 )
 from sigma_core.data.calibration import CalibrationError, load_calibration
 from sigma_core.data.labels import label_from_message, read_label_image
+from sigma_core.data.modality import depth_stream_evidence
 from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.data.registration import DEFAULT_DISTANCE_M, Registration
 from sigma_core.model_io import NonFiniteOutputError
+from sigma_core.segmentation_step import bundled_checkpoint
 
 from .. import ros_env  # noqa: F401  (before rclpy, imported below through node_config)
 
@@ -234,12 +236,22 @@ def _iter_bag(opts: ReplayOptions, partial: Optional[list[str]] = None) -> Itera
             yield in_bag[conn.topic], log_ns, msg
 
 
+def _depth_on_thermal_note(topic: str, encoding: str, raw: np.ndarray, segmenter: Any) -> str:
+    """The node's 'a depth camera into a thermal model' report, for a bag: empty when the stream is not depth."""
+    reasons = depth_stream_evidence(topic, encoding, raw, False)
+    if not reasons:
+        return ""
+    return (f"{topic} looks like a depth camera ({'; '.join(reasons)}) but {segmenter.model_name} is a thermal "
+            f"model, so its masks and scores mean nothing here: replay a depth checkpoint (the bundled depth demo "
+            f"model: --checkpoint {bundled_checkpoint('depth')})")
+
+
 def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = None) -> ReplayResult:
     """Replay ``opts.bag`` through ``segmenter`` (a sigma_core Segmenter); see the module docstring.
 
     With ``out_dir``, sample frames for the report are kept (``opts.samples``).
     """
-    from sigma_core.engine.metrics import ConfusionMatrix
+    from sigma_core.engine.metrics import compute_metrics
 
     from .label_matching import LabelMatcher, check_label_ids, frame_confusion
 
@@ -263,7 +275,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     summary.legend = [(name, tuple(int(v) for v in c))
                       for name, c in zip(class_names, np.asarray(segmenter.palette, np.uint8).reshape(-1, 3))]
     result = ReplayResult(summary)
-    total = ConfusionMatrix(k)
+    total = np.zeros((k, k), np.int64)  # confusion of every scored frame
     labelled = opts.label_topic is not None or opts.label_dir is not None
     pixels = np.zeros(k, np.int64)
     out_bag = OutputBag(Path(opts.output_bag), opts.output_storage, class_names, segmenter.palette,
@@ -279,9 +291,9 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
                              f"mask is {mask.shape[1]}x{mask.shape[0]}: labels must be at the RGB size")
         check_label_ids(label, class_names, f"the label stamped {stamp} ns {label_source}")
         frame = frame_confusion(mask, label, k)
-        total.matrix += frame
+        total[:] += frame  # in place: the closure does not rebind it
         strip_labels.scored(stamp, label)
-        result.confusion[stamp] = frame.numpy()
+        result.confusion[stamp] = frame
         summary.frames_scored += 1
 
     matcher = LabelMatcher(score, horizon_ns=10_000_000_000)  # masks and label-topic images, by stamp
@@ -308,7 +320,11 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
             (rgb_stamp, rgb_log, rgb_msg), (modal_stamp, _, modal_msg) = pair.first, pair.second
             summary.expected_pairs += 1
             rgb_arr, rgb_enc = message_to_array(rgb_msg)
-            modal, _ = message_to_array(modal_msg)
+            modal, modal_enc = message_to_array(modal_msg)
+            if summary.expected_pairs == 1 and segmenter.scaling.modality == "thermal":
+                depth_note = _depth_on_thermal_note(opts.modal_topic, modal_enc, modal, segmenter)
+                if depth_note:
+                    summary.notes.append(depth_note)
             try:
                 # what the node runs, registration and resizing included
                 frame = segment_pair(segmenter, rgb_arr, rgb_enc, modal, registration=opts.registration)
@@ -364,7 +380,7 @@ def replay_bag(opts: ReplayOptions, segmenter: Any, out_dir: Optional[Path] = No
     summary.class_pixels = {n: int(c) for n, c in zip(class_names, pixels)}
     if labelled:
         if summary.frames_scored:
-            summary.metrics = total.compute(class_names)
+            summary.metrics = compute_metrics(total, class_names)
         missing = summary.frames - summary.frames_scored
         if missing:
             summary.notes.append(f"{missing} of {summary.frames} segmented frames had no label")
@@ -399,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a file holding only a homography)")
     p.add_argument("--registration-distance", type=float, default=DEFAULT_DISTANCE_M,
                    help="rig mode, thermal: plane distance in metres (the node's registration.distance_m)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N (an .onnx checkpoint also tensorrt, tensorrt:N)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--output-bag", type=Path, help="write /segmentation/{mask,color_mask,stats,class_map} here")
     p.add_argument("--output-storage", choices=("sqlite3", "mcap"), default="sqlite3")
@@ -443,7 +460,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             registration=registration,
         )
         result = replay_bag(opts, seg, out_dir=args.out)
-    except (ValueError, OSError) as e:  # BagError is a ValueError
+    except (ValueError, OSError, RuntimeError) as e:  # BagError is a ValueError; RuntimeError: the model failed
         print(f"sigma-replay-eval: {e}", file=sys.stderr)
         return 2
     summary = result.summary

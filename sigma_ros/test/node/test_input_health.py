@@ -108,7 +108,7 @@ def test_silent_stream_is_named_only_while_the_other_is_live():
 
 
 def test_depth_stream_evidence_tells_a_depth_camera_from_a_thermal_one():
-    from sigma_ros.node.input_health import depth_stream_evidence
+    from sigma_core.data.modality import depth_stream_evidence
 
     depth = np.full((4, 4), 1500, np.uint16)
     depth[0] = 0  # no return

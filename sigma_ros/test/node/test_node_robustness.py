@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -400,10 +401,14 @@ def test_a_checkpoint_input_size_too_large_exits_2(tmp_path):
     cfg = SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 1, 1), num_classes=2)
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path / "huge.pt", build_sigma(cfg).eval(), cfg, class_names=["a", "b"],
-                           modality="thermal", input_size=(100_000, 100_000))
+                           modality="thermal")
+    payload = torch.load(path, weights_only=True)  # save_checkpoint itself refuses such a size
+    payload["input_size"] = [100_000, 100_000]
+    torch.save(payload, path)
     result = run_node(["--ros-args", "-p", f"checkpoint:={path}"])
     out = result.stdout + result.stderr
-    assert result.returncode == 2 and "records input size [100000, 100000]" in out and "Traceback" not in out, out
+    assert result.returncode == 2 and "input_size must be (H, W) with both 4..8192, or None; got (100000, 100000)" \
+        in out and "Traceback" not in out, out
 
 
 @pytest.mark.parametrize("args", [["--help"], ["-h"], ["--ros-args", "--help"], ["--help", "--ros-args", "-p",
@@ -427,3 +432,33 @@ def test_help_into_a_closed_pipe_is_quiet():
                             stderr=subprocess.PIPE, text=True, timeout=60)
     os.close(write_end)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_on_this_cpu_is_refused_alike_by_every_tool(tmp_path, checkpoints, precision):
+    """Issue 22: fp16 on a CPU ran 6x slower, silently. The node (exit 2), sigma-replay-eval and sigma-predict (real
+    processes) refuse it with the same reason before any work; sigma-evaluate and the demo offer no precision."""
+    from sigma_core.inference import cpu_bf16_is_native, cpu_fp16_is_native
+
+    if (cpu_fp16_is_native() if precision == "fp16" else cpu_bf16_is_native()):
+        pytest.skip(f"this CPU computes {precision} natively: it is allowed here")
+    reason = f"precision '{precision}' on this CPU"
+    node = run_node(["--ros-args", "-p", f"checkpoint:={checkpoints['thermal']}", "-p", "device:=cpu",
+                     "-p", f"precision:={precision}"])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    replay = subprocess.run([sys.executable, "-m", "sigma_ros.replay.replay_eval", str(tmp_path / "no_bag"),
+                             "--rgb-topic", "/rgb", "--modal-topic", "/thermal", "--checkpoint",
+                             str(checkpoints["thermal"]), "--device", "cpu", "--precision", precision,
+                             "--out", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "thermal.png"), np.zeros((H, W), np.uint16))
+    predict = subprocess.run([sys.executable, "-m", "sigma_core.cli.predict", str(tmp_path / "rgb.png"),
+                              str(tmp_path / "thermal.png"),
+                              "--checkpoint", str(checkpoints["thermal"]), "--device", "cpu", "--precision", precision,
+                              "--out", str(tmp_path / "p")], env=env, capture_output=True, text=True, timeout=120)
+    for name, result, code in (("node", node, 2), ("sigma-replay-eval", replay, 2), ("sigma-predict", predict, 1)):
+        out = result.stdout + result.stderr
+        assert result.returncode == code, f"{name}: {out}"
+        assert reason in out and "would be emulated and slower than fp32" in out and "'fp32' on a CPU" in out, name
+        assert "Traceback" not in out, f"{name}: {out}"
+    assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()

@@ -120,6 +120,15 @@ def test_every_runtime_change_is_answered_whatever_its_type(ckpt, value):
     assert changed == [runtime.cfg]
 
 
+def test_a_managed_node_takes_configure_time_parameters_only_while_unconfigured(ckpt, tmp_path):
+    runtime = RuntimeParameters(None, managed=True)  # unconfigured
+    assert runtime.validate({"sync.slop": 0.1}) is None
+    assert "no such file" in runtime.validate({"checkpoint": str(tmp_path / "missing.pt")})
+    assert "read once at start-up" in runtime.validate({"lifecycle": False})  # read before configure
+    runtime.cfg = parse_node_config({"checkpoint": ckpt})  # configured
+    assert "read at configure: deactivate and clean up" in runtime.validate({"sync.slop": 0.1})
+
+
 def test_parameters_import_without_rclpy():
     code = "import sys, sigma_ros.node.parameters; sys.exit('rclpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -8,6 +8,7 @@ ROS_DOMAIN_ID and is stopped at the end.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -79,6 +80,66 @@ def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):
     assert "read-only" in ros2(env, "param", "set", NODE, "sync.slop", "0.1")
 
 
+@pytest.mark.parametrize("arguments, said", [
+    (["sigma.launch.py", "lifecycle:=ture"], 'Argument "lifecycle" provided value "ture" is not valid'),
+    (["sigma.launch.py", "use_sim_time:=yes"], 'Argument "use_sim_time" provided value "yes" is not valid'),
+    (["sigma.launch.py", "lifecyle:=true"], "has no launch argument 'lifecyle': did you mean 'lifecycle'?"),
+    (["replay_eval.launch.py", "bag:=none", "use_sim_tim:=true"], "did you mean 'use_sim_time'?"),
+    (["replay_eval.launch.py", "bag:=none", "use_sim_time:=ture"], 'provided value "ture" is not valid'),
+])
+def test_a_launch_argument_typo_is_refused_before_the_node_starts(env, arguments, said):
+    """lifecycle:=ture and use_sim_time:=yes meant false, and ros2 launch ignores an undeclared lifecyle:=true:
+    each brought a plain node up without a word."""
+    run = subprocess.run(["ros2", "launch", "sigma_ros", *arguments], env=env,
+                         capture_output=True, text=True, timeout=60)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and said in out and "process started" not in out, out
+
+
+@pytest.mark.parametrize("parameters, said", [
+    ({"qos_overrides": {"/segmentation/mask": {"publisher": {"reliability": "best_effort"}}}},
+     "parameter qos_overrides./segmentation/mask.publisher.reliability would be ignored"),
+    # a dump holds both; editing one of them was silently undone by the other
+    ({"diagnostics": {"period_s": 0.25}, "diagnostic_updater": {"period": 1.0}},
+     "parameters diagnostics.period_s (0.25) and diagnostic_updater.period (1.0) disagree"),
+])
+def test_a_parameter_the_node_would_ignore_is_refused(env, tmp_path, parameters, said):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
+    run = subprocess.run(["ros2", "launch", "sigma_ros", "sigma.launch.py", f"params_file:={params}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert said in out and "exit code 2" in out, out
+
+
+def test_runtime_use_sim_time_keeps_diagnostics_and_updater_parameters_are_refused(env, plain):
+    """Set at run time, use_sim_time stopped /diagnostics (diagnostic_updater's timer on the node's clock, which
+    stands still without /clock); diagnostic_updater.period "successfully" set changed nothing."""
+    assert "successful" in ros2(env, "param", "set", NODE, "use_sim_time", "true")
+    try:
+        out = ros2(env, "topic", "echo", "/diagnostics", "--once", until=lambda out: "level" in out, timeout=30)
+        assert "name: 'sigma_segmentation: /sigma_segmentation'" in out, out
+    finally:
+        assert "successful" in ros2(env, "param", "set", NODE, "use_sim_time", "false")
+    for name, value in [("diagnostic_updater.period", "0.25"), ("diagnostic_updater.use_fqn", "true")]:
+        refused = ros2(env, "param", "set", NODE, name, value)
+        assert f"parameter {name} is read once at start-up" in refused, refused
+
+
+def test_another_node_of_the_same_name_is_reported(plain):
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    twin = rclpy.create_node("sigma_segmentation", context=context)
+    try:
+        assert plain.wait_log("2 nodes named /sigma_segmentation run in this ROS domain", timeout=30), \
+            plain.log()[-3000:]
+    finally:
+        twin.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 def _parameters(dump: str) -> dict:
     return yaml.safe_load(dump)[NODE]["ros__parameters"]
 
@@ -97,10 +158,19 @@ def test_a_dump_reloads_as_params_file_and_lifecycle_launch_argument(env, plain,
         assert second.wait_log("waiting for configure"), second.log()[-3000:]
         get = ("lifecycle", "get", NODE)
         assert ros2(env, *get, until=lambda out: "[" in out).startswith("unconfigured [1]")
+        # Unconfigured, the parameters read at configure may change (a configure that failed on one was final:
+        # they were read only); a bad value is refused at once; configured, they are fixed again.
+        assert "successful" in ros2(env, "param", "set", NODE, "sync.slop", "0.2")
+        slop = str(_parameters(first)["sync"]["slop"])
+        assert "successful" in ros2(env, "param", "set", NODE, "sync.slop", slop)
+        refused = ros2(env, "param", "set", NODE, "checkpoint", str(tmp_path / "missing.pt"))
+        assert "parameter checkpoint: no such file" in refused, refused
+        assert "read-only" in ros2(env, "param", "set", NODE, "lifecycle", "false")  # read before configure
         for transition, state in [("configure", "inactive [2]"), ("activate", "active [3]"),
                                   ("deactivate", "inactive [2]"), ("activate", "active [3]")]:
             assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
             assert ros2(env, *get).startswith(state), transition
+        assert "read at configure: deactivate and clean up" in ros2(env, "param", "set", NODE, "sync.slop", "0.2")
         again = _parameters(ros2(env, "param", "dump", NODE, until=lambda out: "ros__parameters" in out))
         expected = _parameters(first)
         assert again.pop("lifecycle") is True and expected.pop("lifecycle") is False

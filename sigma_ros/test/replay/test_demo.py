@@ -173,3 +173,19 @@ def test_a_rerun_removes_only_what_the_demo_wrote(tmp_path):
         prepare_output(out)
     with pytest.raises(DemoError, match="is a file"):
         prepare_output(out / "thesis.txt")
+
+
+def test_the_demo_report_carries_the_nodes_warnings(tmp_path):
+    """Issue 22 attack: `sigma-demo --modality depth --checkpoint <thermal model>` ran with only a warning in the
+    node's log; the demo's summary and report now carry the node's warnings (rclpy's real console format)."""
+    from sigma_ros.replay.demo import node_warnings
+
+    code = ("import rclpy; rclpy.init(); n = rclpy.create_node('sigma_segmentation'); "
+            "n.get_logger().info('ready'); n.get_logger().warning(\"modality 'depth' overrides the checkpoint's\"); "
+            "n.get_logger().warning(\"modality 'depth' overrides the checkpoint's\"); n.get_logger().error('bad')")
+    log = tmp_path / "node.log"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, timeout=60, check=True,
+                       env=dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID)))
+    assert node_warnings(log) == ["modality 'depth' overrides the checkpoint's", "bad"], log.read_text()
+    assert node_warnings(tmp_path / "missing.log") == []

@@ -343,3 +343,26 @@ def test_a_report_folder_holding_a_users_files_is_refused_before_replaying(world
     fresh = tmp_path / "fresh"
     assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0
     assert main([*args[:-3], str(fresh), "--device", "cpu"]) == 0  # a replay report of its own is renewed
+
+
+def test_a_depth_bag_replayed_through_a_thermal_model_is_named_with_the_fix(world, tmp_path, capsys):
+    """Issue 22 attack: the node names a depth camera fed to a thermal model; sigma-replay-eval scored such a bag
+    without a word. The same evidence (topic name, 16UC1, no-return zeros) now gives the same advice."""
+    from replay_helpers import SIZE
+
+    from sigma_core.data.synthetic import write_bag
+
+    bag = write_bag(tmp_path / "depth_bag", seconds=0.5, seed=3, modality="depth", size=SIZE).path
+    topics = ["--rgb-topic", "/camera/color/image_raw", "--modal-topic", "/camera/depth/image_rect_raw"]
+    assert main([str(bag), "--checkpoint", str(world["ckpt"]), *topics, "--max-pairs", "1", "--out",
+                 str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "/camera/depth/image_rect_raw looks like a depth camera" in out and "is a thermal model" in out
+    assert "sigma_nano_synthetic_depth.pt" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert any("looks like a depth camera" in n for n in summary["notes"])
+    # the thermal bag through the same model: no such note
+    record = world["record"]
+    assert main([str(record.path), "--checkpoint", str(world["ckpt"]), "--rgb-topic", record.rgb_topic,
+                 "--modal-topic", record.modal_topic, "--max-pairs", "1", "--out", str(tmp_path / "t")]) == 0
+    assert "looks like a depth camera" not in capsys.readouterr().out
