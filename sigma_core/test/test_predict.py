@@ -316,3 +316,37 @@ def test_a_modality_of_another_size_is_resized_and_said(tmp_path, checkpoints, c
     assert code == 0, io.err
     assert "note: 1 of 1 pairs had a modality image of another size than the RGB image: resized" in io.out
     assert _read_mask(tmp_path / "o" / "mask" / "a.png").shape == (H, W)
+
+
+@pytest.mark.parametrize("tool", ["predict", "train", "extract"])
+def test_ctrl_c_while_a_tool_starts_is_one_line(tmp_path, checkpoints, tool):
+    """Issue 22 attack: Ctrl-C while torch was importing gave sigma-predict, sigma-train and sigma-extract a
+    KeyboardInterrupt traceback (exit -2); their own handlers only cover the work itself. Each gets real input, so
+    it would run for seconds: the signal lands in its start-up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sigma_core.data.synthetic import write_bag
+
+    frame = _frames(1)[0]
+    out = tmp_path / "o"
+    if tool == "predict":
+        cv2.imwrite(str(tmp_path / "a.png"), frame.rgb)
+        cv2.imwrite(str(tmp_path / "t.png"), frame.thermal)
+        args = [tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--out", out]
+    elif tool == "train":
+        root = write_dataset(tmp_path / "ds", n=8, seed=3, size=(H, W))
+        args = ["--config", "custom", f"data.root={root}", "data.num_workers=0", f"train.out_dir={out}"]
+    else:
+        bag = write_bag(tmp_path / "bag", seconds=0.3, size=(H, W))
+        args = [bag.path, "-o", out, "--rgb-topic", bag.rgb_topic, "--modal-topic", bag.modal_topic]
+    proc = subprocess.Popen([sys.executable, "-m", f"sigma_core.cli.{tool}", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # past the interpreter's start-up (its own handler), inside main's imports
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("error: interrupted during start-up; nothing was written"), err
+    assert not out.exists()

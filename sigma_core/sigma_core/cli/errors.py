@@ -2,8 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
+
+
+def interrupt_is_one_line(prog: str, message: str = "interrupted during start-up; nothing was written"):
+    """Decorate a tool's ``main(argv)``: Ctrl-C while it imports torch or loads (before its own handler, which
+    says what the work left behind) exits 130 with one line, not a KeyboardInterrupt traceback."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                fail(prog, message, 130)
+
+        return run
+
+    return wrap
 
 
 def fail(prog: str, error: BaseException | str, code: int = 1) -> NoReturn:

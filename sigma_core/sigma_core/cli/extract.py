@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..data.registration import DEFAULT_DISTANCE_M
-from .errors import fail
+from .errors import fail, interrupt_is_one_line
 
 PROG = "sigma-extract"
 
@@ -95,6 +95,7 @@ def extraction_warnings(c: dict, args: argparse.Namespace) -> list[str]:
     return warnings
 
 
+@interrupt_is_one_line(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ..data.bags import BagError

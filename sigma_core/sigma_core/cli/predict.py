@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import DefaultsHelpFormatter, fail
+from .errors import DefaultsHelpFormatter, fail, interrupt_is_one_line
 
 PROG = "sigma-predict"
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@interrupt_is_one_line(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,7 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           checkpoint=args.checkpoint or "bundled demo model",
                           warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     except KeyboardInterrupt:
-        fail(PROG, f"interrupted: {args.out} holds only the frames written so far ({partial(args.out)})", 130)
+        fail(PROG, f"interrupted: {args.out} holds only the frames written so far ({partial(args.out)})"
+             if (args.out / "summary.json").is_file() else "interrupted during start-up; nothing was written", 130)
     except (DataError, FileNotFoundError) as exc:
         fail(PROG, f"{exc}{partial_note(args.out)}", 2)
     except (ValueError, OSError, RuntimeError) as exc:

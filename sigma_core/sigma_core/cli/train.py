@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .errors import fail
+from .errors import fail, interrupt_is_one_line
 
 if TYPE_CHECKING:
     from ..engine.config import TrainConfig
@@ -62,6 +62,7 @@ def load_config(config: Optional[str], resume: Optional[str], overrides: list[st
     return resume_config(run_dir, resume, overrides)
 
 
+@interrupt_is_one_line(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:

@@ -311,7 +311,9 @@ def test_stop_while_importing_is_a_quiet_exit_0(tmp_path, checkpoints):
 
     The delays count from the moment the entry point has installed its handlers (tens of ms after exec): a
     signal before that hits the interpreter's own start-up, where only Python's default action exists (this
-    test sent SIGINT 0.3 s after exec and, under load and coverage, 1 run in 3 got -2 from that window)."""
+    test sent SIGINT 0.3 s after exec and, under load and coverage, 1 run in 3 got -2 from that window). A later
+    -2 at 1.5 s, no traceback, was CPython's exit-by-SIGINT flag, set when the stop landed in a string eval
+    inside ``import torch``: see sigma_ros.stop_signals and test_stop_signals.py."""
     for delay, sig in ((0.0, signal.SIGINT), (0.3, signal.SIGINT), (0.8, signal.SIGTERM), (1.5, signal.SIGINT)):
         node = NodeProcess(tmp_path, f"/imp{int(delay * 10)}", {"checkpoint": checkpoints["thermal"]}, DOMAIN_ID)
         try:
