@@ -26,6 +26,7 @@ from launch_ros.actions import Node
 
 from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
 from sigma_ros.package_files import fastdds_profile_env, share_file
+from sigma_ros.stop_signals import launch_env
 
 
 def _player_and_evaluator(context):
@@ -33,7 +34,7 @@ def _player_and_evaluator(context):
         return LaunchConfiguration(name).perform(context)
 
     sim_time = is_true(arg("use_sim_time"))
-    env = fastdds_profile_env()
+    env = {**fastdds_profile_env(), **launch_env()}  # launch_env: the processes stop when launch dies
     topics = [t for t in (arg("rgb_topic"), arg("modal_topic"), arg("label_topic")) if t]
     player_args = [arg("bag"), "--rate", arg("rate"), "--start-offset", arg("start_offset"),
                    "--topics", *topics, "--wait-timeout", "300",

@@ -13,6 +13,8 @@ rgb_camera_info_topic (remaps of rgb/image, modal/image, modal/camera_info, rgb/
 (default: the shipped config/sigma.yaml), use_sim_time. Unless FASTDDS_DEFAULT_PROFILES_FILE is already set, the node
 gets the shipped Fast DDS profile for camera-sized messages (config/fastdds_large_images.xml).
 """
+from pathlib import Path
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -21,6 +23,7 @@ from launch_ros.actions import Node
 from sigma_ros.launch_arguments import BOOLEAN_CHOICES, is_true, refuse_unknown_arguments
 from sigma_ros.node.parameters import INPUT_QOS_NAMES, MODALITIES, PRECISIONS, REGISTRATION_MODES, TRANSPORTS
 from sigma_ros.package_files import fastdds_profile_env, share_file
+from sigma_ros.stop_signals import launch_env
 
 # Launch argument -> (node parameter it sets, description, the values launch accepts or None: any). Empty (the
 # default) keeps the params file's value.
@@ -41,6 +44,10 @@ def _sigma_node(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
+    params_file = arg("params_file")
+    if not Path(params_file).expanduser().is_file():  # launch_ros would warn and start the node without it
+        raise RuntimeError(f"launch argument params_file: {params_file!r} is not a file; give a parameters YAML "
+                           "(e.g. a copy of the shipped config/sigma.yaml, or a `ros2 param dump`)")
     overrides = {"use_sim_time": is_true(arg("use_sim_time"))}
     for argument, (parameter, _, _) in NODE_PARAMETERS.items():
         value = arg(argument)
@@ -51,14 +58,14 @@ def _sigma_node(context):
         overrides["registration.mode"] = arg("registration_mode") or "rig"
     elif arg("registration_mode"):
         overrides["registration.mode"] = arg("registration_mode")
-    env = fastdds_profile_env()
+    env = {**fastdds_profile_env(), **launch_env()}  # launch_env: the processes stop when launch dies
     return [
         Node(
             package="sigma_ros",
             executable="sigma_node",
             name="sigma_segmentation",
             namespace=arg("namespace"),
-            parameters=[arg("params_file"), overrides],
+            parameters=[params_file, overrides],
             remappings=[
                 ("rgb/image", arg("rgb_topic")),
                 ("modal/image", arg("modal_topic")),

@@ -33,12 +33,15 @@ held and raised when the step ends.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 from typing import Any, Iterator, Optional
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LAUNCH_PID_VARIABLE = "SIGMA_LAUNCH_PID"  # set by our launch files for the processes they start
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SPIN_STEP_S = 0.1  # spin_once timeout: how soon a signal is noticed while spinning
 
 _stopping = False
@@ -69,11 +72,31 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def install() -> None:
     """From now on SIGINT and SIGTERM raise :class:`StopSignal` (a KeyboardInterrupt) in the main thread (call it from
-    the main thread)."""
+    the main thread); and a process our launch files started stops when `ros2 launch` dies (:func:`exit_with_launch`).
+    """
     global _stopping, _pending
     _stopping, _pending = False, None
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
+    exit_with_launch()
+
+
+def launch_env() -> dict[str, str]:
+    """For a launch file's processes (``additional_env``): the launch process's pid, for :func:`exit_with_launch`."""
+    return {LAUNCH_PID_VARIABLE: str(os.getpid())}
+
+
+def exit_with_launch() -> None:
+    """In a process started by our launch files (its parent is the pid in $SIGMA_LAUNCH_PID): SIGTERM when that
+    parent dies (Linux ``PR_SET_PDEATHSIG``). `ros2 launch` itself killed by SIGTERM (a supervisor, ``timeout``,
+    ``kill``) stops without stopping its processes: the node would run on without a parent, holding the topics and
+    the GPU. Nothing elsewhere, or with a launch prefix (gdb, valgrind) between the two."""
+    pid = os.environ.get(LAUNCH_PID_VARIABLE, "")
+    if not pid.isdigit() or os.getppid() != int(pid) or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != int(pid):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager

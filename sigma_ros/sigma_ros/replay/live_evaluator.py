@@ -42,6 +42,7 @@ from sigma_core.data.pairing import ApproximateTimePairer
 from sigma_core.engine.metrics import compute_metrics
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
+from .. import stop_signals
 from ..node.image_conversion import image_msg_to_array, image_msg_to_rgb8
 from ..node.mask_rendering import colorize, lookup_palette, overlay
 from ..node.pair_synchronizer import stamp_seconds
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from rclpy.utilities import remove_ros_args
 
+    stop_signals.exit_with_launch()
     argv = list(sys.argv if argv is None else ["replay_evaluator", *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     try:

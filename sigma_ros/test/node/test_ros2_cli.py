@@ -8,7 +8,11 @@ ROS_DOMAIN_ID and is stopped at the end.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -84,12 +88,13 @@ def test_describe_shows_ranges_and_ros_refuses_out_of_range(env, plain):
     (["sigma.launch.py", "lifecycle:=ture"], 'Argument "lifecycle" provided value "ture" is not valid'),
     (["sigma.launch.py", "use_sim_time:=yes"], 'Argument "use_sim_time" provided value "yes" is not valid'),
     (["sigma.launch.py", "lifecyle:=true"], "has no launch argument 'lifecyle': did you mean 'lifecycle'?"),
+    (["sigma.launch.py", "params_file:=/no/such/params.yaml"], "params_file: '/no/such/params.yaml' is not a file"),
     (["replay_eval.launch.py", "bag:=none", "use_sim_tim:=true"], "did you mean 'use_sim_time'?"),
     (["replay_eval.launch.py", "bag:=none", "use_sim_time:=ture"], 'provided value "ture" is not valid'),
 ])
 def test_a_launch_argument_typo_is_refused_before_the_node_starts(env, arguments, said):
-    """lifecycle:=ture and use_sim_time:=yes meant false, and ros2 launch ignores an undeclared lifecyle:=true:
-    each brought a plain node up without a word."""
+    """lifecycle:=ture and use_sim_time:=yes meant false, ros2 launch ignores an undeclared lifecyle:=true, and
+    launch_ros only warns about a params_file that is not there: each brought the node up otherwise than asked."""
     run = subprocess.run(["ros2", "launch", "sigma_ros", *arguments], env=env,
                          capture_output=True, text=True, timeout=60)
     out = run.stdout + run.stderr
@@ -179,5 +184,20 @@ def test_a_dump_reloads_as_params_file_and_lifecycle_launch_argument(env, plain,
                                   ("shutdown", "finalized [4]")]:
             assert "Transitioning successful" in ros2(env, "lifecycle", "set", NODE, transition), transition
             assert ros2(env, *get).startswith(state), transition
+        # SIGTERM, as a supervisor or `timeout` stops it, kills ros2 launch at once: its node ran on, orphaned.
+        node_pid = int(re.search(r"process started with pid \[(\d+)\]", second.log())[1])
+        second.proc.send_signal(signal.SIGTERM)
+        second.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(node_pid), "the node outlived ros2 launch"
     finally:
         second.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
