@@ -7,7 +7,9 @@ For each variant: builds the network (random weights, seed 0), exports it with s
 height and width, as sigma-export does by default; the export time and peak memory of this process are
 printed), then times one forward at each thread count in interleaved rounds (machine load hits all alike):
 torch with the "auto" scan backend (numba), ONNX Runtime's CPU provider, and OpenVINO's CPU plugin on the
-same file. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run.
+same file. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run,
+in wall time and in this process's CPU time (on a loaded machine the CPU-time ratio of one-thread runs is the
+steadier one: waiting for a core does not count).
 The ONNX scan alone against numba's: benchmarks/scan.py shapes, see sigma_core.ops.scan_onnx.
 """
 from __future__ import annotations
@@ -87,18 +89,22 @@ def main() -> None:
             for threads in args.threads:
                 runners = make_runners(model, path, threads, size)
                 times = {name: [] for name in runners}
+                cpu_times = {name: [] for name in runners}
                 for run in runners.values():
                     run()  # warm-up
                 for _ in range(args.rounds):
                     for name, run in runners.items():
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         run()
                         times[name].append(time.perf_counter() - start)
+                        cpu_times[name].append(time.process_time() - cpu_start)
                 base = statistics.median(times["torch+numba"])
+                cpu_base = statistics.median(cpu_times["torch+numba"])
                 for name, ts in times.items():
-                    median = statistics.median(ts)
+                    median, cpu_median = statistics.median(ts), statistics.median(cpu_times[name])
                     print(f"  {threads} thread(s) {name:12s} min {min(ts):7.3f} s  median {median:7.3f} s"
-                          f"  x{median / base:.2f} of torch+numba")
+                          f"  x{median / base:.2f} of torch+numba;  CPU time median {cpu_median:7.3f} s"
+                          f"  x{cpu_median / cpu_base:.2f}")
     print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
 
 

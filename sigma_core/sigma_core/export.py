@@ -294,7 +294,7 @@ def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str) -> 
         "precision": precision,
         "source_checkpoint": str(source),
         "sigma_core_version": __version__,
-        "scan_chunk": scan_onnx.STEPS * scan_onnx.BLOCKS,
+        "scan_chunk": scan_onnx.STEPS,
     }
     for key, value in values.items():
         entry = proto.metadata_props.add()

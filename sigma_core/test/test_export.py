@@ -26,28 +26,41 @@ from sigma_core.ops.selective_scan import selective_scan_reference
 ort = pytest.importorskip("onnxruntime")
 
 
-def run_recurrence(u, delta, A, B, C) -> np.ndarray:
+def run_recurrence(u, delta, A, B, C, D, delta_bias, softplus=True) -> np.ndarray:
     """scan_onnx.recurrence_nodes alone as an ONNX model, run by ONNX Runtime (one thread)."""
-    names = ["u", "delta", "A", "B", "C"]
+    names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}{i}" for i in range(rank)])
-              for n, rank in zip(names, (3, 3, 2, 4, 4))]
-    graph = helper.make_graph(scan_onnx.recurrence_nodes("s_", *names, "y"), "scan", inputs,
+              for n, rank in zip(names, (3, 3, 2, 4, 4, 1, 1))]
+    graph = helper.make_graph(scan_onnx.recurrence_nodes("s_", *names, "y", softplus=softplus), "scan", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "d", "l"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {n: t.numpy() for n, t in zip(names, (u, delta, A, B, C))})[0]
+    return session.run(None, {n: t.numpy() for n, t in zip(names, (u, delta, A, B, C, D, delta_bias))})[0]
 
 
 def scan_inputs(batch, dim, length, n, groups, seed=0, delta_scale=1.0, a_scale=1.0):
+    """u, delta (before bias and softplus), A, B, C, D, delta_bias as the model passes them."""
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, dim, length, generator=g)
-    delta = torch.nn.functional.softplus(torch.randn(batch, dim, length, generator=g) - 2) * delta_scale
+    delta = (torch.randn(batch, dim, length, generator=g) - 2) * delta_scale
     A = -torch.exp(torch.randn(dim, n, generator=g)) * a_scale
     B, C = (torch.randn(batch, groups, n, length, generator=g) for _ in range(2))
-    return u, delta, A, B, C
+    D, delta_bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g) * 0.5
+    return u, delta, A, B, C, D, delta_bias
+
+
+def check_against_reference(inputs, softplus: bool) -> None:
+    """The ONNX nodes and the eager torch op equal the float64 reference within 1e-4 relative, and are finite."""
+    expected = selective_scan_reference(*(t.double() for t in inputs), delta_softplus=softplus).numpy()
+    scale = np.abs(expected).max()
+    got = run_recurrence(*inputs, softplus=softplus)
+    assert np.isfinite(got).all()
+    assert np.abs(got - expected).max() / scale < 1e-4
+    eager = scan_onnx.scan_recurrence(*inputs, softplus).numpy()
+    assert np.abs(eager - expected).max() / scale < 1e-4
 
 
 @pytest.mark.parametrize("batch,dim,length,n,groups", [
@@ -55,24 +68,28 @@ def scan_inputs(batch, dim, length, n, groups, seed=0, delta_scale=1.0, a_scale=
     (1, 768, 300, 16, 4),  # Sigma-T's encoder scan (4 directions x 192 channels, N 16), stage-4 length
 ])
 def test_onnx_scan_matches_reference(batch, dim, length, n, groups):
-    """The chunked ONNX Scan (lengths below, at and across the chunk size) equals the float64 reference within 1e-4
-    relative; so does the torch op it replaces while tracing."""
-    u, delta, A, B, C = scan_inputs(batch, dim, length, n, groups)
-    expected = selective_scan_reference(*(t.double() for t in (u, delta, A, B, C))).numpy()
-    got = run_recurrence(u, delta, A, B, C)
-    scale = np.abs(expected).max()
-    assert np.abs(got - expected).max() / scale < 1e-4
-    eager = scan_onnx.scan_recurrence(u, delta, A, B, C).numpy()
-    assert np.abs(eager - expected).max() / scale < 1e-4
+    """The chunked ONNX Scan, delta bias, softplus and D skip included (lengths below, at and across the chunk
+    size), equals the float64 reference within 1e-4 relative; so does the torch op it replaces while tracing."""
+    check_against_reference(scan_inputs(batch, dim, length, n, groups), softplus=True)
+
+
+def test_onnx_scan_without_softplus():
+    u, delta, A, B, C, D, delta_bias = scan_inputs(2, 6, 37, 3, 2)
+    check_against_reference((u, delta.abs(), A, B, C, D, delta_bias.abs()), softplus=False)
 
 
 def test_onnx_scan_extreme_decay_stays_finite():
-    """delta * A down to -1e7 (a state forgotten at once) and delta 1e3: no overflow, no NaN, still the reference."""
-    u, delta, A, B, C = scan_inputs(1, 8, 70, 4, 2, delta_scale=1e3, a_scale=1e4)
-    got = run_recurrence(u, delta, A, B, C)
-    expected = selective_scan_reference(*(t.double() for t in (u, delta, A, B, C))).numpy()
-    assert np.isfinite(got).all()
-    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+    """delta up to ~1e4 before softplus (exp of it overflows float32) and delta * A down to -1e8 (a state
+    forgotten at once): no overflow, no NaN, still the reference."""
+    check_against_reference(scan_inputs(1, 8, 70, 4, 2, delta_scale=1e3, a_scale=1e4), softplus=True)
+
+
+def test_export_softplus_equals_torch_everywhere():
+    """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
+    x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-30, 30, 6001), torch.tensor([20.0, 88.7, 89.0])])
+    got, want = scan_onnx.softplus(x), torch.nn.functional.softplus(x.double())
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=2e-7, atol=1e-7)
 
 
 def write_onnx(path: Path, props: dict[str, str], height=None, width=None) -> Path:
@@ -319,6 +336,16 @@ def test_export_published_checkpoint_fp32_and_fp16(tmp_path):
         if precision == "fp32":
             assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.995
+
+
+def test_gpu_benchmark_is_ready_and_says_when_it_cannot_run():
+    """benchmarks/onnx_gpu.py (ORT CUDA/TensorRT against torch CUDA) parses and, without a GPU, says it has not run."""
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is here: run benchmarks/onnx_gpu.py itself")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_gpu.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "onnx_gpu.py is ready; this machine cannot run it: needs a CUDA GPU" in done.stdout
 
 
 def test_half_precision_asked_for_on_the_cpu_is_refused_for_onnx_files_as_for_checkpoints(tmp_path, capsys):

@@ -27,6 +27,7 @@ from sigma_core.segmentation_step import (
     segment_prepared,
 )
 
+from . import stop_signals
 from .errors import ConfigError
 from .node.parameters import resolve_checkpoint
 
@@ -47,6 +48,12 @@ def load_segmenter(
     checkpoint, device and precision and the reason when it cannot be loaded there.
     """
     path = checkpoint if isinstance(checkpoint, Path) else resolve_checkpoint(str(checkpoint), modality)
+    if not str(path).endswith(".onnx"):
+        with stop_signals.deferred():  # a stop inside torch's native start-up code aborts the process (-6)
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                pass  # sigma_core's loader says what to install
     try:
         return _core.load_segmenter(path, device, precision, dataset=dataset, modality=modality,
                                     thermal_range=thermal_range, depth_max_range=depth_max_range)

@@ -23,14 +23,21 @@ typing.NamedTuple build their methods that way, e.g. all through ``import torch`
 happened to land there turned our quiet exit 0 into -2 (1 stop in ~10 during the first seconds of a node,
 under load). The flag test compares the exact type, so a subclass never sets it; ``except KeyboardInterrupt``
 still catches it everywhere (ours, rclpy's, the libraries').
+
+Some native code cannot be interrupted at all: ``import torch`` runs C++ initialisers (``torch._C._c10d_init``
+from ``torch/distributed/__init__.py``) that call back into Python, and a stop raised there becomes a C++
+exception that ends in std::terminate (exit -6, "terminate called after throwing pybind11::error_already_set";
+1 stop in ~40 during a node's first seconds under load). Wrap such steps in :func:`deferred`: a stop inside is
+held and raised when the step ends.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Iterator, Optional
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 LAUNCH_PID_VARIABLE = "SIGMA_LAUNCH_PID"  # set by our launch files for the processes they start
@@ -38,6 +45,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SPIN_STEP_S = 0.1  # spin_once timeout: how soon a signal is noticed while spinning
 
 _stopping = False
+_deferring = False
+_pending: Optional[int] = None  # a stop signal held by deferred()
 
 
 class StopSignal(KeyboardInterrupt):
@@ -46,7 +55,7 @@ class StopSignal(KeyboardInterrupt):
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    global _stopping
+    global _stopping, _pending
     if _stopping:  # a second signal: the user does not want to wait for the orderly shutdown
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -55,6 +64,9 @@ def _on_signal(signum: int, frame: Any) -> None:
                 pass
         os._exit(128 + signum)
     _stopping = True
+    if _deferring:
+        _pending = signum
+        return
     raise StopSignal(signal.Signals(signum).name)
 
 
@@ -62,8 +74,8 @@ def install() -> None:
     """From now on SIGINT and SIGTERM raise :class:`StopSignal` (a KeyboardInterrupt) in the main thread (call it from
     the main thread); and a process our launch files started stops when `ros2 launch` dies (:func:`exit_with_launch`).
     """
-    global _stopping
-    _stopping = False
+    global _stopping, _pending
+    _stopping, _pending = False, None
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     exit_with_launch()
@@ -85,6 +97,21 @@ def exit_with_launch() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != int(pid):  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block a first stop signal is held, then raised as :class:`StopSignal` when the block ends (for
+    native code a KeyboardInterrupt must not cross); a second signal still exits at once (128 + signal number)."""
+    global _deferring, _pending
+    outer, _deferring = _deferring, True
+    try:
+        yield
+    finally:
+        _deferring = outer
+    if not outer and _pending is not None:
+        signum, _pending = _pending, None
+        raise StopSignal(signal.Signals(signum).name)
 
 
 def stopping() -> bool:

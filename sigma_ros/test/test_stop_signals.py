@@ -27,6 +27,10 @@ CHILD = textwrap.dedent("""
             signal.signal(signal.SIGINT, plain_handler)
             signal.signal(signal.SIGTERM, plain_handler)
         try:
+            if sys.argv[2] == "deferred":
+                with stop_signals.deferred():
+                    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+                    print("held", flush=True)
             eval("os.kill(os.getpid(), signal." + sys.argv[1] + ") or sum(range(10))")
         except KeyboardInterrupt:
             print("stopped", flush=True)
@@ -58,3 +62,9 @@ def test_a_plain_keyboard_interrupt_there_ends_the_process_by_sigint(tmp_path):
     caught, "stopped" printed, and still no exit 0 (-2, or 130 when SIGINT stays blocked)."""
     result = _run_child(tmp_path, "SIGINT", "plain")
     assert result.stdout.strip() == "stopped" and result.returncode in (-signal.SIGINT, 128 + signal.SIGINT), result
+
+
+def test_a_stop_inside_deferred_is_held_until_the_block_ends(tmp_path):
+    """What load_segmenter wraps ``import torch`` in (a stop inside torch's native start-up aborted: exit -6)."""
+    result = _run_child(tmp_path, "SIGTERM", "deferred")
+    assert (result.returncode, result.stdout.split(), result.stderr) == (0, ["held", "stopped"], ""), result

@@ -1,28 +1,30 @@
 """The selective scan for export: one opaque torch op while tracing, a chunked ONNX ``Scan`` in the file.
 
 Backend ``"onnx"`` (never chosen by "auto"): ``sigma_core.export`` routes every scan of the network here
-before ``torch.onnx.export``. The delta bias, softplus and D skip are plain torch ops around the core
-recurrence, which is the custom op ``sigma::scan_recurrence``: tracing sees one node per scan (export
+before ``torch.onnx.export``. The whole scan (delta bias, softplus and D skip included) is the custom op
+``sigma::scan_recurrence``: tracing sees one node per scan (export
 stays fast and the graph small), the exporter writes it as ``ai.sigma.ScanRecurrence`` and
 :func:`expand_scan_nodes` replaces each such node with standard ONNX ops built by :func:`recurrence_nodes`,
 so any runtime (ONNX Runtime, OpenVINO, TensorRT) runs the file.
 
-The ONNX formulation (chunked; the graph does not grow with the image and the runtime loops L / 64 times):
-the sequence is cut into chunks of BLOCKS x STEPS = 64 steps, the end padded with delta = 0 and u = 0 (which
-keep the state and add nothing). One ``Scan`` over the chunks carries the state h; one iteration runs few,
-large ops (runtimes pay per op; see _chunk_body):
+The ONNX formulation (chunked; the graph does not grow with the image and the runtime loops L / 8 times):
+the inputs are made time-major once (each a single-axis Transpose, the cheap kind for runtimes) and cut
+into chunks of STEPS = 8 steps, the end padded with zeros (steps after the last: their outputs are
+dropped). One ``Scan`` over the chunks carries the state h; one iteration runs few ops (see _chunk_body):
 
-    decay  = exp(delta_t * A), inject = delta_t * u_t * B_t     for the whole chunk at once
-    hl_t   = decay_t * hl_{t-1} + inject_t,  P_t = P_{t-1} * decay_t   the STEPS steps of all BLOCKS blocks at
-                                                                   once, each block from a zero state
-    c_s+1  = P_last,s * c_s + hl_last,s                            the BLOCKS block-entry states in turn
-    y_t    = sum_n C_t[n] * (hl_t + P_t * c_s)[n]
+    decay = exp(delta_t * A), inject = delta_t * u_t * B_t     for the whole chunk at once
+    h_t   = decay_t * h_{t-1} + inject_t                       the 8 steps in turn
+    y_t   = sum_n C_t[n] * h_t[n]                              for the whole chunk at once
 
-Every exponential is of delta * A <= 0 (delta >= 0 after softplus, A < 0) and every P is a product of
-factors in [0, 1]: no overflow or NaN whatever delta * A is (the log-space "exp(cumsum) / exp(cumsum)" chunk
-form overflows, see ENVIRONMENT.md); float32 throughout, within 1e-4 of the float64 reference (tests). The
-layout puts D/G innermost so that every broadcast repeats a contiguous run (N innermost made ONNX Runtime
-3x slower). The eager torch op below computes the same recurrence step by step in chunks of CHUNK.
+Every exponential is of delta * A <= 0 (delta >= 0 after softplus, A < 0): no overflow or NaN whatever
+delta * A is (the log-space "exp(cumsum) / exp(cumsum)" chunk form overflows, see ENVIRONMENT.md); float32
+throughout, within 1e-4 of the float64 reference (tests). Measured on Sigma-T's stage-1 scan (one thread):
+chunks of 8 steps keep an iteration's tensors in the core's cache and ran 2.2x faster than 64-step chunks
+computed as 8 blocks of 8 steps combined by decay products (the previous formulation); 4, 16 or 32 steps
+and 2 to 8 blocks were slower. The layout puts D/G innermost so that every broadcast repeats a contiguous
+run (N innermost made ONNX Runtime 3x slower). The delta bias, softplus and D skip run inside the Scan too,
+on the cached chunk (each is one pass over the whole map outside). The eager torch op below computes the
+same recurrence step by step in chunks of CHUNK.
 """
 from __future__ import annotations
 
@@ -32,24 +34,29 @@ from typing import Optional
 import torch
 
 CHUNK = 16  # steps per chunk of the eager torch formulation (the reference for tests)
-STEPS, BLOCKS = 8, 8  # the ONNX Scan's iteration: BLOCKS blocks of STEPS steps (see _chunk_body)
+STEPS = 8  # steps per iteration of the ONNX Scan (see _chunk_body)
 DOMAIN = "ai.sigma"
 OP_TYPE = "ScanRecurrence"
 
 
 @torch.library.custom_op("sigma::scan_recurrence", mutates_args=())
-def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                    C: torch.Tensor) -> torch.Tensor:
-    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, y_t = <C_t, h_t>; float32 in and out.
+def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool) -> torch.Tensor:
+    """The selective scan, float32 in and out: dt = softplus(delta + delta_bias) (or delta + delta_bias),
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = <C_t, h_t> + D u_t.
 
-    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L). Returns (batch, D, L). Eagerly it runs
-    the chunked formulation in torch (the same arithmetic as the ONNX nodes, for tests and checks).
+    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L); D, delta_bias: (D,). Returns (batch, D, L).
+    Eagerly it runs the recurrence in torch in chunks of CHUNK steps (for tests and checks); in the file it
+    is recurrence_nodes, which do the bias, softplus and skip inside the Scan, on chunks in the cache.
     """
     batch, dim, length = u.shape
     groups, n = B.shape[1], B.shape[2]
     per_group = dim // groups
     chunks = -(-length // CHUNK)
     pad = chunks * CHUNK - length
+    delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = softplus(delta)
 
     def time_major(t: torch.Tensor) -> torch.Tensor:  # (batch, X.., L) -> (chunks, CHUNK, batch, X..)
         t = torch.nn.functional.pad(t, (0, pad)).unflatten(-1, (chunks, CHUNK))
@@ -69,11 +76,12 @@ def scan_recurrence(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             h = decay[step:step + 1] * h + inject[step:step + 1]
             states.append(h)
         ys.append((torch.cat(states) * ct[c]).sum(1))  # (T, b, G, D/G)
-    return torch.cat(ys).flatten(2).permute(1, 2, 0)[..., :length].contiguous()
+    y = torch.cat(ys).flatten(2).permute(1, 2, 0)[..., :length]
+    return (y + u * D[:, None]).contiguous()
 
 
 @scan_recurrence.register_fake
-def _(u, delta, A, B, C):
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return torch.empty_like(u)
 
 
@@ -96,21 +104,17 @@ def selective_scan_onnx(
 
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = softplus(delta)
-    y = scan_recurrence(u, delta, A, B.contiguous(), C.contiguous())
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    return y
+    D = u.new_zeros(u.shape[1]) if D is None else D.float()
+    delta_bias = u.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.float()
+    return scan_recurrence(u, delta, A, B.contiguous(), C.contiguous(), D, delta_bias, delta_softplus)
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): never overflows, and plain Relu/Abs/Exp/Log ops in
-    ONNX (ONNX Runtime's CPU Softplus kernel is ~10x slower). Equals torch's softplus (threshold 20) within
-    float32 rounding."""
-    return torch.relu(x) + torch.log1p(torch.exp(-x.abs()))
+    """log(1 + exp(x)) as max(x, log(1 + exp(min(x, 20)))): never overflows, five plain ONNX ops (Min, Exp,
+    Add, Log, Max; ONNX Runtime's CPU Softplus kernel is ~10x slower, and every op is a pass over the map).
+    Equals torch's softplus (threshold 20: x above it) within float32 rounding; the max picks x above 20
+    since log(1 + e^20) < x there, and log(1 + exp(x)) >= x below it."""
+    return torch.maximum(x, torch.log(1 + torch.exp(torch.clamp(x, max=20.0))))
 
 
 # --- ONNX ---------------------------------------------------------------------------------------------
@@ -123,8 +127,8 @@ def onnx_translation():
     _register_placeholder_schema()
     recurrence = values.Op(values.Opset(DOMAIN, 1), OP_TYPE)  # a placeholder that expand_scan_nodes replaces
 
-    def translate(u, delta, A, B, C):
-        return recurrence(u, delta, A, B, C)
+    def translate(u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return recurrence(u, delta, A, B, C, D, delta_bias, softplus=int(delta_softplus))
 
     return {torch.ops.sigma.scan_recurrence.default: translate}
 
@@ -139,25 +143,26 @@ def _register_placeholder_schema() -> None:
         return
     except onnx.defs.SchemaError:
         pass
-    tensor = [OpSchema.FormalParameter(n, "T") for n in ("u", "delta", "A", "B", "C")]
+    tensor = [OpSchema.FormalParameter(n, "T") for n in ("u", "delta", "A", "B", "C", "D", "delta_bias")]
     onnx.defs.register_schema(OpSchema(
         OP_TYPE, DOMAIN, 1, inputs=tensor, outputs=[OpSchema.FormalParameter("y", "T")],
         type_constraints=[("T", ["tensor(float)"], "float32")],
+        attributes=[OpSchema.Attribute("softplus", OpSchema.AttrType.INT, "1: dt = softplus(delta + delta_bias)")],
         doc="selective-scan recurrence; sigma_core.ops.scan_onnx.expand_scan_nodes replaces it by standard ops"))
 
 
-def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y: str, steps: int = STEPS,
-                     blocks: int = BLOCKS):
-    """The ONNX nodes (opset >= 18) computing ``y`` = scan_recurrence(u, delta, A, B, C) by name.
+def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str, y: str,
+                     softplus: bool = True, steps: int = STEPS):
+    """The ONNX nodes (opset >= 18) computing ``y`` = scan_recurrence(u, delta, A, B, C, D, delta_bias, softplus)
+    by name.
 
-    One Scan iteration covers ``blocks`` blocks of ``steps`` steps (see _chunk_body). Names made here start
+    One Scan iteration covers ``steps`` steps (see _chunk_body). Names made here start
     with ``prefix``. Returns a list of NodeProto, the Scan's body included.
     """
     from onnx import TensorProto, helper
 
     nodes = []
     counter = itertools.count()
-    chunk = steps * blocks
 
     def name(hint: str) -> str:
         return f"{prefix}{hint}_{next(counter)}"
@@ -181,56 +186,65 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, y:
     batch, channels, length = dim(su, 0), dim(su, 1), dim(su, 2)
     groups, states = dim(sb, 1), dim(sb, 2)
     per_group = one("Div", [channels, groups], "per_group")
-    chunk_const, steps_const, blocks_const = const([chunk], "chunk"), const([steps], "steps"), const([blocks], "blocks")
-    chunks = one("Div", [one("Add", [length, const([chunk - 1])]), chunk_const], "chunks")
+    chunk_const = const([steps], "steps")
+    chunks = one("Div", [one("Add", [length, const([steps - 1])]), chunk_const], "chunks")
     pad = one("Sub", [one("Mul", [chunks, chunk_const]), length], "pad")
-    pads3 = one("Concat", [const([0, 0, 0]), const([0, 0]), pad], "pads3", axis=0)
-    pads4 = one("Concat", [const([0, 0, 0, 0]), const([0, 0, 0]), pad], "pads4", axis=0)
-    u_p = one("Pad", [u, pads3], "u_pad")
-    dt_p = one("Pad", [delta, pads3], "dt_pad")
-    b_p, c_p = one("Pad", [B, pads4], "b_pad"), one("Pad", [C, pads4], "c_pad")
-    du_p = one("Mul", [dt_p, u_p], "du")
+    one_const = const([1], "one")
+    chunked = [chunks, chunk_const, batch, groups]
 
-    def channel_chunks(t: str) -> str:  # (b, D, Lp) -> (c, T, S, 1, b, G, D/G); step s * T + t of chunk c
-        shape = one("Concat", [batch, groups, per_group, chunks, blocks_const, steps_const], "shape6", axis=0)
-        t6 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 5, 4, 0, 1, 2])
-        return one("Unsqueeze", [t6, const([3])])
+    no_pad = one("Equal", [pad, const([0])], "no_pad")
+    no_pad_scalar = one("Squeeze", [no_pad, const([0])], "no_pad_scalar")
 
-    def state_chunks(t: str) -> str:  # (b, G, N, Lp) -> (c, T, S, N, b, G, 1)
-        shape = one("Concat", [batch, groups, states, chunks, blocks_const, steps_const], "shape6", axis=0)
-        t6 = one("Transpose", [one("Reshape", [t, shape])], perm=[3, 5, 4, 2, 0, 1])
-        return one("Unsqueeze", [t6, const([6])])
+    def time_major(t: str, rank: int, inner: list[str]) -> str:  # (b, X.., Lp) -> (c, T, b, G, inner..)
+        # moving the one time axis outward (then padding the outermost axis) is a plain strided copy at full
+        # speed in ONNX Runtime; general permutations were 10 % of the forward. Pad copies even when it adds
+        # nothing, so it runs only when needed (the If's branches compute their outputs: no extra copy)
+        perm = [rank - 1] + list(range(rank - 1))
+        pads = one("Concat", [const([0] * rank), pad, const([0] * (rank - 1))], "pads", axis=0)
+        moved, moved_for_pad, padded = name("moved"), name("moved"), name("padded")
+        keep = helper.make_graph([helper.make_node("Transpose", [t], [moved], perm=perm)], name("keep"), [],
+                                 [helper.make_tensor_value_info(moved, TensorProto.FLOAT, None)])
+        pad_it = helper.make_graph([helper.make_node("Transpose", [t], [moved_for_pad], perm=perm),
+                                    helper.make_node("Pad", [moved_for_pad, pads], [padded])], name("pad"), [],
+                                   [helper.make_tensor_value_info(padded, TensorProto.FLOAT, None)])
+        ready = one("If", [no_pad_scalar], "time_major", then_branch=keep, else_branch=pad_it)
+        return one("Reshape", [ready, one("Concat", chunked + inner, "chunked_shape", axis=0)])
 
-    dt_c, du_c, b_c, c_c = channel_chunks(dt_p), channel_chunks(du_p), state_chunks(b_p), state_chunks(c_p)
+    u_c = time_major(u, 3, [one_const, per_group])  # (c, T, b, G, 1, D/G)
+    delta_c = time_major(delta, 3, [one_const, per_group])
+    b_c, c_c = time_major(B, 4, [states, one_const]), time_major(C, 4, [states, one_const])  # (c, T, b, G, N, 1)
     a_shape = one("Concat", [groups, per_group, states], "a_shape", axis=0)
-    a_c = one("Unsqueeze", [one("Transpose", [one("Reshape", [A, a_shape])], perm=[2, 0, 1]), const([1])])
-    h_shape = one("Concat", [const([1, 1]), states, batch, groups, per_group], "h_shape", axis=0)
+    per_channel = one("Concat", [groups, one_const, per_group], "per_channel_shape", axis=0)
+    a_c = one("Transpose", [one("Reshape", [A, a_shape])], "a", perm=[0, 2, 1])  # (G, N, D/G)
+    skip_c = one("Reshape", [D, per_channel], "skip")  # (G, 1, D/G)
+    bias_c = one("Reshape", [delta_bias, per_channel], "bias")
+    h_shape = one("Concat", [const([1]), batch, groups, states, per_group], "h_shape", axis=0)
     h0 = one("ConstantOfShape", [h_shape], "h0", value=helper.make_tensor(name("zero"), TensorProto.FLOAT, [1], [0.0]))
 
-    body = _chunk_body(prefix + "body_", steps, blocks)
-    _, _, ys = node("Scan", [h0, a_c, dt_c, du_c, b_c, c_c], "scan", 3, body=body, num_scan_inputs=4)
-    # ys: (c, T, S, b, G, D/G) -> step order (c, S, T) -> (b, D, Lp) -> first L steps
-    ordered = one("Transpose", [ys], perm=[0, 2, 1, 3, 4, 5])
-    lp = one("Mul", [chunks, chunk_const], "lp")
-    flat = one("Reshape", [ordered, one("Concat", [lp, batch, channels], "ys_shape", axis=0)])
-    full = one("Transpose", [flat], perm=[1, 2, 0])
-    nodes.append(helper.make_node("Slice", [full, const([0]), length, const([2])], [y], name=name("n_Slice")))
+    body = _chunk_body(prefix + "body_", steps, softplus)
+    # A, D and the bias ride along as loop state (OpenVINO's Scan import rejects bodies reading the outer graph)
+    *_, ys = node("Scan", [h0, a_c, skip_c, bias_c, u_c, delta_c, b_c, c_c], "scan", 5, body=body, num_scan_inputs=4)
+    # ys: (c, T, b, G, 1, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
+    flat = one("Reshape", [ys, one("Concat", [const([-1]), batch, channels], "ys_shape", axis=0)])
+    first = one("Slice", [flat, const([0]), length, const([0])])
+    nodes.append(helper.make_node("Transpose", [first], [y], name=name("n_Transpose"), perm=[1, 2, 0]))
     return nodes
 
 
-def _chunk_body(prefix: str, steps: int, blocks: int):
-    """The Scan body: state (h, A) and one chunk of S = ``blocks`` blocks of T = ``steps`` steps -> (h, A), y.
+def _chunk_body(prefix: str, steps: int, softplus: bool):
+    """The Scan body: state (h, A, D, bias) and one chunk of T = ``steps`` steps -> (h, A, D, bias), y.
 
-    Few, large ops per iteration (runtimes pay per op): the T steps run for all S blocks at once from a zero
-    state (hl_t) with each block's running decay product P_t (values in [0, 1]: no overflow); then the S
-    block-entry states follow one another (c_{s+1} = P_last,s c_s + hl_last,s); then h_t = hl_t + P_t c_s,
-    y_t = sum_n C_t h_t. Inputs per iteration: dt, du (T, S, 1, b, G, D/G); B, C (T, S, N, b, G, 1);
-    h (1, 1, N, b, G, D/G); A (N, 1, G, D/G).
+    Few ops per iteration (runtimes pay per op), each on a chunk that stays in the cache: dt = softplus(delta
+    + bias), decay and inject for the whole chunk, the T steps in turn (h_t = decay_t h_{t-1} + inject_t),
+    y_t = sum_n C_t h_t + D u_t for the whole chunk. Inputs per iteration: u, delta (T, b, G, 1, D/G); B, C
+    (T, b, G, N, 1); state h (1, b, G, N, D/G), A (G, N, D/G), D and bias (G, 1, D/G), passed on unchanged.
+    Output y (T, b, G, 1, D/G).
     """
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    io = {k: prefix + k for k in ("h", "a", "dt", "du", "b", "c", "h_out", "a_out", "y")}
+    io = {k: prefix + k for k in ("h", "a", "skip", "bias", "u", "delta", "b", "c",
+                                  "h_out", "a_out", "skip_out", "bias_out", "y")}
     nodes = []
     counter = itertools.count()
 
@@ -239,30 +253,32 @@ def _chunk_body(prefix: str, steps: int, blocks: int):
         nodes.append(helper.make_node(op, inputs, outs, name=f"{prefix}n{next(counter)}", **attrs))
         return outs if n_out > 1 else outs[0]
 
-    def split(t: str, axis: int, parts: int) -> list[str]:
-        return [t] if parts == 1 else one("Split", [t], n_out=parts, axis=axis, num_outputs=parts)
+    def const(value, dtype) -> str:
+        return one("Constant", [], value=helper.make_tensor(f"{prefix}v{next(counter)}", dtype, [len(value)], value))
 
-    def concat(ts: list[str], axis: int) -> str:
-        return ts[0] if len(ts) == 1 else one("Concat", ts, axis=axis)
+    outer = {"a": io["a"], "skip": io["skip"], "bias": io["bias"], "threshold": const([20.0], f),
+             "one": const([1.0], f), "axis": const([3], TensorProto.INT64)}
+    for k in ("a", "skip", "bias"):
+        one("Identity", [io[k]], io[k + "_out"])
 
-    decay = split(one("Exp", [one("Mul", [io["dt"], io["a"]])]), 0, steps)  # T x (1, S, N, b, G, D/G); exponent <= 0
-    inject = split(one("Mul", [io["du"], io["b"]]), 0, steps)
-    local, product = [inject[0]], [decay[0]]
-    for t in range(1, steps):
-        local.append(one("Add", [one("Mul", [decay[t], local[-1]]), inject[t]]))
-        product.append(one("Mul", [product[-1], decay[t]]))
-    entering = [io["h"]]  # (1, 1, N, b, G, D/G): the state entering block s
-    for last_product, last_local in zip(split(product[-1], 1, blocks), split(local[-1], 1, blocks)):
-        entering.append(one("Add", [one("Mul", [last_product, entering[-1]]), last_local]))
-    one("Identity", [entering.pop()], io["h_out"])
-    states = one("Add", [concat(local, 0), one("Mul", [concat(product, 0), concat(entering, 1)])])  # (T, S, N, ...)
-    axes = f"{prefix}axes"
-    nodes.append(helper.make_node("Constant", [], [axes], value=helper.make_tensor(axes + "_v", TensorProto.INT64,
-                                                                                 [1], [2])))
-    one("ReduceSum", [one("Mul", [states, io["c"]]), axes], io["y"], keepdims=0)
-    one("Identity", [io["a"]], io["a_out"])
-    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "a", "dt", "du", "b", "c")]
-    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "a_out", "y")]
+    def split(t: str) -> list[str]:  # (T, ...) -> T x (1, ...)
+        return [t] if steps == 1 else one("Split", [t], n_out=steps, axis=0, num_outputs=steps)
+
+    dt = one("Add", [io["delta"], outer["bias"]])
+    if softplus:  # as scan_onnx.softplus: max(x, log(1 + exp(min(x, 20))))
+        capped = one("Exp", [one("Min", [dt, outer["threshold"]])])
+        dt = one("Max", [dt, one("Log", [one("Add", [capped, outer["one"]])])])
+    decay = split(one("Exp", [one("Mul", [dt, outer["a"]])]))  # T x (1, b, G, N, D/G); exponent <= 0
+    inject = split(one("Mul", [one("Mul", [dt, io["u"]]), io["b"]]))
+    states = [io["h"]]
+    for t in range(steps):
+        states.append(one("Add", [one("Mul", [decay[t], states[-1]]), inject[t]]))
+    one("Identity", [states[-1]], io["h_out"])
+    all_states = states[1] if steps == 1 else one("Concat", states[1:], axis=0)  # (T, b, G, N, D/G)
+    read = one("ReduceSum", [one("Mul", [all_states, io["c"]]), outer["axis"]], keepdims=1)  # (T, b, G, 1, D/G)
+    one("Add", [read, one("Mul", [io["u"], outer["skip"]])], io["y"])
+    inputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h", "a", "skip", "bias", "u", "delta", "b", "c")]
+    outputs = [helper.make_tensor_value_info(io[k], f, None) for k in ("h_out", "a_out", "skip_out", "bias_out", "y")]
     return helper.make_graph(nodes, prefix + "graph", inputs, outputs)
 
 
@@ -275,7 +291,8 @@ def expand_scan_nodes(model) -> int:
     out, count = [], 0
     for node in graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
-            out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0]))
+            softplus = next((a.i for a in node.attribute if a.name == "softplus"), 1)
+            out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=bool(softplus)))
             count += 1
         else:
             out.append(node)
