@@ -75,10 +75,22 @@ def install() -> None:
     the main thread); and a process our launch files started stops when `ros2 launch` dies (:func:`exit_with_launch`).
     """
     global _stopping, _pending
-    _stopping, _pending = False, None
+    if signal.getsignal(signal.SIGINT) is not _on_signal:  # installed again later (entry point, then node main):
+        _stopping, _pending = False, None                  # a stop that already arrived still counts
+        sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     exit_with_launch()
+
+
+def _unraisable_hook(previous: Any) -> Any:
+    """A StopSignal raised where Python cannot propagate it (a weakref callback such as importlib's module-lock
+    cleanup, a ``__del__``) is dropped with an "Exception ignored" traceback: say nothing, the stop stays recorded
+    (:func:`stopping`) for the entry point's loop to honour."""
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, StopSignal):
+            previous(unraisable)
+    return hook
 
 
 def launch_env() -> dict[str, str]:

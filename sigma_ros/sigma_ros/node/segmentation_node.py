@@ -948,8 +948,9 @@ def main(args: Optional[list[str]] = None) -> int:
         # One executor thread is enough: inference has its own thread, so callbacks never wait for the model.
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=stop_signals.SPIN_STEP_S)  # a signal is noticed between steps
+        # A signal is noticed between steps; stopping() also catches a stop Python had to drop (see stop_signals).
+        while rclpy.ok() and not stop_signals.stopping():
+            executor.spin_once(timeout_sec=stop_signals.SPIN_STEP_S)
     except ConfigError as e:
         log.error(f"invalid configuration: {e}")
         return 2
