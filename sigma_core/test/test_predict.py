@@ -347,6 +347,9 @@ def test_ctrl_c_while_a_tool_starts_is_one_line(tmp_path, checkpoints, tool):
     time.sleep(1.0)  # past the interpreter's start-up (its own handler), inside main's imports
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].endswith("error: interrupted during start-up; nothing was written"), err
-    assert not out.exists()
+    assert proc.returncode == 130 and "Traceback" not in err, err  # not -2: see cli.errors.Interrupted
+    last = err.strip().splitlines()[-1]
+    if last.endswith("error: interrupted during start-up; nothing was written"):
+        assert not out.exists()
+    else:  # a fast machine is past start-up after 1 s: then the tool's own handler speaks
+        assert f"sigma-{tool}: error: interrupted" in last, err

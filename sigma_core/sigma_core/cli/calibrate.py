@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from .errors import fail
+from .errors import catch_ctrl_c, fail
 
 PROG = "sigma-calibrate"
 MAX_SPACING_M = 1.0  # a target's square (or circle step) larger than this is a spacing given in millimetres
@@ -179,6 +179,7 @@ def folder_image_pairs(args: argparse.Namespace, counts: list) -> Iterator[tuple
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    catch_ctrl_c()
     args = build_parser().parse_args(argv)
     from ..data.bags import BagError
     from ..data.calibration import CalibrationError, save_calibration

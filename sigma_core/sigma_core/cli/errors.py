@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
+import threading
 from typing import Any, Callable, NoReturn
 
 
@@ -14,6 +16,7 @@ def interrupt_is_one_line(prog: str, message: str = "interrupted during start-up
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            catch_ctrl_c()
             try:
                 return main(*args, **kwargs)
             except KeyboardInterrupt:
@@ -22,6 +25,26 @@ def interrupt_is_one_line(prog: str, message: str = "interrupted during start-up
         return run
 
     return wrap
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a tool's SIGTERM) as our tools raise it: a KeyboardInterrupt to every ``except`` clause. A subclass
+    because CPython (3.10-3.13) flags a KeyboardInterrupt of exactly that type leaving exec/eval code (namedtuple,
+    dataclasses: all through ``import torch``) as unhandled, and under ``python -m`` then exits by SIGINT (-2) after
+    our one line, although ``main`` caught it (sigma_ros.stop_signals has the details)."""
+
+
+def raise_interrupted(signum: int, frame: Any) -> None:
+    """Signal handler: raise :class:`Interrupted` in the main thread."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def catch_ctrl_c() -> None:
+    """Ctrl-C raises :class:`Interrupted` from now on, unless the caller (an embedding program, a test) installed a
+    SIGINT handler of its own. Call it first in a tool's ``main``."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupted)
 
 
 def fail(prog: str, error: BaseException | str, code: int = 1) -> NoReturn:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import fail
+from .errors import catch_ctrl_c, fail
 
 PROG = "sigma-evaluate"
 
@@ -71,6 +71,7 @@ def default_out(checkpoint: str, split: str, blank_modality: bool) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    catch_ctrl_c()
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.checkpoint is None and args.data_root is None and args.config is None:

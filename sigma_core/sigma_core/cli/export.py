@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import fail
+from .errors import catch_ctrl_c, fail, raise_interrupted
 
 PROG = "sigma-export"
 
@@ -42,15 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM (systemd, `timeout`, a container stop) as Ctrl-C: the partial file is removed
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
+    catch_ctrl_c()
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (systemd, `timeout`, a container stop) as
+        signal.signal(signal.SIGTERM, raise_interrupted)      # Ctrl-C: the partial file is removed
     try:
         from ..export import check_arguments
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import fail
+from .errors import catch_ctrl_c, fail
 
 PROG = "sigma-import"
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    catch_ctrl_c()
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     try:
