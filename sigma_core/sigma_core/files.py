@@ -3,7 +3,9 @@ file or the new one, never half of one. YAML mappings are read with errors that 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -84,11 +86,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save ``obj`` to ``path`` atomically; a Ctrl-C or SIGTERM meanwhile takes effect once the file is whole."""
     import torch  # here only: the other writers serve tools that run without torch (ONNX deployments)
 
-    with atomic_open(path, "wb") as f:
+    with stop_signals_held(), atomic_open(path, "wb") as f:  # the file is renamed into place before a held stop
         torch.save(obj, f)
     return Path(path)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Within the block SIGINT/SIGTERM are recorded, then handed to the handler they had when the block ends.
+
+    A KeyboardInterrupt raised inside torch.save's native zip writer (from its Python write callback) left it
+    inconsistent: "enforce fail at inline_container.cc ... unexpected pos", or a hang with more torch threads.
+    Only in the main thread (the only one Python runs signal handlers in)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        handler = previous[held[0]]
+        if callable(handler):
+            handler(held[0], None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), held[0])
 
 
 def atomic_write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -1,3 +1,6 @@
+import os
+import signal
+
 import cv2
 import numpy as np
 import pytest
@@ -71,3 +74,23 @@ def test_a_symbolic_link_at_an_output_path_is_left_alone_even_dangling(tmp_path)
     assert not (tmp_path / "not_yet").exists() and (tmp_path / "precious.txt").read_text() == "mine"
     with pytest.raises(FileExistsError, match="dang.yaml is a symbolic link"):
         atomic_write_text(tmp_path / "dang.yaml", "x")
+
+
+class _SignalsWhilePickled:
+    """Sends the process a SIGINT while torch.save pickles it, i.e. inside torch's native zip writer."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+def test_ctrl_c_during_a_checkpoint_save_takes_effect_once_the_file_is_whole(tmp_path):
+    """sigma-train stopped with "enforce fail at inline_container.cc ... unexpected pos" (or hung) when Ctrl-C
+    arrived while it saved a checkpoint."""
+    import torch
+
+    path = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"x": torch.zeros(100_000), "bomb": _SignalsWhilePickled()}, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded["bomb"] == 7 and loaded["x"].shape == (100_000,)

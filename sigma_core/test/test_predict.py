@@ -338,13 +338,16 @@ def test_ctrl_c_while_a_tool_starts_is_one_line(tmp_path, checkpoints, tool):
         args = [tmp_path / "a.png", tmp_path / "t.png", "--checkpoint", checkpoints["thermal"], "--out", out]
     elif tool == "train":
         root = write_dataset(tmp_path / "ds", n=8, seed=3, size=(H, W))
-        args = ["--config", "custom", f"data.root={root}", "data.num_workers=0", f"train.out_dir={out}"]
+        args = ["--config", "custom", f"data.root={root}", "data.num_workers=0", "data.batch_size=2",
+                f"train.out_dir={out}"]
     else:
         bag = write_bag(tmp_path / "bag", seconds=0.3, size=(H, W))
         args = [bag.path, "-o", out, "--rgb-topic", bag.rgb_topic, "--modal-topic", bag.modal_topic]
     proc = subprocess.Popen([sys.executable, "-m", f"sigma_core.cli.{tool}", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # past the interpreter's start-up (its own handler), inside main's imports
+    if proc.poll() == 0:  # a fast machine extracts this bag in under a second: nothing left to interrupt
+        pytest.skip(f"sigma-{tool} finished within 1 s, before the Ctrl-C")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err  # not -2: see cli.errors.Interrupted
