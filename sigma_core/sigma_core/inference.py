@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import CheckpointMeta, DatasetLike, PathLike, load_model
-from .data.modality import ModalityScaling
-from .model_io import NonFiniteOutputError, images_to_inputs, modal_to_unit, resize_unit  # noqa: F401 (public here)
+from .model_io import ModelDescription, NonFiniteOutputError, images_to_inputs, modal_to_unit, resize_unit  # noqa: F401 (public here)
 from .onnx_runtime import is_onnx_path
 from .ops.selective_scan import load_backend, resolve_backend
 
@@ -129,7 +128,7 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-class Segmenter:
+class Segmenter(ModelDescription):
     """A Sigma model with its input/output handling. Call it on numpy images.
 
     seg(rgb, modal) -> (mask (H, W) uint8 class ids, confidence (H, W) float32 max softmax probability).
@@ -204,30 +203,6 @@ class Segmenter:
                    allow_emulated_precision=allow_emulated_precision)
 
     # --- what the node and tools read ---------------------------------------------------------------
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.class_names)
-
-    @property
-    def palette(self) -> list[list[int]]:
-        """One [r, g, b] (0..255) per class id."""
-        return [list(c) for c in self.meta.palette]
-
-    @property
-    def scaling(self) -> ModalityScaling:
-        """How raw modality values become [0, 1]; settable (e.g. a node parameter overrides the thermal range)."""
-        return self._scaling
-
-    @scaling.setter
-    def scaling(self, value: ModalityScaling) -> None:
-        if not isinstance(value, ModalityScaling):
-            raise TypeError(f"scaling must be a ModalityScaling, got {type(value).__name__}")
-        self._scaling = value
-
-    @property
-    def modality(self) -> str:
-        return self._scaling.modality
 
     @property
     def num_classes(self) -> int:

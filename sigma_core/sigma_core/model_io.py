@@ -149,3 +149,33 @@ def logits_to_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
     exp = np.exp(logits - top)
     confidence = (1.0 / exp.sum(axis=0)).astype(np.float32)  # softmax of the arg max: exp(0) / sum
     return logits.argmax(axis=0).astype(np.uint8), confidence
+
+
+
+class ModelDescription:
+    """What Segmenter and OnnxSegmenter tell alike from their metadata (``self.meta``: ``class_names``, ``palette``)
+    and their modality scaling (``self._scaling``)."""
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.class_names)
+
+    @property
+    def palette(self) -> list[list[int]]:
+        """One [r, g, b] (0..255) per class id."""
+        return [list(c) for c in self.meta.palette]
+
+    @property
+    def scaling(self) -> ModalityScaling:
+        """How raw modality values become [0, 1]; settable (e.g. a node parameter overrides the thermal range)."""
+        return self._scaling
+
+    @scaling.setter
+    def scaling(self, value: ModalityScaling) -> None:
+        if not isinstance(value, ModalityScaling):
+            raise TypeError(f"scaling must be a ModalityScaling, got {type(value).__name__}")
+        self._scaling = value
+
+    @property
+    def modality(self) -> str:
+        return self._scaling.modality

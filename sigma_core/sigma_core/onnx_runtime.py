@@ -24,7 +24,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .data.modality import ModalityScaling
-from .model_io import MAX_INPUT_SIDE, NonFiniteOutputError, check_description, images_to_inputs, logits_to_mask
+from .model_io import (
+    MAX_INPUT_SIDE,
+    ModelDescription,
+    NonFiniteOutputError,
+    check_description,
+    images_to_inputs,
+    logits_to_mask,
+)
 from .onnx_file import ExternalDataError, check_external_data
 
 INSTALL_HINT = "pip install onnxruntime (NVIDIA GPU: pip install onnxruntime-gpu)"
@@ -196,7 +203,7 @@ def providers_for(device: str, available: Sequence[str]) -> tuple[list, DeviceIn
     return chosen + ["CPUExecutionProvider"], DeviceInfo("cuda", index, wanted[0])
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(ModelDescription):
     """An exported Sigma model with its input/output handling. Call it on numpy images (see module docstring).
 
     path: a .onnx file written by sigma-export. device: auto | cpu | cuda[:N] | tensorrt[:N]. precision: the
@@ -262,28 +269,6 @@ class OnnxSegmenter:
         self._scaling = self.meta.scaling
 
     # --- what the node and tools read (as sigma_core.inference.Segmenter) --------------------------------
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.class_names)
-
-    @property
-    def palette(self) -> list[list[int]]:
-        return [list(c) for c in self.meta.palette]
-
-    @property
-    def scaling(self) -> ModalityScaling:
-        return self._scaling
-
-    @scaling.setter
-    def scaling(self, value: ModalityScaling) -> None:
-        if not isinstance(value, ModalityScaling):
-            raise TypeError(f"scaling must be a ModalityScaling, got {type(value).__name__}")
-        self._scaling = value
-
-    @property
-    def modality(self) -> str:
-        return self._scaling.modality
 
     @property
     def num_classes(self) -> int:
