@@ -84,6 +84,79 @@ def test_onnx_scan_extreme_decay_stays_finite():
     check_against_reference(scan_inputs(1, 8, 70, 4, 2, delta_scale=1e3, a_scale=1e4), softplus=True)
 
 
+def map_scan_inputs(height, width, batch, dim, n, directions, seed=0):
+    """u (H, W, b, D), delta (H, W, b, K, D), A (K*D, N), B, C (H, W, b, K, N), D, delta_bias (K*D,)."""
+    g = torch.Generator().manual_seed(seed)
+    k = directions
+    u = torch.randn(height, width, batch, dim, generator=g)
+    delta = torch.randn(height, width, batch, k, dim, generator=g) - 2
+    A = -torch.exp(torch.randn(k * dim, n, generator=g))
+    B, C = (torch.randn(height, width, batch, k, n, generator=g) for _ in range(2))
+    return u, delta, A, B, C, torch.randn(k * dim, generator=g), torch.randn(k * dim, generator=g) * 0.5
+
+
+def map_scan_reference(u, delta, A, B, C, D, delta_bias, directions) -> np.ndarray:
+    """float64 through the tensor layouts the torch model uses (cross_scan / concat_scan, their merges)."""
+    from sigma_core.ops.cross_scan import concat_merge, concat_scan, cross_merge, cross_scan
+
+    height, width, batch, dim = u.shape
+    u, delta, A, B, C, D, delta_bias = (t.double() for t in (u, delta, A, B, C, D, delta_bias))
+    to_map = lambda t: t.permute(2, 3, 4, 0, 1)  # (H, W, b, K, X) -> (b, K, X, H, W)  # noqa: E731
+    if directions == 4:
+        xs = cross_scan(u.permute(2, 3, 0, 1))  # (b, 4, D, L)
+        flat = lambda t: to_map(t).flatten(3)  # noqa: E731   direction k's own values, row-major
+        deltas, bs, cs = (cross_scan(flat(t).flatten(1, 2).unflatten(-1, (height, width)))
+                          .unflatten(2, (4, -1))[:, torch.arange(4), torch.arange(4)] for t in (delta, B, C))
+    else:
+        assert height == 1 and width % 2 == 0
+        half = width // 2
+        x = u.permute(2, 3, 0, 1)
+        xs = concat_scan(x[..., :half], x[..., half:])
+        seq = lambda t: to_map(t).flatten(3)  # noqa: E731   (b, 2, X, L)
+        deltas, bs, cs = (torch.stack([seq(t)[:, 0], seq(t)[:, 1].flip(-1)], dim=1) for t in (delta, B, C))
+    ys = selective_scan_reference(xs.flatten(1, 2), deltas.flatten(1, 2), A, bs, cs, D, delta_bias,
+                                  delta_softplus=True).unflatten(1, (directions, dim))
+    if directions == 4:
+        y = cross_merge(ys, height, width)  # (b, D, L)
+    else:
+        y = torch.cat(concat_merge(ys), dim=-1)
+    return y.permute(2, 0, 1).reshape(height, width, batch, dim).numpy()
+
+
+def run_map_recurrence(inputs, directions) -> np.ndarray:
+    """scan_onnx.map_recurrence_nodes alone as an ONNX model, run by ONNX Runtime (one thread)."""
+    names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}{i}" for i in range(t.dim())])
+                    for n, t in zip(names, inputs)]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["h", "w", "b", "d"])
+    graph = helper.make_graph(scan_onnx.map_recurrence_nodes("s_", *names, "y", directions=directions), "scan",
+                              graph_inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
+
+
+@pytest.mark.parametrize("height,width,batch,directions", [
+    (1, 1, 1, 4), (3, 5, 2, 4), (4, 4, 1, 4), (7, 9, 2, 4), (1, 2, 1, 2), (1, 26, 2, 2), (1, 32, 1, 2),
+])
+def test_onnx_map_scan_matches_the_cross_and_concat_layouts(height, width, batch, directions):
+    """The direction sequences gathered in the file (cross scan K = 4, concatenated sequence both ways K = 2;
+    lengths below, at and across the chunk size, non-square maps, batch 2) and merged back onto the positions
+    equal the float64 reference through cross_scan / concat_scan and their merges, within 1e-4 relative; so
+    does the torch op traced in their place."""
+    inputs = map_scan_inputs(height, width, batch, 6, 3, directions)
+    expected = map_scan_reference(*inputs, directions)
+    scale = np.abs(expected).max()
+    got = run_map_recurrence(inputs, directions)
+    assert got.shape == expected.shape and np.isfinite(got).all()
+    assert np.abs(got - expected).max() / scale < 1e-4
+    eager = scan_onnx.scan_map(*inputs, True, directions).numpy()
+    assert np.abs(eager - expected).max() / scale < 1e-4
+
+
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
     x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-30, 30, 6001), torch.tensor([20.0, 88.7, 89.0])])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import concat_merge, concat_scan, concat_scan_order
+from ..ops.cross_scan import concat_scan_order
 from .vmamba import (
     EXPORT_BACKEND,
     LayerNorm,
@@ -20,6 +20,7 @@ from .vmamba import (
     no_weight_decay,
     scan_directions,
     scan_map_directions,
+    scan_map_directions_export,
 )
 
 
@@ -136,20 +137,18 @@ class ConcatMambaOp(nn.Module):
         a = F.silu(self.conv2d(a.permute(0, 3, 1, 2)))
         b = F.silu(self.conv2d_modalx(b.permute(0, 3, 1, 2)))
         length = height * width
-        if self.scan_backend == EXPORT_BACKEND:  # the layout as tensor ops: no size-keyed table in the graph
-            y_rgb, y_other = concat_merge(scan_directions(
-                concat_scan(a, b), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
-                self.Ds, backend=self.scan_backend))
+        sequence = torch.cat([a.flatten(2), b.flatten(2)], dim=-1)  # (B, d_inner, 2L): RGB then X
+        if self.scan_backend == EXPORT_BACKEND:  # no size-keyed table in the graph: the sequence as a one-row map
+            y = scan_map_directions_export(sequence[:, :, None], self.directions, self.x_proj_weight,
+                                           self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)[:, 0]
         else:
             y = scan_map_directions(
-                torch.cat([a.flatten(2), b.flatten(2)], dim=-1), concat_scan_order(length, a.device),
-                self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
-                backend=self.scan_backend,
-            )
-            y_rgb, y_other = y[..., :length], y[..., length:]
-        shape = (batch, height, width, self.d_inner)
-        y_rgb = self.out_norm1(y_rgb.transpose(1, 2).reshape(shape)) * gate_from_other
-        y_other = self.out_norm2(y_other.transpose(1, 2).reshape(shape)) * gate_from_rgb
+                sequence, concat_scan_order(length, a.device), self.x_proj_weight, self.dt_projs_weight,
+                self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
+            ).transpose(1, 2)
+        shape = (batch, height, width, self.d_inner)  # y: (B, 2L, d_inner)
+        y_rgb = self.out_norm1(y[:, :length].reshape(shape)) * gate_from_other
+        y_other = self.out_norm2(y[:, length:].reshape(shape)) * gate_from_rgb
         return self.out_proj(torch.cat([y_rgb, y_other], dim=-1))
 
 

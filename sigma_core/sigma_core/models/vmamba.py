@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import cross_merge, cross_scan, cross_scan_order
+from ..ops.cross_scan import cross_scan_order
 from ..ops.selective_scan import selective_scan, selective_scan_ordered
 
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
@@ -144,6 +144,37 @@ def scan_map_directions(
     )
 
 
+def scan_map_directions_export(
+    x: torch.Tensor,
+    directions: int,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+) -> torch.Tensor:
+    """scan_map_directions as traced for export (backend EXPORT_BACKEND): no size-keyed order table, no copies
+    per direction. x: (B, D, H, W), scanned in ops.cross_scan_order (directions 4) or row-major both ways
+    (directions 2, the ConMB sequence as one row); parameters as in scan_directions. Returns (B, H, W, D)
+    float32, channels last: the sum of the directions' outputs at each position.
+
+    The projections run once on the channels-last map (plain GEMMs in the file; the per-direction dt
+    projections as one block-diagonal matmul), and the scan is ops.scan_onnx.scan_map, which gathers the
+    directions' time-major sequences straight from these maps in the file.
+    """
+    from ..ops.scan_onnx import scan_map
+
+    k, dim, rank = dt_projs_weight.shape
+    n = A_logs.shape[1]
+    x = x.permute(2, 3, 0, 1)  # (H, W, B, D)
+    x_dbl = torch.matmul(x, x_proj_weight.reshape(-1, dim).t()).unflatten(-1, (k, rank + 2 * n))
+    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=-1)  # (H, W, B, K, R | N | N)
+    dts = torch.matmul(dts.flatten(-2), torch.block_diag(*dt_projs_weight.transpose(1, 2))).unflatten(-1, (k, dim))
+    y = scan_map(x.float(), dts.float(), -torch.exp(A_logs.float()), bs.float(), cs.float(), Ds.float(),
+                 dt_projs_bias.float().reshape(-1), True, k)
+    return y.permute(2, 0, 1, 3)
+
+
 def declare_scan_parameters(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int) -> None:
     """Register the per-direction scan parameters under the published names (uninitialised; see init_ssm_).
 
@@ -220,16 +251,14 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
-        if self.scan_backend == EXPORT_BACKEND:  # the layout as tensor ops: no size-keyed table in the graph
-            y = cross_merge(scan_directions(cross_scan(x), self.x_proj_weight, self.dt_projs_weight,
-                                            self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend),
-                            height, width)
+        if self.scan_backend == EXPORT_BACKEND:  # no size-keyed table in the graph
+            y = scan_map_directions_export(x, self.directions, self.x_proj_weight, self.dt_projs_weight,
+                                           self.dt_projs_bias, self.A_logs, self.Ds)
         else:
             y = scan_map_directions(
                 x.flatten(2), cross_scan_order(height, width, x.device), self.x_proj_weight, self.dt_projs_weight,
                 self.dt_projs_bias, self.A_logs, self.Ds, backend=self.scan_backend,
-            )
-        y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
+            ).transpose(1, 2).reshape(batch, height, width, self.d_inner)
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
 

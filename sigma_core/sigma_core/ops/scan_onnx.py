@@ -37,6 +37,7 @@ CHUNK = 16  # steps per chunk of the eager torch formulation (the reference for 
 STEPS = 8  # steps per iteration of the ONNX Scan (see _chunk_body)
 DOMAIN = "ai.sigma"
 OP_TYPE = "ScanRecurrence"
+MAP_OP_TYPE = "ScanMap"
 
 
 @torch.library.custom_op("sigma::scan_recurrence", mutates_args=())
@@ -85,6 +86,45 @@ def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return torch.empty_like(u)
 
 
+@torch.library.custom_op("sigma::scan_map", mutates_args=())
+def scan_map(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool, directions: int) -> torch.Tensor:
+    """The selective scan of a map along K = ``directions`` step orders, each position's K outputs summed: what
+    cross_merge(scan(cross_scan(x))) (K = 4) or concat_scan / concat_merge (K = 2, the map one row) compute,
+    without the per-direction copies. float32 in and out.
+
+    u: (H, W, batch, D) the map, position-major, channels last; delta: (H, W, batch, K, D) (before bias and
+    softplus); B, C: (H, W, batch, K, N); A: (K*D, N); D, delta_bias: (K*D,). Direction k steps through the
+    positions in the order ops.cross_scan_order(H, W)[k] (K = 4), or [0, 2] of it (K = 2: row-major and
+    reversed). Returns (H, W, batch, D). Eagerly it gathers the sequences and runs scan_recurrence; in the
+    file it is map_recurrence_nodes.
+    """
+    from .cross_scan import cross_scan_order
+
+    height, width, batch, dim = u.shape
+    positions, k = height * width, directions
+    order = cross_scan_order(height, width, u.device)
+    order = order if k == 4 else order[[0, 2]]  # (K, L)
+    steps = u.reshape(positions, batch, dim)[order]  # (K, L, b, D)
+    per_k = torch.arange(k, device=u.device)[:, None]
+
+    def sequences(t: torch.Tensor) -> torch.Tensor:  # (H, W, b, K, X) -> (b, K, X, L), direction k's steps
+        return t.reshape(positions, batch, k, -1).permute(2, 0, 1, 3)[per_k, order].permute(2, 0, 3, 1)
+
+    ys = scan_recurrence(steps.permute(2, 0, 3, 1).reshape(batch, k * dim, positions),
+                         sequences(delta).reshape(batch, k * dim, positions), A, sequences(B).contiguous(),
+                         sequences(C).contiguous(), D, delta_bias, delta_softplus)
+    merged = u.new_zeros(positions, batch, dim)
+    for direction in range(k):  # step t of direction k wrote position order[k, t]
+        merged.index_add_(0, order[direction], ys.view(batch, k, dim, positions)[:, direction].permute(2, 0, 1))
+    return merged.reshape(height, width, batch, dim)
+
+
+@scan_map.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, directions):
+    return torch.empty_like(u)
+
+
 def selective_scan_onnx(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -125,30 +165,71 @@ def onnx_translation():
     from onnxscript import values
 
     _register_placeholder_schema()
-    recurrence = values.Op(values.Opset(DOMAIN, 1), OP_TYPE)  # a placeholder that expand_scan_nodes replaces
+    # placeholders that expand_scan_nodes replaces
+    recurrence = values.Op(values.Opset(DOMAIN, 1), OP_TYPE)
+    map_recurrence = values.Op(values.Opset(DOMAIN, 1), MAP_OP_TYPE)
 
     def translate(u, delta, A, B, C, D, delta_bias, delta_softplus):
         return recurrence(u, delta, A, B, C, D, delta_bias, softplus=int(delta_softplus))
 
-    return {torch.ops.sigma.scan_recurrence.default: translate}
+    def translate_map(u, delta, A, B, C, D, delta_bias, delta_softplus, directions):
+        return map_recurrence(u, delta, A, B, C, D, delta_bias, softplus=int(delta_softplus),
+                              directions=int(directions))
+
+    return {torch.ops.sigma.scan_recurrence.default: translate, torch.ops.sigma.scan_map.default: translate_map}
 
 
 def _register_placeholder_schema() -> None:
-    """Declare ai.sigma.ScanRecurrence to onnx (the exporter needs a schema for every node it writes)."""
+    """Declare ai.sigma.ScanRecurrence and ScanMap to onnx (the exporter needs a schema for every node it
+    writes)."""
     import onnx.defs
     from onnx.defs import OpSchema
 
-    try:
-        onnx.defs.get_schema(OP_TYPE, 1, DOMAIN)
-        return
-    except onnx.defs.SchemaError:
-        pass
     tensor = [OpSchema.FormalParameter(n, "T") for n in ("u", "delta", "A", "B", "C", "D", "delta_bias")]
-    onnx.defs.register_schema(OpSchema(
-        OP_TYPE, DOMAIN, 1, inputs=tensor, outputs=[OpSchema.FormalParameter("y", "T")],
-        type_constraints=[("T", ["tensor(float)"], "float32")],
-        attributes=[OpSchema.Attribute("softplus", OpSchema.AttrType.INT, "1: dt = softplus(delta + delta_bias)")],
-        doc="selective-scan recurrence; sigma_core.ops.scan_onnx.expand_scan_nodes replaces it by standard ops"))
+    softplus = OpSchema.Attribute("softplus", OpSchema.AttrType.INT, "1: dt = softplus(delta + delta_bias)")
+    directions = OpSchema.Attribute("directions", OpSchema.AttrType.INT, "4: cross scan, 2: row-major both ways")
+    for op_type, attributes in ((OP_TYPE, [softplus]), (MAP_OP_TYPE, [softplus, directions])):
+        try:
+            onnx.defs.get_schema(op_type, 1, DOMAIN)
+            continue
+        except onnx.defs.SchemaError:
+            pass
+        onnx.defs.register_schema(OpSchema(
+            op_type, DOMAIN, 1, inputs=tensor, outputs=[OpSchema.FormalParameter("y", "T")],
+            type_constraints=[("T", ["tensor(float)"], "float32")], attributes=attributes,
+            doc="selective scan; sigma_core.ops.scan_onnx.expand_scan_nodes replaces it by standard ops"))
+
+
+class _Nodes:
+    """Collects NodeProto for recurrence_nodes / map_recurrence_nodes; every name made starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.nodes, self.counter = prefix, [], itertools.count()
+
+    def name(self, hint: str) -> str:
+        return f"{self.prefix}{hint}_{next(self.counter)}"
+
+    def node(self, op: str, inputs: list[str], hint: str = "", n_out: int = 1, **attrs) -> list[str]:
+        from onnx import helper
+
+        outs = [self.name(hint or op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n_" + op), **attrs))
+        return outs
+
+    def one(self, op: str, inputs: list[str], hint: str = "", **attrs) -> str:
+        return self.node(op, inputs, hint, 1, **attrs)[0]
+
+    def const(self, values: list[int], hint: str = "c") -> str:  # (len,) int64
+        from onnx import TensorProto, helper
+
+        return self.one("Constant", [], hint, value=helper.make_tensor(self.name(hint + "_v"), TensorProto.INT64,
+                                                                       [len(values)], values))
+
+    def dim(self, tensor_shape: str, index: int) -> str:  # (1,) int64
+        return self.one("Gather", [tensor_shape, self.const([index])], "dim", axis=0)
+
+    def scalar(self, t: str) -> str:  # (1,) -> ()
+        return self.one("Squeeze", [t, self.const([0])], "scalar")
 
 
 def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str, y: str,
@@ -161,27 +242,8 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     """
     from onnx import TensorProto, helper
 
-    nodes = []
-    counter = itertools.count()
-
-    def name(hint: str) -> str:
-        return f"{prefix}{hint}_{next(counter)}"
-
-    def node(op: str, inputs: list[str], hint: str = "", n_out: int = 1, **attrs) -> list[str]:
-        outs = [name(hint or op.lower()) for _ in range(n_out)]
-        nodes.append(helper.make_node(op, inputs, outs, name=name("n_" + op), **attrs))
-        return outs
-
-    def one(op: str, inputs: list[str], hint: str = "", **attrs) -> str:
-        return node(op, inputs, hint, 1, **attrs)[0]
-
-    def const(values: list[int], hint: str = "c") -> str:
-        return one("Constant", [], hint, value=helper.make_tensor(name(hint + "_v"), TensorProto.INT64,
-                                                                  [len(values)], values))
-
-    def dim(tensor_shape: str, index: int) -> str:  # (1,) int64
-        return one("Gather", [tensor_shape, const([index])], "dim", axis=0)
-
+    g = _Nodes(prefix)
+    name, one, const, dim = g.name, g.one, g.const, g.dim
     su, sb = one("Shape", [u], "shape_u"), one("Shape", [B], "shape_b")
     batch, channels, length = dim(su, 0), dim(su, 1), dim(su, 2)
     groups, states = dim(sb, 1), dim(sb, 2)
@@ -191,9 +253,7 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     pad = one("Sub", [one("Mul", [chunks, chunk_const]), length], "pad")
     one_const = const([1], "one")
     chunked = [chunks, chunk_const, batch, groups]
-
-    no_pad = one("Equal", [pad, const([0])], "no_pad")
-    no_pad_scalar = one("Squeeze", [no_pad, const([0])], "no_pad_scalar")
+    no_pad_scalar = g.scalar(one("Equal", [pad, const([0])], "no_pad"))
 
     def time_major(t: str, rank: int, inner: list[str]) -> str:  # (b, X.., Lp) -> (c, T, b, G, inner..)
         # moving the one time axis outward (then padding the outermost axis) is a plain strided copy at full
@@ -213,22 +273,107 @@ def recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D:
     u_c = time_major(u, 3, [one_const, per_group])  # (c, T, b, G, 1, D/G)
     delta_c = time_major(delta, 3, [one_const, per_group])
     b_c, c_c = time_major(B, 4, [states, one_const]), time_major(C, 4, [states, one_const])  # (c, T, b, G, N, 1)
+    ys = _chunk_scan(g, u_c, delta_c, b_c, c_c, A, D, delta_bias, batch, groups, states, per_group, softplus, steps)
+    # ys: (c, T, b, G, 1, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
+    flat = one("Reshape", [ys, one("Concat", [const([-1]), batch, channels], "ys_shape", axis=0)])
+    first = one("Slice", [flat, const([0]), length, const([0])])
+    g.nodes.append(helper.make_node("Transpose", [first], [y], name=name("n_Transpose"), perm=[1, 2, 0]))
+    return g.nodes
+
+
+def map_recurrence_nodes(prefix: str, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str, y: str,
+                         softplus: bool = True, directions: int = 4, steps: int = STEPS):
+    """The ONNX nodes (opset >= 18) computing ``y`` = scan_map(u, delta, A, B, C, D, delta_bias, softplus,
+    directions) by name: the directions' sequences gathered straight from the map, time-major, in one Gather
+    per input (no flipped or transposed copies), one Scan for all directions (G = K groups), and the merge back
+    onto the positions as one Gather and a ReduceSum. The step orders are computed from the map's height and
+    width in the graph (Range, Transpose of P int64: the graph does not grow with the image).
+    """
+    from onnx import helper
+
+    g = _Nodes(prefix)
+    one, const, dim = g.one, g.const, g.dim
+    k = directions
+    su, sb = one("Shape", [u], "shape_u"), one("Shape", [B], "shape_b")
+    height, width, batch, channels = (dim(su, i) for i in range(4))
+    states = dim(sb, 4)
+    positions = one("Mul", [height, width], "positions")
+    chunk_const = const([steps], "steps")
+    chunks = one("Div", [one("Add", [positions, const([steps - 1])]), chunk_const], "chunks")
+    pad = one("Sub", [one("Mul", [chunks, chunk_const]), positions], "pad")
+    one_const, k_const = const([1], "one"), const([k], "k")
+
+    # orders[t, k]: the position direction k reads at step t; inverse[p, k]: the step at which it reads p
+    rows = one("Range", [g.scalar(const([0])), g.scalar(positions), g.scalar(one_const)], "rows")
+    last = one("Sub", [positions, one_const], "last")
+
+    def transposed(first: str, second: str) -> str:  # rows seen as a (first, second) grid, read column-major
+        grid = one("Reshape", [rows, one("Concat", [first, second], "grid", axis=0)])
+        return one("Reshape", [one("Transpose", [grid], perm=[1, 0]), const([-1])])
+
+    forward = [rows] if k == 2 else [rows, transposed(height, width)]
+    inverse = [rows] if k == 2 else [rows, transposed(width, height)]
+    forward = forward + [one("Sub", [last, t], "reversed") for t in forward]  # a reversed order's inverse is
+    inverse = inverse + [one("Sub", [last, t], "reversed") for t in inverse]  # the reversed inverse
+
+    def table(columns: list[str]) -> str:  # k x (P,) -> (P, 1, K)
+        return one("Unsqueeze", [one("Concat", [one("Unsqueeze", [t, const([1])]) for t in columns], axis=1),
+                                 const([1])], "table")
+
+    orders = one("Pad", [table(forward), one("Concat", [const([0]), const([0, 0]), pad, const([0, 0])],
+                                                          "pads", axis=0)], "orders")  # (Lp, 1, K); pads read 0
+    inverse = table(inverse)  # (P, 1, K)
+    batch_index = one("Unsqueeze", [one("Range", [g.scalar(const([0])), g.scalar(batch), g.scalar(one_const)]),
+                                    const([0, 2])], "batch_index")  # (1, b, 1)
+    direction_index = one("Unsqueeze", [one("Range", [g.scalar(const([0])), g.scalar(k_const),
+                                                      g.scalar(one_const)]), const([0, 1])], "direction_index")
+    batch_k = one("Mul", [batch, k_const], "batch_k")
+
+    def per_direction(table_: str) -> str:  # row of a (P * b * K, X) map for [t, b, k]: (T, b, K)
+        return one("Add", [one("Add", [one("Mul", [table_, batch_k]), one("Mul", [batch_index, k_const])]),
+                           direction_index], "index")
+
+    def gather(t: str, index: str, inner: str) -> str:  # (P, .., X) map -> rows by index
+        rows_of = one("Reshape", [t, one("Concat", [const([-1]), inner], "rows_shape", axis=0)])
+        return one("Gather", [rows_of, index], "gathered", axis=0)
+
+    def chunked(t: str, inner: list[str]) -> str:  # (Lp, b, K, X) -> (c, T, b, K, inner..)
+        return one("Reshape", [t, one("Concat", [chunks, chunk_const, batch, k_const] + inner, "chunked", axis=0)])
+
+    step_index = per_direction(orders)  # (Lp, b, K)
+    u_index = one("Add", [one("Mul", [orders, batch]), batch_index], "u_index")  # u has no K axis
+    u_c = chunked(gather(u, u_index, channels), [one_const, channels])  # (c, T, b, K, 1, D)
+    delta_c = chunked(gather(delta, step_index, channels), [one_const, channels])
+    b_c = chunked(gather(B, step_index, states), [states, one_const])  # (c, T, b, K, N, 1)
+    c_c = chunked(gather(C, step_index, states), [states, one_const])
+    ys = _chunk_scan(g, u_c, delta_c, b_c, c_c, A, D, delta_bias, batch, k_const, states, channels, softplus, steps)
+    # (c, T, b, K, 1, D) -> rows (Lp * b * K, D) -> each position's K outputs (P, b, K, D) -> summed (H, W, b, D)
+    merged = one("ReduceSum", [gather(ys, per_direction(inverse), channels), const([2])], "merged", keepdims=0)
+    g.nodes.append(helper.make_node("Reshape", [merged, su], [y], name=g.name("n_Reshape")))
+    return g.nodes
+
+
+def _chunk_scan(g: _Nodes, u_c: str, delta_c: str, b_c: str, c_c: str, A: str, D: str, delta_bias: str,
+                batch: str, groups: str, states: str, per_group: str, softplus: bool, steps: int) -> str:
+    """The Scan over chunks (c, T, b, G, ..) of u, delta (.., 1, D/G) and B, C (.., N, 1); A (G * D/G, N), D and
+    delta_bias (G * D/G,). Returns ys (c, T, b, G, 1, D/G)."""
+    from onnx import TensorProto, helper
+
+    one, const = g.one, g.const
+    one_const = const([1], "one")
     a_shape = one("Concat", [groups, per_group, states], "a_shape", axis=0)
     per_channel = one("Concat", [groups, one_const, per_group], "per_channel_shape", axis=0)
     a_c = one("Transpose", [one("Reshape", [A, a_shape])], "a", perm=[0, 2, 1])  # (G, N, D/G)
     skip_c = one("Reshape", [D, per_channel], "skip")  # (G, 1, D/G)
     bias_c = one("Reshape", [delta_bias, per_channel], "bias")
     h_shape = one("Concat", [const([1]), batch, groups, states, per_group], "h_shape", axis=0)
-    h0 = one("ConstantOfShape", [h_shape], "h0", value=helper.make_tensor(name("zero"), TensorProto.FLOAT, [1], [0.0]))
-
-    body = _chunk_body(prefix + "body_", steps, softplus)
+    h0 = one("ConstantOfShape", [h_shape], "h0",
+             value=helper.make_tensor(g.name("zero"), TensorProto.FLOAT, [1], [0.0]))
+    body = _chunk_body(g.prefix + "body_", steps, softplus)
     # A, D and the bias ride along as loop state (OpenVINO's Scan import rejects bodies reading the outer graph)
-    *_, ys = node("Scan", [h0, a_c, skip_c, bias_c, u_c, delta_c, b_c, c_c], "scan", 5, body=body, num_scan_inputs=4)
-    # ys: (c, T, b, G, 1, D/G) is time-major already -> (Lp, b, D) -> first L steps -> (b, D, L)
-    flat = one("Reshape", [ys, one("Concat", [const([-1]), batch, channels], "ys_shape", axis=0)])
-    first = one("Slice", [flat, const([0]), length, const([0])])
-    nodes.append(helper.make_node("Transpose", [first], [y], name=name("n_Transpose"), perm=[1, 2, 0]))
-    return nodes
+    *_, ys = g.node("Scan", [h0, a_c, skip_c, bias_c, u_c, delta_c, b_c, c_c], "scan", 5, body=body,
+                    num_scan_inputs=4)
+    return ys
 
 
 def _chunk_body(prefix: str, steps: int, softplus: bool):
@@ -283,16 +428,22 @@ def _chunk_body(prefix: str, steps: int, softplus: bool):
 
 
 def expand_scan_nodes(model) -> int:
-    """Replace every ai.sigma.ScanRecurrence node of ``model`` (ModelProto, in place) by recurrence_nodes.
+    """Replace every ai.sigma.ScanRecurrence / ScanMap node of ``model`` (ModelProto, in place) by
+    recurrence_nodes / map_recurrence_nodes.
 
     Returns how many were replaced. Also drops the ai.sigma opset import: the result is standard ONNX.
     """
     graph = model.graph
     out, count = [], 0
     for node in graph.node:
-        if node.domain == DOMAIN and node.op_type == OP_TYPE:
-            softplus = next((a.i for a in node.attribute if a.name == "softplus"), 1)
-            out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=bool(softplus)))
+        if node.domain == DOMAIN and node.op_type in (OP_TYPE, MAP_OP_TYPE):
+            attrs = {a.name: a.i for a in node.attribute}
+            softplus = bool(attrs.get("softplus", 1))
+            if node.op_type == OP_TYPE:
+                out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=softplus))
+            else:
+                out.extend(map_recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=softplus,
+                                                directions=attrs["directions"]))
             count += 1
         else:
             out.append(node)
