@@ -20,7 +20,8 @@ output exceeds float16's range, see sigma_core.ops.selective_scan). (torch 2.13 
 
 Before the file is kept it runs in ONNX Runtime on a full-size frame and is compared with torch (float32):
 beyond MAX_RELATIVE_DIFFERENCE (fp32) or below MIN_MASK_AGREEMENT (fp16) nothing is kept. An existing
-file is never overwritten: the file is written under a temporary name and linked into place.
+file is never overwritten: the file is written under a temporary name and moved into place without
+replacing anything (files.place_new_file: also where the filesystem has no hard links).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch
 
 from . import __version__
 from .checkpoints import CheckpointMeta
+from .files import place_new_file
 from .onnx_runtime import FORMAT, INPUT_NAMES, KEY_PREFIX, OUTPUT_NAME, OnnxSegmenter
 from .ops import scan_onnx
 
@@ -111,7 +113,7 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
         if precision == "fp16" and not agreement >= MIN_MASK_AGREEMENT:
             raise ExportError(f"the fp16 model's masks agree with torch float32 on {agreement:.2%} of the pixels "
                               f"(limit {MIN_MASK_AGREEMENT:.1%}); export fp32 instead; nothing was written")
-        os.link(partial, out)  # never replaces: fails if out appeared meanwhile
+        place_new_file(partial, out)  # never replaces: fails if out appeared meanwhile
     except FileExistsError:
         raise FileExistsError(f"{out} exists; sigma-export never overwrites a file: choose another --out") from None
     except ExportError:

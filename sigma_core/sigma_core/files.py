@@ -2,6 +2,7 @@
 file or the new one, never half of one. YAML mappings are read with errors that name the file."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import tempfile
@@ -92,6 +93,62 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     with stop_signals_held(), atomic_open(path, "wb") as f:  # the file is renamed into place before a held stop
         torch.save(obj, f)
     return Path(path)
+
+
+def place_new_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Move the finished file ``src`` to ``dst``, a new name in the same folder, atomically and never replacing
+    anything: FileExistsError if ``dst`` exists (or appears meanwhile); ``src`` is gone on success.
+
+    A hard link then unlinking ``src``; on filesystems without hard links (FAT/exFAT, some network and FUSE
+    mounts: EPERM, EOPNOTSUPP, ...) Linux's renameat2(RENAME_NOREPLACE), and where that is missing too the
+    name is claimed with O_EXCL and ``src`` renamed over that empty claim (a reader may see it empty for that
+    instant, never another file).
+    """
+    src, dst = Path(src), Path(dst)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+    else:
+        src.unlink()
+        return dst
+    if not _rename_noreplace(src, dst):
+        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE))  # FileExistsError if taken
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            dst.unlink(missing_ok=True)  # our empty claim only
+            raise
+    return dst
+
+
+# errno of os.link where the filesystem has no hard links (Linux vfat: EPERM; others: the not-supported family)
+_NO_HARD_LINKS = {getattr(errno, name) for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS", "EMLINK", "EXDEV")
+                  if hasattr(errno, name)}
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """renameat2(src, dst, RENAME_NOREPLACE) through libc: True when done, False where the C library or the
+    filesystem lacks it; FileExistsError if ``dst`` exists, other OSErrors as raised."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_noreplace = -100, 1
+    if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS) or err in _NO_HARD_LINKS - {errno.EXDEV}:
+        return False
+    raise OSError(err, os.strerror(err), str(dst)) if err != errno.EEXIST else FileExistsError(
+        err, os.strerror(err), str(dst))
 
 
 @contextmanager

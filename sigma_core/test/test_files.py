@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 
@@ -5,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from sigma_core.files import atomic_open, atomic_torch_save, atomic_write_image, atomic_write_text, read_yaml_mapping
+from sigma_core import files
+from sigma_core.files import (
+    atomic_open,
+    atomic_torch_save,
+    atomic_write_image,
+    atomic_write_text,
+    place_new_file,
+    read_yaml_mapping,
+)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -94,3 +103,26 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_once_the_file_is_whole(tmp
         atomic_torch_save({"x": torch.zeros(100_000), "bomb": _SignalsWhilePickled()}, path)
     loaded = torch.load(path, weights_only=False)
     assert loaded["bomb"] == 7 and loaded["x"].shape == (100_000,)
+
+
+@pytest.mark.parametrize("filesystem", ["hard links", "no hard links", "no hard links, no renameat2"])
+def test_a_finished_file_is_placed_without_ever_replacing_one(tmp_path, monkeypatch, filesystem):
+    """place_new_file (sigma-export's last step) moves the finished file to its new name, and refuses an existing
+    one leaving both files as they were: with hard links, on a filesystem without them (os.link failing with
+    vfat's EPERM: renameat2 RENAME_NOREPLACE), and where renameat2 is missing too (an O_EXCL claim)."""
+    if filesystem != "hard links":
+        def no_link(src, dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+
+        monkeypatch.setattr(os, "link", no_link)
+    if filesystem == "no hard links, no renameat2":
+        monkeypatch.setattr(files, "_rename_noreplace", lambda src, dst: False)
+    partial, out = tmp_path / ".model.onnx.partial-1", tmp_path / "model.onnx"
+    partial.write_bytes(b"new")
+    assert place_new_file(partial, out) == out
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert out.stat().st_mode & 0o777 == files._FILE_MODE
+    partial.write_bytes(b"newer")
+    with pytest.raises(FileExistsError):
+        place_new_file(partial, out)
+    assert out.read_bytes() == b"new" and partial.read_bytes() == b"newer"
