@@ -123,13 +123,14 @@ def map_scan_reference(u, delta, A, B, C, D, delta_bias, directions) -> np.ndarr
     return y.permute(2, 0, 1).reshape(height, width, batch, dim).numpy()
 
 
-def run_map_recurrence(inputs, directions) -> np.ndarray:
+def run_map_recurrence(inputs, directions, steps=scan_onnx.STEPS) -> np.ndarray:
     """scan_onnx.map_recurrence_nodes alone as an ONNX model, run by ONNX Runtime (one thread)."""
     names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}{i}" for i in range(t.dim())])
                     for n, t in zip(names, inputs)]
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["h", "w", "b", "d"])
-    graph = helper.make_graph(scan_onnx.map_recurrence_nodes("s_", *names, "y", directions=directions), "scan",
+    graph = helper.make_graph(scan_onnx.map_recurrence_nodes("s_", *names, "y", directions=directions, steps=steps),
+                              "scan",
                               graph_inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
@@ -139,21 +140,22 @@ def run_map_recurrence(inputs, directions) -> np.ndarray:
     return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
 
 
-@pytest.mark.parametrize("height,width,batch,directions", [
-    (1, 1, 1, 4), (3, 5, 2, 4), (4, 4, 1, 4), (7, 9, 2, 4), (1, 2, 1, 2), (1, 26, 2, 2), (1, 32, 1, 2),
+@pytest.mark.parametrize("height,width,batch,directions,steps", [
+    (1, 1, 1, 4, 8), (3, 5, 2, 4, 8), (4, 4, 1, 4, 8), (7, 9, 2, 4, 8), (1, 2, 1, 2, 8), (1, 26, 2, 2, 8),
+    (1, 32, 1, 2, 8), (7, 9, 2, 4, 4), (1, 26, 2, 2, 4),
 ])
-def test_onnx_map_scan_matches_the_cross_and_concat_layouts(height, width, batch, directions):
+def test_onnx_map_scan_matches_the_cross_and_concat_layouts(height, width, batch, directions, steps):
     """The direction sequences gathered in the file (cross scan K = 4, concatenated sequence both ways K = 2;
-    lengths below, at and across the chunk size, non-square maps, batch 2) and merged back onto the positions
-    equal the float64 reference through cross_scan / concat_scan and their merges, within 1e-4 relative; so
-    does the torch op traced in their place."""
+    lengths below, at and across the chunk size of 8 or 4 steps, non-square maps, batch 2) and merged back onto
+    the positions equal the float64 reference through cross_scan / concat_scan and their merges, within 1e-4
+    relative; so does the torch op traced in their place."""
     inputs = map_scan_inputs(height, width, batch, 6, 3, directions)
     expected = map_scan_reference(*inputs, directions)
     scale = np.abs(expected).max()
-    got = run_map_recurrence(inputs, directions)
+    got = run_map_recurrence(inputs, directions, steps)
     assert got.shape == expected.shape and np.isfinite(got).all()
     assert np.abs(got - expected).max() / scale < 1e-4
-    eager = scan_onnx.scan_map(*inputs, True, directions).numpy()
+    eager = scan_onnx.scan_map(*inputs, True, directions, steps).numpy()
     assert np.abs(eager - expected).max() / scale < 1e-4
 
 

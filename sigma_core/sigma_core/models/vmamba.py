@@ -162,7 +162,7 @@ def scan_map_directions_export(
     projections as one block-diagonal matmul), and the scan is ops.scan_onnx.scan_map, which gathers the
     directions' time-major sequences straight from these maps in the file.
     """
-    from ..ops.scan_onnx import scan_map
+    from ..ops.scan_onnx import scan_map, steps_for
 
     k, dim, rank = dt_projs_weight.shape
     n = A_logs.shape[1]
@@ -171,7 +171,7 @@ def scan_map_directions_export(
     dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=-1)  # (H, W, B, K, R | N | N)
     dts = torch.matmul(dts.flatten(-2), torch.block_diag(*dt_projs_weight.transpose(1, 2))).unflatten(-1, (k, dim))
     y = scan_map(x.float(), dts.float(), -torch.exp(A_logs.float()), bs.float(), cs.float(), Ds.float(),
-                 dt_projs_bias.float().reshape(-1), True, k)
+                 dt_projs_bias.float().reshape(-1), True, k, steps_for(k * n * dim))
     return y.permute(2, 0, 1, 3)
 
 
