@@ -247,6 +247,29 @@ def test_compiled_kernels_are_cached_in_the_user_cache_not_in_the_package(tmp_pa
     assert not list(package.rglob("*.nbi")) and not list(package.rglob("*.nbc"))
 
 
+def test_numba_gets_512_bit_vectors_on_avx512_cpus_unless_the_user_chose_or_imported_it_first():
+    import llvmlite.binding as llvm
+
+    avx512 = bool(llvm.get_host_cpu_features().get("avx512f"))
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    show = "import numba; print(numba.config.CPU_NAME, numba.config.CPU_FEATURES)"
+
+    def config(code, **extra):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True, text=True,
+                             check=True)
+        return out.stdout.split()
+
+    name, features = config("import sigma_core.ops.scan_numba; " + show)
+    if avx512:
+        assert name == llvm.get_host_cpu_name()
+        assert "+avx512f" in features.split(",") and features.endswith(",-prefer-256-bit")
+    else:
+        assert [name, features] == ["None", "None"]
+    # The user's own choice stands; so does numba's configuration when another library imported it first.
+    assert config("import sigma_core.ops.scan_numba; " + show, NUMBA_CPU_NAME="generic")[0] == "generic"
+    assert config("import numba, sigma_core.ops.scan_numba; " + show) == ["None", "None"]
+
+
 def test_unwritable_cache_folder_still_runs_says_so_once_and_writes_nothing_in_the_package(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # a folder under a file cannot be created, not even by root

@@ -14,7 +14,9 @@ for y); pass 3 adds the D skip and writes y. Blocks of several vectors keep
 independent work between the dependent steps of y and h (64 lanes: 1.4x the
 16 of one vector on the Sigma-T stage-1 scan). The decay exp(delta * A) is
 ``_exp2`` of delta * A * log2(e), a degree-6 polynomial that vectorises; numba
-has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it).
+has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it). On AVX-512 CPUs the
+kernels are compiled for 512-bit vectors (``_prefer_512_bit_vectors``), and each chunk prefetches the next
+chunk's rows of u, delta and out (``_prefetch_chunk``): without the hints, passes 1 and 3 waited on memory.
 
 Numerics. The state is float32 (float64 for float64 inputs, for gradcheck);
 half-precision inputs are widened as they are read and the output is float32
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import threading
 import warnings
@@ -59,6 +62,33 @@ def cache_dir() -> Path:
 # i.e. inside the installed package (often read-only, and shared between users).
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
 
+
+def _prefer_512_bit_vectors() -> None:
+    """On an AVX-512 CPU, let numba's LLVM use 512-bit vectors: sets NUMBA_CPU_NAME and NUMBA_CPU_FEATURES to the
+    host's, less the ``prefer-256-bit`` tuning.
+
+    Why: LLVM tunes Ice Lake and later Intel cores (llvmlite may name a Xeon "rocketlake") to prefer 256-bit
+    vectors, so the recurrence ran on 8 float32 lanes instead of 16 (the Sigma-T stage-1 scan forward ~10 %
+    slower). Only before numba's first import (numba reads these variables then; this module imports it), only
+    where the CPU has avx512f, and never over a user's own NUMBA_CPU_NAME / NUMBA_CPU_FEATURES. The variables
+    apply to every numba kernel of the process (and its children), all on this host's CPU; numba's disk cache
+    keys kernels by CPU name and features, so kernels compiled without them are not reused.
+    """
+    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+        name = llvm.get_host_cpu_name()
+    except (ImportError, RuntimeError):  # no llvmlite (numba's import fails below) or features unknown
+        return
+    if features.get("avx512f"):
+        os.environ["NUMBA_CPU_NAME"] = name
+        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+
+
+_prefer_512_bit_vectors()
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -66,6 +96,7 @@ try:
     import numba  # noqa: E402
     from llvmlite import ir  # noqa: E402
     from numba import njit, prange, types  # noqa: E402
+    from numba.core import cgutils  # noqa: E402
     from numba.extending import intrinsic, overload  # noqa: E402
 except ImportError as err:  # the registry turns this into BackendUnavailable; "auto" falls back to "cpu"
     raise ImportError(f"{err}; install numba (pip install numba) for the fast CPU scan") from err
@@ -117,6 +148,27 @@ def _bits_to_f32(typingctx, bits):
         return builder.bitcast(value, ir.FloatType())
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, j, k):
+    """A hint to bring the cache line of arr[i, j, k] (3-d, indices in range) into the caches; reads nothing."""
+    if not isinstance(arr, types.Array) or arr.ndim != 3:
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        pointer = builder.bitcast(cgutils.get_item_pointer(context, builder, aryty, ary, index),
+                                  ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(prefetch, [pointer, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.none(arr, i, j, k), codegen
 
 
 BFLOAT16, FLOAT16 = 1, 2  # half_kind: how the uint16 elements of an input are to be read
@@ -274,6 +326,24 @@ def _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus):
 
 
 @njit(**_JIT)
+def _prefetch_chunk(arr, b, channel, order, row, t0, steps):
+    """Prefetch arr[b, channel, order[row, t0:t0 + steps]]: one hint per 16 steps where they are a contiguous
+    run (forward or backward), else one per step.
+
+    Why: a chunk reads (writes) 64 steps of each of the block's channels, rows far apart in memory; the hardware
+    prefetchers do not follow that many streams, and without the hints passes 1 and 3 wait on memory (they took
+    half of the stage-1 scan's time)."""
+    for t in range(t0, t0 + steps, 16):
+        last = min(t + 15, t0 + steps - 1)
+        first_p, last_p = order[row, t], order[row, last]
+        if abs(last_p - first_p) == last - t:  # the run's other line is the next run's first (either direction)
+            _prefetch(arr, b, channel, min(first_p, last_p))
+        else:
+            for s in range(t, last + 1):
+                _prefetch(arr, b, channel, order[row, s])
+
+
+@njit(**_JIT)
 def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
                  save_states, softplus, block):
     """One (batch row, channel block) of the forward, all K sets and all chunks."""
@@ -307,6 +377,13 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
             steps = min(CHUNK, length - t0)
             if save_states:
                 states[b, k, c0 // block, chunk] = h
+            if t0 + CHUNK < length:  # the next chunk's rows, while this one computes
+                for c in range(width):
+                    _prefetch_chunk(delta, b, ch0 + c, order, row, t0 + CHUNK, min(CHUNK, length - t0 - CHUNK))
+                    _prefetch_chunk(u, b, k * u_step + c0 + c, order, row, t0 + CHUNK,
+                                    min(CHUNK, length - t0 - CHUNK))
+                    _prefetch_chunk(out, b, k * out_step + c0 + c, order, row, t0 + CHUNK,
+                                    min(CHUNK, length - t0 - CHUNK))
             # Pass 1: inputs of the chunk, time-major; padding lanes stay 0 (they decay nothing into nothing).
             for c in range(width):
                 uc = k * u_step + c0 + c
@@ -397,6 +474,14 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
         for chunk in range(chunks - 1, -1, -1):
             t0 = chunk * CHUNK
             steps = min(CHUNK, length - t0)
+            if chunk > 0:  # the previous chunk's rows (next in the backward), while this one computes
+                for c in range(width):
+                    uc, oc = k * u_step + c0 + c, k * out_step + c0 + c
+                    _prefetch_chunk(delta, b, ch0 + c, order, row, t0 - CHUNK, CHUNK)
+                    _prefetch_chunk(u, b, uc, order, row, t0 - CHUNK, CHUNK)
+                    _prefetch_chunk(dy, b, oc, order, row, t0 - CHUNK, CHUNK)
+                    _prefetch_chunk(ddelta, b, ch0 + c, order, row, t0 - CHUNK, CHUNK)
+                    _prefetch_chunk(du, b, uc, order, row, t0 - CHUNK, CHUNK)
             for c in range(width):
                 uc = k * u_step + c0 + c
                 oc = k * out_step + c0 + c
@@ -602,7 +687,7 @@ def _compiled(dispatcher, sig):
         return dispatcher.compile(sig)
 
 
-_KERNELS = (_delta_inputs, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
+_KERNELS = (_delta_inputs, _prefetch_chunk, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
 
 
 class _Layout:
