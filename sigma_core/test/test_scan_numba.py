@@ -311,3 +311,32 @@ def test_a_damaged_kernel_cache_is_recompiled_with_one_warning(tmp_path):
             out.stderr and "Traceback" not in out.stderr, out.stderr
     again = run()  # the cache was rewritten: no warning any more
     assert again.returncode == 0 and "damaged" not in again.stderr, again.stderr
+
+
+def test_a_channels_last_map_gives_a_channels_last_output_equal_to_the_contiguous_one():
+    """The model's maps come from a conv in channels-last memory: the ordered scan reads them as they are and
+    writes its output in the same order, so that going back to (B, P, D) is a view; values are the same."""
+    from sigma_core.ops.cross_scan import cross_scan_order
+    from sigma_core.ops.scan_numba import selective_scan_ordered_numba
+
+    g = torch.Generator().manual_seed(5)
+    batch, dim, height, width, n, k = 2, 24, 5, 7, 4, 4
+    positions = height * width
+    channels_last = torch.randn(batch, height, width, dim, generator=g).permute(0, 3, 1, 2).flatten(2)
+    assert channels_last.stride(1) == 1
+    args = (torch.randn(batch, k * dim, positions, generator=g) * 0.5 - 2,
+            -torch.rand(k * dim, n, generator=g) - 0.5, torch.randn(batch, k, n, positions, generator=g),
+            torch.randn(batch, k, n, positions, generator=g), torch.randn(k * dim, generator=g),
+            torch.randn(k * dim, generator=g) * 0.1, True, cross_scan_order(height, width, "cpu"))
+    contiguous = channels_last.contiguous()
+    channels_last.requires_grad_(True)
+    contiguous.requires_grad_(True)
+    y_last = selective_scan_ordered_numba(channels_last, *args)
+    y_contiguous = selective_scan_ordered_numba(contiguous, *args)
+    assert y_last.stride(1) == 1 and y_last.transpose(1, 2).is_contiguous()
+    assert y_contiguous.is_contiguous()
+    torch.testing.assert_close(y_last, y_contiguous, rtol=0, atol=0)
+    weights = torch.randn(y_last.shape, generator=g)  # a gradient arriving in the other layout too
+    (y_last * weights).sum().backward()
+    (y_contiguous * weights).sum().backward()
+    torch.testing.assert_close(channels_last.grad, contiguous.grad, rtol=1e-6, atol=1e-6)

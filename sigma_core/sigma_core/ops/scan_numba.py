@@ -704,7 +704,7 @@ class _NumbaScan(torch.autograd.Function):
         A_s, D_s, bias_s = (t.detach().to(state).contiguous() for t in (A, Dskip, bias))
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
-        out = torch.empty(batch, per if layout.merged else sets * per, positions, dtype=state)
+        out = _output_like(u, (batch, per if layout.merged else sets * per, positions), state)
         block = block_width(per, batch, scan_threads())
         blocks, chunks = -(-per // block), -(-length // CHUNK)
         need_grad = any(ctx.needs_input_grad[:7])
@@ -743,6 +743,15 @@ class _NumbaScan(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def _output_like(u: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty (batch, channels, positions) output in u's memory order: channels innermost when u is a
+    channels-last map (channel stride 1, as a conv's output and ``map.flatten(2)`` give), so that the caller's
+    ``y.transpose(1, 2)`` back to (batch, positions, channels) is a view, not a copy."""
+    if u.shape[2] > 1 and u.stride(1) == 1 and u.stride(2) != 1:
+        return torch.empty(shape[0], shape[2], shape[1], dtype=dtype).transpose(1, 2)
+    return torch.empty(shape, dtype=dtype)
+
+
 def _plain_layout(length: int, groups: int) -> _Layout:
     return _Layout(np.arange(length, dtype=np.int64)[None], np.arange(groups, dtype=np.int64), False, False)
 
@@ -770,8 +779,8 @@ def selective_scan_numba(
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L), channel d reads group d // (D / G);
     D (skip), delta_bias: (D,). Inputs float32, bfloat16 or float16 (read as they are, any strides) or
-    float64. Returns y: (batch, D, L) float32 (float64 for float64 inputs), whatever u's dtype.
-    Shapes are assumed checked by ``selective_scan``.
+    float64. Returns y: (batch, D, L) float32 (float64 for float64 inputs), whatever u's dtype, laid out in
+    memory like u (channels innermost for a channels-last u). Shapes are assumed checked by ``selective_scan``.
     """
     return _run(u, delta, A, B, C, D, delta_bias, delta_softplus, _plain_layout(u.shape[2], B.shape[1]))
 
@@ -793,7 +802,8 @@ def selective_scan_ordered_numba(
     u: (batch, D, P) the map, positions in memory order; delta: (batch, K*D, P); A: (K*D, N);
     B, C: (batch, K, N, P), in position order; D, delta_bias: (K*D,); order: (K, L) int, step t of direction k
     reads position order[k, t]. swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P)
-    float32 (float64 for float64 inputs): sum over k of scan k, each step written back to its position.
+    float32 (float64 for float64 inputs): sum over k of scan k, each step written back to its position; laid
+    out in memory like u (a channels-last map gives a channels-last output: no copy to go back to (B, P, D)).
     """
     k = order.shape[0]
     c_group = np.arange(k, dtype=np.int64)[::-1].copy() if swap_c else np.arange(k, dtype=np.int64)
