@@ -16,7 +16,7 @@ independent work between the dependent steps of y and h (64 lanes: 1.4x the
 ``_exp2`` of delta * A * log2(e), a degree-6 polynomial that vectorises; numba
 has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it). On AVX-512 CPUs the
 kernels are compiled for 512-bit vectors (``_prefer_512_bit_vectors``), and each chunk prefetches the next
-chunk's rows of u, delta and out (``_prefetch_chunk``): without the hints, passes 1 and 3 waited on memory.
+chunk's rows of u, delta, B, C and out (``_prefetch_chunk``): without the hints, passes 1 and 3 waited on memory.
 
 Numerics. The state is float32 (float64 for float64 inputs, for gradcheck);
 half-precision inputs are widened as they are read and the output is float32
@@ -326,21 +326,31 @@ def _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus):
 
 
 @njit(**_JIT)
-def _prefetch_chunk(arr, b, channel, order, row, t0, steps):
-    """Prefetch arr[b, channel, order[row, t0:t0 + steps]]: one hint per 16 steps where they are a contiguous
-    run (forward or backward), else one per step.
+def _prefetch_chunk(arr, i, ch0, width, order, row, t0, steps):
+    """Prefetch arr[i, ch0:ch0 + width, order[row, t0:t0 + steps]] (3-d) by cache lines, for either layout:
+    positions contiguous (one hint per channel and run of 16 contiguous steps, else per step) or channels
+    contiguous (a channels-last map: one hint per 16 channels and step); other layouts get no hints.
 
-    Why: a chunk reads (writes) 64 steps of each of the block's channels, rows far apart in memory; the hardware
-    prefetchers do not follow that many streams, and without the hints passes 1 and 3 wait on memory (they took
-    half of the stage-1 scan's time)."""
-    for t in range(t0, t0 + steps, 16):
-        last = min(t + 15, t0 + steps - 1)
-        first_p, last_p = order[row, t], order[row, last]
-        if abs(last_p - first_p) == last - t:  # the run's other line is the next run's first (either direction)
-            _prefetch(arr, b, channel, min(first_p, last_p))
-        else:
-            for s in range(t, last + 1):
-                _prefetch(arr, b, channel, order[row, s])
+    Why: a chunk reads (writes) 64 steps of 64 channels, rows far apart in memory; the hardware prefetchers do
+    not follow that many streams, and without the hints passes 1 and 3 waited on memory (half of the Sigma-T
+    stage-1 scan's time)."""
+    line = max(1, 64 // arr.itemsize)  # elements per 64-byte cache line
+    if arr.strides[2] == arr.itemsize:
+        for c in range(ch0, ch0 + width):
+            for t in range(t0, t0 + steps, 16):
+                last = min(t + 15, t0 + steps - 1)
+                first_p, last_p = order[row, t], order[row, last]
+                if abs(last_p - first_p) == last - t:  # the run's other line is the next run's first
+                    _prefetch(arr, i, c, min(first_p, last_p))
+                else:
+                    for s in range(t, last + 1):
+                        _prefetch(arr, i, c, order[row, s])
+    elif arr.strides[1] == arr.itemsize:
+        for t in range(t0, t0 + steps):
+            p = order[row, t]
+            for c in range(ch0, ch0 + width, line):
+                _prefetch(arr, i, c, p)
+            _prefetch(arr, i, ch0 + width - 1, p)  # the last line, where ch0 is not at a line's start
 
 
 @njit(**_JIT)
@@ -378,12 +388,12 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
             if save_states:
                 states[b, k, c0 // block, chunk] = h
             if t0 + CHUNK < length:  # the next chunk's rows, while this one computes
-                for c in range(width):
-                    _prefetch_chunk(delta, b, ch0 + c, order, row, t0 + CHUNK, min(CHUNK, length - t0 - CHUNK))
-                    _prefetch_chunk(u, b, k * u_step + c0 + c, order, row, t0 + CHUNK,
-                                    min(CHUNK, length - t0 - CHUNK))
-                    _prefetch_chunk(out, b, k * out_step + c0 + c, order, row, t0 + CHUNK,
-                                    min(CHUNK, length - t0 - CHUNK))
+                ahead = min(CHUNK, length - t0 - CHUNK)
+                _prefetch_chunk(delta, b, ch0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(u, b, k * u_step + c0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(out, b, k * out_step + c0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(B[b], k, 0, n_state, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(C[b], c_group[k], 0, n_state, order, row, t0 + CHUNK, ahead)
             # Pass 1: inputs of the chunk, time-major; padding lanes stay 0 (they decay nothing into nothing).
             for c in range(width):
                 uc = k * u_step + c0 + c
@@ -475,13 +485,14 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
             t0 = chunk * CHUNK
             steps = min(CHUNK, length - t0)
             if chunk > 0:  # the previous chunk's rows (next in the backward), while this one computes
-                for c in range(width):
-                    uc, oc = k * u_step + c0 + c, k * out_step + c0 + c
-                    _prefetch_chunk(delta, b, ch0 + c, order, row, t0 - CHUNK, CHUNK)
-                    _prefetch_chunk(u, b, uc, order, row, t0 - CHUNK, CHUNK)
-                    _prefetch_chunk(dy, b, oc, order, row, t0 - CHUNK, CHUNK)
-                    _prefetch_chunk(ddelta, b, ch0 + c, order, row, t0 - CHUNK, CHUNK)
-                    _prefetch_chunk(du, b, uc, order, row, t0 - CHUNK, CHUNK)
+                uc0, oc0, before = k * u_step + c0, k * out_step + c0, t0 - CHUNK
+                _prefetch_chunk(delta, b, ch0, width, order, row, before, CHUNK)
+                _prefetch_chunk(u, b, uc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(dy, b, oc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(ddelta, b, ch0, width, order, row, before, CHUNK)
+                _prefetch_chunk(du, b, uc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(B[b], k, 0, n_state, order, row, before, CHUNK)
+                _prefetch_chunk(C[b], cg, 0, n_state, order, row, before, CHUNK)
             for c in range(width):
                 uc = k * u_step + c0 + c
                 oc = k * out_step + c0 + c
@@ -687,7 +698,8 @@ def _compiled(dispatcher, sig):
         return dispatcher.compile(sig)
 
 
-_KERNELS = (_delta_inputs, _prefetch_chunk, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
+_KERNELS = (_delta_inputs, _prefetch_chunk, _forward_job, _backward_job, _forward, _forward_threaded, _backward,
+            _backward_threaded)
 
 
 class _Layout:
