@@ -14,7 +14,9 @@ for y); pass 3 adds the D skip and writes y. Blocks of several vectors keep
 independent work between the dependent steps of y and h (64 lanes: 1.4x the
 16 of one vector on the Sigma-T stage-1 scan). The decay exp(delta * A) is
 ``_exp2`` of delta * A * log2(e), a degree-6 polynomial that vectorises; numba
-has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it).
+has no vector exp without Intel's SVML (llvmlite's pip wheels are built without it). On AVX-512 CPUs the
+kernels are compiled for 512-bit vectors (``_prefer_512_bit_vectors``), and each chunk prefetches the next
+chunk's rows of u, delta, B, C and out (``_prefetch_chunk``): without the hints, passes 1 and 3 waited on memory.
 
 Numerics. The state is float32 (float64 for float64 inputs, for gradcheck);
 half-precision inputs are widened as they are read and the output is float32
@@ -27,9 +29,11 @@ the K outputs back into position order (``selective_scan_ordered``): the 4-way
 cross scan of SS2D and the two-way scan of ConMB run without the copies made
 by cross_scan / concat_scan / cross_merge / concat_merge.
 
-Threads. Forward and backward run jobs (batch rows x channel blocks) in
-parallel on torch's thread count (``scan_threads``); in the backward each
-block sums its B and C gradients into its own part, added up afterwards.
+Threads. Forward and backward run jobs (batch rows x channel blocks, x sets
+where the sets are independent: the grouped scans of the fusion blocks have
+batch 1) in parallel on torch's thread count (``scan_threads``); in the
+backward each block sums its B and C gradients into its own part, added up
+afterwards.
 
 Compiled kernels are cached on disk under the user's cache directory (see
 ``cache_dir``), never inside the installed package; a new process loads them in
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import threading
 import warnings
@@ -59,6 +64,33 @@ def cache_dir() -> Path:
 # i.e. inside the installed package (often read-only, and shared between users).
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
 
+
+def _prefer_512_bit_vectors() -> None:
+    """On an AVX-512 CPU, let numba's LLVM use 512-bit vectors: sets NUMBA_CPU_NAME and NUMBA_CPU_FEATURES to the
+    host's, less the ``prefer-256-bit`` tuning.
+
+    Why: LLVM tunes Ice Lake and later Intel cores (llvmlite may name a Xeon "rocketlake") to prefer 256-bit
+    vectors, so the recurrence ran on 8 float32 lanes instead of 16 (the Sigma-T stage-1 scan forward ~10 %
+    slower). Only before numba's first import (numba reads these variables then; this module imports it), only
+    where the CPU has avx512f, and never over a user's own NUMBA_CPU_NAME / NUMBA_CPU_FEATURES. The variables
+    apply to every numba kernel of the process (and its children), all on this host's CPU; numba's disk cache
+    keys kernels by CPU name and features, so kernels compiled without them are not reused.
+    """
+    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+        name = llvm.get_host_cpu_name()
+    except (ImportError, RuntimeError):  # no llvmlite (numba's import fails below) or features unknown
+        return
+    if features.get("avx512f"):
+        os.environ["NUMBA_CPU_NAME"] = name
+        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+
+
+_prefer_512_bit_vectors()
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -66,6 +98,7 @@ try:
     import numba  # noqa: E402
     from llvmlite import ir  # noqa: E402
     from numba import njit, prange, types  # noqa: E402
+    from numba.core import cgutils  # noqa: E402
     from numba.extending import intrinsic, overload  # noqa: E402
 except ImportError as err:  # the registry turns this into BackendUnavailable; "auto" falls back to "cpu"
     raise ImportError(f"{err}; install numba (pip install numba) for the fast CPU scan") from err
@@ -117,6 +150,27 @@ def _bits_to_f32(typingctx, bits):
         return builder.bitcast(value, ir.FloatType())
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, j, k):
+    """A hint to bring the cache line of arr[i, j, k] (3-d, indices in range) into the caches; reads nothing."""
+    if not isinstance(arr, types.Array) or arr.ndim != 3:
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        pointer = builder.bitcast(cgutils.get_item_pointer(context, builder, aryty, ary, index),
+                                  ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(prefetch, [pointer, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.none(arr, i, j, k), codegen
 
 
 BFLOAT16, FLOAT16 = 1, 2  # half_kind: how the uint16 elements of an input are to be read
@@ -274,15 +328,44 @@ def _delta_inputs(dt_buf, u_buf, du_buf, bias_blk, steps, softplus):
 
 
 @njit(**_JIT)
+def _prefetch_chunk(arr, i, ch0, width, order, row, t0, steps):
+    """Prefetch arr[i, ch0:ch0 + width, order[row, t0:t0 + steps]] (3-d) by cache lines, for either layout:
+    positions contiguous (one hint per channel and run of 16 contiguous steps, else per step) or channels
+    contiguous (a channels-last map: one hint per 16 channels and step); other layouts get no hints.
+
+    Why: a chunk reads (writes) 64 steps of 64 channels, rows far apart in memory; the hardware prefetchers do
+    not follow that many streams, and without the hints passes 1 and 3 waited on memory (half of the Sigma-T
+    stage-1 scan's time)."""
+    line = max(1, 64 // arr.itemsize)  # elements per 64-byte cache line
+    if arr.strides[2] == arr.itemsize:
+        for c in range(ch0, ch0 + width):
+            for t in range(t0, t0 + steps, 16):
+                last = min(t + 15, t0 + steps - 1)
+                first_p, last_p = order[row, t], order[row, last]
+                if abs(last_p - first_p) == last - t:  # the run's other line is the next run's first
+                    _prefetch(arr, i, c, min(first_p, last_p))
+                else:
+                    for s in range(t, last + 1):
+                        _prefetch(arr, i, c, order[row, s])
+    elif arr.strides[1] == arr.itemsize:
+        for t in range(t0, t0 + steps):
+            p = order[row, t]
+            for c in range(ch0, ch0 + width, line):
+                _prefetch(arr, i, c, p)
+            _prefetch(arr, i, ch0 + width - 1, p)  # the last line, where ch0 is not at a line's start
+
+
+@njit(**_JIT)
 def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
                  save_states, softplus, block):
-    """One (batch row, channel block) of the forward, all K sets and all chunks."""
+    """One (batch row, channel block) of the forward, all chunks, and all K sets or one (see _job_sets)."""
     n_sets, length, n_state = order.shape[0], order.shape[1], A.shape[1]
     sets = c_group.shape[0]
     per = A.shape[0] // sets
     blocks = (per + block - 1) // block
     dtype = out.dtype
-    b, c0 = job // blocks, (job % blocks) * block
+    b, blk, first_set, end_set = _job_sets(job, blocks, sets, u_step, out_step)
+    c0 = blk * block
     width = min(block, per - c0)
     dt_buf = np.zeros((CHUNK, block), dtype)
     lanes = dt_buf.shape[1]  # a run-time trip count: LLVM vectorises the loops over it instead of unrolling
@@ -294,7 +377,7 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
     a_blk = np.zeros((n_state, block), dtype)
     bias_blk = np.zeros(block, dtype)
     h = np.zeros((n_state, block), dtype)
-    for k in range(sets):
+    for k in range(first_set, end_set):
         row = k % n_sets
         ch0 = k * per + c0
         for c in range(width):
@@ -307,6 +390,13 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
             steps = min(CHUNK, length - t0)
             if save_states:
                 states[b, k, c0 // block, chunk] = h
+            if t0 + CHUNK < length:  # the next chunk's rows, while this one computes
+                ahead = min(CHUNK, length - t0 - CHUNK)
+                _prefetch_chunk(delta, b, ch0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(u, b, k * u_step + c0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(out, b, k * out_step + c0, width, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(B[b], k, 0, n_state, order, row, t0 + CHUNK, ahead)
+                _prefetch_chunk(C[b], c_group[k], 0, n_state, order, row, t0 + CHUNK, ahead)
             # Pass 1: inputs of the chunk, time-major; padding lanes stay 0 (they decay nothing into nothing).
             for c in range(width):
                 uc = k * u_step + c0 + c
@@ -345,7 +435,8 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
 @njit(**_JIT)
 def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                   softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
-    """One (batch row, channel block) of the backward: all K sets and chunks, backwards in time.
+    """One (batch row, channel block) of the backward: all chunks backwards in time, all K sets or one
+    (see _job_sets).
 
     Jobs write disjoint parts of every gradient except dB and dC, which sum over a set's channel blocks: they
     have a blocks axis (batch, parts, G, N, P), one part per block when jobs run in parallel (else parts = 1).
@@ -356,7 +447,7 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
     blocks = (per + block - 1) // block
     chunks = (length + CHUNK - 1) // CHUNK
     dtype = du.dtype
-    b, blk = job // blocks, job % blocks
+    b, blk, first_set, end_set = _job_sets(job, blocks, sets, u_step, out_step)
     part = blk if dB.shape[1] > 1 else 0
     c0 = blk * block
     width = min(block, per - c0)
@@ -377,7 +468,7 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
     d_blk = np.zeros(block, dtype)
     da_blk = np.zeros((n_state, block), dtype)
     carry = np.zeros((n_state, block), dtype)  # exp(dt_{t+1} A) * adjoint_{t+1}
-    for k in range(sets):
+    for k in range(first_set, end_set):
         row = k % n_sets
         cg = c_group[k]
         ch0 = k * per + c0
@@ -397,6 +488,15 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
         for chunk in range(chunks - 1, -1, -1):
             t0 = chunk * CHUNK
             steps = min(CHUNK, length - t0)
+            if chunk > 0:  # the previous chunk's rows (next in the backward), while this one computes
+                uc0, oc0, before = k * u_step + c0, k * out_step + c0, t0 - CHUNK
+                _prefetch_chunk(delta, b, ch0, width, order, row, before, CHUNK)
+                _prefetch_chunk(u, b, uc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(dy, b, oc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(ddelta, b, ch0, width, order, row, before, CHUNK)
+                _prefetch_chunk(du, b, uc0, width, order, row, before, CHUNK)
+                _prefetch_chunk(B[b], k, 0, n_state, order, row, before, CHUNK)
+                _prefetch_chunk(C[b], cg, 0, n_state, order, row, before, CHUNK)
             for c in range(width):
                 uc = k * u_step + c0 + c
                 oc = k * out_step + c0 + c
@@ -462,20 +562,46 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
                 dA[b, ch0 + c, n] += da_blk[n, c]
 
 
-def _jobs(u, A, c_group, block):
-    """The number of (batch row, channel block) jobs."""
+def _sets_in_parallel(u_step, out_step):
+    """Whether the K sets can be separate jobs: each reads its own u channels and writes its own out channels
+    (the plain grouped scan). Sets sharing u (a map's directions) or summed into one output (merged) are run in
+    turn by one job, which then owns those channels alone."""
+
+
+@overload(_sets_in_parallel)
+def _sets_in_parallel_impl(u_step, out_step):
+    return lambda u_step, out_step: u_step != 0 and out_step != 0
+
+
+@njit(**_JIT)
+def _job_sets(job, blocks, sets, u_step, out_step):
+    """Job -> (batch row, channel block, first set, end set): jobs are (row, block), or (row, set, block) where
+    the sets are independent (_sets_in_parallel), so that a batch-1 grouped scan still has jobs for every thread."""
+    if _sets_in_parallel(u_step, out_step):
+        b, rest = job // (sets * blocks), job % (sets * blocks)
+        return b, rest % blocks, rest // blocks, rest // blocks + 1
+    return job // blocks, job % blocks, 0, sets
+
+
+def _jobs(u, A, c_group, block, u_step, out_step):
+    """The number of jobs (see _job_sets)."""
 
 
 @overload(_jobs)
-def _jobs_impl(u, A, c_group, block):
-    return lambda u, A, c_group, block: u.shape[0] * ((A.shape[0] // c_group.shape[0] + block - 1) // block)
+def _jobs_impl(u, A, c_group, block, u_step, out_step):
+    def jobs(u, A, c_group, block, u_step, out_step):
+        sets = c_group.shape[0]
+        blocks = (A.shape[0] // sets + block - 1) // block
+        return u.shape[0] * blocks * (sets if _sets_in_parallel(u_step, out_step) else 1)
+
+    return jobs
 
 
 @njit(**_JIT)
 def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
              save_states, softplus, block):
     """The forward on one thread: writes out; fills states if save_states."""
-    for job in range(_jobs(u, A, c_group, block)):
+    for job in range(_jobs(u, A, c_group, block, u_step, out_step)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
                      states, save_states, softplus, block)
 
@@ -484,7 +610,7 @@ def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, 
 def _forward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
                       save_states, softplus, block):
     """The forward with jobs spread over numba's threads (compiled only when torch runs several)."""
-    for job in prange(_jobs(u, A, c_group, block)):
+    for job in prange(_jobs(u, A, c_group, block, u_step, out_step)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
                      states, save_states, softplus, block)
 
@@ -494,7 +620,7 @@ def _backward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step,
               du, ddelta, dA, dB, dC, dD, dbias, block):
     """Gradients for dy (laid out like out). du accumulates (zero it first), dB and dC too, with a parts axis to
     sum afterwards (see _backward_job); dA, dD, dbias get one row per batch element (batch, ...) to sum."""
-    for job in range(_jobs(u, A, c_group, block)):
+    for job in range(_jobs(u, A, c_group, block, u_step, out_step)):
         _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                       softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
@@ -502,7 +628,7 @@ def _backward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step,
 @njit(parallel=True, **_JIT)
 def _backward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                        softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
-    for job in prange(_jobs(u, A, c_group, block)):
+    for job in prange(_jobs(u, A, c_group, block, u_step, out_step)):
         _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                       softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
@@ -547,7 +673,8 @@ def scan_threads() -> int:
 
 
 def block_width(per: int, batch: int, threads: int) -> int:
-    """Channels per block (the lanes of the recurrence): 64 or 16 (``BLOCK_WIDTHS``).
+    """Channels per block (the lanes of the recurrence): 64 or 16 (``BLOCK_WIDTHS``); batch: the jobs per block
+    (batch rows, times the sets where they run as separate jobs).
 
     Several vectors per block keep more independent work between the dependent steps of the recurrence
     (64 lanes run the Sigma-T stage-1 scan ~1.4x faster than 16); the choice wastes the fewest padding lanes,
@@ -602,7 +729,8 @@ def _compiled(dispatcher, sig):
         return dispatcher.compile(sig)
 
 
-_KERNELS = (_delta_inputs, _forward_job, _backward_job, _forward, _forward_threaded, _backward, _backward_threaded)
+_KERNELS = (_delta_inputs, _prefetch_chunk, _job_sets, _forward_job, _backward_job, _forward, _forward_threaded,
+            _backward, _backward_threaded)
 
 
 class _Layout:
@@ -619,8 +747,9 @@ class _NumbaScan(torch.autograd.Function):
         A_s, D_s, bias_s = (t.detach().to(state).contiguous() for t in (A, Dskip, bias))
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
-        out = torch.empty(batch, per if layout.merged else sets * per, positions, dtype=state)
-        block = block_width(per, batch, scan_threads())
+        out = _output_like(u, (batch, per if layout.merged else sets * per, positions), state)
+        independent_sets = sets if not (layout.u_shared or layout.merged) else 1  # see _job_sets
+        block = block_width(per, batch * independent_sets, scan_threads())
         blocks, chunks = -(-per // block), -(-length // CHUNK)
         need_grad = any(ctx.needs_input_grad[:7])
         states = torch.empty((batch, sets, blocks, chunks, A.shape[1], block) if need_grad else (0,) * 6,
@@ -658,6 +787,15 @@ class _NumbaScan(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def _output_like(u: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty (batch, channels, positions) output in u's memory order: channels innermost when u is a
+    channels-last map (channel stride 1, as a conv's output and ``map.flatten(2)`` give), so that the caller's
+    ``y.transpose(1, 2)`` back to (batch, positions, channels) is a view, not a copy."""
+    if u.shape[2] > 1 and u.stride(1) == 1 and u.stride(2) != 1:
+        return torch.empty(shape[0], shape[2], shape[1], dtype=dtype).transpose(1, 2)
+    return torch.empty(shape, dtype=dtype)
+
+
 def _plain_layout(length: int, groups: int) -> _Layout:
     return _Layout(np.arange(length, dtype=np.int64)[None], np.arange(groups, dtype=np.int64), False, False)
 
@@ -685,8 +823,8 @@ def selective_scan_numba(
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L), channel d reads group d // (D / G);
     D (skip), delta_bias: (D,). Inputs float32, bfloat16 or float16 (read as they are, any strides) or
-    float64. Returns y: (batch, D, L) float32 (float64 for float64 inputs), whatever u's dtype.
-    Shapes are assumed checked by ``selective_scan``.
+    float64. Returns y: (batch, D, L) float32 (float64 for float64 inputs), whatever u's dtype, laid out in
+    memory like u (channels innermost for a channels-last u). Shapes are assumed checked by ``selective_scan``.
     """
     return _run(u, delta, A, B, C, D, delta_bias, delta_softplus, _plain_layout(u.shape[2], B.shape[1]))
 
@@ -708,7 +846,8 @@ def selective_scan_ordered_numba(
     u: (batch, D, P) the map, positions in memory order; delta: (batch, K*D, P); A: (K*D, N);
     B, C: (batch, K, N, P), in position order; D, delta_bias: (K*D,); order: (K, L) int, step t of direction k
     reads position order[k, t]. swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P)
-    float32 (float64 for float64 inputs): sum over k of scan k, each step written back to its position.
+    float32 (float64 for float64 inputs): sum over k of scan k, each step written back to its position; laid
+    out in memory like u (a channels-last map gives a channels-last output: no copy to go back to (B, P, D)).
     """
     k = order.shape[0]
     c_group = np.arange(k, dtype=np.int64)[::-1].copy() if swap_c else np.arange(k, dtype=np.int64)
