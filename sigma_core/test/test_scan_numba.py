@@ -124,8 +124,11 @@ def test_strong_decay_and_large_delta_stay_finite_and_accurate():
     assert_relative(y.detach(), run(selective_scan_reference, inputs, True), 1e-5)
 
 
-def test_several_threads_give_the_same_result():
-    inputs = make_inputs(3, 2, 20, 4, 70, seed=12, dtype=torch.float32)
+# (batch, groups, channels per group): rows x blocks jobs; batch 1 with sets as separate jobs (3 sets x 5 blocks
+# of 16, or x 2 blocks of 64 with a ragged last one)
+@pytest.mark.parametrize("batch, groups, per_group", [(3, 2, 20), (1, 3, 80), (1, 3, 100)])
+def test_several_threads_give_the_same_result(batch, groups, per_group):
+    inputs = make_inputs(batch, groups, per_group, 4, 70, seed=12, dtype=torch.float32)
     leaves1, leaves2 = leaves_of(inputs), leaves_of(inputs)
     y1 = run(numba_scan, leaves1, True)
     threads = torch.get_num_threads()
@@ -137,8 +140,9 @@ def test_several_threads_give_the_same_result():
         torch.set_num_threads(threads)
     y1.square().sum().backward()
     torch.testing.assert_close(y2, y1, rtol=0, atol=0)
-    for name in leaves1:
-        torch.testing.assert_close(leaves2[name].grad, leaves1[name].grad, rtol=1e-6, atol=1e-6, msg=name)
+    for name in leaves1:  # dB and dC sum the blocks' parts in another order: float32 rounding of the largest
+        scale = leaves1[name].grad.abs().max().item()
+        torch.testing.assert_close(leaves2[name].grad, leaves1[name].grad, rtol=1e-6, atol=1e-6 * scale, msg=name)
 
 
 def test_without_grad_keeps_no_graph_and_saves_no_states():

@@ -29,9 +29,11 @@ the K outputs back into position order (``selective_scan_ordered``): the 4-way
 cross scan of SS2D and the two-way scan of ConMB run without the copies made
 by cross_scan / concat_scan / cross_merge / concat_merge.
 
-Threads. Forward and backward run jobs (batch rows x channel blocks) in
-parallel on torch's thread count (``scan_threads``); in the backward each
-block sums its B and C gradients into its own part, added up afterwards.
+Threads. Forward and backward run jobs (batch rows x channel blocks, x sets
+where the sets are independent: the grouped scans of the fusion blocks have
+batch 1) in parallel on torch's thread count (``scan_threads``); in the
+backward each block sums its B and C gradients into its own part, added up
+afterwards.
 
 Compiled kernels are cached on disk under the user's cache directory (see
 ``cache_dir``), never inside the installed package; a new process loads them in
@@ -356,13 +358,14 @@ def _prefetch_chunk(arr, i, ch0, width, order, row, t0, steps):
 @njit(**_JIT)
 def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
                  save_states, softplus, block):
-    """One (batch row, channel block) of the forward, all K sets and all chunks."""
+    """One (batch row, channel block) of the forward, all chunks, and all K sets or one (see _job_sets)."""
     n_sets, length, n_state = order.shape[0], order.shape[1], A.shape[1]
     sets = c_group.shape[0]
     per = A.shape[0] // sets
     blocks = (per + block - 1) // block
     dtype = out.dtype
-    b, c0 = job // blocks, (job % blocks) * block
+    b, blk, first_set, end_set = _job_sets(job, blocks, sets, u_step, out_step)
+    c0 = blk * block
     width = min(block, per - c0)
     dt_buf = np.zeros((CHUNK, block), dtype)
     lanes = dt_buf.shape[1]  # a run-time trip count: LLVM vectorises the loops over it instead of unrolling
@@ -374,7 +377,7 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
     a_blk = np.zeros((n_state, block), dtype)
     bias_blk = np.zeros(block, dtype)
     h = np.zeros((n_state, block), dtype)
-    for k in range(sets):
+    for k in range(first_set, end_set):
         row = k % n_sets
         ch0 = k * per + c0
         for c in range(width):
@@ -432,7 +435,8 @@ def _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group,
 @njit(**_JIT)
 def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                   softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
-    """One (batch row, channel block) of the backward: all K sets and chunks, backwards in time.
+    """One (batch row, channel block) of the backward: all chunks backwards in time, all K sets or one
+    (see _job_sets).
 
     Jobs write disjoint parts of every gradient except dB and dC, which sum over a set's channel blocks: they
     have a blocks axis (batch, parts, G, N, P), one part per block when jobs run in parallel (else parts = 1).
@@ -443,7 +447,7 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
     blocks = (per + block - 1) // block
     chunks = (length + CHUNK - 1) // CHUNK
     dtype = du.dtype
-    b, blk = job // blocks, job % blocks
+    b, blk, first_set, end_set = _job_sets(job, blocks, sets, u_step, out_step)
     part = blk if dB.shape[1] > 1 else 0
     c0 = blk * block
     width = min(block, per - c0)
@@ -464,7 +468,7 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
     d_blk = np.zeros(block, dtype)
     da_blk = np.zeros((n_state, block), dtype)
     carry = np.zeros((n_state, block), dtype)  # exp(dt_{t+1} A) * adjoint_{t+1}
-    for k in range(sets):
+    for k in range(first_set, end_set):
         row = k % n_sets
         cg = c_group[k]
         ch0 = k * per + c0
@@ -558,20 +562,46 @@ def _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group
                 dA[b, ch0 + c, n] += da_blk[n, c]
 
 
-def _jobs(u, A, c_group, block):
-    """The number of (batch row, channel block) jobs."""
+def _sets_in_parallel(u_step, out_step):
+    """Whether the K sets can be separate jobs: each reads its own u channels and writes its own out channels
+    (the plain grouped scan). Sets sharing u (a map's directions) or summed into one output (merged) are run in
+    turn by one job, which then owns those channels alone."""
+
+
+@overload(_sets_in_parallel)
+def _sets_in_parallel_impl(u_step, out_step):
+    return lambda u_step, out_step: u_step != 0 and out_step != 0
+
+
+@njit(**_JIT)
+def _job_sets(job, blocks, sets, u_step, out_step):
+    """Job -> (batch row, channel block, first set, end set): jobs are (row, block), or (row, set, block) where
+    the sets are independent (_sets_in_parallel), so that a batch-1 grouped scan still has jobs for every thread."""
+    if _sets_in_parallel(u_step, out_step):
+        b, rest = job // (sets * blocks), job % (sets * blocks)
+        return b, rest % blocks, rest // blocks, rest // blocks + 1
+    return job // blocks, job % blocks, 0, sets
+
+
+def _jobs(u, A, c_group, block, u_step, out_step):
+    """The number of jobs (see _job_sets)."""
 
 
 @overload(_jobs)
-def _jobs_impl(u, A, c_group, block):
-    return lambda u, A, c_group, block: u.shape[0] * ((A.shape[0] // c_group.shape[0] + block - 1) // block)
+def _jobs_impl(u, A, c_group, block, u_step, out_step):
+    def jobs(u, A, c_group, block, u_step, out_step):
+        sets = c_group.shape[0]
+        blocks = (A.shape[0] // sets + block - 1) // block
+        return u.shape[0] * blocks * (sets if _sets_in_parallel(u_step, out_step) else 1)
+
+    return jobs
 
 
 @njit(**_JIT)
 def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
              save_states, softplus, block):
     """The forward on one thread: writes out; fills states if save_states."""
-    for job in range(_jobs(u, A, c_group, block)):
+    for job in range(_jobs(u, A, c_group, block, u_step, out_step)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
                      states, save_states, softplus, block)
 
@@ -580,7 +610,7 @@ def _forward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, 
 def _forward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step, states,
                       save_states, softplus, block):
     """The forward with jobs spread over numba's threads (compiled only when torch runs several)."""
-    for job in prange(_jobs(u, A, c_group, block)):
+    for job in prange(_jobs(u, A, c_group, block, u_step, out_step)):
         _forward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, out, out_step,
                      states, save_states, softplus, block)
 
@@ -590,7 +620,7 @@ def _backward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step,
               du, ddelta, dA, dB, dC, dD, dbias, block):
     """Gradients for dy (laid out like out). du accumulates (zero it first), dB and dC too, with a parts axis to
     sum afterwards (see _backward_job); dA, dD, dbias get one row per batch element (batch, ...) to sum."""
-    for job in range(_jobs(u, A, c_group, block)):
+    for job in range(_jobs(u, A, c_group, block, u_step, out_step)):
         _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                       softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
@@ -598,7 +628,7 @@ def _backward(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step,
 @njit(parallel=True, **_JIT)
 def _backward_threaded(u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                        softplus, du, ddelta, dA, dB, dC, dD, dbias, block):
-    for job in prange(_jobs(u, A, c_group, block)):
+    for job in prange(_jobs(u, A, c_group, block, u_step, out_step)):
         _backward_job(job, u, delta, A, B, C, half_kind, Dskip, bias, order, c_group, u_step, dy, out_step, states,
                       softplus, du, ddelta, dA, dB, dC, dD, dbias, block)
 
@@ -643,7 +673,8 @@ def scan_threads() -> int:
 
 
 def block_width(per: int, batch: int, threads: int) -> int:
-    """Channels per block (the lanes of the recurrence): 64 or 16 (``BLOCK_WIDTHS``).
+    """Channels per block (the lanes of the recurrence): 64 or 16 (``BLOCK_WIDTHS``); batch: the jobs per block
+    (batch rows, times the sets where they run as separate jobs).
 
     Several vectors per block keep more independent work between the dependent steps of the recurrence
     (64 lanes run the Sigma-T stage-1 scan ~1.4x faster than 16); the choice wastes the fewest padding lanes,
@@ -698,8 +729,8 @@ def _compiled(dispatcher, sig):
         return dispatcher.compile(sig)
 
 
-_KERNELS = (_delta_inputs, _prefetch_chunk, _forward_job, _backward_job, _forward, _forward_threaded, _backward,
-            _backward_threaded)
+_KERNELS = (_delta_inputs, _prefetch_chunk, _job_sets, _forward_job, _backward_job, _forward, _forward_threaded,
+            _backward, _backward_threaded)
 
 
 class _Layout:
@@ -717,7 +748,8 @@ class _NumbaScan(torch.autograd.Function):
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
         out = _output_like(u, (batch, per if layout.merged else sets * per, positions), state)
-        block = block_width(per, batch, scan_threads())
+        independent_sets = sets if not (layout.u_shared or layout.merged) else 1  # see _job_sets
+        block = block_width(per, batch * independent_sets, scan_threads())
         blocks, chunks = -(-per // block), -(-length // CHUNK)
         need_grad = any(ctx.needs_input_grad[:7])
         states = torch.empty((batch, sets, blocks, chunks, A.shape[1], block) if need_grad else (0,) * 6,
