@@ -29,9 +29,8 @@ import os
 import platform
 import threading
 
-# mallopt parameters and glibc's defaults (malloc.h, mallopt(3))
+# mallopt parameters (malloc.h, mallopt(3))
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX, _DEFAULT_ARENA_MAX = 128 * 1024, 65536, 0  # arenas 0: glibc's own limit
 _KEEP_TOP = 2**31 - 1  # bytes of free heap top kept (M_TRIM_THRESHOLD takes an int)
 # The malloc parameters that, set by the user, leave malloc as it is: glibc.malloc.<name> in GLIBC_TUNABLES, or
 # the environment variable glibc reads for it (tunables(7)).
@@ -56,7 +55,7 @@ def reuse_freed_memory() -> str:
             if user:
                 _state = f"left as is: {user}"
             else:
-                problem = set_glibc_reuse(True)
+                problem = set_glibc_reuse()
                 _state = f"left as is: {problem}" if problem else "kept for reuse (glibc malloc)"
         return _state
 
@@ -74,30 +73,26 @@ def users_malloc_setting() -> str:
     return ""
 
 
-def set_glibc_reuse(reuse: bool) -> str:
-    """Turn glibc's keeping of freed memory on (mmap off, heap top kept, one arena) or back to glibc's defaults,
-    whatever the environment says. Returns "" when done, else why not."""
+def set_glibc_reuse() -> str:
+    """Turn glibc's keeping of freed memory on (mmap off, heap top kept, one arena) for the rest of the process,
+    whatever the environment says. Returns "" when done, else why not.
+
+    There is no way back: glibc ignores ``mallopt(M_ARENA_MAX, 0)`` and keeps the arena limit it has computed,
+    so a process that turned this on cannot measure glibc's defaults (benchmarks compare in new processes)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
     try:
         libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        mallopt = libc.mallopt
     except (OSError, AttributeError) as err:
         return f"no mallopt ({err})"
     if not _malloc_is(libc):
         preload = os.environ.get("LD_PRELOAD", "").strip()
         return f"malloc is not glibc's (LD_PRELOAD={preload})" if preload else "malloc is not glibc's"
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if reuse:
-        settings = ((_M_TRIM_THRESHOLD, _KEEP_TOP), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1))
-    else:
-        settings = ((_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD), (_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
-                    (_M_ARENA_MAX, _DEFAULT_ARENA_MAX))
+    settings = ((_M_TRIM_THRESHOLD, _KEEP_TOP), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1))
     if any(mallopt(param, value) != 1 for param, value in settings):
         return "mallopt refused"
-    if not reuse:
-        malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
-        malloc_trim(0)  # hand back what was kept, so that glibc's defaults start from where they would be
     return ""
 
 
