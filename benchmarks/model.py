@@ -175,7 +175,7 @@ def main(argv=None) -> None:
     if args.malloc == "both" and not args.compare:
         parser.error("--malloc both needs --compare")
     if args.malloc == "reuse":
-        problem = set_glibc_reuse(True)
+        problem = set_glibc_reuse()
         if problem:
             print(f"malloc left as is: {problem}")
     torch.set_num_threads(args.threads[0])

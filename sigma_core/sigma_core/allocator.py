@@ -16,10 +16,11 @@ frame anyway): nano 596 MB against a 583 MB peak with glibc's defaults. Threads 
 their own arenas, where a map that does not fit still falls back to mmap.
 
 Applied by :class:`sigma_core.inference.Segmenter` on the CPU (the node, sigma-predict, replay evaluation), once
-per process, only with glibc, and never over a user's own choice: with ``MALLOC_MMAP_MAX_``,
-``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_ARENA_MAX`` or
-``GLIBC_TUNABLES`` set, or another allocator
-preloaded (``LD_PRELOAD``, e.g. jemalloc or tcmalloc), it leaves malloc as it is.
+per process, only where malloc is glibc's, and never over a user's own choice: with one of the parameters it
+sets (or ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``) set by ``MALLOC_*`` or ``glibc.malloc.*`` in
+``GLIBC_TUNABLES``, or with another allocator in the process (preloaded by ``LD_PRELOAD``, e.g. jemalloc or
+tcmalloc, or linked in), it leaves malloc as it is. Other tunables and preloads (``glibc.rtld.*``, the
+``LD_PRELOAD=libgomp.so.1`` of Jetson set-ups) leave malloc glibc's own, so they do not turn it off.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ import os
 import platform
 import threading
 
-# mallopt parameters and glibc's defaults (malloc.h, mallopt(3))
+# mallopt parameters (malloc.h, mallopt(3))
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX, _DEFAULT_ARENA_MAX = 128 * 1024, 65536, 0  # arenas 0: glibc's own limit
 _KEEP_TOP = 2**31 - 1  # bytes of free heap top kept (M_TRIM_THRESHOLD takes an int)
-_USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                  "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
+# The malloc parameters that, set by the user, leave malloc as it is: glibc.malloc.<name> in GLIBC_TUNABLES, or
+# the environment variable glibc reads for it (tunables(7)).
+_USER_PARAMETERS = {"mmap_max": "MALLOC_MMAP_MAX_", "trim_threshold": "MALLOC_TRIM_THRESHOLD_",
+                    "mmap_threshold": "MALLOC_MMAP_THRESHOLD_", "top_pad": "MALLOC_TOP_PAD_",
+                    "arena_max": "MALLOC_ARENA_MAX"}
 
 _lock = threading.Lock()
 _state: str = ""  # what reuse_freed_memory did, once decided
@@ -48,34 +51,56 @@ def reuse_freed_memory() -> str:
     global _state
     with _lock:
         if not _state:
-            user = [name for name in _USER_SETTINGS if os.environ.get(name)]
+            user = users_malloc_setting()
             if user:
-                _state = f"left as is: {user[0]} set"
+                _state = f"left as is: {user}"
             else:
-                problem = set_glibc_reuse(True)
+                problem = set_glibc_reuse()
                 _state = f"left as is: {problem}" if problem else "kept for reuse (glibc malloc)"
         return _state
 
 
-def set_glibc_reuse(reuse: bool) -> str:
-    """Turn glibc's keeping of freed memory on (mmap off, heap top kept, one arena) or back to glibc's defaults,
-    whatever the environment says. Returns "" when done, else why not."""
+def users_malloc_setting() -> str:
+    """The user's own setting of one of the parameters reuse_freed_memory sets, e.g. ``"MALLOC_ARENA_MAX set"``
+    or ``"GLIBC_TUNABLES sets glibc.malloc.trim_threshold"``; "" when there is none."""
+    for variable in _USER_PARAMETERS.values():
+        if os.environ.get(variable):
+            return f"{variable} set"
+    for tunable in os.environ.get("GLIBC_TUNABLES", "").split(":"):  # name=value:name=value
+        name = tunable.partition("=")[0].strip()
+        if name.startswith("glibc.malloc.") and name[len("glibc.malloc."):] in _USER_PARAMETERS:
+            return f"GLIBC_TUNABLES sets {name}"
+    return ""
+
+
+def set_glibc_reuse() -> str:
+    """Turn glibc's keeping of freed memory on (mmap off, heap top kept, one arena) for the rest of the process,
+    whatever the environment says. Returns "" when done, else why not.
+
+    There is no way back: glibc ignores ``mallopt(M_ARENA_MAX, 0)`` and keeps the arena limit it has computed,
+    so a process that turned this on cannot measure glibc's defaults (benchmarks compare in new processes)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
     try:
         libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        mallopt = libc.mallopt
     except (OSError, AttributeError) as err:
         return f"no mallopt ({err})"
+    if not _malloc_is(libc):
+        preload = os.environ.get("LD_PRELOAD", "").strip()
+        return f"malloc is not glibc's (LD_PRELOAD={preload})" if preload else "malloc is not glibc's"
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if reuse:
-        settings = ((_M_TRIM_THRESHOLD, _KEEP_TOP), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1))
-    else:
-        settings = ((_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD), (_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
-                    (_M_ARENA_MAX, _DEFAULT_ARENA_MAX))
+    settings = ((_M_TRIM_THRESHOLD, _KEEP_TOP), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1))
     if any(mallopt(param, value) != 1 for param, value in settings):
         return "mallopt refused"
-    if not reuse:
-        malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
-        malloc_trim(0)  # hand back what was kept, so that glibc's defaults start from where they would be
     return ""
+
+
+def _malloc_is(libc: ctypes.CDLL) -> bool:
+    """Whether the process's malloc (the first one in symbol lookup order: a preloaded or linked-in allocator
+    comes before libc) is libc's: mallopt tunes glibc's malloc only."""
+    try:
+        used = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    return used == ctypes.cast(libc.malloc, ctypes.c_void_p).value

@@ -1,5 +1,6 @@
 """The Sigma network: parity with the published code, published key maps, variants, training step, odd sizes."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -102,6 +103,20 @@ def test_odd_input_sizes(size):
         logits = model(torch.randn(1, 3, *size), torch.randn(1, 3, *size))
     assert logits.shape == (1, 3, *size)
     assert torch.isfinite(logits).all()
+
+
+def test_a_jit_trace_keeps_the_resize_to_the_input_for_other_sizes():
+    """torch.jit.trace (and torch.onnx.export(dynamo=False)) records one run: traced at a size whose logits need no
+    resize, the same-size shortcut must not be recorded, or 18x18 input gave 16x16 logits from the trace."""
+    model = build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=32, num_classes=3, decoder_depths=(1, 1, 1))).eval()
+    model.set_scan_backend("reference")  # traceable tensor ops; 18x18 has 16x16's feature sizes (same tables)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, (torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)), check_trace=False)
+        rgb, x = torch.randn(1, 3, 18, 18), torch.randn(1, 3, 18, 18)
+        logits = traced(rgb, x)
+        assert logits.shape == (1, 3, 18, 18)
+        torch.testing.assert_close(logits, model(rgb, x), atol=1e-5, rtol=1e-5)
 
 
 def test_batch_items_are_independent():

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tracing import being_traced
 from .vmamba import SS2D, DropPath, LayerNorm
 
 
 def resize_channels_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize (align_corners False) of a (B, H, W, C) map to (B, size[0], size[1], C)."""
-    if not torch.compiler.is_compiling() and tuple(x.shape[1:3]) == tuple(size):
+    if not being_traced() and tuple(x.shape[1:3]) == tuple(size):
         return x  # (traced for export the resize stays: sizes are symbols there, and equal sizes resize exactly)
     return F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
 

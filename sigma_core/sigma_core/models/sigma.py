@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VARIANTS, SigmaConfig
+from ..tracing import being_traced
 from .decoder import MambaDecoder
 from .fusion import ConcatMambaFusion, CrossMambaFusion
 from .vmamba import VSSEncoder
@@ -64,7 +65,7 @@ class Sigma(nn.Module):
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
         logits = self.decode_head(self.backbone(rgb, x))
-        if not torch.compiler.is_compiling() and logits.shape[2:] == rgb.shape[2:]:
+        if not being_traced() and logits.shape[2:] == rgb.shape[2:]:
             return logits  # a same-size bilinear resize is an exact copy (3-6 ms at 480x640); traced, sizes are symbols
         return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
 

@@ -23,13 +23,15 @@ import functools
 
 import torch
 
+from ..tracing import being_traced
+
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """(B, D, H, W) map -> (B, 4, D, H*W) sequences in the 4 scan directions."""
     if x.dim() != 4:
         raise ValueError(f"cross_scan expects a (B, D, H, W) map, got shape {tuple(x.shape)}")
     batch, dim, height, width = x.shape
-    if torch.compiler.is_compiling():  # traced for export: no in-place writes (they become slow scatters in ONNX)
+    if being_traced():  # traced for export: no in-place writes (they become slow scatters in ONNX)
         xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
         return torch.cat([xs, xs.flip(-1)], dim=1)
     xs = x.new_empty(batch, 4, dim, height * width)  # filled in place: one pass over memory per direction
