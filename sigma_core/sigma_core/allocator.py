@@ -12,8 +12,14 @@ machine, one thread, same run: nano forward 0.81 -> 0.76 s, Sigma-T 5.61 -> 5.22
 and 3.12 -> 2.93 s (``benchmarks/model.py --malloc both``).
 
 The cost: resident memory stays at the forward's peak between frames (it would reach it again on the next
-frame anyway): nano 596 MB against a 583 MB peak with glibc's defaults. Threads that allocated before keep
-their own arenas, where a map that does not fit still falls back to mmap.
+frame anyway): nano 596 MB against a 583 MB peak with glibc's defaults; with image sizes that vary from frame
+to frame, about as much as glibc's defaults (nano, 120 random sizes up to 560x720: 1152 MB against 1167 MB
+peak). Threads that allocated before keep their own arenas, and glibc hands those arenas in turn to threads
+started later (one arena is a limit on creating new ones): with 4 such threads, 1 new thread in 4 got the main
+heap; with more than 8 arenas glibc has fixed its limit and ignores ``M_ARENA_MAX``. A thread on another arena
+still mmaps each map above 64 MB every frame (nano at 480x640 after 20 allocating threads: 19,000 page faults
+a forward, as with glibc's defaults): start such a process with ``MALLOC_ARENA_MAX=1``, or create the
+Segmenter before starting threads.
 
 Applied by :class:`sigma_core.inference.Segmenter` on the CPU (the node, sigma-predict, replay evaluation), once
 per process, only where malloc is glibc's, and never over a user's own choice: with one of the parameters it

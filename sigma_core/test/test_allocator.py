@@ -63,6 +63,45 @@ def test_freed_maps_are_reused_without_page_faults(where):
     assert kept["faults"] < pages // 8, kept
 
 
+# Which heap a thread allocates from: the NON_MAIN_ARENA bit (4) of a chunk's size word (glibc malloc.c).
+ARENAS = """
+import ctypes, json, sys, threading, time
+from sigma_core.allocator import reuse_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+def on_main_heap():
+    chunk = libc.malloc(64)
+    size = ctypes.c_size_t.from_address(chunk - 8).value
+    libc.free(chunk)
+    return not size & 4
+stop = threading.Event()
+def chatter():  # a thread of another library (DDS) that allocated before the Segmenter
+    while not stop.is_set():
+        bytearray(200_000)
+        time.sleep(0.005)
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=chatter, daemon=True).start()
+time.sleep(0.2)
+state = reuse_freed_memory()
+later = []
+for _ in range(4):
+    worker = threading.Thread(target=lambda: later.append(on_main_heap()))
+    worker.start()
+    worker.join()
+stop.set()
+print(json.dumps({"state": state, "later": later}))
+"""
+
+
+def test_threads_started_afterwards_share_the_main_heap_unless_others_allocated_before():
+    """As the module docstring says: alone, every later thread gets the main heap; after 4 allocating threads,
+    glibc hands their arenas in turn to later threads (one arena only limits creating new ones)."""
+    alone = _run(ARENAS, "0")
+    assert alone == {"state": "kept for reuse (glibc malloc)", "later": [True] * 4}, alone
+    crowded = _run(ARENAS, "4")
+    assert crowded["later"].count(True) < 4, crowded
+
+
 @pytest.mark.parametrize("setting, value, state", [
     ("MALLOC_TRIM_THRESHOLD_", "131072", "MALLOC_TRIM_THRESHOLD_ set"),
     ("MALLOC_MMAP_MAX_", "131072", "MALLOC_MMAP_MAX_ set"),
