@@ -168,7 +168,8 @@ def scan_map_directions_export(
     n = A_logs.shape[1]
     x = x.permute(2, 3, 0, 1)  # (H, W, B, D)
     x_dbl = torch.matmul(x, x_proj_weight.reshape(-1, dim).t()).unflatten(-1, (k, rank + 2 * n))
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=-1)  # (H, W, B, K, R | N | N)
+    # slices, not torch.split (exported as SplitToSequence + SequenceAt: 4 % of nano's forward in ONNX Runtime)
+    dts, bs, cs = x_dbl[..., :rank], x_dbl[..., rank:rank + n], x_dbl[..., rank + n:]  # (H, W, B, K, R | N | N)
     dts = torch.matmul(dts.flatten(-2), torch.block_diag(*dt_projs_weight.transpose(1, 2))).unflatten(-1, (k, dim))
     y = scan_map(x.float(), dts.float(), -torch.exp(A_logs.float()), bs.float(), cs.float(), Ds.float(),
                  dt_projs_bias.float().reshape(-1), True, k, steps_for(k * n * dim))
