@@ -1,4 +1,10 @@
 import os
+import signal
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and every child process
+# inherits that: the Ctrl-C tests of the tools and the node would then fail. Ctrl-C means what it normally does here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("ROS_DOMAIN_ID", "0")
 
