@@ -151,7 +151,6 @@ def logits_to_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
     return logits.argmax(axis=0).astype(np.uint8), confidence
 
 
-
 class ModelDescription:
     """What Segmenter and OnnxSegmenter tell alike from their metadata (``self.meta``: ``class_names``, ``palette``)
     and their modality scaling (``self._scaling``)."""
