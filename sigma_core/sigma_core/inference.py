@@ -43,7 +43,13 @@ from torch import nn
 
 from .allocator import reuse_freed_memory
 from .checkpoints import CheckpointMeta, DatasetLike, PathLike, load_model
-from .model_io import ModelDescription, NonFiniteOutputError, images_to_inputs, modal_to_unit, resize_unit  # noqa: F401 (public here)
+from .model_io import (  # noqa: F401 (public here)
+    ModelDescription,
+    NonFiniteOutputError,
+    images_to_inputs,
+    modal_to_unit,
+    resize_unit,
+)
 from .onnx_runtime import is_onnx_path
 from .ops.selective_scan import load_backend, resolve_backend
 
