@@ -73,7 +73,10 @@ def run_node(args, checkpoint: Optional[Path], workdir: Path, tag: str, source_r
     """One benchmark run: start the node (from ``source_root``'s sources if given, else the installed ones), publish
     for ``args.seconds``, stop it; returns the measurements. ``ros``: this process's publishers and receive state."""
     log_path = workdir / f"node_{tag}.log"
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("OMP_NUM_THREADS", None)
+    if args.threads:  # else each revision's own default (since issue 23: all CPUs but one)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     if source_root is not None:  # an older revision's packages ahead of the installed ones
         paths = [str(source_root / "sigma_core"), str(source_root / "sigma_ros")]
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -167,8 +170,8 @@ def run_node(args, checkpoint: Optional[Path], workdir: Path, tag: str, source_r
 
 def print_result(result: dict) -> None:
     print(f"[{result['setup']}] sigma_node end-to-end, {result['size']} rgb8 + mono16 at {result['rate_hz']:g} Hz for "
-          f"{result['seconds']:g} s, {result['threads']} thread(s) ({result['device']}; model forward includes "
-          f"pre/post-processing); load {result['load_1min']:.1f}")
+          f"{result['seconds']:g} s, {result['threads'] or 'its default'} thread(s) ({result['device']}; model "
+          f"forward includes pre/post-processing); load {result['load_1min']:.1f}")
     print(f"  ready: {result['ready_line']}")
     print(f"  pairs sent {result['sent']}, segmented {result['segmented']} ({result['masks_per_s']:.2f} masks/s), "
           f"dropped while busy {result['dropped']}")
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net-size", default="48x64", help="HxW the default tiny model runs at (default 48x64)")
     parser.add_argument("--device", default="cpu", help="node device parameter (default cpu)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
-                        help="the node's torch threads (OMP_NUM_THREADS; default 1)")
+                        help="the node's torch threads, given as OMP_NUM_THREADS (default: $OMP_NUM_THREADS, else "
+                             "1); 0: none given, each node's own default")
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="also run the node of this git revision (a temporary worktree) in the same run, "
                              "alternating with this checkout's, and print the ratios")

@@ -204,21 +204,73 @@ def trace_to_onnx(model: torch.nn.Module, fixed: Optional[tuple[int, int]], prec
     return program.model_proto
 
 
+# Ops that only move or repeat values: a weight reaches a MatMul through them (Linear's Transpose, the scans'
+# Reshape + Transpose, block_diag's Split/Concat of zeros), and they run as well on float16 values.
+# {op: indices of its data inputs (None: all)}; the other inputs are integer shapes, indices or axes.
+LAYOUT_OPS = {"Transpose": (0,), "Reshape": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Flatten": (0,),
+              "Identity": (0,), "Slice": (0,), "Gather": (0,), "Expand": (0,), "Split": (0,), "Tile": (0,),
+              "Concat": None}
+
+
 def matmuls_to_fp16(proto) -> int:
     """MatMul/Conv/Gemm of the main graph in float16, as autocast runs them; returns how many were converted.
 
-    Their float32 weights become float16 initializers (the float32 copy is dropped when nothing else reads it);
-    other inputs are cast to float16 and each output cast back to float32, so everything between stays
-    float32. The patch embedding (the convolution reading 3 channels) stays float32, as in VSSEncoder.
+    Their float32 weights are stored float16, also where they reach the MatMul through layout ops
+    (LAYOUT_OPS: Linear's Transpose, the scans' Reshape/Transpose, block_diag's Concat; those run on the
+    float16 values); the float32 copy is dropped when nothing else reads it. Other inputs are cast to float16
+    and each output cast back to float32, so everything between (the scans, LayerNorms) stays float32. The
+    patch embedding (the convolution reading 3 channels) stays float32, as in VSSEncoder.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    new_nodes, half_inits, converted = [], {}, 0
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    new_nodes, half, converted = [], {}, 0
+
+    def data_inputs(node) -> list[int]:
+        indices = LAYOUT_OPS[node.op_type]
+        return list(range(len(node.input))) if indices is None else [i for i in indices if i < len(node.input)]
+
+    def constant_value(node):  # a float32 Constant's tensor, else None
+        if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name != "value":
+            return None
+        value = node.attribute[0].t
+        return value if value.data_type == TensorProto.FLOAT else None
+
+    def halvable(name: str) -> bool:  # float32 computed from weights by layout ops alone
+        if name in inits:
+            return inits[name].data_type == TensorProto.FLOAT
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type in LAYOUT_OPS:
+            return all(halvable(node.input[i]) for i in data_inputs(node))
+        return constant_value(node) is not None
+
+    def to_half(name: str) -> str:  # the float16 twin of a halvable tensor, made once
+        if name in half:
+            return half[name]
+        if name in inits:
+            weight16 = numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.float16), name + "_fp16")
+            proto.graph.initializer.append(weight16)
+            half[name] = weight16.name
+            return weight16.name
+        node = producer[name]
+        twin = helper.make_node(node.op_type, list(node.input), [out + "_fp16" for out in node.output],
+                                name=(node.name or node.output[0]) + "_fp16")
+        value = constant_value(node)
+        if value is not None:
+            twin.attribute.append(helper.make_attribute("value", numpy_helper.from_array(
+                numpy_helper.to_array(value).astype(np.float16), value.name + "_fp16")))
+        else:
+            twin.attribute.extend(node.attribute)
+            for i in data_inputs(node):
+                twin.input[i] = to_half(node.input[i])
+        new_nodes.append(twin)  # after its inputs' producers, before the MatMul reading it
+        for out, out16 in zip(node.output, twin.output):
+            half[out] = out16
+        return half[name]
+
     for node in proto.graph.node:
         weight = inits.get(node.input[1]) if len(node.input) > 1 else None
         patch_embed = node.op_type == "Conv" and weight is not None and len(weight.dims) == 4 and weight.dims[1] == 3
@@ -229,12 +281,8 @@ def matmuls_to_fp16(proto) -> int:
         for i, name in enumerate(node.input):
             if not name:
                 continue
-            if name in inits and inits[name].data_type == TensorProto.FLOAT:
-                if name not in half_inits:
-                    weight16 = numpy_helper.to_array(inits[name]).astype(np.float16)
-                    half_inits[name] = numpy_helper.from_array(weight16, name + "_fp16")
-                readers[name] -= 1
-                node.input[i] = half_inits[name].name
+            if halvable(name):
+                node.input[i] = to_half(name)
             else:
                 cast = f"{name}_to_fp16_{converted}"
                 new_nodes.append(helper.make_node("Cast", [name], [cast], to=TensorProto.FLOAT16))
@@ -245,11 +293,34 @@ def matmuls_to_fp16(proto) -> int:
         new_nodes.append(helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT))
     del proto.graph.node[:]
     proto.graph.node.extend(new_nodes)
-    keep = [i for i in proto.graph.initializer if readers.get(i.name, 0) > 0 or i.name not in half_inits]
-    keep += list(half_inits.values())
+    drop_unused(proto)
+    return converted
+
+
+def drop_unused(proto) -> None:
+    """Remove the main graph's nodes whose outputs nothing reads (the float32 layout chains matmuls_to_fp16
+    replaced), then the initializers nothing reads. Names read inside subgraphs (If branches) count as read."""
+
+    def names_read(graph) -> set[str]:
+        read = set()
+        for node in graph.node:
+            read.update(node.input)
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    read |= names_read(sub)
+        return read
+
+    outputs = {o.name for o in proto.graph.output}
+    while True:
+        read = names_read(proto.graph) | outputs
+        live = [node for node in proto.graph.node if any(out in read for out in node.output)]
+        if len(live) == len(proto.graph.node):
+            break
+        del proto.graph.node[:]
+        proto.graph.node.extend(live)
+    keep = [i for i in proto.graph.initializer if i.name in read]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)
-    return converted
 
 
 def strip_trace_metadata(proto) -> None:

@@ -16,7 +16,6 @@ installed, else the CPU.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -31,6 +30,7 @@ from .model_io import (
     check_description,
     images_to_inputs,
     logits_to_mask,
+    threads_from_environment,
 )
 from .onnx_file import ExternalDataError, check_external_data
 
@@ -158,16 +158,6 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number sigma-export writes")
 
 
-def _threads_from_environment() -> int:
-    """$OMP_NUM_THREADS as ONNX Runtime's intra-op thread count (0: its default); ValueError naming a bad value."""
-    text = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if not text:
-        return 0
-    if not text.isdigit():
-        raise ValueError(f"OMP_NUM_THREADS={text!r} is not a thread count: set it to a number (1, 2, ...) or unset it")
-    return int(text)
-
-
 def _open_session(ort, source: str, options, providers: list):
     """ort.InferenceSession; OnnxModelError saying whether the file is no ONNX model at all or which part of it
     ONNX Runtime refuses (an operator, a type, external data outside the model's folder, ...)."""
@@ -234,7 +224,7 @@ class OnnxSegmenter(ModelDescription):
         except ExternalDataError as e:
             raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
-        threads = threads if threads is not None else _threads_from_environment()
+        threads = threads if threads is not None else threads_from_environment()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # Fatal only: every error ONNX Runtime logs it also raises, and we say it once, in one line (the node

@@ -60,6 +60,7 @@ def load_segmenter(
     modality: Optional[str] = None,
     thermal_range: Optional[tuple[float, float]] = None,
     depth_max_range: Optional[float] = None,
+    threads: Optional[int] = None,
 ) -> Any:
     """The Segmenter every tool runs: ``checkpoint`` (None or '': the bundled demo model of ``modality``).
 
@@ -68,8 +69,10 @@ def load_segmenter(
     dataset: what a published Sigma checkpoint (.pth) was trained on (see sigma_core.checkpoints.load_model);
     the Segmenter's ``meta.notes`` / ``meta.warnings`` say what was inferred or ignored, for the caller to show.
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
-    checkpoint's). Raises ValueError naming the checkpoint, device and precision and the reason
-    when it cannot be loaded there (fp16/bf16 on a CPU without them in hardware included).
+    checkpoint's). threads: the CPU threads the model runs on (see model_io.inference_threads): torch's
+    intra-op threads, process-wide (the numba scan follows them), or the ONNX Runtime session's; None leaves
+    torch as it is and gives ONNX Runtime $OMP_NUM_THREADS. Raises ValueError naming the checkpoint, device and
+    precision and the reason when it cannot be loaded there (fp16/bf16 on a CPU without them in hardware included).
     """
     from .onnx_runtime import is_onnx_path
 
@@ -78,12 +81,16 @@ def load_segmenter(
         if is_onnx_path(path):  # an exported model (sigma-export): ONNX Runtime, and no torch imported at all
             from .onnx_runtime import OnnxSegmenter
 
-            seg = OnnxSegmenter(path, device=device, precision=precision)
+            seg = OnnxSegmenter(path, device=device, precision=precision, threads=threads)
             if dataset:
                 seg.meta.warnings.append(f"dataset {dataset!r} ignored: {path.name} names its classes itself")
         else:
+            import torch
+
             from .inference import Segmenter
 
+            if threads is not None:
+                torch.set_num_threads(threads)
             seg = Segmenter.from_checkpoint(str(path), device=device, precision=precision, dataset=dataset)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ValueError(f"cannot run checkpoint {str(path)!r} on device {device!r} "

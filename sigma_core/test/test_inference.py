@@ -195,3 +195,36 @@ def test_fp16_on_a_cpu_without_native_fp16_is_refused_with_the_reason(tmp_path, 
         Segmenter.from_checkpoint(path, precision="fp16")
     # what the tests use to measure half-precision numerics on a CPU
     assert Segmenter.from_checkpoint(path, precision="fp16", allow_emulated_precision=True).precision == "fp16"
+
+
+def test_inference_threads_asked_for_then_the_environment_then_all_cpus_but_one(monkeypatch):
+    from sigma_core.model_io import inference_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert inference_threads(5) == (5, "asked for")
+    assert inference_threads(0) == (3, "$OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert inference_threads(0) == (7, "automatic: 8 CPU(s) less one for decoding and ROS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert inference_threads(0)[0] == 1  # never none
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='many' is not a thread count"):
+        inference_threads(0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        inference_threads(-2)
+
+
+def test_load_segmenter_sets_torch_threads_only_when_asked(tmp_path):
+    from sigma_core.segmentation_step import load_segmenter
+
+    path = _checkpoint(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        load_segmenter(path)
+        assert torch.get_num_threads() == 1
+        load_segmenter(path, threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -377,3 +377,10 @@ def test_a_bad_thread_count_in_the_environment_is_named(tmp_path, monkeypatch):
         OnnxSegmenter(path)
     monkeypatch.setenv("OMP_NUM_THREADS", " 2 ")
     assert segment(OnnxSegmenter(path)).shape == (40, 50)
+
+
+def test_load_segmenter_gives_the_session_the_threads_asked_for(tmp_path, monkeypatch):
+    path = write_model(tmp_path / "m.onnx")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert load_segmenter(path, threads=3).session.get_session_options().intra_op_num_threads == 3
+    assert load_segmenter(path).session.get_session_options().intra_op_num_threads == 2

@@ -41,6 +41,7 @@ def load_segmenter(
     modality: Optional[str] = None,
     thermal_range: Optional[tuple[float, float]] = None,
     depth_max_range: Optional[float] = None,
+    threads: Optional[int] = None,
 ) -> Any:
     """sigma_core's ``load_segmenter`` with the node's checkpoint rules ('' = the bundled model of ``modality``).
 
@@ -56,7 +57,7 @@ def load_segmenter(
                 pass  # sigma_core's loader says what to install
     try:
         return _core.load_segmenter(path, device, precision, dataset=dataset, modality=modality,
-                                    thermal_range=thermal_range, depth_max_range=depth_max_range)
+                                    thermal_range=thermal_range, depth_max_range=depth_max_range, threads=threads)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 

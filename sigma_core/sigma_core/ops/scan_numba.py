@@ -697,16 +697,24 @@ def _launch(serial, threaded, *args) -> None:
     kernel per dtype instead of one per combination of layouts (each compile takes 5-30 s; the threaded
     kernels cost several times more, so they are compiled only where torch runs several threads).
     """
-    sig = tuple(t.copy(layout="A") if isinstance(t, types.Array) else t for t in map(numba.typeof, args))
-    sig = sig[:-1] + (types.literal(args[-1]),)  # the block width: a compile-time constant
     threads = scan_threads()
+    kernel = serial if threads == 1 else threaded
+    # numba's own typing of the ~20 arguments costs ~0.4 ms a launch in Python (16 launches a frame of the
+    # bundled model: 5 % of its forward); what decides the signature is cheap to read off the arrays.
+    key = (kernel, args[-1], *((a.dtype, a.ndim, a.flags.writeable, a.flags.aligned) if isinstance(a, np.ndarray)
+                               else type(a) for a in args[:-1]))
     with _launch_lock:
-        if threads == 1:
-            _compiled(serial, sig)(*args)  # loads from memory or the disk cache after the first time
-            return
-        if numba.get_num_threads() != threads:
+        compiled = _launched.get(key)
+        if compiled is None:
+            sig = tuple(t.copy(layout="A") if isinstance(t, types.Array) else t for t in map(numba.typeof, args))
+            sig = sig[:-1] + (types.literal(args[-1]),)  # the block width: a compile-time constant
+            compiled = _launched[key] = _compiled(kernel, sig)  # from memory or the disk cache after the first time
+        if threads > 1 and numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
-        _compiled(threaded, sig)(*args)
+        compiled(*args)
+
+
+_launched: dict = {}  # _launch's compiled kernels by what decides their signature
 
 
 # What numba raises while it reads a damaged cache entry (a truncated .nbi index, a garbage .nbc): its cache is

@@ -36,6 +36,7 @@ OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
 TIMER_PERIOD_S = (0.01, 3600.0)  # seconds: the accepted range of a timer period parameter
 MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
+MAX_THREADS = 1024  # CPU threads: more than this is a typo, not a machine
 MAX_QUEUE = 10_000  # messages: a history or pairing queue longer than this is a typo (and gigabytes of images)
 # Parameters that ROS declares on every rclpy node, and those the ROS libraries we use declare on ours
 # (diagnostic_updater's Updater), besides our own; plus the qos_overrides.* family. Typos of these are refused too.
@@ -123,6 +124,15 @@ def positive_integer(name: str, value: Any) -> int:
     value = int(_number(name, value, integer=True))
     if value < 1:
         raise ConfigError(f"parameter {name} must be >= 1, got {value}")
+    return value
+
+
+@constrained(f"0 (automatic) or 1..{MAX_THREADS}", (0, MAX_THREADS))
+def thread_count(name: str, value: Any) -> int:
+    """CPU threads, 1..MAX_THREADS, or 0 for automatic (sigma_core.model_io.inference_threads)."""
+    value = int(_number(name, value, integer=True))
+    if not 0 <= value <= MAX_THREADS:
+        raise ConfigError(f"parameter {name} must be 0 (automatic) or within 1..{MAX_THREADS}, got {value}")
     return value
 
 
@@ -284,6 +294,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "device": ParameterSpec("auto", "auto, cpu, cuda or cuda:N (.onnx: also tensorrt[:N])", device, "device"),
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (fp16/bf16 for GPUs; on a CPU only where native: "
                                "AMX-FP16, AVX512-BF16)", choice(*PRECISIONS), "precision"),
+    "threads": ParameterSpec(0, "CPU threads of the model (torch, or ONNX Runtime for .onnx); 0: $OMP_NUM_THREADS "
+                             "if set, else all CPUs but one (left to decoding, the executor and DDS)", thread_count,
+                             "threads"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
                               "modality"),
     "sync.slop": ParameterSpec(0.05, "largest RGB/modality stamp difference of a pair, seconds", positive,
@@ -360,6 +373,7 @@ class NodeConfig:
     dataset: Optional[str]  # None: the checkpoint says (ours); a published checkpoint needs it
     device: str
     precision: str
+    threads: int  # 0: automatic (sigma_core.model_io.inference_threads)
     modality: Optional[str]  # None: the checkpoint's
     sync_slop: float
     sync_queue_size: int

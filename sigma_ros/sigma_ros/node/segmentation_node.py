@@ -55,7 +55,7 @@ from sigma_core.data.bags import message_to_array
 from sigma_core.data.calibration import CalibrationError
 from sigma_core.data.image_encoding import ImageTooLargeError, check_compressed_size
 from sigma_core.data.modality import depth_stream_evidence
-from sigma_core.model_io import NonFiniteOutputError
+from sigma_core.model_io import NonFiniteOutputError, inference_threads
 from sigma_msgs.msg import ClassMap, SegmentationStats
 
 from ..segmentation_step import PreparedPair, load_segmenter, prepare_pair, segment_prepared
@@ -132,15 +132,6 @@ def parameter_descriptor(name: str, spec: ParameterSpec, managed: bool = False) 
 
 # Problem kinds of a message refused on arrival (it never reaches the pairing).
 REFUSAL_KINDS = ("unsupported_encoding", "bad_image", "image_too_large", "zero_stamp", "out_of_order")
-def _compute_threads() -> str:
-    """The model's CPU threads, for the ready line: torch's (its dense ops and the numba scan follow it), or with
-    an ONNX model in a process without PyTorch, $OMP_NUM_THREADS (what the ONNX Runtime session is given)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return f"{torch.get_num_threads()} torch thread(s)"
-    return f"{os.environ.get('OMP_NUM_THREADS') or 'default'} ONNX Runtime thread(s)"
-
-
 MILLIMETRE = 0.001  # metres per unit of REP 118's 16UC1 depth, what sigma_core's scaling and the points assume
 
 
@@ -290,8 +281,13 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
     def _load_model(self, cfg: NodeConfig) -> None:
         """Load the checkpoint and run the warm-up forward pass; ConfigError naming what does not fit."""
         self.get_logger().info(f"loading checkpoint {cfg.checkpoint}")
+        try:
+            threads, why = inference_threads(cfg.threads)
+        except ValueError as e:  # a bad $OMP_NUM_THREADS
+            raise ConfigError(f"parameter threads is 0 (automatic) and {e}") from None
         seg = load_segmenter(cfg.checkpoint, cfg.device, cfg.precision, dataset=cfg.dataset, modality=cfg.modality,
-                             thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range)
+                             thermal_range=cfg.thermal_range, depth_max_range=cfg.depth_max_range, threads=threads)
+        self._threads = f"{threads} CPU thread(s) ({why})"
         for note in seg.meta.notes:  # what was inferred from a published checkpoint
             self.get_logger().info(note)
         for warning in seg.meta.warnings:  # e.g. a dataset parameter our own checkpoint makes unnecessary
@@ -367,7 +363,7 @@ class SigmaSegmentationNode(LifecycleNodeMixin, Node):
         return (
             f"model {self.seg.model_name} from {self.cfg.checkpoint} ({len(self.class_names)} classes, "
             f"{self.modality}) on {self.seg.device} {self.seg.precision}, {self.seg.runtime}, scan backend "
-            f"{self.seg.scan_backend}, {_compute_threads()}, next pair decoded while the model runs; "
+            f"{self.seg.scan_backend}, {self._threads}, next pair decoded while the model runs; "
             f"pairing {self.sync.backend} (queue {self.cfg.sync_queue_size}, slop {self.cfg.sync_slop} s), "
             f"input {self.cfg.input_transport}, QoS {self.cfg.input_qos}; in: {subs[0]}, {subs[1]}{info}; "
             f"out: {self.pub_mask.topic_name.rsplit('/', 1)[0]}/* ({self.cfg.output_qos}, depth "

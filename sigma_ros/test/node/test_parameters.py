@@ -38,6 +38,7 @@ def test_defaults_and_overrides(ckpt):
     assert cfg.sync_slop == 1.0 and cfg.thermal_range == (20.0, 40.0) and cfg.device == "cuda:1"
     assert cfg.modality == "depth" and cfg.palette.tolist() == [[1, 2, 3], [4, 5, 6]]
     assert cfg.dataset is None and parse_node_config({"checkpoint": ckpt, "dataset": "mfnet"}).dataset == "mfnet"
+    assert cfg.threads == 0 and parse_node_config({"checkpoint": ckpt, "threads": 3}).threads == 3
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,10 @@ def test_defaults_and_overrides(ckpt):
         ({"dataset": 3}, "dataset"),
         ({"diagnostics.period_s": 1e12}, r"diagnostics.period_s must be within 0.01..3600"),  # was an rclpy TypeError
         ({"diagnostics.period_s": 1e-9}, r"diagnostics.period_s must be within 0.01..3600"),  # a timer spinning a core
+        ({"threads": -1}, r"threads must be 0 \(automatic\) or within 1..1024"),
+        ({"threads": 100000}, r"threads must be 0 \(automatic\) or within 1..1024"),
+        ({"threads": 2.5}, "threads must be an integer"),
+        ({"threads": "4"}, "threads must be an integer"),
     ],
 )
 def test_invalid_values_name_the_parameter(ckpt, override, match):

@@ -186,7 +186,8 @@ def test_next_pair_is_decoded_while_the_model_runs_and_the_newest_wins(checkpoin
     rclpy.init(context=context, domain_id=DOMAIN_ID)
     node = node_module.SigmaSegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoints["thermal"])), Parameter("device", value="cpu"),
-        Parameter("warmup.size", value=[32, 32]), Parameter("debug.min_inference_ms", value=2000.0)])
+        Parameter("warmup.size", value=[32, 32]), Parameter("debug.min_inference_ms", value=2000.0),
+        Parameter("threads", value=1)])
     rng = np.random.default_rng(0)
 
     def pair():
@@ -201,7 +202,7 @@ def test_next_pair_is_decoded_while_the_model_runs_and_the_newest_wins(checkpoin
         return condition()
 
     try:
-        assert f"{torch.get_num_threads()} torch thread(s)" in node._describe()
+        assert "1 CPU thread(s) (asked for)" in node._describe() and torch.get_num_threads() == 1
         node._on_pair(*pair())  # into the model (2 s)
         assert wait_for(lambda: node._prepared._item is None and node._mailbox._item is None)
         node._on_pair(*pair())
