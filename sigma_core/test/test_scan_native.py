@@ -192,3 +192,12 @@ def test_a_damaged_library_is_rebuilt_by_two_processes_at_once(tmp_path, monkeyp
         assert proc.returncode == 0 and "torch.Size([1, 16, 5])" in stdout, stderr
         assert stderr.count("does not load") == 1 and "building it again" in stderr, stderr
     assert list(tmp_path.iterdir()) == [path] and path.stat().st_size > 2000  # no temporary file left
+
+
+@needs_native
+def test_an_order_outside_the_map_is_refused_not_read():
+    inputs = ordered_inputs(1, 2, 5, 4, 18, seed=11)
+    order = concat_scan_order(9).clone()
+    order[1, 3] = 18  # one past the last position: would read and write outside the tensors
+    with pytest.raises(ValueError, match="must hold positions 0..17"):
+        scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order)

@@ -282,18 +282,21 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
       }
     }
     const int64_t b_base = b * Bs[0] + k * Bs[1], c_base = b * Cs[0] + a.c_group[k] * Cs[1];
-    const int64_t ch_first = k * a.per + first_block * W, u_first = k * a.u_step + first_block * W,
-                  out_first = k * a.out_step + first_block * W;
-    const int span_width = static_cast<int>(std::min<int64_t>(span * W, a.per - first_block * W));
     for (int64_t t0 = 0; t0 < a.length; t0 += CHUNK) {
       const int steps = static_cast<int>(std::min<int64_t>(CHUNK, a.length - t0));
       const int64_t* pos = order + t0;
-      if (t0 + CHUNK < a.length) {  // the next chunk's rows, while this one computes
-        const int64_t* ahead = pos + CHUNK;
-        const int ahead_steps = static_cast<int>(std::min<int64_t>(CHUNK, a.length - t0 - CHUNK));
-        prefetch_rows(a.delta, item, a.delta_stride, b, ch_first, span_width, ahead, ahead_steps);
-        prefetch_rows(a.u, item, a.u_stride, b, u_first, span_width, ahead, ahead_steps);
-        prefetch_rows(a.out, 4, a.out_stride, b, out_first, span_width, ahead, ahead_steps);
+      const int64_t* ahead = pos + CHUNK;
+      const int ahead_steps = static_cast<int>(std::min<int64_t>(CHUNK, std::max<int64_t>(0, a.length - t0 - CHUNK)));
+      // The rows of block i (of this chunk, or of the next one's first block), one block ahead of their use: a
+      // block's work covers the memory latency, and what is fetched (16 channels x 64 steps) stays in the caches.
+      auto prefetch_block = [&](int i, const int64_t* at, int count) {
+        const int64_t c0 = (first_block + i) * W;
+        const int width = static_cast<int>(std::min<int64_t>(W, a.per - c0));
+        prefetch_rows(a.delta, item, a.delta_stride, b, k * a.per + c0, width, at, count);
+        prefetch_rows(a.u, item, a.u_stride, b, k * a.u_step + c0, width, at, count);
+        prefetch_rows(a.out, 4, a.out_stride, b, k * a.out_step + c0, width, at, count);
+      };
+      if (ahead_steps > 0) {  // B and C of the next chunk, while this one computes
         // B[b] and C[b] as (G, N, P) arrays: "batch" the group, "channels" the states
         prefetch_rows(static_cast<const char*>(a.B) + b * Bs[0] * item, item, Bs + 1, k, 0, n, ahead, ahead_steps);
         prefetch_rows(static_cast<const char*>(a.C) + b * Cs[0] * item, item, Cs + 1, a.c_group[k], 0, n, ahead,
@@ -306,6 +309,11 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
           bc[(n + s) * CHUNK + t] = widen<KIND>(a.C, c_base + s * Cs[2] + pos[t] * Cs[3]);
         }
       for (int i = 0; i < span; ++i) {
+        if (i + 1 < span) {
+          prefetch_block(i + 1, pos, steps);
+        } else if (ahead_steps > 0) {
+          prefetch_block(0, ahead, ahead_steps);
+        }
         const int64_t c0 = (first_block + i) * W;
         const int width = static_cast<int>(std::min<int64_t>(W, a.per - c0));
         const V bias = bias_all[i], dskip = dskip_all[i];

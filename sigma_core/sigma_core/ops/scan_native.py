@@ -179,6 +179,8 @@ def _fallback() -> str:
 
 
 def _native_can_run(tensors: tuple[torch.Tensor, ...], D, delta_bias, A) -> bool:
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1 or not dtypes <= set(_KINDS):  # float64 or mixed: numba handles them
         return False
@@ -254,6 +256,9 @@ def selective_scan_ordered_native(
         return selective_scan_ordered(u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c,
                                       backend=_fallback())
     k = order.shape[0]
+    order = order.to(torch.int64).contiguous()
+    if order.shape[1] != u.shape[2] or (order.numel() and not 0 <= int(order.min()) <= int(order.max()) < u.shape[2]):
+        raise ValueError(f"selective_scan_ordered: order {tuple(order.shape)} must hold positions 0..{u.shape[2] - 1} "
+                         "(each row a permutation)")
     c_group = torch.arange(k - 1, -1, -1) if swap_c else torch.arange(k)
-    return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order.to(torch.int64).contiguous(),
-                    c_group, True, True)
+    return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, c_group, True, True)
