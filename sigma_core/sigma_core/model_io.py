@@ -142,14 +142,14 @@ def logits_to_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
 
     Bilinear resize of the logits (half-pixel centres, as torch's align_corners=False) when (h, w) != size.
     """
-    logits = np.asarray(logits, np.float32)
+    logits = np.ascontiguousarray(logits, np.float32)
     height, width = size
     resized = np.empty((logits.shape[0], height, width), np.float32)  # (K, H, W): reduced over K below, in place
-    for k, plane in enumerate(logits):  # a class at a time: OpenCV's vectorised path (not for > 4 channels)
+    for plane, out in zip(logits, resized):  # a class at a time: OpenCV's vectorised path (not for > 4 channels)
         if plane.shape == (height, width):
-            resized[k] = plane
-        else:
-            cv2.resize(plane, (width, height), dst=resized[k], interpolation=cv2.INTER_LINEAR)
+            out[...] = plane
+        elif cv2.resize(plane, (width, height), dst=out, interpolation=cv2.INTER_LINEAR) is not out:
+            raise RuntimeError("OpenCV did not resize into the given array")  # never seen; never a blank mask
     mask = resized.argmax(axis=0).astype(np.uint8)
     top = resized.max(axis=0)
     np.exp(np.subtract(resized, top, out=resized), out=resized)
