@@ -186,14 +186,22 @@ class ModelDescription:
         return self._scaling.modality
 
 
+MAX_THREADS = 1024  # CPU threads: more than this is a typo, not a machine (libgomp aborts the process it cannot start)
+
+
 def threads_from_environment() -> int:
-    """$OMP_NUM_THREADS as a thread count, 0 when unset, empty or 0; ValueError naming a value that is not one."""
+    """$OMP_NUM_THREADS as a thread count, 0 when unset, empty or 0; OpenMP's list form ("4,2": threads per nested
+    level) gives its first, the outermost level's. ValueError naming a value that is not one, or above MAX_THREADS."""
     text = os.environ.get("OMP_NUM_THREADS", "").strip()
     if not text:
         return 0
-    if not text.isdigit():
+    levels = [part.strip() for part in text.split(",")]
+    if not all(level.isascii() and level.isdigit() for level in levels):  # "²".isdigit(), but no int()
         raise ValueError(f"OMP_NUM_THREADS={text!r} is not a thread count: set it to a number (1, 2, ...) or unset it")
-    return int(text)
+    if int(levels[0]) > MAX_THREADS:
+        raise ValueError(f"OMP_NUM_THREADS={text!r} above {MAX_THREADS} threads is a typo: set it to a number "
+                         "(1, 2, ...) or unset it")
+    return int(levels[0])
 
 
 def inference_threads(requested: int = 0) -> tuple[int, str]:
@@ -203,10 +211,12 @@ def inference_threads(requested: int = 0) -> tuple[int, str]:
     Why one fewer: a live node decodes the next pair, runs its ROS executor and DDS beside the model. On our
     2-core machine the node (bundled nano, 640x480 at 15 Hz) gave 12.4 masks/s with one torch thread against
     10.5-10.8 with two, whose spinning OpenMP threads lost more to those threads than they gained.
-    Raises ValueError naming a bad $OMP_NUM_THREADS or a negative ``requested``.
+    Raises ValueError naming a bad $OMP_NUM_THREADS, or a ``requested`` that is no integer 0..MAX_THREADS.
     """
-    if requested < 0:
-        raise ValueError(f"a thread count must be >= 0 (0: automatic), got {requested}")
+    if isinstance(requested, bool) or not isinstance(requested, numbers.Integral) \
+            or not 0 <= requested <= MAX_THREADS:
+        raise ValueError(f"a thread count must be an integer 0..{MAX_THREADS} (0: automatic), got {requested!r}")
+    requested = int(requested)
     if requested:
         return requested, "asked for"
     from_environment = threads_from_environment()

@@ -211,11 +211,37 @@ def test_inference_threads_asked_for_then_the_environment_then_all_cpus_but_one(
     monkeypatch.setenv("OMP_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="OMP_NUM_THREADS='many' is not a thread count"):
         inference_threads(0)
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match=r"must be an integer 0\.\.1024"):
         inference_threads(-2)
 
 
-def test_load_segmenter_sets_torch_threads_only_when_asked(tmp_path):
+@pytest.mark.parametrize("value,want", [
+    ("4,2", 4),  # OpenMP's list form (threads per nested level): the outermost level's count
+    (" 2 ", 2), ("0", 0), ("", 0),
+    ("99999", "above 1024"),  # libgomp would abort the process, unable to start them
+    ("\u00b2", "is not a thread count"),  # str.isdigit() but no int()
+    ("2.5", "is not a thread count"), ("-1", "is not a thread count"), ("4,", "is not a thread count"),
+])
+def test_omp_num_threads_values(monkeypatch, value, want):
+    from sigma_core.model_io import threads_from_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    if isinstance(want, int):
+        assert threads_from_environment() == want
+    else:
+        with pytest.raises(ValueError, match=f"OMP_NUM_THREADS={value!r} {want}"):
+            threads_from_environment()
+
+
+@pytest.mark.parametrize("requested", [True, 2.0, 1025])
+def test_a_thread_count_that_is_no_count_is_refused(requested):
+    from sigma_core.model_io import inference_threads
+
+    with pytest.raises(ValueError, match=r"a thread count must be an integer 0\.\.1024 \(0: automatic\)"):
+        inference_threads(requested)
+
+
+def test_load_segmenter_sets_torch_threads_only_when_asked(tmp_path, monkeypatch):
     from sigma_core.segmentation_step import load_segmenter
 
     path = _checkpoint(tmp_path)
@@ -226,5 +252,10 @@ def test_load_segmenter_sets_torch_threads_only_when_asked(tmp_path):
         assert torch.get_num_threads() == 1
         load_segmenter(path, threads=2)
         assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        load_segmenter(path, threads=0)  # automatic, as the node's parameter: here $OMP_NUM_THREADS
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="a thread count must be an integer"):  # not "cannot run checkpoint"
+            load_segmenter(path, threads=-1)
     finally:
         torch.set_num_threads(before)

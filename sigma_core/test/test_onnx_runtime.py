@@ -384,3 +384,5 @@ def test_load_segmenter_gives_the_session_the_threads_asked_for(tmp_path, monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert load_segmenter(path, threads=3).session.get_session_options().intra_op_num_threads == 3
     assert load_segmenter(path).session.get_session_options().intra_op_num_threads == 2
+    # 0: automatic, as for torch and the node (never ONNX Runtime's own default of every core)
+    assert load_segmenter(path, threads=0).session.get_session_options().intra_op_num_threads == 2

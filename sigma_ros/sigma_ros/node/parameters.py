@@ -26,6 +26,7 @@ import numpy as np
 from sigma_core.data.calibration import REGISTRATION_MODES
 from sigma_core.data.image_encoding import DEFAULT_MAX_PIXELS
 from sigma_core.data.registration import DEFAULT_DISTANCE_M
+from sigma_core.model_io import MAX_THREADS
 
 from ..errors import ConfigError  # also importable from here, as before
 
@@ -36,7 +37,6 @@ OUTPUT_QOS_NAMES = ("reliable", "best_effort")
 TRANSPORTS = ("raw", "compressed")
 TIMER_PERIOD_S = (0.01, 3600.0)  # seconds: the accepted range of a timer period parameter
 MAX_IMAGE_SIDE = 8192  # pixels: a warm-up or model input larger than this is a typo, not a camera
-MAX_THREADS = 1024  # CPU threads: more than this is a typo, not a machine
 MAX_QUEUE = 10_000  # messages: a history or pairing queue longer than this is a typo (and gigabytes of images)
 # Parameters that ROS declares on every rclpy node, and those the ROS libraries we use declare on ours
 # (diagnostic_updater's Updater), besides our own; plus the qos_overrides.* family. Typos of these are refused too.
