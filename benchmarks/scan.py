@@ -8,7 +8,7 @@ Usage (one thread, as in CI)::
     python benchmarks/scan.py --model              # also: nano forward at 480x640 with each backend
     python benchmarks/scan.py --directions         # also: SS2D's 4 directions read by index vs cross_scan copies
     python benchmarks/scan.py --compile            # also: numba's cold compile and cached load, new processes
-    python benchmarks/scan.py --floor              # stage 1 only: plain loop, backends, the arithmetic floor
+    python benchmarks/scan.py --floor              # stage 1 only: plain loop, backends (native vs numba), the floor
 
 Times are the min and the median of the rounds; the implementations are interleaved within each round,
 so that a change in machine load affects all of them alike. Ratios are against baselines of the same run.
@@ -164,14 +164,34 @@ def floor_seconds(dim: int, length: int, n_state: int, lane_rate: float) -> floa
     return dim * length * n_state * LANE_OPS_PER_UPDATE / lane_rate
 
 
+def map_scan_fn(name: str, height: int = 120, width: int = 160) -> Callable[..., torch.Tensor]:
+    """The same scan as the model runs it: the K=4 cross-scan directions of one channels-last (D/4, H, W) map, read
+    by index and summed in place (selective_scan_ordered); the (1, D, L) inputs give u's first D/4 channels."""
+    from sigma_core.ops.cross_scan import cross_scan_order
+    from sigma_core.ops.selective_scan import selective_scan_ordered
+
+    order = cross_scan_order(height, width)
+    maps: dict[int, torch.Tensor] = {}  # made once per input, outside the timed calls
+
+    def run(u, delta, A, B, C, D, delta_bias):
+        if id(u) not in maps:  # channels-last, as a conv gives
+            maps[id(u)] = u[:, :u.shape[1] // GROUPS].transpose(1, 2).contiguous().transpose(1, 2)
+        u_map = maps[id(u)]
+        return selective_scan_ordered(u_map, delta, A, B, C, D, delta_bias, True, order, backend=name)
+
+    return run
+
+
 def floor_table(rounds: int) -> None:
-    """The Sigma-T stage-1 scan (D=768, L=19200, N, G): plain loop, each backend, and the arithmetic floor."""
+    """The Sigma-T stage-1 scan (D=768, L=19200, N, G): plain loop, each backend, and the arithmetic floor; then
+    the fast backends on the layout the model runs (4 directions of a channels-last map, "(map)")."""
     _stage, dim, length = STAGES[0]
     lane_rate = fma_lane_rate()
     floor = floor_seconds(dim, length, N_STATE, lane_rate)
     backends = [b for b in available_backends("cpu") if b != "reference"]
     inputs = make_inputs(dim, length)
     impls: dict[str, Callable] = {"plain loop": plain_loop, **{name: backend_fn(name) for name in backends}}
+    impls.update({f"{name} (map)": map_scan_fn(name) for name in ("native", "numba") if name in backends})
     for name in backends:
         impls[name](**{k: (v[..., :64] if v.dim() >= 3 else v) for k, v in inputs.items()})  # warm-up
     wall: dict[str, list[float]] = {name: [] for name in impls}
@@ -188,12 +208,15 @@ def floor_table(rounds: int) -> None:
     print(f"floor: {dim * length * N_STATE / 1e6:.0f} M state updates x {LANE_OPS_PER_UPDATE} lane operations at "
           f"{lane_rate / 1e9:.1f} G float32 FMA lanes/s (one core, measured now) = {floor:.3f} s")
     print(f"{'implementation':<12} {'wall min':>9} {'median':>7} {'process CPU min':>15}  {'vs plain':>9} "
-          f"{'x floor':>8}")
+          f"{'x floor':>8} {'vs numba':>9}")
     plain = min(cpu["plain loop"])
     for name in impls:
         best_cpu = min(cpu[name])
+        numba_name = "numba (map)" if name.endswith("(map)") else "numba"
+        numba = min(cpu[numba_name]) if numba_name in cpu else None
+        versus_numba = f"{numba / best_cpu:8.2f}x" if numba else f"{'-':>9}"
         print(f"{name:<12} {min(wall[name]):9.3f} {statistics.median(wall[name]):7.3f} {best_cpu:15.3f}  "
-              f"{plain / best_cpu:8.1f}x {best_cpu / floor:7.2f}x")
+              f"{plain / best_cpu:8.1f}x {best_cpu / floor:7.2f}x {versus_numba}")
     print("(ratios use process CPU time, which a loaded machine inflates less than wall time)")
 
 

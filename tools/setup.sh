@@ -50,6 +50,15 @@ fi
 # compat mode puts the source folders on sys.path, so the repo-root folders of the same
 # names cannot shadow the packages as namespace packages.
 "${pip[@]}" --no-deps --config-settings editable_mode=compat -e sigma_core -e sigma_ros
+# The native scan kernel is compiled now (a few seconds, into the user's cache), not at the first frame; without a
+# C++ compiler this says why, and the numba scan is used.
+"$venv/bin/python" -c "
+from sigma_core.ops.selective_scan import BackendUnavailable
+try:
+    from sigma_core.ops import scan_native
+    print('[setup] native scan kernel ready in', scan_native.cache_dir())
+except BackendUnavailable as err:
+    print('[setup]', err)"
 touch "$venv/COLCON_IGNORE"  # a colcon workspace around this repo must not build the wheels in here
 echo "$stamp_value" >"$stamp"
 echo "[setup] done"

@@ -86,7 +86,7 @@ if $jazzy; then
      sigma_ros/test/node/test_image_conversion.py sigma_ros/test/node/test_point_cloud.py \
      sigma_ros/test/node/test_segmentation_node_lifecycle.py sigma_ros/test/node/test_segmentation_node_transport.py \
      sigma_ros/test/replay/test_replay_eval.py sigma_core/test/test_extraction.py sigma_core/test/test_inference.py \
-     sigma_core/test/test_image_encoding.py)
+     sigma_core/test/test_image_encoding.py sigma_core/test/test_mask_numba.py)
   jazzy_rc=$?
   set -e
   echo "[test] Jazzy run: $((SECONDS - started)) s"

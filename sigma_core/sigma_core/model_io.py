@@ -142,14 +142,19 @@ def logits_to_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
 
     Bilinear resize of the logits (half-pixel centres, as torch's align_corners=False) when (h, w) != size.
     """
-    if tuple(logits.shape[1:]) != tuple(size):
-        resized = cv2.resize(np.ascontiguousarray(logits.transpose(1, 2, 0)), (size[1], size[0]),
-                             interpolation=cv2.INTER_LINEAR)
-        logits = resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
-    top = logits.max(axis=0)
-    exp = np.exp(logits - top)
-    confidence = (1.0 / exp.sum(axis=0)).astype(np.float32)  # softmax of the arg max: exp(0) / sum
-    return logits.argmax(axis=0).astype(np.uint8), confidence
+    logits = np.ascontiguousarray(logits, np.float32)
+    height, width = size
+    resized = np.empty((logits.shape[0], height, width), np.float32)  # (K, H, W): reduced over K below, in place
+    for plane, out in zip(logits, resized):  # a class at a time: OpenCV's vectorised path (not for > 4 channels)
+        if plane.shape == (height, width):
+            out[...] = plane
+        elif cv2.resize(plane, (width, height), dst=out, interpolation=cv2.INTER_LINEAR) is not out:
+            raise RuntimeError("OpenCV did not resize into the given array")  # never seen; never a blank mask
+    mask = resized.argmax(axis=0).astype(np.uint8)
+    top = resized.max(axis=0)
+    np.exp(np.subtract(resized, top, out=resized), out=resized)
+    confidence = np.float32(1.0) / resized.sum(axis=0)  # softmax of the arg max: exp(0) / sum
+    return mask, confidence
 
 
 class ModelDescription:

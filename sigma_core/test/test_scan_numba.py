@@ -6,6 +6,7 @@ cache directory, so later runs load it in a fraction of a second.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -305,9 +306,16 @@ def test_a_damaged_kernel_cache_is_recompiled_with_one_warning(tmp_path):
     def run():
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
-    assert run().returncode == 0  # fills the cache
+    # The cache as a first process leaves it: this process runs the same scan (compiled, or loaded from the session's
+    # cache) and its kernel folder is copied, sparing a cold compile (~15-25 s); the damage below forces two.
+    u = torch.randn(1, 16, 5)
+    scan_numba.selective_scan_numba(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5), torch.ones(1, 1, 4, 5))
+    kernels = Path(scan_numba._forward_job._cache._cache_path)
+    shutil.copytree(kernels, tmp_path / "numba" / kernels.name)
     for pattern, damage in (("*.nbi", lambda data: data[:20]), ("*.nbc", lambda data: b"garbage" * 10)):
-        for path in (tmp_path / "numba").rglob(pattern):  # a truncated index, then garbage kernels
+        damaged = list((tmp_path / "numba").rglob(pattern))
+        assert damaged, f"no {pattern} in the kernel cache {kernels}"
+        for path in damaged:  # a truncated index, then garbage kernels
             path.write_bytes(damage(path.read_bytes()))
         out = run()
         assert out.returncode == 0 and "torch.Size([1, 16, 5])" in out.stdout, out.stderr

@@ -180,10 +180,16 @@ def test_cpu_without_grad_keeps_no_graph():
     torch.testing.assert_close(y, run(selective_scan_reference, inputs, False), rtol=1e-10, atol=1e-10)
 
 
-def test_auto_picks_numba_backend_for_cpu_tensors_and_falls_back_to_cpu(monkeypatch):
+def test_auto_picks_native_then_numba_backend_for_cpu_tensors_and_falls_back_to_cpu(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    expected = "native" if "native" in registry.available_backends("cpu") else "numba"
+    assert resolve_backend("auto", "cpu") == expected
+    # Where the native kernel does not build (no compiler), "auto" takes numba (see test_scan_native for the real
+    # missing-compiler case)...
+    monkeypatch.setitem(registry._unavailable, "native", "scan backend 'native' does not build")
+    monkeypatch.delitem(registry._loaded, "native", raising=False)
     assert resolve_backend("auto", "cpu") == "numba"
-    # Where numba does not import, "auto" takes the chunked eager kernel.
+    # ... and where numba does not import either, the chunked eager kernel.
     monkeypatch.setitem(registry._unavailable, "numba", "scan backend 'numba' cannot be imported: no numba")
     monkeypatch.delitem(registry._loaded, "numba")
     assert resolve_backend("auto", "cpu") == "cpu"

@@ -8,10 +8,13 @@ from reference_data import reference_file
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models.sigma import Sigma
+from sigma_core.ops.selective_scan import available_backends
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "numba"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "numba", "native"])
 def test_parity_with_published_code(backend):
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"scan backend {backend!r} is not available here")
     fixture = torch.load(reference_file("parity_small.pt"), map_location="cpu", weights_only=True)
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9, scan_backend=backend)).eval()
     report = load_weights(model, fixture["state_dict"])

@@ -94,6 +94,8 @@ _prefer_512_bit_vectors()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .selective_scan import scan_output_like  # noqa: E402
+
 try:
     import numba  # noqa: E402
     from llvmlite import ir  # noqa: E402
@@ -695,16 +697,24 @@ def _launch(serial, threaded, *args) -> None:
     kernel per dtype instead of one per combination of layouts (each compile takes 5-30 s; the threaded
     kernels cost several times more, so they are compiled only where torch runs several threads).
     """
-    sig = tuple(t.copy(layout="A") if isinstance(t, types.Array) else t for t in map(numba.typeof, args))
-    sig = sig[:-1] + (types.literal(args[-1]),)  # the block width: a compile-time constant
     threads = scan_threads()
+    kernel = serial if threads == 1 else threaded
+    # numba's own typing of the ~20 arguments costs ~0.4 ms a launch in Python (16 launches a frame of the
+    # bundled model: 5 % of its forward); what decides the signature is cheap to read off the arrays.
+    key = (kernel, args[-1], *((a.dtype, a.ndim, a.flags.writeable, a.flags.aligned) if isinstance(a, np.ndarray)
+                               else type(a) for a in args[:-1]))
     with _launch_lock:
-        if threads == 1:
-            _compiled(serial, sig)(*args)  # loads from memory or the disk cache after the first time
-            return
-        if numba.get_num_threads() != threads:
+        compiled = _launched.get(key)
+        if compiled is None:
+            sig = tuple(t.copy(layout="A") if isinstance(t, types.Array) else t for t in map(numba.typeof, args))
+            sig = sig[:-1] + (types.literal(args[-1]),)  # the block width: a compile-time constant
+            compiled = _launched[key] = _compiled(kernel, sig)  # from memory or the disk cache after the first time
+        if threads > 1 and numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
-        _compiled(threaded, sig)(*args)
+        compiled(*args)
+
+
+_launched: dict = {}  # _launch's compiled kernels by what decides their signature
 
 
 # What numba raises while it reads a damaged cache entry (a truncated .nbi index, a garbage .nbc): its cache is
@@ -747,7 +757,7 @@ class _NumbaScan(torch.autograd.Function):
         A_s, D_s, bias_s = (t.detach().to(state).contiguous() for t in (A, Dskip, bias))
         batch, sets, per = u.shape[0], layout.c_group.shape[0], A.shape[0] // layout.c_group.shape[0]
         length, positions = layout.order.shape[1], u.shape[2]
-        out = _output_like(u, (batch, per if layout.merged else sets * per, positions), state)
+        out = scan_output_like(u, (batch, per if layout.merged else sets * per, positions), state)
         independent_sets = sets if not (layout.u_shared or layout.merged) else 1  # see _job_sets
         block = block_width(per, batch * independent_sets, scan_threads())
         blocks, chunks = -(-per // block), -(-length // CHUNK)
@@ -785,15 +795,6 @@ class _NumbaScan(torch.autograd.Function):
         grads = (du, ddelta, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0), dbias.sum(0))
         grads = [g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
         return (*grads, None, None)
-
-
-def _output_like(u: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
-    """An empty (batch, channels, positions) output in u's memory order: channels innermost when u is a
-    channels-last map (channel stride 1, as a conv's output and ``map.flatten(2)`` give), so that the caller's
-    ``y.transpose(1, 2)`` back to (batch, positions, channels) is a view, not a copy."""
-    if u.shape[2] > 1 and u.stride(1) == 1 and u.stride(2) != 1:
-        return torch.empty(shape[0], shape[2], shape[1], dtype=dtype).transpose(1, 2)
-    return torch.empty(shape, dtype=dtype)
 
 
 def _plain_layout(length: int, groups: int) -> _Layout:

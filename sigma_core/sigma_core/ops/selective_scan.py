@@ -80,6 +80,12 @@ register_backend(ScanBackend("cpu", ("cpu",), 10, ".scan_cpu", "selective_scan_c
 register_backend(
     ScanBackend("numba", ("cpu",), 15, ".scan_numba", "selective_scan_numba", "selective_scan_ordered_numba")
 )
+# The native forward (scan_native.cpp, built with the system's C++ compiler on first use), faster than numba's;
+# gradients and float64 go to the next backend in line. Without a compiler it is unavailable and "auto" takes
+# "numba".
+register_backend(
+    ScanBackend("native", ("cpu",), 17, ".scan_native", "selective_scan_native", "selective_scan_ordered_native")
+)
 # CUDA: mamba-ssm's compiled kernel ranks first when it imports - it is the published speed
 # yardstick, and the Triton kernel's speed against it is not yet measured (benchmarks/gpu.py);
 # without mamba-ssm, "auto" falls through to Triton, which needs nothing compiled.
@@ -180,6 +186,15 @@ def selective_scan(
 def scan_output_dtype(input_dtype: torch.dtype) -> torch.dtype:
     """The dtype every backend returns y in for u of ``input_dtype``: float64 for float64, else float32."""
     return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def scan_output_like(u: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty (batch, channels, positions) output in u's memory order, for the CPU kernels: channels innermost
+    when u is a channels-last map (channel stride 1, as a conv's output and ``map.flatten(2)`` give), so that the
+    caller's ``y.transpose(1, 2)`` back to (batch, positions, channels) is a view, not a copy."""
+    if u.shape[2] > 1 and u.stride(1) == 1 and u.stride(2) != 1:
+        return torch.empty(shape[0], shape[2], shape[1], dtype=dtype).transpose(1, 2)
+    return torch.empty(shape, dtype=dtype)
 
 
 def selective_scan_ordered(

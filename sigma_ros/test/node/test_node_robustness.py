@@ -331,26 +331,35 @@ def test_stop_while_importing_is_a_quiet_exit_0(tmp_path, checkpoints):
 def test_stop_during_inference_and_a_double_stop_are_quiet(tmp_path_factory, checkpoints, harness):
     """Fault 5: a stop during inference logged "frame failed ... context is invalid"; a second SIGINT a
     KeyboardInterrupt traceback."""
-    for ns, signals in [("/p", [signal.SIGINT]), ("/q", [signal.SIGINT, signal.SIGINT])]:
-        node = start_node(tmp_path_factory, ns, {"checkpoint": checkpoints["thermal"],
-                                                 "debug.min_inference_ms": 2500.0}, DOMAIN_ID)
-        try:
-            harness.subscribe(Image, f"{ns}/segmentation/mask")
-            streams = Streams(harness, ns)
-            serve_one(harness, streams, ns, timeout=30)
-            harness.wait_for(lambda: False, 3.0)  # the discovery pairs queued behind the first are done
-            publish_pair(streams, time.time_ns())
-            harness.wait_for(lambda: False, 0.5)  # now a forward pass of >= 2.5 s is in flight
+    # The two nodes (/p: one SIGINT, /q: two) run side by side, sharing their start-up and waits.
+    cases = [("/q", [signal.SIGINT, signal.SIGINT]), ("/p", [signal.SIGINT])]
+    params = {"checkpoint": checkpoints["thermal"], "debug.min_inference_ms": 2500.0}
+    nodes = [NodeProcess(tmp_path_factory.mktemp("logs"), ns, params, DOMAIN_ID) for ns, _ in cases]
+    try:
+        streams = {}
+        for node in nodes:
+            node.wait_ready()
+            harness.subscribe(Image, f"{node.ns}/segmentation/mask")
+            streams[node.ns] = Streams(harness, node.ns)
+        for node in nodes:
+            serve_one(harness, streams[node.ns], node.ns, timeout=30)
+        harness.wait_for(lambda: False, 3.0)  # the discovery pairs queued behind the first are done
+        for node in nodes:
+            publish_pair(streams[node.ns], time.time_ns())
+        harness.wait_for(lambda: False, 0.5)  # now a forward pass of >= 2.5 s is in flight in each
+        for node, (_, signals) in zip(nodes, cases):
             for sig in signals:
                 node.proc.send_signal(sig)
                 time.sleep(0.2)
+        for node, (ns, signals) in zip(nodes, cases):  # /q first: its wait starts right after its signals
             code, seconds = node.wait_exit(20)
             _assert_quiet_exit(node, code, seconds, 20)
             if len(signals) == 2:
                 assert code == 128 + signal.SIGINT and seconds < 2.0, "the second SIGINT does not wait for the frame"
             else:
-                assert code == 0
-        finally:
+                assert code == 0, ns
+    finally:
+        for node in nodes:
             node.kill()
 
 

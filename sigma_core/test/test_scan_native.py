@@ -1,0 +1,203 @@
+"""The native (C++) scan forward: against the float64 reference and the numba kernel over numba's own test cases,
+and how it is built, cached, rebuilt and replaced by numba where it cannot be built."""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from sigma_core.ops.cross_scan import concat_scan_order, cross_scan_order
+from sigma_core.ops.selective_scan import selective_scan, selective_scan_reference
+
+registry = importlib.import_module("sigma_core.ops.selective_scan")
+
+scan_numba = pytest.importorskip("sigma_core.ops.scan_numba")
+try:
+    from sigma_core.ops import scan_native
+except registry.BackendUnavailable as err:  # no C++ compiler here: the fallback test below still runs
+    scan_native, NATIVE_MISSING = None, str(err)
+
+from test_scan_numba import SHAPES, assert_relative, ordered_inputs  # noqa: E402
+from test_selective_scan import ARGS, make_inputs, run  # noqa: E402
+
+needs_native = pytest.mark.skipif(scan_native is None, reason="the native scan does not build here")
+
+
+def native(inputs, softplus):
+    with torch.no_grad():
+        return run(scan_native.selective_scan_native, inputs, softplus)
+
+
+def numba(inputs, softplus):
+    with torch.no_grad():
+        return run(scan_numba.selective_scan_numba, inputs, softplus)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}g{}c{}n{}l{}".format(*s))
+@pytest.mark.parametrize("skip,bias,softplus", [(True, True, True), (False, False, False)])
+def test_forward_matches_float64_reference_and_numba(shape, skip, bias, softplus):
+    inputs = make_inputs(*shape, seed=sum(shape), skip=skip, bias=bias)
+    if not softplus:  # positive steps, as softplus would give: a negative one grows the state without bound
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    want = run(selective_scan_reference, inputs, softplus)
+    inputs32 = {k: v.float() if v is not None else None for k, v in inputs.items()}
+    got = native(inputs32, softplus)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert_relative(got, want, 1e-5, "y vs float64")
+    assert_relative(got, numba(inputs32, softplus).double(), 1e-5, "y vs numba")
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_are_read_directly_and_give_float32(dtype):
+    inputs = {k: v.to(dtype) for k, v in make_inputs(2, 2, 20, 16, 70, seed=6).items()}
+    inputs["u"][0, 3, 5] = 3e-6  # a float16 subnormal (bfloat16: a normal number), read exactly
+    want = run(selective_scan_reference, {k: v.double() for k, v in inputs.items()}, True)
+    got = native(inputs, True)
+    assert got.dtype == torch.float32
+    assert_relative(got, want, 1e-5, "y")
+    torch.testing.assert_close(got, numba(inputs, True), rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@needs_native
+def test_strided_and_channels_last_inputs_match_contiguous_ones():
+    inputs = make_inputs(2, 4, 40, 16, 50, seed=8, dtype=torch.float32)
+    # The layouts the model produces: B and C as slices of one projection, u and delta channels-last views.
+    proj = torch.cat([inputs["B"], inputs["C"]], dim=2)
+    strided = dict(inputs, B=proj[:, :, :16], C=proj[:, :, 16:],
+                   u=inputs["u"].transpose(1, 2).contiguous().transpose(1, 2),
+                   delta=torch.stack([inputs["delta"]] * 2, dim=-1)[..., 0])
+    assert not any(strided[k].is_contiguous() for k in ("u", "delta", "B", "C"))
+    y_c, y_s = native(inputs, True), native(strided, True)
+    assert y_s.stride(1) == 1 and y_c.is_contiguous()  # output laid out like u
+    torch.testing.assert_close(y_s, y_c, rtol=0, atol=0)
+
+
+@needs_native
+def test_extreme_decay_and_steps_stay_finite_and_exact():
+    inputs = make_inputs(1, 1, 20, 4, 200, seed=9)
+    inputs["delta"] = inputs["delta"].abs() * 20 + 5  # exp(delta * A) far below float32's range
+    inputs["delta"][..., 50] = 1e30  # delta * A = -inf in float32: the state is forgotten (0), never NaN
+    inputs["u"][..., 7] = 1e4
+    inputs32 = {k: v.float() for k, v in inputs.items()}
+    got = native(inputs32, True)
+    assert torch.isfinite(got).all()
+    assert_relative(got, run(selective_scan_reference, inputs, True), 1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("height,width,channels", [(3, 5, 6), (4, 4, 40), (1, 7, 17), (9, 13, 32)])
+def test_cross_scan_by_index_matches_numba_for_both_map_layouts(height, width, channels):
+    inputs = ordered_inputs(2, 4, channels, 16, height * width, seed=height * width)
+    order = cross_scan_order(height, width)
+    with torch.no_grad():
+        want = scan_numba.selective_scan_ordered_numba(*(inputs[k] for k in ARGS), True, order)
+        got = scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order)
+        channels_last = inputs["u"].transpose(1, 2).contiguous().transpose(1, 2)
+        got_last = scan_native.selective_scan_ordered_native(channels_last, *(inputs[k] for k in ARGS[1:]), True,
+                                                             order)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert_relative(got, want.double(), 1e-5, "y")
+    assert got_last.stride(1) == 1
+    torch.testing.assert_close(got_last, got, rtol=0, atol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("swap_c", [False, True])
+def test_two_way_order_with_swapped_c_matches_numba(swap_c):
+    inputs = ordered_inputs(1, 2, 5, 4, 18, seed=11)
+    order = concat_scan_order(9)
+    with torch.no_grad():
+        want = scan_numba.selective_scan_ordered_numba(*(inputs[k] for k in ARGS), True, order, swap_c=swap_c)
+        got = scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order, swap_c=swap_c)
+    assert_relative(got, want.double(), 1e-5, "y")
+
+
+@needs_native
+@pytest.mark.parametrize("batch, groups, per_group", [(3, 2, 20), (1, 3, 80), (1, 3, 100)])
+def test_two_threads_and_several_python_threads_give_the_same_result(batch, groups, per_group):
+    inputs = make_inputs(batch, groups, per_group, 4, 70, seed=12, dtype=torch.float32)
+    one = native(inputs, True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = native(inputs, True)
+        results = [None] * 3
+
+        def call(i):
+            results[i] = native(inputs, True)
+
+        workers = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    for r in results:
+        torch.testing.assert_close(r, one, rtol=0, atol=0)
+
+
+@needs_native
+def test_gradients_and_float64_run_on_numba_and_auto_names_native(monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    assert registry.resolve_backend("auto", "cpu") == "native"
+    inputs = make_inputs(1, 2, 20, 4, 70, seed=3, dtype=torch.float32)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y = selective_scan(*(leaves[k] for k in ARGS), delta_softplus=True, backend="native")
+    y.square().sum().backward()  # numba's forward and backward, so that they match
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in leaves.values())
+    torch.testing.assert_close(y.detach(), run(scan_numba.selective_scan_numba, inputs, True), rtol=0, atol=0)
+    y64 = selective_scan(*(inputs[k].double() for k in ARGS), delta_softplus=True, backend="native")
+    assert y64.dtype == torch.float64
+
+
+def test_without_a_compiler_auto_takes_numba_and_says_why_in_one_line(tmp_path):
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "from sigma_core.ops.selective_scan import resolve_backend\n"
+            "print('chosen', resolve_backend('auto', 'cpu'))")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"),
+               OMP_NUM_THREADS="1")
+    env.pop(registry.ENV_VAR, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "chosen numba" in out.stdout
+    lines = [line for line in out.stderr.splitlines() if "'native'" in line]
+    assert len(lines) == 1 and "no-such-c++" in lines[0] and "does not run" in lines[0], out.stderr
+    assert "uses backend 'numba'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "native").exists() or not list((tmp_path / "native").iterdir())
+
+
+@needs_native
+def test_a_damaged_library_is_rebuilt_by_two_processes_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path))
+    path = scan_native._library_path(scan_native.compiler(), scan_native.FLAGS + scan_native.HOST_FLAGS)
+    path.write_bytes(b"not a shared library" * 100)  # damaged: a full disk, a copy cut short
+    code = ("import torch; from sigma_core.ops.scan_native import selective_scan_native as scan\n"
+            "u = torch.randn(1, 16, 5); print(scan(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5),"
+            " torch.ones(1, 1, 4, 5)).shape)")
+    env = dict(os.environ, SIGMA_NATIVE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    # Both find the damaged file and rebuild it at the same time: each must load a whole library.
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "torch.Size([1, 16, 5])" in stdout, stderr
+        assert stderr.count("does not load") == 1 and "building it again" in stderr, stderr
+    assert list(tmp_path.iterdir()) == [path] and path.stat().st_size > 2000  # no temporary file left
+
+
+@needs_native
+def test_an_order_outside_the_map_is_refused_not_read():
+    inputs = ordered_inputs(1, 2, 5, 4, 18, seed=11)
+    order = concat_scan_order(9).clone()
+    order[1, 3] = 18  # one past the last position: would read and write outside the tensors
+    with pytest.raises(ValueError, match="must hold positions 0..17"):
+        scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order)
