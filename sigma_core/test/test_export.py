@@ -26,12 +26,13 @@ from sigma_core.ops.selective_scan import selective_scan_reference
 ort = pytest.importorskip("onnxruntime")
 
 
-def run_recurrence(u, delta, A, B, C, D, delta_bias, softplus=True) -> np.ndarray:
+def run_recurrence(u, delta, A, B, C, D, delta_bias, softplus=True, steps=scan_onnx.STEPS) -> np.ndarray:
     """scan_onnx.recurrence_nodes alone as an ONNX model, run by ONNX Runtime (one thread)."""
     names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}{i}" for i in range(rank)])
               for n, rank in zip(names, (3, 3, 2, 4, 4, 1, 1))]
-    graph = helper.make_graph(scan_onnx.recurrence_nodes("s_", *names, "y", softplus=softplus), "scan", inputs,
+    nodes = scan_onnx.recurrence_nodes("s_", *names, "y", softplus=softplus, steps=steps)
+    graph = helper.make_graph(nodes, "scan", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "d", "l"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
@@ -52,11 +53,11 @@ def scan_inputs(batch, dim, length, n, groups, seed=0, delta_scale=1.0, a_scale=
     return u, delta, A, B, C, D, delta_bias
 
 
-def check_against_reference(inputs, softplus: bool) -> None:
+def check_against_reference(inputs, softplus: bool, steps: int = scan_onnx.STEPS) -> None:
     """The ONNX nodes and the eager torch op equal the float64 reference within 1e-4 relative, and are finite."""
     expected = selective_scan_reference(*(t.double() for t in inputs), delta_softplus=softplus).numpy()
     scale = np.abs(expected).max()
-    got = run_recurrence(*inputs, softplus=softplus)
+    got = run_recurrence(*inputs, softplus=softplus, steps=steps)
     assert np.isfinite(got).all()
     assert np.abs(got - expected).max() / scale < 1e-4
     eager = scan_onnx.scan_recurrence(*inputs, softplus).numpy()
@@ -80,8 +81,9 @@ def test_onnx_scan_without_softplus():
 
 def test_onnx_scan_extreme_decay_stays_finite():
     """delta up to ~1e4 before softplus (exp of it overflows float32) and delta * A down to -1e8 (a state
-    forgotten at once): no overflow, no NaN, still the reference."""
-    check_against_reference(scan_inputs(1, 8, 70, 4, 2, delta_scale=1e3, a_scale=1e4), softplus=True)
+    forgotten at once): no overflow, no NaN, still the reference; in Scan iterations of 4 and 8 steps (steps_for)."""
+    for steps in (4, 8):
+        check_against_reference(scan_inputs(1, 8, 70, 4, 2, delta_scale=1e3, a_scale=1e4), softplus=True, steps=steps)
 
 
 def map_scan_inputs(height, width, batch, dim, n, directions, seed=0):

@@ -27,9 +27,14 @@ throughout, within 1e-4 of the float64 reference (tests). Measured on Sigma-T's 
 chunks of 8 steps keep an iteration's tensors in the core's cache and ran 2.2x faster than 64-step chunks
 computed as 8 blocks of 8 steps combined by decay products (the previous formulation); 4, 16 or 32 steps
 and 2 to 8 blocks were slower. The layout puts D/G innermost so that every broadcast repeats a contiguous
-run (N innermost made ONNX Runtime 3x slower). The delta bias, softplus and D skip run inside the Scan too,
-on the cached chunk (each is one pass over the whole map outside). The eager torch op below computes the
-same recurrence step by step in chunks of CHUNK.
+run (N innermost made ONNX Runtime 3x slower). Not done: the stable within-chunk matrix form (pairwise
+decays exp(L_t - L_s), s <= t, L the cumulative sum of delta * A, then batched products): A is per channel
+and state (Mamba-1, not Mamba-2's scalar per head), so the pairwise decays are T x T/2 x N x D per chunk, and
+one ONNX Runtime Exp over them for Sigma-T's stage-1 scan (4 x 16 x 192 state, 19200 steps) alone takes 0.52 s
+(T = 8) or 0.71 s (T = 16), one Mul as much, against 0.07 s for the current form's Exp over the same chunks
+(same run, load 3.4): several such passes exceed the whole current scan (0.76 s). The delta bias, softplus
+and D skip run inside the Scan too, on the cached chunk (each is one pass over the whole map outside). The
+eager torch op below computes the same recurrence step by step in chunks of CHUNK.
 """
 from __future__ import annotations
 
