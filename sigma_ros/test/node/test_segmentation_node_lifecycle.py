@@ -159,11 +159,13 @@ def test_configure_failure_returns_failure_with_the_reason(tmp_path_factory, tmp
 
 def test_cleanup_frees_the_model_and_configure_loads_it_again(checkpoints):
     """In process: after cleanup nothing holds the network any more (on a GPU, empty_cache then returns its memory)."""
+    import torch
     from rclpy.parameter import Parameter
 
     from sigma_ros.node.segmentation_node import SigmaSegmentationNode
 
     ckpt = checkpoints["thermal"]
+    threads_before = torch.get_num_threads()
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN_ID)
     node = SigmaSegmentationNode(context=context, parameter_overrides=[
@@ -180,8 +182,14 @@ def test_cleanup_frees_the_model_and_configure_loads_it_again(checkpoints):
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         gc.collect()
         assert network() is None and node.seg is None and node.cfg is None
+        # threads: changeable while unconfigured, read by configure (torch's thread count is process-wide)
+        assert node.set_parameters([Parameter("threads", value=2)])[0].successful
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.seg is not None
+        assert "2 CPU thread(s) (asked for)" in node._describe() and torch.get_num_threads() == 2
+        refused = node.set_parameters([Parameter("threads", value=1)])[0]
+        assert not refused.successful and torch.get_num_threads() == 2, "a configured node keeps its threads"
         assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS and node.seg is None
     finally:
+        torch.set_num_threads(threads_before)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
