@@ -152,7 +152,8 @@ def logits_to_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarra
             raise RuntimeError("OpenCV did not resize into the given array")  # never seen; never a blank mask
     mask = resized.argmax(axis=0).astype(np.uint8)
     top = resized.max(axis=0)
-    np.exp(np.subtract(resized, top, out=resized), out=resized)
+    with np.errstate(over="ignore"):  # l - max below -3.4e38 is -inf, exactly right (exp: 0); no RuntimeWarning
+        np.exp(np.subtract(resized, top, out=resized), out=resized)
     confidence = np.float32(1.0) / resized.sum(axis=0)  # softmax of the arg max: exp(0) / sum
     return mask, confidence
 

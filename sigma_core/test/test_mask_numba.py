@@ -1,5 +1,7 @@
 """Logits -> mask and confidence on the CPU, against the torch ops that define them (Segmenter on a GPU): the
 one-pass numba kernel of the torch Segmenter, and model_io's numpy/OpenCV one of the ONNX Runtime path."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,11 @@ def torch_decision(logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndar
     (3, (1, 1), (5, 4)),  # one source pixel
     (1, (6, 5), (7, 9)),  # one class: mask 0, confidence 1
     (256, (3, 4), (5, 6)),  # as many classes as uint8 ids
+    (5, (64, 64), (32, 32)),  # exactly half: OpenCV switches INTER_LINEAR to INTER_AREA
+    (5, (64, 64), (16, 16)),  # a quarter
+    (5, (200, 300), (3, 7)),  # down by large factors
+    (5, (2, 2), (1000, 3)),  # up 500x in one direction
+    (5, (64, 64), (1, 1)),  # one output pixel
 ])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_mask_and_confidence_equal_the_torch_ops(classes, in_size, out_size, implementation):
@@ -48,7 +55,9 @@ def test_ties_give_the_first_class_and_extreme_logits_stay_finite(implementation
     extreme = np.zeros((3, 4, 4), np.float32)
     extreme[1] = 3e38  # exp(l - max) underflows to 0 for the others; never inf or NaN
     extreme[2] = -3e38
-    mask, confidence = logits_to_mask(extreme, (6, 6))
+    with warnings.catch_warnings():  # l - max = -inf is exact (exp: 0): no RuntimeWarning in a node's log
+        warnings.simplefilter("error")
+        mask, confidence = logits_to_mask(extreme, (6, 6))
     assert (mask == 1).all() and np.isfinite(confidence).all() and np.allclose(confidence, 1.0)
 
 
