@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import cv2
@@ -207,7 +208,8 @@ def threads_from_environment() -> int:
 
 def inference_threads(requested: int = 0) -> tuple[int, str]:
     """The CPU threads to run a model on, and where that number comes from (for logs): ``requested`` when > 0,
-    else $OMP_NUM_THREADS when set, else every CPU this process may use but one, at least one.
+    else $OMP_NUM_THREADS when set, else every CPU this process may use (its affinity, or a container's CPU quota
+    where that is fewer) but one, at least one.
 
     Why one fewer: a live node decodes the next pair, runs its ROS executor and DDS beside the model. On our
     2-core machine the node (bundled nano, 640x480 at 15 Hz) gave 12.4 masks/s with one torch thread against
@@ -224,4 +226,26 @@ def inference_threads(requested: int = 0) -> tuple[int, str]:
     if from_environment:
         return from_environment, "$OMP_NUM_THREADS"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < cpus:
+        return max(1, quota - 1), f"automatic: {quota} CPU(s) (the container's CPU quota) less one for decoding and ROS"
     return max(1, cpus - 1), f"automatic: {cpus} CPU(s) less one for decoding and ROS"
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # what a container sees of its own cgroup
+
+
+def _cgroup_cpu_quota() -> Optional[int]:
+    """The CPUs a CPU-time quota allows (docker --cpus=1.5: 2), rounded up; None without one or where it cannot be
+    read. cgroup v2's cpu.max ("QUOTA PERIOD", "max ..." none) or v1's cpu.cfs_quota_us (-1 none) / period."""
+    try:
+        if (CGROUP_ROOT / "cpu.max").exists():
+            quota, period = (CGROUP_ROOT / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (CGROUP_ROOT / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        return None

@@ -215,6 +215,31 @@ def test_inference_threads_asked_for_then_the_environment_then_all_cpus_but_one(
         inference_threads(-2)
 
 
+@pytest.mark.parametrize("files,want", [
+    ({"cpu.max": "150000 100000\n"}, (1, "automatic: 2 CPU(s) (the container's CPU quota) less one")),  # --cpus=1.5
+    ({"cpu.max": "50000 100000\n"}, (1, "automatic: 1 CPU(s) (the container's CPU quota) less one")),
+    ({"cpu.max": "max 100000\n"}, (7, "automatic: 8 CPU(s) less one")),  # no quota
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"},  # cgroup v1
+     (1, "automatic: 2 CPU(s) (the container's CPU quota) less one")),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, (7, "automatic: 8 CPU(s) less one")),
+    ({"cpu.max": "garbage"}, (7, "automatic: 8 CPU(s) less one")),
+    ({}, (7, "automatic: 8 CPU(s) less one")),
+])
+def test_automatic_threads_follow_a_container_cpu_quota(monkeypatch, tmp_path, files, want):
+    """docker --cpus=N limits CPU time, not the CPUs a process may run on: 8 threads on a 1.5-CPU quota would
+    mostly wait for each other."""
+    from sigma_core import model_io
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(model_io, "CGROUP_ROOT", tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    threads, why = model_io.inference_threads(0)
+    assert (threads, why.split(" for ")[0]) == want
+
+
 @pytest.mark.parametrize("value,want", [
     ("4,2", 4),  # OpenMP's list form (threads per nested level): the outermost level's count
     (" 2 ", 2), ("0", 0), ("", 0),

@@ -295,7 +295,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "precision": ParameterSpec("fp32", "fp32, fp16 or bf16 (fp16/bf16 for GPUs; on a CPU only where native: "
                                "AMX-FP16, AVX512-BF16)", choice(*PRECISIONS), "precision"),
     "threads": ParameterSpec(0, "CPU threads of the model (torch, or ONNX Runtime for .onnx); 0: $OMP_NUM_THREADS "
-                             "if set, else all CPUs but one (left to decoding, the executor and DDS)", thread_count,
+                             "if set, else all CPUs (a container's CPU quota if fewer) but one (left to "
+                             "decoding, the executor and DDS)", thread_count,
                              "threads"),
     "modality": ParameterSpec("", "thermal or depth; empty: the checkpoint's", optional_choice(*MODALITIES),
                               "modality"),
