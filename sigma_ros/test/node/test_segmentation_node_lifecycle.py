@@ -193,3 +193,26 @@ def test_cleanup_frees_the_model_and_configure_loads_it_again(checkpoints):
         torch.set_num_threads(threads_before)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.parametrize("value,reason", [("lots", "is not a thread count"), ("99999", "above 1024 threads")])
+def test_configure_with_a_bad_omp_num_threads_fails_naming_it(checkpoints, monkeypatch, value, reason):
+    """threads 0 (automatic) reads $OMP_NUM_THREADS at configure: a bad one is the reason configure fails, before
+    any model is loaded (99999 threads made libgomp abort the process)."""
+    from rclpy.parameter import Parameter
+
+    from sigma_ros.node.segmentation_node import SigmaSegmentationNode
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    node = SigmaSegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoints["thermal"])), Parameter("device", value="cpu"),
+        Parameter("lifecycle", value=True)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE and node.seg is None
+        assert node._configure_error.startswith(f"parameter threads is 0 (automatic) and OMP_NUM_THREADS={value!r} "
+                                                f"{reason}")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
