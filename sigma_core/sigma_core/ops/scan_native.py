@@ -35,7 +35,8 @@ from typing import Optional
 
 import torch
 
-from .selective_scan import BackendUnavailable, available_backends, scan_output_like
+from .selective_scan import (BackendUnavailable, available_backends, check_order_permutes, check_ordered_scan_shapes,
+                             scan_output_like)
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +256,9 @@ def selective_scan_ordered_native(
         from .selective_scan import selective_scan_ordered
         return selective_scan_ordered(u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c,
                                       backend=_fallback())
+    check_ordered_scan_shapes(u, delta, A, B, C, D, delta_bias, order)  # called directly, as from the dispatcher
+    check_order_permutes(order, u.shape[2])
     k = order.shape[0]
     order = order.to(torch.int64).contiguous()
-    if order.shape[1] != u.shape[2] or (order.numel() and not 0 <= int(order.min()) <= int(order.max()) < u.shape[2]):
-        raise ValueError(f"selective_scan_ordered: order {tuple(order.shape)} must hold positions 0..{u.shape[2] - 1} "
-                         "(each row a permutation)")
     c_group = torch.arange(k - 1, -1, -1) if swap_c else torch.arange(k)
     return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, c_group, True, True)

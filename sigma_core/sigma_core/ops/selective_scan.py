@@ -221,16 +221,14 @@ def selective_scan_ordered(
 
     Backends with a native version read the directions by index; the others run on gathered copies.
     """
+    check_ordered_scan_shapes(u, delta, A, B, C, D, delta_bias, order)
     batch, dim, positions = u.shape
     k, length = order.shape
-    if (delta.shape != (batch, k * dim, positions) or B.shape[:2] != (batch, k) or B.shape[3] != positions
-            or length != positions):
-        raise ValueError(f"selective_scan_ordered: u {tuple(u.shape)}, delta {tuple(delta.shape)}, B "
-                         f"{tuple(B.shape)} do not fit order {tuple(order.shape)} (K=order.shape[0])")
     name = resolve_backend(backend, u.device.type)
     load_backend(name)
     native = _BACKENDS[name].ordered_function
     if native is not None:
+        check_order_permutes(order, positions)
         return getattr(importlib.import_module(_BACKENDS[name].module, __package__), native)(
             u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c)
     order = order.to(u.device)
@@ -245,6 +243,34 @@ def selective_scan_ordered(
                         D, delta_bias, delta_softplus, backend=name)
     back = torch.argsort(order, dim=1)[None, :, None, :]  # position p of direction k is step back[k, p]
     return ys.unflatten(1, (k, dim)).gather(-1, back.expand(batch, k, dim, positions)).sum(1)
+
+
+def check_ordered_scan_shapes(u, delta, A, B, C, D, delta_bias, order) -> None:
+    """The shapes of ``selective_scan_ordered``, all of them: the kernels that read by index trust them (a B with
+    fewer states than A, or a short D, would be read past its end). Raises ValueError naming the misfit."""
+    if u.dim() != 3 or order.dim() != 2:
+        raise ValueError(f"selective_scan_ordered: u must be (batch, D, P) and order (K, L); got {tuple(u.shape)} "
+                         f"and {tuple(order.shape)}")
+    batch, dim, positions = u.shape
+    k, length = order.shape
+    if (delta.dim() != 3 or delta.shape != (batch, k * dim, positions) or B.dim() != 4 or B.shape[:2] != (batch, k)
+            or B.shape[3] != positions or length != positions):
+        raise ValueError(f"selective_scan_ordered: u {tuple(u.shape)}, delta {tuple(delta.shape)}, B "
+                         f"{tuple(B.shape)} do not fit order {tuple(order.shape)} (K=order.shape[0])")
+    check_scan_shapes(delta, delta, A, B, C, D, delta_bias)  # the K scans as one grouped scan of K*D channels
+
+
+def check_order_permutes(order: torch.Tensor, positions: int) -> None:
+    """Raises ValueError unless each row of ``order`` (K, L) is a permutation of 0..positions-1: the kernels that
+    read by index would read outside the map, or leave positions of the output unwritten (uninitialised)."""
+    order = order.detach().to("cpu", torch.int64)
+    bad = order.numel() and not 0 <= int(order.min()) <= int(order.max()) < positions
+    if not bad and order.numel():
+        seen = torch.zeros(order.shape, dtype=torch.bool).scatter_(1, order, True)
+        bad = not bool(seen.all())
+    if bad:
+        raise ValueError(f"selective_scan_ordered: order {tuple(order.shape)} must hold positions 0..{positions - 1}, "
+                         "each row a permutation of them (each position once)")
 
 
 def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
