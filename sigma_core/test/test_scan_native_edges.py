@@ -48,3 +48,11 @@ def test_ordered_scan_refuses_an_order_row_that_repeats_a_position(backend):
     order[2, 5] = order[2, 4]  # in range, but position order[2, 5] of direction 2 would never be written
     with torch.no_grad(), pytest.raises(ValueError, match="each row a permutation"):
         selective_scan_ordered(*ordered_inputs(1, 4, 5, 16, 12, seed=2).values(), True, order, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_channels_give_an_empty_output_like_the_reference(backend):
+    u, B = torch.randn(2, 0, 5), torch.randn(2, 1, 4, 5)
+    with torch.no_grad():
+        y = selective_scan(u, u, torch.randn(0, 4), B, B, backend=backend)
+    assert y.shape == (2, 0, 5) and y.dtype == torch.float32

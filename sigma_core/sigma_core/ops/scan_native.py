@@ -193,6 +193,8 @@ def _forward(u, delta, A, B, C, D, delta_bias, softplus, order, c_group, u_share
     batch, sets, positions = u.shape[0], c_group.shape[0], u.shape[2]
     per = A.shape[0] // sets
     out = scan_output_like(u, (batch, per if merged else sets * per, positions), torch.float32)
+    if out.numel() == 0:  # no channels, rows or steps: nothing to scan (the kernel refuses per = 0)
+        return out
     A32, D32, bias32 = (t.detach().float().contiguous() if t is not None else torch.zeros(A.shape[0])
                         for t in (A, D, delta_bias))
     args = _Args(
