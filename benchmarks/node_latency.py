@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                                              "default: a tiny random one (see --net-size)")
     parser.add_argument("--net-size", default="48x64", help="HxW the default tiny model runs at (default 48x64)")
     parser.add_argument("--device", default="cpu", help="node device parameter (default cpu)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+    from sigma_core.model_io import threads_from_environment
+
+    try:
+        threads_default = threads_from_environment() or 1
+    except ValueError as e:  # one line, never a traceback
+        parser.error(str(e))
+    parser.add_argument("--threads", type=int, default=threads_default,
                         help="the node's torch threads, given as OMP_NUM_THREADS (default: $OMP_NUM_THREADS, else "
                              "1); 0: none given, each node's own default")
     parser.add_argument("--baseline-rev", metavar="REV",

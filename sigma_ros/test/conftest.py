@@ -7,6 +7,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("ROS_DOMAIN_ID", "0")
+# One model thread, as tools/test.sh: an in-process node with threads 0 (automatic) sets torch's process-wide count
+# from it, for every later test too (else all CPUs but one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
