@@ -3,6 +3,10 @@ not permutations are refused before any kernel reads past a tensor or leaves out
 shapes the model never makes (no channels, odd state sizes) still agree with the float64 reference."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +60,21 @@ def test_no_channels_give_an_empty_output_like_the_reference(backend):
     with torch.no_grad():
         y = selective_scan(u, u, torch.randn(0, 4), B, B, backend=backend)
     assert y.shape == (2, 0, 5) and y.dtype == torch.float32
+
+
+def test_a_compiler_whose_output_does_not_load_leaves_numba_with_one_line_naming_it(tmp_path):
+    # A compiler (or wrapper) that exits 0 but writes no shared library: the cache folder is fine, the compiler is not.
+    fake = tmp_path / "fake-c++"
+    fake.write_text('#!/bin/sh\nprev=""\nfor a in "$@"; do [ "$prev" = "-o" ] && echo garbage > "$a"; prev="$a"; done\n'
+                    'echo "fake 1.0"\n')
+    fake.chmod(0o755)
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "from sigma_core.ops.selective_scan import resolve_backend\n"
+            "print('chosen', resolve_backend('auto', 'cpu'))")
+    env = dict(os.environ, CXX=str(fake), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"), OMP_NUM_THREADS="1")
+    env.pop("SIGMA_SCAN_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "chosen numba" in out.stdout, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "native" in line]
+    assert len(lines) == 1 and "fake-c++ built does not load" in lines[0] and "set CXX" in lines[0], out.stderr
+    assert "writable" not in out.stderr and "Traceback" not in out.stderr

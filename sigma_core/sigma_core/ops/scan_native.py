@@ -126,22 +126,26 @@ def _open(path: Path) -> ctypes.CDLL:
 def load_library() -> ctypes.CDLL:
     """The built kernel library: from the cache, else built now (host flags first, then portable ones).
 
-    Raises BackendUnavailable (one line: what failed, what to do) where no compiler builds it. A cached
-    library that does not load (damaged file) is rebuilt once, with a warning."""
+    Raises BackendUnavailable (one line: what failed, what to do) where no compiler builds it, or what it builds
+    does not load. A cached library that does not load (damaged file) is rebuilt once, with a warning."""
     cxx = compiler()
     errors = []
     for flags in (FLAGS + HOST_FLAGS, FLAGS):
         path = _library_path(cxx, flags)
         try:
-            if not path.exists():
-                _build(cxx, flags, path)
+            if path.exists():
+                try:
+                    return _open(path)
+                except (OSError, AttributeError) as err:
+                    warnings.warn(f"the native scan library {path} does not load ({str(err)[:160]}); "
+                                  "building it again", RuntimeWarning, stacklevel=2)
+            _build(cxx, flags, path)
             try:
                 return _open(path)
-            except (OSError, AttributeError) as err:
-                warnings.warn(f"the native scan library {path} does not load ({str(err)[:160]}); building it again",
-                              RuntimeWarning, stacklevel=2)
-                _build(cxx, flags, path)
-                return _open(path)
+            except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler or linker
+                raise BackendUnavailable(f"scan backend 'native': the library {' '.join(cxx)} built does not load "
+                                         f"({str(err)[:160]}); set CXX to a working C++ compiler; the numba scan "
+                                         "is used instead") from err
         except BackendUnavailable as err:
             errors.append(err)
         except OSError as err:  # an unwritable cache folder, or a rebuilt library that still does not load
