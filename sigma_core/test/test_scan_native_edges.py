@@ -78,3 +78,38 @@ def test_a_compiler_whose_output_does_not_load_leaves_numba_with_one_line_naming
     lines = [line for line in out.stderr.splitlines() if "native" in line]
     assert len(lines) == 1 and "fake-c++ built does not load" in lines[0] and "set CXX" in lines[0], out.stderr
     assert "writable" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edges(tmp_path):
+    # A compiler without -march=native: the portable build (its own 2**x, no AVX-512) is what such users run.
+    cxx = tmp_path / "no-march-c++"
+    cxx.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && echo "error: bad option $a" >&2 && exit 1;'
+                   ' done\nexec c++ "$@"\n')
+    cxx.chmod(0o755)
+    code = """if True:
+        import logging, torch
+        logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+        from sigma_core.ops.selective_scan import resolve_backend, selective_scan, selective_scan_reference
+        print('chosen', resolve_backend('auto', 'cpu'))
+        g = torch.Generator().manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            u, dt = torch.randn(2, 2, 33, 70, generator=g).to(dtype)
+            dt[0, 0, :5] = torch.tensor([1e4, -1e4, float('inf'), -float('inf'), 40.0])  # huge steps, both signs
+            A, skip = -torch.rand(33, 16, generator=g) * 3, torch.randn(33, generator=g)
+            B, C = torch.randn(2, 2, 1, 16, 70, generator=g).to(dtype)
+            u = u.transpose(1, 2).contiguous().transpose(1, 2)  # channels-last, as the model's maps
+            want = selective_scan_reference(*(t.double() for t in (u, dt, A, B, C, skip)), None, True)
+            with torch.no_grad():
+                got = selective_scan(u, dt, A, B, C, skip, None, True, backend='native')
+            finite = want.isfinite()
+            assert torch.equal(finite, got.isfinite()), dtype
+            err = ((got - want).abs()[finite].max() / want.abs()[finite].max()).item()
+            assert err < 1e-5, (dtype, err)
+        print('matched')
+    """
+    env = dict(os.environ, CXX=str(cxx), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"), OMP_NUM_THREADS="1")
+    env.pop("SIGMA_SCAN_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "chosen native" in out.stdout and "matched" in out.stdout, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "native" in line and "WARNING" in line]
+    assert len(lines) == 1 and "portable build" in lines[0] and "-march=native" in lines[0], out.stderr
