@@ -134,3 +134,23 @@ def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkey
     monkeypatch.delitem(registry._loaded, "meta_stand_in")
     with torch.no_grad(), pytest.raises(BackendUnavailable, match="runs CPU tensors only.*'meta'"):
         selective_scan(u, u, A, B, B, backend="native")
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_a_library_of_another_abi_in_its_place_is_rebuilt_and_the_rebuilt_one_loaded(tmp_path, monkeypatch):
+    # A library that loads but is not this kernel's ABI (a stale or swapped file): the loader keeps it open by its
+    # path, so unless it is closed first the rebuilt file there is never loaded and the process gives up native.
+    scan_native = sys.modules["sigma_core.ops.scan_native"]
+    monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path))
+    path = scan_native._library_path(scan_native.compiler(), scan_native.FLAGS + scan_native.HOST_FLAGS)
+    other = tmp_path / "other.cpp"
+    other.write_text('extern "C" int sigma_scan_abi_version(void) { return 99; }\n')
+    subprocess.run([*scan_native.compiler(), "-shared", "-fPIC", str(other), "-o", str(path)], check=True, timeout=300)
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "from sigma_core.ops.selective_scan import resolve_backend; print('chosen', resolve_backend('auto', 'cpu'))")
+    env = dict(os.environ, SIGMA_NATIVE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    env.pop("SIGMA_SCAN_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "chosen native" in out.stdout, out.stderr
+    assert "ABI version 99" in out.stderr and "building it again" in out.stderr, out.stderr
+    assert "portable" not in out.stderr and "numba scan is used" not in out.stderr, out.stderr

@@ -21,6 +21,7 @@ several Python threads may scan at once; each call owns its threads).
 from __future__ import annotations
 
 import ctypes
+import _ctypes
 import hashlib
 import logging
 import os
@@ -116,8 +117,14 @@ def _library_path(cxx: list[str], flags: tuple[str, ...]) -> Path:
 
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    if lib.sigma_scan_abi_version() != ABI_VERSION:
-        raise OSError(f"ABI version {lib.sigma_scan_abi_version()}, expected {ABI_VERSION}")
+    try:
+        version = lib.sigma_scan_abi_version()
+        if version != ABI_VERSION:
+            raise OSError(f"ABI version {version}, expected {ABI_VERSION}")
+    except (OSError, AttributeError):
+        # Unloaded, or the dynamic loader would hand this same library back for the path once rebuilt.
+        _ctypes.dlclose(lib._handle)
+        raise
     lib.sigma_scan_forward.argtypes = [ctypes.POINTER(_Args)]
     lib.sigma_scan_forward.restype = ctypes.c_int
     return lib
