@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from test_scan_numba import ordered_inputs  # noqa: E402
 
 from sigma_core.ops.cross_scan import cross_scan_order
 from sigma_core.ops.selective_scan import BackendUnavailable, selective_scan, selective_scan_ordered
-
-from test_scan_numba import ordered_inputs  # noqa: E402
 
 try:
     from sigma_core.ops import scan_native  # noqa: F401
