@@ -112,3 +112,24 @@ def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edg
     assert out.returncode == 0 and "chosen native" in out.stdout and "matched" in out.stdout, out.stderr
     lines = [line for line in out.stderr.splitlines() if "native" in line and "WARNING" in line]
     assert len(lines) == 1 and "portable build" in lines[0] and "-march=native" in lines[0], out.stderr
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkeypatch):
+    # $SIGMA_SCAN_BACKEND=native with a GPU model. No GPU here: "meta" tensors stand in, served by a stand-in backend
+    # (the reference's code, which runs on them); numba, the CPU's next in line, cannot read them.
+    registry = sys.modules["sigma_core.ops.selective_scan"]
+    monkeypatch.setitem(registry._BACKENDS, "meta_stand_in", registry.ScanBackend(
+        "meta_stand_in", ("meta",), 5, ".selective_scan", "selective_scan_reference"))
+    u, A, B = torch.randn(1, 4, 5, device="meta"), torch.randn(4, 2, device="meta"), torch.randn(1, 1, 2, 5, device="meta")
+    with torch.no_grad():
+        y = selective_scan(u, u, A, B, B, backend="native")
+    assert y.device.type == "meta" and y.shape == (1, 4, 5)
+    meta = {k: v.to("meta") for k, v in ordered_inputs(1, 4, 5, 16, 12, seed=2).items()}
+    with torch.no_grad():
+        y = selective_scan_ordered(*meta.values(), True, ORDER.to("meta"), backend="native")
+    assert y.device.type == "meta" and y.shape == (1, 5, 12)
+    monkeypatch.delitem(registry._BACKENDS, "meta_stand_in")
+    monkeypatch.delitem(registry._loaded, "meta_stand_in")
+    with torch.no_grad(), pytest.raises(BackendUnavailable, match="runs CPU tensors only.*'meta'"):
+        selective_scan(u, u, A, B, B, backend="native")

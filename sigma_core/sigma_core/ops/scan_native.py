@@ -190,9 +190,14 @@ _plain_orders: dict[int, torch.Tensor] = {}
 _orders_lock = threading.Lock()
 
 
-def _fallback() -> str:
-    """The backend that runs what this one does not (gradients, float64): the next in line for the CPU."""
-    return next(name for name in available_backends("cpu") if name != "native")
+def _fallback(device_type: str) -> str:
+    """The backend that runs what this one does not (gradients, float64, tensors not on the CPU, e.g. where
+    $SIGMA_SCAN_BACKEND=native reaches a GPU model): the next in line for the tensors' device."""
+    names = [name for name in available_backends(device_type) if name != "native"]
+    if not names:
+        raise BackendUnavailable(f"scan backend 'native' runs CPU tensors only, and no other backend serves "
+                                 f"{device_type!r} tensors; move them to the CPU or choose another backend")
+    return names[0]
 
 
 def _native_can_run(tensors: tuple[torch.Tensor, ...], D, delta_bias, A) -> bool:
@@ -250,7 +255,7 @@ def selective_scan_native(
     in line (numba) runs it."""
     if not _native_can_run((u, delta, B, C), D, delta_bias, A):
         from .selective_scan import selective_scan
-        return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=_fallback())
+        return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=_fallback(u.device.type))
     groups = B.shape[1]
     return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, _plain_order(u.shape[2]),
                     torch.arange(groups, dtype=torch.int64), False, False)
@@ -273,7 +278,7 @@ def selective_scan_ordered_native(
     if not _native_can_run((u, delta, B, C), D, delta_bias, A):
         from .selective_scan import selective_scan_ordered
         return selective_scan_ordered(u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c,
-                                      backend=_fallback())
+                                      backend=_fallback(u.device.type))
     check_ordered_scan_shapes(u, delta, A, B, C, D, delta_bias, order)  # called directly, as from the dispatcher
     check_order_permutes(order, u.shape[2])
     k = order.shape[0]
