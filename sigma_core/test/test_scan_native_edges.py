@@ -121,7 +121,8 @@ def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkey
     registry = sys.modules["sigma_core.ops.selective_scan"]
     monkeypatch.setitem(registry._BACKENDS, "meta_stand_in", registry.ScanBackend(
         "meta_stand_in", ("meta",), 5, ".selective_scan", "selective_scan_reference"))
-    u, A, B = torch.randn(1, 4, 5, device="meta"), torch.randn(4, 2, device="meta"), torch.randn(1, 1, 2, 5, device="meta")
+    u, A = torch.randn(1, 4, 5, device="meta"), torch.randn(4, 2, device="meta")
+    B = torch.randn(1, 1, 2, 5, device="meta")
     with torch.no_grad():
         y = selective_scan(u, u, A, B, B, backend="native")
     assert y.device.type == "meta" and y.shape == (1, 4, 5)
