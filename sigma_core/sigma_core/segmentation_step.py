@@ -71,8 +71,9 @@ def load_segmenter(
     modality / thermal_range / depth_max_range override what the checkpoint records (None: the
     checkpoint's). threads: the CPU threads the model runs on, 0 automatic (see model_io.inference_threads):
     torch's intra-op threads, process-wide (the numba scan follows them), or the ONNX Runtime session's; None
-    leaves torch as it is and gives ONNX Runtime $OMP_NUM_THREADS. ValueError naming a bad count. Raises ValueError naming the checkpoint, device and
-    precision and the reason when it cannot be loaded there (fp16/bf16 on a CPU without them in hardware included).
+    leaves torch as it is and gives ONNX Runtime $OMP_NUM_THREADS. Raises ValueError naming a bad count, or naming
+    the checkpoint, device and precision and the reason when it cannot be loaded there (fp16/bf16 on a CPU without
+    them in hardware included).
     """
     from .model_io import inference_threads
     from .onnx_runtime import is_onnx_path

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from test_scan_numba import ordered_inputs  # noqa: E402
 
 from sigma_core.ops.cross_scan import cross_scan_order
 from sigma_core.ops.selective_scan import BackendUnavailable, selective_scan, selective_scan_ordered
-
-from test_scan_numba import ordered_inputs  # noqa: E402
 
 try:
     from sigma_core.ops import scan_native  # noqa: F401
@@ -122,7 +121,8 @@ def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkey
     registry = sys.modules["sigma_core.ops.selective_scan"]
     monkeypatch.setitem(registry._BACKENDS, "meta_stand_in", registry.ScanBackend(
         "meta_stand_in", ("meta",), 5, ".selective_scan", "selective_scan_reference"))
-    u, A, B = torch.randn(1, 4, 5, device="meta"), torch.randn(4, 2, device="meta"), torch.randn(1, 1, 2, 5, device="meta")
+    u, A = torch.randn(1, 4, 5, device="meta"), torch.randn(4, 2, device="meta")
+    B = torch.randn(1, 1, 2, 5, device="meta")
     with torch.no_grad():
         y = selective_scan(u, u, A, B, B, backend="native")
     assert y.device.type == "meta" and y.shape == (1, 4, 5)

@@ -36,8 +36,13 @@ from typing import Optional
 
 import torch
 
-from .selective_scan import (BackendUnavailable, available_backends, check_order_permutes, check_ordered_scan_shapes,
-                             scan_output_like)
+from .selective_scan import (
+    BackendUnavailable,
+    available_backends,
+    check_order_permutes,
+    check_ordered_scan_shapes,
+    scan_output_like,
+)
 
 log = logging.getLogger(__name__)
 
