@@ -147,7 +147,8 @@ def test_a_library_of_another_abi_in_its_place_is_rebuilt_and_the_rebuilt_one_lo
     other.write_text('extern "C" int sigma_scan_abi_version(void) { return 99; }\n')
     subprocess.run([*scan_native.compiler(), "-shared", "-fPIC", str(other), "-o", str(path)], check=True, timeout=300)
     code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
-            "from sigma_core.ops.selective_scan import resolve_backend; print('chosen', resolve_backend('auto', 'cpu'))")
+            "from sigma_core.ops.selective_scan import resolve_backend\n"
+            "print('chosen', resolve_backend('auto', 'cpu'))")
     env = dict(os.environ, SIGMA_NATIVE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     env.pop("SIGMA_SCAN_BACKEND", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -20,8 +20,8 @@ several Python threads may scan at once; each call owns its threads).
 """
 from __future__ import annotations
 
-import ctypes
 import _ctypes
+import ctypes
 import hashlib
 import logging
 import os
