@@ -155,3 +155,18 @@ def test_a_library_of_another_abi_in_its_place_is_rebuilt_and_the_rebuilt_one_lo
     assert out.returncode == 0 and "chosen native" in out.stdout, out.stderr
     assert "ABI version 99" in out.stderr and "building it again" in out.stderr, out.stderr
     assert "portable" not in out.stderr and "numba scan is used" not in out.stderr, out.stderr
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_a_cache_on_a_noexec_mount_is_refused_at_once_naming_it(tmp_path, monkeypatch):
+    # No mount can be made here: statvfs stands in for a home or /tmp mounted noexec, where every process would
+    # otherwise compile twice (~10 s) and still not load the library.
+    scan_native = sys.modules["sigma_core.ops.scan_native"]
+    real_statvfs = os.statvfs
+    noexec = type("Statvfs", (), {"f_flag": os.ST_NOEXEC})()
+    monkeypatch.setattr(os, "statvfs", lambda p: noexec if str(p).startswith(str(tmp_path)) else real_statvfs(p))
+    monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path / "cache" / "native"))
+    monkeypatch.setenv("CXX", str(tmp_path / "never-run-c++"))
+    with pytest.raises(BackendUnavailable, match="mounted noexec.*SIGMA_NATIVE_CACHE_DIR"):
+        scan_native.load_library()
+    assert list(tmp_path.iterdir()) == []

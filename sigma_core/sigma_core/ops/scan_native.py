@@ -135,11 +135,26 @@ def _open(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def _on_noexec_mount(folder: Path) -> bool:
+    """Whether ``folder`` (or, not made yet, its nearest existing parent) is on a filesystem mounted noexec."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_NOEXEC", 0))
+    except OSError:
+        return False
+
+
 def load_library() -> ctypes.CDLL:
     """The built kernel library: from the cache, else built now (host flags first, then portable ones).
 
     Raises BackendUnavailable (one line: what failed, what to do) where no compiler builds it, or what it builds
     does not load. A cached library that does not load (damaged file) is rebuilt once, with a warning."""
+    if _on_noexec_mount(cache_dir()):  # every build would be in vain, and be paid again by every process
+        raise BackendUnavailable(f"scan backend 'native': {cache_dir()} is on a filesystem mounted noexec, where no "
+                                 "library loads; set SIGMA_NATIVE_CACHE_DIR to another folder; the numba scan is used "
+                                 "instead")
     cxx = compiler()
     errors = []
     for flags in (FLAGS + HOST_FLAGS, FLAGS):
@@ -154,9 +169,10 @@ def load_library() -> ctypes.CDLL:
             _build(cxx, flags, path)
             try:
                 return _portable_said(_open(path), errors)
-            except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler or linker
+            except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler, or a noexec mount
                 raise BackendUnavailable(f"scan backend 'native': the library {' '.join(cxx)} built does not load "
-                                         f"({str(err)[:160]}); set CXX to a working C++ compiler; the numba scan "
+                                         f"({str(err)[:160]}); set CXX to a working C++ compiler, or "
+                                         "SIGMA_NATIVE_CACHE_DIR to a folder not mounted noexec; the numba scan "
                                          "is used instead") from err
         except BackendUnavailable as err:
             errors.append(err)
