@@ -170,3 +170,13 @@ def test_a_cache_on_a_noexec_mount_is_refused_at_once_naming_it(tmp_path, monkey
     with pytest.raises(BackendUnavailable, match="mounted noexec.*SIGMA_NATIVE_CACHE_DIR"):
         scan_native.load_library()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_groups_or_no_directions_are_refused_naming_g(backend):
+    u, A, none = torch.randn(1, 4, 5), torch.randn(4, 2), torch.randn(1, 0, 2, 5)
+    with pytest.raises(ValueError, match="group count G"):
+        selective_scan(u, u, A, none, none, backend=backend)
+    with pytest.raises(ValueError, match="group count G"):
+        selective_scan_ordered(u, torch.randn(1, 0, 5), torch.randn(0, 2), none, none, None, None, True,
+                               torch.zeros(0, 5, dtype=torch.int64), backend=backend)

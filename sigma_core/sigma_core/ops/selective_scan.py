@@ -285,8 +285,9 @@ def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
         if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n or t.shape[3] != length:
             raise ValueError(f"{name} must be (batch={batch}, G, N={n}, L={length}); got {tuple(t.shape)}")
     groups = B.shape[1]
-    if C.shape[1] != groups or dim % groups != 0:
-        raise ValueError(f"B and C need the same group count G dividing D={dim}; got {B.shape[1]} and {C.shape[1]}")
+    if groups < 1 or C.shape[1] != groups or dim % groups != 0:
+        raise ValueError(f"B and C need the same group count G (at least 1) dividing D={dim}; "
+                         f"got {B.shape[1]} and {C.shape[1]}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
             raise ValueError(f"{name} must be ({dim},); got {tuple(t.shape)}")
