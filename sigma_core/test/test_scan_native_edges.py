@@ -180,3 +180,28 @@ def test_no_groups_or_no_directions_are_refused_naming_g(backend):
     with pytest.raises(ValueError, match="group count G"):
         selective_scan_ordered(u, torch.randn(1, 0, 5), torch.randn(0, 2), none, none, None, None, True,
                                torch.zeros(0, 5, dtype=torch.int64), backend=backend)
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_the_merged_map_scan_is_bit_equal_on_1_3_and_7_threads_and_after_fork():
+    # 100 channels = 7 blocks of 16: on 3 threads, spans of 2 blocks and a last one of 1 (uneven); the directions
+    # of one span run in one job and add into the same output rows.
+    inputs = ordered_inputs(1, 4, 100, 16, 12, seed=4)
+    threads = torch.get_num_threads()
+
+    def scan():
+        with torch.no_grad():
+            return selective_scan_ordered(*inputs.values(), True, ORDER, True, backend="native")
+
+    try:
+        torch.set_num_threads(1)
+        one = scan()
+        for n in (3, 7):
+            torch.set_num_threads(n)
+            assert torch.equal(scan(), one), n
+        pid = os.fork()
+        if pid == 0:  # the child: the kernel starts its own threads per call, nothing inherited half-made
+            os._exit(0 if torch.equal(scan(), one) else 3)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        torch.set_num_threads(threads)
