@@ -1,6 +1,8 @@
 """What a hostile caller can hand the index-reading CPU kernels (native, numba): misfit shapes and orders that are
 not permutations are refused before any kernel reads past a tensor or leaves output positions unwritten; and the
-shapes the model never makes (no channels, odd state sizes) still agree with the float64 reference."""
+shapes the model never makes (no channels, odd state sizes) still agree with the float64 reference; and the build
+where it goes wrong: a compiler whose output does not load, one without -march=native (the portable build), a
+library of another ABI in the cache, a cache on a noexec mount, tensors off the CPU."""
 from __future__ import annotations
 
 import os
@@ -9,10 +11,16 @@ import sys
 
 import pytest
 import torch
-from test_scan_numba import ordered_inputs  # noqa: E402
+from test_scan_numba import assert_relative, ordered_inputs
+from test_selective_scan import make_inputs, run
 
 from sigma_core.ops.cross_scan import cross_scan_order
-from sigma_core.ops.selective_scan import BackendUnavailable, selective_scan, selective_scan_ordered
+from sigma_core.ops.selective_scan import (
+    BackendUnavailable,
+    selective_scan,
+    selective_scan_ordered,
+    selective_scan_reference,
+)
 
 try:
     from sigma_core.ops import scan_native  # noqa: F401
@@ -205,3 +213,21 @@ def test_the_merged_map_scan_is_bit_equal_on_1_3_and_7_threads_and_after_fork():
         assert os.waitpid(pid, 0)[1] == 0
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+@pytest.mark.parametrize("batch, groups, per_group, n, length",
+                         [(1, 1, 17, 1, 9), (2, 2, 5, 5, 65), (1, 1, 33, 32, 20)])
+def test_state_sizes_without_a_compiled_path_match_the_float64_reference(batch, groups, per_group, n, length):
+    # The kernel has compiled paths for N = 16 and 4 (the model's) and a general one for every other N.
+    inputs = make_inputs(batch, groups, per_group, n, length, seed=n, skip=True, bias=True)
+    want = run(selective_scan_reference, inputs, True)
+    with torch.no_grad():
+        got = run(lambda *a, **kw: selective_scan(*a, **kw, backend="native"),
+                  {k: v.float() if v is not None else None for k, v in inputs.items()}, True)
+    assert_relative(got, want, 1e-5, "y vs float64")
+    ordered = ordered_inputs(1, 4, 5, n, 12, seed=n)
+    want = selective_scan_ordered(*(t.double() for t in ordered.values()), True, ORDER, True, backend="reference")
+    with torch.no_grad():
+        got = selective_scan_ordered(*ordered.values(), True, ORDER, True, backend="native")
+    assert_relative(got, want, 1e-5, "ordered y vs float64")
