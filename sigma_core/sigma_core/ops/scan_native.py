@@ -29,7 +29,6 @@ import platform
 import shlex
 import subprocess
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -209,8 +208,6 @@ class _Args(ctypes.Structure):
 
 
 _LIB = load_library()  # at import: the registry turns BackendUnavailable into "not available" for "auto"
-_plain_orders: dict[int, torch.Tensor] = {}
-_orders_lock = threading.Lock()
 
 
 def _fallback(device_type: str) -> str:
@@ -256,13 +253,6 @@ def _forward(u, delta, A, B, C, D, delta_bias, softplus, order, c_group, u_share
     return out
 
 
-def _plain_order(length: int) -> torch.Tensor:
-    with _orders_lock:
-        if length not in _plain_orders:
-            _plain_orders[length] = torch.arange(length, dtype=torch.int64)[None]
-        return _plain_orders[length]
-
-
 def selective_scan_native(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -280,7 +270,7 @@ def selective_scan_native(
         from .selective_scan import selective_scan
         return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=_fallback(u.device.type))
     groups = B.shape[1]
-    return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, _plain_order(u.shape[2]),
+    return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, torch.arange(u.shape[2])[None],
                     torch.arange(groups, dtype=torch.int64), False, False)
 
 
