@@ -73,7 +73,7 @@ def test_a_compiler_whose_output_does_not_load_leaves_numba_with_one_line_naming
     # A compiler (or wrapper) that exits 0 but writes no shared library: the cache folder is fine, the compiler is not.
     fake = tmp_path / "fake-c++"
     fake.write_text('#!/bin/sh\nprev=""\nfor a in "$@"; do [ "$prev" = "-o" ] && echo garbage > "$a"; prev="$a"; done\n'
-                    'echo "fake 1.0"\n')
+                    'printf "fake \\351 1.0\\n"\n')  # a non-UTF-8 version line (a Latin-1 locale)
     fake.chmod(0o755)
     code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
             "from sigma_core.ops.selective_scan import resolve_backend\n"
@@ -231,3 +231,25 @@ def test_state_sizes_without_a_compiled_path_match_the_float64_reference(batch, 
     with torch.no_grad():
         got = selective_scan_ordered(*ordered.values(), True, ORDER, True, backend="native")
     assert_relative(got, want, 1e-5, "ordered y vs float64")
+
+
+@pytest.mark.parametrize("cxx", ['g++ "-O2', " "])
+def test_a_cxx_typo_leaves_auto_a_working_backend_and_one_line_naming_it(tmp_path, cxx):
+    # An unclosed quote in $CXX raised ValueError at import: every scan under "auto" failed with a traceback.
+    # A blank $CXX means the default compiler (whose library setup built into the default cache), not none.
+    if cxx == " " and "native" not in BACKENDS:
+        pytest.skip("the native scan does not build here")
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "from sigma_core.ops.selective_scan import resolve_backend\n"
+            "print('chosen', resolve_backend('auto', 'cpu'))")
+    env = dict(os.environ, CXX=cxx, OMP_NUM_THREADS="1")
+    env.pop("SIGMA_SCAN_BACKEND", None)
+    if cxx != " ":
+        env["SIGMA_NATIVE_CACHE_DIR"] = str(tmp_path / "native")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    if cxx == " ":
+        assert "chosen native" in out.stdout, out.stderr
+    else:
+        lines = [line for line in out.stderr.splitlines() if "'native'" in line]
+        assert "chosen numba" in out.stdout and len(lines) == 1 and "$CXX" in lines[0] and "does not parse" in lines[0]

@@ -62,8 +62,16 @@ def cache_dir() -> Path:
 
 
 def compiler() -> list[str]:
-    """The C++ compiler command: $CXX (may carry options, e.g. "ccache g++"), else ``c++``."""
-    return shlex.split(os.environ.get("CXX") or "c++")
+    """The C++ compiler command: $CXX (may carry options, e.g. "ccache g++"), else ``c++``.
+
+    Raises BackendUnavailable where $CXX does not parse (an unclosed quote): a typo there must leave "auto" the
+    numba scan, not break every scan with a traceback."""
+    raw = os.environ.get("CXX") or ""
+    try:
+        return shlex.split(raw) or ["c++"]
+    except ValueError as err:
+        raise BackendUnavailable(f"scan backend 'native': $CXX={raw!r} does not parse ({err}); fix or unset it; "
+                                 "the numba scan is used instead") from err
 
 
 def _cpu_features() -> str:
@@ -80,7 +88,8 @@ def _cpu_features() -> str:
 
 def _run_compiler(args: list[str]) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+        # errors="replace": a compiler speaking a non-UTF-8 locale must not raise UnicodeDecodeError here
+        return subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise BackendUnavailable(f"scan backend 'native': the C++ compiler {args[0]!r} does not run ({err}); "
                                  "install g++ (apt install g++) or set CXX; the numba scan is used instead") from err
