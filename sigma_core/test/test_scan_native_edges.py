@@ -253,3 +253,22 @@ def test_a_cxx_typo_leaves_auto_a_working_backend_and_one_line_naming_it(tmp_pat
     else:
         lines = [line for line in out.stderr.splitlines() if "'native'" in line]
         assert "chosen numba" in out.stdout and len(lines) == 1 and "$CXX" in lines[0] and "does not parse" in lines[0]
+
+
+def test_an_unexpected_failure_at_load_leaves_auto_numba_with_one_line(tmp_path):
+    # An unreadable kernel source (a packaging or permission fault): an OSError the build steps did not expect.
+    code = ("import logging, pathlib; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "read = pathlib.Path.read_bytes\n"
+            "def refuse(self):\n"
+            "    if self.name == 'scan_native.cpp':\n"
+            "        raise PermissionError(13, 'Permission denied', str(self))\n"
+            "    return read(self)\n"
+            "pathlib.Path.read_bytes = refuse\n"
+            "from sigma_core.ops.selective_scan import resolve_backend\n"
+            "print('chosen', resolve_backend('auto', 'cpu'))")
+    env = dict(os.environ, SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"), OMP_NUM_THREADS="1")
+    env.pop("SIGMA_SCAN_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "chosen numba" in out.stdout and "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "'native'" in line]
+    assert len(lines) == 1 and "PermissionError" in lines[0] and "scan_native.cpp" in lines[0], out.stderr

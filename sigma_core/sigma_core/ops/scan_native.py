@@ -216,7 +216,20 @@ class _Args(ctypes.Structure):
     ]
 
 
-_LIB = load_library()  # at import: the registry turns BackendUnavailable into "not available" for "auto"
+
+def _load_or_unavailable() -> ctypes.CDLL:
+    """load_library(), any other failure (an unreadable source, a filesystem error) turned into BackendUnavailable:
+    at import, where anything else would break every scan under "auto" instead of leaving it numba."""
+    try:
+        return load_library()
+    except BackendUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - reported in the one line the registry logs
+        raise BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: {str(err)[:200]}; "
+                                 "the numba scan is used instead") from err
+
+
+_LIB = _load_or_unavailable()  # at import: the registry turns BackendUnavailable into "not available" for "auto"
 
 
 def _fallback(device_type: str) -> str:
