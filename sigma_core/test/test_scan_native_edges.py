@@ -272,3 +272,20 @@ def test_an_unexpected_failure_at_load_leaves_auto_numba_with_one_line(tmp_path)
     assert out.returncode == 0 and "chosen numba" in out.stdout and "Traceback" not in out.stderr, out.stderr
     lines = [line for line in out.stderr.splitlines() if "'native'" in line]
     assert len(lines) == 1 and "PermissionError" in lines[0] and "scan_native.cpp" in lines[0], out.stderr
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_d_an_infinite_input_gives_the_references_infinity_not_nan(dtype):
+    # No D: y has no D * u term. The kernel added 0 * u, and 0 * inf made the reference's -inf a NaN.
+    inputs = make_inputs(1, 1, 16, 1, 6, seed=3, dtype=torch.float32, skip=False, bias=False)  # N = 1: one infinity
+    inputs["A"][0] = 0.0  # channel 0 does not decay: h stays infinite
+    inputs["u"][0, 0, 3] = float("inf")
+    inputs = {k: v.to(dtype) if v is not None and k in ("u", "delta", "B", "C") else v for k, v in inputs.items()}
+    want = run(selective_scan_reference, {k: v.double() if v is not None else None for k, v in inputs.items()}, True)
+    with torch.no_grad():
+        got = run(lambda *a, **kw: selective_scan(*a, **kw, backend="native"), inputs, True)
+    assert want[0, 0, 3:].isinf().all()
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    finite = want.isfinite()
+    assert_relative(got[finite], want[finite], 1e-5, "finite y")

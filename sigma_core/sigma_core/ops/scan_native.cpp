@@ -127,7 +127,7 @@ extern "C" {
 // Shapes, with K scan sets of `per` channels each (as scan_numba's kernels; strides in elements):
 //   u (batch, Cu, P): set k, channel c reads u channel k * u_step + c (u_step = per, or 0 if shared)
 //   delta (batch, K * per, P); A (K * per, N) float32 contiguous; B, C (batch, G, N, P): set k reads B group k,
-//   C group c_group[k]; Dskip, bias (K * per,) float32 contiguous; order (rows, L) int64 contiguous: step t of
+//   C group c_group[k]; Dskip (or null: no skip term), bias (K * per,) float32 contiguous; order (rows, L) int64 contiguous: step t of
 //   set k reads position order[k % rows, t]; out (batch, Co, P) float32: step t of set k, channel c goes to out
 //   channel k * out_step + c at position order[k % rows, t] (summed over the sets if out_step is 0).
 struct SigmaScanArgs {
@@ -286,7 +286,7 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
       for (int s = 0; s < n; ++s) av[s] = V{}, h_all[static_cast<size_t>(i) * n + s] = V{};
       for (int c = 0; c < width; ++c) {
         bias_all[i][c] = a.bias[ch0 + c];
-        dskip_all[i][c] = a.Dskip[ch0 + c];
+        dskip_all[i][c] = a.Dskip ? a.Dskip[ch0 + c] : 0.0f;
         for (int s = 0; s < n; ++s) av[s][c] = a.A[(ch0 + c) * a.n_state + s] * LOG2E;
       }
     }
@@ -356,7 +356,8 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
               default: y3 += term; break;
             }
           }
-          y_buf[t] = ((y0 + y1) + (y2 + y3)) + dskip * u_buf[t];
+          y_buf[t] = (y0 + y1) + (y2 + y3);
+          if (a.Dskip) y_buf[t] += dskip * u_buf[t];  // no D: no 0 * u term (0 * inf would make -inf NaN)
         }
         for (int s = 0; s < n; ++s) h_saved[s] = h[s];
         // Pass 3: back into position order; merged sets: the first writes, the others add.

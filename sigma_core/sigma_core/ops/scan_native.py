@@ -263,7 +263,8 @@ def _forward(u, delta, A, B, C, D, delta_bias, softplus, order, c_group, u_share
     args = _Args(
         u=u.data_ptr(), u_stride=tuple(u.stride()), delta=delta.data_ptr(), delta_stride=tuple(delta.stride()),
         A=A32.data_ptr(), B=B.data_ptr(), B_stride=tuple(B.stride()), C=C.data_ptr(), C_stride=tuple(C.stride()),
-        Dskip=D32.data_ptr(), bias=bias32.data_ptr(), order=order.data_ptr(), order_rows=order.shape[0],
+        Dskip=D32.data_ptr() if D is not None else None, bias=bias32.data_ptr(),  # no D: null, no D * u term
+        order=order.data_ptr(), order_rows=order.shape[0],
         length=order.shape[1], c_group=c_group.data_ptr(), sets=sets, per=per, n_state=A.shape[1], batch=batch,
         u_step=0 if u_shared else per, out_step=0 if merged else per, out=out.data_ptr(),
         out_stride=tuple(out.stride()), kind=_KINDS[u.dtype], softplus=int(bool(softplus)),
