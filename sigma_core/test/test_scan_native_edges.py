@@ -120,6 +120,7 @@ def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edg
     assert out.returncode == 0 and "chosen native" in out.stdout and "matched" in out.stdout, out.stderr
     lines = [line for line in out.stderr.splitlines() if "native" in line and "WARNING" in line]
     assert len(lines) == 1 and "portable build" in lines[0] and "-march=native" in lines[0], out.stderr
+    assert "numba" not in lines[0], out.stderr  # the portable build runs, not numba
 
 
 @pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")

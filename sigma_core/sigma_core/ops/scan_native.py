@@ -184,7 +184,7 @@ def load_library() -> ctypes.CDLL:
                                          "is used instead") from err
         except BackendUnavailable as err:
             errors.append(err)
-        except OSError as err:  # an unwritable cache folder, or a rebuilt library that still does not load
+        except OSError as err:  # an unwritable cache folder
             errors.append(BackendUnavailable(f"scan backend 'native' cannot be built into {path.parent}: {err}; "
                                              "set SIGMA_NATIVE_CACHE_DIR to a writable folder"))
     raise errors[0]
@@ -193,7 +193,8 @@ def load_library() -> ctypes.CDLL:
 def _portable_said(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
     """``lib``, after one log line where it is the portable build (the host flags failed): slower, and why."""
     if host_errors:
-        log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", host_errors[0])
+        why = str(host_errors[0]).replace("; the numba scan is used instead", "")  # not so: the portable build is
+        log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", why)
     return lib
 
 
