@@ -260,3 +260,17 @@ def test_ordered_scan_runs_on_every_backend_and_checks_its_shapes():
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=backend)
     with pytest.raises(ValueError, match=r"do not fit order \(4, 11\)"):
         selective_scan_ordered(*args, True, order[:, :11])
+
+
+def test_an_order_checked_once_is_checked_again_after_an_in_place_change():
+    from sigma_core.ops.cross_scan import cross_scan_order
+    from sigma_core.ops.selective_scan import check_order_permutes
+
+    order = cross_scan_order(3, 4).clone()
+    check_order_permutes(order, 12)
+    check_order_permutes(order, 12)  # the remembered pass
+    with pytest.raises(ValueError, match="must hold positions 0..10"):
+        check_order_permutes(order, 11)  # another map size is checked anew
+    order[0, 0] = order[0, 1]  # a repeated position: output left unwritten
+    with pytest.raises(ValueError, match="each row a permutation"):
+        check_order_permutes(order, 12)
