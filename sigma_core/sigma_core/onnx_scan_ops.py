@@ -181,13 +181,15 @@ def scan_map(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus: int =
     if out.size == 0:
         return out
     u, delta, B, C = (np.ascontiguousarray(t, np.float32) for t in (u, delta, B, C))
-    order = _orders(height, width, k)
+    # every array the kernel reads by address is held by a name until it returns: it runs with the GIL released,
+    # and another thread's allocation reuses a freed buffer at once (a temporary c_group was overwritten so)
+    order, c_group = _orders(height, width, k), np.arange(k, dtype=np.int64)
     positions = height * width
     run_forward(
         library(), u=_strided(u, dim, 1, batch * dim), delta=_strided(delta, k * dim, 1, batch * k * dim),
         A=A.ctypes.data, B=_strided(B, k * n, n, 1, batch * k * n), C=_strided(C, k * n, n, 1, batch * k * n),
         D=D.ctypes.data, delta_bias=delta_bias.ctypes.data, order=order.ctypes.data, order_rows=k, length=positions,
-        c_group=np.arange(k, dtype=np.int64).ctypes.data, sets=k, per=dim, n_state=n, batch=batch, u_shared=True,
+        c_group=c_group.ctypes.data, sets=k, per=dim, n_state=n, batch=batch, u_shared=True,
         merged=True, out=_strided(out, dim, 1, batch * dim), kind=KINDS["float32"], softplus=bool(softplus),
         threads=threads)
     return out
@@ -209,12 +211,12 @@ def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus
     if out.size == 0:
         return out
     u, delta, B, C = (np.ascontiguousarray(t, np.float32) for t in (u, delta, B, C))
-    order = np.arange(length, dtype=np.int64)[None]
+    order, c_group = np.arange(length, dtype=np.int64)[None], np.arange(groups, dtype=np.int64)  # held: see scan_map
     run_forward(
         library(), u=_strided(u, dim * length, length, 1), delta=_strided(delta, dim * length, length, 1),
         A=A.ctypes.data, B=_strided(B, *(s // 4 for s in B.strides)), C=_strided(C, *(s // 4 for s in C.strides)),
         D=D.ctypes.data, delta_bias=delta_bias.ctypes.data, order=order.ctypes.data, order_rows=1, length=length,
-        c_group=np.arange(groups, dtype=np.int64).ctypes.data, sets=groups, per=dim // groups, n_state=n,
+        c_group=c_group.ctypes.data, sets=groups, per=dim // groups, n_state=n,
         batch=batch, u_shared=False, merged=False, out=_strided(out, dim * length, length, 1),
         kind=KINDS["float32"], softplus=bool(softplus), threads=threads)
     return out

@@ -213,6 +213,34 @@ def test_native_kernel_ops_refuse_inputs_that_do_not_fit_their_layout():
             onnx_scan_ops.scan_recurrence(*args)
 
 
+
+def test_native_kernel_ops_hold_every_array_the_kernel_reads_while_it_runs(monkeypatch):
+    """The kernel gets addresses only and runs with the GIL released: an array made for it and dropped before it
+    returns (the c_group table was a temporary) is reused by the next allocation of another thread, and the
+    kernel read B/C at the garbage set numbers far out of bounds (a segfault with two threads). Here that other
+    thread's allocations come just before the call; the tables must still hold 0..sets-1."""
+    import ctypes
+
+    from sigma_core import onnx_scan_ops
+
+    kernel = onnx_scan_ops.run_forward
+
+    def other_thread_allocates_first(lib, **args):
+        junk = [np.full(args["sets"], 1 << 40, np.int64) for _ in range(4)]  # noqa: F841 - held, as a thread would
+        c_group = np.ctypeslib.as_array((ctypes.c_int64 * args["sets"]).from_address(args["c_group"]))
+        assert c_group.tolist() == list(range(args["sets"])), "c_group was freed before the kernel ran"
+        kernel(lib, **args)
+
+    monkeypatch.setattr(onnx_scan_ops, "run_forward", other_thread_allocates_first)
+    inputs = map_scan_inputs(3, 5, 2, 6, 3, 4)
+    expected = map_scan_reference(*inputs, 4)
+    got = onnx_scan_ops.scan_map(*(t.numpy() for t in inputs))
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+    seq = scan_inputs(2, 8, 19, 4, 2)
+    want = selective_scan_reference(*(t.double() for t in seq), delta_softplus=True).numpy()
+    got = onnx_scan_ops.scan_recurrence(*(t.numpy() for t in seq))
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
     x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-30, 30, 6001), torch.tensor([20.0, 88.7, 89.0])])
