@@ -311,12 +311,15 @@ class OnnxSegmenter(ModelDescription):
             raise ValueError(f"Sigma needs images of at least 4x4 pixels, got {tuple(rgb.shape[2:])}")
         feeds = {INPUT_NAMES[0]: np.ascontiguousarray(rgb, np.float32),
                  INPUT_NAMES[1]: np.ascontiguousarray(modal, np.float32)}
+        self._scan_failure()  # one left by another session's run on this thread is not this run's
         try:
-            logits = self.session.run([OUTPUT_NAME], feeds)[0]
+            logits, error = self.session.run([OUTPUT_NAME], feeds)[0], None
         except Exception as e:  # onnxruntime's own types (Fail, RuntimeException, ...): one line naming the input
+            logits, error = None, " ".join(str(e).split())
+        error = self._scan_failure() or error  # a scan op's own error is the cause of what followed it
+        if error:
             raise OnnxRunError(f"ONNX Runtime failed to run {self.path.name} ({self.runtime}) on a "
-                               f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: "
-                               f"{' '.join(str(e).split())[:500]}") from None
+                               f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: {error[:500]}")
         expected = (rgb.shape[0], self.num_classes, rgb.shape[2], rgb.shape[3])
         if logits.shape != expected or logits.dtype != np.float32:
             raise OnnxModelError(f"{self.path.name} gave logits {logits.dtype} {list(logits.shape)} for a "
@@ -409,6 +412,15 @@ class OnnxSegmenter(ModelDescription):
         self.scan_backend = "native"
         onnx_scan_ops.session_options(options)
         return model, None
+
+    def _scan_failure(self) -> Optional[str]:
+        """The error a native scan op met in this thread's last run (onnx_scan_ops.take_failure: the ops cannot
+        raise), cleared; None where none, or the scans are the file's own ops."""
+        if self.scan_backend != "native":
+            return None
+        from .onnx_scan_ops import take_failure
+
+        return take_failure()
 
     def _check_provider(self, device: str) -> Optional[str]:
         """ONNX Runtime falls back to the CPU when the provider asked for cannot start (e.g. CUDA's libraries are

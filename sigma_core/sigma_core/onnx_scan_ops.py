@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -223,6 +224,19 @@ def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus
 
 
 _OP_IDS: set[int] = set()
+_FAILURE = threading.local()  # .text: the first error a scan op of this thread met in a run, for take_failure
+
+
+def take_failure() -> Optional[str]:
+    """The error a scan op met in the calling thread's last session run (one line; None: none), cleared.
+
+    An exception raised in a Python op does not reach ONNX Runtime's caller: onnxruntime-extensions' bridge
+    aborts the whole process on it (std::terminate). So the ops never raise: on an error (inputs that do not fit,
+    the kernel's refusal, out of memory) the op's output is NaN, ONNX Runtime's run goes on, and the caller
+    (OnnxSegmenter.logits) asks here why, after each run, to raise it there. Sessions run their nodes on the
+    calling thread (sequential execution), hence one slot per thread."""
+    text, _FAILURE.text = getattr(_FAILURE, "text", None), None
+    return text
 
 
 def _register_ops() -> None:
@@ -242,7 +256,12 @@ def _register_ops() -> None:
         if op_id not in _OP_IDS:
             return default(op_id, feed, attributes)
         op = _ocos.Opdef._odlist[op_id]
-        out = op.body(*feed, **op.cast_attributes(attributes))
+        try:
+            out = op.body(*feed, **op.cast_attributes(attributes))
+        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process (see take_failure)
+            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
+                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
+            out = np.full(np.shape(feed[0]), np.nan, np.float32)
         return op_id, out.shape, out.reshape(-1)
 
     PyCustomOpDef.install_hooker(invoke)
