@@ -109,6 +109,28 @@ def test_cross_scan_by_index_matches_numba_for_both_map_layouts(height, width, c
 
 
 @needs_native
+@pytest.mark.parametrize("direction", [0, 1, 2, 3])
+@pytest.mark.parametrize("layout", ["positions-contiguous", "channels-last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_cross_scan_direction_equals_the_plain_scan_of_its_copied_sequence(direction, layout, dtype):
+    # Rows of 24 positions hold whole 16-step runs (read as tiles, forwards and backwards); the column-major
+    # directions jump 24 positions a step (inputs copied into step order first); 40 channels: two full blocks
+    # of 16 and one of 8. The arithmetic is the same as on the copied sequence, so the result is bit-equal.
+    height, width = 13, 24
+    order = cross_scan_order(height, width)[direction:direction + 1]
+    inputs = ordered_inputs(2, 1, 40, 16, height * width, seed=direction, dtype=dtype)
+    if layout == "channels-last":
+        inputs["u"] = inputs["u"].transpose(1, 2).contiguous().transpose(1, 2)
+    copied = dict(inputs, **{k: inputs[k][..., order[0]].contiguous() for k in ("u", "delta", "B", "C")})
+    with torch.no_grad():
+        got = scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order)
+        sequence = native(copied, True)
+    want = torch.empty_like(sequence)
+    want[..., order[0]] = sequence
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_native
 @pytest.mark.parametrize("swap_c", [False, True])
 def test_two_way_order_with_swapped_c_matches_numba(swap_c):
     inputs = ordered_inputs(1, 2, 5, 4, 18, seed=11)

@@ -5,6 +5,9 @@
 // of 64 steps. Pass 1 gathers the chunk's delta and u time-major through the order table and computes
 // softplus(delta + bias) and delta * u; pass 2 runs the recurrence with the 16 channels as the lanes of one
 // vector; pass 3 adds the D skip and writes y back into position order (summed over the sets if merged).
+// Where the positions are contiguous in memory (a row-major map's rows), 16 steps at neighbouring positions are
+// read and written as one 16 x 16 tile transposed in registers; a set whose order jumps (the column-major
+// cross-scan directions) first copies its rows of delta, u, B and C into step order (see in_step_order).
 //
 // Why it beats numba: the 16 states of h and the partial sums of y stay in vector registers across the state
 // loop (N is a compile-time constant for the model's N = 16, and 4), the decay 2**x is an inline polynomial
@@ -21,7 +24,9 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -181,22 +186,66 @@ Jobs job_layout(const SigmaScanArgs& a) {
   return j;
 }
 
-// A hint to bring rows [ch, ch + width) of a (batch, channels, P) array at the chunk's positions into the caches,
-// by cache lines, for either layout: channels contiguous (a channels-last map: one line per step) or positions
-// contiguous (one line per channel and run of 16 steps, or per step where the order jumps). Why: a chunk reads
-// 16 channels at 64 steps, rows far apart in memory; the hardware prefetchers do not follow that many streams.
-void prefetch_rows(const void* x, int item, const int64_t* s, int64_t b, int64_t ch, int width, const int64_t* pos,
-                   int steps) {
-  const char* base = static_cast<const char*>(x) + (b * s[0] + ch * s[1]) * item;
-  if (s[1] == 1) {
+// Whether a set's step order jumps through memory: more than 1 step in 8 moves to a position other than a
+// neighbour (the column-major cross-scan directions, W positions a step).
+bool order_jumps(const int64_t* order, int64_t length) {
+  int64_t jumps = 0;
+  for (int64_t t = 1; t < length; ++t) jumps += std::abs(order[t] - order[t - 1]) > 1;
+  return jumps * 8 > length;
+}
+
+// One input as a scan set reads it: element (row r, step t) at x[base + r * row + pos[t] * step], pos the set's
+// order, or the steps 0, 1, 2, ... themselves where the rows were copied into step order (steps_in_order).
+struct Rows {
+  const void* x;
+  int64_t base, row, step;
+  bool steps_in_order;
+};
+
+// Scratch memory, left uninitialised (every element read is written first; std::vector would zero megabytes).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> owner;
+  T* data = nullptr;
+  size_t size = 0;
+  void reserve(size_t n) {
+    if (n > size) owner.reset(new T[n]), data = owner.get(), size = n;
+  }
+};
+
+// A set's rows [0, rows) of `in`, copied into buf in step order (rows x length, elements of type T): where the
+// order jumps and a row's positions are contiguous in memory, reading a chunk's steps in place touches one cache
+// line per element (16 channels x 64 steps: 1024 lines, reused only a column later, after megabytes), copied
+// they are read as whole lines. One pass per row (a row of the largest map, 75 KB, stays in L2 meanwhile).
+template <typename T>
+Rows in_step_order(const Rows& in, int64_t rows, const int64_t* order, int64_t length, bool jumps,
+                   Buffer<T>& buf) {
+  if (in.row == 1 || !jumps) return in;  // rows of one step are contiguous: nothing to gain
+  buf.reserve(static_cast<size_t>(rows * length));
+  const T* x = static_cast<const T*>(in.x) + in.base;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* from = x + r * in.row;
+    T* to = buf.data + r * length;
+    for (int64_t t = 0; t < length; ++t) to[t] = from[order[t] * in.step];
+  }
+  return Rows{buf.data, 0, length, 1, true};
+}
+
+// A hint to bring rows [r0, r0 + width) of an input at the chunk's steps into the caches, by cache lines, for
+// either layout: rows contiguous (a channels-last map: one line per step) or positions contiguous (one line per
+// row and run of 16 steps, or per step where the order jumps). Why: a chunk reads 16 channels at 64 steps, rows
+// far apart in memory; the hardware prefetchers do not follow that many streams.
+void prefetch_rows(const Rows& in, int item, int64_t r0, int width, const int64_t* pos, int steps) {
+  const char* base = static_cast<const char*>(in.x) + (in.base + r0 * in.row) * item;
+  if (in.row == 1) {
     for (int t = 0; t < steps; ++t) {
-      const char* row = base + pos[t] * s[2] * item;
+      const char* row = base + pos[t] * in.step * item;
       __builtin_prefetch(row);
       __builtin_prefetch(row + (width - 1) * item);
     }
-  } else if (s[2] == 1) {
+  } else if (in.step == 1) {
     for (int c = 0; c < width; ++c) {
-      const char* row = base + c * s[1] * item;
+      const char* row = base + c * in.row * item;
       for (int t = 0; t < steps; t += 16) {
         const int last = std::min(t + 15, steps - 1);
         if (std::abs(pos[last] - pos[t]) == last - t) {
@@ -210,40 +259,99 @@ void prefetch_rows(const void* x, int item, const int64_t* s, int64_t b, int64_t
   }
 }
 
-// Gathers a chunk's rows of a (batch, channels, P) input time-major into buf[t][c]; padding lanes 0.
+#ifdef __AVX512F__
+// 1 where the 16 positions pos[0..15] ascend by one, -1 where they descend by one, else 0.
+inline int contiguous_run(const int64_t* pos) {
+  bool up = true, down = true;
+  for (int i = 1; i < W; ++i) {
+    up &= pos[i] == pos[0] + i;
+    down &= pos[i] == pos[0] - i;
+  }
+  return up ? 1 : (down ? -1 : 0);
+}
+
+// In-register transpose of a 16 x 16 float32 tile: r[i] lane j becomes r[j] lane i.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: rows 2i, 2i + 1 interleaved
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], 128-bit lane L: rows 4i..4i+3 at column 4L + j
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // 128-bit lanes regrouped across rows, twice
+    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+#endif
+
+// Gathers a chunk's rows [r0, r0 + width) of an input time-major into buf[t][c]; padding lanes 0.
 template <int KIND>
-void gather(const void* x, const int64_t* s, int64_t b, int64_t ch, int width, const int64_t* pos, int steps,
-            V* buf) {
-  if (KIND == F32 && s[1] == 1 && width == W) {  // channels-last: each step is one contiguous row
-    const float* base = static_cast<const float*>(x) + b * s[0] + ch;
-    for (int t = 0; t < steps; ++t) {
-      const float* row = base + pos[t] * s[2];
-      std::memcpy(&buf[t], row, sizeof(V));
-    }
+void gather(const Rows& in, int64_t r0, int width, const int64_t* pos, int steps, V* buf) {
+  const void* x = in.x;
+  const int64_t base = in.base + r0 * in.row;
+  if (KIND == F32 && in.row == 1 && width == W) {  // channels-last: each step is one contiguous row
+    const float* x0 = static_cast<const float*>(x) + base;
+    for (int t = 0; t < steps; ++t) std::memcpy(&buf[t], x0 + pos[t] * in.step, sizeof(V));
     return;
   }
-  const int64_t base = b * s[0] + ch * s[1];
   if (KIND != F32 && width == W) {  // half types: 16 lanes of one step widened together (vectorises)
     for (int t = 0; t < steps; ++t) {
-      const int64_t at = base + pos[t] * s[2];
+      const int64_t at = base + pos[t] * in.step;
       V v;
-      for (int c = 0; c < W; ++c) v[c] = widen<KIND>(x, at + c * s[1]);
+      for (int c = 0; c < W; ++c) v[c] = widen<KIND>(x, at + c * in.row);
       buf[t] = v;
     }
     return;
   }
 #ifdef __AVX512F__
-  if (KIND == F32 && width == W && s[1] * (W - 1) < INT32_MAX) {  // 16 channels of one step: one gather
+  if (KIND == F32 && width == W && in.row * (W - 1) < INT32_MAX) {  // 16 channels of one step: one gather
     const float* x0 = static_cast<const float*>(x) + base;
     const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(static_cast<int32_t>(s[1])));
-    for (int t = 0; t < steps; ++t) buf[t] = vec(_mm512_i32gather_ps(lanes, x0 + pos[t] * s[2], 4));
+                                             _mm512_set1_epi32(static_cast<int32_t>(in.row)));
+    int t = 0;
+    if (in.step == 1) {  // positions contiguous: 16 steps at neighbouring positions as one 16 x 16 tile
+      for (; t + W <= steps; t += W) {
+        const int run = contiguous_run(pos + t);
+        if (run == 0) {
+          for (int i = t; i < t + W; ++i) buf[i] = vec(_mm512_i32gather_ps(lanes, x0 + pos[i], 4));
+          continue;
+        }
+        __m512 tile[W];
+        const float* first = x0 + (run > 0 ? pos[t] : pos[t + W - 1]);
+#pragma GCC unroll 16
+        for (int c = 0; c < W; ++c) tile[c] = _mm512_loadu_ps(first + c * in.row);
+        transpose16(tile);  // tile[j]: the 16 channels at position first + j
+#pragma GCC unroll 16
+        for (int j = 0; j < W; ++j) buf[run > 0 ? t + j : t + W - 1 - j] = vec(tile[j]);
+      }
+    }
+    for (; t < steps; ++t) buf[t] = vec(_mm512_i32gather_ps(lanes, x0 + pos[t] * in.step, 4));
     return;
   }
 #endif
   for (int t = 0; t < steps; ++t) buf[t] = V{};
   for (int c = 0; c < width; ++c)
-    for (int t = 0; t < steps; ++t) buf[t][c] = widen<KIND>(x, base + c * s[1] + pos[t] * s[2]);
+    for (int t = 0; t < steps; ++t) buf[t][c] = widen<KIND>(x, base + c * in.row + pos[t] * in.step);
 }
 
 template <int NS, int KIND>
@@ -274,6 +382,11 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
   const int64_t* Bs = a.B_stride;
   const int64_t* Cs = a.C_stride;
   const int item = KIND == F32 ? 4 : 2;
+  // The job's rows of delta, u, B and C in step order, for sets whose order jumps (see in_step_order).
+  using Item = typename std::conditional<KIND == F32, float, uint16_t>::type;
+  Buffer<Item> delta_steps, u_steps, b_steps, c_steps;
+  std::vector<int64_t> steps_order;  // 0, 1, 2, ...: the positions of inputs copied into step order
+  const int64_t first_channel = first_block * W, channels = std::min<int64_t>(span * W, a.per - first_channel);
 
   for (int64_t k = first_set; k < end_set; ++k) {
     const int64_t* order = a.order + (k % a.order_rows) * a.length;
@@ -290,46 +403,63 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
         for (int s = 0; s < n; ++s) av[s][c] = a.A[(ch0 + c) * a.n_state + s] * LOG2E;
       }
     }
-    const int64_t b_base = b * Bs[0] + k * Bs[1], c_base = b * Cs[0] + a.c_group[k] * Cs[1];
+    const bool jumps = order_jumps(order, a.length);
+    // Rows: delta and u the job's channels of the set, B and C the states of the set's groups.
+    const int64_t* ds = a.delta_stride;
+    const int64_t* us = a.u_stride;
+    const Rows delta = in_step_order(Rows{a.delta, b * ds[0] + (k * a.per + first_channel) * ds[1], ds[1], ds[2], false},
+                                     channels, order, a.length, jumps, delta_steps);
+    const Rows u = in_step_order(Rows{a.u, b * us[0] + (k * a.u_step + first_channel) * us[1], us[1], us[2], false},
+                                 channels, order, a.length, jumps, u_steps);
+    const Rows B = in_step_order(Rows{a.B, b * Bs[0] + k * Bs[1], Bs[2], Bs[3], false}, n, order, a.length, jumps, b_steps);
+    const Rows C = in_step_order(Rows{a.C, b * Cs[0] + a.c_group[k] * Cs[1], Cs[2], Cs[3], false}, n, order, a.length,
+                                 jumps, c_steps);
+    const Rows out_rows{a.out, b * a.out_stride[0] + (k * a.out_step + first_channel) * a.out_stride[1],
+                        a.out_stride[1], a.out_stride[2], false};
+    if ((delta.steps_in_order || u.steps_in_order || B.steps_in_order || C.steps_in_order) && steps_order.empty()) {
+      steps_order.resize(static_cast<size_t>(a.length));
+      for (int64_t t = 0; t < a.length; ++t) steps_order[t] = t;
+    }
+    auto positions = [&](const Rows& in) { return in.steps_in_order ? steps_order.data() : order; };
     for (int64_t t0 = 0; t0 < a.length; t0 += CHUNK) {
       const int steps = static_cast<int>(std::min<int64_t>(CHUNK, a.length - t0));
       const int64_t* pos = order + t0;
-      const int64_t* ahead = pos + CHUNK;
       const int ahead_steps = static_cast<int>(std::min<int64_t>(CHUNK, std::max<int64_t>(0, a.length - t0 - CHUNK)));
       // The rows of block i (of this chunk, or of the next one's first block), one block ahead of their use: a
       // block's work covers the memory latency, and what is fetched (16 channels x 64 steps) stays in the caches.
-      auto prefetch_block = [&](int i, const int64_t* at, int count) {
-        const int64_t c0 = (first_block + i) * W;
-        const int width = static_cast<int>(std::min<int64_t>(W, a.per - c0));
-        prefetch_rows(a.delta, item, a.delta_stride, b, k * a.per + c0, width, at, count);
-        prefetch_rows(a.u, item, a.u_stride, b, k * a.u_step + c0, width, at, count);
-        prefetch_rows(a.out, 4, a.out_stride, b, k * a.out_step + c0, width, at, count);
+      // at: the chunk's first step (t0, or t0 + CHUNK for the next chunk)
+      auto prefetch_block = [&](int i, int64_t at, int count) {
+        const int64_t r0 = i * W;
+        const int width = static_cast<int>(std::min<int64_t>(W, channels - r0));
+        prefetch_rows(delta, item, r0, width, positions(delta) + at, count);
+        prefetch_rows(u, item, r0, width, positions(u) + at, count);
+        prefetch_rows(out_rows, 4, r0, width, order + at, count);
       };
       if (ahead_steps > 0) {  // B and C of the next chunk, while this one computes
-        // B[b] and C[b] as (G, N, P) arrays: "batch" the group, "channels" the states
-        prefetch_rows(static_cast<const char*>(a.B) + b * Bs[0] * item, item, Bs + 1, k, 0, n, ahead, ahead_steps);
-        prefetch_rows(static_cast<const char*>(a.C) + b * Cs[0] * item, item, Cs + 1, a.c_group[k], 0, n, ahead,
-                      ahead_steps);
+        prefetch_rows(B, item, 0, n, positions(B) + t0 + CHUNK, ahead_steps);
+        prefetch_rows(C, item, 0, n, positions(C) + t0 + CHUNK, ahead_steps);
       }
       // B and C of the chunk, once for all blocks of the span.
+      const int64_t* b_pos = positions(B) + t0;
+      const int64_t* c_pos = positions(C) + t0;
       for (int s = 0; s < n; ++s)
         for (int t = 0; t < steps; ++t) {
-          bc[s * CHUNK + t] = widen<KIND>(a.B, b_base + s * Bs[2] + pos[t] * Bs[3]);
-          bc[(n + s) * CHUNK + t] = widen<KIND>(a.C, c_base + s * Cs[2] + pos[t] * Cs[3]);
+          bc[s * CHUNK + t] = widen<KIND>(B.x, B.base + s * B.row + b_pos[t] * B.step);
+          bc[(n + s) * CHUNK + t] = widen<KIND>(C.x, C.base + s * C.row + c_pos[t] * C.step);
         }
       for (int i = 0; i < span; ++i) {
         if (i + 1 < span) {
-          prefetch_block(i + 1, pos, steps);
+          prefetch_block(i + 1, t0, steps);
         } else if (ahead_steps > 0) {
-          prefetch_block(0, ahead, ahead_steps);
+          prefetch_block(0, t0 + CHUNK, ahead_steps);
         }
         const int64_t c0 = (first_block + i) * W;
         const int width = static_cast<int>(std::min<int64_t>(W, a.per - c0));
         const V bias = bias_all[i], dskip = dskip_all[i];
         const V* av = &a_all[static_cast<size_t>(i) * n];
         // Pass 1: the block's inputs, time-major.
-        gather<KIND>(a.delta, a.delta_stride, b, k * a.per + c0, width, pos, steps, dt_buf);
-        gather<KIND>(a.u, a.u_stride, b, k * a.u_step + c0, width, pos, steps, u_buf);
+        gather<KIND>(delta, i * W, width, positions(delta) + t0, steps, dt_buf);
+        gather<KIND>(u, i * W, width, positions(u) + t0, steps, u_buf);
         for (int t = 0; t < steps; ++t) {
           V dt = dt_buf[t] + bias;
           if (a.softplus) dt = softplusv(dt);
@@ -378,12 +508,34 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
           const __m512i lanes = _mm512_mullo_epi32(
               _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
               _mm512_set1_epi32(static_cast<int32_t>(os[1])));
-          for (int t = 0; t < steps; ++t) {
+          auto scatter = [&](int t) {
             float* o = out + pos[t] * os[2];
             __m512 y = m512(y_buf[t]);
             if (add) y = _mm512_add_ps(y, _mm512_i32gather_ps(lanes, o, 4));
             _mm512_i32scatter_ps(o, lanes, y, 4);
+          };
+          int t = 0;
+          if (os[2] == 1) {  // positions contiguous: 16 steps at neighbouring positions as one 16 x 16 tile
+            for (; t + W <= steps; t += W) {
+              const int run = contiguous_run(pos + t);
+              if (run == 0) {
+                for (int i = t; i < t + W; ++i) scatter(i);
+                continue;
+              }
+              __m512 tile[W];
+#pragma GCC unroll 16
+              for (int j = 0; j < W; ++j) tile[j] = m512(y_buf[run > 0 ? t + j : t + W - 1 - j]);
+              transpose16(tile);  // tile[c]: channel c at positions first, first + 1, ...
+              float* first = out + (run > 0 ? pos[t] : pos[t + W - 1]);
+#pragma GCC unroll 16
+              for (int c = 0; c < W; ++c) {
+                __m512 y = tile[c];
+                if (add) y = _mm512_add_ps(y, _mm512_loadu_ps(first + c * os[1]));
+                _mm512_storeu_ps(first + c * os[1], y);
+              }
+            }
           }
+          for (; t < steps; ++t) scatter(t);
 #endif
         } else {
           for (int c = 0; c < width; ++c)
