@@ -14,8 +14,10 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "numba", "torch", "opencv-python-headless", "pyyaml", "tqdm", "rosbags", "matplotlib",
                       "pillow"],
-    # onnx: run sigma-export files (no torch needed at run time); export: write them
-    extras_require={"train": ["tensorboard"], "gpu": ["triton"], "onnx": ["onnxruntime"],
+    # onnx: run sigma-export files (no torch needed at run time; onnx and onnxruntime-extensions put the native scan
+    # kernel in ONNX Runtime); export: write them
+    extras_require={"train": ["tensorboard"], "gpu": ["triton"],
+                    "onnx": ["onnxruntime", "onnx", "onnxruntime-extensions"],
                     "export": ["onnx", "onnxscript", "onnxruntime"]},
     zip_safe=False,
     maintainer="Sigma ROS maintainers",

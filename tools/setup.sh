@@ -53,7 +53,7 @@ fi
 # The native scan kernel is compiled now (a few seconds, into the user's cache), not at the first frame; without a
 # C++ compiler this says why, and the numba scan is used.
 "$venv/bin/python" -c "
-from sigma_core.ops.selective_scan import BackendUnavailable
+from sigma_core.native_kernel import BackendUnavailable
 try:
     from sigma_core.ops import scan_native
     print('[setup] native scan kernel ready in', scan_native.cache_dir())

@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,12 +94,12 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
     try:
         log(f"exporting {meta.config.name} ({'x'.join(map(str, fixed)) if fixed else 'any size'}, {precision}) ...")
         proto = trace_to_onnx(model, fixed, precision, opset)
-        scans = scan_onnx.expand_scan_nodes(proto)
+        sites = scan_onnx.expand_scan_nodes(proto)
         strip_trace_metadata(proto)
         deduplicate_initializers(proto)
         if precision == "fp16":
             matmuls_to_fp16(proto)
-        write_metadata(proto, meta, source, precision)
+        write_metadata(proto, meta, source, precision, sites)
         import onnx
 
         onnx.checker.check_model(proto)
@@ -125,7 +125,7 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out: str | os.Path
         model.set_scan_backend("auto")
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     return ExportReport(out, time.perf_counter() - start, out.stat().st_size, weight_bytes, check_size, diff, rel,
-                        agreement, scans)
+                        agreement, len(sites))
 
 
 def check_arguments(out: Path, height: Optional[int], width: Optional[int], precision: str, opset: int,
@@ -353,8 +353,9 @@ def deduplicate_initializers(proto) -> int:
     return len(rename)
 
 
-def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str) -> None:
-    """The sigma.* metadata_props sigma_core.onnx_runtime reads (everything needed to run the file)."""
+def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str, sites: Sequence[dict] = ()) -> None:
+    """The sigma.* metadata_props sigma_core.onnx_runtime reads (everything needed to run the file); ``sites``:
+    the scans (scan_onnx.expand_scan_nodes), for the native scan kernel in ONNX Runtime (onnx_scan_ops)."""
     values = {
         "format": FORMAT,
         "model": meta.config.name,
@@ -368,6 +369,7 @@ def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str) -> 
         "source_checkpoint": str(source),
         "sigma_core_version": __version__,
         "scan_chunk": scan_onnx.STEPS,
+        "scan_sites": list(sites),
     }
     for key, value in values.items():
         entry = proto.metadata_props.add()
@@ -384,7 +386,7 @@ def compare_with_torch(model: torch.nn.Module, path: Path, size: tuple[int, int]
     model.set_scan_backend("auto")
     with torch.inference_mode():
         expected = model(rgb, modal).float().numpy()
-    got = OnnxSegmenter(path, device="cpu").logits(rgb.numpy(), modal.numpy())
+    got = OnnxSegmenter(path, device="cpu", scan_backend="onnx").logits(rgb.numpy(), modal.numpy())  # as written
     diff = float(np.abs(got - expected).max())
     rel = diff / max(float(np.abs(expected).max()), 1e-12)
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())

@@ -209,7 +209,8 @@ class Segmenter(ModelDescription):
         if is_onnx_path(path):  # a sigma-export file: ONNX Runtime runs it (see sigma_core.onnx_runtime)
             from .onnx_runtime import OnnxSegmenter
 
-            seg = OnnxSegmenter(path, device=str(device), precision=precision, input_size=input_size)
+            seg = OnnxSegmenter(path, device=str(device), precision=precision, input_size=input_size,
+                                scan_backend=scan_backend)  # auto | native | onnx there
             if dataset is not None:
                 seg.meta.warnings.append(f"dataset {dataset!r} ignored: {Path(path).name} names its classes itself")
             return seg  # type: ignore[return-value]

@@ -16,6 +16,7 @@ installed, else the CPU.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -158,11 +159,12 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number sigma-export writes")
 
 
-def _open_session(ort, source: str, options, providers: list):
-    """ort.InferenceSession; OnnxModelError saying whether the file is no ONNX model at all or which part of it
-    ONNX Runtime refuses (an operator, a type, external data outside the model's folder, ...)."""
+def _open_session(ort, source: str, options, providers: list, model: Optional[bytes] = None):
+    """ort.InferenceSession of the file ``source`` (or of ``model``, that file as edited); OnnxModelError saying
+    whether the file is no ONNX model at all or which part of it ONNX Runtime refuses (an operator, a type,
+    external data outside the model's folder, ...)."""
     try:
-        return ort.InferenceSession(source, options, providers=providers)
+        return ort.InferenceSession(model if model is not None else source, options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         text = " ".join(str(e).split())
         if "Protobuf parsing failed" in text or "No graph was found in the protobuf" in text:
@@ -205,10 +207,9 @@ class OnnxSegmenter(ModelDescription):
     ValueError (device).
     """
 
-    scan_backend = "onnx"
-
     def __init__(self, path: Union[str, Path], device: str = "cpu", precision: str = "fp32",
-                 input_size: Union[tuple[int, int], None, str] = "checkpoint", threads: Optional[int] = None):
+                 input_size: Union[tuple[int, int], None, str] = "checkpoint", threads: Optional[int] = None,
+                 scan_backend: str = "auto"):
         ort = import_onnxruntime()
         self.path = Path(path)
         source = str(self.path)
@@ -237,11 +238,11 @@ class OnnxSegmenter(ModelDescription):
                              "emulated and slower than fp32: use precision 'fp32' on a CPU, and fp16/bf16 on a GPU "
                              "(device 'cuda' or 'tensorrt'); an ONNX file's own precision is chosen at export "
                              "(sigma-export --precision)")
-        self.session = _open_session(ort, source, options, providers)
+        model, scan_note = self._scan_kernel_model(scan_backend, threads, options)
+        self.session = _open_session(ort, source, options, providers, model)
         fallback = self._check_provider(device)
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source)
-        if fallback:
-            self.meta.warnings.append(fallback)
+        self.meta.warnings.extend(note for note in (fallback, scan_note) if note)
         self._check_io(source)
         self._fixed = self._fixed_size()
         if self.meta.precision != "fp32" and self._device.type == "cpu":
@@ -251,6 +252,8 @@ class OnnxSegmenter(ModelDescription):
             self.meta.warnings.append(f"precision {precision} asked for, but {self.path.name} holds a "
                                       f"{self.meta.precision} model (sigma-export --precision chooses it)")
         self.runtime = f"ONNX Runtime {ort.__version__} ({self.session.get_providers()[0]})"
+        if self.scan_backend == "native":
+            self.runtime += " with the native scan kernel (onnxruntime-extensions)"
         if input_size == "checkpoint":
             input_size = self._fixed or self.meta.input_size
         self.input_size: Optional[tuple[int, int]] = tuple(input_size) if input_size is not None else None
@@ -308,12 +311,15 @@ class OnnxSegmenter(ModelDescription):
             raise ValueError(f"Sigma needs images of at least 4x4 pixels, got {tuple(rgb.shape[2:])}")
         feeds = {INPUT_NAMES[0]: np.ascontiguousarray(rgb, np.float32),
                  INPUT_NAMES[1]: np.ascontiguousarray(modal, np.float32)}
+        self._scan_failure()  # one left by another session's run on this thread is not this run's
         try:
-            logits = self.session.run([OUTPUT_NAME], feeds)[0]
+            logits, error = self.session.run([OUTPUT_NAME], feeds)[0], None
         except Exception as e:  # onnxruntime's own types (Fail, RuntimeException, ...): one line naming the input
+            logits, error = None, " ".join(str(e).split())
+        error = self._scan_failure() or error  # a scan op's own error is the cause of what followed it
+        if error:
             raise OnnxRunError(f"ONNX Runtime failed to run {self.path.name} ({self.runtime}) on a "
-                               f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: "
-                               f"{' '.join(str(e).split())[:500]}") from None
+                               f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: {error[:500]}")
         expected = (rgb.shape[0], self.num_classes, rgb.shape[2], rgb.shape[3])
         if logits.shape != expected or logits.dtype != np.float32:
             raise OnnxModelError(f"{self.path.name} gave logits {logits.dtype} {list(logits.shape)} for a "
@@ -376,6 +382,45 @@ class OnnxSegmenter(ModelDescription):
             raise OnnxModelError(f"{source}: output {OUTPUT_NAME!r} is {logits.type} {shape}, but its metadata names "
                                  f"{self.meta.num_classes} classes: a sigma-export file gives float32 (B, "
                                  f"{self.meta.num_classes}, H, W) logits: {redo}")
+
+    def _scan_kernel_model(self, scan_backend: str, threads: int, options) -> tuple[Optional[bytes], Optional[str]]:
+        """The model with its scans on the native kernel (onnx_scan_ops), for the CPU provider where it can run, and
+        ``options`` made ready for it; else (None, why not, for meta.warnings). Sets self.scan_backend ("native":
+        the kernel, "onnx": the file's own ops). scan_backend: auto | native (refused, ValueError, where it cannot
+        run) | onnx (the file as written)."""
+        from . import onnx_scan_ops
+
+        if scan_backend not in ("auto", "native", "onnx"):
+            raise ValueError(f"scan backend {scan_backend!r} is unknown for an ONNX model; use auto, native or onnx")
+        self.scan_backend = "onnx"
+        if scan_backend == "onnx":
+            return None, None
+        if self._device.type != "cpu":
+            if scan_backend == "native":
+                raise ValueError(f"scan backend 'native' runs on the CPU only; {self.path.name} runs on "
+                                 f"{self._device.provider}: use scan backend auto or onnx")
+            return None, None
+        # threads 0: ONNX Runtime's own default, a thread per core; the kernel then takes every CPU allowed
+        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        try:
+            model = onnx_scan_ops.kernel_model(self.path, threads or allowed or 1)
+        except onnx_scan_ops.ScanKernelUnavailable as err:
+            if scan_backend == "native":
+                raise ValueError(f"scan backend 'native' for {self.path.name}: {err}") from None
+            return None, (f"the scans run as {self.path.name}'s own ONNX ops, about 2.6x slower than with the native "
+                          f"scan kernel: {err}")
+        self.scan_backend = "native"
+        onnx_scan_ops.session_options(options)
+        return model, None
+
+    def _scan_failure(self) -> Optional[str]:
+        """The error a native scan op met in this thread's last run (onnx_scan_ops.take_failure: the ops cannot
+        raise), cleared; None where none, or the scans are the file's own ops."""
+        if self.scan_backend != "native":
+            return None
+        from .onnx_scan_ops import take_failure
+
+        return take_failure()
 
     def _check_provider(self, device: str) -> Optional[str]:
         """ONNX Runtime falls back to the CPU when the provider asked for cannot start (e.g. CUDA's libraries are

@@ -108,7 +108,8 @@ def exported(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_node_without_torch_runs_an_exported_model_like_the_torch_node(exported, tmp_path_factory, monkeypatch):
-    """Also: the ONNX node is given warmup.size 96x120, a size its fixed-size file refuses; it warms up at the file's
+    """The ONNX node runs its scans on the native kernel (torch blocked in its process). Also: it is given
+    warmup.size 96x120, a size its fixed-size file refuses; it warms up at the file's
     64x80, the only size it runs at (every image is resized to it), where it exited 2 ('set warmup.size to the
     camera's size', which the file refused as well: the demo could not run such a file)."""
     root, ckpt, onnx_file = exported
@@ -133,6 +134,8 @@ def test_node_without_torch_runs_an_exported_model_like_the_torch_node(exported,
     harness = Harness(DOMAIN_ID)
     try:
         assert "ONNX Runtime" in onnx_node.log() and "CPUExecutionProvider" in onnx_node.log()
+        # the scans on the native kernel inside ONNX Runtime (onnx_scan_ops), torch blocked
+        assert "with the native scan kernel" in onnx_node.log() and "scan backend native" in onnx_node.log()
         assert f"warming up at {H}x{W}" in onnx_node.log()
         for ns in ("/t", "/o"):
             harness.subscribe(Image, f"{ns}/segmentation/mask")

@@ -455,24 +455,37 @@ def _chunk_body(prefix: str, steps: int, softplus: bool):
     return helper.make_graph(nodes, prefix + "graph", inputs, outputs)
 
 
-def expand_scan_nodes(model) -> int:
+def expand_scan_nodes(model) -> list[dict]:
     """Replace every ai.sigma.ScanRecurrence / ScanMap node of ``model`` (ModelProto, in place) by
-    recurrence_nodes / map_recurrence_nodes.
+    recurrence_nodes / map_recurrence_nodes, the nodes of scan i named ``sigma_scan{i}_...``.
 
-    Returns how many were replaced. Also drops the ai.sigma opset import: the result is standard ONNX.
+    Returns the scan sites, one dict each: prefix (of its nodes' names), op ("ScanRecurrence" / "ScanMap"),
+    output, softplus (0/1), directions (ScanMap): what sigma_core.onnx_scan_ops needs to run the site with the
+    native kernel instead. A site's seven inputs (u, delta, A, B, C, D, delta_bias) enter it through Identity
+    nodes named ``{prefix}input0`` .. ``input6`` (free at run time), so that later passes renaming tensors
+    (deduplicate_initializers) cannot make a recorded name stale. Also drops the ai.sigma opset import: the
+    result is standard ONNX.
     """
+    from onnx import helper
+
     graph = model.graph
-    out, count = [], 0
+    out, sites = [], []
     for node in graph.node:
         if node.domain == DOMAIN and node.op_type in (OP_TYPE, MAP_OP_TYPE):
             attrs = {a.name: a.i for a in node.attribute}
             softplus = bool(attrs.get("softplus", 1))
+            prefix = f"sigma_scan{len(sites)}_"
+            site = {"prefix": prefix, "op": node.op_type, "output": node.output[0], "softplus": int(softplus)}
+            inputs = [f"{prefix}input{i}" for i in range(len(node.input))]
+            out.extend(helper.make_node("Identity", [source], [name], name=name)
+                       for source, name in zip(node.input, inputs))
             if node.op_type == OP_TYPE:
-                out.extend(recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=softplus))
+                out.extend(recurrence_nodes(prefix, *inputs, node.output[0], softplus=softplus))
             else:
-                out.extend(map_recurrence_nodes(f"sigma_scan{count}_", *node.input, node.output[0], softplus=softplus,
+                site["directions"] = attrs["directions"]
+                out.extend(map_recurrence_nodes(prefix, *inputs, node.output[0], softplus=softplus,
                                                 directions=attrs["directions"], steps=attrs.get("steps", STEPS)))
-            count += 1
+            sites.append(site)
         else:
             out.append(node)
     del graph.node[:]
@@ -480,4 +493,4 @@ def expand_scan_nodes(model) -> int:
     keep = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-    return count
+    return sites

@@ -33,15 +33,13 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..native_kernel import BackendUnavailable  # defined torch-free: the ONNX Runtime path raises it too
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "SIGMA_SCAN_BACKEND"
 
 ScanFn = Callable[..., torch.Tensor]
-
-
-class BackendUnavailable(RuntimeError):
-    """A scan backend cannot run here; the message says what to install or change."""
 
 
 @dataclass(frozen=True)

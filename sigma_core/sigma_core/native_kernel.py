@@ -1,0 +1,252 @@
+"""The native selective-scan kernel (``ops/scan_native.cpp``) as a library: built with the system's C++
+compiler, cached, loaded with ctypes and called on raw pointers. Imports no torch (hence outside
+``sigma_core.ops``, whose package does): the torch backend (``ops.scan_native``) and the ONNX Runtime path of a
+deployment without torch (``sigma_core.onnx_scan_ops``) both call it through :func:`run_forward`.
+
+Build. ``c++`` (or $CXX) ``-O2 -march=native`` into ``cache_dir()`` (the user's cache, beside numba's kernels),
+named by a hash of the source, the compiler's version, the flags and the CPU's features: a new CPU, compiler
+or source builds a new library (~3 s), every later process loads it in milliseconds. The library is written
+under a temporary name and renamed into place, so no process loads a half-written file and two processes
+building at once both work. A library that does not load (damaged) is built again, once, with a warning.
+Without a working compiler :func:`load_library` raises BackendUnavailable with one line saying why.
+"""
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "ops" / "scan_native.cpp"
+ABI_VERSION = 1  # sigma_scan_abi_version() of a library this module can call
+FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread")
+HOST_FLAGS = ("-march=native",)  # dropped (portable code, 4-8x slower) where the compiler does not take it
+KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}  # SigmaScanArgs.kind for each element type
+
+
+class BackendUnavailable(RuntimeError):
+    """A scan backend cannot run here; the message says what to install or change."""
+
+
+def cache_dir() -> Path:
+    """Where the built library is kept: $SIGMA_NATIVE_CACHE_DIR if set, else $XDG_CACHE_HOME/sigma_core/native
+    (default ~/.cache/sigma_core/native), beside numba's kernels."""
+    if os.environ.get("SIGMA_NATIVE_CACHE_DIR"):
+        return Path(os.environ["SIGMA_NATIVE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sigma_core" / "native"
+
+
+def compiler() -> list[str]:
+    """The C++ compiler command: $CXX (may carry options, e.g. "ccache g++"), else ``c++``.
+
+    Raises BackendUnavailable where $CXX does not parse (an unclosed quote): a typo there must leave "auto" the
+    numba scan, not break every scan with a traceback."""
+    raw = os.environ.get("CXX") or ""
+    try:
+        return shlex.split(raw) or ["c++"]
+    except ValueError as err:
+        raise BackendUnavailable(f"scan backend 'native': $CXX={raw!r} does not parse ({err}); fix or unset it; "
+                                 "the numba scan is used instead") from err
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (x86 "flags", aarch64 "Features"): -march=native code is only for such a CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("flags", "Features"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _run_compiler(args: list[str]) -> subprocess.CompletedProcess:
+    try:
+        # errors="replace": a compiler speaking a non-UTF-8 locale must not raise UnicodeDecodeError here
+        return subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise BackendUnavailable(f"scan backend 'native': the C++ compiler {args[0]!r} does not run ({err}); "
+                                 "install g++ (apt install g++) or set CXX; the numba scan is used instead") from err
+
+
+def _first_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "error" in line.lower()] or stderr.splitlines() or ["?"]
+    return lines[0].strip()[:200]
+
+
+def _build(cxx: list[str], flags: tuple[str, ...], target: Path) -> None:
+    """Compile SOURCE into ``target`` atomically: written under a unique temporary name, then renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        done = _run_compiler([*cxx, *flags, str(SOURCE), "-o", tmp])
+        if done.returncode != 0:
+            raise BackendUnavailable(f"scan backend 'native' does not build with {' '.join(cxx)}: "
+                                     f"{_first_error(done.stderr)}; the numba scan is used instead")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _library_path(cxx: list[str], flags: tuple[str, ...]) -> Path:
+    version = _run_compiler([*cxx, "--version"])
+    if version.returncode != 0:
+        raise BackendUnavailable(f"scan backend 'native': {' '.join(cxx)} --version fails "
+                                 f"({_first_error(version.stderr)}); the numba scan is used instead")
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version.stdout.encode(), " ".join(flags).encode(), platform.machine().encode(),
+                 _cpu_features().encode()):
+        key.update(part + b"\0")
+    return cache_dir() / f"scan_native-{key.hexdigest()[:20]}.so"
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    try:
+        version = lib.sigma_scan_abi_version()
+        if version != ABI_VERSION:
+            raise OSError(f"ABI version {version}, expected {ABI_VERSION}")
+    except (OSError, AttributeError):
+        # Unloaded, or the dynamic loader would hand this same library back for the path once rebuilt.
+        _ctypes.dlclose(lib._handle)
+        raise
+    lib.sigma_scan_forward.argtypes = [ctypes.POINTER(_Args)]
+    lib.sigma_scan_forward.restype = ctypes.c_int
+    return lib
+
+
+def _on_noexec_mount(folder: Path) -> bool:
+    """Whether ``folder`` (or, not made yet, its nearest existing parent) is on a filesystem mounted noexec."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_NOEXEC", 0))
+    except OSError:
+        return False
+
+
+def load_library() -> ctypes.CDLL:
+    """The built kernel library: from the cache, else built now (host flags first, then portable ones).
+
+    Raises BackendUnavailable (one line: what failed, what to do) where no compiler builds it, or what it builds
+    does not load. A cached library that does not load (damaged file) is rebuilt once, with a warning."""
+    if _on_noexec_mount(cache_dir()):  # every build would be in vain, and be paid again by every process
+        raise BackendUnavailable(f"scan backend 'native': {cache_dir()} is on a filesystem mounted noexec, where no "
+                                 "library loads; set SIGMA_NATIVE_CACHE_DIR to another folder; the numba scan is used "
+                                 "instead")
+    cxx = compiler()
+    errors = []
+    for flags in (FLAGS + HOST_FLAGS, FLAGS):
+        path = _library_path(cxx, flags)
+        try:
+            if path.exists():
+                try:
+                    return _portable_said(_open(path), errors)
+                except (OSError, AttributeError) as err:
+                    warnings.warn(f"the native scan library {path} does not load ({str(err)[:160]}); "
+                                  "building it again", RuntimeWarning, stacklevel=2)
+            _build(cxx, flags, path)
+            try:
+                return _portable_said(_open(path), errors)
+            except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler, or a noexec mount
+                raise BackendUnavailable(f"scan backend 'native': the library {' '.join(cxx)} built does not load "
+                                         f"({str(err)[:160]}); set CXX to a working C++ compiler, or "
+                                         "SIGMA_NATIVE_CACHE_DIR to a folder not mounted noexec; the numba scan "
+                                         "is used instead") from err
+        except BackendUnavailable as err:
+            errors.append(err)
+        except OSError as err:  # an unwritable cache folder
+            errors.append(BackendUnavailable(f"scan backend 'native' cannot be built into {path.parent}: {err}; "
+                                             "set SIGMA_NATIVE_CACHE_DIR to a writable folder"))
+    raise errors[0]
+
+
+def _portable_said(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
+    """``lib``, after one log line where it is the portable build (the host flags failed): slower, and why."""
+    if host_errors:
+        why = str(host_errors[0]).replace("; the numba scan is used instead", "")  # not so: the portable build is
+        log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", why)
+    return lib
+
+
+class _Args(ctypes.Structure):
+    """SigmaScanArgs of scan_native.cpp, field for field."""
+
+    _fields_ = [
+        ("u", ctypes.c_void_p), ("u_stride", ctypes.c_int64 * 3),
+        ("delta", ctypes.c_void_p), ("delta_stride", ctypes.c_int64 * 3),
+        ("A", ctypes.c_void_p),
+        ("B", ctypes.c_void_p), ("B_stride", ctypes.c_int64 * 4),
+        ("C", ctypes.c_void_p), ("C_stride", ctypes.c_int64 * 4),
+        ("Dskip", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+        ("order", ctypes.c_void_p), ("order_rows", ctypes.c_int64), ("length", ctypes.c_int64),
+        ("c_group", ctypes.c_void_p),
+        ("sets", ctypes.c_int64), ("per", ctypes.c_int64), ("n_state", ctypes.c_int64), ("batch", ctypes.c_int64),
+        ("u_step", ctypes.c_int64), ("out_step", ctypes.c_int64),
+        ("out", ctypes.c_void_p), ("out_stride", ctypes.c_int64 * 3),
+        ("kind", ctypes.c_int32), ("softplus", ctypes.c_int32), ("threads", ctypes.c_int32),
+    ]
+
+
+
+
+
+Strided = tuple[int, Sequence[int]]  # (address, strides in elements)
+_LIBRARY: list = []  # [the loaded library] once loaded, [the BackendUnavailable] once failed
+
+
+def library() -> ctypes.CDLL:
+    """load_library(), once per process (a failure, too, is remembered and raised again); any other failure (an
+    unreadable source, a filesystem error) becomes BackendUnavailable, so that callers fall back in one line."""
+    if not _LIBRARY:
+        try:
+            _LIBRARY.append(load_library())
+        except BackendUnavailable as err:
+            _LIBRARY.append(err)
+        except Exception as err:  # noqa: BLE001 - reported in the one line the caller logs
+            _LIBRARY.append(BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: "
+                                               f"{str(err)[:200]}; the numba scan is used instead"))
+    if isinstance(_LIBRARY[0], BackendUnavailable):
+        raise _LIBRARY[0]
+    return _LIBRARY[0]
+
+
+def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Strided, C: Strided,
+                D: Optional[int], delta_bias: int, order: int, order_rows: int, length: int, c_group: int,
+                sets: int, per: int, n_state: int, batch: int, u_shared: bool, merged: bool, out: Strided,
+                kind: int, softplus: bool, threads: int) -> None:
+    """One call of ``lib``'s sigma_scan_forward (see scan_native.cpp; ``lib`` from library() or
+    load_library()), writing ``out``.
+
+    u, delta: (batch, channels, positions); B, C: (batch, sets, n_state, positions); out: (batch, per or
+    sets * per, positions), each (address, strides in elements) of float32/bfloat16/float16 (``kind``) data;
+    A: (sets * per, n_state), D, delta_bias: (sets * per,) contiguous float32 (D 0: no D * u term); order:
+    (order_rows, length) contiguous int64, step t of row r reads position order[r, t]; c_group: (sets,) int64,
+    the B/C set each set of channels reads. u_shared: every set reads the same ``per`` channels of u; merged:
+    the sets' outputs are summed into one ``per``-channel output. Raises RuntimeError where the kernel refuses.
+    """
+    args = _Args(
+        u=u[0], u_stride=tuple(u[1]), delta=delta[0], delta_stride=tuple(delta[1]), A=A, B=B[0],
+        B_stride=tuple(B[1]), C=C[0], C_stride=tuple(C[1]), Dskip=D or None, bias=delta_bias, order=order,
+        order_rows=order_rows, length=length, c_group=c_group, sets=sets, per=per, n_state=n_state, batch=batch,
+        u_step=0 if u_shared else per, out_step=0 if merged else per, out=out[0], out_stride=tuple(out[1]),
+        kind=kind, softplus=int(bool(softplus)), threads=max(1, threads))
+    status = lib.sigma_scan_forward(ctypes.byref(args))
+    if status != 0:
+        raise RuntimeError("native selective scan failed: " +
+                           ("invalid arguments (a bug: please report)" if status == 1 else "out of memory"))

@@ -1,0 +1,268 @@
+"""The selective scans of an exported file run by the native kernel inside ONNX Runtime (CPU), with no torch.
+
+A file written by sigma-export computes every scan with standard ONNX ops (a chunked ``Scan`` loop, see
+sigma_core.ops.scan_onnx), so any runtime runs it; ONNX Runtime's CPU provider runs those loops ~2.6x slower
+than torch with our kernel. The file also lists its scans in the metadata ``sigma.scan_sites``: for each, the
+names its nodes start with (its seven inputs u, delta, A, B, C, D, delta_bias enter through Identity nodes
+``{prefix}input0..6``), its output and its layout (``ScanMap``: K step orders over a channels-last map;
+``ScanRecurrence``: grouped sequences). At load,
+:func:`kernel_model` replaces each such group of nodes by one node of a Python custom op of
+onnxruntime-extensions (domain ``ai.onnx.contrib``, the domain its Python ops are served in), which calls
+``sigma_core.native_kernel`` on the arrays ONNX Runtime hands it. The file itself is never changed.
+
+Needs, besides onnxruntime: ``onnx`` (to edit the graph), ``onnxruntime-extensions`` (the custom-op bridge)
+and a C++ compiler (the kernel is built on first use, as for the torch path). Where one is missing,
+:func:`unavailable_reason` says which in one line and the file runs as written.
+
+The bridge's default return path turns every output into a Python list (90 ms per million floats); the
+invocation hook installed here returns numpy arrays to it instead (1.4 ms), for these ops only; any other
+Python op of the process keeps the default hook.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .native_kernel import KINDS, BackendUnavailable, library, run_forward
+
+SITES_KEY = "sigma.scan_sites"
+DOMAIN = "ai.onnx.contrib"
+OPS = {"ScanMap": "SigmaScanMap", "ScanRecurrence": "SigmaScanRecurrence"}  # site kind -> custom op type
+INSTALL_HINT = "pip install onnx onnxruntime-extensions (and a C++ compiler: apt install g++)"
+_PREFIX = re.compile(r"sigma_scan\d+_\Z")
+
+
+class ScanKernelUnavailable(RuntimeError):
+    """The native scan kernel cannot run this file's scans in ONNX Runtime here; the message says why."""
+
+
+def unavailable_reason() -> Optional[str]:
+    """None where onnx, onnxruntime-extensions and the native kernel are all here, else one line saying what is
+    missing and how to install it."""
+    for module in ("onnx", "onnxruntime_extensions"):
+        try:
+            __import__(module)
+        except ImportError as err:
+            return f"{module} is not installed ({err}): {INSTALL_HINT}"
+    try:
+        library()
+    except BackendUnavailable as err:
+        return str(err).replace("; the numba scan is used instead", "")
+    return None
+
+
+def kernel_model(path: Path, threads: int) -> bytes:
+    """The model at ``path`` with each scan listed in its ``sigma.scan_sites`` replaced by one custom-op node
+    running the native kernel on ``threads`` threads, serialized for ort.InferenceSession; the custom ops are
+    registered with onnxruntime-extensions (see session_options). Raises ScanKernelUnavailable where a package or
+    the kernel is missing, or the file lists no scans (an older sigma-export) or lists them wrongly."""
+    reason = unavailable_reason()
+    if reason:
+        raise ScanKernelUnavailable(reason)
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path))  # external data (checked by onnx_file before) is read in
+    except Exception as err:  # noqa: BLE001 - a damaged file: ONNX Runtime then names it when it opens the file
+        raise ScanKernelUnavailable(f"{path.name} does not parse as ONNX ({type(err).__name__})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if SITES_KEY not in props:
+        raise ScanKernelUnavailable(f"{path.name} does not list its scans ({SITES_KEY}: written by sigma-export from "
+                                    "this version on); export it again for the native scan kernel")
+    sites = _parse_sites(props[SITES_KEY], path.name)
+    graph = model.graph
+    by_prefix: dict[str, list[int]] = {site["prefix"]: [] for site in sites}
+    for index, node in enumerate(graph.node):
+        match = re.match(r"sigma_scan\d+_", node.name)
+        if match and match.group(0) in by_prefix:
+            by_prefix[match.group(0)].append(index)
+    replaced: dict[int, object] = {}  # index of a site's first node -> its custom-op node
+    dropped: set[int] = set()
+    for site in sites:
+        indices = by_prefix[site["prefix"]]
+        made = {name for i in indices for name in graph.node[i].output}
+        entries = {graph.node[i].name: graph.node[i] for i in indices if graph.node[i].op_type == "Identity"}
+        inputs = [entries.get(f"{site['prefix']}input{j}") for j in range(7)]
+        if not indices or site["output"] not in made or None in inputs:
+            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
+                                        "export it again")
+        replaced[indices[0]] = helper.make_node(
+            OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
+            domain=DOMAIN, threads=int(threads), softplus=int(site["softplus"]))
+        dropped.update(indices)
+    kept = [replaced.get(i, node) for i, node in enumerate(graph.node) if i in replaced or i not in dropped]
+    inner = {name for i in dropped for name in graph.node[i].output} - {site["output"] for site in sites}
+    leaked = sorted({name for node in kept for name in node.input} & inner)
+    if leaked:
+        raise ScanKernelUnavailable(f"{path.name}: nodes outside its scans read {leaked[0]!r}, made inside one; "
+                                    "export it again")
+    del graph.node[:]
+    graph.node.extend(kept)
+    model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    _register_ops()
+    return model.SerializeToString()
+
+
+def session_options(options):
+    """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered."""
+    from onnxruntime_extensions import get_library_path
+
+    options.register_custom_ops_library(get_library_path())
+    return options
+
+
+def _parse_sites(text: str, source: str) -> list[dict]:
+    """sigma.scan_sites -> list of site dicts, every field checked (the file is input: a misfit must not reach the
+    kernel as a wrong node); ScanKernelUnavailable naming the misfit."""
+    try:
+        sites = json.loads(text)
+        assert isinstance(sites, list) and sites, "an empty list"
+        for site in sites:
+            assert isinstance(site, dict), f"{site!r} is not an object"
+            assert site.get("op") in OPS, f"op {site.get('op')!r}"
+            assert isinstance(site.get("prefix"), str) and _PREFIX.match(site["prefix"]), "prefix"
+            assert isinstance(site.get("output"), str) and site["output"], "output"
+            assert site.get("softplus") in (0, 1), "softplus"
+        assert len({site["prefix"] for site in sites}) == len(sites), "a prefix listed twice"
+    except (ValueError, AssertionError) as err:
+        raise ScanKernelUnavailable(f"{source}: {SITES_KEY} is malformed ({str(err)[:200]}); export it again") from None
+    return sites
+
+
+# --- the custom ops ------------------------------------------------------------------------------------
+
+
+def _check(condition: bool, op: str, shapes: dict) -> None:
+    if not condition:  # raised inside ONNX Runtime's run: the node's name and these shapes reach the user
+        raise ValueError(f"{op}: inputs of shapes {({k: list(v) for k, v in shapes.items()})} do not fit its layout")
+
+
+@functools.lru_cache(maxsize=32)
+def _orders(height: int, width: int, directions: int) -> np.ndarray:
+    """(K, H*W) int64, step t of direction k reads row-major position order[k, t]: rows, columns, both reversed
+    (K = 4, ops.cross_scan_order), or rows and rows reversed (K = 2, the two-way scan of a one-row map)."""
+    rows = np.arange(height * width, dtype=np.int64)
+    if directions == 2:
+        return np.ascontiguousarray(np.stack([rows, rows[::-1]]))
+    cols = rows.reshape(height, width).T.ravel()
+    return np.ascontiguousarray(np.stack([rows, cols, rows[::-1], cols[::-1]]))
+
+
+def _strided(a: np.ndarray, *axes_and_strides) -> tuple[int, tuple[int, ...]]:
+    return a.ctypes.data, tuple(axes_and_strides)
+
+
+def _params(A, D, delta_bias, channels: int, op: str, shapes: dict):
+    _check(A.ndim == 2 and A.shape[0] == channels and D.shape == (channels,) and delta_bias.shape == (channels,),
+           op, shapes)
+    return (np.ascontiguousarray(A, np.float32), np.ascontiguousarray(D, np.float32),
+            np.ascontiguousarray(delta_bias, np.float32))
+
+
+def scan_map(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus: int = 1) -> np.ndarray:
+    """sigma::scan_map (ops.scan_onnx) on float32 arrays: u (H, W, b, D) channels-last map; delta (H, W, b, K, D);
+    B, C (H, W, b, K, N); A (K*D, N); D, delta_bias (K*D,); K = 4 (cross scan) or 2. Returns (H, W, b, D) float32,
+    the sum over the K directions. ValueError for shapes that do not fit."""
+    shapes = {"u": u.shape, "delta": delta.shape, "A": A.shape, "B": B.shape, "C": C.shape}
+    _check(u.ndim == 4 and delta.ndim == 5 and B.ndim == 5, "SigmaScanMap", shapes)
+    height, width, batch, dim = u.shape
+    k, n = delta.shape[3], B.shape[4]
+    _check(k in (2, 4) and (k == 4 or height == 1) and delta.shape == (height, width, batch, k, dim)
+           and B.shape == (height, width, batch, k, n) and C.shape == B.shape and n > 0, "SigmaScanMap", shapes)
+    A, D, delta_bias = _params(A, D, delta_bias, k * dim, "SigmaScanMap", {**shapes, "D": D.shape})
+    _check(A.shape[1] == n, "SigmaScanMap", shapes)
+    out = np.empty(u.shape, np.float32)
+    if out.size == 0:
+        return out
+    u, delta, B, C = (np.ascontiguousarray(t, np.float32) for t in (u, delta, B, C))
+    # every array the kernel reads by address is held by a name until it returns: it runs with the GIL released,
+    # and another thread's allocation reuses a freed buffer at once (a temporary c_group was overwritten so)
+    order, c_group = _orders(height, width, k), np.arange(k, dtype=np.int64)
+    positions = height * width
+    run_forward(
+        library(), u=_strided(u, dim, 1, batch * dim), delta=_strided(delta, k * dim, 1, batch * k * dim),
+        A=A.ctypes.data, B=_strided(B, k * n, n, 1, batch * k * n), C=_strided(C, k * n, n, 1, batch * k * n),
+        D=D.ctypes.data, delta_bias=delta_bias.ctypes.data, order=order.ctypes.data, order_rows=k, length=positions,
+        c_group=c_group.ctypes.data, sets=k, per=dim, n_state=n, batch=batch, u_shared=True,
+        merged=True, out=_strided(out, dim, 1, batch * dim), kind=KINDS["float32"], softplus=bool(softplus),
+        threads=threads)
+    return out
+
+
+def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus: int = 1) -> np.ndarray:
+    """sigma::scan_recurrence (ops.scan_onnx) on float32 arrays: u, delta (b, D, L); B, C (b, G, N, L); A (D, N);
+    D, delta_bias (D,). Returns (b, D, L) float32. ValueError for shapes that do not fit."""
+    shapes = {"u": u.shape, "delta": delta.shape, "A": A.shape, "B": B.shape, "C": C.shape}
+    _check(u.ndim == 3 and delta.shape == u.shape and B.ndim == 4 and C.shape == B.shape, "SigmaScanRecurrence",
+           shapes)
+    batch, dim, length = u.shape
+    groups, n = B.shape[1], B.shape[2]
+    _check(B.shape[0] == batch and B.shape[3] == length and groups > 0 and n > 0 and dim % groups == 0,
+           "SigmaScanRecurrence", shapes)
+    A, D, delta_bias = _params(A, D, delta_bias, dim, "SigmaScanRecurrence", {**shapes, "D": D.shape})
+    _check(A.shape[1] == n, "SigmaScanRecurrence", shapes)
+    out = np.empty(u.shape, np.float32)
+    if out.size == 0:
+        return out
+    u, delta, B, C = (np.ascontiguousarray(t, np.float32) for t in (u, delta, B, C))
+    order, c_group = np.arange(length, dtype=np.int64)[None], np.arange(groups, dtype=np.int64)  # held: see scan_map
+    run_forward(
+        library(), u=_strided(u, dim * length, length, 1), delta=_strided(delta, dim * length, length, 1),
+        A=A.ctypes.data, B=_strided(B, *(s // 4 for s in B.strides)), C=_strided(C, *(s // 4 for s in C.strides)),
+        D=D.ctypes.data, delta_bias=delta_bias.ctypes.data, order=order.ctypes.data, order_rows=1, length=length,
+        c_group=c_group.ctypes.data, sets=groups, per=dim // groups, n_state=n,
+        batch=batch, u_shared=False, merged=False, out=_strided(out, dim * length, length, 1),
+        kind=KINDS["float32"], softplus=bool(softplus), threads=threads)
+    return out
+
+
+_OP_IDS: set[int] = set()
+_FAILURE = threading.local()  # .text: the first error a scan op of this thread met in a run, for take_failure
+
+
+def take_failure() -> Optional[str]:
+    """The error a scan op met in the calling thread's last session run (one line; None: none), cleared.
+
+    An exception raised in a Python op does not reach ONNX Runtime's caller: onnxruntime-extensions' bridge
+    aborts the whole process on it (std::terminate). So the ops never raise: on an error (inputs that do not fit,
+    the kernel's refusal, out of memory) the op's output is NaN, ONNX Runtime's run goes on, and the caller
+    (OnnxSegmenter.logits) asks here why, after each run, to raise it there. Sessions run their nodes on the
+    calling thread (sequential execution), hence one slot per thread."""
+    text, _FAILURE.text = getattr(_FAILURE, "text", None), None
+    return text
+
+
+def _register_ops() -> None:
+    """Declare SigmaScanMap / SigmaScanRecurrence to onnxruntime-extensions (once per process) and route their
+    outputs back as numpy arrays (see the module docstring)."""
+    if _OP_IDS:
+        return
+    from onnxruntime_extensions import PyCustomOpDef, _ocos, onnx_op
+
+    kinds = {"inputs": [PyCustomOpDef.dt_float] * 7, "outputs": [PyCustomOpDef.dt_float],
+             "attrs": {"threads": PyCustomOpDef.dt_int64, "softplus": PyCustomOpDef.dt_int64}}
+    ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(scan_map),
+           onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(scan_recurrence)]
+    default = _ocos._on_pyop_invocation
+
+    def invoke(op_id, feed, attributes):
+        if op_id not in _OP_IDS:
+            return default(op_id, feed, attributes)
+        op = _ocos.Opdef._odlist[op_id]
+        try:
+            out = op.body(*feed, **op.cast_attributes(attributes))
+        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process (see take_failure)
+            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
+                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
+            out = np.full(np.shape(feed[0]), np.nan, np.float32)
+        return op_id, out.shape, out.reshape(-1)
+
+    PyCustomOpDef.install_hooker(invoke)
+    _OP_IDS.update(id(op) for op in ops)
