@@ -347,7 +347,9 @@ class VSSEncoder(nn.Module):
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)
-            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            # channels-first views of the channels-last maps: the fusion blocks and the decoder read them
+            # channels-last again, so a contiguous copy here would only be undone by another
+            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2))
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return outs
