@@ -6,15 +6,19 @@
 For each variant: builds the network (random weights, seed 0), exports it with sigma_core.export (dynamic
 height and width, as sigma-export does by default; the export time and peak memory of this process are
 printed), then times one forward at each thread count in interleaved rounds (machine load hits all alike):
-torch with the "auto" scan backend (numba), ONNX Runtime's CPU provider, and OpenVINO's CPU plugin on the
-same file. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run,
+torch with the "auto" scan backend (numba), ONNX Runtime's CPU provider, and OpenVINO's CPU plugin
+(INFERENCE_NUM_THREADS, float32) on the same file, once as written and once with the frame's size fixed at
+compile time ("openvino fixed", what a file exported with --height/--width gets; ONNX Runtime is no faster
+with fixed sizes). OpenVINO's read-and-compile time and its largest logit difference from ONNX Runtime are
+printed. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run,
 in wall time and in this process's CPU time (on a loaded machine the CPU-time ratio of one-thread runs is the
-steadier one: waiting for a core does not count).
+steadier one: waiting for a core does not count), and OpenVINO's to ONNX Runtime's.
 The ONNX scan alone against numba's: benchmarks/scan.py shapes, see sigma_core.ops.scan_onnx.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
@@ -33,14 +37,15 @@ from sigma_core.export import export_onnx  # noqa: E402
 
 
 def make_runners(model, path: Path, threads: int, size):
-    """{name: callable running one forward on fixed random inputs} for every runtime installed."""
+    """{name: callable running one forward on fixed random inputs, returning the logits} for every runtime
+    installed."""
     rgb, modal = (torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(i)) for i in range(2))
     runners = {}
 
     def torch_run():
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            model(rgb, modal)
+            return model(rgb, modal)
 
     runners["torch+numba"] = torch_run
     import onnxruntime as ort
@@ -50,16 +55,25 @@ def make_runners(model, path: Path, threads: int, size):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"rgb": rgb.numpy(), "modal": modal.numpy()}
-    runners["onnxruntime"] = lambda: session.run(None, feeds)
+    runners["onnxruntime"] = lambda: session.run(None, feeds)[0]
     try:
         import openvino as ov
-    except ImportError:
-        print("  (openvino not installed: pip install openvino to time it too)")
-    else:
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": str(threads),
-                                                               "INFERENCE_PRECISION_HINT": "f32"})
+    except ImportError:  # main says so once
+        return runners
+    # the file as written (height and width dynamic), and the same file with the frame's size fixed when it is
+    # compiled (as a file exported with --height/--width is): OpenVINO's CPU plugin runs static shapes faster
+    for name, fixed in (("openvino", False), ("openvino fixed", True)):
+        core = ov.Core()
+        start = time.perf_counter()
+        network = core.read_model(str(path))
+        if fixed:
+            network.reshape({"rgb": list(rgb.shape), "modal": list(modal.shape)})
+        compiled = core.compile_model(network, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
+                                                       "INFERENCE_PRECISION_HINT": "f32"})
+        print(f"  {threads} thread(s) {name}: read and compiled in {time.perf_counter() - start:.1f} s "
+              f"(OpenVINO {ov.get_version().split('-')[0]}, CPU plugin)")
         request = compiled.create_infer_request()
-        runners["openvino"] = lambda: request.infer(feeds)
+        runners[name] = lambda request=request: request.infer(feeds)[0]
     return runners
 
 
@@ -72,6 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     size = tuple(args.size)
     print(f"load: {os.getloadavg()[0]:.1f} (1 min average) on {os.cpu_count()} cores; size {size[0]}x{size[1]}")
+    if importlib.util.find_spec("openvino") is None:
+        print("OpenVINO not installed (pip install openvino): timing torch+numba and ONNX Runtime only")
     for variant in args.variants:
         torch.manual_seed(0)
         torch.set_num_threads(1)
@@ -90,8 +106,12 @@ def main() -> None:
                 runners = make_runners(model, path, threads, size)
                 times = {name: [] for name in runners}
                 cpu_times = {name: [] for name in runners}
-                for run in runners.values():
-                    run()  # warm-up
+                logits = {name: run() for name, run in runners.items()}  # warm-up
+                for name in runners:
+                    if name.startswith("openvino"):
+                        difference = abs(logits[name] - logits["onnxruntime"]).max()
+                        print(f"  {threads} thread(s) {name}: largest logit difference from onnxruntime "
+                              f"{difference:.2g} (largest |logit| {abs(logits['onnxruntime']).max():.3g})")
                 for _ in range(args.rounds):
                     for name, run in runners.items():
                         start, cpu_start = time.perf_counter(), time.process_time()
@@ -100,11 +120,13 @@ def main() -> None:
                         cpu_times[name].append(time.process_time() - cpu_start)
                 base = statistics.median(times["torch+numba"])
                 cpu_base = statistics.median(cpu_times["torch+numba"])
+                ort_median = statistics.median(times["onnxruntime"])
                 for name, ts in times.items():
                     median, cpu_median = statistics.median(ts), statistics.median(cpu_times[name])
-                    print(f"  {threads} thread(s) {name:12s} min {min(ts):7.3f} s  median {median:7.3f} s"
+                    print(f"  {threads} thread(s) {name:14s} min {min(ts):7.3f} s  median {median:7.3f} s"
                           f"  x{median / base:.2f} of torch+numba;  CPU time median {cpu_median:7.3f} s"
-                          f"  x{cpu_median / cpu_base:.2f}")
+                          f"  x{cpu_median / cpu_base:.2f}"
+                          + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else ""))
     print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
 
 

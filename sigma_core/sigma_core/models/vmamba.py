@@ -134,13 +134,16 @@ def scan_map_directions(
     """
     batch, dim, positions = x.shape
     k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
-    # The projections act per position, so they run once on the map, all K directions in one matmul.
-    x_dbl = torch.matmul(x_proj_weight.reshape(-1, dim), x).view(batch, k, rank + 2 * n, positions)
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
-    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, P)
+    # The projections act per position, so they run once on the map, all K directions in one matmul, with
+    # positions as rows: x is channels-last as the convolution leaves it (no copy), and so are delta, B and C, so
+    # that a step of any direction (the column-major ones too) reads its channels and states as whole cache lines.
+    x_dbl = torch.matmul(x.transpose(1, 2), x_proj_weight.reshape(-1, dim).t()).unflatten(2, (k, rank + 2 * n))
+    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)  # (B, P, K, R | N | N)
+    # The K dt projections as one block-diagonal matmul: (B, P, K*R) @ (K*R, K*D) -> (B, P, K*D).
+    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))
     return selective_scan_ordered(
-        x, dts.flatten(1, 2), -torch.exp(A_logs.float()), bs, cs, Ds.float(), dt_projs_bias.float().reshape(-1),
-        delta_softplus=True, order=order, backend=backend,
+        x, dts.transpose(1, 2), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
+        Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order, backend=backend,
     )
 
 
