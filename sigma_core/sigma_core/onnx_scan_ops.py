@@ -277,6 +277,23 @@ def take_failure() -> Optional[str]:
     return text
 
 
+def _never_raising(body):
+    """``body`` as an op that never raises (see take_failure): an error is kept for take_failure and the output
+    is NaN of u's shape. In the op itself, not in the invocation hook: another library may install its own hook
+    after ours, and the default path would abort on the error just as well."""
+
+    @functools.wraps(body)
+    def op(*inputs, **attributes):
+        try:
+            return body(*inputs, **attributes)
+        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process
+            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
+                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
+            return np.full(np.shape(inputs[0]), np.nan, np.float32)
+
+    return op
+
+
 def _register_ops() -> None:
     """Declare SigmaScanMap / SigmaScanRecurrence to onnxruntime-extensions (once per process) and route their
     outputs back as numpy arrays (see the module docstring)."""
@@ -286,20 +303,15 @@ def _register_ops() -> None:
 
     kinds = {"inputs": [PyCustomOpDef.dt_float] * 7, "outputs": [PyCustomOpDef.dt_float],
              "attrs": {"threads": PyCustomOpDef.dt_int64, "softplus": PyCustomOpDef.dt_int64}}
-    ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(scan_map),
-           onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(scan_recurrence)]
+    ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(_never_raising(scan_map)),
+           onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(_never_raising(scan_recurrence))]
     default = _ocos._on_pyop_invocation
 
     def invoke(op_id, feed, attributes):
         if op_id not in _OP_IDS:
             return default(op_id, feed, attributes)
         op = _ocos.Opdef._odlist[op_id]
-        try:
-            out = op.body(*feed, **op.cast_attributes(attributes))
-        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process (see take_failure)
-            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
-                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
-            out = np.full(np.shape(feed[0]), np.nan, np.float32)
+        out = op.body(*feed, **op.cast_attributes(attributes))
         return op_id, out.shape, out.reshape(-1)
 
     PyCustomOpDef.install_hooker(invoke)

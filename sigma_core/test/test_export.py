@@ -267,19 +267,26 @@ y = session.run(None, {**fits, "B": B[..., :9]})[0]  # B one step short: the ker
 print("misfit", y.shape, bool(np.isnan(y).all()), onnx_scan_ops.take_failure())
 y = session.run(None, fits)[0]
 print("fit", bool(np.isfinite(y).all()), onnx_scan_ops.take_failure())
+from onnxruntime_extensions import PyCustomOpDef, _ocos
+
+PyCustomOpDef.install_hooker(_ocos._on_pyop_invocation)  # another library's hook, installed after ours
+y = session.run(None, {**fits, "B": B[..., :9]})[0]
+print("misfit under another hook", bool(np.isnan(y).all()), onnx_scan_ops.take_failure()[:40])
 """
 
 
 def test_a_scan_op_error_inside_onnx_runtime_is_reported_not_a_process_abort():
     """onnxruntime-extensions aborts the whole process (std::terminate) on an exception raised in a Python op, so a
     misfit raised as ValueError killed the node without a word. The ops give NaN instead and keep the error for
-    take_failure (OnnxSegmenter.logits raises it as OnnxRunError); the next fitting run is clean."""
+    take_failure (OnnxSegmenter.logits raises it as OnnxRunError); the next fitting run is clean; so also where
+    another library installs its own invocation hook after ours."""
     done = subprocess.run([sys.executable, "-c", SCAN_OP_IN_ONNX_RUNTIME], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    misfit, fit = done.stdout.strip().splitlines()[-2:]
+    misfit, fit, other_hook = done.stdout.strip().splitlines()[-3:]
     assert misfit.startswith("misfit (1, 8, 10) True ValueError: SigmaScanRecurrence: inputs of shapes"), misfit
     assert "'B': [1, 2, 4, 9]" in misfit
     assert fit == "fit True None"
+    assert other_hook == "misfit under another hook True ValueError: SigmaScanRecurrence: inputs", other_hook
 
 
 def test_malformed_scan_lists_and_metadata_are_refused_in_one_line_also_under_python_O(tmp_path):
