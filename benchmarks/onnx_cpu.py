@@ -127,6 +127,9 @@ def main() -> None:
                           f"  x{median / base:.2f} of torch+numba;  CPU time median {cpu_median:7.3f} s"
                           f"  x{cpu_median / cpu_base:.2f}"
                           + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else ""))
+                # before the next thread count's are built: with two sets alive at once Sigma-T's sessions and
+                # compiled models (~9 GB resident) were killed by the OOM killer on a shared 24 GB machine
+                del runners, logits
     print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
 
 
