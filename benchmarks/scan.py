@@ -166,18 +166,23 @@ def floor_seconds(dim: int, length: int, n_state: int, lane_rate: float) -> floa
 
 def map_scan_fn(name: str, height: int = 120, width: int = 160) -> Callable[..., torch.Tensor]:
     """The same scan as the model runs it: the K=4 cross-scan directions of one channels-last (D/4, H, W) map, read
-    by index and summed in place (selective_scan_ordered); the (1, D, L) inputs give u's first D/4 channels."""
+    by index and summed in place (selective_scan_ordered); the (1, D, L) inputs give u's first D/4 channels, and
+    delta, B and C channels-last too, as the model's projections leave them (vmamba.scan_map_directions)."""
     from sigma_core.ops.cross_scan import cross_scan_order
     from sigma_core.ops.selective_scan import selective_scan_ordered
 
     order = cross_scan_order(height, width)
-    maps: dict[int, torch.Tensor] = {}  # made once per input, outside the timed calls
+    maps: dict[int, tuple[torch.Tensor, ...]] = {}  # made once per input, outside the timed calls
+
+    def channels_last(t: torch.Tensor) -> torch.Tensor:  # (..., X, L) -> same shape, X contiguous
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
     def run(u, delta, A, B, C, D, delta_bias):
-        if id(u) not in maps:  # channels-last, as a conv gives
-            maps[id(u)] = u[:, :u.shape[1] // GROUPS].transpose(1, 2).contiguous().transpose(1, 2)
-        u_map = maps[id(u)]
-        return selective_scan_ordered(u_map, delta, A, B, C, D, delta_bias, True, order, backend=name)
+        if id(u) not in maps:
+            maps[id(u)] = tuple(channels_last(t) for t in (u[:, :u.shape[1] // GROUPS], delta))
+            maps[id(u)] += tuple(t.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) for t in (B, C))
+        u_map, delta_map, B_map, C_map = maps[id(u)]
+        return selective_scan_ordered(u_map, delta_map, A, B_map, C_map, D, delta_bias, True, order, backend=name)
 
     return run
 
@@ -221,7 +226,9 @@ def floor_table(rounds: int) -> None:
 
 
 def scan_table(quick: bool, naive_stages: set[int], rounds: int) -> None:
-    backends = [b for b in available_backends("cpu") if b != "reference"]  # "reference" is the plain loop's kin
+    # "reference" is the plain loop's kin; "onnx" is the export's formulation (no backward; its speed is ONNX
+    # Runtime's, benchmarks/onnx_cpu.py)
+    backends = [b for b in available_backends("cpu") if b not in ("reference", "onnx")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), backends timed: {backends}")
     print(f"shapes: batch 1, N={N_STATE}, G={GROUPS}" + (", L / 16 (--quick)" if quick else "")
           + f"; min / median of {rounds} interleaved rounds")

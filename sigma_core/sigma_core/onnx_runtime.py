@@ -127,7 +127,7 @@ def read_metadata(props: dict[str, str], source: str) -> OnnxModelMeta:
         raise OnnxModelError(f"{source}: metadata {', '.join(huge)} is larger than sigma-export writes (at most "
                              f"{MAX_METADATA_CHARS} characters a value); export the checkpoint again")
     try:
-        value = {k: json.loads(props[KEY_PREFIX + k], parse_constant=_no_constant) for k in REQUIRED_KEYS}
+        value = {k: parse_metadata_value(props[KEY_PREFIX + k]) for k in REQUIRED_KEYS}
         if value["format"] != FORMAT:
             raise OnnxModelError(f"{source} has format {value['format']!r}; this sigma_core reads {FORMAT!r}: "
                                  "export it again with this version's sigma-export")
@@ -153,6 +153,18 @@ def read_metadata(props: dict[str, str], source: str) -> OnnxModelMeta:
         if isinstance(e, OnnxModelError):
             raise
         raise OnnxModelError(f"{source}: sigma_core metadata is malformed ({e}); export the checkpoint again") from None
+
+
+def parse_metadata_value(text: str):
+    """One sigma.* metadata value (JSON) -> its value. ValueError for anything sigma-export does not write: not
+    JSON, NaN/Infinity, more than MAX_METADATA_CHARS characters, nesting deeper than Python recurses (json raises
+    RecursionError there, which no caller's ``except ValueError`` took)."""
+    if len(text) > MAX_METADATA_CHARS:
+        raise ValueError(f"{len(text)} characters, more than sigma-export writes (at most {MAX_METADATA_CHARS})")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested deeper than sigma-export writes") from None
 
 
 def _no_constant(name: str) -> float:
@@ -239,7 +251,13 @@ class OnnxSegmenter(ModelDescription):
                              "(device 'cuda' or 'tensorrt'); an ONNX file's own precision is chosen at export "
                              "(sigma-export --precision)")
         model, scan_note = self._scan_kernel_model(scan_backend, threads, options)
-        self.session = _open_session(ort, source, options, providers, model)
+        try:
+            self.session = _open_session(ort, source, options, providers, model)
+        except OnnxModelError as err:  # the file with the kernel's ops refused (an edited file, another release)
+            if model is None or scan_backend == "native":
+                raise
+            self.scan_backend, scan_note = "onnx", self._own_scans_note(str(err))
+            self.session = _open_session(ort, source, options, providers)
         fallback = self._check_provider(device)
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source)
         self.meta.warnings.extend(note for note in (fallback, scan_note) if note)
@@ -404,14 +422,26 @@ class OnnxSegmenter(ModelDescription):
         allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         try:
             model = onnx_scan_ops.kernel_model(self.path, threads or allowed or 1)
+            why = None
         except onnx_scan_ops.ScanKernelUnavailable as err:
+            why = str(err)
+        if why is None:
+            try:
+                onnx_scan_ops.session_options(options)
+            except Exception as err:  # noqa: BLE001 - onnxruntime's own types: the library built for another release
+                why = (f"onnxruntime-extensions does not load into this onnxruntime ({type(err).__name__}: "
+                       f"{' '.join(str(err).split())[:300]}): install matching releases ({onnx_scan_ops.INSTALL_HINT})")
+        if why is not None:
             if scan_backend == "native":
-                raise ValueError(f"scan backend 'native' for {self.path.name}: {err}") from None
-            return None, (f"the scans run as {self.path.name}'s own ONNX ops, about 2.6x slower than with the native "
-                          f"scan kernel: {err}")
+                raise ValueError(f"scan backend 'native' for {self.path.name}: {why}") from None
+            return None, self._own_scans_note(why)
         self.scan_backend = "native"
-        onnx_scan_ops.session_options(options)
         return model, None
+
+    def _own_scans_note(self, why: str) -> str:
+        """The warning of scan_backend 'auto' where the native kernel cannot take the file's scans."""
+        return (f"the scans run as {self.path.name}'s own ONNX ops, about 2.6x slower than with the native scan "
+                f"kernel: {why}")
 
     def _scan_failure(self) -> Optional[str]:
         """The error a native scan op met in this thread's last run (onnx_scan_ops.take_failure: the ops cannot

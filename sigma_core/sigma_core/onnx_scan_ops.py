@@ -21,7 +21,6 @@ Python op of the process keeps the default hook.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import threading
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .native_kernel import KINDS, BackendUnavailable, library, run_forward
+from .onnx_runtime import parse_metadata_value
 
 SITES_KEY = "sigma.scan_sites"
 DOMAIN = "ai.onnx.contrib"
@@ -87,11 +87,20 @@ def kernel_model(path: Path, threads: int) -> bytes:
     dropped: set[int] = set()
     for site in sites:
         indices = by_prefix[site["prefix"]]
-        made = {name for i in indices for name in graph.node[i].output}
-        entries = {graph.node[i].name: graph.node[i] for i in indices if graph.node[i].op_type == "Identity"}
-        inputs = [entries.get(f"{site['prefix']}input{j}") for j in range(7)]
-        if not indices or site["output"] not in made or None in inputs:
+        # by the tensors the site's nodes read (one producer each), not by node names, which need not be unique
+        made = {name: graph.node[i] for i in indices for name in graph.node[i].output}
+        inputs = [made.get(f"{site['prefix']}input{j}") for j in range(7)]
+        if not indices or site["output"] not in made or any(
+                entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
             raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
+                                        "export it again")
+        # the kind and softplus listed must be the site's own (a wrong one ran, unnoticed, another scan): a map
+        # scan merges its directions with a ReduceSum, softplus takes a Log in the chunk loop (ops.scan_onnx)
+        top = {graph.node[i].op_type for i in indices}
+        loop = {n.op_type for i in indices for a in graph.node[i].attribute if a.HasField("g") for n in a.g.node}
+        if ("ReduceSum" in top) != (site["op"] == "ScanMap") or ("Log" in loop) != bool(site["softplus"]):
+            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} is listed in {SITES_KEY} as {site['op']} "
+                                        f"with softplus {site['softplus']}, which its own nodes do not compute; "
                                         "export it again")
         replaced[indices[0]] = helper.make_node(
             OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
@@ -99,7 +108,7 @@ def kernel_model(path: Path, threads: int) -> bytes:
         dropped.update(indices)
     kept = [replaced.get(i, node) for i, node in enumerate(graph.node) if i in replaced or i not in dropped]
     inner = {name for i in dropped for name in graph.node[i].output} - {site["output"] for site in sites}
-    leaked = sorted({name for node in kept for name in node.input} & inner)
+    leaked = sorted((_names_read(kept) | {out.name for out in graph.output}) & inner)
     if leaked:
         raise ScanKernelUnavailable(f"{path.name}: nodes outside its scans read {leaked[0]!r}, made inside one; "
                                     "export it again")
@@ -110,30 +119,62 @@ def kernel_model(path: Path, threads: int) -> bytes:
     return model.SerializeToString()
 
 
+def _names_read(nodes) -> set[str]:
+    """Every tensor name ``nodes`` read, in their subgraphs (If branches, loop bodies) too."""
+    read = set()
+    for node in nodes:
+        read.update(node.input)
+        for attribute in node.attribute:
+            read |= _names_read([n for g in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+                                 for n in g.node])
+    return read
+
+
 def session_options(options):
-    """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered."""
+    """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered, the scan ops
+    declared first: the library takes the Python ops declared when it is registered, and a session of a model
+    using ops declared later crashed the process (segmentation fault, not an error)."""
     from onnxruntime_extensions import get_library_path
 
+    _register_ops()
     options.register_custom_ops_library(get_library_path())
     return options
 
 
 def _parse_sites(text: str, source: str) -> list[dict]:
     """sigma.scan_sites -> list of site dicts, every field checked (the file is input: a misfit must not reach the
-    kernel as a wrong node); ScanKernelUnavailable naming the misfit."""
+    kernel as a wrong node); ScanKernelUnavailable naming the misfit. Plain checks, no assert: ``python -O``
+    drops those."""
     try:
-        sites = json.loads(text)
-        assert isinstance(sites, list) and sites, "an empty list"
-        for site in sites:
-            assert isinstance(site, dict), f"{site!r} is not an object"
-            assert site.get("op") in OPS, f"op {site.get('op')!r}"
-            assert isinstance(site.get("prefix"), str) and _PREFIX.match(site["prefix"]), "prefix"
-            assert isinstance(site.get("output"), str) and site["output"], "output"
-            assert site.get("softplus") in (0, 1), "softplus"
-        assert len({site["prefix"] for site in sites}) == len(sites), "a prefix listed twice"
-    except (ValueError, AssertionError) as err:
-        raise ScanKernelUnavailable(f"{source}: {SITES_KEY} is malformed ({str(err)[:200]}); export it again") from None
+        sites = parse_metadata_value(text)
+    except ValueError as err:
+        sites, problem = None, str(err)[:200]
+    else:
+        problem = "not a list of scans" if not isinstance(sites, list) or not sites else None
+    for site in sites if problem is None else ():
+        problem = _site_problem(site)
+        if problem:
+            break
+    if problem is None and len({site["prefix"] for site in sites}) != len(sites):
+        problem = "a prefix listed twice"
+    if problem:
+        raise ScanKernelUnavailable(f"{source}: {SITES_KEY} is malformed ({problem}); export it again")
     return sites
+
+
+def _site_problem(site) -> Optional[str]:
+    """What is wrong with one entry of sigma.scan_sites, None if nothing."""
+    if not isinstance(site, dict):
+        return f"{str(site)[:80]} is not an object"
+    if not isinstance(site.get("op"), str) or site["op"] not in OPS:
+        return f"op {str(site.get('op'))[:80]!r}"
+    if not isinstance(site.get("prefix"), str) or not _PREFIX.match(site["prefix"]):
+        return f"prefix {str(site.get('prefix'))[:80]!r}"
+    if not isinstance(site.get("output"), str) or not site["output"]:
+        return "output"
+    if site.get("softplus") not in (0, 1):
+        return "softplus"
+    return None
 
 
 # --- the custom ops ------------------------------------------------------------------------------------
@@ -239,6 +280,23 @@ def take_failure() -> Optional[str]:
     return text
 
 
+def _never_raising(body):
+    """``body`` as an op that never raises (see take_failure): an error is kept for take_failure and the output
+    is NaN of u's shape. In the op itself, not in the invocation hook: another library may install its own hook
+    after ours, and the default path would abort on the error just as well."""
+
+    @functools.wraps(body)
+    def op(*inputs, **attributes):
+        try:
+            return body(*inputs, **attributes)
+        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process
+            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
+                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
+            return np.full(np.shape(inputs[0]), np.nan, np.float32)
+
+    return op
+
+
 def _register_ops() -> None:
     """Declare SigmaScanMap / SigmaScanRecurrence to onnxruntime-extensions (once per process) and route their
     outputs back as numpy arrays (see the module docstring)."""
@@ -248,20 +306,15 @@ def _register_ops() -> None:
 
     kinds = {"inputs": [PyCustomOpDef.dt_float] * 7, "outputs": [PyCustomOpDef.dt_float],
              "attrs": {"threads": PyCustomOpDef.dt_int64, "softplus": PyCustomOpDef.dt_int64}}
-    ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(scan_map),
-           onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(scan_recurrence)]
+    ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(_never_raising(scan_map)),
+           onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(_never_raising(scan_recurrence))]
     default = _ocos._on_pyop_invocation
 
     def invoke(op_id, feed, attributes):
         if op_id not in _OP_IDS:
             return default(op_id, feed, attributes)
         op = _ocos.Opdef._odlist[op_id]
-        try:
-            out = op.body(*feed, **op.cast_attributes(attributes))
-        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process (see take_failure)
-            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
-                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
-            out = np.full(np.shape(feed[0]), np.nan, np.float32)
+        out = op.body(*feed, **op.cast_attributes(attributes))
         return op_id, out.shape, out.reshape(-1)
 
     PyCustomOpDef.install_hooker(invoke)

@@ -2,6 +2,7 @@
 and the one-line errors of files that cannot run."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -266,19 +267,54 @@ y = session.run(None, {**fits, "B": B[..., :9]})[0]  # B one step short: the ker
 print("misfit", y.shape, bool(np.isnan(y).all()), onnx_scan_ops.take_failure())
 y = session.run(None, fits)[0]
 print("fit", bool(np.isfinite(y).all()), onnx_scan_ops.take_failure())
+from onnxruntime_extensions import PyCustomOpDef, _ocos
+
+PyCustomOpDef.install_hooker(_ocos._on_pyop_invocation)  # another library's hook, installed after ours
+y = session.run(None, {**fits, "B": B[..., :9]})[0]
+print("misfit under another hook", bool(np.isnan(y).all()), onnx_scan_ops.take_failure()[:40])
 """
 
 
 def test_a_scan_op_error_inside_onnx_runtime_is_reported_not_a_process_abort():
     """onnxruntime-extensions aborts the whole process (std::terminate) on an exception raised in a Python op, so a
     misfit raised as ValueError killed the node without a word. The ops give NaN instead and keep the error for
-    take_failure (OnnxSegmenter.logits raises it as OnnxRunError); the next fitting run is clean."""
+    take_failure (OnnxSegmenter.logits raises it as OnnxRunError); the next fitting run is clean; so also where
+    another library installs its own invocation hook after ours."""
     done = subprocess.run([sys.executable, "-c", SCAN_OP_IN_ONNX_RUNTIME], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    misfit, fit = done.stdout.strip().splitlines()[-2:]
+    misfit, fit, other_hook = done.stdout.strip().splitlines()[-3:]
     assert misfit.startswith("misfit (1, 8, 10) True ValueError: SigmaScanRecurrence: inputs of shapes"), misfit
     assert "'B': [1, 2, 4, 9]" in misfit
     assert fit == "fit True None"
+    assert other_hook == "misfit under another hook True ValueError: SigmaScanRecurrence: inputs", other_hook
+
+
+def test_malformed_scan_lists_and_metadata_are_refused_in_one_line_also_under_python_O(tmp_path):
+    """sigma.scan_sites is read from the file: each misfit is ScanKernelUnavailable naming it (auto then runs the
+    file's own ops), never a TypeError/RecursionError traceback, also under ``python -O`` (which drops asserts:
+    the checks were asserts). The other sigma.* values nested past Python's recursion are OnnxModelError too."""
+    from sigma_core.onnx_runtime import read_metadata
+
+    site = {"prefix": "sigma_scan0_", "op": "ScanMap", "output": "y", "softplus": 1}
+    forged = {"an op of no string": [dict(site, op=["ScanMap"])], "a site of no object": [None], "no list": {},
+              "a number for the prefix": [dict(site, prefix=3)], "softplus 2": [dict(site, softplus=2)],
+              "no output": [dict(site, output="")], "twice the same prefix": [site, site]}
+    texts = [json.dumps(value) for value in forged.values()] + ["[" * 100000 + "]" * 100000, "[NaN]", "[]",
+                                                               json.dumps([site] * 20000)]
+    script = ("import json, sys\nfrom sigma_core.onnx_scan_ops import ScanKernelUnavailable, _parse_sites\n"
+              "for text in json.load(sys.stdin):\n    try:\n        _parse_sites(text, 'f.onnx')\n"
+              "        print('taken')\n    except ScanKernelUnavailable as err:\n        print(err)\n")
+    for flags in ([], ["-O"]):
+        done = subprocess.run([sys.executable, *flags, "-c", script], input=json.dumps(texts), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, (flags, done.stderr[-2000:])
+        lines = done.stdout.strip().splitlines()
+        refused = r"f\.onnx: sigma\.scan_sites is malformed \(.+\); export it again"
+        assert len(lines) == len(texts) and all(re.fullmatch(refused, line) for line in lines), (flags, lines)
+    props = sigma_props()
+    props[KEY_PREFIX + "classes"] = "[" * 100000 + "]" * 100000
+    with pytest.raises(OnnxModelError, match="metadata is malformed .nested deeper than sigma-export writes"):
+        read_metadata(props, "m.onnx")
 
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
@@ -573,9 +609,12 @@ def test_exported_bundled_model_matches_torch_at_any_size(bundled_onnx):
         export_onnx(model, meta, bundled_onnx, source="x")
 
 
-def with_scan_sites(source: Path, out: Path, sites: Optional[str], extra_node=None) -> Path:
-    """``source`` with its sigma.scan_sites metadata replaced by ``sites`` (None: removed), and ``extra_node``."""
+def with_scan_sites(source: Path, out: Path, sites: Optional[str], extra_node=None, name_producer_of=None) -> Path:
+    """``source`` with its sigma.scan_sites metadata replaced by ``sites`` (None: removed), and ``extra_node``;
+    name_producer_of (tensor, name): the node making that tensor renamed so."""
     model = onnx.load(str(source))
+    if name_producer_of is not None:
+        next(n for n in model.graph.node if name_producer_of[0] in n.output).name = name_producer_of[1]
     kept = [p for p in model.metadata_props if p.key != KEY_PREFIX + "scan_sites"]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -606,6 +645,18 @@ def test_files_whose_scans_the_native_kernel_cannot_run_run_as_written_and_say_w
                                     "sigma_scan99_ of sigma.scan_sites is not in its graph"),
         "a node reading inside a scan": (with_scan_sites(bundled_onnx, tmp_path / "leak.onnx", listed, helper.make_node(
             "Identity", ["sigma_scan0_input0"], ["peek"], name="peek")), "read 'sigma_scan0_input0'"),
+        # forged lists: the kernel ran another scan than the file's (NaN or wrong logits), or a traceback
+        "softplus listed wrongly": (with_scan_sites(bundled_onnx, tmp_path / "softplus.onnx", listed.replace(
+            '"softplus": 1', '"softplus": 0', 1)), "as ScanMap with softplus 0, which its own nodes do not compute"),
+        "kind listed wrongly": (with_scan_sites(bundled_onnx, tmp_path / "kind.onnx", listed.replace(
+            '"ScanMap"', '"ScanRecurrence"', 1)), "as ScanRecurrence with softplus 1, which its own nodes"),
+        "an op of no string": (with_scan_sites(bundled_onnx, tmp_path / "op.onnx", listed.replace(
+            '"ScanMap"', '["ScanMap"]', 1)), "malformed (op \"['ScanMap']\")"),
+        "nested past recursion": (with_scan_sites(bundled_onnx, tmp_path / "deep.onnx", "[" * 100000 + "]" * 100000),
+                                  "malformed (nested deeper than sigma-export writes)"),
+        "the output made inside a scan": (with_scan_sites(bundled_onnx, tmp_path / "out.onnx", listed,
+                                                          name_producer_of=("logits", "sigma_scan0_last")),
+                                          "nodes outside its scans read 'logits'"),
     }
     rgb = np.random.default_rng(0).standard_normal((1, 3, 32, 40), dtype=np.float32)
     expected = OnnxSegmenter(bundled_onnx, threads=1, scan_backend="onnx").logits(rgb, rgb)
@@ -616,6 +667,22 @@ def test_files_whose_scans_the_native_kernel_cannot_run_run_as_written_and_say_w
         assert np.abs(seg.logits(rgb, rgb) - expected).max() == 0, case
         with pytest.raises(ValueError, match=f"scan backend 'native' for {path.name}: .*{re.escape(reason)}"):
             OnnxSegmenter(path, threads=1, scan_backend="native")
+    from sigma_core import onnx_scan_ops
+
+    with monkeypatch.context() as patch:  # ONNX Runtime refuses the file with the kernel's ops: the file as written
+        patch.setattr(onnx_scan_ops, "kernel_model", lambda path, threads: b"refused")
+        seg = OnnxSegmenter(bundled_onnx, threads=1)
+        assert seg.scan_backend == "onnx" and "native" not in seg.runtime
+        assert any("own ONNX ops" in w and "ONNX Runtime cannot load" in w for w in seg.meta.warnings)
+        assert np.abs(seg.logits(rgb, rgb) - expected).max() == 0
+    with monkeypatch.context() as patch:  # an onnxruntime-extensions built for another onnxruntime
+        patch.setattr("onnxruntime_extensions.get_library_path", lambda: str(tmp_path / "libortextensions.so"))
+        seg = OnnxSegmenter(bundled_onnx, threads=1)
+        assert seg.scan_backend == "onnx"
+        assert any("onnxruntime-extensions does not load into this onnxruntime" in w for w in seg.meta.warnings)
+        assert np.abs(seg.logits(rgb, rgb) - expected).max() == 0
+        with pytest.raises(ValueError, match="scan backend 'native' for .*does not load into this onnxruntime"):
+            OnnxSegmenter(bundled_onnx, threads=1, scan_backend="native")
     monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # an install without it
     seg = OnnxSegmenter(bundled_onnx, threads=1)
     assert seg.scan_backend == "onnx"
@@ -624,6 +691,26 @@ def test_files_whose_scans_the_native_kernel_cannot_run_run_as_written_and_say_w
         OnnxSegmenter(bundled_onnx, threads=1, scan_backend="native")
     with pytest.raises(ValueError, match="scan backend 'numba' is unknown for an ONNX model"):
         OnnxSegmenter(bundled_onnx, scan_backend="numba")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_session_options_made_before_the_kernel_model_run_it(bundled_onnx):
+    """session_options() before kernel_model() (as a benchmark or a user's own session would order them) runs the
+    model: the library took the Python ops declared when it was registered, none yet, and the session crashed the
+    process (segmentation fault). In a child process, so that a crash fails this test, not the suite."""
+    code = ("import numpy as np, onnxruntime as ort\n"
+            "from pathlib import Path\n"
+            "from sigma_core import onnx_scan_ops\n"
+            "options = onnx_scan_ops.session_options(ort.SessionOptions())\n"
+            "options.intra_op_num_threads = 1\n"
+            f"model = onnx_scan_ops.kernel_model(Path({str(bundled_onnx)!r}), 1)\n"
+            "session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])\n"
+            "x = np.zeros((1, 3, 16, 24), np.float32)\n"
+            "print(session.run(None, {'rgb': x, 'modal': x})[0].shape)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith(", 16, 24)")
 
 
 def test_other_python_ops_of_the_process_keep_onnxruntime_extensions_default_hook():

@@ -96,24 +96,27 @@ def scan_directions(
     batch, k, dim, length = xs.shape
     rank = dt_projs_weight.shape[2]
     n = A_logs.shape[1]
-    # Broadcast matmuls over (B, K) keep xs in its (D, L) layout; einsum would transpose the big map first.
-    x_dbl = torch.matmul(x_proj_weight, xs)  # (B, K, R + 2N, L)
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
-    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, L)
+    # Positions as rows, as in scan_map_directions: (B, L, K*D) is a view where xs is channels-last in memory (the
+    # fusion's are); the K projections of each kind as one block-diagonal matmul. delta, B and C then reach the
+    # scan channels-last. (xs contiguous along L, from cross_scan, is transposed here once.)
+    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), torch.block_diag(*x_proj_weight.transpose(1, 2)))
+    dts, bs, cs = torch.split(x_dbl.unflatten(2, (k, rank + 2 * n)), [rank, n, n], dim=3)  # (B, L, K, R | N | N)
+    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))  # (B, L, K*D)
+    bs, cs = bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1)  # (B, K, N, L)
     if swap_c:
         cs = cs.flip(1)
     ys = selective_scan(
-        xs.reshape(batch, k * dim, length),
-        dts.reshape(batch, k * dim, length),
+        xs.flatten(1, 2),
+        dts.transpose(1, 2),
         -torch.exp(A_logs.float()),
-        bs.contiguous(),
-        cs.contiguous(),
+        bs,
+        cs,
         Ds.float(),
         dt_projs_bias.float().reshape(-1),
         delta_softplus=True,
         backend=backend,
     )
-    return ys.reshape(batch, k, dim, length)
+    return ys.unflatten(1, (k, dim))
 
 
 def scan_map_directions(
@@ -134,13 +137,16 @@ def scan_map_directions(
     """
     batch, dim, positions = x.shape
     k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
-    # The projections act per position, so they run once on the map, all K directions in one matmul.
-    x_dbl = torch.matmul(x_proj_weight.reshape(-1, dim), x).view(batch, k, rank + 2 * n, positions)
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
-    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, P)
+    # The projections act per position, so they run once on the map, all K directions in one matmul, with
+    # positions as rows: x is channels-last as the convolution leaves it (no copy), and so are delta, B and C, so
+    # that a step of any direction (the column-major ones too) reads its channels and states as whole cache lines.
+    x_dbl = torch.matmul(x.transpose(1, 2), x_proj_weight.reshape(-1, dim).t()).unflatten(2, (k, rank + 2 * n))
+    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)  # (B, P, K, R | N | N)
+    # The K dt projections as one block-diagonal matmul: (B, P, K*R) @ (K*R, K*D) -> (B, P, K*D).
+    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))
     return selective_scan_ordered(
-        x, dts.flatten(1, 2), -torch.exp(A_logs.float()), bs, cs, Ds.float(), dt_projs_bias.float().reshape(-1),
-        delta_softplus=True, order=order, backend=backend,
+        x, dts.transpose(1, 2), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
+        Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order, backend=backend,
     )
 
 
@@ -344,7 +350,9 @@ class VSSEncoder(nn.Module):
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)
-            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            # channels-first views of the channels-last maps: the fusion blocks and the decoder read them
+            # channels-last again, so a contiguous copy here would only be undone by another
+            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2))
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return outs
