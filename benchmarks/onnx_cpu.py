@@ -1,4 +1,4 @@
-"""PyTorch (+ numba scan) against the exported ONNX file in ONNX Runtime (and OpenVINO when installed), CPU.
+"""PyTorch (native or numba scan) against the exported ONNX file in ONNX Runtime (and OpenVINO when installed), CPU.
 
     python benchmarks/onnx_cpu.py                                   # nano and tiny (Sigma-T), 480x640, 1 and 2 threads
     python benchmarks/onnx_cpu.py --variants nano --size 240 320 --threads 1 --rounds 2
@@ -6,7 +6,9 @@
 For each variant: builds the network (random weights, seed 0), exports it with sigma_core.export (dynamic
 height and width, as sigma-export does by default; the export time and peak memory of this process are
 printed), then times one forward at each thread count in interleaved rounds (machine load hits all alike):
-torch with the "auto" scan backend (numba), ONNX Runtime's CPU provider, and OpenVINO's CPU plugin
+torch with the "auto" scan backend (native, else numba), ONNX Runtime's CPU provider on the file as written
+("onnxruntime") and with its scans on the native kernel ("onnxruntime+kernel", sigma_core.onnx_scan_ops: what
+OnnxSegmenter runs on a CPU), and OpenVINO's CPU plugin
 (INFERENCE_NUM_THREADS, float32) on the same file, once as written and once with the frame's size fixed at
 compile time ("openvino fixed", what a file exported with --height/--width gets; ONNX Runtime is no faster
 with fixed sizes). OpenVINO's read-and-compile time and its largest logit difference from ONNX Runtime are
@@ -30,7 +32,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from sigma_core import build_sigma  # noqa: E402
+from sigma_core import build_sigma, onnx_scan_ops  # noqa: E402
 from sigma_core.checkpoints import CheckpointMeta  # noqa: E402
 from sigma_core.data.modality import ModalityScaling  # noqa: E402
 from sigma_core.export import export_onnx  # noqa: E402
@@ -47,7 +49,7 @@ def make_runners(model, path: Path, threads: int, size):
         with torch.inference_mode():
             return model(rgb, modal)
 
-    runners["torch+numba"] = torch_run
+    runners["torch"] = torch_run
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -56,6 +58,17 @@ def make_runners(model, path: Path, threads: int, size):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"rgb": rgb.numpy(), "modal": modal.numpy()}
     runners["onnxruntime"] = lambda: session.run(None, feeds)[0]
+    # the same file with its scans on the native kernel (what OnnxSegmenter runs on a CPU: sigma_core.onnx_scan_ops)
+    reason = onnx_scan_ops.unavailable_reason()
+    if reason:
+        print(f"  onnxruntime+kernel not timed: {reason}")
+    else:
+        kernel_options = onnx_scan_ops.session_options(ort.SessionOptions())
+        kernel_options.intra_op_num_threads = threads
+        kernel_options.inter_op_num_threads = 1
+        kernel = ort.InferenceSession(onnx_scan_ops.kernel_model(path, threads), kernel_options,
+                                      providers=["CPUExecutionProvider"])
+        runners["onnxruntime+kernel"] = lambda: kernel.run(None, feeds)[0]
     try:
         import openvino as ov
     except ImportError:  # main says so once
@@ -87,7 +100,7 @@ def main() -> None:
     size = tuple(args.size)
     print(f"load: {os.getloadavg()[0]:.1f} (1 min average) on {os.cpu_count()} cores; size {size[0]}x{size[1]}")
     if importlib.util.find_spec("openvino") is None:
-        print("OpenVINO not installed (pip install openvino): timing torch+numba and ONNX Runtime only")
+        print("OpenVINO not installed (pip install openvino): timing torch and ONNX Runtime only")
     for variant in args.variants:
         torch.manual_seed(0)
         torch.set_num_threads(1)
@@ -108,6 +121,10 @@ def main() -> None:
                 cpu_times = {name: [] for name in runners}
                 logits = {name: run() for name, run in runners.items()}  # warm-up
                 for name in runners:
+                    if name == "onnxruntime+kernel":
+                        difference = abs(logits[name] - logits["onnxruntime"]).max()
+                        print(f"  {threads} thread(s) {name}: largest logit difference from the file's own scan ops "
+                              f"{difference:.2g} (largest |logit| {abs(logits['onnxruntime']).max():.3g})")
                     if name.startswith("openvino"):
                         difference = abs(logits[name] - logits["onnxruntime"]).max()
                         print(f"  {threads} thread(s) {name}: largest logit difference from onnxruntime "
@@ -118,15 +135,18 @@ def main() -> None:
                         run()
                         times[name].append(time.perf_counter() - start)
                         cpu_times[name].append(time.process_time() - cpu_start)
-                base = statistics.median(times["torch+numba"])
-                cpu_base = statistics.median(cpu_times["torch+numba"])
+                base = statistics.median(times["torch"])
+                cpu_base = statistics.median(cpu_times["torch"])
                 ort_median = statistics.median(times["onnxruntime"])
                 for name, ts in times.items():
                     median, cpu_median = statistics.median(ts), statistics.median(cpu_times[name])
                     print(f"  {threads} thread(s) {name:14s} min {min(ts):7.3f} s  median {median:7.3f} s"
-                          f"  x{median / base:.2f} of torch+numba;  CPU time median {cpu_median:7.3f} s"
+                          f"  x{median / base:.2f} of torch;  CPU time median {cpu_median:7.3f} s"
                           f"  x{cpu_median / cpu_base:.2f}"
                           + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else ""))
+                # before the next thread count's are built: with two sets alive at once Sigma-T's sessions and
+                # compiled models (~9 GB resident) were killed by the OOM killer on a shared 24 GB machine
+                del runners, logits
     print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
 
 

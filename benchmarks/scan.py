@@ -226,7 +226,9 @@ def floor_table(rounds: int) -> None:
 
 
 def scan_table(quick: bool, naive_stages: set[int], rounds: int) -> None:
-    backends = [b for b in available_backends("cpu") if b != "reference"]  # "reference" is the plain loop's kin
+    # "reference" is the plain loop's kin; "onnx" is the export's formulation (no backward; its speed is ONNX
+    # Runtime's, benchmarks/onnx_cpu.py)
+    backends = [b for b in available_backends("cpu") if b not in ("reference", "onnx")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), backends timed: {backends}")
     print(f"shapes: batch 1, N={N_STATE}, G={GROUPS}" + (", L / 16 (--quick)" if quick else "")
           + f"; min / median of {rounds} interleaved rounds")

@@ -132,9 +132,12 @@ def _names_read(nodes) -> set[str]:
 
 
 def session_options(options):
-    """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered."""
+    """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered, the scan ops
+    declared first: the library takes the Python ops declared when it is registered, and a session of a model
+    using ops declared later crashed the process (segmentation fault, not an error)."""
     from onnxruntime_extensions import get_library_path
 
+    _register_ops()
     options.register_custom_ops_library(get_library_path())
     return options
 

@@ -706,6 +706,26 @@ def test_files_whose_scans_the_native_kernel_cannot_run_run_as_written_and_say_w
         OnnxSegmenter(bundled_onnx, scan_backend="numba")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_session_options_made_before_the_kernel_model_run_it(bundled_onnx):
+    """session_options() before kernel_model() (as a benchmark or a user's own session would order them) runs the
+    model: the library took the Python ops declared when it was registered, none yet, and the session crashed the
+    process (segmentation fault). In a child process, so that a crash fails this test, not the suite."""
+    code = ("import numpy as np, onnxruntime as ort\n"
+            "from pathlib import Path\n"
+            "from sigma_core import onnx_scan_ops\n"
+            "options = onnx_scan_ops.session_options(ort.SessionOptions())\n"
+            "options.intra_op_num_threads = 1\n"
+            f"model = onnx_scan_ops.kernel_model(Path({str(bundled_onnx)!r}), 1)\n"
+            "session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])\n"
+            "x = np.zeros((1, 3, 16, 24), np.float32)\n"
+            "print(session.run(None, {'rgb': x, 'modal': x})[0].shape)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith(", 16, 24)")
+
+
 def test_other_python_ops_of_the_process_keep_onnxruntime_extensions_default_hook():
     """The invocation hook installed for the scan ops hands their arrays back directly; a Python op of anyone
     else in the same process still goes through onnxruntime-extensions' own path and gives its right result."""

@@ -162,7 +162,9 @@ class MambaDecoder(nn.Module):
             skip = features[2 - i].permute(0, 2, 3, 1)
             x = stage(resize_channels_last(x, tuple(skip.shape[1:3])) + skip)
         x = self.up(self.norm_up(x))
-        return self.output(x.permute(0, 3, 1, 2))
+        # The 1x1 output convolution as a matmul on the channels-last map (the convolution took the slow im2col path
+        # for this layout); logits come out as a channels-first view of channels-last memory.
+        return F.linear(x, self.output.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
 def _init_dense(module: nn.Module) -> None:

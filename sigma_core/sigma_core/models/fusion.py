@@ -51,9 +51,11 @@ class CrossSelectiveSSM(nn.Module):
                       getattr(self, f"A_log_{i}"), getattr(self, f"D_{i}"))
 
     def forward(self, x_rgb: torch.Tensor, x_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Both scans run as one grouped scan (G = 2); swap_c makes each read the other's C.
+        # Both scans run as one grouped scan (G = 2); swap_c makes each read the other's C. The two channels-last
+        # maps are stacked channels-last too, (B, L, 2, D) in memory: whole rows copied, and no transposed copy of
+        # them for the projections or the scan.
         ys = scan_directions(
-            torch.stack([x_rgb, x_other], dim=1),
+            torch.stack([x_rgb.transpose(1, 2), x_other.transpose(1, 2)], dim=2).permute(0, 2, 3, 1),
             torch.stack([self.x_proj_1.weight, self.x_proj_2.weight]),
             torch.stack([self.dt_proj_1.weight, self.dt_proj_2.weight]),
             torch.stack([self.dt_proj_1.bias, self.dt_proj_2.bias]),

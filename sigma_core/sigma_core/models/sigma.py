@@ -42,7 +42,8 @@ class SigmaBackbone(nn.Module):
         for i, feat in enumerate(both):
             feat = feat.permute(0, 2, 3, 1)
             f_rgb, f_x = self.cross_mamba[i](feat[:batch], feat[batch:])
-            fused.append(self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2).contiguous())
+            # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
+            fused.append(self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2))
         return fused
 
 

@@ -96,24 +96,27 @@ def scan_directions(
     batch, k, dim, length = xs.shape
     rank = dt_projs_weight.shape[2]
     n = A_logs.shape[1]
-    # Broadcast matmuls over (B, K) keep xs in its (D, L) layout; einsum would transpose the big map first.
-    x_dbl = torch.matmul(x_proj_weight, xs)  # (B, K, R + 2N, L)
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
-    dts = torch.matmul(dt_projs_weight, dts)  # (B, K, D, L)
+    # Positions as rows, as in scan_map_directions: (B, L, K*D) is a view where xs is channels-last in memory (the
+    # fusion's are); the K projections of each kind as one block-diagonal matmul. delta, B and C then reach the
+    # scan channels-last. (xs contiguous along L, from cross_scan, is transposed here once.)
+    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), torch.block_diag(*x_proj_weight.transpose(1, 2)))
+    dts, bs, cs = torch.split(x_dbl.unflatten(2, (k, rank + 2 * n)), [rank, n, n], dim=3)  # (B, L, K, R | N | N)
+    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))  # (B, L, K*D)
+    bs, cs = bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1)  # (B, K, N, L)
     if swap_c:
         cs = cs.flip(1)
     ys = selective_scan(
-        xs.reshape(batch, k * dim, length),
-        dts.reshape(batch, k * dim, length),
+        xs.flatten(1, 2),
+        dts.transpose(1, 2),
         -torch.exp(A_logs.float()),
-        bs.contiguous(),
-        cs.contiguous(),
+        bs,
+        cs,
         Ds.float(),
         dt_projs_bias.float().reshape(-1),
         delta_softplus=True,
         backend=backend,
     )
-    return ys.reshape(batch, k, dim, length)
+    return ys.unflatten(1, (k, dim))
 
 
 def scan_map_directions(
@@ -347,7 +350,9 @@ class VSSEncoder(nn.Module):
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)
-            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            # channels-first views of the channels-last maps: the fusion blocks and the decoder read them
+            # channels-last again, so a contiguous copy here would only be undone by another
+            outs.append(getattr(self, f"outnorm{i}")(x).permute(0, 3, 1, 2))
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return outs
