@@ -34,6 +34,7 @@ from .onnx_runtime import parse_metadata_value
 SITES_KEY = "sigma.scan_sites"
 DOMAIN = "ai.onnx.contrib"
 OPS = {"ScanMap": "SigmaScanMap", "ScanRecurrence": "SigmaScanRecurrence"}  # site kind -> custom op type
+TESTED_EXTENSIONS = "0.15.2"  # the onnxruntime-extensions release whose private hook and op table _register_ops uses
 INSTALL_HINT = "pip install onnx onnxruntime-extensions (and a C++ compiler: apt install g++)"
 _PREFIX = re.compile(r"sigma_scan\d+_\Z")
 
@@ -302,20 +303,28 @@ def _register_ops() -> None:
     outputs back as numpy arrays (see the module docstring)."""
     if _OP_IDS:
         return
-    from onnxruntime_extensions import PyCustomOpDef, _ocos, onnx_op
+    import onnxruntime_extensions
 
-    kinds = {"inputs": [PyCustomOpDef.dt_float] * 7, "outputs": [PyCustomOpDef.dt_float],
-             "attrs": {"threads": PyCustomOpDef.dt_int64, "softplus": PyCustomOpDef.dt_int64}}
+    try:  # private parts (the hook, the op table) first: a release without them registers nothing
+        from onnxruntime_extensions import PyCustomOpDef, _ocos, onnx_op
+
+        default, registered, install = _ocos._on_pyop_invocation, _ocos.Opdef._odlist, PyCustomOpDef.install_hooker
+        kinds = {"inputs": [PyCustomOpDef.dt_float] * 7, "outputs": [PyCustomOpDef.dt_float],
+                 "attrs": {"threads": PyCustomOpDef.dt_int64, "softplus": PyCustomOpDef.dt_int64}}
+    except (ImportError, AttributeError) as err:
+        version = getattr(onnxruntime_extensions, "__version__", "?")
+        raise ScanKernelUnavailable(f"onnxruntime-extensions {version} lacks what the scan ops use ({err}): pip "
+                                    f"install onnxruntime-extensions=={TESTED_EXTENSIONS}, the release tested"
+                                    ) from None
     ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(_never_raising(scan_map)),
            onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(_never_raising(scan_recurrence))]
-    default = _ocos._on_pyop_invocation
 
     def invoke(op_id, feed, attributes):
         if op_id not in _OP_IDS:
             return default(op_id, feed, attributes)
-        op = _ocos.Opdef._odlist[op_id]
+        op = registered[op_id]
         out = op.body(*feed, **op.cast_attributes(attributes))
         return op_id, out.shape, out.reshape(-1)
 
-    PyCustomOpDef.install_hooker(invoke)
+    install(invoke)
     _OP_IDS.update(id(op) for op in ops)

@@ -316,6 +316,19 @@ def test_malformed_scan_lists_and_metadata_are_refused_in_one_line_also_under_py
     with pytest.raises(OnnxModelError, match="metadata is malformed .nested deeper than sigma-export writes"):
         read_metadata(props, "m.onnx")
 
+
+def test_an_onnxruntime_extensions_release_without_the_hook_the_scan_ops_use_is_refused_in_one_line():
+    """The scan ops reach into onnxruntime-extensions' private parts (its invocation hook, its op table): a release
+    without them gave an AttributeError traceback at load, not auto's fallback; now ScanKernelUnavailable naming
+    the release to install, and nothing registered."""
+    script = ("import onnxruntime_extensions._ocos as ocos\nfrom sigma_core import onnx_scan_ops\n"
+              "del ocos._on_pyop_invocation\ntry:\n    onnx_scan_ops._register_ops()\n"
+              "except onnx_scan_ops.ScanKernelUnavailable as err:\n    print(err, onnx_scan_ops._OP_IDS)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.fullmatch(r"onnxruntime-extensions \S+ lacks what the scan ops use \(.*_on_pyop_invocation.*\): pip "
+                        r"install onnxruntime-extensions==\S+, the release tested set\(\)\n", done.stdout), done.stdout
+
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
     x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-30, 30, 6001), torch.tensor([20.0, 88.7, 89.0])])
