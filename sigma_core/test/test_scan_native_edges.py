@@ -209,7 +209,7 @@ def test_the_merged_map_scan_is_bit_equal_on_1_3_and_7_threads_and_after_fork():
             torch.set_num_threads(n)
             assert torch.equal(scan(), one), n
         pid = os.fork()
-        if pid == 0:  # the child: the kernel starts its own threads per call, nothing inherited half-made
+        if pid == 0:  # the child: the kernel starts its own threads (the parent's OpenMP team is not there)
             os._exit(0 if torch.equal(scan(), one) else 3)
         assert os.waitpid(pid, 0)[1] == 0
     finally:

@@ -29,6 +29,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <unistd.h>
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -573,19 +575,51 @@ void run_jobs(const SigmaScanArgs& a, const Jobs& jobs, std::atomic<int64_t>& ne
   }
 }
 
+// One OpenMP team member's share: jobs from the shared counter, as a started thread takes them.
+struct TeamCall {
+  const SigmaScanArgs& a;
+  const Jobs& jobs;
+  std::atomic<int64_t>& next;
+  std::atomic<bool>& failed;
+};
+
+void run_team_member(void* data) {
+  auto* call = static_cast<TeamCall*>(data);
+  run_jobs(call->a, call->jobs, call->next, call->failed);
+}
+
 }  // namespace
+
+// libgomp's entry for `#pragma omp parallel` (its stable ABI since GCC 4.9), taken from the process when an
+// OpenMP runtime is already loaded there (torch's, for the torch backend), else null: no link flag, no runtime
+// of our own. Why: after each of torch's parallel ops its OpenMP worker spins for a while on the other core; a
+// thread started here then shares that core with the spinner (nano, 2 threads: a stage-3 scan right after an
+// elementwise op took 11 ms against 7.5 ms alone). Run on torch's own team, the scan's jobs start at once and
+// no third thread competes for 2 cores. Same jobs either way, so the output is bit-equal.
+extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags)
+    __attribute__((weak));
+// libgomp's team does not survive fork (a forked child waits forever on the parent's threads): in a child,
+// threads are started here as before.
+const pid_t loaded_in_process = getpid();
 
 extern "C" {
 
-// Runs the forward on a.threads threads (the calling one and a.threads - 1 started here, which take jobs in
-// turn). Returns 0, or 1 on an invalid argument, 2 if memory ran out (out is then incomplete).
+// Runs the forward on a.threads threads (the calling one and a.threads - 1 others, which take jobs in turn): an
+// OpenMP team of the process's runtime where one is loaded, else threads started here. Returns 0, or 1 on an
+// invalid argument, 2 if memory ran out (out is then incomplete).
 int sigma_scan_forward(const SigmaScanArgs* args) {
   const SigmaScanArgs& a = *args;
   if (a.sets <= 0 || a.order_rows <= 0 || a.per <= 0 || a.n_state <= 0 || a.kind < 0 || a.kind > 2) return 1;
   const Jobs jobs = job_layout(a);
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
-  const int64_t extra = std::max<int64_t>(0, std::min<int64_t>(a.threads, jobs.count) - 1);
+  const int64_t team = std::min<int64_t>(a.threads, jobs.count);
+  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {  // torch's OpenMP threads, already awake (see GOMP_parallel above)
+    TeamCall call{a, jobs, next, failed};
+    GOMP_parallel(run_team_member, &call, static_cast<unsigned>(team), 0);
+    return failed ? 2 : 0;
+  }
+  const int64_t extra = std::max<int64_t>(0, team - 1);
   std::vector<std::thread> workers;
   for (int64_t i = 0; i < extra; ++i) {
     try {  // fewer threads than asked (none could start) still run every job

@@ -9,8 +9,10 @@ matches the forward it differentiates.
 
 Build: see ``sigma_core.native_kernel`` (torch-free, shared with the ONNX Runtime path).
 
-Threads: ``torch.get_num_threads()`` threads per call, started by the kernel (ctypes releases the GIL, so
-several Python threads may scan at once; each call owns its threads).
+Threads: ``torch.get_num_threads()`` threads per call: torch's own OpenMP team where torch's libgomp is loaded
+(its worker is still awake after the op before; a thread of our own would share a core with it), else threads
+started by the kernel (without torch, and in a forked child). ctypes releases the GIL, so several Python threads
+may scan at once; each calling thread leads its own team.
 """
 from __future__ import annotations
 
