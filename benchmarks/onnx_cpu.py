@@ -140,7 +140,7 @@ def main() -> None:
                 ort_median = statistics.median(times["onnxruntime"])
                 for name, ts in times.items():
                     median, cpu_median = statistics.median(ts), statistics.median(cpu_times[name])
-                    print(f"  {threads} thread(s) {name:14s} min {min(ts):7.3f} s  median {median:7.3f} s"
+                    print(f"  {threads} thread(s) {name:18s} min {min(ts):7.3f} s  median {median:7.3f} s"
                           f"  x{median / base:.2f} of torch;  CPU time median {cpu_median:7.3f} s"
                           f"  x{cpu_median / cpu_base:.2f}"
                           + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else ""))
