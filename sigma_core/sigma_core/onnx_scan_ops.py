@@ -21,6 +21,7 @@ Python op of the process keeps the default hook.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import re
 import signal
@@ -287,24 +288,43 @@ def take_failure() -> Optional[BaseException]:
 @contextlib.contextmanager
 def signals_held():
     """Hold the Python signal handlers (Ctrl-C's KeyboardInterrupt, a SIGTERM handler that raises, an alarm) while a
-    session runs on the main thread, and run each caught signal's handler after it, where it may raise.
+    session runs on the main thread, and send each signal caught meanwhile again after it, where it may raise.
 
     A handler runs at the main thread's next Python line, which during a run is mostly in a scan op: one raising
-    there, even at the op function's first line (outside any try), aborted the process (see take_failure)."""
-    if threading.current_thread() is not threading.main_thread():  # handlers run on the main thread only
-        yield
-        return
+    there, even at the op function's first line (outside any try), aborted the process (see take_failure). The
+    handler the operating system calls is restored as it was, not only Python's: rclpy's (which wakes its
+    executor, then calls Python's) was replaced by signal.signal, and a spinning node then ignored Ctrl-C."""
+    held = {}
+    if threading.current_thread() is threading.main_thread():  # Python runs handlers on the main thread only
+        try:
+            held = {sig: (handler, _os_action(sig)) for sig in signal.valid_signals()
+                    if callable(handler := signal.getsignal(sig))}
+        except OSError:  # no sigaction to restore the system's handler with: nothing held
+            held = {}
     caught: list[int] = []
-    held = {sig: handler for sig in signal.valid_signals() if callable(handler := signal.getsignal(sig))}
     for sig in held:
         signal.signal(sig, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
-        for sig, handler in held.items():
+        for sig, (handler, action) in held.items():
             signal.signal(sig, handler)
-        for sig in caught:
-            held[sig](sig, None)
+            _os_action(sig, action)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+
+
+def _os_action(sig: int, action=None):
+    """The system's handler of ``sig`` (sigaction, copied as opaque bytes), after setting ``action`` if given.
+    OSError where the C library has no sigaction."""
+    try:
+        sigaction = ctypes.CDLL(None, use_errno=True).sigaction
+    except (OSError, AttributeError) as err:
+        raise OSError(f"no sigaction: {err}") from None
+    old = ctypes.create_string_buffer(1024)  # larger than any struct sigaction
+    if sigaction(sig, action, old) != 0:
+        raise OSError(ctypes.get_errno(), f"sigaction({sig}) failed")
+    return old
 
 
 def _failed(error: BaseException, like: np.ndarray) -> np.ndarray:

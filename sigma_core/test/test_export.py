@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -393,6 +394,36 @@ def test_ctrl_c_during_a_run_of_the_scan_ops_interrupts_after_the_run_not_a_proc
     done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_A_RUN], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "interrupted after the run True", done.stdout
+
+
+SIGNAL_HANDLERS_OF_THE_SYSTEM = """
+import faulthandler, os, signal, sys, tempfile
+from sigma_core.onnx_scan_ops import signals_held
+
+seen = []
+signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))
+log = tempfile.TemporaryFile("w+")
+faulthandler.register(signal.SIGUSR1, file=log, chain=True)  # a system-level handler over Python's, as rclpy's
+with signals_held():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    during = list(seen)
+after = list(seen)
+os.kill(os.getpid(), signal.SIGUSR1)
+log.seek(0)
+print(during, after, list(seen), log.read().count("most recent call first"))
+"""
+
+
+def test_signals_held_during_a_run_keep_the_handler_the_system_calls():
+    """signals_held (OnnxSegmenter.logits, native scans, main thread) notes a signal during the run and sends it
+    again after: Python's handler runs once, after, and the system-level handler installed over Python's (rclpy's,
+    which wakes a spinning executor; here faulthandler's) is still the one the system calls, for this signal and
+    the next. signal.signal had replaced it: a node warmed up on its main thread then ignored Ctrl-C."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_HANDLERS_OF_THE_SYSTEM], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    usr1 = int(signal.SIGUSR1)
+    assert done.stdout.strip() == f"[] [{usr1}] [{usr1}, {usr1}] 2", done.stdout
 
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""
