@@ -31,6 +31,7 @@ from .model_io import (
     NonFiniteOutputError,
     check_description,
     images_to_inputs,
+    inference_threads,
     logits_to_mask,
     threads_from_environment,
 )
@@ -238,6 +239,8 @@ class OnnxSegmenter(ModelDescription):
         except ExternalDataError as e:
             raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
+        if threads is not None:  # ValueError naming a count that is no integer 0..MAX_THREADS (a million threads
+            inference_threads(threads)  # got the process killed inside ONNX Runtime's pool)
         threads = threads if threads is not None else threads_from_environment()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
