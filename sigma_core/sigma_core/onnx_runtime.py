@@ -15,6 +15,7 @@ installed, else the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .model_io import (
     NonFiniteOutputError,
     check_description,
     images_to_inputs,
+    inference_threads,
     logits_to_mask,
     threads_from_environment,
 )
@@ -237,6 +239,8 @@ class OnnxSegmenter(ModelDescription):
         except ExternalDataError as e:
             raise OnnxModelError(f"{source}: {e}") from None
         options = ort.SessionOptions()
+        if threads is not None:  # ValueError naming a count that is no integer 0..MAX_THREADS (a million threads
+            inference_threads(threads)  # got the process killed inside ONNX Runtime's pool)
         threads = threads if threads is not None else threads_from_environment()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -331,10 +335,15 @@ class OnnxSegmenter(ModelDescription):
                  INPUT_NAMES[1]: np.ascontiguousarray(modal, np.float32)}
         self._scan_failure()  # one left by another session's run on this thread is not this run's
         try:
-            logits, error = self.session.run([OUTPUT_NAME], feeds)[0], None
+            with self._signals_held():
+                logits, error = self.session.run([OUTPUT_NAME], feeds)[0], None
         except Exception as e:  # onnxruntime's own types (Fail, RuntimeException, ...): one line naming the input
             logits, error = None, " ".join(str(e).split())
-        error = self._scan_failure() or error  # a scan op's own error is the cause of what followed it
+        failure = self._scan_failure()  # a scan op's own error is the cause of what followed it
+        if failure is not None and not isinstance(failure, Exception):
+            raise failure  # Ctrl-C (KeyboardInterrupt) met inside a scan op: raised where the caller takes it
+        if failure is not None:
+            error = f"{type(failure).__name__}: {' '.join(str(failure).split())}"
         if error:
             raise OnnxRunError(f"ONNX Runtime failed to run {self.path.name} ({self.runtime}) on a "
                                f"{rgb.shape[0]}x3x{rgb.shape[2]}x{rgb.shape[3]} input: {error[:500]}")
@@ -443,8 +452,16 @@ class OnnxSegmenter(ModelDescription):
         return (f"the scans run as {self.path.name}'s own ONNX ops, about 2.6x slower than with the native scan "
                 f"kernel: {why}")
 
-    def _scan_failure(self) -> Optional[str]:
-        """The error a native scan op met in this thread's last run (onnx_scan_ops.take_failure: the ops cannot
+    def _signals_held(self):
+        """onnx_scan_ops.signals_held where the scans are the native kernel's Python ops, else nothing."""
+        if self.scan_backend != "native":
+            return contextlib.nullcontext()
+        from .onnx_scan_ops import signals_held
+
+        return signals_held()
+
+    def _scan_failure(self) -> Optional[BaseException]:
+        """The exception a native scan op met in this thread's last run (onnx_scan_ops.take_failure: the ops cannot
         raise), cleared; None where none, or the scans are the file's own ops."""
         if self.scan_backend != "native":
             return None

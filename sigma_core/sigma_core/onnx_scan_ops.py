@@ -20,8 +20,11 @@ Python op of the process keeps the default hook.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import re
+import signal
 import threading
 from pathlib import Path
 from typing import Optional
@@ -266,34 +269,81 @@ def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus
 
 
 _OP_IDS: set[int] = set()
-_FAILURE = threading.local()  # .text: the first error a scan op of this thread met in a run, for take_failure
+_FAILURE = threading.local()  # .error: the first exception a scan op of this thread met in a run, for take_failure
 
 
-def take_failure() -> Optional[str]:
-    """The error a scan op met in the calling thread's last session run (one line; None: none), cleared.
+def take_failure() -> Optional[BaseException]:
+    """The exception a scan op met in the calling thread's last session run (None: none), cleared.
 
     An exception raised in a Python op does not reach ONNX Runtime's caller: onnxruntime-extensions' bridge
-    aborts the whole process on it (std::terminate). So the ops never raise: on an error (inputs that do not fit,
-    the kernel's refusal, out of memory) the op's output is NaN, ONNX Runtime's run goes on, and the caller
-    (OnnxSegmenter.logits) asks here why, after each run, to raise it there. Sessions run their nodes on the
-    calling thread (sequential execution), hence one slot per thread."""
-    text, _FAILURE.text = getattr(_FAILURE, "text", None), None
-    return text
+    aborts the whole process on it (std::terminate), Ctrl-C's KeyboardInterrupt included (a signal's handler runs
+    at the next Python line of the main thread: during a run, mostly in a scan op). So the ops never raise: on an
+    error (inputs that do not fit, the kernel's refusal, out of memory, an interrupt) the op's output is NaN,
+    ONNX Runtime's run goes on, and the caller (OnnxSegmenter.logits) asks here, after each run, to raise it
+    there. Sessions run their nodes on the calling thread (sequential execution), hence one slot per thread."""
+    error, _FAILURE.error = getattr(_FAILURE, "error", None), None
+    return error
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold the Python signal handlers (Ctrl-C's KeyboardInterrupt, a SIGTERM handler that raises, an alarm) while a
+    session runs on the main thread, and send each signal caught meanwhile again after it, where it may raise.
+
+    A handler runs at the main thread's next Python line, which during a run is mostly in a scan op: one raising
+    there, even at the op function's first line (outside any try), aborted the process (see take_failure). The
+    handler the operating system calls is restored as it was, not only Python's: rclpy's (which wakes its
+    executor, then calls Python's) was replaced by signal.signal, and a spinning node then ignored Ctrl-C."""
+    held = {}
+    if threading.current_thread() is threading.main_thread():  # Python runs handlers on the main thread only
+        try:
+            held = {sig: (handler, _os_action(sig)) for sig in signal.valid_signals()
+                    if callable(handler := signal.getsignal(sig))}
+        except OSError:  # no sigaction to restore the system's handler with: nothing held
+            held = {}
+    caught: list[int] = []
+    for sig in held:
+        signal.signal(sig, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for sig, (handler, action) in held.items():
+            signal.signal(sig, handler)
+            _os_action(sig, action)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+
+
+def _os_action(sig: int, action=None):
+    """The system's handler of ``sig`` (sigaction, copied as opaque bytes), after setting ``action`` if given.
+    OSError where the C library has no sigaction."""
+    try:
+        sigaction = ctypes.CDLL(None, use_errno=True).sigaction
+    except (OSError, AttributeError) as err:
+        raise OSError(f"no sigaction: {err}") from None
+    old = ctypes.create_string_buffer(1024)  # larger than any struct sigaction
+    if sigaction(sig, action, old) != 0:
+        raise OSError(ctypes.get_errno(), f"sigaction({sig}) failed")
+    return old
+
+
+def _failed(error: BaseException, like: np.ndarray) -> np.ndarray:
+    """Keep ``error`` for take_failure (the first of a run: the cause) and give the op's NaN output."""
+    if getattr(_FAILURE, "error", None) is None:
+        _FAILURE.error = error
+    return np.full(np.shape(like), np.nan, np.float32)
 
 
 def _never_raising(body):
-    """``body`` as an op that never raises (see take_failure): an error is kept for take_failure and the output
-    is NaN of u's shape. In the op itself, not in the invocation hook: another library may install its own hook
-    after ours, and the default path would abort on the error just as well."""
+    """``body`` as an op that never raises (see take_failure). In the op itself, not only in our invocation hook:
+    another library may install its own hook after ours, and the default path would abort on the error as well."""
 
     @functools.wraps(body)
     def op(*inputs, **attributes):
         try:
             return body(*inputs, **attributes)
-        except Exception as err:  # noqa: BLE001 - raised on, it would abort the process
-            if getattr(_FAILURE, "text", None) is None:  # the first failure of a run is the cause
-                _FAILURE.text = f"{type(err).__name__}: {str(err)[:400]}"
-            return np.full(np.shape(inputs[0]), np.nan, np.float32)
+        except BaseException as err:  # noqa: BLE001 - raised on, even Ctrl-C, it would abort the process
+            return _failed(err, inputs[0])
 
     return op
 
@@ -322,8 +372,11 @@ def _register_ops() -> None:
     def invoke(op_id, feed, attributes):
         if op_id not in _OP_IDS:
             return default(op_id, feed, attributes)
-        op = registered[op_id]
-        out = op.body(*feed, **op.cast_attributes(attributes))
+        try:
+            op = registered[op_id]
+            out = op.body(*feed, **op.cast_attributes(attributes))
+        except BaseException as err:  # noqa: BLE001 - a Ctrl-C between these lines: see take_failure
+            out = _failed(err, feed[0])
         return op_id, out.shape, out.reshape(-1)
 
     install(invoke)

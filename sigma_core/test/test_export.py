@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +258,13 @@ opsets = [helper.make_opsetid("", 18), helper.make_opsetid(onnx_scan_ops.DOMAIN,
 model = helper.make_model(graph, opset_imports=opsets)
 session = ort.InferenceSession(model.SerializeToString(), onnx_scan_ops.session_options(ort.SessionOptions()),
                                providers=["CPUExecutionProvider"])
+
+
+def failure():
+    error = onnx_scan_ops.take_failure()
+    return error if error is None else f"{type(error).__name__}: {error}"
+
+
 rng = np.random.default_rng(0)
 u = rng.standard_normal((1, 8, 10), dtype=np.float32)
 A = -np.ones((8, 4), np.float32)
@@ -264,14 +272,23 @@ B = rng.standard_normal((1, 2, 4, 10), dtype=np.float32)
 ones = np.ones(8, np.float32)
 fits = dict(u=u, delta=u, A=A, B=B, C=B, D=ones, delta_bias=ones)
 y = session.run(None, {**fits, "B": B[..., :9]})[0]  # B one step short: the kernel would read past it
-print("misfit", y.shape, bool(np.isnan(y).all()), onnx_scan_ops.take_failure())
+print("misfit", y.shape, bool(np.isnan(y).all()), failure())
 y = session.run(None, fits)[0]
-print("fit", bool(np.isfinite(y).all()), onnx_scan_ops.take_failure())
+print("fit", bool(np.isfinite(y).all()), failure())
 from onnxruntime_extensions import PyCustomOpDef, _ocos
 
 PyCustomOpDef.install_hooker(_ocos._on_pyop_invocation)  # another library's hook, installed after ours
 y = session.run(None, {**fits, "B": B[..., :9]})[0]
-print("misfit under another hook", bool(np.isnan(y).all()), onnx_scan_ops.take_failure()[:40])
+print("misfit under another hook", bool(np.isnan(y).all()), failure()[:39])
+
+
+def interrupted():  # Ctrl-C's KeyboardInterrupt, raised at the op's next Python line
+    raise KeyboardInterrupt
+
+
+onnx_scan_ops.library = interrupted
+y = session.run(None, fits)[0]
+print("interrupt", bool(np.isnan(y).all()), repr(onnx_scan_ops.take_failure()))
 """
 
 
@@ -279,14 +296,16 @@ def test_a_scan_op_error_inside_onnx_runtime_is_reported_not_a_process_abort():
     """onnxruntime-extensions aborts the whole process (std::terminate) on an exception raised in a Python op, so a
     misfit raised as ValueError killed the node without a word. The ops give NaN instead and keep the error for
     take_failure (OnnxSegmenter.logits raises it as OnnxRunError); the next fitting run is clean; so also where
-    another library installs its own invocation hook after ours."""
+    another library installs its own invocation hook after ours, and for Ctrl-C's KeyboardInterrupt (raised at the
+    op's next line: a Ctrl-C during a run aborted the process, core dumped; logits raises it again)."""
     done = subprocess.run([sys.executable, "-c", SCAN_OP_IN_ONNX_RUNTIME], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    misfit, fit, other_hook = done.stdout.strip().splitlines()[-3:]
+    misfit, fit, other_hook, interrupt = done.stdout.strip().splitlines()[-4:]
     assert misfit.startswith("misfit (1, 8, 10) True ValueError: SigmaScanRecurrence: inputs of shapes"), misfit
     assert "'B': [1, 2, 4, 9]" in misfit
     assert fit == "fit True None"
     assert other_hook == "misfit under another hook True ValueError: SigmaScanRecurrence: inputs", other_hook
+    assert interrupt == "interrupt True KeyboardInterrupt()", interrupt
 
 
 def test_malformed_scan_lists_and_metadata_are_refused_in_one_line_also_under_python_O(tmp_path):
@@ -328,6 +347,83 @@ def test_an_onnxruntime_extensions_release_without_the_hook_the_scan_ops_use_is_
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.fullmatch(r"onnxruntime-extensions \S+ lacks what the scan ops use \(.*_on_pyop_invocation.*\): pip "
                         r"install onnxruntime-extensions==\S+, the release tested set\(\)\n", done.stdout), done.stdout
+
+
+CTRL_C_DURING_A_RUN = """
+import os, signal, threading, time
+import numpy as np, onnxruntime as ort
+from onnx import TensorProto, helper
+from sigma_core import onnx_scan_ops
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a child of a shell may inherit SIGINT ignored
+names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+nodes = [helper.make_node("MatMul", ["m", "m"], ["mm"]),  # ~1 s of C++ in ONNX Runtime before the scan op
+         helper.make_node("ReduceSum", ["mm"], ["total"], keepdims=0),
+         helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+         helper.make_node("Add", ["u", "nothing"], ["u_late"]),
+         helper.make_node("SigmaScanRecurrence", ["u_late"] + names[1:], ["y"], domain=onnx_scan_ops.DOMAIN,
+                          threads=1, softplus=1)]
+graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                       for n in names + ["m", "zero"]],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+opsets = [helper.make_opsetid("", 18), helper.make_opsetid(onnx_scan_ops.DOMAIN, 1)]
+options = onnx_scan_ops.session_options(ort.SessionOptions())
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(helper.make_model(graph, opset_imports=opsets).SerializeToString(), options,
+                               providers=["CPUExecutionProvider"])
+u = np.ones((1, 8, 10), np.float32)
+B = np.ones((1, 2, 4, 10), np.float32)
+feeds = dict(u=u, delta=u, A=-np.ones((8, 4), np.float32), B=B, C=B, D=np.ones(8, np.float32),
+             delta_bias=np.ones(8, np.float32), m=np.ones((3000, 3000), np.float32), zero=np.zeros((), np.float32))
+threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while the MatMul runs
+try:
+    with onnx_scan_ops.signals_held():
+        started = time.monotonic()
+        y = session.run(None, feeds)[0]
+    print("not interrupted", time.monotonic() - started)
+except KeyboardInterrupt:
+    print("interrupted after the run", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_ctrl_c_during_a_run_of_the_scan_ops_interrupts_after_the_run_not_a_process_abort():
+    """Python runs a signal's handler at the main thread's next Python line: during a run, the scan op's first line
+    (its function's entry, outside any try), where Ctrl-C's KeyboardInterrupt aborted the process (core dumped:
+    sigma-predict, sigma-replay-eval, a benchmark). signals_held (OnnxSegmenter.logits runs in it) notes the
+    signal during the run and runs its handler after it: KeyboardInterrupt where the caller can take it."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_A_RUN], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "interrupted after the run True", done.stdout
+
+
+SIGNAL_HANDLERS_OF_THE_SYSTEM = """
+import faulthandler, os, signal, sys, tempfile
+from sigma_core.onnx_scan_ops import signals_held
+
+seen = []
+signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))
+log = tempfile.TemporaryFile("w+")
+faulthandler.register(signal.SIGUSR1, file=log, chain=True)  # a system-level handler over Python's, as rclpy's
+with signals_held():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    during = list(seen)
+after = list(seen)
+os.kill(os.getpid(), signal.SIGUSR1)
+log.seek(0)
+print(during, after, list(seen), log.read().count("most recent call first"))
+"""
+
+
+def test_signals_held_during_a_run_keep_the_handler_the_system_calls():
+    """signals_held (OnnxSegmenter.logits, native scans, main thread) notes a signal during the run and sends it
+    again after: Python's handler runs once, after, and the system-level handler installed over Python's (rclpy's,
+    which wakes a spinning executor; here faulthandler's) is still the one the system calls, for this signal and
+    the next. signal.signal had replaced it: a node warmed up on its main thread then ignored Ctrl-C."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_HANDLERS_OF_THE_SYSTEM], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    usr1 = int(signal.SIGUSR1)
+    assert done.stdout.strip() == f"[] [{usr1}] [{usr1}, {usr1}] 2", done.stdout
 
 def test_export_softplus_equals_torch_everywhere():
     """The five-op softplus of the file against torch's (threshold 20), from -1e4 to 1e4, around 20 and 0."""

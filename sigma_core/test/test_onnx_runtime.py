@@ -386,3 +386,13 @@ def test_load_segmenter_gives_the_session_the_threads_asked_for(tmp_path, monkey
     assert load_segmenter(path).session.get_session_options().intra_op_num_threads == 2
     # 0: automatic, as for torch and the node (never ONNX Runtime's own default of every core)
     assert load_segmenter(path, threads=0).session.get_session_options().intra_op_num_threads == 2
+
+
+def test_an_absurd_thread_count_is_refused_in_one_line_not_a_killed_process(tmp_path):
+    """OnnxSegmenter(threads=10**6) got the process killed inside ONNX Runtime's thread pool; it is refused as the
+    tools refuse it (0..MAX_THREADS)."""
+    path = write_model(tmp_path / "m.onnx")
+    for threads in (10**6, -1, 2.5):
+        with pytest.raises(ValueError, match="a thread count must be an integer 0..1024"):
+            OnnxSegmenter(path, threads=threads)
+    assert OnnxSegmenter(path, threads=2).session.get_session_options().intra_op_num_threads == 2
