@@ -5,9 +5,11 @@ where it goes wrong: a compiler whose output does not load, one without -march=n
 library of another ABI in the cache, a cache on a noexec mount, tensors off the CPU."""
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -214,6 +216,42 @@ def test_the_merged_map_scan_is_bit_equal_on_1_3_and_7_threads_and_after_fork():
         assert os.waitpid(pid, 0)[1] == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def _torch_libgomp_loaded() -> bool:
+    return hasattr(ctypes.CDLL(None), "GOMP_parallel")
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+@pytest.mark.skipif(not _torch_libgomp_loaded(), reason="torch runs on another thread pool than libgomp here")
+def test_two_thread_scans_run_on_torchs_openmp_team_and_start_no_thread():
+    # A thread of its own would share a core with torch's OpenMP worker, still spinning after the op before. Every
+    # thread seen while the kernel runs (polled from /proc) must have existed before it: the main one and torch's.
+    inputs = ordered_inputs(2, 4, 64, 16, 6000, seed=5)
+    order = torch.stack([torch.arange(6000), torch.arange(6000).flip(0)] * 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 20).mul_(2)  # torch's OpenMP team exists from here on
+        with torch.no_grad():
+            one = selective_scan_ordered(*inputs.values(), True, order, backend="native")
+        before, seen, done = set(os.listdir("/proc/self/task")), set(), threading.Event()
+
+        def watch():
+            while not done.is_set():
+                seen.update(os.listdir("/proc/self/task"))
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        seen.update(os.listdir("/proc/self/task"))
+        watcher_id = str(watcher.native_id)
+        with torch.no_grad():
+            for _ in range(5):
+                assert torch.equal(selective_scan_ordered(*inputs.values(), True, order, backend="native"), one)
+        done.set()
+        watcher.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen - before - {watcher_id} == set(), "the kernel started threads of its own"
 
 
 @pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
