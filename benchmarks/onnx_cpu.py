@@ -6,7 +6,8 @@
 For each variant: builds the network (random weights, seed 0), exports it with sigma_core.export (dynamic
 height and width, as sigma-export does by default; the export time and peak memory of this process are
 printed), then times one forward at each thread count in interleaved rounds (machine load hits all alike):
-torch with the "auto" scan backend (native, else numba), ONNX Runtime's CPU provider on the file as written
+torch with the "auto" scan backend (native, else numba) and with the numba scan ("torch+numba"), ONNX
+Runtime's CPU provider on the file as written
 ("onnxruntime") and with its scans on the native kernel ("onnxruntime+kernel", sigma_core.onnx_scan_ops: what
 OnnxSegmenter runs on a CPU), and OpenVINO's CPU plugin
 (INFERENCE_NUM_THREADS, float32) on the same file, once as written and once with the frame's size fixed at
@@ -50,6 +51,15 @@ def make_runners(model, path: Path, threads: int, size):
             return model(rgb, modal)
 
     runners["torch"] = torch_run
+
+    def torch_numba_run():  # the baseline: torch with the numba scan (the native kernel's predecessor)
+        model.set_scan_backend("numba")
+        try:
+            return torch_run()
+        finally:
+            model.set_scan_backend("auto")
+
+    runners["torch+numba"] = torch_numba_run
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -143,7 +153,9 @@ def main() -> None:
                     print(f"  {threads} thread(s) {name:18s} min {min(ts):7.3f} s  median {median:7.3f} s"
                           f"  x{median / base:.2f} of torch;  CPU time median {cpu_median:7.3f} s"
                           f"  x{cpu_median / cpu_base:.2f}"
-                          + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else ""))
+                          + (f";  x{median / ort_median:.2f} of onnxruntime" if name.startswith("openvino") else "")
+                          + (f";  CPU x{cpu_median / statistics.median(cpu_times['torch+numba']):.2f} of torch+numba"
+                             if name.startswith("onnxruntime") else ""))
                 # before the next thread count's are built: with two sets alive at once Sigma-T's sessions and
                 # compiled models (~9 GB resident) were killed by the OOM killer on a shared 24 GB machine
                 del runners, logits
