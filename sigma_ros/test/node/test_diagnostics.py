@@ -173,8 +173,10 @@ def test_diagnostics_ok_warn_error_from_a_running_node(probe):
     assert status.name == "sigma_segmentation: /g/sigma_segmentation"
     assert 5.0 <= float(values["/g/rgb/image rate (Hz)"]) <= 15.0
     assert 5.0 <= float(values["/g/modal/image rate (Hz)"]) <= 15.0
-    # a pair made at the end of one 0.5 s window may come out in the next: one output (2 Hz) more at most
-    assert 0 < float(values["output rate (Hz)"]) <= float(values["pair rate (Hz)"]) + 2.0
+    # pairs made at the end of one 0.5 s window may come out in the next: up to two are in flight (one decoded
+    # while the model runs the other), so two outputs (4 Hz) more at most, and the rates are rounded to 0.1 Hz
+    # over a window a little shorter than 0.5 s (seen: 10.1 Hz out against 8.0 Hz paired)
+    assert 0 < float(values["output rate (Hz)"]) <= float(values["pair rate (Hz)"]) + 4.2
     assert float(values["pair rate (Hz)"]) <= 15.0
     assert 0 < float(values["inference p50 (ms)"]) <= float(values["inference p95 (ms)"])
     assert float(values["latency p50 (ms)"]) >= float(values["inference p50 (ms)"])
