@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "ops" / "scan_native.cpp"
-ABI_VERSION = 1  # sigma_scan_abi_version() of a library this module can call
+ABI_VERSION = 2  # sigma_scan_abi_version() of a library this module can call
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread")
 HOST_FLAGS = ("-march=native",)  # dropped (portable code, 4-8x slower) where the compiler does not take it
 KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}  # SigmaScanArgs.kind for each element type
@@ -200,6 +200,8 @@ class _Args(ctypes.Structure):
         ("u_step", ctypes.c_int64), ("out_step", ctypes.c_int64),
         ("out", ctypes.c_void_p), ("out_stride", ctypes.c_int64 * 3),
         ("kind", ctypes.c_int32), ("softplus", ctypes.c_int32), ("threads", ctypes.c_int32),
+        ("dt_low", ctypes.c_void_p), ("dt_low_stride", ctypes.c_int64 * 4), ("dt_weight", ctypes.c_void_p),
+        ("dt_rank", ctypes.c_int64),
     ]
 
 
@@ -229,7 +231,8 @@ def library() -> ctypes.CDLL:
 def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Strided, C: Strided,
                 D: Optional[int], delta_bias: int, order: int, order_rows: int, length: int, c_group: int,
                 sets: int, per: int, n_state: int, batch: int, u_shared: bool, merged: bool, out: Strided,
-                kind: int, softplus: bool, threads: int) -> None:
+                kind: int, softplus: bool, threads: int, dt_low: Optional[Strided] = None, dt_weight: int = 0,
+                dt_rank: int = 0) -> None:
     """One call of ``lib``'s sigma_scan_forward (see scan_native.cpp; ``lib`` from library() or
     load_library()), writing ``out``.
 
@@ -238,14 +241,19 @@ def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Stri
     A: (sets * per, n_state), D, delta_bias: (sets * per,) contiguous float32 (D 0: no D * u term); order:
     (order_rows, length) contiguous int64, step t of row r reads position order[r, t]; c_group: (sets,) int64,
     the B/C set each set of channels reads. u_shared: every set reads the same ``per`` channels of u; merged:
-    the sets' outputs are summed into one ``per``-channel output. Raises RuntimeError where the kernel refuses.
+    the sets' outputs are summed into one ``per``-channel output. dt_low (or None: ``delta`` is read): delta as
+    its factors, (batch, positions, sets, dt_rank) of the ``kind`` of u, with dt_weight (sets * per, dt_rank)
+    contiguous float32: delta[b, k * per + c, p] = sum_r dt_weight[k * per + c, r] * dt_low[b, p, k, r] (``delta``
+    is then not read). Raises RuntimeError where the kernel refuses.
     """
     args = _Args(
         u=u[0], u_stride=tuple(u[1]), delta=delta[0], delta_stride=tuple(delta[1]), A=A, B=B[0],
         B_stride=tuple(B[1]), C=C[0], C_stride=tuple(C[1]), Dskip=D or None, bias=delta_bias, order=order,
         order_rows=order_rows, length=length, c_group=c_group, sets=sets, per=per, n_state=n_state, batch=batch,
         u_step=0 if u_shared else per, out_step=0 if merged else per, out=out[0], out_stride=tuple(out[1]),
-        kind=kind, softplus=int(bool(softplus)), threads=max(1, threads))
+        kind=kind, softplus=int(bool(softplus)), threads=max(1, threads),
+        dt_low=dt_low[0] if dt_low else None, dt_low_stride=tuple(dt_low[1]) if dt_low else (0, 0, 0, 0),
+        dt_weight=dt_weight or None, dt_rank=dt_rank)
     status = lib.sigma_scan_forward(ctypes.byref(args))
     if status != 0:
         raise RuntimeError("native selective scan failed: " +

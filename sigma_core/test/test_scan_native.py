@@ -223,3 +223,86 @@ def test_an_order_outside_the_map_is_refused_not_read():
     order[1, 3] = 18  # one past the last position: would read and write outside the tensors
     with pytest.raises(ValueError, match="must hold positions 0..17"):
         scan_native.selective_scan_ordered_native(*(inputs[k] for k in ARGS), True, order)
+
+
+def low_rank_factors(batch, k, dim, rank, positions, seed, dtype=torch.float32):
+    """delta's factors as the model makes them: low a slice of a wider (batch, P, K, R + 8) projection, weight
+    (K, D, R) float32."""
+    g = torch.Generator().manual_seed(seed)
+    projection = torch.randn(batch, positions, k, rank + 8, generator=g)
+    weight = torch.randn(k, dim, rank, generator=g) / rank ** 0.5
+    return registry.LowRankDelta(projection[..., 3:3 + rank].to(dtype), weight)
+
+
+@needs_native
+@pytest.mark.parametrize("rank", [1, 3, 16, 48])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_delta_as_factors_equals_the_scan_of_the_written_out_delta(rank, dtype):
+    # The kernel forms delta from its factors as it scans (float32 products of the inputs as read); the result must
+    # be the scan of the dense product, for the grouped scan (CroMB) and for a map's directions (SS2D's cross scan:
+    # the column-major ones copy their rows into step order, the factors are read in place); 40 channels: blocks of
+    # 16, 16 and 8.
+    height, width, dim = 5, 24, 40
+    factors = low_rank_factors(2, 4, dim, rank, height * width, seed=rank, dtype=dtype)
+    assert factors.shape == factors.dense().shape == (2, 4 * dim, height * width)
+    dense64 = registry.LowRankDelta(factors.low.double(), factors.weight.double()).dense()
+    grouped = make_inputs(2, 4, dim, 16, height * width, seed=rank, dtype=torch.float32)
+    grouped = {k: (v.to(dtype) if k in ("u", "B", "C") else v) for k, v in grouped.items()}
+    order = cross_scan_order(height, width)
+    mapped = ordered_inputs(2, 4, dim, 16, height * width, seed=rank + 1, dtype=dtype)
+    with torch.no_grad():
+        got = scan_native.selective_scan_native(*(dict(grouped, delta=factors)[k] for k in ARGS), True)
+        want = run(selective_scan_reference, {k: v.double() for k, v in dict(grouped, delta=dense64).items()}, True)
+        got_map = scan_native.selective_scan_ordered_native(*(dict(mapped, delta=factors)[k] for k in ARGS), True,
+                                                            order)
+        want_map = registry.selective_scan_ordered(
+            *({k: v.double() for k, v in dict(mapped, delta=dense64).items()}[k] for k in ARGS), True, order,
+            backend="reference")
+    assert got.dtype == got_map.dtype == torch.float32
+    assert_relative(got, want, 1e-5, "grouped scan vs float64")
+    assert_relative(got_map, want_map, 1e-5, "map directions vs float64")
+    if dtype == torch.float32:  # and against the kernel reading the written-out delta
+        with torch.no_grad():
+            dense = scan_native.selective_scan_native(*(dict(grouped, delta=factors.dense())[k] for k in ARGS), True)
+        assert_relative(got, dense.double(), 1e-5, "factors vs written out")
+
+
+@needs_native
+def test_delta_factors_go_dense_to_backends_that_do_not_read_them_and_carry_gradients():
+    factors = low_rank_factors(1, 2, 20, 4, 30, seed=5)
+    inputs = make_inputs(1, 2, 20, 4, 30, seed=5, dtype=torch.float32)
+    with torch.no_grad():
+        by_factors = selective_scan(*(dict(inputs, delta=factors)[k] for k in ARGS), delta_softplus=True,
+                                    backend="native")
+        for backend in ("numba", "cpu", "reference"):  # handed factors.dense() by the dispatcher
+            y = selective_scan(*(dict(inputs, delta=factors)[k] for k in ARGS), delta_softplus=True, backend=backend)
+            assert_relative(y.double(), by_factors.double(), 1e-5, backend)
+    # Training: the native backend hands the call to numba, and the gradient reaches both factors.
+    low = factors.low.detach().clone().requires_grad_()
+    weight = factors.weight.detach().clone().requires_grad_()
+    y = selective_scan(*(dict(inputs, delta=registry.LowRankDelta(low, weight))[k] for k in ARGS),
+                       delta_softplus=True, backend="native")
+    y.square().sum().backward()
+    dense = registry.LowRankDelta(low.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_())
+    want = selective_scan(*(dict(inputs, delta=dense.dense())[k] for k in ARGS), delta_softplus=True, backend="numba")
+    want.square().sum().backward()
+    torch.testing.assert_close(y.detach(), want.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(low.grad, dense.low.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, dense.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_delta_factors_that_do_not_fit_are_refused_or_written_out():
+    with pytest.raises(ValueError, match=r"low must be \(batch, P, K, R\) and weight \(K, D, R\)"):
+        registry.LowRankDelta(torch.zeros(1, 30, 2, 4), torch.zeros(3, 20, 4))
+    with pytest.raises(ValueError, match="u and delta must both be"):  # 2 x 12 channels of delta for 20 of u
+        selective_scan(torch.zeros(1, 20, 30), registry.LowRankDelta(torch.zeros(1, 30, 2, 4), torch.zeros(2, 12, 4)),
+                       -torch.ones(20, 4), torch.zeros(1, 2, 4, 30), torch.zeros(1, 2, 4, 30), backend="native")
+    # Factors of K = 4 for a scan of G = 2 groups: written out (the kernel reads factor k for set k).
+    factors = low_rank_factors(1, 4, 10, 3, 30, seed=9)
+    inputs = make_inputs(1, 2, 20, 4, 30, seed=9, dtype=torch.float32)
+    with torch.no_grad():
+        got = selective_scan(*(dict(inputs, delta=factors)[k] for k in ARGS), delta_softplus=True, backend="native")
+        want = selective_scan(*(dict(inputs, delta=factors.dense())[k] for k in ARGS), delta_softplus=True,
+                              backend="native")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import cross_scan_order
-from ..ops.selective_scan import selective_scan, selective_scan_ordered
+from ..ops.selective_scan import LowRankDelta, selective_scan, selective_scan_ordered
 
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
 EXPORT_BACKEND = "onnx"  # the scan backend sigma_core.export sets: blocks then build their layouts from tensor ops
@@ -97,17 +97,17 @@ def scan_directions(
     rank = dt_projs_weight.shape[2]
     n = A_logs.shape[1]
     # Positions as rows, as in scan_map_directions: (B, L, K*D) is a view where xs is channels-last in memory (the
-    # fusion's are); the K projections of each kind as one block-diagonal matmul. delta, B and C then reach the
-    # scan channels-last. (xs contiguous along L, from cross_scan, is transposed here once.)
+    # fusion's are); the K x_proj projections as one block-diagonal matmul. B and C then reach the scan
+    # channels-last, and delta as its factors (see LowRankDelta). (xs contiguous along L, from cross_scan, is
+    # transposed here once.)
     x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), torch.block_diag(*x_proj_weight.transpose(1, 2)))
     dts, bs, cs = torch.split(x_dbl.unflatten(2, (k, rank + 2 * n)), [rank, n, n], dim=3)  # (B, L, K, R | N | N)
-    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))  # (B, L, K*D)
     bs, cs = bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1)  # (B, K, N, L)
     if swap_c:
         cs = cs.flip(1)
     ys = selective_scan(
         xs.flatten(1, 2),
-        dts.transpose(1, 2),
+        LowRankDelta(dts, dt_projs_weight),
         -torch.exp(A_logs.float()),
         bs,
         cs,
@@ -138,14 +138,13 @@ def scan_map_directions(
     batch, dim, positions = x.shape
     k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
     # The projections act per position, so they run once on the map, all K directions in one matmul, with
-    # positions as rows: x is channels-last as the convolution leaves it (no copy), and so are delta, B and C, so
-    # that a step of any direction (the column-major ones too) reads its channels and states as whole cache lines.
+    # positions as rows: x is channels-last as the convolution leaves it (no copy), and so are B, C and delta's
+    # factors (see LowRankDelta), so that a step of any direction (the column-major ones too) reads its channels
+    # and states as whole cache lines.
     x_dbl = torch.matmul(x.transpose(1, 2), x_proj_weight.reshape(-1, dim).t()).unflatten(2, (k, rank + 2 * n))
     dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)  # (B, P, K, R | N | N)
-    # The K dt projections as one block-diagonal matmul: (B, P, K*R) @ (K*R, K*D) -> (B, P, K*D).
-    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))
     return selective_scan_ordered(
-        x, dts.transpose(1, 2), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
+        x, LowRankDelta(dts, dt_projs_weight), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
         Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order, backend=backend,
     )
 

@@ -2,9 +2,10 @@
 //
 // Same jobs, chunks and passes as the numba forward (scan_numba.py, `_forward_job`): a job is one (batch row,
 // block of 16 channels) and all its scan sets, or one set where the sets are independent; time runs in chunks
-// of 64 steps. Pass 1 gathers the chunk's delta and u time-major through the order table and computes
-// softplus(delta + bias) and delta * u; pass 2 runs the recurrence with the 16 channels as the lanes of one
-// vector; pass 3 adds the D skip and writes y back into position order (summed over the sets if merged).
+// of 64 steps. Pass 1 gathers the chunk's delta (or forms it from its low-rank factors, as the model's dt
+// projection makes it) and u time-major through the order table and computes softplus(delta + bias) and
+// delta * u; pass 2 runs the recurrence with the 16 channels as the lanes of one vector; pass 3 adds the D skip
+// and writes y back into position order (summed over the sets if merged).
 // Where the positions are contiguous in memory (a row-major map's rows), 16 steps at neighbouring positions are
 // read and written as one 16 x 16 tile transposed in registers; a set whose order jumps (the column-major
 // cross-scan directions) first copies its rows of delta, u, B and C into step order (see in_step_order).
@@ -137,6 +138,9 @@ extern "C" {
 //   C group c_group[k]; Dskip (or null: no skip term), bias (K * per,) float32 contiguous; order (rows, L) int64 contiguous: step t of
 //   set k reads position order[k % rows, t]; out (batch, Co, P) float32: step t of set k, channel c goes to out
 //   channel k * out_step + c at position order[k % rows, t] (summed over the sets if out_step is 0).
+//   dt_low (or null: delta is read): delta given by its factors, as the model's dt projection makes it: set k,
+//   channel c at position p is sum over r < dt_rank of dt_weight[k * per + c, r] * dt_low(batch, p, k, r);
+//   dt_low (batch, P, K, dt_rank) in the kind of u, dt_weight (K * per, dt_rank) float32 contiguous.
 struct SigmaScanArgs {
   const void* u;
   int64_t u_stride[3];
@@ -156,9 +160,13 @@ struct SigmaScanArgs {
   float* out;
   int64_t out_stride[3];
   int32_t kind, softplus, threads;
+  const void* dt_low;
+  int64_t dt_low_stride[4];
+  const float* dt_weight;
+  int64_t dt_rank;
 };
 
-int sigma_scan_abi_version(void) { return 1; }
+int sigma_scan_abi_version(void) { return 2; }
 
 }  // extern "C"
 
@@ -383,9 +391,12 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
 
   alignas(64) V dt_buf[CHUNK], u_buf[CHUNK], du_buf[CHUNK], y_buf[CHUNK];
   std::vector<float> bc(2 * CHUNK * n);  // B and C of the chunk: B of state s at step t: bc[s * CHUNK + t], C after
-  // Per block of the span: the state h, A * log2(e) (n vectors each), the bias and the D skip.
+  // Per block of the span: the state h, A * log2(e) (n vectors each), the bias and the D skip; with delta as
+  // factors, the block's dt_weight (dt_rank vectors) and the chunk's dt_low (dt_low_buf[r * CHUNK + t]).
+  const int rank = a.dt_low ? static_cast<int>(a.dt_rank) : 0;
   std::vector<V> h_all(static_cast<size_t>(span) * n), a_all(static_cast<size_t>(span) * n), bias_all(span),
-      dskip_all(span);
+      dskip_all(span), w_all(static_cast<size_t>(span) * rank);
+  std::vector<float> dt_low_buf(static_cast<size_t>(rank) * CHUNK);
   V h_fixed[NS > 0 ? NS : 1];
   std::vector<V> h_dyn(NS > 0 ? 0 : n);
   V* h = NS > 0 ? h_fixed : h_dyn.data();
@@ -404,21 +415,27 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
       const int64_t ch0 = k * a.per + (first_block + i) * W;
       const int width = static_cast<int>(std::min<int64_t>(W, a.per - (first_block + i) * W));
       V* av = &a_all[static_cast<size_t>(i) * n];
+      V* wv = &w_all[static_cast<size_t>(i) * rank];
       bias_all[i] = V{};
       dskip_all[i] = V{};
       for (int s = 0; s < n; ++s) av[s] = V{}, h_all[static_cast<size_t>(i) * n + s] = V{};
+      for (int r = 0; r < rank; ++r) wv[r] = V{};
       for (int c = 0; c < width; ++c) {
         bias_all[i][c] = a.bias[ch0 + c];
         dskip_all[i][c] = a.Dskip ? a.Dskip[ch0 + c] : 0.0f;
         for (int s = 0; s < n; ++s) av[s][c] = a.A[(ch0 + c) * a.n_state + s] * LOG2E;
+        for (int r = 0; r < rank; ++r) wv[r][c] = a.dt_weight[(ch0 + c) * rank + r];
       }
     }
     const bool jumps = order_jumps(order, a.length);
     // Rows: delta and u the job's channels of the set, B and C the states of the set's groups.
     const int64_t* ds = a.delta_stride;
     const int64_t* us = a.u_stride;
-    const Rows delta = in_step_order(Rows{a.delta, b * ds[0] + (k * a.per + first_channel) * ds[1], ds[1], ds[2], false},
-                                     channels, order, a.length, jumps, delta_steps);
+    const Rows delta = rank ? Rows{nullptr, 0, 0, 0, false}
+                            : in_step_order(Rows{a.delta, b * ds[0] + (k * a.per + first_channel) * ds[1], ds[1],
+                                                 ds[2], false}, channels, order, a.length, jumps, delta_steps);
+    const int64_t* ls = a.dt_low_stride;
+    const Rows dt_low{a.dt_low, b * ls[0] + k * ls[2], ls[3], ls[1], false};  // rows: the ranks
     const Rows u = in_step_order(Rows{a.u, b * us[0] + (k * a.u_step + first_channel) * us[1], us[1], us[2], false},
                                  channels, order, a.length, jumps, u_steps);
     const Rows B = in_step_order(Rows{a.B, b * Bs[0] + k * Bs[1], Bs[2], Bs[3], false}, n, order, a.length, jumps, b_steps);
@@ -441,13 +458,14 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
       auto prefetch_block = [&](int i, int64_t at, int count) {
         const int64_t r0 = i * W;
         const int width = static_cast<int>(std::min<int64_t>(W, channels - r0));
-        prefetch_rows(delta, item, r0, width, positions(delta) + at, count);
+        if (!rank) prefetch_rows(delta, item, r0, width, positions(delta) + at, count);
         prefetch_rows(u, item, r0, width, positions(u) + at, count);
         prefetch_rows(out_rows, 4, r0, width, order + at, count);
       };
-      if (ahead_steps > 0) {  // B and C of the next chunk, while this one computes
+      if (ahead_steps > 0) {  // B and C (and dt_low) of the next chunk, while this one computes
         prefetch_rows(B, item, 0, n, positions(B) + t0 + CHUNK, ahead_steps);
         prefetch_rows(C, item, 0, n, positions(C) + t0 + CHUNK, ahead_steps);
+        if (rank) prefetch_rows(dt_low, item, 0, rank, order + t0 + CHUNK, ahead_steps);
       }
       // B and C of the chunk, once for all blocks of the span.
       const int64_t* b_pos = positions(B) + t0;
@@ -457,6 +475,9 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
           bc[s * CHUNK + t] = widen<KIND>(B.x, B.base + s * B.row + b_pos[t] * B.step);
           bc[(n + s) * CHUNK + t] = widen<KIND>(C.x, C.base + s * C.row + c_pos[t] * C.step);
         }
+      for (int r = 0; r < rank; ++r)  // dt_low of the chunk, likewise once for all blocks
+        for (int t = 0; t < steps; ++t)
+          dt_low_buf[r * CHUNK + t] = widen<KIND>(dt_low.x, dt_low.base + r * dt_low.row + pos[t] * dt_low.step);
       for (int i = 0; i < span; ++i) {
         if (i + 1 < span) {
           prefetch_block(i + 1, t0, steps);
@@ -467,8 +488,18 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
         const int width = static_cast<int>(std::min<int64_t>(W, a.per - c0));
         const V bias = bias_all[i], dskip = dskip_all[i];
         const V* av = &a_all[static_cast<size_t>(i) * n];
-        // Pass 1: the block's inputs, time-major.
-        gather<KIND>(delta, i * W, width, positions(delta) + t0, steps, dt_buf);
+        // Pass 1: the block's inputs, time-major; delta from its factors: dt_rank products per step, where reading
+        // a written delta would cost a (channels x positions) tensor through memory twice.
+        if (rank) {
+          const V* wv = &w_all[static_cast<size_t>(i) * rank];
+          for (int t = 0; t < steps; ++t) {
+            V dt = wv[0] * dt_low_buf[t];
+            for (int r = 1; r < rank; ++r) dt += wv[r] * dt_low_buf[r * CHUNK + t];
+            dt_buf[t] = dt;
+          }
+        } else {
+          gather<KIND>(delta, i * W, width, positions(delta) + t0, steps, dt_buf);
+        }
         gather<KIND>(u, i * W, width, positions(u) + t0, steps, u_buf);
         for (int t = 0; t < steps; ++t) {
           V dt = dt_buf[t] + bias;
@@ -618,6 +649,7 @@ extern "C" {
 int sigma_scan_forward(const SigmaScanArgs* args) {
   const SigmaScanArgs& a = *args;
   if (a.sets <= 0 || a.order_rows <= 0 || a.per <= 0 || a.n_state <= 0 || a.kind < 0 || a.kind > 2) return 1;
+  if (a.dt_low && (a.dt_rank <= 0 || a.dt_rank > INT_MAX / CHUNK || !a.dt_weight)) return 1;
   const Jobs jobs = job_layout(a);
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};

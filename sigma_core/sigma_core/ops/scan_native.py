@@ -16,7 +16,7 @@ may scan at once; each calling thread leads its own team.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -35,6 +35,7 @@ from ..native_kernel import (  # noqa: F401 - re-exported: the build's names, as
     run_forward,
 )
 from .selective_scan import (
+    LowRankDelta,
     available_backends,
     check_order_permutes,
     check_ordered_scan_shapes,
@@ -57,13 +58,15 @@ def _fallback(device_type: str) -> str:
     return names[0]
 
 
-def _native_can_run(tensors: tuple[torch.Tensor, ...], D, delta_bias, A) -> bool:
-    if any(t.device.type != "cpu" for t in tensors):
+def _native_can_run(u, delta, B, C, D, delta_bias, A) -> bool:
+    low_rank = isinstance(delta, LowRankDelta)
+    tensors = (u, delta.low if low_rank else delta, B, C)  # the inputs read in u's kind
+    params = [t for t in (A, D, delta_bias, delta.weight if low_rank else None) if t is not None]  # read as float32
+    if any(t.device.type != "cpu" for t in (*tensors, *params)):
         return False
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1 or not dtypes <= set(_KINDS):  # float64 or mixed: numba handles them
         return False
-    params = [t for t in (A, D, delta_bias) if t is not None]
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, *params)))
 
 
@@ -75,20 +78,27 @@ def _forward(u, delta, A, B, C, D, delta_bias, softplus, order, c_group, u_share
         return out
     A32, D32, bias32 = (t.detach().float().contiguous() if t is not None else torch.zeros(A.shape[0])
                         for t in (A, D, delta_bias))
+    if isinstance(delta, LowRankDelta):  # the kernel forms delta from the factors (see scan_native.cpp)
+        weight32 = delta.weight.detach().float().flatten(0, 1).contiguous()  # (K*D, R)
+        factors = dict(dt_low=(delta.low.data_ptr(), delta.low.stride()), dt_weight=weight32.data_ptr(),
+                       dt_rank=weight32.shape[1])
+        delta_read = (0, (0, 0, 0))
+    else:
+        factors, delta_read = {}, (delta.data_ptr(), delta.stride())
     run_forward(
-        _LIB, u=(u.data_ptr(), u.stride()), delta=(delta.data_ptr(), delta.stride()), A=A32.data_ptr(),
+        _LIB, u=(u.data_ptr(), u.stride()), delta=delta_read, A=A32.data_ptr(),
         B=(B.data_ptr(), B.stride()), C=(C.data_ptr(), C.stride()),
         D=D32.data_ptr() if D is not None else None, delta_bias=bias32.data_ptr(),  # no D: null, no D * u term
         order=order.data_ptr(), order_rows=order.shape[0], length=order.shape[1], c_group=c_group.data_ptr(),
         sets=sets, per=per, n_state=A.shape[1], batch=batch, u_shared=u_shared, merged=merged,
         out=(out.data_ptr(), out.stride()), kind=_KINDS[u.dtype], softplus=softplus,
-        threads=torch.get_num_threads())
+        threads=torch.get_num_threads(), **factors)
     return out
 
 
 def selective_scan_native(
     u: torch.Tensor,
-    delta: torch.Tensor,
+    delta: Union[torch.Tensor, LowRankDelta],
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
@@ -99,17 +109,19 @@ def selective_scan_native(
     """Grouped selective scan on CPU, the native forward; same arguments, dtypes and output (float32, laid
     out like u) as ``selective_scan_numba``. With a gradient to compute, or float64 inputs, the next backend
     in line (numba) runs it."""
-    if not _native_can_run((u, delta, B, C), D, delta_bias, A):
+    groups = B.shape[1]
+    if isinstance(delta, LowRankDelta) and delta.weight.shape[0] != groups:  # the kernel reads factor k for set k
+        delta = delta.dense()
+    if not _native_can_run(u, delta, B, C, D, delta_bias, A):
         from .selective_scan import selective_scan
         return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=_fallback(u.device.type))
-    groups = B.shape[1]
     return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, torch.arange(u.shape[2])[None],
                     torch.arange(groups, dtype=torch.int64), False, False)
 
 
 def selective_scan_ordered_native(
     u: torch.Tensor,
-    delta: torch.Tensor,
+    delta: Union[torch.Tensor, LowRankDelta],
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
@@ -121,7 +133,7 @@ def selective_scan_ordered_native(
 ) -> torch.Tensor:
     """K scans of one map in K step orders, summed back into position order (see ``selective_scan_ordered``),
     the native forward; with a gradient to compute, or float64 inputs, the next backend in line runs it."""
-    if not _native_can_run((u, delta, B, C), D, delta_bias, A):
+    if not _native_can_run(u, delta, B, C, D, delta_bias, A):
         from .selective_scan import selective_scan_ordered
         return selective_scan_ordered(u, delta, A, B, C, D, delta_bias, delta_softplus, order, swap_c,
                                       backend=_fallback(u.device.type))

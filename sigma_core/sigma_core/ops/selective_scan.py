@@ -50,6 +50,7 @@ class ScanBackend:
     module: str  # module (relative to this package) holding the implementation
     function: str  # its function, same signature as selective_scan minus backend
     ordered_function: Optional[str] = None  # its native selective_scan_ordered (minus backend), if it has one
+    low_rank_delta: bool = False  # takes delta as a LowRankDelta (the others are handed its dense())
 
     def load(self) -> ScanFn:
         """Import the implementation; raises BackendUnavailable with an actionable message."""
@@ -83,7 +84,8 @@ register_backend(
 # gradients and float64 go to the next backend in line. Without a compiler it is unavailable and "auto" takes
 # "numba".
 register_backend(
-    ScanBackend("native", ("cpu",), 17, ".scan_native", "selective_scan_native", "selective_scan_ordered_native")
+    ScanBackend("native", ("cpu",), 17, ".scan_native", "selective_scan_native", "selective_scan_ordered_native",
+                low_rank_delta=True)
 )
 # CUDA: mamba-ssm's compiled kernel ranks first when it imports - it is the published speed
 # yardstick, and the Triton kernel's speed against it is not yet measured (benchmarks/gpu.py);
@@ -93,6 +95,51 @@ register_backend(ScanBackend("mamba_ssm", ("cuda",), 20, ".scan_mamba_ssm", "sel
 # Export only (sigma_core.export): plain tensor ops and one torch scan over chunks, which becomes one ONNX Scan.
 # Below every other backend, so "auto" never picks it.
 register_backend(ScanBackend("onnx", ("cpu", "cuda"), -10, ".scan_onnx", "selective_scan_onnx"))
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """delta as its two factors, as VMamba's per-direction dt projection makes it (published ``dt_projs``):
+    delta[b, k*D + d, p] = sum over r of weight[k, d, r] * low[b, p, k, r].
+
+    low: (batch, P, K, R) with positions as rows, any strides (the dt slice of the x_proj output); weight:
+    (K, D, R). As ``delta`` of selective_scan / selective_scan_ordered: a backend that takes it
+    (``ScanBackend.low_rank_delta``, the native kernel) forms delta as it scans, R products a step, instead of
+    writing a (batch, K*D, P) tensor and reading it back (nano at 480x640: 39 ms of a 0.44 s forward); the
+    dispatcher hands every other backend ``dense()``, the same product as one matmul. Raises ValueError where
+    the factors do not fit each other.
+    """
+
+    low: torch.Tensor
+    weight: torch.Tensor
+
+    def __post_init__(self):
+        if self.low.dim() != 4 or self.weight.dim() != 3 or self.low.shape[2] != self.weight.shape[0] \
+                or self.low.shape[3] != self.weight.shape[2]:
+            raise ValueError(f"LowRankDelta: low must be (batch, P, K, R) and weight (K, D, R); got "
+                             f"{tuple(self.low.shape)} and {tuple(self.weight.shape)}")
+
+    @property
+    def shape(self) -> torch.Size:
+        """The dense delta's shape, (batch, K*D, P)."""
+        batch, positions, k, _ = self.low.shape
+        return torch.Size((batch, k * self.weight.shape[1], positions))
+
+    def dim(self) -> int:
+        return 3
+
+    def dense(self) -> torch.Tensor:
+        """(batch, K*D, P) in low's dtype, a channels-first view of a positions-as-rows product: the K projections
+        as one block-diagonal matmul, (batch, P, K*R) @ (K*R, K*D)."""
+        weight = self.weight.to(self.low.dtype)  # (autocast casts it so anyway; float64 tests keep float64)
+        return torch.matmul(self.low.flatten(2), torch.block_diag(*weight.transpose(1, 2))).transpose(1, 2)
+
+
+def dense_delta(delta, backend: str):
+    """``delta`` as backend ``backend`` takes it: a LowRankDelta stays one only for a backend that reads it."""
+    if isinstance(delta, LowRankDelta) and not _BACKENDS[backend].low_rank_delta:
+        return delta.dense()
+    return delta
 
 
 def backend_names() -> list[str]:
@@ -164,14 +211,15 @@ def selective_scan(
     """Grouped selective scan.
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D % G == 0; u, delta, B, C
-    float32, float16 or bfloat16 (float64 for tests); D (skip), delta_bias: (D,).
+    float32, float16 or bfloat16 (float64 for tests); D (skip), delta_bias: (D,). delta may be a LowRankDelta
+    (K = G factors).
     Returns y: (batch, D, L) float32 (float64 if u is float64), never in a 16-bit dtype: see the
     module docstring. Raises RuntimeError if a backend breaks that contract.
     """
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(backend, u.device.type)
     fn = load_backend(name)
-    y = fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    y = fn(u, dense_delta(delta, name), A, B, C, D, delta_bias, delta_softplus)
     expected = scan_output_dtype(u.dtype)
     if y.dtype != expected:
         raise RuntimeError(
@@ -215,7 +263,7 @@ def selective_scan_ordered(
     (``concat_scan_order``), without building the K sequences. u: (batch, D, P), the map in memory order;
     delta: (batch, K*D, P); A: (K*D, N); B, C: (batch, K, N, P); D, delta_bias: (K*D,) - all per position;
     order: (K, L) int64, step t of direction k reads position order[k, t] (each row a permutation of the P
-    positions). swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P): the sum over k of
+    positions); delta may be a LowRankDelta. swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P): the sum over k of
     scan k's outputs, each at its position; float32 (float64 for float64 u), like selective_scan.
 
     Backends with a native version read the directions by index; the others run on gathered copies.
@@ -225,6 +273,7 @@ def selective_scan_ordered(
     k, length = order.shape
     name = resolve_backend(backend, u.device.type)
     load_backend(name)
+    delta = dense_delta(delta, name)
     native = _BACKENDS[name].ordered_function
     if native is not None:
         if u.device.type == "cpu":  # the index-reading kernels (CPU)
