@@ -268,7 +268,8 @@ def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus
     return out
 
 
-_OP_IDS: set[int] = set()
+_OP_IDS: set[int] = set()  # ids of our ops' Opdefs in onnxruntime-extensions, once registered
+_REGISTERING = threading.Lock()  # two sessions made at once on two threads declared every op twice, hook twice
 _FAILURE = threading.local()  # .error: the first exception a scan op of this thread met in a run, for take_failure
 
 
@@ -350,9 +351,15 @@ def _never_raising(body):
 
 def _register_ops() -> None:
     """Declare SigmaScanMap / SigmaScanRecurrence to onnxruntime-extensions (once per process) and route their
-    outputs back as numpy arrays (see the module docstring)."""
-    if _OP_IDS:
-        return
+    outputs back as numpy arrays (see the module docstring). Thread-safe."""
+    with _REGISTERING:
+        if not _OP_IDS:
+            _OP_IDS.update(_declare_ops())
+
+
+def _declare_ops() -> set[int]:
+    """Declare the scan ops, install the invocation hook; the ids of the ops' Opdefs. ScanKernelUnavailable where
+    this onnxruntime-extensions lacks the private parts used (nothing is then declared)."""
     import onnxruntime_extensions
 
     try:  # private parts (the hook, the op table) first: a release without them registers nothing
@@ -368,9 +375,10 @@ def _register_ops() -> None:
                                     ) from None
     ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(_never_raising(scan_map)),
            onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(_never_raising(scan_recurrence))]
+    ids = {id(op) for op in ops}
 
     def invoke(op_id, feed, attributes):
-        if op_id not in _OP_IDS:
+        if op_id not in ids:
             return default(op_id, feed, attributes)
         try:
             op = registered[op_id]
@@ -380,4 +388,4 @@ def _register_ops() -> None:
         return op_id, out.shape, out.reshape(-1)
 
     install(invoke)
-    _OP_IDS.update(id(op) for op in ops)
+    return ids
