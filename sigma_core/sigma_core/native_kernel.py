@@ -21,6 +21,7 @@ import platform
 import shlex
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -203,27 +204,33 @@ class _Args(ctypes.Structure):
     ]
 
 
-
-
-
 Strided = tuple[int, Sequence[int]]  # (address, strides in elements)
 _LIBRARY: list = []  # [the loaded library] once loaded, [the BackendUnavailable] once failed
+_LOADING = threading.Lock()  # sessions made at once on two threads each built and loaded the library
 
 
 def library() -> ctypes.CDLL:
-    """load_library(), once per process (a failure, too, is remembered and raised again); any other failure (an
-    unreadable source, a filesystem error) becomes BackendUnavailable, so that callers fall back in one line."""
+    """load_library(), once per process (a failure, too, is remembered and raised again), thread-safe; any other
+    failure (an unreadable source, a filesystem error) becomes BackendUnavailable, so that callers fall back in one
+    line."""
     if not _LIBRARY:
-        try:
-            _LIBRARY.append(load_library())
-        except BackendUnavailable as err:
-            _LIBRARY.append(err)
-        except Exception as err:  # noqa: BLE001 - reported in the one line the caller logs
-            _LIBRARY.append(BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: "
-                                               f"{str(err)[:200]}; the numba scan is used instead"))
+        with _LOADING:
+            if not _LIBRARY:
+                _LIBRARY.append(_load_or_unavailable())
     if isinstance(_LIBRARY[0], BackendUnavailable):
         raise _LIBRARY[0]
     return _LIBRARY[0]
+
+
+def _load_or_unavailable():
+    """load_library(), or the BackendUnavailable saying why not."""
+    try:
+        return load_library()
+    except BackendUnavailable as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - reported in the one line the caller logs
+        return BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: {str(err)[:200]}; "
+                                  "the numba scan is used instead")
 
 
 def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Strided, C: Strided,

@@ -1,0 +1,51 @@
+"""sigma_core.native_kernel: building, caching and loading the native scan library (the kernel's arithmetic is
+tested in test_scan_native.py, its failure modes in test_scan_native_edges.py)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sigma_core import native_kernel
+
+
+def test_the_library_is_loaded_once_when_several_threads_ask_at_once(monkeypatch):
+    # Two sessions made at once on two threads each built and loaded the library (library() was an unlocked cache).
+    loads = []
+
+    def slow_load():
+        loads.append(threading.get_ident())
+        time.sleep(0.2)  # a build takes seconds: every thread arrives meanwhile
+        return object()
+
+    monkeypatch.setattr(native_kernel, "_LIBRARY", [])
+    monkeypatch.setattr(native_kernel, "load_library", slow_load)
+    start, got = threading.Barrier(4), []
+
+    def ask():
+        start.wait()
+        got.append(native_kernel.library())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(got) == 4 and all(lib is got[0] for lib in got)
+
+
+def test_a_failure_to_load_is_remembered_and_raised_again_as_backend_unavailable(monkeypatch):
+    calls = []
+
+    def broken_load():
+        calls.append(1)
+        raise PermissionError("scan_native.cpp: permission denied")
+
+    monkeypatch.setattr(native_kernel, "_LIBRARY", [])
+    monkeypatch.setattr(native_kernel, "load_library", broken_load)
+    for _ in range(2):
+        with pytest.raises(native_kernel.BackendUnavailable,
+                           match="^scan backend 'native' does not load: PermissionError: scan_native.cpp"):
+            native_kernel.library()
+    assert calls == [1]
