@@ -20,20 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..native_kernel import (  # noqa: F401 - re-exported: the build's names, as before the split
-    ABI_VERSION,
-    FLAGS,
-    HOST_FLAGS,
-    KINDS,
-    SOURCE,
-    BackendUnavailable,
-    _library_path,  # noqa: F401
-    cache_dir,
-    compiler,
-    library,
-    load_library,
-    run_forward,
-)
+from ..native_kernel import KINDS, BackendUnavailable, library, run_forward
 from .selective_scan import (
     available_backends,
     check_order_permutes,
