@@ -57,7 +57,7 @@ def unavailable_reason() -> Optional[str]:
     try:
         library()
     except BackendUnavailable as err:
-        return str(err).replace("; the numba scan is used instead", "")
+        return str(err)
     return None
 
 

@@ -49,3 +49,15 @@ def test_a_failure_to_load_is_remembered_and_raised_again_as_backend_unavailable
                            match="^scan backend 'native' does not load: PermissionError: scan_native.cpp"):
             native_kernel.library()
     assert calls == [1]
+
+
+def test_without_a_compiler_the_reason_is_one_line_for_any_caller_naming_no_fallback(tmp_path, monkeypatch):
+    # The kernel serves the torch backend (numba runs instead, ops.scan_native says so) and ONNX Runtime (the
+    # file's own scan ops run instead): its own message names neither, so that neither caller has to cut it out.
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path / "native"))
+    with pytest.raises(native_kernel.BackendUnavailable) as caught:
+        native_kernel.load_library()
+    message = str(caught.value)
+    assert "no-such-c++" in message and "does not run" in message and "apt install g++" in message
+    assert "\n" not in message and "numba" not in message

@@ -2,6 +2,7 @@
 exported files, are in test_export.py)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -37,3 +38,11 @@ def test_sessions_made_on_several_threads_at_once_declare_each_scan_op_once():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "['SigmaScanMap', 'SigmaScanRecurrence'] 2\n", done.stdout
+
+
+def test_without_a_compiler_the_reason_the_file_runs_as_written_names_the_compiler_not_numba(tmp_path):
+    code = "from sigma_core import onnx_scan_ops; print(onnx_scan_ops.unavailable_reason())"
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no-such-c++" in done.stdout and "does not run" in done.stdout and "numba" not in done.stdout, done.stdout

@@ -194,6 +194,7 @@ def test_without_a_compiler_auto_takes_numba_and_says_why_in_one_line(tmp_path):
     assert "chosen numba" in out.stdout
     lines = [line for line in out.stderr.splitlines() if "'native'" in line]
     assert len(lines) == 1 and "no-such-c++" in lines[0] and "does not run" in lines[0], out.stderr
+    assert lines[0].endswith("; the numba scan is used instead"), out.stderr
     assert "uses backend 'numba'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "native").exists() or not list((tmp_path / "native").iterdir())
 

@@ -31,7 +31,10 @@ from .selective_scan import (
 _KINDS = {dtype: KINDS[str(dtype).removeprefix('torch.')] for dtype in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-_LIB = library()  # at import: the registry turns BackendUnavailable into "not available" for "auto"
+try:  # at import: the registry turns BackendUnavailable into "not available" for "auto", and logs why
+    _LIB = library()
+except BackendUnavailable as err:
+    raise BackendUnavailable(f"{err}; the numba scan is used instead") from err
 
 
 def _fallback(device_type: str) -> str:
