@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -34,6 +33,7 @@ from .model_io import (
     inference_threads,
     logits_to_mask,
     threads_from_environment,
+    usable_cpus,
 )
 from .onnx_file import ExternalDataError, check_external_data
 
@@ -427,10 +427,8 @@ class OnnxSegmenter(ModelDescription):
                 raise ValueError(f"scan backend 'native' runs on the CPU only; {self.path.name} runs on "
                                  f"{self._device.provider}: use scan backend auto or onnx")
             return None, None
-        # threads 0: ONNX Runtime's own default, a thread per core; the kernel then takes every CPU allowed
-        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        try:
-            model = onnx_scan_ops.kernel_model(self.path, threads or allowed or 1)
+        try:  # threads 0: ONNX Runtime's own default, a thread per core; the kernel then takes every CPU allowed
+            model = onnx_scan_ops.kernel_model(self.path, threads or usable_cpus())
             why = None
         except onnx_scan_ops.ScanKernelUnavailable as err:
             why = str(err)
