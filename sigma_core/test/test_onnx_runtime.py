@@ -415,4 +415,5 @@ def test_threads_0_give_the_native_scan_kernel_every_cpu_this_process_may_use(tm
     for threads, kernel_threads in ((0, 3), (2, 2)):
         seg = OnnxSegmenter(path, threads=threads)
         assert asked.pop() == kernel_threads and seg.scan_backend == "onnx"
-        assert any("stand-in: no kernel" in warning for warning in seg.meta.warnings), seg.meta.warnings
+        assert "the scans run as m.onnx's own ONNX ops, 1.7-3.2x slower than with the native scan kernel " \
+               "(Sigma-T to nano, 480x640): stand-in: no kernel" in seg.meta.warnings, seg.meta.warnings
