@@ -71,6 +71,13 @@ class Permute(nn.Module):
         return x.permute(*self.dims)
 
 
+def direction_blocks(weights: torch.Tensor) -> torch.Tensor:
+    """K per-direction projection weights (K, O, I) as one block-diagonal (K*I, K*O) matrix: ``x @ it`` with x
+    (..., K*I), the K directions' inputs side by side, gives (..., K*O), each direction's projection of its own
+    inputs, in one matmul instead of K."""
+    return torch.block_diag(*weights.transpose(1, 2))
+
+
 def scan_directions(
     xs: torch.Tensor,
     x_proj_weight: torch.Tensor,
@@ -99,9 +106,9 @@ def scan_directions(
     # Positions as rows, as in scan_map_directions: (B, L, K*D) is a view where xs is channels-last in memory (the
     # fusion's are); the K projections of each kind as one block-diagonal matmul. delta, B and C then reach the
     # scan channels-last. (xs contiguous along L, from cross_scan, is transposed here once.)
-    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), torch.block_diag(*x_proj_weight.transpose(1, 2)))
+    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), direction_blocks(x_proj_weight))
     dts, bs, cs = torch.split(x_dbl.unflatten(2, (k, rank + 2 * n)), [rank, n, n], dim=3)  # (B, L, K, R | N | N)
-    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))  # (B, L, K*D)
+    dts = torch.matmul(dts.flatten(2), direction_blocks(dt_projs_weight))  # (B, L, K*D)
     bs, cs = bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1)  # (B, K, N, L)
     if swap_c:
         cs = cs.flip(1)
@@ -143,7 +150,7 @@ def scan_map_directions(
     x_dbl = torch.matmul(x.transpose(1, 2), x_proj_weight.reshape(-1, dim).t()).unflatten(2, (k, rank + 2 * n))
     dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)  # (B, P, K, R | N | N)
     # The K dt projections as one block-diagonal matmul: (B, P, K*R) @ (K*R, K*D) -> (B, P, K*D).
-    dts = torch.matmul(dts.flatten(2), torch.block_diag(*dt_projs_weight.transpose(1, 2)))
+    dts = torch.matmul(dts.flatten(2), direction_blocks(dt_projs_weight))
     return selective_scan_ordered(
         x, dts.transpose(1, 2), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
         Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order, backend=backend,
@@ -176,7 +183,7 @@ def scan_map_directions_export(
     x_dbl = torch.matmul(x, x_proj_weight.reshape(-1, dim).t()).unflatten(-1, (k, rank + 2 * n))
     # slices, not torch.split (exported as SplitToSequence + SequenceAt: 4 % of nano's forward in ONNX Runtime)
     dts, bs, cs = x_dbl[..., :rank], x_dbl[..., rank:rank + n], x_dbl[..., rank + n:]  # (H, W, B, K, R | N | N)
-    dts = torch.matmul(dts.flatten(-2), torch.block_diag(*dt_projs_weight.transpose(1, 2))).unflatten(-1, (k, dim))
+    dts = torch.matmul(dts.flatten(-2), direction_blocks(dt_projs_weight)).unflatten(-1, (k, dim))
     y = scan_map(x.float(), dts.float(), -torch.exp(A_logs.float()), bs.float(), cs.float(), Ds.float(),
                  dt_projs_bias.float().reshape(-1), True, k, steps_for(k * n * dim))
     return y.permute(2, 0, 1, 3)
