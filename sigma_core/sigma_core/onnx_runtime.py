@@ -216,9 +216,13 @@ class OnnxSegmenter(ModelDescription):
     file's own (fp32 or fp16, chosen at export); asking for another is noted in ``meta.warnings``; fp16/bf16 asked
     for on the CPU is refused (ValueError), as the torch Segmenter refuses emulated half precision.
     input_size: (H, W) to run at, None for each image's size; default the file's fixed size, else the
-    checkpoint's. threads: ONNX Runtime intra-op threads (default $OMP_NUM_THREADS, else its own default).
+    checkpoint's. threads: ONNX Runtime intra-op threads (default $OMP_NUM_THREADS, else its own default), and the
+    native scan kernel's (0: every CPU this process may use). scan_backend: auto (the native scan kernel in ONNX
+    Runtime on the CPU where it can run, else the file's own scan ops, with a warning in ``meta.warnings`` saying
+    why) | native (the kernel or ValueError) | onnx (the file's own ops, as any runtime runs them); the attribute
+    ``scan_backend`` then says which runs ("native" or "onnx").
     Raises OnnxModelError (not ONNX, no sigma metadata, a size its fixed dimensions refuse), OnnxRuntimeMissing,
-    ValueError (device).
+    ValueError (device, precision, threads, scan_backend unknown or "native" where the kernel cannot run).
     """
 
     def __init__(self, path: Union[str, Path], device: str = "cpu", precision: str = "fp32",

@@ -137,7 +137,9 @@ def _names_read(nodes) -> set[str]:
 def session_options(options):
     """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered, the scan ops
     declared first: the library takes the Python ops declared when it is registered, and a session of a model
-    using ops declared later crashed the process (segmentation fault, not an error)."""
+    using ops declared later crashed the process (segmentation fault, not an error). Raises ScanKernelUnavailable
+    where onnxruntime-extensions lacks the parts the ops use, and onnxruntime's own error where its library does not
+    load into this onnxruntime (OnnxSegmenter turns both into the file's own scan ops, with a warning)."""
     from onnxruntime_extensions import get_library_path
 
     _register_ops()

@@ -417,3 +417,13 @@ def test_threads_0_give_the_native_scan_kernel_every_cpu_this_process_may_use(tm
         assert asked.pop() == kernel_threads and seg.scan_backend == "onnx"
         assert "the scans run as m.onnx's own ONNX ops, 1.7-3.2x slower than with the native scan kernel " \
                "(Sigma-T to nano, 480x640): stand-in: no kernel" in seg.meta.warnings, seg.meta.warnings
+
+
+def test_scan_backend_onnx_runs_the_file_as_written_and_an_unknown_one_is_refused(tmp_path):
+    path = write_model(tmp_path / "m.onnx")
+    seg = OnnxSegmenter(path, threads=1, scan_backend="onnx")
+    assert seg.scan_backend == "onnx" and "native scan kernel" not in seg.runtime and not seg.meta.warnings
+    for backend in ("numba", "Native", ""):
+        with pytest.raises(ValueError, match=f"scan backend {backend!r} is unknown for an ONNX model; use auto, "
+                                             "native or onnx"):
+            OnnxSegmenter(path, threads=1, scan_backend=backend)

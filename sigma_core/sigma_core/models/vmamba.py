@@ -138,9 +138,11 @@ def scan_map_directions(
 ) -> torch.Tensor:
     """scan_directions over K step orders of one map, summed back at each position - without the K copies.
 
-    x: (B, D, P), positions in memory order; order: (K, L) from ops.cross_scan_order (SS2D) or
-    ops.concat_scan_order (ConMB); parameters as in scan_directions. Returns (B, D, P), equal to
-    cross_merge(scan_directions(cross_scan(x))) for the cross-scan order; float32 from the numba backend.
+    x: (B, D, P), the P positions the step orders index, any strides (channels-last, as the convolution leaves
+    it, is read without a copy); order: (K, L) from ops.cross_scan_order (SS2D) or ops.concat_scan_order
+    (ConMB); parameters as in scan_directions. Returns (B, D, P), equal to
+    cross_merge(scan_directions(cross_scan(x))) for the cross-scan order; float32 (float64 for float64 x), as
+    selective_scan_ordered gives it.
     """
     batch, dim, positions = x.shape
     k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
