@@ -32,14 +32,25 @@ from typing import Optional
 import numpy as np
 
 from .native_kernel import KINDS, BackendUnavailable, library, run_forward
-from .onnx_runtime import parse_metadata_value
+from .onnx_runtime import KEY_PREFIX, parse_metadata_value
 
-SITES_KEY = "sigma.scan_sites"
+SITES_KEY = KEY_PREFIX + "scan_sites"
 DOMAIN = "ai.onnx.contrib"
 OPS = {"ScanMap": "SigmaScanMap", "ScanRecurrence": "SigmaScanRecurrence"}  # site kind -> custom op type
 TESTED_EXTENSIONS = "0.15.2"  # the onnxruntime-extensions release whose private hook and op table _register_ops uses
 INSTALL_HINT = "pip install onnx onnxruntime-extensions (and a C++ compiler: apt install g++)"
-_PREFIX = re.compile(r"sigma_scan\d+_\Z")
+SITE_PREFIX = re.compile(r"sigma_scan\d+_")  # how the names of a scan's nodes start (see site_prefix)
+
+
+def site_prefix(index: int) -> str:
+    """How the names of the nodes of a file's scan ``index`` start (ops.scan_onnx.expand_scan_nodes names them)."""
+    return f"sigma_scan{index}_"
+
+
+def site_input(prefix: str, index: int) -> str:
+    """The Identity node, and its output, through which input ``index`` (0..6: u, delta, A, B, C, D, delta_bias)
+    enters the scan whose nodes start with ``prefix``."""
+    return f"{prefix}input{index}"
 
 
 class ScanKernelUnavailable(RuntimeError):
@@ -84,7 +95,7 @@ def kernel_model(path: Path, threads: int) -> bytes:
     graph = model.graph
     by_prefix: dict[str, list[int]] = {site["prefix"]: [] for site in sites}
     for index, node in enumerate(graph.node):
-        match = re.match(r"sigma_scan\d+_", node.name)
+        match = SITE_PREFIX.match(node.name)
         if match and match.group(0) in by_prefix:
             by_prefix[match.group(0)].append(index)
     replaced: dict[int, object] = {}  # index of a site's first node -> its custom-op node
@@ -93,7 +104,7 @@ def kernel_model(path: Path, threads: int) -> bytes:
         indices = by_prefix[site["prefix"]]
         # by the tensors the site's nodes read (one producer each), not by node names, which need not be unique
         made = {name: graph.node[i] for i in indices for name in graph.node[i].output}
-        inputs = [made.get(f"{site['prefix']}input{j}") for j in range(7)]
+        inputs = [made.get(site_input(site["prefix"], j)) for j in range(7)]
         if not indices or site["output"] not in made or any(
                 entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
             raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
@@ -174,7 +185,7 @@ def _site_problem(site) -> Optional[str]:
         return f"{str(site)[:80]} is not an object"
     if not isinstance(site.get("op"), str) or site["op"] not in OPS:
         return f"op {str(site.get('op'))[:80]!r}"
-    if not isinstance(site.get("prefix"), str) or not _PREFIX.match(site["prefix"]):
+    if not isinstance(site.get("prefix"), str) or not SITE_PREFIX.fullmatch(site["prefix"]):
         return f"prefix {str(site.get('prefix'))[:80]!r}"
     if not isinstance(site.get("output"), str) or not site["output"]:
         return "output"

@@ -46,3 +46,52 @@ def test_without_a_compiler_the_reason_the_file_runs_as_written_names_the_compil
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no-such-c++" in done.stdout and "does not run" in done.stdout and "numba" not in done.stdout, done.stdout
+
+
+def test_a_scan_expanded_for_export_is_found_by_its_names_and_run_by_the_kernel(tmp_path):
+    """The names scan_onnx.expand_scan_nodes gives a scan's nodes are the ones kernel_model looks for (one place,
+    onnx_scan_ops.site_prefix / site_input): the file's own ops and the kernel's op give the same output."""
+    import json
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from sigma_core import onnx_scan_ops
+    from sigma_core.ops import scan_onnx
+
+    names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+    ranks = (3, 3, 2, 4, 4, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node(scan_onnx.OP_TYPE, names, ["y"], domain=scan_onnx.DOMAIN, softplus=1)], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [f"{n}{i}" for i in range(rank)])
+         for n, rank in zip(names, ranks)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "d", "l"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(scan_onnx.DOMAIN, 1)])
+    sites = scan_onnx.expand_scan_nodes(model)
+    assert [site["prefix"] for site in sites] == [onnx_scan_ops.site_prefix(0)]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = onnx_scan_ops.SITES_KEY, json.dumps(sites)
+    path = tmp_path / "scan.onnx"
+    onnx.save(model, str(path))
+
+    edited = onnx.load_from_string(onnx_scan_ops.kernel_model(path, threads=1))
+    assert [node.op_type for node in edited.graph.node] == ["SigmaScanRecurrence"]
+    assert list(edited.graph.node[0].input) == names
+    rng = np.random.default_rng(0)
+    feeds = {"u": rng.standard_normal((2, 8, 21)), "delta": rng.standard_normal((2, 8, 21)) - 2,
+             "A": -np.exp(rng.standard_normal((8, 4))), "B": rng.standard_normal((2, 2, 4, 21)),
+             "C": rng.standard_normal((2, 2, 4, 21)), "D": rng.standard_normal(8),
+             "delta_bias": rng.standard_normal(8) * 0.5}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    own = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    kernel_options = onnx_scan_ops.session_options(ort.SessionOptions())
+    kernel_options.intra_op_num_threads = 1
+    kernel = ort.InferenceSession(edited.SerializeToString(), kernel_options,
+                                  providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert onnx_scan_ops.take_failure() is None
+    np.testing.assert_allclose(kernel, own, rtol=1e-4, atol=1e-5)
