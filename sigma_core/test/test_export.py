@@ -514,6 +514,25 @@ def sigma_props() -> dict[str, str]:
     return {KEY_PREFIX + k: v for k, v in values.items()}
 
 
+def test_the_metadata_written_is_what_the_runtime_and_the_scan_kernel_read():
+    """write_metadata's sigma.* values read back by onnx_runtime.read_metadata, and its scan list by onnx_scan_ops
+    (which refuses an empty one: write_metadata has no default for it any more)."""
+    from sigma_core.export import write_metadata
+    from sigma_core.onnx_runtime import read_metadata
+    from sigma_core.onnx_scan_ops import SITES_KEY, _parse_sites
+
+    _, meta = load_model(demo_checkpoint())
+    sites = [{"prefix": "sigma_scan0_", "op": "ScanMap", "output": "y", "softplus": 1, "directions": 4}]
+    proto = onnx.ModelProto()
+    write_metadata(proto, meta, "demo.pt", "fp32", sites)
+    props = {p.key: p.value for p in proto.metadata_props}
+    read = read_metadata(props, "m.onnx")
+    assert read.class_names == list(meta.class_names) and read.precision == "fp32"
+    assert _parse_sites(props[SITES_KEY], "m.onnx") == sites
+    with pytest.raises(TypeError):
+        write_metadata(onnx.ModelProto(), meta, "demo.pt", "fp32")  # type: ignore[call-arg]
+
+
 def test_unusable_files_give_one_clear_line(tmp_path):
     """Not ONNX, a checkpoint named .onnx, ONNX without our metadata, a size the fixed dimensions refuse."""
     junk = tmp_path / "junk.onnx"
