@@ -926,6 +926,25 @@ def test_gpu_benchmark_is_ready_and_says_when_it_cannot_run():
     assert "onnx_gpu.py is ready; this machine cannot run it: needs a CUDA GPU" in done.stdout
 
 
+def test_cpu_benchmark_times_the_sessions_onnx_segmenter_makes_and_says_why_the_kernel_is_not_timed(tmp_path,
+                                                                                                      capsys):
+    """benchmarks/onnx_cpu.py's ONNX Runtime runners are OnnxSegmenter's sessions (scan backend onnx and native),
+    not sessions of its own: a file the kernel cannot run (here, no scan list) is named in one line and not timed,
+    where its own session building raised ScanKernelUnavailable with a traceback. Nothing is timed here."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_cpu.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_onnx_cpu", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = write_onnx(tmp_path / "m.onnx", sigma_props())
+    runners = bench.make_runners(torch.nn.Identity(), model, 1, (4, 5))
+    assert {"torch", "torch+numba", "onnxruntime"} <= set(runners) and "onnxruntime+kernel" not in runners
+    assert runners["onnxruntime"]().shape == (1, 3, 4, 5)
+    assert "onnxruntime+kernel not timed: scan backend 'native' for m.onnx: m.onnx does not list its scans" in \
+        capsys.readouterr().out
+
+
 def test_half_precision_asked_for_on_the_cpu_is_refused_for_onnx_files_as_for_checkpoints(tmp_path, capsys):
     """Issue 22 attack: an .onnx checkpoint with precision fp16 on a CPU warned and ran fp32, where a .pt was refused;
     every tool loads through load_segmenter, so sigma-predict (and the node, replay) now refuse both alike."""
