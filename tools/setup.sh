@@ -58,7 +58,7 @@ try:
     library()  # built now (or found in the cache) and loaded
     print('[setup] native scan kernel ready in', cache_dir())
 except BackendUnavailable as err:
-    print('[setup]', err)"
+    print(f'[setup] {err}; the numba scan is used instead')"
 touch "$venv/COLCON_IGNORE"  # a colcon workspace around this repo must not build the wheels in here
 echo "$stamp_value" >"$stamp"
 echo "[setup] done"

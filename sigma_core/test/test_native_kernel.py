@@ -61,3 +61,20 @@ def test_without_a_compiler_the_reason_is_one_line_for_any_caller_naming_no_fall
     message = str(caught.value)
     assert "no-such-c++" in message and "does not run" in message and "apt install g++" in message
     assert "\n" not in message and "numba" not in message
+
+
+def test_setup_builds_the_kernel_ahead_and_without_a_compiler_says_why_and_what_runs_instead(tmp_path):
+    # tools/setup.sh's build step (its python -c program, run alone): native_kernel's message names no fallback,
+    # so the set-up says what the torch path does instead.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    setup = (Path(__file__).resolve().parents[2] / "tools" / "setup.sh").read_text()
+    program = setup.split('"$venv/bin/python" -c "', 1)[1].split('"\n', 1)[0]
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"))
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("[setup] scan backend 'native': the C++ compiler") and "no-such-c++" in done.stdout
+    assert done.stdout.endswith("; the numba scan is used instead\n") and done.stdout.count("\n") == 1, done.stdout
