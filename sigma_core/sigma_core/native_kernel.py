@@ -157,13 +157,13 @@ def load_library() -> ctypes.CDLL:
         try:
             if path.exists():
                 try:
-                    return _portable_said(_open(path), errors)
+                    return _warn_if_portable(_open(path), errors)
                 except (OSError, AttributeError) as err:
                     warnings.warn(f"the native scan library {path} does not load ({str(err)[:160]}); "
                                   "building it again", RuntimeWarning, stacklevel=2)
             _build(cxx, flags, path)
             try:
-                return _portable_said(_open(path), errors)
+                return _warn_if_portable(_open(path), errors)
             except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler, or a noexec mount
                 raise BackendUnavailable(f"scan backend 'native': the library {' '.join(cxx)} built does not load "
                                          f"({str(err)[:160]}); set CXX to a working C++ compiler, or "
@@ -176,8 +176,9 @@ def load_library() -> ctypes.CDLL:
     raise errors[0]
 
 
-def _portable_said(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
-    """``lib``, after one log line where it is the portable build (the host flags failed): slower, and why."""
+def _warn_if_portable(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
+    """``lib``, after one warning where it is the portable build (``host_errors``: why the host flags failed; none:
+    the host build): slower, and why."""
     if host_errors:
         log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", host_errors[0])
     return lib
