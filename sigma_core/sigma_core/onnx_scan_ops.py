@@ -102,24 +102,8 @@ def kernel_model(path: Path, threads: int) -> bytes:
     dropped: set[int] = set()
     for site in sites:
         indices = by_prefix[site["prefix"]]
-        # by the tensors the site's nodes read (one producer each), not by node names, which need not be unique
-        made = {name: graph.node[i] for i in indices for name in graph.node[i].output}
-        inputs = [made.get(site_input(site["prefix"], j)) for j in range(7)]
-        if not indices or site["output"] not in made or any(
-                entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
-            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
-                                        "export it again")
-        # the kind and softplus listed must be the site's own (a wrong one ran, unnoticed, another scan): a map
-        # scan merges its directions with a ReduceSum, softplus takes a Log in the chunk loop (ops.scan_onnx)
-        top = {graph.node[i].op_type for i in indices}
-        loop = {n.op_type for i in indices for a in graph.node[i].attribute if a.HasField("g") for n in a.g.node}
-        if ("ReduceSum" in top) != (site["op"] == "ScanMap") or ("Log" in loop) != bool(site["softplus"]):
-            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} is listed in {SITES_KEY} as {site['op']} "
-                                        f"with softplus {site['softplus']}, which its own nodes do not compute; "
-                                        "export it again")
-        replaced[indices[0]] = helper.make_node(
-            OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
-            domain=DOMAIN, threads=int(threads), softplus=int(site["softplus"]))
+        kernel = _kernel_node(site, [graph.node[i] for i in indices], threads, path.name)  # raises for none
+        replaced[indices[0]] = kernel
         dropped.update(indices)
     kept = [replaced.get(i, node) for i, node in enumerate(graph.node) if i in replaced or i not in dropped]
     inner = {name for i in dropped for name in graph.node[i].output} - {site["output"] for site in sites}
@@ -132,6 +116,32 @@ def kernel_model(path: Path, threads: int) -> bytes:
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     _register_ops()
     return model.SerializeToString()
+
+
+def _kernel_node(site: dict, nodes: list, threads: int, source: str):
+    """The custom-op node running ``site`` (one entry of sigma.scan_sites) on the native kernel in place of
+    ``nodes``, the file's nodes whose names start with its prefix. ScanKernelUnavailable where they are not the
+    scan listed: its input Identity nodes or output missing, or another kind or softplus than listed."""
+    from onnx import helper
+
+    # by the tensors the site's nodes make (one producer each), not by node names, which need not be unique
+    made = {name: node for node in nodes for name in node.output}
+    inputs = [made.get(site_input(site["prefix"], j)) for j in range(7)]
+    if not nodes or site["output"] not in made or any(
+            entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
+        raise ScanKernelUnavailable(f"{source}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
+                                    "export it again")
+    # the kind and softplus listed must be the site's own (a wrong one ran, unnoticed, another scan): a map
+    # scan merges its directions with a ReduceSum, softplus takes a Log in the chunk loop (ops.scan_onnx)
+    site_ops = {node.op_type for node in nodes}
+    loop_ops = {n.op_type for node in nodes for a in node.attribute if a.HasField("g") for n in a.g.node}
+    if ("ReduceSum" in site_ops) != (site["op"] == "ScanMap") or ("Log" in loop_ops) != bool(site["softplus"]):
+        raise ScanKernelUnavailable(f"{source}: scan {site['prefix']} is listed in {SITES_KEY} as {site['op']} "
+                                    f"with softplus {site['softplus']}, which its own nodes do not compute; "
+                                    "export it again")
+    return helper.make_node(
+        OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
+        domain=DOMAIN, threads=int(threads), softplus=int(site["softplus"]))
 
 
 def _names_read(nodes) -> set[str]:
