@@ -423,7 +423,10 @@ def test_scan_backend_onnx_runs_the_file_as_written_and_an_unknown_one_is_refuse
     path = write_model(tmp_path / "m.onnx")
     seg = OnnxSegmenter(path, threads=1, scan_backend="onnx")
     assert seg.scan_backend == "onnx" and "native scan kernel" not in seg.runtime and not seg.meta.warnings
+    from sigma_core import Segmenter
+
     for backend in ("numba", "Native", ""):
-        with pytest.raises(ValueError, match=f"scan backend {backend!r} is unknown for an ONNX model; use auto, "
-                                             "native or onnx"):
-            OnnxSegmenter(path, threads=1, scan_backend=backend)
+        for load in (OnnxSegmenter, Segmenter.from_checkpoint):  # the latter passes it on to the former
+            with pytest.raises(ValueError, match=f"scan backend {backend!r} is unknown for an ONNX model; use auto, "
+                                                 "native or onnx"):
+                load(path, scan_backend=backend)
