@@ -16,7 +16,8 @@ with fixed sizes). OpenVINO's read-and-compile time and its largest logit differ
 printed. Prints min and median seconds and the ratio of each runtime's median to torch's in the same run,
 in wall time and in this process's CPU time (on a loaded machine the CPU-time ratio of one-thread runs is the
 steadier one: waiting for a core does not count), and OpenVINO's to ONNX Runtime's.
-The ONNX scan alone against numba's: benchmarks/scan.py shapes, see sigma_core.ops.scan_onnx.
+The scans alone: benchmarks/scan.py times the torch backends (native, numba, ...), not the ONNX formulation
+(sigma_core.ops.scan_onnx), whose speed is ONNX Runtime's, timed here.
 """
 from __future__ import annotations
 
