@@ -28,7 +28,7 @@ from .selective_scan import (
     scan_output_like,
 )
 
-_KINDS = {dtype: KINDS[str(dtype).removeprefix('torch.')] for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+_KINDS = {torch.float32: KINDS["float32"], torch.bfloat16: KINDS["bfloat16"], torch.float16: KINDS["float16"]}
 
 
 try:  # at import: the registry turns BackendUnavailable into "not available" for "auto", and logs why
