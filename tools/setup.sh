@@ -53,12 +53,12 @@ fi
 # The native scan kernel is compiled now (a few seconds, into the user's cache), not at the first frame; without a
 # C++ compiler this says why, and the numba scan is used.
 "$venv/bin/python" -c "
-from sigma_core.native_kernel import BackendUnavailable
+from sigma_core.native_kernel import BackendUnavailable, cache_dir, library
 try:
-    from sigma_core.ops import scan_native
-    print('[setup] native scan kernel ready in', scan_native.cache_dir())
+    library()  # built now (or found in the cache) and loaded
+    print('[setup] native scan kernel ready in', cache_dir())
 except BackendUnavailable as err:
-    print('[setup]', err)"
+    print(f'[setup] {err}; the numba scan is used instead')"
 touch "$venv/COLCON_IGNORE"  # a colcon workspace around this repo must not build the wheels in here
 echo "$stamp_value" >"$stamp"
 echo "[setup] done"

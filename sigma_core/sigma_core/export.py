@@ -353,9 +353,10 @@ def deduplicate_initializers(proto) -> int:
     return len(rename)
 
 
-def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str, sites: Sequence[dict] = ()) -> None:
+def write_metadata(proto, meta: CheckpointMeta, source: str, precision: str, sites: Sequence[dict]) -> None:
     """The sigma.* metadata_props sigma_core.onnx_runtime reads (everything needed to run the file); ``sites``:
-    the scans (scan_onnx.expand_scan_nodes), for the native scan kernel in ONNX Runtime (onnx_scan_ops)."""
+    the scans (scan_onnx.expand_scan_nodes), for the native scan kernel in ONNX Runtime (onnx_scan_ops, which
+    refuses an empty list: no default)."""
     values = {
         "format": FORMAT,
         "model": meta.config.name,

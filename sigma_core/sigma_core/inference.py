@@ -200,6 +200,8 @@ class Segmenter(ModelDescription):
         """Load a checkpoint and wrap it: ours (see sigma_core.save_checkpoint), a published Sigma file, or a
         ``.onnx`` file from sigma-export (then an OnnxSegmenter, same interface, run by ONNX Runtime).
 
+        scan_backend: "auto" or a backend of sigma_core.ops for a checkpoint; for an ``.onnx`` file auto, native
+            (the native kernel inside ONNX Runtime) or onnx (the file's own scan ops): see OnnxSegmenter.
         dataset: for a published Sigma file, the dataset it was trained on (preset name, dataset.yaml or
             class list), which supplies classes, palette, modality scaling and input size; ignored, with a
             note in ``meta.notes`` and a logged warning, for our own checkpoints.

@@ -226,11 +226,19 @@ def inference_threads(requested: int = 0) -> tuple[int, str]:
     from_environment = threads_from_environment()
     if from_environment:
         return from_environment, "$OMP_NUM_THREADS"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     quota = _cgroup_cpu_quota()
     if quota is not None and quota < cpus:
         return max(1, quota - 1), f"automatic: {quota} CPU(s) (the container's CPU quota) less one for decoding and ROS"
     return max(1, cpus - 1), f"automatic: {cpus} CPU(s) less one for decoding and ROS"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset) where the system has one,
+    else every CPU; at least 1. A container's CPU-time quota is not counted (inference_threads weighs it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # what a container sees of its own cgroup

@@ -8,7 +8,8 @@ named by a hash of the source, the compiler's version, the flags and the CPU's f
 or source builds a new library (~3 s), every later process loads it in milliseconds. The library is written
 under a temporary name and renamed into place, so no process loads a half-written file and two processes
 building at once both work. A library that does not load (damaged) is built again, once, with a warning.
-Without a working compiler :func:`load_library` raises BackendUnavailable with one line saying why.
+Without a working compiler :func:`load_library` raises BackendUnavailable with one line saying why (and what to
+do), for any caller: what runs instead is the caller's to say (``ops.scan_native``: the numba scan).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import platform
 import shlex
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,14 +52,14 @@ def cache_dir() -> Path:
 def compiler() -> list[str]:
     """The C++ compiler command: $CXX (may carry options, e.g. "ccache g++"), else ``c++``.
 
-    Raises BackendUnavailable where $CXX does not parse (an unclosed quote): a typo there must leave "auto" the
-    numba scan, not break every scan with a traceback."""
+    Raises BackendUnavailable where $CXX does not parse (an unclosed quote): a typo there must make "auto" fall
+    back, not break every scan with a traceback."""
     raw = os.environ.get("CXX") or ""
     try:
         return shlex.split(raw) or ["c++"]
     except ValueError as err:
-        raise BackendUnavailable(f"scan backend 'native': $CXX={raw!r} does not parse ({err}); fix or unset it; "
-                                 "the numba scan is used instead") from err
+        raise BackendUnavailable(f"scan backend 'native': $CXX={raw!r} does not parse ({err}); fix or unset it"
+                                 ) from err
 
 
 def _cpu_features() -> str:
@@ -78,7 +80,7 @@ def _run_compiler(args: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, errors="replace", timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise BackendUnavailable(f"scan backend 'native': the C++ compiler {args[0]!r} does not run ({err}); "
-                                 "install g++ (apt install g++) or set CXX; the numba scan is used instead") from err
+                                 "install g++ (apt install g++) or set CXX") from err
 
 
 def _first_error(stderr: str) -> str:
@@ -95,7 +97,7 @@ def _build(cxx: list[str], flags: tuple[str, ...], target: Path) -> None:
         done = _run_compiler([*cxx, *flags, str(SOURCE), "-o", tmp])
         if done.returncode != 0:
             raise BackendUnavailable(f"scan backend 'native' does not build with {' '.join(cxx)}: "
-                                     f"{_first_error(done.stderr)}; the numba scan is used instead")
+                                     f"{_first_error(done.stderr)}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -106,7 +108,7 @@ def _library_path(cxx: list[str], flags: tuple[str, ...]) -> Path:
     version = _run_compiler([*cxx, "--version"])
     if version.returncode != 0:
         raise BackendUnavailable(f"scan backend 'native': {' '.join(cxx)} --version fails "
-                                 f"({_first_error(version.stderr)}); the numba scan is used instead")
+                                 f"({_first_error(version.stderr)})")
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), version.stdout.encode(), " ".join(flags).encode(), platform.machine().encode(),
                  _cpu_features().encode()):
@@ -147,8 +149,7 @@ def load_library() -> ctypes.CDLL:
     does not load. A cached library that does not load (damaged file) is rebuilt once, with a warning."""
     if _on_noexec_mount(cache_dir()):  # every build would be in vain, and be paid again by every process
         raise BackendUnavailable(f"scan backend 'native': {cache_dir()} is on a filesystem mounted noexec, where no "
-                                 "library loads; set SIGMA_NATIVE_CACHE_DIR to another folder; the numba scan is used "
-                                 "instead")
+                                 "library loads; set SIGMA_NATIVE_CACHE_DIR to another folder")
     cxx = compiler()
     errors = []
     for flags in (FLAGS + HOST_FLAGS, FLAGS):
@@ -156,18 +157,17 @@ def load_library() -> ctypes.CDLL:
         try:
             if path.exists():
                 try:
-                    return _portable_said(_open(path), errors)
+                    return _warn_if_portable(_open(path), errors)
                 except (OSError, AttributeError) as err:
                     warnings.warn(f"the native scan library {path} does not load ({str(err)[:160]}); "
                                   "building it again", RuntimeWarning, stacklevel=2)
             _build(cxx, flags, path)
             try:
-                return _portable_said(_open(path), errors)
+                return _warn_if_portable(_open(path), errors)
             except (OSError, AttributeError) as err:  # the compiler's own output: a broken compiler, or a noexec mount
                 raise BackendUnavailable(f"scan backend 'native': the library {' '.join(cxx)} built does not load "
                                          f"({str(err)[:160]}); set CXX to a working C++ compiler, or "
-                                         "SIGMA_NATIVE_CACHE_DIR to a folder not mounted noexec; the numba scan "
-                                         "is used instead") from err
+                                         "SIGMA_NATIVE_CACHE_DIR to a folder not mounted noexec") from err
         except BackendUnavailable as err:
             errors.append(err)
         except OSError as err:  # an unwritable cache folder
@@ -176,11 +176,11 @@ def load_library() -> ctypes.CDLL:
     raise errors[0]
 
 
-def _portable_said(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
-    """``lib``, after one log line where it is the portable build (the host flags failed): slower, and why."""
+def _warn_if_portable(lib: ctypes.CDLL, host_errors: list[BackendUnavailable]) -> ctypes.CDLL:
+    """``lib``, after one warning where it is the portable build (``host_errors``: why the host flags failed; none:
+    the host build): slower, and why."""
     if host_errors:
-        why = str(host_errors[0]).replace("; the numba scan is used instead", "")  # not so: the portable build is
-        log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", why)
+        log.warning("scan backend 'native' uses its portable build, 4-8x slower: %s", host_errors[0])
     return lib
 
 
@@ -205,27 +205,32 @@ class _Args(ctypes.Structure):
     ]
 
 
-
-
-
 Strided = tuple[int, Sequence[int]]  # (address, strides in elements)
 _LIBRARY: list = []  # [the loaded library] once loaded, [the BackendUnavailable] once failed
+_LOADING = threading.Lock()  # sessions made at once on two threads each built and loaded the library
 
 
 def library() -> ctypes.CDLL:
-    """load_library(), once per process (a failure, too, is remembered and raised again); any other failure (an
-    unreadable source, a filesystem error) becomes BackendUnavailable, so that callers fall back in one line."""
+    """load_library(), once per process (a failure, too, is remembered and raised again), thread-safe; any other
+    failure (an unreadable source, a filesystem error) becomes BackendUnavailable, so that callers fall back in one
+    line."""
     if not _LIBRARY:
-        try:
-            _LIBRARY.append(load_library())
-        except BackendUnavailable as err:
-            _LIBRARY.append(err)
-        except Exception as err:  # noqa: BLE001 - reported in the one line the caller logs
-            _LIBRARY.append(BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: "
-                                               f"{str(err)[:200]}; the numba scan is used instead"))
+        with _LOADING:
+            if not _LIBRARY:
+                _LIBRARY.append(_load_or_unavailable())
     if isinstance(_LIBRARY[0], BackendUnavailable):
         raise _LIBRARY[0]
     return _LIBRARY[0]
+
+
+def _load_or_unavailable():
+    """load_library(), or the BackendUnavailable saying why not."""
+    try:
+        return load_library()
+    except BackendUnavailable as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - reported in the one line the caller logs
+        return BackendUnavailable(f"scan backend 'native' does not load: {type(err).__name__}: {str(err)[:200]}")
 
 
 def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Strided, C: Strided,

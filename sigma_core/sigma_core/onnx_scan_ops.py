@@ -32,14 +32,25 @@ from typing import Optional
 import numpy as np
 
 from .native_kernel import KINDS, BackendUnavailable, library, run_forward
-from .onnx_runtime import parse_metadata_value
+from .onnx_runtime import KEY_PREFIX, parse_metadata_value
 
-SITES_KEY = "sigma.scan_sites"
+SITES_KEY = KEY_PREFIX + "scan_sites"
 DOMAIN = "ai.onnx.contrib"
 OPS = {"ScanMap": "SigmaScanMap", "ScanRecurrence": "SigmaScanRecurrence"}  # site kind -> custom op type
 TESTED_EXTENSIONS = "0.15.2"  # the onnxruntime-extensions release whose private hook and op table _register_ops uses
 INSTALL_HINT = "pip install onnx onnxruntime-extensions (and a C++ compiler: apt install g++)"
-_PREFIX = re.compile(r"sigma_scan\d+_\Z")
+SITE_PREFIX = re.compile(r"sigma_scan\d+_")  # how the names of a scan's nodes start (see site_prefix)
+
+
+def site_prefix(index: int) -> str:
+    """How the names of the nodes of a file's scan ``index`` start (ops.scan_onnx.expand_scan_nodes names them)."""
+    return f"sigma_scan{index}_"
+
+
+def site_input(prefix: str, index: int) -> str:
+    """The Identity node, and its output, through which input ``index`` (0..6: u, delta, A, B, C, D, delta_bias)
+    enters the scan whose nodes start with ``prefix``."""
+    return f"{prefix}input{index}"
 
 
 class ScanKernelUnavailable(RuntimeError):
@@ -57,7 +68,7 @@ def unavailable_reason() -> Optional[str]:
     try:
         library()
     except BackendUnavailable as err:
-        return str(err).replace("; the numba scan is used instead", "")
+        return str(err)
     return None
 
 
@@ -84,31 +95,15 @@ def kernel_model(path: Path, threads: int) -> bytes:
     graph = model.graph
     by_prefix: dict[str, list[int]] = {site["prefix"]: [] for site in sites}
     for index, node in enumerate(graph.node):
-        match = re.match(r"sigma_scan\d+_", node.name)
+        match = SITE_PREFIX.match(node.name)
         if match and match.group(0) in by_prefix:
             by_prefix[match.group(0)].append(index)
     replaced: dict[int, object] = {}  # index of a site's first node -> its custom-op node
     dropped: set[int] = set()
     for site in sites:
         indices = by_prefix[site["prefix"]]
-        # by the tensors the site's nodes read (one producer each), not by node names, which need not be unique
-        made = {name: graph.node[i] for i in indices for name in graph.node[i].output}
-        inputs = [made.get(f"{site['prefix']}input{j}") for j in range(7)]
-        if not indices or site["output"] not in made or any(
-                entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
-            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
-                                        "export it again")
-        # the kind and softplus listed must be the site's own (a wrong one ran, unnoticed, another scan): a map
-        # scan merges its directions with a ReduceSum, softplus takes a Log in the chunk loop (ops.scan_onnx)
-        top = {graph.node[i].op_type for i in indices}
-        loop = {n.op_type for i in indices for a in graph.node[i].attribute if a.HasField("g") for n in a.g.node}
-        if ("ReduceSum" in top) != (site["op"] == "ScanMap") or ("Log" in loop) != bool(site["softplus"]):
-            raise ScanKernelUnavailable(f"{path.name}: scan {site['prefix']} is listed in {SITES_KEY} as {site['op']} "
-                                        f"with softplus {site['softplus']}, which its own nodes do not compute; "
-                                        "export it again")
-        replaced[indices[0]] = helper.make_node(
-            OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
-            domain=DOMAIN, threads=int(threads), softplus=int(site["softplus"]))
+        kernel = _kernel_node(site, [graph.node[i] for i in indices], threads, path.name)  # raises for none
+        replaced[indices[0]] = kernel
         dropped.update(indices)
     kept = [replaced.get(i, node) for i, node in enumerate(graph.node) if i in replaced or i not in dropped]
     inner = {name for i in dropped for name in graph.node[i].output} - {site["output"] for site in sites}
@@ -121,6 +116,32 @@ def kernel_model(path: Path, threads: int) -> bytes:
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     _register_ops()
     return model.SerializeToString()
+
+
+def _kernel_node(site: dict, nodes: list, threads: int, source: str):
+    """The custom-op node running ``site`` (one entry of sigma.scan_sites) on the native kernel in place of
+    ``nodes``, the file's nodes whose names start with its prefix. ScanKernelUnavailable where they are not the
+    scan listed: its input Identity nodes or output missing, or another kind or softplus than listed."""
+    from onnx import helper
+
+    # by the tensors the site's nodes make (one producer each), not by node names, which need not be unique
+    made = {name: node for node in nodes for name in node.output}
+    inputs = [made.get(site_input(site["prefix"], j)) for j in range(7)]
+    if not nodes or site["output"] not in made or any(
+            entry is None or entry.op_type != "Identity" or len(entry.input) != 1 for entry in inputs):
+        raise ScanKernelUnavailable(f"{source}: scan {site['prefix']} of {SITES_KEY} is not in its graph; "
+                                    "export it again")
+    # the kind and softplus listed must be the site's own (a wrong one ran, unnoticed, another scan): a map
+    # scan merges its directions with a ReduceSum, softplus takes a Log in the chunk loop (ops.scan_onnx)
+    site_ops = {node.op_type for node in nodes}
+    loop_ops = {n.op_type for node in nodes for a in node.attribute if a.HasField("g") for n in a.g.node}
+    if ("ReduceSum" in site_ops) != (site["op"] == "ScanMap") or ("Log" in loop_ops) != bool(site["softplus"]):
+        raise ScanKernelUnavailable(f"{source}: scan {site['prefix']} is listed in {SITES_KEY} as {site['op']} "
+                                    f"with softplus {site['softplus']}, which its own nodes do not compute; "
+                                    "export it again")
+    return helper.make_node(
+        OPS[site["op"]], [entry.input[0] for entry in inputs], [site["output"]], name=site["prefix"] + "kernel",
+        domain=DOMAIN, threads=int(threads), softplus=int(site["softplus"]))
 
 
 def _names_read(nodes) -> set[str]:
@@ -137,7 +158,9 @@ def _names_read(nodes) -> set[str]:
 def session_options(options):
     """``options`` (ort.SessionOptions) with onnxruntime-extensions' custom-op library registered, the scan ops
     declared first: the library takes the Python ops declared when it is registered, and a session of a model
-    using ops declared later crashed the process (segmentation fault, not an error)."""
+    using ops declared later crashed the process (segmentation fault, not an error). Raises ScanKernelUnavailable
+    where onnxruntime-extensions lacks the parts the ops use, and onnxruntime's own error where its library does not
+    load into this onnxruntime (OnnxSegmenter turns both into the file's own scan ops, with a warning)."""
     from onnxruntime_extensions import get_library_path
 
     _register_ops()
@@ -172,7 +195,7 @@ def _site_problem(site) -> Optional[str]:
         return f"{str(site)[:80]} is not an object"
     if not isinstance(site.get("op"), str) or site["op"] not in OPS:
         return f"op {str(site.get('op'))[:80]!r}"
-    if not isinstance(site.get("prefix"), str) or not _PREFIX.match(site["prefix"]):
+    if not isinstance(site.get("prefix"), str) or not SITE_PREFIX.fullmatch(site["prefix"]):
         return f"prefix {str(site.get('prefix'))[:80]!r}"
     if not isinstance(site.get("output"), str) or not site["output"]:
         return "output"
@@ -268,7 +291,8 @@ def scan_recurrence(u, delta, A, B, C, D, delta_bias, threads: int = 1, softplus
     return out
 
 
-_OP_IDS: set[int] = set()
+_OP_IDS: set[int] = set()  # ids of our ops' Opdefs in onnxruntime-extensions, once registered
+_REGISTERING = threading.Lock()  # two sessions made at once on two threads declared every op twice, hook twice
 _FAILURE = threading.local()  # .error: the first exception a scan op of this thread met in a run, for take_failure
 
 
@@ -350,9 +374,15 @@ def _never_raising(body):
 
 def _register_ops() -> None:
     """Declare SigmaScanMap / SigmaScanRecurrence to onnxruntime-extensions (once per process) and route their
-    outputs back as numpy arrays (see the module docstring)."""
-    if _OP_IDS:
-        return
+    outputs back as numpy arrays (see the module docstring). Thread-safe."""
+    with _REGISTERING:
+        if not _OP_IDS:
+            _OP_IDS.update(_declare_ops())
+
+
+def _declare_ops() -> set[int]:
+    """Declare the scan ops, install the invocation hook; the ids of the ops' Opdefs. ScanKernelUnavailable where
+    this onnxruntime-extensions lacks the private parts used (nothing is then declared)."""
     import onnxruntime_extensions
 
     try:  # private parts (the hook, the op table) first: a release without them registers nothing
@@ -368,9 +398,10 @@ def _register_ops() -> None:
                                     ) from None
     ops = [onnx_op(op_type=OPS["ScanMap"], **kinds)(_never_raising(scan_map)),
            onnx_op(op_type=OPS["ScanRecurrence"], **kinds)(_never_raising(scan_recurrence))]
+    ids = {id(op) for op in ops}
 
     def invoke(op_id, feed, attributes):
-        if op_id not in _OP_IDS:
+        if op_id not in ids:
             return default(op_id, feed, attributes)
         try:
             op = registered[op_id]
@@ -380,4 +411,4 @@ def _register_ops() -> None:
         return op_id, out.shape, out.reshape(-1)
 
     install(invoke)
-    _OP_IDS.update(id(op) for op in ops)
+    return ids

@@ -11,6 +11,7 @@ import threading
 import pytest
 import torch
 
+from sigma_core import native_kernel
 from sigma_core.ops.cross_scan import concat_scan_order, cross_scan_order
 from sigma_core.ops.selective_scan import selective_scan, selective_scan_reference
 
@@ -193,6 +194,7 @@ def test_without_a_compiler_auto_takes_numba_and_says_why_in_one_line(tmp_path):
     assert "chosen numba" in out.stdout
     lines = [line for line in out.stderr.splitlines() if "'native'" in line]
     assert len(lines) == 1 and "no-such-c++" in lines[0] and "does not run" in lines[0], out.stderr
+    assert lines[0].endswith("; the numba scan is used instead"), out.stderr
     assert "uses backend 'numba'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "native").exists() or not list((tmp_path / "native").iterdir())
 
@@ -200,7 +202,7 @@ def test_without_a_compiler_auto_takes_numba_and_says_why_in_one_line(tmp_path):
 @needs_native
 def test_a_damaged_library_is_rebuilt_by_two_processes_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path))
-    path = scan_native._library_path(scan_native.compiler(), scan_native.FLAGS + scan_native.HOST_FLAGS)
+    path = native_kernel._library_path(native_kernel.compiler(), native_kernel.FLAGS + native_kernel.HOST_FLAGS)
     path.write_bytes(b"not a shared library" * 100)  # damaged: a full disk, a copy cut short
     code = ("import torch; from sigma_core.ops.scan_native import selective_scan_native as scan\n"
             "u = torch.randn(1, 16, 5); print(scan(u, u, -torch.ones(16, 4), torch.ones(1, 1, 4, 5),"

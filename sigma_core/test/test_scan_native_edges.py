@@ -16,6 +16,7 @@ import torch
 from test_scan_numba import assert_relative, ordered_inputs
 from test_selective_scan import make_inputs, run
 
+from sigma_core import native_kernel
 from sigma_core.ops.cross_scan import cross_scan_order
 from sigma_core.ops.selective_scan import (
     BackendUnavailable,
@@ -151,12 +152,12 @@ def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkey
 def test_a_library_of_another_abi_in_its_place_is_rebuilt_and_the_rebuilt_one_loaded(tmp_path, monkeypatch):
     # A library that loads but is not this kernel's ABI (a stale or swapped file): the loader keeps it open by its
     # path, so unless it is closed first the rebuilt file there is never loaded and the process gives up native.
-    scan_native = sys.modules["sigma_core.ops.scan_native"]
     monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path))
-    path = scan_native._library_path(scan_native.compiler(), scan_native.FLAGS + scan_native.HOST_FLAGS)
+    path = native_kernel._library_path(native_kernel.compiler(), native_kernel.FLAGS + native_kernel.HOST_FLAGS)
     other = tmp_path / "other.cpp"
     other.write_text('extern "C" int sigma_scan_abi_version(void) { return 99; }\n')
-    subprocess.run([*scan_native.compiler(), "-shared", "-fPIC", str(other), "-o", str(path)], check=True, timeout=300)
+    subprocess.run([*native_kernel.compiler(), "-shared", "-fPIC", str(other), "-o", str(path)], check=True,
+                   timeout=300)
     code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
             "from sigma_core.ops.selective_scan import resolve_backend\n"
             "print('chosen', resolve_backend('auto', 'cpu'))")
@@ -172,14 +173,13 @@ def test_a_library_of_another_abi_in_its_place_is_rebuilt_and_the_rebuilt_one_lo
 def test_a_cache_on_a_noexec_mount_is_refused_at_once_naming_it(tmp_path, monkeypatch):
     # No mount can be made here: statvfs stands in for a home or /tmp mounted noexec, where every process would
     # otherwise compile twice (~10 s) and still not load the library.
-    scan_native = sys.modules["sigma_core.ops.scan_native"]
     real_statvfs = os.statvfs
     noexec = type("Statvfs", (), {"f_flag": os.ST_NOEXEC})()
     monkeypatch.setattr(os, "statvfs", lambda p: noexec if str(p).startswith(str(tmp_path)) else real_statvfs(p))
     monkeypatch.setenv("SIGMA_NATIVE_CACHE_DIR", str(tmp_path / "cache" / "native"))
     monkeypatch.setenv("CXX", str(tmp_path / "never-run-c++"))
     with pytest.raises(BackendUnavailable, match="mounted noexec.*SIGMA_NATIVE_CACHE_DIR"):
-        scan_native.load_library()
+        native_kernel.load_library()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -176,3 +176,15 @@ def test_scan_backend_is_routed_to_every_scan():
     scanning = [m for m in model.modules() if hasattr(m, "scan_backend") and m is not model]
     assert len(scanning) == 4 + 4 + 4 + 3  # encoder SS2D, CroMB, ConMB, decoder SS2D
     assert {m.scan_backend for m in scanning} == {"reference"} and model.config.scan_backend == "reference"
+
+
+def test_direction_blocks_project_each_direction_with_its_own_weights():
+    from sigma_core.ops.selective_scan import direction_blocks
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)  # K = 4 directions, (out 5, in 3) each
+    x = torch.randn(2, 7, 4 * 3, generator=g, dtype=torch.float64)  # the directions' inputs side by side
+    got = x @ direction_blocks(weights)
+    want = torch.cat([x[..., 3 * k:3 * k + 3] @ weights[k].T for k in range(4)], dim=-1)
+    assert got.shape == (2, 7, 4 * 5)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

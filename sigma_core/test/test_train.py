@@ -439,6 +439,13 @@ def test_a_short_run_of_a_preset_clamps_its_warm_up_and_workers_fit_the_cpus(cap
     assert usable_workers(10_000) == len(os.sched_getaffinity(0)) and usable_workers(0) == 0
 
 
+def test_workers_fit_the_cpus_of_the_process_affinity_mask_not_the_machine(monkeypatch):
+    from sigma_core.engine.config import usable_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {1, 3})  # taskset -c 1,3 on a bigger machine
+    assert usable_workers(8) == 2 and usable_workers(1) == 1 and usable_workers(0) == 0
+
+
 @pytest.mark.parametrize("name", ["nyudv2", "nyudepthv2", "NYU-Depth-v2", "nyu"])
 def test_training_presets_take_the_dataset_names_every_tool_takes(name):
     """Issue 22: `sigma-train --config nyudepthv2` was unknown while `sigma-import --dataset nyudv2` worked."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -346,11 +345,9 @@ RUN_CONFIG = "config.yaml"
 def usable_workers(requested: int) -> int:
     """DataLoader worker processes for ``requested``: at most the CPUs this process may use (more only compete
     with the training process, and PyTorch warns about them at every loader start)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(int(requested), cpus))
+    from ..model_io import usable_cpus  # here: model_io imports OpenCV, which a configuration does not need
+
+    return max(0, min(int(requested), usable_cpus()))
 
 
 def _flat(data: dict[str, Any]) -> dict[str, Any]:

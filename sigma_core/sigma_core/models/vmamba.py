@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.cross_scan import cross_scan_order
-from ..ops.selective_scan import LowRankDelta, selective_scan, selective_scan_ordered
+from ..ops.selective_scan import LowRankDelta, direction_blocks, selective_scan, selective_scan_ordered
 
 LN_EPS = 1e-5  # every LayerNorm of the published model uses PyTorch's default
 EXPORT_BACKEND = "onnx"  # the scan backend sigma_core.export sets: blocks then build their layouts from tensor ops
@@ -100,7 +100,7 @@ def scan_directions(
     # fusion's are); the K x_proj projections as one block-diagonal matmul. B and C then reach the scan
     # channels-last, and delta as its factors (see LowRankDelta). (xs contiguous along L, from cross_scan, is
     # transposed here once.)
-    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), torch.block_diag(*x_proj_weight.transpose(1, 2)))
+    x_dbl = torch.matmul(xs.permute(0, 3, 1, 2).flatten(2), direction_blocks(x_proj_weight))
     dts, bs, cs = torch.split(x_dbl.unflatten(2, (k, rank + 2 * n)), [rank, n, n], dim=3)  # (B, L, K, R | N | N)
     bs, cs = bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1)  # (B, K, N, L)
     if swap_c:
@@ -131,9 +131,11 @@ def scan_map_directions(
 ) -> torch.Tensor:
     """scan_directions over K step orders of one map, summed back at each position - without the K copies.
 
-    x: (B, D, P), positions in memory order; order: (K, L) from ops.cross_scan_order (SS2D) or
-    ops.concat_scan_order (ConMB); parameters as in scan_directions. Returns (B, D, P), equal to
-    cross_merge(scan_directions(cross_scan(x))) for the cross-scan order; float32 from the numba backend.
+    x: (B, D, P), the P positions the step orders index, any strides (channels-last, as the convolution leaves
+    it, is read without a copy); order: (K, L) from ops.cross_scan_order (SS2D) or ops.concat_scan_order
+    (ConMB); parameters as in scan_directions. Returns (B, D, P), equal to
+    cross_merge(scan_directions(cross_scan(x))) for the cross-scan order; float32 (float64 for float64 x), as
+    selective_scan_ordered gives it.
     """
     batch, dim, positions = x.shape
     k, rank, n = order.shape[0], dt_projs_weight.shape[2], A_logs.shape[1]
@@ -144,8 +146,9 @@ def scan_map_directions(
     x_dbl = torch.matmul(x.transpose(1, 2), x_proj_weight.reshape(-1, dim).t()).unflatten(2, (k, rank + 2 * n))
     dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)  # (B, P, K, R | N | N)
     return selective_scan_ordered(
-        x, LowRankDelta(dts, dt_projs_weight), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1),
-        Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order, backend=backend,
+        x, LowRankDelta(dts, dt_projs_weight), -torch.exp(A_logs.float()), bs.permute(0, 2, 3, 1),
+        cs.permute(0, 2, 3, 1), Ds.float(), dt_projs_bias.float().reshape(-1), delta_softplus=True, order=order,
+        backend=backend,
     )
 
 
@@ -175,7 +178,7 @@ def scan_map_directions_export(
     x_dbl = torch.matmul(x, x_proj_weight.reshape(-1, dim).t()).unflatten(-1, (k, rank + 2 * n))
     # slices, not torch.split (exported as SplitToSequence + SequenceAt: 4 % of nano's forward in ONNX Runtime)
     dts, bs, cs = x_dbl[..., :rank], x_dbl[..., rank:rank + n], x_dbl[..., rank + n:]  # (H, W, B, K, R | N | N)
-    dts = torch.matmul(dts.flatten(-2), torch.block_diag(*dt_projs_weight.transpose(1, 2))).unflatten(-1, (k, dim))
+    dts = torch.matmul(dts.flatten(-2), direction_blocks(dt_projs_weight)).unflatten(-1, (k, dim))
     y = scan_map(x.float(), dts.float(), -torch.exp(A_logs.float()), bs.float(), cs.float(), Ds.float(),
                  dt_projs_bias.float().reshape(-1), True, k, steps_for(k * n * dim))
     return y.permute(2, 0, 1, 3)

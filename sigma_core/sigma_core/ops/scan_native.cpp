@@ -1,4 +1,5 @@
-// The selective-scan forward as a small native kernel (C ABI, loaded with ctypes by scan_native.py).
+// The selective-scan forward as a small native kernel (C ABI), built and loaded with ctypes by native_kernel.py
+// for the torch backend (ops/scan_native.py) and the ONNX Runtime custom ops (onnx_scan_ops.py).
 //
 // Same jobs, chunks and passes as the numba forward (scan_numba.py, `_forward_job`): a job is one (batch row,
 // block of 16 channels) and all its scan sets, or one set where the sets are independent; time runs in chunks
@@ -654,7 +655,8 @@ int sigma_scan_forward(const SigmaScanArgs* args) {
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   const int64_t team = std::min<int64_t>(a.threads, jobs.count);
-  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {  // torch's OpenMP threads, already awake (see GOMP_parallel above)
+  // torch's OpenMP threads, already awake (see GOMP_parallel above)
+  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {
     TeamCall call{a, jobs, next, failed};
     GOMP_parallel(run_team_member, &call, static_cast<unsigned>(team), 0);
     return failed ? 2 : 0;

@@ -20,20 +20,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..native_kernel import (  # noqa: F401 - re-exported: the build's names, as before the split
-    ABI_VERSION,
-    FLAGS,
-    HOST_FLAGS,
-    KINDS,
-    SOURCE,
-    BackendUnavailable,
-    _library_path,  # noqa: F401
-    cache_dir,
-    compiler,
-    library,
-    load_library,
-    run_forward,
-)
+from ..native_kernel import KINDS, BackendUnavailable, library, run_forward
 from .selective_scan import (
     LowRankDelta,
     available_backends,
@@ -42,10 +29,13 @@ from .selective_scan import (
     scan_output_like,
 )
 
-_KINDS = {dtype: KINDS[str(dtype).removeprefix('torch.')] for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+_KINDS = {torch.float32: KINDS["float32"], torch.bfloat16: KINDS["bfloat16"], torch.float16: KINDS["float16"]}
 
 
-_LIB = library()  # at import: the registry turns BackendUnavailable into "not available" for "auto"
+try:  # at import: the registry turns BackendUnavailable into "not available" for "auto", and logs why
+    _LIB = library()
+except BackendUnavailable as err:
+    raise BackendUnavailable(f"{err}; the numba scan is used instead") from err
 
 
 def _fallback(device_type: str) -> str:

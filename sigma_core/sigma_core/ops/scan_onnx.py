@@ -468,15 +468,17 @@ def expand_scan_nodes(model) -> list[dict]:
     """
     from onnx import helper
 
+    from ..onnx_scan_ops import site_input, site_prefix
+
     graph = model.graph
     out, sites = [], []
     for node in graph.node:
         if node.domain == DOMAIN and node.op_type in (OP_TYPE, MAP_OP_TYPE):
             attrs = {a.name: a.i for a in node.attribute}
             softplus = bool(attrs.get("softplus", 1))
-            prefix = f"sigma_scan{len(sites)}_"
+            prefix = site_prefix(len(sites))
             site = {"prefix": prefix, "op": node.op_type, "output": node.output[0], "softplus": int(softplus)}
-            inputs = [f"{prefix}input{i}" for i in range(len(node.input))]
+            inputs = [site_input(prefix, i) for i in range(len(node.input))]
             out.extend(helper.make_node("Identity", [source], [name], name=name)
                        for source, name in zip(node.input, inputs))
             if node.op_type == OP_TYPE:

@@ -97,6 +97,13 @@ register_backend(ScanBackend("mamba_ssm", ("cuda",), 20, ".scan_mamba_ssm", "sel
 register_backend(ScanBackend("onnx", ("cpu", "cuda"), -10, ".scan_onnx", "selective_scan_onnx"))
 
 
+def direction_blocks(weights: torch.Tensor) -> torch.Tensor:
+    """K per-direction projection weights (K, O, I) as one block-diagonal (K*I, K*O) matrix: ``x @ it`` with x
+    (..., K*I), the K directions' inputs side by side, gives (..., K*O), each direction's projection of its own
+    inputs, in one matmul instead of K."""
+    return torch.block_diag(*weights.transpose(1, 2))
+
+
 @dataclass(frozen=True)
 class LowRankDelta:
     """delta as its two factors, as VMamba's per-direction dt projection makes it (published ``dt_projs``):
@@ -132,7 +139,7 @@ class LowRankDelta:
         """(batch, K*D, P) in low's dtype, a channels-first view of a positions-as-rows product: the K projections
         as one block-diagonal matmul, (batch, P, K*R) @ (K*R, K*D)."""
         weight = self.weight.to(self.low.dtype)  # (autocast casts it so anyway; float64 tests keep float64)
-        return torch.matmul(self.low.flatten(2), torch.block_diag(*weight.transpose(1, 2))).transpose(1, 2)
+        return torch.matmul(self.low.flatten(2), direction_blocks(weight)).transpose(1, 2)
 
 
 def dense_delta(delta, backend: str):
@@ -263,8 +270,9 @@ def selective_scan_ordered(
     (``concat_scan_order``), without building the K sequences. u: (batch, D, P), the map in memory order;
     delta: (batch, K*D, P); A: (K*D, N); B, C: (batch, K, N, P); D, delta_bias: (K*D,) - all per position;
     order: (K, L) int64, step t of direction k reads position order[k, t] (each row a permutation of the P
-    positions); delta may be a LowRankDelta. swap_c: direction k reads C of direction K-1-k. Returns (batch, D, P): the sum over k of
-    scan k's outputs, each at its position; float32 (float64 for float64 u), like selective_scan.
+    positions); delta may be a LowRankDelta. swap_c: direction k reads C of direction K-1-k. Returns
+    (batch, D, P): the sum over k of scan k's outputs, each at its position; float32 (float64 for float64 u),
+    like selective_scan.
 
     Backends with a native version read the directions by index; the others run on gathered copies.
     """
