@@ -308,3 +308,18 @@ def test_delta_factors_that_do_not_fit_are_refused_or_written_out():
         want = selective_scan(*(dict(inputs, delta=factors.dense())[k] for k in ARGS), delta_softplus=True,
                               backend="native")
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_native
+def test_delta_factors_of_another_split_or_of_rank_zero_are_written_out_not_misread():
+    # 4 x 10 channels as factors of K = 2 directions x 20: the same (batch, 40, P) delta, but the kernel would read
+    # factors 2 and 3 past low's end; rank 0: delta 0 (a null pointer for the kernel).
+    order = cross_scan_order(5, 6)
+    inputs = ordered_inputs(1, 4, 10, 4, 30, seed=4)
+    for factors in (low_rank_factors(1, 2, 20, 3, 30, seed=4), low_rank_factors(1, 4, 10, 0, 30, seed=4)):
+        with torch.no_grad():
+            got = scan_native.selective_scan_ordered_native(*(dict(inputs, delta=factors)[k] for k in ARGS), True,
+                                                            order)
+            want = scan_native.selective_scan_ordered_native(*(dict(inputs, delta=factors.dense())[k] for k in ARGS),
+                                                             True, order)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

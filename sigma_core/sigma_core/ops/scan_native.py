@@ -48,6 +48,14 @@ def _fallback(device_type: str) -> str:
     return names[0]
 
 
+def _as_the_kernel_reads(delta, sets: int):
+    """delta as the kernel takes it: factors only where it reads factor k for set k and there is a rank (rank 0:
+    delta is 0, written out)."""
+    if isinstance(delta, LowRankDelta) and (delta.weight.shape[0] != sets or delta.weight.shape[2] == 0):
+        return delta.dense()
+    return delta
+
+
 def _native_can_run(u, delta, B, C, D, delta_bias, A) -> bool:
     low_rank = isinstance(delta, LowRankDelta)
     tensors = (u, delta.low if low_rank else delta, B, C)  # the inputs read in u's kind
@@ -100,8 +108,7 @@ def selective_scan_native(
     out like u) as ``selective_scan_numba``. With a gradient to compute, or float64 inputs, the next backend
     in line (numba) runs it."""
     groups = B.shape[1]
-    if isinstance(delta, LowRankDelta) and delta.weight.shape[0] != groups:  # the kernel reads factor k for set k
-        delta = delta.dense()
+    delta = _as_the_kernel_reads(delta, groups)
     if not _native_can_run(u, delta, B, C, D, delta_bias, A):
         from .selective_scan import selective_scan
         return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=_fallback(u.device.type))
@@ -130,6 +137,7 @@ def selective_scan_ordered_native(
     check_ordered_scan_shapes(u, delta, A, B, C, D, delta_bias, order)  # called directly, as from the dispatcher
     check_order_permutes(order, u.shape[2])
     k = order.shape[0]
+    delta = _as_the_kernel_reads(delta, k)
     order = order.to(torch.int64).contiguous()
     c_group = torch.arange(k - 1, -1, -1) if swap_c else torch.arange(k)
     return _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, c_group, True, True)
