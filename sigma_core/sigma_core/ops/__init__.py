@@ -3,6 +3,7 @@ from .cross_scan import concat_merge, concat_scan, concat_scan_order, cross_merg
 from .selective_scan import (
     ENV_VAR,
     BackendUnavailable,
+    LowRankDelta,
     available_backends,
     backend_names,
     selective_scan,
@@ -13,6 +14,7 @@ from .selective_scan import (
 __all__ = [
     "ENV_VAR",
     "BackendUnavailable",
+    "LowRankDelta",
     "available_backends",
     "backend_names",
     "selective_scan",
