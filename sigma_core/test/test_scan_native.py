@@ -323,3 +323,16 @@ def test_delta_factors_of_another_split_or_of_rank_zero_are_written_out_not_misr
             want = scan_native.selective_scan_ordered_native(*(dict(inputs, delta=factors.dense())[k] for k in ARGS),
                                                              True, order)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("delta", ["factors of one batch row", "written out, one batch row", "factors of 31 positions"])
+def test_a_direct_call_with_delta_that_does_not_fit_is_refused_before_the_kernel_reads(delta):
+    # selective_scan_native called directly, not through selective_scan: the kernel would read row 1 of a delta that
+    # has one, past its end.
+    inputs = make_inputs(2, 4, 20, 16, 30, seed=3, dtype=torch.float32)
+    delta = {"factors of one batch row": low_rank_factors(1, 4, 5, 3, 30, seed=3),
+             "written out, one batch row": torch.randn(1, 20, 30),
+             "factors of 31 positions": low_rank_factors(2, 4, 5, 3, 31, seed=3)}[delta]
+    with torch.no_grad(), pytest.raises(ValueError, match="u and delta must both be"):
+        scan_native.selective_scan_native(*(dict(inputs, delta=delta)[k] for k in ARGS), True)

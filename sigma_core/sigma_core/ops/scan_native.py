@@ -26,6 +26,7 @@ from .selective_scan import (
     available_backends,
     check_order_permutes,
     check_ordered_scan_shapes,
+    check_scan_shapes,
     scan_output_like,
 )
 
@@ -106,7 +107,8 @@ def selective_scan_native(
 ) -> torch.Tensor:
     """Grouped selective scan on CPU, the native forward; same arguments, dtypes and output (float32, laid
     out like u) as ``selective_scan_numba``. With a gradient to compute, or float64 inputs, the next backend
-    in line (numba) runs it."""
+    in line (numba) runs it. Raises ValueError where the shapes do not fit (as selective_scan does)."""
+    check_scan_shapes(u, delta, A, B, C, D, delta_bias)  # called directly too: the kernel trusts the shapes
     groups = B.shape[1]
     delta = _as_the_kernel_reads(delta, groups)
     if not _native_can_run(u, delta, B, C, D, delta_bias, A):
