@@ -336,3 +336,17 @@ def test_a_direct_call_with_delta_that_does_not_fit_is_refused_before_the_kernel
              "factors of 31 positions": low_rank_factors(2, 4, 5, 3, 31, seed=3)}[delta]
     with torch.no_grad(), pytest.raises(ValueError, match="u and delta must both be"):
         scan_native.selective_scan_native(*(dict(inputs, delta=delta)[k] for k in ARGS), True)
+
+
+@needs_native
+def test_integer_factors_are_refused_and_a_backend_called_directly_with_factors_says_what_to_do():
+    # dense() casts the weights to low's dtype: integer factors would have cut them to integers, and numba scanned
+    # the result without a word.
+    with pytest.raises(ValueError, match="must be floating point; got torch.int64"):
+        registry.LowRankDelta(torch.ones(1, 30, 2, 4, dtype=torch.int64), torch.randn(2, 10, 4))
+    # Only the dispatcher hands a backend that does not read factors their dense(); its own function named them not.
+    factors = low_rank_factors(1, 2, 10, 4, 30, seed=6)
+    inputs = make_inputs(1, 2, 20, 4, 30, seed=6, dtype=torch.float32)
+    with torch.no_grad(), pytest.raises(AttributeError, match="LowRankDelta has no 'dtype'.*pass it to selective_scan"):
+        scan_numba.selective_scan_numba(*(dict(inputs, delta=factors)[k] for k in ARGS), True)
+    assert not hasattr(factors, "dtype") and not hasattr(factors, "no_such_name")

@@ -114,7 +114,9 @@ class LowRankDelta:
     (``ScanBackend.low_rank_delta``, the native kernel) forms delta as it scans, R products a step, instead of
     writing a (batch, K*D, P) tensor and reading it back (nano at 480x640: 39 ms of a 0.44 s forward); the
     dispatcher hands every other backend ``dense()``, the same product as one matmul. Raises ValueError where
-    the factors do not fit each other.
+    the factors do not fit each other or are not floating point (dense() would cut the weights to integers).
+    It is not a tensor: a backend's own function called with one (not through the dispatcher) raises an
+    AttributeError saying so.
     """
 
     low: torch.Tensor
@@ -125,6 +127,19 @@ class LowRankDelta:
                 or self.low.shape[3] != self.weight.shape[2]:
             raise ValueError(f"LowRankDelta: low must be (batch, P, K, R) and weight (K, D, R); got "
                              f"{tuple(self.low.shape)} and {tuple(self.weight.shape)}")
+        if not (self.low.is_floating_point() and self.weight.is_floating_point()):
+            raise ValueError(f"LowRankDelta: low and weight must be floating point; got {self.low.dtype} and "
+                             f"{self.weight.dtype}")
+
+    def __getattr__(self, name: str):
+        # Only for names the class lacks: a tensor's (dtype, to, stride...) asked of the factors by code that
+        # takes delta as a tensor.
+        if hasattr(torch.Tensor, name):
+            raise AttributeError(f"LowRankDelta has no {name!r}: it is delta as two factors, read only by the scan "
+                                 "backends with low_rank_delta (native); pass it to selective_scan or "
+                                 "selective_scan_ordered, which hand the other backends its dense(), or pass "
+                                 "delta.dense()")
+        raise AttributeError(f"'LowRankDelta' object has no attribute {name!r}")
 
     @property
     def shape(self) -> torch.Size:
@@ -137,7 +152,9 @@ class LowRankDelta:
 
     def dense(self) -> torch.Tensor:
         """(batch, K*D, P) in low's dtype, a channels-first view of a positions-as-rows product: the K projections
-        as one block-diagonal matmul, (batch, P, K*R) @ (K*R, K*D)."""
+        as one block-diagonal matmul, (batch, P, K*R) @ (K*R, K*D). Its zeros carry a non-finite factor of one
+        direction into the others at that position (0 * inf is NaN), where the native kernel keeps it in its own
+        direction; summed over the directions (the model) both give a non-finite output there."""
         weight = self.weight.to(self.low.dtype)  # (autocast casts it so anyway; float64 tests keep float64)
         return torch.matmul(self.low.flatten(2), direction_blocks(weight)).transpose(1, 2)
 
