@@ -193,6 +193,18 @@ def test_no_groups_or_no_directions_are_refused_naming_g(backend):
                                torch.zeros(0, 5, dtype=torch.int64), backend=backend)
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "cpu", "reference"])
+def test_no_states_are_refused_naming_n(backend):
+    # A (D, 0): the shapes fit each other, but the native kernel refused it as 'a bug: please report' and "cpu"
+    # divided by zero; every backend now refuses it alike.
+    u, A, none = torch.randn(1, 4, 6), -torch.rand(4, 0), torch.randn(1, 2, 0, 6)
+    with pytest.raises(ValueError, match="N >= 1 states"):
+        selective_scan(u, torch.rand(1, 4, 6), A, none, none, backend=backend)
+    with pytest.raises(ValueError, match="N >= 1 states"):
+        selective_scan_ordered(u, torch.rand(1, 8, 6), -torch.rand(8, 0), none, none, None, None, True,
+                               torch.stack([torch.arange(6), torch.arange(6).flip(0)]), backend=backend)
+
+
 @pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
 def test_the_merged_map_scan_is_bit_equal_on_1_3_and_7_threads_and_after_fork():
     # 100 channels = 7 blocks of 16: on 3 threads, spans of 2 blocks and a last one of 1 (uneven); the directions

@@ -362,8 +362,8 @@ def check_scan_shapes(u, delta, A, B, C, D=None, delta_bias=None) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be (batch, D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
     batch, dim, length = u.shape
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be (D={dim}, N); got {tuple(A.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim or A.shape[1] < 1:  # no states: the native kernel and "cpu" cannot scan
+        raise ValueError(f"A must be (D={dim}, N) with N >= 1 states; got {tuple(A.shape)}")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
         if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n or t.shape[3] != length:
