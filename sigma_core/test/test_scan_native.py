@@ -339,11 +339,15 @@ def test_a_direct_call_with_delta_that_does_not_fit_is_refused_before_the_kernel
 
 
 @needs_native
-def test_integer_factors_are_refused_and_a_backend_called_directly_with_factors_says_what_to_do():
+def test_integer_factors_or_two_devices_are_refused_and_a_backend_called_directly_with_factors_says_so():
     # dense() casts the weights to low's dtype: integer factors would have cut them to integers, and numba scanned
     # the result without a word.
     with pytest.raises(ValueError, match="must be floating point; got torch.int64"):
         registry.LowRankDelta(torch.ones(1, 30, 2, 4, dtype=torch.int64), torch.randn(2, 10, 4))
+    # A weight left on 'meta' (a model built there, a checkpoint without the key): torch's matmul of a CPU low by it
+    # returns uninitialised CPU memory, which numba scanned.
+    with pytest.raises(ValueError, match="must be on one device; got cpu and meta"):
+        registry.LowRankDelta(torch.ones(1, 30, 2, 4), torch.randn(2, 10, 4, device="meta"))
     # Only the dispatcher hands a backend that does not read factors their dense(); its own function named them not.
     factors = low_rank_factors(1, 2, 10, 4, 30, seed=6)
     inputs = make_inputs(1, 2, 20, 4, 30, seed=6, dtype=torch.float32)

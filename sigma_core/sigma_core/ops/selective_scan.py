@@ -114,7 +114,8 @@ class LowRankDelta:
     (``ScanBackend.low_rank_delta``, the native kernel) forms delta as it scans, R products a step, instead of
     writing a (batch, K*D, P) tensor and reading it back (nano at 480x640: 39 ms of a 0.44 s forward); the
     dispatcher hands every other backend ``dense()``, the same product as one matmul. Raises ValueError where
-    the factors do not fit each other or are not floating point (dense() would cut the weights to integers).
+    the factors do not fit each other, are not floating point (dense() would cut the weights to integers) or are
+    on two devices.
     It is not a tensor: a backend's own function called with one (not through the dispatcher) raises an
     AttributeError saying so.
     """
@@ -130,6 +131,9 @@ class LowRankDelta:
         if not (self.low.is_floating_point() and self.weight.is_floating_point()):
             raise ValueError(f"LowRankDelta: low and weight must be floating point; got {self.low.dtype} and "
                              f"{self.weight.dtype}")
+        if self.low.device != self.weight.device:  # torch multiplies a CPU low by a 'meta' weight into garbage
+            raise ValueError(f"LowRankDelta: low and weight must be on one device; got {self.low.device} and "
+                             f"{self.weight.device}")
 
     def __getattr__(self, name: str):
         # Only for names the class lacks: a tensor's (dtype, to, stride...) asked of the factors by code that
