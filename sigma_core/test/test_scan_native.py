@@ -144,8 +144,11 @@ def test_two_way_order_with_swapped_c_matches_numba(swap_c):
 
 @needs_native
 @pytest.mark.parametrize("batch, groups, per_group", [(3, 2, 20), (1, 3, 80), (1, 3, 100)])
-def test_two_threads_and_several_python_threads_give_the_same_result(batch, groups, per_group):
+@pytest.mark.parametrize("factors", [False, True], ids=["delta", "delta_factors"])
+def test_two_threads_and_several_python_threads_give_the_same_result(batch, groups, per_group, factors):
     inputs = make_inputs(batch, groups, per_group, 4, 70, seed=12, dtype=torch.float32)
+    if factors:  # each job reads its set's factors and forms its channels' delta itself
+        inputs["delta"] = low_rank_factors(batch, groups, per_group, 5, 70, seed=12)
     one = native(inputs, True)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
