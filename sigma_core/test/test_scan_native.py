@@ -357,3 +357,21 @@ def test_integer_factors_or_two_devices_are_refused_and_a_backend_called_directl
     with torch.no_grad(), pytest.raises(AttributeError, match="LowRankDelta has no 'dtype'.*pass it to selective_scan"):
         scan_numba.selective_scan_numba(*(dict(inputs, delta=factors)[k] for k in ARGS), True)
     assert not hasattr(factors, "dtype") and not hasattr(factors, "no_such_name")
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_factor_stays_in_its_direction_in_the_kernel(bad):
+    # The kernel forms each direction's delta from that direction's factors only; dense()'s block-diagonal zeros
+    # would carry NaN into every direction at that position (see LowRankDelta.dense).
+    factors = low_rank_factors(1, 4, 20, 3, 30, seed=8)
+    inputs = make_inputs(1, 4, 20, 16, 30, seed=8, dtype=torch.float32)
+    low = factors.low.clone()
+    low[0, 7, 1, 2] = bad  # direction 1, position 7
+    with torch.no_grad():
+        clean = scan_native.selective_scan_native(*(dict(inputs, delta=factors)[k] for k in ARGS), True)
+        got = scan_native.selective_scan_native(
+            *(dict(inputs, delta=registry.LowRankDelta(low, factors.weight))[k] for k in ARGS), True)
+    others = torch.cat([torch.arange(0, 20), torch.arange(40, 80)])
+    torch.testing.assert_close(got[:, others], clean[:, others], rtol=0, atol=0)
+    assert not torch.isfinite(got[0, 20:40, 7:]).all()

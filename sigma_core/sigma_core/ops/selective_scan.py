@@ -239,10 +239,11 @@ def selective_scan(
     """Grouped selective scan.
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D % G == 0; u, delta, B, C
-    float32, float16 or bfloat16 (float64 for tests); D (skip), delta_bias: (D,). delta may be a LowRankDelta
-    (K = G factors).
+    float32, float16 or bfloat16 (float64 for tests); D (skip), delta_bias: (D,). delta may be a LowRankDelta of
+    any K dividing D (the native kernel reads it in place where K = G, else it is written out).
     Returns y: (batch, D, L) float32 (float64 if u is float64), never in a 16-bit dtype: see the
-    module docstring. Raises RuntimeError if a backend breaks that contract.
+    module docstring. Raises ValueError where the shapes do not fit each other (or N is 0), RuntimeError if a
+    backend breaks that contract.
     """
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(backend, u.device.type)
