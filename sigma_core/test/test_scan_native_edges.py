@@ -127,6 +127,32 @@ def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edg
 
 
 @pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_a_build_with_the_standard_librarys_checks_scans_delta_written_out_and_as_factors(tmp_path):
+    # $CXX may carry options; with -D_GLIBCXX_ASSERTIONS (hardened toolchains) an out-of-range vector index aborts the
+    # process: every scan of a written-out delta took &w_all[0] of the empty factor weights (undefined behaviour).
+    cxx = tmp_path / "checked-c++"
+    cxx.write_text('#!/bin/sh\nexec c++ -D_GLIBCXX_ASSERTIONS "$@"\n')
+    cxx.chmod(0o755)
+    code = """if True:
+        import torch
+        from sigma_core.ops import LowRankDelta, selective_scan, selective_scan_reference
+        g = torch.Generator().manual_seed(0)
+        u, A = torch.randn(1, 40, 30, generator=g), -torch.rand(40, 16, generator=g)
+        B, C = torch.randn(2, 1, 2, 16, 30, generator=g)
+        factors = LowRankDelta(torch.randn(1, 30, 2, 3, generator=g), torch.randn(2, 20, 3, generator=g))
+        for delta in (factors.dense(), factors):
+            with torch.no_grad():
+                got = selective_scan(u, delta, A, B, C, None, None, True, backend='native')
+            want = selective_scan_reference(*(t.double() for t in (u, factors.dense(), A, B, C)), None, None, True)
+            assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+        print('matched')
+    """
+    env = dict(os.environ, CXX=str(cxx), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "matched" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
 def test_tensors_off_the_cpu_go_to_a_backend_of_their_device_not_to_numba(monkeypatch):
     # $SIGMA_SCAN_BACKEND=native with a GPU model. No GPU here: "meta" tensors stand in, served by a stand-in backend
     # (the reference's code, which runs on them); numba, the CPU's next in line, cannot read them.

@@ -416,7 +416,7 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
       const int64_t ch0 = k * a.per + (first_block + i) * W;
       const int width = static_cast<int>(std::min<int64_t>(W, a.per - (first_block + i) * W));
       V* av = &a_all[static_cast<size_t>(i) * n];
-      V* wv = &w_all[static_cast<size_t>(i) * rank];
+      V* wv = w_all.data() + static_cast<size_t>(i) * rank;  // not &w_all[...]: w_all is empty without factors
       bias_all[i] = V{};
       dskip_all[i] = V{};
       for (int s = 0; s < n; ++s) av[s] = V{}, h_all[static_cast<size_t>(i) * n + s] = V{};
@@ -492,7 +492,7 @@ void forward_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
         // Pass 1: the block's inputs, time-major; delta from its factors: dt_rank products per step, where reading
         // a written delta would cost a (channels x positions) tensor through memory twice.
         if (rank) {
-          const V* wv = &w_all[static_cast<size_t>(i) * rank];
+          const V* wv = w_all.data() + static_cast<size_t>(i) * rank;
           for (int t = 0; t < steps; ++t) {
             V dt = wv[0] * dt_low_buf[t];
             for (int r = 1; r < rank; ++r) dt += wv[r] * dt_low_buf[r * CHUNK + t];
