@@ -212,9 +212,9 @@ def inference_threads(requested: int = 0) -> tuple[int, str]:
     where that is fewer) but one, at least one.
 
     Why one fewer: a live node decodes the next pair, runs its ROS executor and DDS beside the model. On our
-    2-core machine the node (bundled nano, 640x480 at 15 Hz) segmented every pair, 15.0 masks/s, with one model
-    thread, and 12.2-12.5 masks/s with two, whose spinning OpenMP threads lost more to those threads than they
-    gained.
+    2-core machine the node (bundled nano, 640x480 at 15 Hz) segmented every pair, 15.0 masks/s at latency p95
+    54-55 ms, with one model thread, and 14.7-14.9 masks/s at p95 125-132 ms with two, whose OpenMP threads
+    lost more to those threads than they gained.
     Raises ValueError naming a bad $OMP_NUM_THREADS, or a ``requested`` that is no integer 0..MAX_THREADS.
     """
     if isinstance(requested, bool) or not isinstance(requested, numbers.Integral) \
