@@ -57,8 +57,12 @@ echo "[test] pytest"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # In CI the tests that need the real ROS 2 tools fail instead of skipping when one is missing (ros_tools.require).
 $ci && export SIGMA_REQUIRE_ROS_TOOLS=1
+# One test process per CPU (pytest-xdist, at most 4; SIGMA_TEST_WORKERS=0 runs them in this one), a test file to a
+# process at a time so that a file's fixtures (a running node, an exported model) are made once. ROS tests keep to
+# their own domain ids (sigma_ros/test/ros_tools.py: private_domain_id).
+workers=(-n "${SIGMA_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile)
 set +e
-python -m pytest "$@"
+python -m pytest "${workers[@]}" "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

@@ -43,6 +43,10 @@ else:
 print(json.dumps({"state": state, "faults": after - before}))
 """
 
+# At most one 96 MB map faulted in the 4 measured frames (glibc's defaults fault all 8): the heap may still grow once
+# that late (seen once in a suite run beside another test process, LD_PRELOAD=libgomp.so.1).
+LATE_GROWTH = 96 * 2**20 // 4096
+
 
 def _run(code: str, *args: str, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
@@ -60,7 +64,7 @@ def test_freed_maps_are_reused_without_page_faults(where):
     assert kept["state"] == "kept for reuse (glibc malloc)"
     pages = 4 * 2 * 96 * 2**20 // 4096  # 4 frames of two 96 MB maps, in 4 KB pages
     assert default["faults"] > pages // 2, default  # glibc mmaps and unmaps each one: the faults come back
-    assert kept["faults"] < pages // 8, kept
+    assert kept["faults"] <= LATE_GROWTH, kept
 
 
 # Which heap a thread allocates from: the NON_MAIN_ARENA bit (4) of a chunk's size word (glibc malloc.c).
@@ -136,7 +140,7 @@ def test_settings_that_leave_glibcs_malloc_in_charge_do_not_turn_reuse_off(setti
         pytest.skip(f"no {value} to preload")
     result = _run(REFILL, "reuse", **{setting: value})
     assert result["state"] == "kept for reuse (glibc malloc)", result
-    assert result["faults"] < 4 * 2 * 96 * 2**20 // 4096 // 8, result
+    assert result["faults"] <= LATE_GROWTH, result
 
 
 def test_the_cpu_segmenter_applies_it_and_says_so():

@@ -6,7 +6,6 @@ import signal
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-os.environ.setdefault("ROS_DOMAIN_ID", "0")
 # One model thread, as tools/test.sh: an in-process node with threads 0 (automatic) sets torch's process-wide count
 # from it, for every later test too (else all CPUs but one).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -14,6 +13,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
+
+# This test process's own ROS domain (a user's ROS_DOMAIN_ID would put the tests among a robot's nodes, and two
+# suites side by side, or pytest -n workers, among each other's): for what runs without a module's own id. A launch
+# test's pytest process (ros_tools.run_launch_test) stays in the domain its parent test holds for it.
+if os.environ.get("SIGMA_LAUNCH_TESTING") != "1":
+    os.environ["ROS_DOMAIN_ID"] = str(private_domain_id())
 
 # shared/ lies beside the checkout (CI has it there too).
 REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sigma"

@@ -7,11 +7,13 @@ a missing package fails the test.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +22,31 @@ from typing import Callable, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Fast DDS takes domain ids 0..232 (its port formula); 0 is every ROS install's default, so tests never use it.
+_DOMAIN_IDS = range(1, 233)
+_DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "sigma_ros_test_domains"
+_held_domains: list = []  # the lock files of this process's domain ids, open (so held) until it exits
+
+
+def private_domain_id() -> int:
+    """A ROS_DOMAIN_ID no other process on this machine holds: tests in parallel (pytest -n, two checkouts' suites)
+    never see each other's nodes, topics or ``ros2`` daemon graph. Held with an flock on a file in the temporary
+    folder until this process exits (the kernel drops it even on a crash). Raises RuntimeError when all are held."""
+    _DOMAIN_LOCKS.mkdir(exist_ok=True)
+    first = os.getpid() % len(_DOMAIN_IDS)  # where to start looking: processes started together try different ids
+    for i in range(len(_DOMAIN_IDS)):
+        domain_id = _DOMAIN_IDS[(first + i) % len(_DOMAIN_IDS)]
+        lock = open(_DOMAIN_LOCKS / f"{domain_id}.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        _held_domains.append(lock)
+        return domain_id
+    raise RuntimeError(f"every ROS domain id {_DOMAIN_IDS.start}..{_DOMAIN_IDS.stop - 1} is held by test processes "
+                       f"on this machine (lock files in {_DOMAIN_LOCKS}): stop some of them")
 
 
 def require(module: str) -> ModuleType:

@@ -1,5 +1,4 @@
 """The roboticist's path: colcon builds the three packages, and the installed node runs from the install space."""
-import os
 import pathlib
 import signal
 import subprocess
@@ -7,7 +6,7 @@ import sys
 import time
 
 import pytest
-from ros_tools import installed_env
+from ros_tools import installed_env, private_domain_id
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_colcon_installs_executables_launch_config_and_the_bundled_model(workspa
 
 def test_installed_node_starts_with_the_bundled_model_and_stops_on_sigint(workspace):
     env = installed_env(workspace)
-    env["ROS_DOMAIN_ID"] = str(60 + os.getpid() % 40)
+    env["ROS_DOMAIN_ID"] = str(private_domain_id())
     node = subprocess.Popen(
         [sys.executable, str(workspace / "sigma_ros" / "lib" / "sigma_ros" / "sigma_node"),
          "--ros-args", "-p", "device:=cpu", "-p", "warmup.size:=[48, 64]"],

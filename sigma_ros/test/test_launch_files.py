@@ -6,16 +6,15 @@ must fail, and say why in the node's own words.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from ros_tools import run_launch_test
+from ros_tools import private_domain_id, run_launch_test
 
 HERE = Path(__file__).resolve().parent / "launch_testing"  # the launch test files
-DOMAIN_ID = 140 + os.getpid() % 10
+DOMAIN_ID = private_domain_id()  # this module's own
 pytestmark = pytest.mark.ros
 
 

@@ -8,6 +8,8 @@ import time
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
+from ros_tools import private_domain_id  # noqa: E402
+
 from sigma_msgs.msg import ClassMap, ClassStat, SegmentationStats  # noqa: E402
 
 PUBLISHER = textwrap.dedent(
@@ -42,7 +44,7 @@ PUBLISHER = textwrap.dedent(
 @pytest.fixture
 def domain_env():
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+    env["ROS_DOMAIN_ID"] = str(private_domain_id())
     os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
     return env
 

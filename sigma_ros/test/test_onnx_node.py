@@ -15,12 +15,13 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 pytest.importorskip("onnxruntime")
 from node_helpers import H, Harness, W, start_node, write_checkpoints  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import BagWriter, open_bag, stamp_ns  # noqa: E402
 from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 
-DOMAIN_ID = 150 + os.getpid() % 30
+DOMAIN_ID = private_domain_id()  # this module's own
 RGB_TOPIC, THERMAL_TOPIC = "/cam/rgb", "/cam/thermal"
 FRAMES = 6
 
@@ -205,7 +206,7 @@ def test_demo_runs_a_depth_onnx_file_without_torch(exported, tmp_path):
     onnx.save(model, str(depth_file))
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=blocking(tmp_path, "torch"), OMP_NUM_THREADS="1",
-               ROS_DOMAIN_ID=str(DOMAIN_ID + 1))
+               ROS_DOMAIN_ID=str(private_domain_id()))
     run = subprocess.run([sys.executable, "-m", "sigma_ros.replay.demo", "--modality", "depth", "--seconds", "2",
                           "--size", "48", "60", "--output", str(out), "--device", "cpu", "--checkpoint",
                           str(depth_file)], env=env, capture_output=True, text=True, timeout=400)

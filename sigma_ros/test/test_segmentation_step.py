@@ -7,7 +7,6 @@ bilinear resizing); every mask must be identical, pixel for pixel.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -106,13 +105,14 @@ def test_step_registers_the_modality_and_reports_coverage_or_the_aspect_ratio(tm
 rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from node_helpers import Harness, start_node, write_checkpoints  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import BagWriter, open_bag, stamp_ns  # noqa: E402
 from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 from sigma_ros.replay.replay_eval import ReplayOptions, replay_bag  # noqa: E402
 
-DOMAIN_ID = 120 + os.getpid() % 30
+DOMAIN_ID = private_domain_id()  # this module's own
 RGB_TOPIC, THERMAL_TOPIC = "/cam/rgb", "/cam/thermal"
 FRAMES = 8
 

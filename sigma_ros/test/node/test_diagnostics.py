@@ -95,10 +95,10 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_helpers import Streams, image, start_node  # noqa: E402
-from ros_tools import require  # noqa: E402
+from ros_tools import private_domain_id, require  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-DOMAIN_ID = 90 + os.getpid() % 30
+DOMAIN_ID = private_domain_id()  # this module's own
 NS = "/g"
 
 

@@ -32,13 +32,14 @@ from node_helpers import (  # noqa: E402
 )
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_msgs.msg import SegmentationStats  # noqa: E402
 
-DOMAIN_ID = 100 + os.getpid() % 40  # private to this module (test_segmentation_node uses 150..209)
+DOMAIN_ID = private_domain_id()  # this module's own
 THERMAL_RANGE = (20000, 40000)  # the /f node's thermal.range: a 16-bit camera's useful band
 
 

@@ -27,7 +27,9 @@ from sigma_core.data.modality import ModalityScaling  # noqa: E402
 from sigma_core.data.registration import Registration  # noqa: E402
 from sigma_msgs.msg import SegmentationStats  # noqa: E402
 
-DOMAIN_ID = 230 + os.getpid() % 3  # private to this module (the others use 1..229)
+from ros_tools import private_domain_id  # noqa: E402
+
+DOMAIN_ID = private_domain_id()  # this module's own
 HM, WM = 40, 40  # the thermal camera: square, another size and aspect than the 64x80 RGB
 K_RGB = [60.0, 0.0, 39.5, 0.0, 60.0, 31.5, 0.0, 0.0, 1.0]
 K_MODAL = [30.0, 0.0, 19.5, 0.0, 30.0, 19.5, 0.0, 0.0, 1.0]

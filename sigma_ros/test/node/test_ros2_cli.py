@@ -7,7 +7,6 @@ ROS_DOMAIN_ID and is stopped at the end.
 """
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -17,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 from node_helpers import CLASSES
-from ros_tools import Launch, installed_env, require, ros2
+from ros_tools import Launch, installed_env, private_domain_id, require, ros2
 
-DOMAIN_ID = 100 + os.getpid() % 20
+DOMAIN_ID = private_domain_id()  # this module's own
 NODE = "/sigma_segmentation"
 pytestmark = pytest.mark.ros
 

@@ -39,7 +39,9 @@ from sigma_msgs.msg import ClassMap, SegmentationStats  # noqa: E402
 from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 from sigma_ros.node.point_cloud import POINT_DTYPE  # noqa: E402
 
-DOMAIN_ID = 150 + os.getpid() % 60  # private to this test module's run
+from ros_tools import private_domain_id  # noqa: E402
+
+DOMAIN_ID = private_domain_id()  # this module's own
 FX, FY, CX, CY = 60.0, 55.0, 39.5, 31.5
 
 

@@ -7,7 +7,6 @@ the reason in the log and on /diagnostics, and the node stays unconfigured.
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import threading
 import time
@@ -22,12 +21,13 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from node_helpers import Streams, image, start_node  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_msgs.msg import ClassMap  # noqa: E402
 
-DOMAIN_ID = 210 + os.getpid() % 20
+DOMAIN_ID = private_domain_id()  # this module's own
 
 
 def _call(harness, srv_type, name, request):

@@ -8,7 +8,6 @@ class map stays reliable and transient local.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from node_helpers import H, W, start_node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from sigma_core.data.bags import stamp_ns  # noqa: E402
@@ -26,7 +26,7 @@ from sigma_core.data.image_encoding import encode_compressed  # noqa: E402
 from sigma_msgs.msg import SegmentationStats  # noqa: E402
 from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 
-DOMAIN_ID = 1 + os.getpid() % 9  # private to this module (Fast DDS takes domain ids up to 232)
+DOMAIN_ID = private_domain_id()  # this module's own
 NS = "/c"
 
 

@@ -16,6 +16,7 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from replay_helpers import synthetic_bag  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -23,7 +24,7 @@ from sigma_core.data.bags import stamp_ns  # noqa: E402
 from sigma_ros.node.image_conversion import image_msg_to_array  # noqa: E402
 from sigma_ros.replay.bag_player import BagPlayer  # noqa: E402
 
-DOMAIN_ID = 10 + os.getpid() % 30  # private to this module (other test modules use other ranges)
+DOMAIN_ID = private_domain_id()  # this module's own
 PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 
 

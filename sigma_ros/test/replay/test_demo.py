@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the pip wheels via tools/env.sh)")
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from replay_helpers import SIZE, tiny_checkpoint  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 
-DOMAIN_ID = 70 + os.getpid() % 30  # private to this module (other test modules use other ranges)
+DOMAIN_ID = private_domain_id()  # this module's own
 
 
 def bundled_model() -> Path | None:
@@ -59,10 +60,11 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert summary["rgb_messages"] == 60 and summary["modal_messages"] == 18 and pairs >= 15
     assert summary["latency_ms"]["count"] == frames and summary["latency_ms"]["p50"] > 0
     assert re.search(r"latency +: p50 [\d.]+ ms, p95 [\d.]+ ms", text)
-    assert summary["fps"] > 0 and f"{summary['fps']:.2f} FPS" in text
+    # The terminal prints 2 decimals of what the JSON keeps 3 of (8.8449 prints 8.84 and is kept as 8.845).
+    assert summary["fps"] > 0 and abs(float(re.search(r"([\d.]+) FPS", text)[1]) - summary["fps"]) <= 0.0051
     metrics = summary["metrics"]
     assert metrics is not None and summary["frames_scored"] == frames
-    assert f"mIoU {100 * metrics['miou']:.1f}%" in text
+    assert abs(float(re.search(r"mIoU ([\d.]+)%", text)[1]) - 100 * metrics["miou"]) <= 0.051
     names = [c["class"] for c in metrics["per_class"]]
     assert all(re.search(rf"^    {re.escape(n)} ", text, re.M) for n in names), "per-class lines"
     if bundled:  # it must segment the synthetic world far above content-blind chance

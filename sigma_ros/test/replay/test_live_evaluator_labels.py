@@ -11,6 +11,7 @@ pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from builtin_interfaces.msg import Time  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -31,7 +32,7 @@ def _image(stamp_s: int, values: np.ndarray, encoding: str) -> Image:
 
 
 def test_labels_with_ids_beyond_the_models_classes_are_counted_not_scored():
-    os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 40)
+    os.environ["ROS_DOMAIN_ID"] = str(private_domain_id())
     rclpy.init()
     try:
         evaluator = ReplayEvaluator(EvaluatorOptions(rgb_topic="/cam/rgb", modal_topic="/cam/thermal",

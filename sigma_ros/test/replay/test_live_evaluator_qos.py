@@ -6,6 +6,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sigma_ros.node.qos import input_qos  # noqa: E402
@@ -14,7 +15,7 @@ from sigma_ros.replay.live_evaluator import EvaluatorOptions, ReplayEvaluator  #
 
 @pytest.mark.parametrize("qos_name, expect_heard", [("sensor_data", True), ("reliable", False)])
 def test_best_effort_camera_is_heard_only_with_sensor_data_qos(qos_name, expect_heard):
-    os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 50)
+    os.environ["ROS_DOMAIN_ID"] = str(private_domain_id())
     rclpy.init()
     try:
         evaluator = ReplayEvaluator(EvaluatorOptions(rgb_topic="/cam/rgb", modal_topic="/cam/thermal",

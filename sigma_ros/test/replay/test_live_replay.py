@@ -23,12 +23,13 @@ rclpy = pytest.importorskip("rclpy", reason="needs rclpy (a sourced ROS 2 or the
 pytest.importorskip("sigma_msgs.msg", reason="needs the built sigma_msgs")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from replay_helpers import SIZE, synthetic_bag, tiny_checkpoint  # noqa: E402
+from ros_tools import private_domain_id  # noqa: E402
 
 from sigma_core.engine.metrics import compute_metrics  # noqa: E402
 from sigma_ros.replay.live_evaluator import EvaluatorOptions, ReplayEvaluator  # noqa: E402
 from sigma_ros.replay.replay_eval import ReplayOptions, replay_bag  # noqa: E402
 
-DOMAIN_ID = 40 + os.getpid() % 30  # private to this module (other test modules use other ranges)
+DOMAIN_ID = private_domain_id()  # this module's own
 PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_images.xml"
 
 

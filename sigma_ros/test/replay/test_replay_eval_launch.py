@@ -1,14 +1,13 @@
 """replay_eval.launch.py under launch_testing (sigma_ros/test/launch_testing/replay_eval_launch_test.py), against
 the colcon install: a 2-second synthetic bag replayed at twice its speed through the node into a scored report."""
-import os
 from pathlib import Path
 
 import pytest
 from replay_helpers import synthetic_bag, tiny_checkpoint
-from ros_tools import run_launch_test
+from ros_tools import private_domain_id, run_launch_test
 
 LAUNCH_TEST = Path(__file__).resolve().parents[1] / "launch_testing" / "replay_eval_launch_test.py"
-DOMAIN_ID = 130 + os.getpid() % 10
+DOMAIN_ID = private_domain_id()  # this module's own
 pytestmark = pytest.mark.ros
 
 
