@@ -1,7 +1,8 @@
 """The native selective-scan kernel (``ops/scan_native.cpp``) as a library: built with the system's C++
 compiler, cached, loaded with ctypes and called on raw pointers. Imports no torch (hence outside
 ``sigma_core.ops``, whose package does): the torch backend (``ops.scan_native``) and the ONNX Runtime path of a
-deployment without torch (``sigma_core.onnx_scan_ops``) both call it through :func:`run_forward`.
+deployment without torch (``sigma_core.onnx_scan_ops``) both call it through :func:`run_forward`. The same library
+holds the decoder's 2x bilinear upsampling (:func:`run_upsample2x`, for ``ops.upsample``).
 
 Build. ``c++`` (or $CXX) ``-O2 -march=native`` into ``cache_dir()`` (the user's cache, beside numba's kernels),
 named by a hash of the source, the compiler's version, the flags and the CPU's features: a new CPU, compiler
@@ -30,7 +31,7 @@ from typing import Optional, Sequence
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "ops" / "scan_native.cpp"
-ABI_VERSION = 2  # sigma_scan_abi_version() of a library this module can call
+ABI_VERSION = 3  # sigma_scan_abi_version() of a library this module can call
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-pthread")
 HOST_FLAGS = ("-march=native",)  # dropped (portable code, 4-8x slower) where the compiler does not take it
 KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}  # SigmaScanArgs.kind for each element type
@@ -128,6 +129,8 @@ def _open(path: Path) -> ctypes.CDLL:
         raise
     lib.sigma_scan_forward.argtypes = [ctypes.POINTER(_Args)]
     lib.sigma_scan_forward.restype = ctypes.c_int
+    lib.sigma_upsample2x.argtypes = [ctypes.POINTER(_UpsampleArgs)]
+    lib.sigma_upsample2x.restype = ctypes.c_int
     return lib
 
 
@@ -205,6 +208,16 @@ class _Args(ctypes.Structure):
     ]
 
 
+class _UpsampleArgs(ctypes.Structure):
+    """SigmaUpsampleArgs of scan_native.cpp, field for field."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p), ("x_stride", ctypes.c_int64 * 4), ("out", ctypes.c_void_p),
+        ("batch", ctypes.c_int64), ("height", ctypes.c_int64), ("width", ctypes.c_int64),
+        ("channels", ctypes.c_int64), ("kind", ctypes.c_int32), ("threads", ctypes.c_int32),
+    ]
+
+
 Strided = tuple[int, Sequence[int]]  # (address, strides in elements)
 _LIBRARY: list = []  # [the loaded library] once loaded, [the BackendUnavailable] once failed
 _LOADING = threading.Lock()  # sessions made at once on two threads each built and loaded the library
@@ -263,3 +276,19 @@ def run_forward(lib: ctypes.CDLL, *, u: Strided, delta: Strided, A: int, B: Stri
     if status != 0:
         raise RuntimeError("native selective scan failed: " +
                            ("invalid arguments (a bug: please report)" if status == 1 else "out of memory"))
+
+
+def run_upsample2x(lib: ctypes.CDLL, *, x: Strided, out: int, batch: int, height: int, width: int, channels: int,
+                   kind: int, threads: int) -> None:
+    """One call of ``lib``'s sigma_upsample2x (see scan_native.cpp), writing ``out``: x (batch, height, width,
+    channels) of float32 or bfloat16 (``kind``), (address, strides in elements) with channel stride 1, bilinearly
+    upsampled 2x (align_corners=False) into out (batch, 2 height, 2 width, channels) contiguous, of x's kind.
+    Raises ValueError for arguments the kernel refuses, RuntimeError where memory ran out."""
+    args = _UpsampleArgs(x=x[0], x_stride=tuple(x[1]), out=out, batch=batch, height=height, width=width,
+                         channels=channels, kind=kind, threads=max(1, threads))
+    status = lib.sigma_upsample2x(ctypes.byref(args))
+    if status == 1:
+        raise ValueError(f"native 2x upsampling takes float32 or bfloat16 maps of at least 1x1x1 with channel stride 1,"
+                         f" got {batch}x{height}x{width}x{channels}, strides {tuple(x[1])}, kind {kind}")
+    if status != 0:
+        raise RuntimeError("native 2x upsampling failed: out of memory")

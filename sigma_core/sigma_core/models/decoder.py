@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.upsample import upsample2x_channels_last
 from ..tracing import being_traced
 from .vmamba import SS2D, DropPath, LayerNorm
 
@@ -18,11 +19,6 @@ def resize_channels_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if not being_traced() and tuple(x.shape[1:3]) == tuple(size):
         return x  # (traced for export the resize stays: sizes are symbols there, and equal sizes resize exactly)
     return F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-
-
-def upsample2_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2 (align_corners False) of a (B, H, W, C) map."""
-    return resize_channels_last(x, (2 * x.shape[1], 2 * x.shape[2]))
 
 
 class PatchExpand(nn.Module):
@@ -99,7 +95,7 @@ class UpsampleHalve(nn.Module):
         self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(upsample2_channels_last(self.linear(x)))
+        return self.norm(upsample2x_channels_last(self.linear(x)))
 
 
 class DecoderStage(nn.Module):
@@ -127,8 +123,8 @@ class FinalUpsample(nn.Module):
         self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = upsample2_channels_last(self.linear1(x))
-        x = upsample2_channels_last(self.linear2(x))
+        x = upsample2x_channels_last(self.linear1(x))
+        x = upsample2x_channels_last(self.linear2(x))
         return self.norm(x)
 
 

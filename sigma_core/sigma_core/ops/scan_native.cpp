@@ -1,5 +1,6 @@
 // The selective-scan forward as a small native kernel (C ABI), built and loaded with ctypes by native_kernel.py
-// for the torch backend (ops/scan_native.py) and the ONNX Runtime custom ops (onnx_scan_ops.py).
+// for the torch backend (ops/scan_native.py) and the ONNX Runtime custom ops (onnx_scan_ops.py); and, sharing its
+// threads, the decoder's 2x bilinear upsampling of channels-last maps (ops/upsample.py; at the end of this file).
 //
 // Same jobs, chunks and passes as the numba forward (scan_numba.py, `_forward_job`): a job is one (batch row,
 // block of 16 channels) and all its scan sets, or one set where the sets are independent; time runs in chunks
@@ -167,7 +168,7 @@ struct SigmaScanArgs {
   int64_t dt_rank;
 };
 
-int sigma_scan_abi_version(void) { return 2; }
+int sigma_scan_abi_version(void) { return 3; }
 
 }  // extern "C"
 
@@ -600,33 +601,24 @@ void run_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
   }
 }
 
-// Takes jobs from `next` until none is left; an exception (memory) sets `failed` instead of leaving the thread.
-void run_jobs(const SigmaScanArgs& a, const Jobs& jobs, std::atomic<int64_t>& next, std::atomic<bool>& failed) {
-  try {
-    for (int64_t job = next++; job < jobs.count; job = next++) {
-      switch (a.kind) {
-        case BF16: run_job<BF16>(a, jobs, job); break;
-        case F16: run_job<F16>(a, jobs, job); break;
-        default: run_job<F32>(a, jobs, job); break;
-      }
+// Runs work(i) for every i in [0, count) on up to `threads` threads: the calling one and threads - 1 others, which
+// take items in turn from a shared counter. Returns false if an item threw (memory).
+template <typename Work>
+struct Shared {
+  Work& work;
+  int64_t count;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+
+  void run() {
+    try {
+      for (int64_t i = next++; i < count; i = next++) work(i);
+    } catch (const std::exception&) {
+      failed = true;
     }
-  } catch (const std::exception&) {
-    failed = true;
   }
-}
-
-// One OpenMP team member's share: jobs from the shared counter, as a started thread takes them.
-struct TeamCall {
-  const SigmaScanArgs& a;
-  const Jobs& jobs;
-  std::atomic<int64_t>& next;
-  std::atomic<bool>& failed;
+  static void team_member(void* self) { static_cast<Shared*>(self)->run(); }
 };
-
-void run_team_member(void* data) {
-  auto* call = static_cast<TeamCall*>(data);
-  run_jobs(call->a, call->jobs, call->next, call->failed);
-}
 
 }  // namespace
 
@@ -634,45 +626,190 @@ void run_team_member(void* data) {
 // OpenMP runtime is already loaded there (torch's, for the torch backend), else null: no link flag, no runtime
 // of our own. Why: after each of torch's parallel ops its OpenMP worker spins for a while on the other core; a
 // thread started here then shares that core with the spinner (nano, 2 threads: a stage-3 scan right after an
-// elementwise op took 11 ms against 7.5 ms alone). Run on torch's own team, the scan's jobs start at once and
-// no third thread competes for 2 cores. Same jobs either way, so the output is bit-equal.
+// elementwise op took 11 ms against 7.5 ms alone). Run on torch's own team, the items start at once and
+// no third thread competes for 2 cores. Same items either way, so the output is bit-equal.
 extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags)
     __attribute__((weak));
 // libgomp's team does not survive fork (a forked child waits forever on the parent's threads): in a child,
 // threads are started here as before.
 const pid_t loaded_in_process = getpid();
 
+namespace {
+
+template <typename Work>
+bool in_parallel(int64_t count, int64_t threads, Work&& work) {
+  Shared<Work> shared{work, count};
+  const int64_t team = std::min<int64_t>(threads, count);
+  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {  // torch's threads, already awake
+    GOMP_parallel(Shared<Work>::team_member, &shared, static_cast<unsigned>(team), 0);
+    return !shared.failed;
+  }
+  std::vector<std::thread> workers;
+  for (int64_t i = 0; i + 1 < team; ++i) {
+    try {  // fewer threads than asked (none could start) still run every item
+      workers.emplace_back([&shared] { shared.run(); });
+    } catch (const std::exception&) {
+      break;
+    }
+  }
+  shared.run();
+  for (auto& w : workers) w.join();
+  return !shared.failed;
+}
+
+}  // namespace
+
 extern "C" {
 
-// Runs the forward on a.threads threads (the calling one and a.threads - 1 others, which take jobs in turn): an
-// OpenMP team of the process's runtime where one is loaded, else threads started here. Returns 0, or 1 on an
-// invalid argument, 2 if memory ran out (out is then incomplete).
+// Runs the forward on a.threads threads (see in_parallel). Returns 0, or 1 on an invalid argument, 2 if memory ran
+// out (out is then incomplete).
 int sigma_scan_forward(const SigmaScanArgs* args) {
   const SigmaScanArgs& a = *args;
   if (a.sets <= 0 || a.order_rows <= 0 || a.per <= 0 || a.n_state <= 0 || a.kind < 0 || a.kind > 2) return 1;
   if (a.dt_low && (a.dt_rank <= 0 || a.dt_rank > INT_MAX / CHUNK || !a.dt_weight)) return 1;
   const Jobs jobs = job_layout(a);
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> failed{false};
-  const int64_t team = std::min<int64_t>(a.threads, jobs.count);
-  // torch's OpenMP threads, already awake (see GOMP_parallel above)
-  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {
-    TeamCall call{a, jobs, next, failed};
-    GOMP_parallel(run_team_member, &call, static_cast<unsigned>(team), 0);
-    return failed ? 2 : 0;
+  auto job = [&](int64_t j) {
+    switch (a.kind) {
+      case BF16: return run_job<BF16>(a, jobs, j);
+      case F16: return run_job<F16>(a, jobs, j);
+      default: return run_job<F32>(a, jobs, j);
+    }
+  };
+  return in_parallel(jobs.count, a.threads, job) ? 0 : 2;
+}
+
+// ---- 2x bilinear upsampling of a channels-last map (the decoder's UpsampleHalve and FinalUpsample) ----
+//
+// torch's channels-last bilinear kernel (torch 2.13) splits its work by batch row only, so a batch of 1 runs on one
+// thread: at 480x640 its four calls were 2 % of nano's forward on one thread and 4 % on two. Here the output rows
+// are split over the threads. F.interpolate's arithmetic (scale 2, align_corners=False): source index
+// max(0, (o + 0.5) / 2 - 0.5) per axis, weights 1 - l and l, the four products summed in float32; bfloat16
+// widened and rounded once, bit-equal to torch; float32 within an ulp of it (torch's compiler fuses some
+// products into its sums).
+
+// x: (batch, height, width, channels) of the kind, element strides x_stride, channel stride 1; out: (batch,
+// 2 height, 2 width, channels) contiguous, of the same kind (float32 or bfloat16).
+struct SigmaUpsampleArgs {
+  const void* x;
+  int64_t x_stride[4];
+  void* out;
+  int64_t batch, height, width, channels;
+  int32_t kind, threads;
+};
+
+}  // extern "C"
+
+namespace {
+
+// Source rows (or columns) and weights of output index o along an axis of n inputs upsampled 2x.
+struct Taps {
+  int64_t i0, i1;
+  float l0, l1;
+};
+
+inline Taps taps(int64_t o, int64_t n) {
+  const float src = std::max(0.0f, (static_cast<float>(o) + 0.5f) * 0.5f - 0.5f);
+  Taps t;
+  t.i0 = static_cast<int64_t>(src);
+  t.i1 = t.i0 + (t.i0 < n - 1 ? 1 : 0);
+  t.l1 = src - static_cast<float>(t.i0);
+  t.l0 = 1.0f - t.l1;
+  return t;
+}
+
+// 16 elements of the kind, widened to float32.
+template <int KIND>
+inline V load_lanes(const void* p) {
+  V v;
+  if (KIND == F32) {
+    std::memcpy(&v, p, sizeof v);
+  } else {  // bfloat16: the upper half of a float32
+#ifdef __AVX512F__
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+    return vec(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+#endif
+    const uint16_t* h = static_cast<const uint16_t*>(p);
+    uint32_t bits[W];
+    for (int i = 0; i < W; ++i) bits[i] = static_cast<uint32_t>(h[i]) << 16;
+    std::memcpy(&v, bits, sizeof v);
   }
-  const int64_t extra = std::max<int64_t>(0, team - 1);
-  std::vector<std::thread> workers;
-  for (int64_t i = 0; i < extra; ++i) {
-    try {  // fewer threads than asked (none could start) still run every job
-      workers.emplace_back(run_jobs, std::cref(a), std::cref(jobs), std::ref(next), std::ref(failed));
-    } catch (const std::exception&) {
-      break;
+  return v;
+}
+
+// 16 float32 lanes stored as the kind: bfloat16 rounded to nearest even, a NaN kept a (quiet) NaN.
+template <int KIND>
+inline void store_lanes(void* p, V v) {
+  if (KIND == F32) {
+    std::memcpy(p, &v, sizeof v);
+    return;
+  }
+#ifdef __AVX512F__
+  const __m512i b = _mm512_castps_si512(m512(v));
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                 _mm512_set1_epi32(0x7F800000));
+  _mm256_storeu_si256(static_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet)));
+  return;
+#endif
+  uint32_t bits[W];
+  std::memcpy(bits, &v, sizeof bits);
+  uint16_t* h = static_cast<uint16_t*>(p);
+  for (int i = 0; i < W; ++i) {
+    const uint32_t b = bits[i];
+    const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16, quiet = (b >> 16) | 0x40u;
+    h[i] = static_cast<uint16_t>((b & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded);
+  }
+}
+
+// One output row (batch row b, output row oh) of the kind.
+template <int KIND>
+void upsample_row(const SigmaUpsampleArgs& a, int64_t item) {
+  using Item = typename std::conditional<KIND == F32, float, uint16_t>::type;
+  const int64_t b = item / (2 * a.height), oh = item % (2 * a.height);
+  const Taps h = taps(oh, a.height);
+  const int64_t* xs = a.x_stride;
+  const Item* x = static_cast<const Item*>(a.x) + b * xs[0];
+  const Item* row0 = x + h.i0 * xs[1];
+  const Item* row1 = x + h.i1 * xs[1];
+  Item* out = static_cast<Item*>(a.out) + item * 2 * a.width * a.channels;
+  for (int64_t ow = 0; ow < 2 * a.width; ++ow, out += a.channels) {
+    const Taps w = taps(ow, a.width);
+    const Item* p00 = row0 + w.i0 * xs[2];
+    const Item* p01 = row0 + w.i1 * xs[2];
+    const Item* p10 = row1 + w.i0 * xs[2];
+    const Item* p11 = row1 + w.i1 * xs[2];
+    const float w00 = h.l0 * w.l0, w01 = h.l0 * w.l1, w10 = h.l1 * w.l0, w11 = h.l1 * w.l1;
+    auto blend = [&](const Item* q00, const Item* q01, const Item* q10, const Item* q11) {
+      return load_lanes<KIND>(q00) * w00 + (load_lanes<KIND>(q01) * w01 + (load_lanes<KIND>(q10) * w10 +
+                                                                          load_lanes<KIND>(q11) * w11));
+    };
+    if (a.channels < W) {  // fewer channels than lanes: through zero-padded copies
+      Item q[4][W] = {}, y[W];
+      for (int64_t c = 0; c < a.channels; ++c) q[0][c] = p00[c], q[1][c] = p01[c], q[2][c] = p10[c], q[3][c] = p11[c];
+      store_lanes<KIND>(y, blend(q[0], q[1], q[2], q[3]));
+      std::copy(y, y + a.channels, out);
+      continue;
+    }
+    for (int64_t c = 0; c < a.channels; c += W) {
+      c = std::min(c, a.channels - W);  // the last, partial block overlaps the one before (same values again)
+      store_lanes<KIND>(out + c, blend(p00 + c, p01 + c, p10 + c, p11 + c));
     }
   }
-  run_jobs(a, jobs, next, failed);
-  for (auto& w : workers) w.join();
-  return failed ? 2 : 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Returns 0, or 1 on invalid arguments (a size below 1, a channel stride other than 1, float16).
+int sigma_upsample2x(const SigmaUpsampleArgs* args) {
+  const SigmaUpsampleArgs& a = *args;
+  if (a.batch < 1 || a.height < 1 || a.width < 1 || a.channels < 1 || a.x_stride[3] != 1) return 1;
+  if (a.kind != F32 && a.kind != BF16) return 1;
+  auto row = [&](int64_t item) { return a.kind == F32 ? upsample_row<F32>(a, item) : upsample_row<BF16>(a, item); };
+  return in_parallel(a.batch * 2 * a.height, a.threads, row) ? 0 : 2;
 }
 
 }  // extern "C"
