@@ -102,8 +102,13 @@ class TestSigmaLaunch(unittest.TestCase):
         command = " ".join(action.process_details["cmd"])
         for remap in REMAPS:
             self.assertIn(f"-r {remap}", command)
-        # ... and the image ones in the graph, under the namespace
-        subscribed = dict(self.node.get_subscriber_names_and_types_by_node("sigma_segmentation", NS))
+        # ... and the image ones in the graph, under the namespace (as discovery reports them: the parameter service
+        # can answer before this process has heard of every subscription, seen with the suite on 2 busy cores)
+        def subscribed_topics():
+            return dict(self.node.get_subscriber_names_and_types_by_node("sigma_segmentation", NS))
+
+        self._spin_until(lambda: {"/cam/rgb", "/cam/thermal"} <= set(subscribed_topics()), 30)
+        subscribed = subscribed_topics()
         self.assertEqual(subscribed.get("/cam/rgb"), ["sensor_msgs/msg/Image"], subscribed)
         self.assertEqual(subscribed.get("/cam/thermal"), ["sensor_msgs/msg/Image"], subscribed)
 
