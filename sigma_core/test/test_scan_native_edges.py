@@ -366,3 +366,18 @@ def test_without_d_an_infinite_input_gives_the_references_infinity_not_nan(dtype
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
     finite = want.isfinite()
     assert_relative(got[finite], want[finite], 1e-5, "finite y")
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="the native scan does not build here")
+def test_tensors_native_code_may_not_read_in_place_never_reach_the_native_scan():
+    # A negated view was scanned unnegated and a forward-mode tangent silently dropped (ops.native_memory): they go
+    # to numba, which refuses both in words.
+    import torch.autograd.forward_ad as forward_ad
+
+    inputs = make_inputs(1, 1, 8, 4, 20, seed=5, dtype=torch.float32)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")]
+    with torch.no_grad(), pytest.raises(RuntimeError, match="negative bit"):
+        selective_scan(torch._neg_view(-args[0]), *args[1:], delta_softplus=True, backend="native")
+    with forward_ad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        selective_scan(forward_ad.make_dual(args[0], torch.ones_like(args[0])), *args[1:], delta_softplus=True,
+                       backend="native")

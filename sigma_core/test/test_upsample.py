@@ -52,7 +52,7 @@ def test_float32_matches_torch_within_an_ulp_and_the_float64_map(shape):
 
 @needs_native
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_bfloat16_is_bit_equal_to_torch(shape):
+def test_bfloat16_is_bit_equal_to_torch_on_ordinary_maps(shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).bfloat16()
     with torch.no_grad():
         got = upsample2x_channels_last(x)
@@ -122,3 +122,36 @@ def test_the_kernel_refuses_what_it_cannot_read_in_one_line():
     with pytest.raises(ValueError, match="channel stride 1"):
         native_kernel.run_upsample2x(native_kernel.library(), x=(x.data_ptr(), (128, 32, 8, 2)), out=out.data_ptr(),
                                      batch=1, height=4, width=4, channels=8, kind=0, threads=1)
+
+
+def test_tensors_native_code_may_not_read_in_place_take_torchs_kernel():
+    # Each of these crashed the process (meta default device, fake and zero tensors: no memory behind data_ptr()),
+    # or gave a silently wrong result (a negated view read unnegated, a recorded graph holding only the empty
+    # output, a forward-mode tangent dropped) when they reached the native kernel.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(1, 5, 6, 32)
+    with torch.no_grad():
+        with torch.device("meta"):
+            assert upsample2x_channels_last(x).device.type == "cpu"
+        with FakeTensorMode() as fake:
+            assert upsample2x_channels_last(fake.from_tensor(x)).shape == (1, 10, 12, 32)
+        assert upsample2x_channels_last(torch._efficientzerotensor((1, 5, 6, 32))).abs().max() == 0
+        negated = torch._neg_view(x)
+        assert not upsample._native_runs(negated)
+        torch.testing.assert_close(upsample2x_channels_last(negated), -torch_upsample(x), rtol=0, atol=0)
+    graph = make_fx(lambda t: upsample2x_channels_last(t) * 2)(x)
+    recorded = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert "aten.upsample_bilinear2d.default" in recorded, recorded
+    torch.testing.assert_close(graph(x), 2 * torch_upsample(x), rtol=0, atol=0)
+    tangent = torch.randn_like(x)
+    _, jvp = torch.func.jvp(upsample2x_channels_last, (x,), (tangent,))
+    torch.testing.assert_close(jvp, torch_upsample(tangent), rtol=0, atol=0)
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():
+        y = upsample2x_channels_last(forward_ad.make_dual(x, tangent))
+        torch.testing.assert_close(forward_ad.unpack_dual(y).tangent, torch_upsample(tangent), rtol=0, atol=0)
+    batched = torch.func.vmap(upsample2x_channels_last)(torch.stack([x, 2 * x]))
+    torch.testing.assert_close(batched[1], 2 * torch_upsample(x), rtol=0, atol=0)

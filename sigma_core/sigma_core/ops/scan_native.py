@@ -21,6 +21,7 @@ from typing import Optional, Union
 import torch
 
 from ..native_kernel import KINDS, BackendUnavailable, library, run_forward
+from .native_memory import readable_in_place
 from .selective_scan import (
     LowRankDelta,
     available_backends,
@@ -61,7 +62,7 @@ def _native_can_run(u, delta, B, C, D, delta_bias, A) -> bool:
     low_rank = isinstance(delta, LowRankDelta)
     tensors = (u, delta.low if low_rank else delta, B, C)  # the inputs read in u's kind
     params = [t for t in (A, D, delta_bias, delta.weight if low_rank else None) if t is not None]  # read as float32
-    if any(t.device.type != "cpu" for t in (*tensors, *params)):
+    if not readable_in_place(*tensors, *params):  # on the CPU, plain, nothing recording (see native_memory)
         return False
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1 or not dtypes <= set(_KINDS):  # float64 or mixed: numba handles them

@@ -1,0 +1,34 @@
+"""Whether native code may read tensors' memory as it is: the check both native kernels (scan, upsampling) share.
+
+Those kernels take ``data_ptr()`` and the strides and write an output torch allocated, out of torch's sight: no
+dispatch, no autograd. That is right only for plain CPU tensors whose memory holds their values (not a meta or
+fake tensor, a zero tensor without storage, a lazily negated or conjugated view, a functorch wrapper, a tensor
+carrying a forward-mode tangent), and while nothing records or transforms the ops (``make_fx``, a
+TorchDispatchMode or TorchFunctionMode such as ``with torch.device("meta")``): a recorder would see only the empty
+output, a tangent would be dropped, a meta "pointer" would crash the process. Elsewhere the caller takes torch's
+own path.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)  # no subclass with a dispatch of its own (FakeTensor, ...)
+
+
+def readable_in_place(*tensors: Optional[torch.Tensor]) -> bool:
+    """True where native code may read every one of ``tensors`` (None entries skipped) through its data pointer."""
+    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
+        return False
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) not in _PLAIN_TYPES or t.device.type != "cpu" or t.layout != torch.strided:
+            return False
+        if t.is_neg() or t.is_conj() or t._is_zerotensor() or torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return False
+        if forward_ad.unpack_dual(t).tangent is not None:
+            return False
+    return True
