@@ -131,6 +131,8 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.sigma_scan_forward.restype = ctypes.c_int
     lib.sigma_upsample2x.argtypes = [ctypes.POINTER(_UpsampleArgs)]
     lib.sigma_upsample2x.restype = ctypes.c_int
+    if _FORKED:  # loaded first in a forked child: the parent's OpenMP team is not there to run on
+        lib.sigma_forked_child()
     return lib
 
 
@@ -219,6 +221,15 @@ class _UpsampleArgs(ctypes.Structure):
 
 
 Strided = tuple[int, Sequence[int]]  # (address, strides in elements)
+_FORKED = False  # set in a child forked after this module was imported (see _open)
+
+
+def _note_fork() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
 _LIBRARY: list = []  # [the loaded library] once loaded, [the BackendUnavailable] once failed
 _LOADING = threading.Lock()  # sessions made at once on two threads each built and loaded the library
 

@@ -631,8 +631,12 @@ struct Shared {
 extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags)
     __attribute__((weak));
 // libgomp's team does not survive fork (a forked child waits forever on the parent's threads): in a child,
-// threads are started here as before.
+// threads are started here as before. A child knows it is one by its pid where this library was loaded before the
+// fork, else by sigma_forked_child(), which native_kernel.py calls when the library is first loaded in a child.
 const pid_t loaded_in_process = getpid();
+std::atomic<bool> in_forked_child{false};
+
+extern "C" void sigma_forked_child(void) { in_forked_child = true; }
 
 namespace {
 
@@ -640,7 +644,8 @@ template <typename Work>
 bool in_parallel(int64_t count, int64_t threads, Work&& work) {
   Shared<Work> shared{work, count};
   const int64_t team = std::min<int64_t>(threads, count);
-  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process) {  // torch's threads, already awake
+  if (team > 1 && GOMP_parallel != nullptr && getpid() == loaded_in_process && !in_forked_child) {
+    // torch's threads, already awake
     GOMP_parallel(Shared<Work>::team_member, &shared, static_cast<unsigned>(team), 0);
     return !shared.failed;
   }
