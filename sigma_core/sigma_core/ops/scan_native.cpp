@@ -601,8 +601,8 @@ void run_job(const SigmaScanArgs& a, const Jobs& jobs, int64_t job) {
   }
 }
 
-// Runs work(i) for every i in [0, count) on up to `threads` threads: the calling one and threads - 1 others, which
-// take items in turn from a shared counter. Returns false if an item threw (memory).
+// One in_parallel call's work and counter, shared by its threads; an item that throws (memory) sets `failed`
+// instead of leaving the thread.
 template <typename Work>
 struct Shared {
   Work& work;
@@ -640,6 +640,8 @@ extern "C" void sigma_forked_child(void) { in_forked_child = true; }
 
 namespace {
 
+// Runs work(i) for every i in [0, count) on up to `threads` threads: the calling one and threads - 1 others, which
+// take items in turn from a shared counter. Returns false if an item threw.
 template <typename Work>
 bool in_parallel(int64_t count, int64_t threads, Work&& work) {
   Shared<Work> shared{work, count};
@@ -688,9 +690,9 @@ int sigma_scan_forward(const SigmaScanArgs* args) {
 // torch's channels-last bilinear kernel (torch 2.13) splits its work by batch row only, so a batch of 1 runs on one
 // thread: at 480x640 its four calls were 2 % of nano's forward on one thread and 4 % on two. Here the output rows
 // are split over the threads. F.interpolate's arithmetic (scale 2, align_corners=False): source index
-// max(0, (o + 0.5) / 2 - 0.5) per axis, weights 1 - l and l, the four products summed in float32; bfloat16
-// widened and rounded once, bit-equal to torch; float32 within an ulp of it (torch's compiler fuses some
-// products into its sums).
+// max(0, (o + 0.5) / 2 - 0.5) per axis, weights 1 - l and l, the four products summed in float32 in the order of
+// torch's vector blocks; bfloat16 widened and rounded once, bit-equal to torch on ordinary maps (not where the four
+// neighbours differ in magnitude by 2**15 or more, past torch's last full vector block); float32 within an ulp.
 
 // x: (batch, height, width, channels) of the kind, element strides x_stride, channel stride 1; out: (batch,
 // 2 height, 2 width, channels) contiguous, of the same kind (float32 or bfloat16).
