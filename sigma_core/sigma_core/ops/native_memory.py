@@ -16,18 +16,22 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)  # no subclass with a dispatch of its own (FakeTensor, ...)
+# torch's private mode-stack counters (torch 2.x); a torch without one has no such modes to detect
+_DISPATCH_MODES = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+_FUNCTION_MODES = getattr(torch._C, "_len_torch_function_stack", lambda: 0)
+_FUNCTORCH = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda t: False)
 
 
 def readable_in_place(*tensors: Optional[torch.Tensor]) -> bool:
     """True where native code may read every one of ``tensors`` (None entries skipped) through its data pointer."""
-    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
+    if _DISPATCH_MODES() > 0 or _FUNCTION_MODES() > 0:
         return False
     for t in tensors:
         if t is None:
             continue
         if type(t) not in _PLAIN_TYPES or t.device.type != "cpu" or t.layout != torch.strided:
             return False
-        if t.is_neg() or t.is_conj() or t._is_zerotensor() or torch._C._functorch.is_functorch_wrapped_tensor(t):
+        if t.is_neg() or t.is_conj() or t._is_zerotensor() or _FUNCTORCH(t):
             return False
         if forward_ad.unpack_dual(t).tangent is not None:
             return False
