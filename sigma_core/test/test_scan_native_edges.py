@@ -91,7 +91,8 @@ def test_a_compiler_whose_output_does_not_load_leaves_numba_with_one_line_naming
 
 
 def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edges(tmp_path):
-    # A compiler without -march=native: the portable build (its own 2**x, no AVX-512) is what such users run.
+    # A compiler without -march=native: the portable build (its own 2**x, no AVX-512) is what such users run;
+    # the scan and the upsampling.
     cxx = tmp_path / "no-march-c++"
     cxx.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && echo "error: bad option $a" >&2 && exit 1;'
                    ' done\nexec c++ "$@"\n')
@@ -115,6 +116,16 @@ def test_the_portable_build_says_so_and_matches_the_float64_reference_at_the_edg
             assert torch.equal(finite, got.isfinite()), dtype
             err = ((got - want).abs()[finite].max() / want.abs()[finite].max()).item()
             assert err < 1e-5, (dtype, err)
+        import torch.nn.functional as F
+        from sigma_core.ops import upsample
+        for dtype in (torch.float32, torch.bfloat16):  # the upsampling's portable loads, stores and rounding
+            x = torch.randn(2, 5, 7, 37, generator=g).to(dtype)
+            assert upsample._native_runs(x)
+            with torch.no_grad():
+                got = upsample.upsample2x_channels_last(x)
+            want = F.interpolate(x.permute(0, 3, 1, 2), size=(10, 14), mode='bilinear').permute(0, 2, 3, 1)
+            tolerance = 0 if dtype == torch.bfloat16 else 2.4e-7
+            torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
         print('matched')
     """
     env = dict(os.environ, CXX=str(cxx), SIGMA_NATIVE_CACHE_DIR=str(tmp_path / "native"), OMP_NUM_THREADS="1")
