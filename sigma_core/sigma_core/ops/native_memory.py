@@ -22,9 +22,15 @@ _FUNCTION_MODES = getattr(torch._C, "_len_torch_function_stack", lambda: 0)
 _FUNCTORCH = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda t: False)
 
 
+def nothing_recording() -> bool:
+    """True while no TorchDispatchMode or TorchFunctionMode is active (``make_fx``, FakeTensorMode,
+    ``with torch.device(...)``): the ops run as they are called, and nothing observes or rewrites them."""
+    return _DISPATCH_MODES() == 0 and _FUNCTION_MODES() == 0
+
+
 def readable_in_place(*tensors: Optional[torch.Tensor]) -> bool:
     """True where native code may read every one of ``tensors`` (None entries skipped) through its data pointer."""
-    if _DISPATCH_MODES() > 0 or _FUNCTION_MODES() > 0:
+    if not nothing_recording():
         return False
     for t in tensors:
         if t is None:

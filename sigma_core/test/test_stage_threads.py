@@ -1,0 +1,151 @@
+"""Independent parts of a CPU forward on two threads (models/stage_threads.py): the fusion stages of small models."""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from sigma_core import SigmaConfig, build_sigma, load_weights
+from sigma_core.models import sigma as sigma_module
+from sigma_core.models.stage_threads import may_run_apart, run_apart
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_parts_run_at_once_on_two_threads_each_on_its_share_and_the_caller_gets_its_threads_back():
+    before = torch.get_num_threads()
+    torch.set_num_threads(5)
+    try:
+        meet = threading.Barrier(2, timeout=30)  # each part waits for the other: only passes if both run at once
+
+        def part():
+            meet.wait()
+            return threading.get_ident(), torch.get_num_threads()
+
+        (helper_thread, helper_threads), (own_thread, own_threads) = run_apart(part, part)
+        assert own_thread == threading.get_ident() != helper_thread
+        assert (helper_threads, own_threads) == (2, 3)
+        assert torch.get_num_threads() == 5
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_helper_takes_the_callers_inference_mode_and_cpu_autocast(two_threads):
+    a = torch.randn(8, 8)
+
+    def part():
+        y = a @ a
+        return y.dtype, y.is_inference(), torch.is_grad_enabled()
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        helper, own = run_apart(part, part)
+    assert helper == own == (torch.bfloat16, True, False)
+    with torch.no_grad():
+        helper, own = run_apart(part, part)
+    assert helper == own == (torch.float32, False, False)
+
+
+@pytest.mark.parametrize("failing", ["helper", "own"])
+def test_an_exception_in_either_part_is_raised_after_both_ended_and_the_threads_are_restored(two_threads, failing):
+    helper_done = threading.Event()
+
+    def helper_part():
+        if failing == "helper":
+            raise RuntimeError("helper part failed")
+        threading.Event().wait(0.2)
+        helper_done.set()
+
+    def own_part():
+        if failing == "own":
+            raise RuntimeError("own part failed")
+
+    with pytest.raises(RuntimeError, match=f"{failing} part failed"):
+        run_apart(helper_part, own_part)
+    assert failing == "helper" or helper_done.is_set()  # it did not run on past the call
+    assert torch.get_num_threads() == 2
+
+
+def test_parts_run_apart_only_in_untraced_cpu_inference_on_two_or_more_threads(two_threads):
+    x = torch.zeros(2)
+    with torch.no_grad():
+        assert may_run_apart(x)
+        torch.set_num_threads(1)
+        assert not may_run_apart(x)
+        torch.set_num_threads(2)
+        assert not may_run_apart(torch.zeros(2, device="meta"))
+        with torch.device("meta"):  # a function mode: the ops are being rewritten
+            assert not may_run_apart(x)
+    assert not may_run_apart(x)  # a gradient may be wanted
+
+
+def _small_model(dims):
+    torch.manual_seed(0)
+    return build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=dims, num_classes=5, decoder_depths=(1, 1, 1))).eval()
+
+
+def test_a_small_models_fusion_stages_run_apart_with_the_same_logits(two_threads, monkeypatch):
+    model = _small_model(32)
+    rgb, x = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    calls = []
+    real = sigma_module.run_apart
+    monkeypatch.setattr(sigma_module, "run_apart", lambda *parts: calls.append(1) or real(*parts))
+    with torch.inference_mode():
+        apart = model(rgb, x)
+        assert len(calls) == 1
+        model.backbone.fuse_apart = False
+        together = model(rgb, x)
+        assert len(calls) == 1
+    torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
+    assert not _small_model(64).backbone.fuse_apart  # wide maps split well over threads inside each op
+
+
+def test_parity_with_the_published_code_with_the_stages_apart(two_threads, fixture):
+    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
+    load_weights(model, fixture["state_dict"])
+    assert model.backbone.fuse_apart
+    with torch.inference_mode():
+        logits = model(fixture["rgb"], fixture["x"])
+    torch.testing.assert_close(logits, fixture["logits"], atol=1e-5, rtol=0)
+
+
+def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, monkeypatch):
+    model = _small_model(32).train()
+    monkeypatch.setattr(sigma_module, "run_apart", lambda *parts: pytest.fail("ran apart with a gradient wanted"))
+    model(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)).sum().backward()
+    assert model.backbone.cross_mamba[0].op.in_proj.weight.grad is not None
+
+
+def test_a_forked_child_runs_the_parts_apart_on_a_helper_of_its_own():
+    # The parent's helper thread does not exist in a forked child: a task handed to its executor would never run.
+    code = """
+import os, sys, time, torch
+from sigma_core.models.stage_threads import run_apart
+torch.set_num_threads(2)
+with torch.no_grad():
+    run_apart(lambda: 1, lambda: 2)  # the parent's helper thread now exists
+pid = os.fork()
+if pid == 0:
+    with torch.no_grad():
+        os._exit(0 if run_apart(lambda: 1, lambda: 2) == (1, 2) else 3)
+for _ in range(300):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child exit", status)
+        sys.exit(0 if status == 0 else 1)
+    time.sleep(0.1)
+os.kill(pid, 9)
+print("child hung")
+sys.exit(2)
+"""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "child exit 0" in out.stdout, out.stdout + out.stderr[-2000:]
