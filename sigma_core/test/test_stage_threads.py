@@ -86,6 +86,31 @@ def test_parts_run_apart_only_in_untraced_cpu_inference_on_two_or_more_threads(t
     assert not may_run_apart(x)  # a gradient may be wanted
 
 
+def test_on_the_helper_thread_itself_parts_do_not_run_apart():
+    # A part of the helper's own, handed to the one helper thread, would wait forever on itself.
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # 2 each: only being the helper keeps it from running parts apart
+    try:
+        with torch.no_grad():
+            helper, own = run_apart(lambda: may_run_apart(torch.zeros(1)), lambda: may_run_apart(torch.zeros(1)))
+    finally:
+        torch.set_num_threads(before)
+    assert (helper, own) == (False, True)
+
+
+def test_where_no_thread_can_start_both_parts_run_here_in_turn(two_threads, monkeypatch):
+    from sigma_core.models import stage_threads
+
+    class ShutDown:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(stage_threads, "_helper_thread", lambda: ShutDown())
+    with torch.no_grad():
+        assert run_apart(threading.get_ident, threading.get_ident) == (threading.get_ident(),) * 2
+    assert torch.get_num_threads() == 2
+
+
 def _small_model(dims):
     torch.manual_seed(0)
     return build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=dims, num_classes=5, decoder_depths=(1, 1, 1))).eval()

@@ -32,6 +32,7 @@ U = TypeVar("U")
 
 _helper: Optional[ThreadPoolExecutor] = None
 _helper_lock = threading.Lock()
+_on_helper = threading.local()  # .active: this thread is the helper (a part of its own would wait on itself)
 
 
 def _forget_helper_in_child() -> None:
@@ -54,9 +55,10 @@ def _helper_thread() -> ThreadPoolExecutor:
 
 def may_run_apart(*tensors: torch.Tensor) -> bool:
     """True where ``run_apart`` would use two threads for parts that read ``tensors``: all on the CPU, no
-    gradient, >= 2 intra-op threads, nothing tracing or recording the forward."""
+    gradient, >= 2 intra-op threads, nothing tracing or recording the forward, not on the helper thread itself."""
     return (
-        torch.get_num_threads() >= 2
+        not getattr(_on_helper, "active", False)
+        and torch.get_num_threads() >= 2
         and not torch.is_grad_enabled()
         and all(t.device.type == "cpu" for t in tensors)
         and not being_traced()
@@ -76,21 +78,26 @@ def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[
     With n = torch.get_num_threads() intra-op threads, the helper part runs on n // 2 and this thread's part on
     the rest; this thread has its n back on return. The parts must not depend on each other. Call only where
     ``may_run_apart`` is true. An exception in either part is raised here once both have ended (this thread's
-    first).
+    first). Where no thread can start (interpreter shutdown), both parts run here, one after the other.
     """
     threads = torch.get_num_threads()
     inference = torch.is_inference_mode_enabled()
     autocast_on, autocast_dtype = _autocast_state()
 
     def on_helper() -> T:
+        _on_helper.active = True
+        torch.get_num_threads()  # torch's first call on a thread sets it to the process default: let that pass first
         torch.set_num_threads(threads // 2)
         with torch.inference_mode(inference), torch.no_grad(), \
                 torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_on):
             return helper_part()
 
-    torch.set_num_threads(threads - threads // 2)
     try:
         pending = _helper_thread().submit(on_helper)
+    except RuntimeError:  # no new threads (the interpreter is shutting down): one part after the other, here
+        return helper_part(), own_part()
+    torch.set_num_threads(threads - threads // 2)
+    try:
         try:
             own = own_part()
         finally:
