@@ -1,5 +1,7 @@
 """Independent parts of a CPU forward on two threads (models/stage_threads.py): the fusion stages of small models."""
+import gc
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +22,11 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_the_parts_run_at_once_on_two_threads_each_on_its_share_and_the_caller_gets_its_threads_back():
+def _thread_and_count():
+    return threading.get_ident(), torch.get_num_threads()
+
+
+def test_the_parts_run_at_once_each_on_its_share_and_the_caller_gets_its_count_back():
     before = torch.get_num_threads()
     torch.set_num_threads(5)
     try:
@@ -28,17 +34,46 @@ def test_the_parts_run_at_once_on_two_threads_each_on_its_share_and_the_caller_g
 
         def part():
             meet.wait()
-            return threading.get_ident(), torch.get_num_threads()
+            return _thread_and_count()
 
-        (helper_thread, helper_threads), (own_thread, own_threads) = run_apart(part, part)
+        with torch.no_grad():
+            (helper_thread, helper_threads), (own_thread, own_threads) = run_apart(part, part)
         assert own_thread == threading.get_ident() != helper_thread
         assert (helper_threads, own_threads) == (2, 3)
         assert torch.get_num_threads() == 5
+        started_after = []
+        thread = threading.Thread(target=lambda: started_after.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert started_after == [5]  # threads started later begin with the caller's count, not a share
     finally:
         torch.set_num_threads(before)
 
 
-def test_the_helper_takes_the_callers_inference_mode_and_cpu_autocast(two_threads):
+def test_a_thread_first_using_torch_during_a_forward_begins_with_the_callers_count(two_threads):
+    # torch.set_num_threads also sets the default that threads take on their first torch call: run_apart puts it
+    # back to the caller's count at once, so a thread whose first call falls inside a forward still gets 2.
+    model = _small_model(32)
+    rgb, x = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        model(rgb, x)  # the helpers are set up
+    seen = []
+
+    def first_torch_call(module, args, output):
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+
+    hook = model.backbone.channel_attn_mamba[2].register_forward_hook(first_torch_call)
+    try:
+        with torch.inference_mode():
+            model(rgb, x)
+    finally:
+        hook.remove()
+    assert seen == [2]
+
+
+def test_the_helpers_take_the_callers_inference_mode_and_cpu_autocast(two_threads):
     a = torch.randn(8, 8)
 
     def part():
@@ -46,34 +81,95 @@ def test_the_helper_takes_the_callers_inference_mode_and_cpu_autocast(two_thread
         return y.dtype, y.is_inference(), torch.is_grad_enabled()
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        helper, own = run_apart(part, part)
-    assert helper == own == (torch.bfloat16, True, False)
+        first, second = run_apart(part, part)
+    assert first == second == (torch.bfloat16, True, False)
     with torch.no_grad():
-        helper, own = run_apart(part, part)
-    assert helper == own == (torch.float32, False, False)
+        first, second = run_apart(part, part)
+    assert first == second == (torch.float32, False, False)
 
 
-@pytest.mark.parametrize("failing", ["helper", "own"])
-def test_an_exception_in_either_part_is_raised_after_both_ended_and_the_threads_are_restored(two_threads, failing):
-    helper_done = threading.Event()
+@pytest.mark.parametrize("failing", [("helper",), ("own",), ("helper", "own")])
+def test_an_exception_is_raised_once_both_parts_ended_the_helpers_where_both_fail(two_threads, failing):
+    ended = []
 
-    def helper_part():
-        if failing == "helper":
-            raise RuntimeError("helper part failed")
-        threading.Event().wait(0.2)
-        helper_done.set()
+    def part(name):
+        def run():
+            threading.Event().wait(0.1)
+            ended.append(name)
+            if name in failing:
+                raise RuntimeError(f"{name} part failed")
+        return run
 
-    def own_part():
-        if failing == "own":
-            raise RuntimeError("own part failed")
-
-    with pytest.raises(RuntimeError, match=f"{failing} part failed"):
-        run_apart(helper_part, own_part)
-    assert failing == "helper" or helper_done.is_set()  # it did not run on past the call
+    with torch.no_grad(), pytest.raises(RuntimeError, match=f"{failing[0]} part failed"):
+        run_apart(part("helper"), part("own"))
+    assert sorted(ended) == ["helper", "own"]  # neither runs on past the call
     assert torch.get_num_threads() == 2
 
 
-def test_parts_run_apart_only_in_untraced_cpu_inference_on_two_or_more_threads(two_threads):
+def test_ctrl_c_while_the_helper_part_runs_is_raised_once_it_ended(two_threads):
+    ended = []
+
+    def slow():
+        threading.Event().wait(1.0)
+        ended.append("helper")
+
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with torch.no_grad(), pytest.raises(KeyboardInterrupt):
+            run_apart(slow, lambda: None)
+    finally:
+        timer.cancel()
+    assert ended == ["helper"]
+    assert torch.get_num_threads() == 2
+
+
+def test_two_callers_do_not_wait_on_each_others_parts(two_threads):
+    # One caller's part blocks until the other caller's parts have run: with helpers shared between callers,
+    # the second caller's parts would wait behind the first's forever.
+    second_done = threading.Event()
+    results = {}
+
+    def caller(name, part):
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            results[name] = run_apart(part, part)
+
+    def blocked():
+        return second_done.wait(30)
+
+    first = threading.Thread(target=caller, args=("first", blocked))
+    first.start()
+    caller("second", lambda: 2)
+    second_done.set()
+    first.join(60)
+    assert results == {"first": (True, True), "second": (2, 2)}
+
+
+def test_a_callers_helper_ends_with_the_caller(two_threads):
+    def helpers():
+        return sum(thread.name.startswith("sigma-stage") for thread in threading.enumerate())
+
+    before = helpers()
+
+    def caller():
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            run_apart(lambda: 1, lambda: 2)
+
+    for _ in range(5):
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join()
+    gc.collect()
+    for _ in range(100):
+        if helpers() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert helpers() == before
+
+
+def test_parts_run_apart_only_in_untraced_unprofiled_cpu_inference_on_two_or_more_threads(two_threads):
     x = torch.zeros(2)
     with torch.no_grad():
         assert may_run_apart(x)
@@ -83,19 +179,22 @@ def test_parts_run_apart_only_in_untraced_cpu_inference_on_two_or_more_threads(t
         assert not may_run_apart(torch.zeros(2, device="meta"))
         with torch.device("meta"):  # a function mode: the ops are being rewritten
             assert not may_run_apart(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+            assert not may_run_apart(x)  # it records the calling thread's ops only
+        assert may_run_apart(x)
     assert not may_run_apart(x)  # a gradient may be wanted
 
 
 def test_on_the_helper_thread_itself_parts_do_not_run_apart():
-    # A part of the helper's own, handed to the one helper thread, would wait forever on itself.
+    # A part of the helper's own, handed to its caller's one helper, would wait on itself.
     before = torch.get_num_threads()
-    torch.set_num_threads(4)  # 2 each: only being the helper keeps it from running parts apart
+    torch.set_num_threads(4)  # 2 each: only being the helper keeps its part from running parts apart
     try:
         with torch.no_grad():
-            helper, own = run_apart(lambda: may_run_apart(torch.zeros(1)), lambda: may_run_apart(torch.zeros(1)))
+            inside = run_apart(lambda: may_run_apart(torch.zeros(1)), lambda: may_run_apart(torch.zeros(1)))
     finally:
         torch.set_num_threads(before)
-    assert (helper, own) == (False, True)
+    assert inside == (False, True)
 
 
 def test_where_no_thread_can_start_both_parts_run_here_in_turn(two_threads, monkeypatch):
@@ -105,7 +204,7 @@ def test_where_no_thread_can_start_both_parts_run_here_in_turn(two_threads, monk
         def submit(self, *args):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    monkeypatch.setattr(stage_threads, "_helper_thread", lambda: ShutDown())
+    monkeypatch.setattr(stage_threads, "_helper", lambda: ShutDown())
     with torch.no_grad():
         assert run_apart(threading.get_ident, threading.get_ident) == (threading.get_ident(),) * 2
     assert torch.get_num_threads() == 2
