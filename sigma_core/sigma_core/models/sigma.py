@@ -21,7 +21,11 @@ from .vmamba import VSSEncoder
 
 
 class SigmaBackbone(nn.Module):
-    """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first."""
+    """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first.
+
+    In CPU inference on 2 threads, a model with dims <= 48 runs fusion stage 0 on a helper thread while the caller
+    runs stages 1-3 (models/stage_threads.py): the same ops, on two threads at once.
+    """
 
     def __init__(self, cfg: SigmaConfig):
         super().__init__()
@@ -34,10 +38,12 @@ class SigmaBackbone(nn.Module):
         self.channel_attn_mamba = nn.ModuleList(
             ConcatMambaFusion(w, d_state=cfg.fusion_d_state, ssm_ratio=cfg.ssm_ratio) for w in widths
         )
-        # Fusion stage 0 on a helper thread beside stages 1-3 (CPU inference, >= 2 threads; see stage_threads) where
+        # Fusion stage 0 on a helper thread beside stages 1-3 (CPU inference on 2 threads; see stage_threads) where
         # the maps have few channels. Measured on 2 cores, 2-thread forward against 1 thread, 480x640: dims 32
         # (nano) 1.79x -> 1.85x, 48 1.83x -> 1.84x, 64 1.79x -> 1.78x, 96 (tiny) 1.95x -> 1.91x: wider maps
         # already split well over threads inside each op, and the helper's part then waits on the memory bus.
+        # Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for
+        # a while on the cores the helper's team needs.
         self.fuse_apart = cfg.dims <= 48
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -50,7 +56,7 @@ class SigmaBackbone(nn.Module):
             # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
             return self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2)
 
-        if self.fuse_apart and len(both) > 1 and may_run_apart(rgb):
+        if self.fuse_apart and len(both) > 1 and torch.get_num_threads() == 2 and may_run_apart(rgb):
             # The stages are independent, and stage 0 costs about what the others do together (see stage_threads).
             first, rest = run_apart(lambda: fuse(0), lambda: [fuse(i) for i in range(1, len(both))])
             return [first, *rest]
