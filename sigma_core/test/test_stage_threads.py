@@ -150,6 +150,8 @@ def test_a_callers_helper_ends_with_the_caller(two_threads):
     def helpers():
         return sum(thread.name.startswith("sigma-stage") for thread in threading.enumerate())
 
+    gc.collect()  # helpers of callers that ended in earlier tests end now
+    threading.Event().wait(0.2)
     before = helpers()
 
     def caller():
@@ -166,7 +168,7 @@ def test_a_callers_helper_ends_with_the_caller(two_threads):
         if helpers() <= before:
             break
         threading.Event().wait(0.05)
-    assert helpers() == before
+    assert helpers() <= before  # not the 5 callers' helpers
 
 
 def test_parts_run_apart_only_in_untraced_unprofiled_cpu_inference_on_two_or_more_threads(two_threads):
