@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -50,27 +51,21 @@ def test_the_parts_run_at_once_each_on_its_share_and_the_caller_gets_its_count_b
         torch.set_num_threads(before)
 
 
-def test_a_thread_first_using_torch_during_a_forward_begins_with_the_callers_count(two_threads):
+def test_a_thread_first_using_torch_while_the_parts_run_begins_with_the_callers_count(two_threads):
     # torch.set_num_threads also sets the default that threads take on their first torch call: run_apart puts it
-    # back to the caller's count at once, so a thread whose first call falls inside a forward still gets 2.
-    model = _small_model(32)
-    rgb, x = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
-    with torch.inference_mode():
-        model(rgb, x)  # the helpers are set up
+    # back to the caller's count at once, so a thread whose first call falls while the parts run still gets 2.
     seen = []
 
-    def first_torch_call(module, args, output):
+    def start_a_thread():
+        threading.Event().wait(0.1)
         thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
         thread.start()
         thread.join()
 
-    hook = model.backbone.channel_attn_mamba[2].register_forward_hook(first_torch_call)
-    try:
-        with torch.inference_mode():
-            model(rgb, x)
-    finally:
-        hook.remove()
-    assert seen == [2]
+    with torch.no_grad():
+        run_apart(lambda: threading.Event().wait(0.3), start_a_thread)
+        run_apart(start_a_thread, lambda: threading.Event().wait(0.3))
+    assert seen == [2, 2]
 
 
 def test_the_helpers_take_the_callers_inference_mode_and_cpu_autocast(two_threads):
@@ -171,6 +166,37 @@ def test_a_callers_helper_ends_with_the_caller(two_threads):
     assert helpers() <= before  # not the 5 callers' helpers
 
 
+def test_the_default_for_new_threads_is_the_callers_next_setting_not_a_late_restore(monkeypatch):
+    # The thread that puts torch's default back after a share was set must not land after the caller's own next
+    # torch.set_num_threads: made slow here, run_apart must still have waited for it.
+    from sigma_core.models import stage_threads
+
+    slow = ThreadPoolExecutor(max_workers=1)
+
+    class SlowKeeper:
+        def submit(self, fn, *args):
+            return slow.submit(lambda: (threading.Event().wait(0.05), fn(*args)))
+
+    monkeypatch.setattr(stage_threads, "_default_keeper", SlowKeeper())
+    before = torch.get_num_threads()
+    a = torch.randn(64, 64)
+    seen = []
+    try:
+        for count in (2, 4, 2, 4):
+            torch.set_num_threads(count)
+            with torch.no_grad():
+                run_apart(lambda: a @ a, lambda: a @ a)
+            torch.set_num_threads(3)
+            threading.Event().wait(0.1)  # a restore still queued would land meanwhile
+            thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            thread.start()
+            thread.join()
+    finally:
+        torch.set_num_threads(before)
+        slow.shutdown()
+    assert seen == [3, 3, 3, 3]
+
+
 def test_parts_run_apart_only_in_untraced_unprofiled_cpu_inference_on_two_or_more_threads(two_threads):
     x = torch.zeros(2)
     with torch.no_grad():
@@ -217,33 +243,49 @@ def _small_model(dims):
     return build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=dims, num_classes=5, decoder_depths=(1, 1, 1))).eval()
 
 
-def test_a_small_models_fusion_stages_run_apart_with_the_same_logits(two_threads, monkeypatch):
-    model = _small_model(32)
-    rgb, x = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+def _counting_run_apart(monkeypatch):
     calls = []
     real = sigma_module.run_apart
     monkeypatch.setattr(sigma_module, "run_apart", lambda *parts: calls.append(1) or real(*parts))
+    return calls
+
+
+def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_threads, fixture, monkeypatch):
+    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
+    load_weights(model, fixture["state_dict"])
+    torch.manual_seed(0)
+    rgb, x = torch.randn(1, 3, 240, 320), torch.randn(1, 3, 240, 320)  # the smallest input that runs apart
+    calls = _counting_run_apart(monkeypatch)
     with torch.inference_mode():
         apart = model(rgb, x)
         assert len(calls) == 1
-        torch.set_num_threads(3)  # measured at 2 threads only (see SigmaBackbone): in turn at other counts
-        model(rgb, x)
-        assert len(calls) == 1
-        torch.set_num_threads(2)
         model.backbone.fuse_apart = False
         together = model(rgb, x)
         assert len(calls) == 1
     torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
-    assert not _small_model(64).backbone.fuse_apart  # wide maps split well over threads inside each op
 
 
-def test_parity_with_the_published_code_with_the_stages_apart(two_threads, fixture):
-    model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
-    load_weights(model, fixture["state_dict"])
-    assert model.backbone.fuse_apart
+def test_the_stages_run_in_turn_below_240x320_at_other_thread_counts_wide_models_and_with_hooks(
+        two_threads, monkeypatch):
+    model = _small_model(32)
+    calls = _counting_run_apart(monkeypatch)
+    large, small = torch.randn(1, 3, 240, 320), torch.randn(1, 3, 236, 320)  # stage 0: 60x80, 59x80 positions
     with torch.inference_mode():
-        logits = model(fixture["rgb"], fixture["x"])
-    torch.testing.assert_close(logits, fixture["logits"], atol=1e-5, rtol=0)
+        model(small, small)
+        assert calls == []
+        torch.set_num_threads(3)  # measured at 2 threads only (see SigmaBackbone)
+        model(large, large)
+        assert calls == []
+        torch.set_num_threads(2)
+        seen = []
+        hook = model.backbone.channel_attn_mamba[1].op.out_proj.register_forward_hook(
+            lambda module, args, out: seen.append(threading.current_thread().name))
+        model(large, large)
+        hook.remove()
+        assert calls == [] and seen == [threading.current_thread().name]  # hooks see the stages in turn, here
+        model(large, large)
+        assert calls == [1]
+    assert not _small_model(64).backbone.fuse_apart  # wide maps split well over threads inside each op
 
 
 def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, monkeypatch):

@@ -16,7 +16,7 @@ from ..config import VARIANTS, SigmaConfig
 from ..tracing import being_traced
 from .decoder import MambaDecoder
 from .fusion import ConcatMambaFusion, CrossMambaFusion
-from .stage_threads import may_run_apart, run_apart
+from .stage_threads import hooks_on, may_run_apart, run_apart
 from .vmamba import VSSEncoder
 
 
@@ -24,7 +24,8 @@ class SigmaBackbone(nn.Module):
     """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first.
 
     In CPU inference on 2 threads, a model with dims <= 48 runs fusion stage 0 on a helper thread while the caller
-    runs stages 1-3 (models/stage_threads.py): the same ops, on two threads at once.
+    runs stages 1-3 for inputs of 240x320 pixels or more (models/stage_threads.py): the same ops, on two threads
+    at once.
     """
 
     def __init__(self, cfg: SigmaConfig):
@@ -43,7 +44,10 @@ class SigmaBackbone(nn.Module):
         # (nano) 1.79x -> 1.85x, 48 1.83x -> 1.84x, 64 1.79x -> 1.78x, 96 (tiny) 1.95x -> 1.91x: wider maps
         # already split well over threads inside each op, and the helper's part then waits on the memory bus.
         # Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for
-        # a while on the cores the helper's team needs.
+        # a while on the cores the helper's team needs. And only for inputs of 240x320 pixels or more (a stage-0
+        # map of 4800 positions), where the parts outweigh handing one over: nano, same runs, in turn against
+        # apart, 120x160 -1.5 ms, 180x240 -0.7 ms, 240x320 -0.1 to +1.6 ms, 360x480 +0.1 to +0.7 ms, 480x640 +3.4
+        # to +8.5 ms a forward.
         self.fuse_apart = cfg.dims <= 48
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -56,11 +60,17 @@ class SigmaBackbone(nn.Module):
             # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
             return self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2)
 
-        if self.fuse_apart and len(both) > 1 and torch.get_num_threads() == 2 and may_run_apart(rgb):
+        if self._fuse_apart_now(both[0], rgb):
             # The stages are independent, and stage 0 costs about what the others do together (see stage_threads).
             first, rest = run_apart(lambda: fuse(0), lambda: [fuse(i) for i in range(1, len(both))])
             return [first, *rest]
         return [fuse(i) for i in range(len(both))]
+
+    def _fuse_apart_now(self, stage0: torch.Tensor, rgb: torch.Tensor) -> bool:
+        """Whether this forward runs fusion stage 0 beside stages 1-3 (see __init__); stage0 (2B, H_0, W_0, C)."""
+        return (self.fuse_apart and len(self.cross_mamba) > 1 and stage0.shape[1] * stage0.shape[2] >= 4800
+                and torch.get_num_threads() == 2 and may_run_apart(rgb)
+                and not hooks_on(self.cross_mamba, self.channel_attn_mamba))
 
 
 class Sigma(nn.Module):

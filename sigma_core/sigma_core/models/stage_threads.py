@@ -4,23 +4,27 @@ Why: on one batch row, torch's ops and the scans split a map of 32-256 channels 
 (nano's fusion blocks ran 1.6-1.8x faster on 2 threads than on 1, where the batch-2 encoder ran 1.9x: matmuls
 and depthwise convolutions with few channels, scans of few channels and 4 states that share the memory bus).
 Sigma's four fusion stages are independent of each other, and for nano stage 0 costs about what stages 1-3
-together do, so they run as two parts, each single-threaded on a 2-core machine. The result is the same
-computation: the same ops on the same tensors, on other threads.
+together do, so they run as two parts, each single-threaded on a 2-core machine: the same ops on the same
+tensors, on other threads (an op's result can differ in its last bits, as it does between thread counts).
 
 One part runs on a helper thread of the calling thread's own (kept while it lives: no two callers wait on each
 other's parts), the other on the calling thread, each with its share of the threads (``torch.set_num_threads``,
 per thread); the caller has its count back on return. The helper takes the caller's inference mode and CPU
-autocast state, which torch keeps per thread too. ``torch.set_num_threads`` also sets the count that threads
-begin with on their first torch call: that default is put back to the caller's count at once, by a thread kept
-for it (a thread whose first torch call falls in those microseconds begins with a share).
+autocast state, which torch keeps per thread too; it was started by the caller, with the caller's floating-point
+state then (``torch.set_flush_denormal``, per thread, is not read back: set it before the first forward).
+``torch.set_num_threads`` also sets the count that threads begin with on their first torch call: that default is
+put back to the caller's count at once, by a thread kept for it (a thread whose first torch call falls in those
+microseconds begins with a share), and is the caller's count on return (where another thread had set another
+count since, that one is replaced).
 
 Measured on our 2-core machine, nano at 480x640 on 2 threads (same run, min of 9): the part on the calling thread
 took 3.5 ms less than on a second helper while the caller waits (168.3 against 171.9 ms a forward).
 
 Runs apart only where that is safe and the same: inference on the CPU (no gradient), at least 2 intra-op
 threads, nothing tracing, recording or profiling the forward (torch.compile/export, jit.trace, a dispatch or
-function mode such as FakeTensorMode, torch.profiler: it sees the calling thread's ops only), and not on a
-helper thread itself.
+function mode such as FakeTensorMode, torch.profiler: it sees the calling thread's ops only), no forward hook on
+the modules that would run apart (``hooks_on``: a hook would see them on two threads, in a changing order), and
+not on a helper thread itself.
 """
 from __future__ import annotations
 
@@ -69,15 +73,16 @@ def _helper() -> ThreadPoolExecutor:
     return _state.helper
 
 
-def _keep_default(threads: int) -> None:
+def _keep_default(threads: int, kept: list) -> None:
     """Put torch's default thread count (what threads begin with) back to ``threads`` without touching this thread's
-    count: torch.set_num_threads sets both, so a thread that runs nothing else calls it."""
+    count: torch.set_num_threads sets both, so a thread that runs nothing else calls it. Its future goes in ``kept``
+    (run_apart waits for it: it must not land after the caller's own later setting)."""
     global _default_keeper
     with _keeper_lock:
         if _default_keeper is None:
             _default_keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sigma-thread-default")
         try:
-            _default_keeper.submit(torch.set_num_threads, threads)
+            kept.append(_default_keeper.submit(torch.set_num_threads, threads))
         except RuntimeError:  # interpreter shutdown: run_apart's caller puts it back when the parts end
             pass
 
@@ -94,6 +99,16 @@ def may_run_apart(*tensors: torch.Tensor) -> bool:
         and nothing_recording()
         and not _PROFILING()
     )
+
+
+def hooks_on(*modules: torch.nn.Module) -> bool:
+    """True where a forward hook or pre-hook would see ``modules`` or their submodules run: one of their own, or a
+    hook on every module (``torch.nn.modules.module.register_module_forward_hook``)."""
+    from torch.nn.modules import module as nn_module  # its global hook tables (torch 2.x; absent: none)
+
+    if getattr(nn_module, "_global_forward_hooks", None) or getattr(nn_module, "_global_forward_pre_hooks", None):
+        return True
+    return any(sub._forward_hooks or sub._forward_pre_hooks for m in modules for sub in m.modules())
 
 
 def _autocast_state() -> tuple[bool, torch.dtype]:
@@ -128,12 +143,13 @@ def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[
     helper_share, own_share = threads // 2, threads - threads // 2
     inference = torch.is_inference_mode_enabled()
     autocast_on, autocast_dtype = _autocast_state()
+    kept: list[Future] = []
 
     def on_helper() -> T:
         _state.is_helper = True
         if torch.get_num_threads() != helper_share:  # (the first call on a thread also sets it to the default)
             torch.set_num_threads(helper_share)
-            _keep_default(threads)
+            _keep_default(threads, kept)
         with torch.inference_mode(inference), torch.no_grad(), \
                 torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_on):
             return helper_part()
@@ -144,11 +160,13 @@ def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[
         return helper_part(), own_part()
     try:
         torch.set_num_threads(own_share)
-        _keep_default(threads)
+        _keep_default(threads, kept)
         own = own_part()
     finally:
         try:
             _wait_for(pending)
+            for future in kept:
+                _wait_for(future)
         finally:
             torch.set_num_threads(threads)
         if pending.exception() is not None:
