@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     pub_modal = node.create_publisher(CompressedImage, f"{NS}/modal/image/compressed", 10)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
 
     rng = np.random.default_rng(0)
     rgb_fmt, rgb_data = encode_compressed(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "rgb8", "jpeg")
@@ -187,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             code = None
         log_file.close()
         executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown()  # wakes the spinner: a daemon thread still in rclpy's wait at exit aborts the process
+        spinner.join(timeout=5.0)
         node.destroy_node()
-        rclpy.try_shutdown()
 
     log = log_path.read_text()
     refused = [int(n) for n in re.findall(r"\[image_too_large: (\d+) so far\]", log)]

@@ -299,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
     finally:
         executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown()  # wakes the spinner: a daemon thread still in rclpy's wait at exit aborts the process
+        spinner.join(timeout=5.0)
         node.destroy_node()
-        rclpy.try_shutdown()
         if tree is not None:
             subprocess.run(["git", "-C", str(tree), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
