@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import torch
+from forked_child import assert_forked_child_runs
 from test_scan_numba import assert_relative, ordered_inputs
 from test_selective_scan import make_inputs, run
 
@@ -398,32 +399,20 @@ def test_tensors_native_code_may_not_read_in_place_never_reach_the_native_scan()
 def test_a_child_forked_before_the_library_loads_scans_and_upsamples_on_threads_of_its_own():
     # The library first loaded in the child took the parent's OpenMP team for its own (its pid matched) and waited
     # forever on threads the child does not have: native_kernel tells it the process is a forked child.
-    code = """
-import os, sys, time, torch
-torch.set_num_threads(2)
-from sigma_core.ops.upsample import upsample2x_channels_last
-from sigma_core.ops.selective_scan import selective_scan
-a = torch.randn(2000, 2000)
-for _ in range(3):
-    (a + 1).relu_()  # torch's OpenMP team now exists in the parent
-pid = os.fork()
-if pid == 0:
-    with torch.no_grad():
-        upsample2x_channels_last(torch.randn(1, 4, 4, 16))  # the library's first load, in the child
-        u, A, B = torch.randn(1, 64, 50), -torch.rand(64, 4), torch.randn(1, 1, 4, 50)
-        selective_scan(u, u.abs(), A, B, B, backend="native")
-    os._exit(0)
-for _ in range(600):
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        print("child exit", status)
-        sys.exit(0 if status == 0 else 1)
-    time.sleep(0.1)
-os.kill(pid, 9)
-print("child hung")
-sys.exit(2)
-"""
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "child exit 0" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert_forked_child_runs(
+        """
+        import torch
+        torch.set_num_threads(2)
+        from sigma_core.ops.upsample import upsample2x_channels_last
+        from sigma_core.ops.selective_scan import selective_scan
+        a = torch.randn(2000, 2000)
+        for _ in range(3):
+            (a + 1).relu_()  # torch's OpenMP team now exists in the parent
+        """,
+        """
+        with torch.no_grad():
+            upsample2x_channels_last(torch.randn(1, 4, 4, 16))  # the library's first load, in the child
+            u, A, B = torch.randn(1, 64, 50), -torch.rand(64, 4), torch.randn(1, 1, 4, 50)
+            selective_scan(u, u.abs(), A, B, B, backend="native")
+        """,
+        wait_s=60)

@@ -2,13 +2,12 @@
 import gc
 import os
 import signal
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from forked_child import assert_forked_child_runs
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models import sigma as sigma_module
@@ -297,27 +296,16 @@ def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, mo
 
 def test_a_forked_child_runs_the_parts_apart_on_a_helper_of_its_own():
     # The parent's helper thread does not exist in a forked child: a task handed to its executor would never run.
-    code = """
-import os, sys, time, torch
-from sigma_core.models.stage_threads import run_apart
-torch.set_num_threads(2)
-with torch.no_grad():
-    run_apart(lambda: 1, lambda: 2)  # the parent's helper thread now exists
-pid = os.fork()
-if pid == 0:
-    with torch.no_grad():
-        os._exit(0 if run_apart(lambda: 1, lambda: 2) == (1, 2) else 3)
-for _ in range(300):
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        print("child exit", status)
-        sys.exit(0 if status == 0 else 1)
-    time.sleep(0.1)
-os.kill(pid, 9)
-print("child hung")
-sys.exit(2)
-"""
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "child exit 0" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert_forked_child_runs(
+        """
+        import torch
+        from sigma_core.models.stage_threads import run_apart
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            run_apart(lambda: 1, lambda: 2)  # the parent's helper thread now exists
+        """,
+        """
+        with torch.no_grad():
+            assert run_apart(lambda: 1, lambda: 2) == (1, 2)
+        """,
+        wait_s=30)
