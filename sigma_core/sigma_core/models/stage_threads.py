@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, TypeVar
 
 import torch
+from torch.nn.modules import module as nn_module  # its global hook tables (torch 2.x; absent: none)
 
 from ..ops.native_memory import nothing_recording
 from ..tracing import being_traced
@@ -62,8 +63,7 @@ def _forget_threads_in_child() -> None:
     _state, _default_keeper, _keeper_lock = _ThreadState(), None, threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_threads_in_child)
+os.register_at_fork(after_in_child=_forget_threads_in_child)
 
 
 def _helper() -> ThreadPoolExecutor:
@@ -104,8 +104,6 @@ def may_run_apart(*tensors: torch.Tensor) -> bool:
 def hooks_on(*modules: torch.nn.Module) -> bool:
     """True where a forward hook or pre-hook would see ``modules`` or their submodules run: one of their own, or a
     hook on every module (``torch.nn.modules.module.register_module_forward_hook``)."""
-    from torch.nn.modules import module as nn_module  # its global hook tables (torch 2.x; absent: none)
-
     if getattr(nn_module, "_global_forward_hooks", None) or getattr(nn_module, "_global_forward_pre_hooks", None):
         return True
     return any(sub._forward_hooks or sub._forward_pre_hooks for m in modules for sub in m.modules())
