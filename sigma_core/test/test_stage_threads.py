@@ -1,9 +1,10 @@
-"""Independent parts of a CPU forward on two threads (models/stage_threads.py): the fusion stages of small models."""
+"""Parts of a CPU forward on two threads (models/stage_threads.py): small models' fusion stages and first decoder
+stages."""
 import gc
 import os
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from forked_child import assert_forked_child_runs
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models import sigma as sigma_module
-from sigma_core.models.stage_threads import may_run_apart, run_apart
+from sigma_core.models.stage_threads import hand_over, may_run_apart, run_apart
 
 
 @pytest.fixture
@@ -237,6 +238,31 @@ def test_where_no_thread_can_start_both_parts_run_here_in_turn(two_threads, monk
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.parametrize("first_step_fails", [False, True])
+def test_a_result_handed_over_mid_way_reaches_the_waiting_part_and_a_failure_does_too(two_threads, first_step_fails):
+    handed: Future = Future()
+
+    def first_step():
+        threading.Event().wait(0.1)  # the other part is waiting by then
+        if first_step_fails:
+            raise ValueError("first step failed")
+        return 41
+
+    def helper_part():
+        return hand_over(first_step, handed) + 1
+
+    def own_part():
+        return handed.result(timeout=30) * 2  # would wait in vain (here: time out) if a failure were not handed over
+
+    with torch.no_grad():
+        if first_step_fails:
+            with pytest.raises(ValueError, match="first step failed"):
+                run_apart(helper_part, own_part)
+            assert isinstance(handed.exception(), ValueError)
+        else:
+            assert run_apart(helper_part, own_part) == (42, 82)
+
+
 def _small_model(dims):
     torch.manual_seed(0)
     return build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=dims, num_classes=5, decoder_depths=(1, 1, 1))).eval()
@@ -258,7 +284,7 @@ def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_th
     with torch.inference_mode():
         apart = model(rgb, x)
         assert len(calls) == 1
-        model.backbone.fuse_apart = False
+        model.stages_apart = False
         together = model(rgb, x)
         assert len(calls) == 1
     torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
@@ -272,19 +298,20 @@ def test_the_stages_run_in_turn_below_240x320_at_other_thread_counts_wide_models
     with torch.inference_mode():
         model(small, small)
         assert calls == []
-        torch.set_num_threads(3)  # measured at 2 threads only (see SigmaBackbone)
+        torch.set_num_threads(3)  # measured at 2 threads only (see Sigma._apart_now)
         model(large, large)
         assert calls == []
         torch.set_num_threads(2)
-        seen = []
-        hook = model.backbone.channel_attn_mamba[1].op.out_proj.register_forward_hook(
-            lambda module, args, out: seen.append(threading.current_thread().name))
-        model(large, large)
-        hook.remove()
-        assert calls == [] and seen == [threading.current_thread().name]  # hooks see the stages in turn, here
+        for hooked in (model.backbone.channel_attn_mamba[1].op.out_proj, model.decode_head.layers_up[1].blocks[0]):
+            seen = []
+            hook = hooked.register_forward_hook(
+                lambda module, args, out, seen=seen: seen.append(threading.current_thread().name))
+            model(large, large)
+            hook.remove()
+            assert calls == [] and seen == [threading.current_thread().name]  # hooks see the stages in turn, here
         model(large, large)
         assert calls == [1]
-    assert not _small_model(64).backbone.fuse_apart  # wide maps split well over threads inside each op
+    assert not _small_model(64).stages_apart  # wide maps split well over threads inside each op
 
 
 def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, monkeypatch):

@@ -153,10 +153,25 @@ class MambaDecoder(nn.Module):
         self.apply(_init_dense)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.layers_up[0](features[3].permute(0, 2, 3, 1))
-        for i, stage in enumerate(self.layers_up[1:]):
-            skip = features[2 - i].permute(0, 2, 3, 1)
-            x = stage(resize_channels_last(x, tuple(skip.shape[1:3])) + skip)
+        x = self.expand(features[3])
+        for level in range(len(self.layers_up) - 1):
+            x = self.stage(level, x, features[2 - level])
+        return self.logits(x)
+
+    # The steps of forward, for a caller that runs them as their inputs become ready (Sigma on two threads).
+    def expand(self, deepest: torch.Tensor) -> torch.Tensor:
+        """The deepest fused map (B, 8C, H_3, W_3), channels-first -> the running map (B, 2H_3, 2W_3, 4C)."""
+        return self.layers_up[0](deepest.permute(0, 2, 3, 1))
+
+    def stage(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Decoder stage ``level`` (0-2) on the running map x (B, H, W, C') resized to the skip's size plus the skip,
+        fused map 2 - level (B, C', H_s, W_s) channels-first. Returns (B, 2H_s, 2W_s, C'/2), level 2
+        (B, H_s, W_s, C')."""
+        skip = skip.permute(0, 2, 3, 1)
+        return self.layers_up[level + 1](resize_channels_last(x, tuple(skip.shape[1:3])) + skip)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map (B, H_1, W_1, C) -> logits (B, K, 4*H_1, 4*W_1)."""
         x = self.up(self.norm_up(x))
         # The 1x1 output convolution as a matmul on the channels-last map (the convolution took the slow im2col path
         # for this layout); logits come out as a channels-first view of channels-last memory.

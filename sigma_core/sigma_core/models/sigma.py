@@ -5,6 +5,7 @@ State-dict keys match the published model: `backbone.vssm.*`, `backbone.cross_ma
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Optional, Union
 
@@ -16,17 +17,12 @@ from ..config import VARIANTS, SigmaConfig
 from ..tracing import being_traced
 from .decoder import MambaDecoder
 from .fusion import ConcatMambaFusion, CrossMambaFusion
-from .stage_threads import hooks_on, may_run_apart, run_apart
+from .stage_threads import hand_over, hooks_on, may_run_apart, run_apart
 from .vmamba import VSSEncoder
 
 
 class SigmaBackbone(nn.Module):
-    """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first.
-
-    In CPU inference on 2 threads, a model with dims <= 48 runs fusion stage 0 on a helper thread while the caller
-    runs stages 1-3 for inputs of 240x320 pixels or more (models/stage_threads.py): the same ops, on two threads
-    at once.
-    """
+    """Siamese encoder + fusion. rgb, x: (B, 3, H, W) -> 4 fused maps (B, C*2**i, H_i, W_i), channels-first."""
 
     def __init__(self, cfg: SigmaConfig):
         super().__init__()
@@ -39,38 +35,22 @@ class SigmaBackbone(nn.Module):
         self.channel_attn_mamba = nn.ModuleList(
             ConcatMambaFusion(w, d_state=cfg.fusion_d_state, ssm_ratio=cfg.ssm_ratio) for w in widths
         )
-        # Fusion stage 0 on a helper thread beside stages 1-3 (CPU inference on 2 threads; see stage_threads) where
-        # the maps have few channels. Measured on 2 cores, 2-thread forward against 1 thread, 480x640: dims 32
-        # (nano) 1.79x -> 1.85x, 48 1.83x -> 1.84x, 64 1.79x -> 1.78x, 96 (tiny) 1.95x -> 1.91x: wider maps
-        # already split well over threads inside each op, and the helper's part then waits on the memory bus.
-        # Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for
-        # a while on the cores the helper's team needs. And only for inputs of 240x320 pixels or more (a stage-0
-        # map of 4800 positions), where the parts outweigh handing one over: nano, same runs, in turn against
-        # apart, 120x160 -1.5 ms, 180x240 -0.7 ms, 240x320 -0.1 to +1.6 ms, 360x480 +0.1 to +0.7 ms, 480x640 +3.4
-        # to +8.5 ms a forward.
-        self.fuse_apart = cfg.dims <= 48
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        batch = rgb.shape[0]
+        both = self.encode(rgb, x)
+        return [self.fuse(both, stage) for stage in range(len(both))]
+
+    def encode(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """Both modalities' encoder maps, rgb's rows first: 4 maps (2B, H_i, W_i, C*2**i), channels-last views."""
         # One pass over the shared weights for both modalities (same result as two passes).
-        both = [feat.permute(0, 2, 3, 1) for feat in self.vssm(torch.cat([rgb, x], dim=0))]
+        return [feat.permute(0, 2, 3, 1) for feat in self.vssm(torch.cat([rgb, x], dim=0))]
 
-        def fuse(i: int) -> torch.Tensor:
-            f_rgb, f_x = self.cross_mamba[i](both[i][:batch], both[i][batch:])
-            # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
-            return self.channel_attn_mamba[i](f_rgb, f_x).permute(0, 3, 1, 2)
-
-        if self._fuse_apart_now(both[0], rgb):
-            # The stages are independent, and stage 0 costs about what the others do together (see stage_threads).
-            first, rest = run_apart(lambda: fuse(0), lambda: [fuse(i) for i in range(1, len(both))])
-            return [first, *rest]
-        return [fuse(i) for i in range(len(both))]
-
-    def _fuse_apart_now(self, stage0: torch.Tensor, rgb: torch.Tensor) -> bool:
-        """Whether this forward runs fusion stage 0 beside stages 1-3 (see __init__); stage0 (2B, H_0, W_0, C)."""
-        return (self.fuse_apart and len(self.cross_mamba) > 1 and stage0.shape[1] * stage0.shape[2] >= 4800
-                and torch.get_num_threads() == 2 and may_run_apart(rgb)
-                and not hooks_on(self.cross_mamba, self.channel_attn_mamba))
+    def fuse(self, both: list[torch.Tensor], stage: int) -> torch.Tensor:
+        """Fused map ``stage`` (B, C*2**stage, H_i, W_i) from ``encode``'s maps, as a channels-first view."""
+        batch = both[stage].shape[0] // 2
+        f_rgb, f_x = self.cross_mamba[stage](both[stage][:batch], both[stage][batch:])
+        # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
+        return self.channel_attn_mamba[stage](f_rgb, f_x).permute(0, 3, 1, 2)
 
 
 class Sigma(nn.Module):
@@ -78,6 +58,10 @@ class Sigma(nn.Module):
 
     forward(rgb, x): rgb, x (B, 3, H, W) float, each ImageNet-normalised (a single-channel
     modality repeated to 3 channels) -> logits (B, num_classes, H, W), bilinearly resized to the input.
+
+    In CPU inference on 2 threads, a model with dims <= 48 (nano) runs the fusion stages and the decoder's first two
+    stages as two parts on two threads for inputs of 240x320 pixels or more (``_fuse_and_decode_apart``,
+    models/stage_threads.py): the same ops, results within float rounding.
     """
 
     def __init__(self, cfg: SigmaConfig):
@@ -88,13 +72,62 @@ class Sigma(nn.Module):
                                         d_state=cfg.decoder_d_state, ssm_ratio=cfg.ssm_ratio,
                                         drop_path_rate=cfg.decoder_drop_path_rate)
         self.set_scan_backend(cfg.scan_backend)
+        # Where two parts on two threads were measured to pay (nano, 2 cores, 480x640, same runs: 2-thread forward
+        # against 1 thread, all in turn -> fusion stage 0 beside stages 1-3 -> the parts of _fuse_and_decode_apart;
+        # see there): dims 32 1.78x -> 1.85x -> 1.93x. With fusion stage 0 apart only, wider maps gained less or
+        # lost (dims 48 1.83x -> 1.84x, 64 1.79x -> 1.78x, 96 (tiny) 1.95x -> 1.91x): they already split well over
+        # threads inside each op, and the helper's part then waits on the memory bus.
+        self.stages_apart = cfg.dims <= 48
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
-        logits = self.decode_head(self.backbone(rgb, x))
+        both = self.backbone.encode(rgb, x)
+        if self._apart_now(both[0], rgb):
+            logits = self._fuse_and_decode_apart(both)
+        else:
+            logits = self.decode_head([self.backbone.fuse(both, stage) for stage in range(len(both))])
         if not being_traced() and logits.shape[2:] == rgb.shape[2:]:
             return logits  # a same-size bilinear resize is an exact copy (3-6 ms at 480x640); traced, sizes are symbols
         return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
+
+    def _apart_now(self, stage0: torch.Tensor, rgb: torch.Tensor) -> bool:
+        """Whether this forward runs _fuse_and_decode_apart; stage0: encoder map 0 (2B, H_0, W_0, C).
+
+        Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
+        while on the cores the helper's team needs. Only for inputs of 240x320 pixels or more (a stage-0 map of 4800
+        positions), where the parts outweigh handing one over (nano, fusion stage 0 apart, in turn against apart:
+        120x160 -1.5 ms, 180x240 -0.7 ms, 240x320 -0.1 to +1.6 ms, 360x480 +0.1 to +0.7 ms, 480x640 +3.4 to +8.5 ms
+        a forward). Not with forward hooks on the modules that would run apart."""
+        return (self.stages_apart and len(self.backbone.cross_mamba) == 4
+                and stage0.shape[1] * stage0.shape[2] >= 4800 and torch.get_num_threads() == 2
+                and may_run_apart(rgb)
+                and not hooks_on(self.backbone.cross_mamba, self.backbone.channel_attn_mamba, self.decode_head))
+
+    def _fuse_and_decode_apart(self, both: list[torch.Tensor]) -> torch.Tensor:
+        """The decoder's logits from ``encode``'s maps, the fusion stages and decoder stages 0-1 in two parts at once.
+
+        Fused map i is needed by decoder stage 2 - i only (map 3 by its first step), so the helper runs fusion
+        stages 2 and 0 and the caller fusion stages 3 and 1 with the decoder's steps up to stage 1, taking map 2 as
+        the helper hands it over; decoder stage 2 and the logits then run on both threads. Per part on one thread
+        (nano, 480x640): 55.7 against 60.4 ms, the helper's map 2 ready before the caller needs it. Against fusion
+        stage 0 beside stages 1-3 with the decoder after (same runs, min of 7): 177.8 -> 170.4 ms fp32, 177.3 ->
+        170.7 ms bf16, where the in-turn forward took 184.9 and 179.8 ms.
+        """
+        fuse, decoder = self.backbone.fuse, self.decode_head
+        fused2: Future = Future()
+
+        def helper_part() -> torch.Tensor:
+            hand_over(lambda: fuse(both, 2), fused2)
+            return fuse(both, 0)
+
+        def own_part() -> torch.Tensor:
+            running = decoder.expand(fuse(both, 3))
+            fused1 = fuse(both, 1)
+            running = decoder.stage(0, running, fused2.result())
+            return decoder.stage(1, running, fused1)
+
+        fused0, running = run_apart(helper_part, own_part)
+        return decoder.logits(decoder.stage(2, running, fused0))
 
     def forward_features(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         """The 4 fused encoder maps, (B, C*2**i, H_i, W_i)."""

@@ -1,11 +1,13 @@
-"""Two independent parts of a CPU forward run at the same time, each on half of torch's intra-op threads.
+"""Two parts of a CPU forward run at the same time, each on half of torch's intra-op threads.
 
 Why: on one batch row, torch's ops and the scans split a map of 32-256 channels over the threads at a loss
 (nano's fusion blocks ran 1.6-1.8x faster on 2 threads than on 1, where the batch-2 encoder ran 1.9x: matmuls
 and depthwise convolutions with few channels, scans of few channels and 4 states that share the memory bus).
-Sigma's four fusion stages are independent of each other, and for nano stage 0 costs about what stages 1-3
-together do, so they run as two parts, each single-threaded on a 2-core machine: the same ops on the same
-tensors, on other threads (an op's result can differ in its last bits, as it does between thread counts).
+Sigma's four fusion stages are independent of each other, and the decoder needs fused map i only at its stage
+2 - i, so the fusion stages and the decoder's first stages run as two parts (``Sigma._fuse_and_decode_apart``),
+each single-threaded on a 2-core machine: the same ops on the same tensors, on other threads (an op's result can
+differ in its last bits, as it does between thread counts). A part hands a result that the other needs mid-way
+over with ``hand_over``.
 
 One part runs on a helper thread of the calling thread's own (kept while it lives: no two callers wait on each
 other's parts), the other on the calling thread, each with its share of the threads (``torch.set_num_threads``,
@@ -126,6 +128,18 @@ def _wait_for(future: Future) -> None:
             interrupted = err
     if interrupted is not None:
         raise interrupted
+
+
+def hand_over(step: Callable[[], T], to: Future) -> T:
+    """Run ``step`` (a part's first step) and give its result, or its exception, to ``to`` as well: the other part
+    waits there (``to.result()``) for what it needs before this part ends, and never waits in vain."""
+    try:
+        result = step()
+    except BaseException as err:
+        to.set_exception(err)
+        raise
+    to.set_result(result)
+    return result
 
 
 def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[T, U]:
