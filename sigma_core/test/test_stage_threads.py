@@ -278,8 +278,10 @@ def _counting_run_apart(monkeypatch):
 def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_threads, fixture, monkeypatch):
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
     load_weights(model, fixture["state_dict"])
+    assert not model.stages_apart  # the published decoder's 4 blocks a stage: the caller's part would outweigh
+    model.stages_apart = True  # the schedule is still exact there: check it on weights no one here trained
     torch.manual_seed(0)
-    rgb, x = torch.randn(1, 3, 240, 320), torch.randn(1, 3, 240, 320)  # the smallest input that runs apart
+    rgb, x = torch.randn(1, 3, 180, 240), torch.randn(1, 3, 180, 240)  # the smallest input that runs apart
     calls = _counting_run_apart(monkeypatch)
     with torch.inference_mode():
         apart = model(rgb, x)
@@ -290,11 +292,11 @@ def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_th
     torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
 
 
-def test_the_stages_run_in_turn_below_240x320_at_other_thread_counts_wide_models_and_with_hooks(
+def test_the_stages_run_in_turn_below_180x240_at_other_thread_counts_wide_models_and_with_hooks(
         two_threads, monkeypatch):
     model = _small_model(32)
     calls = _counting_run_apart(monkeypatch)
-    large, small = torch.randn(1, 3, 240, 320), torch.randn(1, 3, 236, 320)  # stage 0: 60x80, 59x80 positions
+    large, small = torch.randn(1, 3, 180, 240), torch.randn(1, 3, 176, 240)  # stage 0: 45x60, 44x60 positions
     with torch.inference_mode():
         model(small, small)
         assert calls == []
@@ -311,7 +313,26 @@ def test_the_stages_run_in_turn_below_240x320_at_other_thread_counts_wide_models
             assert calls == [] and seen == [threading.current_thread().name]  # hooks see the stages in turn, here
         model(large, large)
         assert calls == [1]
-    assert not _small_model(64).stages_apart  # wide maps split well over threads inside each op
+    assert _small_model(64).stages_apart and not _small_model(96).stages_apart  # wide maps split well in each op
+    assert not build_sigma(SigmaConfig(depths=(1, 1, 1, 1), dims=32, decoder_depths=(1, 2, 1))).stages_apart
+
+
+def test_a_fusion_stage_failing_on_the_helper_fails_the_forward_with_its_error_not_a_hang(two_threads, monkeypatch):
+    # Fusion stage 2 runs on the helper and is handed over mid-way: the caller's part waits for it.
+    model = _small_model(32)
+    calls = _counting_run_apart(monkeypatch)
+    real = model.backbone.fuse
+
+    def fuse(both, stage):
+        if stage == 2:
+            raise RuntimeError("fusion stage 2 failed")
+        return real(both, stage)
+
+    monkeypatch.setattr(model.backbone, "fuse", fuse)
+    image = torch.randn(1, 3, 180, 240)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="fusion stage 2 failed"):
+        model(image, image)
+    assert calls == [1]
 
 
 def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, monkeypatch):

@@ -59,9 +59,9 @@ class Sigma(nn.Module):
     forward(rgb, x): rgb, x (B, 3, H, W) float, each ImageNet-normalised (a single-channel
     modality repeated to 3 channels) -> logits (B, num_classes, H, W), bilinearly resized to the input.
 
-    In CPU inference on 2 threads, a model with dims <= 48 (nano) runs the fusion stages and the decoder's first two
-    stages as two parts on two threads for inputs of 240x320 pixels or more (``_fuse_and_decode_apart``,
-    models/stage_threads.py): the same ops, results within float rounding.
+    In CPU inference on 2 threads, a model of up to 64 dims with one block a decoder stage (nano) runs the fusion
+    stages and the decoder's first two stages as two parts on two threads for inputs of 180x240 pixels or more
+    (``_fuse_and_decode_apart``, models/stage_threads.py): the same ops, results within float rounding.
     """
 
     def __init__(self, cfg: SigmaConfig):
@@ -72,12 +72,12 @@ class Sigma(nn.Module):
                                         d_state=cfg.decoder_d_state, ssm_ratio=cfg.ssm_ratio,
                                         drop_path_rate=cfg.decoder_drop_path_rate)
         self.set_scan_backend(cfg.scan_backend)
-        # Where two parts on two threads were measured to pay (nano, 2 cores, 480x640, same runs: 2-thread forward
-        # against 1 thread, all in turn -> fusion stage 0 beside stages 1-3 -> the parts of _fuse_and_decode_apart;
-        # see there): dims 32 1.78x -> 1.85x -> 1.93x. With fusion stage 0 apart only, wider maps gained less or
-        # lost (dims 48 1.83x -> 1.84x, 64 1.79x -> 1.78x, 96 (tiny) 1.95x -> 1.91x): they already split well over
-        # threads inside each op, and the helper's part then waits on the memory bus.
-        self.stages_apart = cfg.dims <= 48
+        # Where two parts on two threads were measured to pay (2 cores, 480x640, fp32, 2-thread forward in turn
+        # against apart, same runs, models of nano's depths): dims 32 (nano, see _fuse_and_decode_apart) 191-195 ->
+        # 185-186 ms, dims 48 306.0 -> 298.8 ms, 64 422.9 -> 413.4 ms, 96 700.2 -> 699.1 ms (wider maps split well
+        # over threads inside each op). With 4 blocks a decoder stage the caller's part outweighs the helper's:
+        # Sigma-T 1462.8 -> 1602.6 ms.
+        self.stages_apart = cfg.dims <= 64 and all(depth == 1 for depth in cfg.decoder_depths)
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
@@ -94,12 +94,12 @@ class Sigma(nn.Module):
         """Whether this forward runs _fuse_and_decode_apart; stage0: encoder map 0 (2B, H_0, W_0, C).
 
         Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
-        while on the cores the helper's team needs. Only for inputs of 240x320 pixels or more (a stage-0 map of 4800
-        positions), where the parts outweigh handing one over (nano, fusion stage 0 apart, in turn against apart:
-        120x160 -1.5 ms, 180x240 -0.7 ms, 240x320 -0.1 to +1.6 ms, 360x480 +0.1 to +0.7 ms, 480x640 +3.4 to +8.5 ms
-        a forward). Not with forward hooks on the modules that would run apart."""
+        while on the cores the helper's team needs. Only for inputs of 180x240 pixels or more (a stage-0 map of 2700
+        positions), where the parts outweigh handing one over (nano, fp32, in turn against apart, same runs: 120x160
+        -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +6.1 ms, 480x640 +5.5 to
+        +10.2 ms a forward). Not with forward hooks on the modules that would run apart."""
         return (self.stages_apart and len(self.backbone.cross_mamba) == 4
-                and stage0.shape[1] * stage0.shape[2] >= 4800 and torch.get_num_threads() == 2
+                and stage0.shape[1] * stage0.shape[2] >= 2700 and torch.get_num_threads() == 2
                 and may_run_apart(rgb)
                 and not hooks_on(self.backbone.cross_mamba, self.backbone.channel_attn_mamba, self.decode_head))
 
