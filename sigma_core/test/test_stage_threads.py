@@ -304,7 +304,8 @@ def test_the_stages_run_in_turn_below_180x240_at_other_thread_counts_wide_models
         model(large, large)
         assert calls == []
         torch.set_num_threads(2)
-        for hooked in (model.backbone.channel_attn_mamba[1].op.out_proj, model.decode_head.layers_up[1].blocks[0]):
+        for hooked in (model.backbone.channel_attn_mamba[1].op.out_proj, model.decode_head.layers_up[1].blocks[0],
+                       model.backbone, model.decode_head):  # hooks on the backbone and decoder themselves fire too
             seen = []
             hook = hooked.register_forward_hook(
                 lambda module, args, out, seen=seen: seen.append(threading.current_thread().name))

@@ -81,27 +81,26 @@ class Sigma(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
-        both = self.backbone.encode(rgb, x)
-        if self._apart_now(both[0], rgb):
-            logits = self._fuse_and_decode_apart(both)
+        if self._apart_now(rgb):
+            logits = self._fuse_and_decode_apart(self.backbone.encode(rgb, x))
         else:
-            logits = self.decode_head([self.backbone.fuse(both, stage) for stage in range(len(both))])
+            logits = self.decode_head(self.backbone(rgb, x))
         if not being_traced() and logits.shape[2:] == rgb.shape[2:]:
             return logits  # a same-size bilinear resize is an exact copy (3-6 ms at 480x640); traced, sizes are symbols
         return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
 
-    def _apart_now(self, stage0: torch.Tensor, rgb: torch.Tensor) -> bool:
-        """Whether this forward runs _fuse_and_decode_apart; stage0: encoder map 0 (2B, H_0, W_0, C).
+    def _apart_now(self, rgb: torch.Tensor) -> bool:
+        """Whether this forward runs _fuse_and_decode_apart; rgb (B, 3, H, W), encoder map 0 is (H // 4, W // 4).
 
         Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
         while on the cores the helper's team needs. Only for inputs of 180x240 pixels or more (a stage-0 map of 2700
         positions), where the parts outweigh handing one over (nano, fp32, in turn against apart, same runs: 120x160
         -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +6.1 ms, 480x640 +5.5 to
-        +10.2 ms a forward). Not with forward hooks on the modules that would run apart."""
+        +10.2 ms a forward). Not with forward hooks on the backbone, the decoder or any of their modules: the parts do
+        not call the backbone and the decoder as modules, and a hook would see the stages on two threads."""
         return (self.stages_apart and len(self.backbone.cross_mamba) == 4
-                and stage0.shape[1] * stage0.shape[2] >= 2700 and torch.get_num_threads() == 2
-                and may_run_apart(rgb)
-                and not hooks_on(self.backbone.cross_mamba, self.backbone.channel_attn_mamba, self.decode_head))
+                and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700 and torch.get_num_threads() == 2
+                and may_run_apart(rgb) and not hooks_on(self.backbone, self.decode_head))
 
     def _fuse_and_decode_apart(self, both: list[torch.Tensor]) -> torch.Tensor:
         """The decoder's logits from ``encode``'s maps, the fusion stages and decoder stages 0-1 in two parts at once.
