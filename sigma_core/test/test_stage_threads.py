@@ -12,6 +12,7 @@ from forked_child import assert_forked_child_runs
 
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models import sigma as sigma_module
+from sigma_core.models.decoder import MambaDecoder
 from sigma_core.models.stage_threads import hand_over, may_run_apart, run_apart
 
 
@@ -271,7 +272,7 @@ def _small_model(dims):
 def _counting_run_apart(monkeypatch):
     calls = []
     real = sigma_module.run_apart
-    monkeypatch.setattr(sigma_module, "run_apart", lambda *parts: calls.append(1) or real(*parts))
+    monkeypatch.setattr(sigma_module, "run_apart", lambda *parts, **handed: calls.append(1) or real(*parts, **handed))
     return calls
 
 
@@ -336,9 +337,68 @@ def test_a_fusion_stage_failing_on_the_helper_fails_the_forward_with_its_error_n
     assert calls == [1]
 
 
+def test_a_helper_ending_without_handing_over_fails_the_waiting_part_instead_of_hanging(two_threads):
+    def never_hands_over():
+        return 1
+
+    def fails_before_handing_over():
+        raise ValueError("failed before the hand-over")
+
+    for helper_part, error in ((never_hands_over, RuntimeError), (fails_before_handing_over, ValueError)):
+        handed: Future = Future()
+        with torch.no_grad(), pytest.raises(error):  # a TimeoutError here: the own part waited in vain
+            run_apart(helper_part, lambda handed=handed: handed.result(timeout=30), handed=handed)
+        assert handed.done() and torch.get_num_threads() == 2
+
+
+class _HalvedDecoder(MambaDecoder):
+    def forward(self, features):
+        return super().forward(features) / 2
+
+
+def test_a_replaced_or_patched_backbone_or_decoder_runs_in_turn_through_its_forward(two_threads, monkeypatch):
+    # The parts call the backbone's and decoder's steps, not their forward: a forward of the user's must still run.
+    image = torch.randn(1, 3, 180, 240)
+    model = _small_model(32)
+    with torch.inference_mode():
+        reference = model(image, image)
+    calls = _counting_run_apart(monkeypatch)
+    halved = _HalvedDecoder(32, 5, depths=(1, 1, 1))
+    halved.load_state_dict(model.decode_head.state_dict())
+    model.decode_head = halved.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(image, image), reference / 2, atol=1e-5, rtol=0)
+    model.decode_head = MambaDecoder(32, 5, depths=(1, 1, 1)).eval()
+    model.decode_head.load_state_dict(halved.state_dict())
+    backbone_forward = model.backbone.forward
+    model.backbone.forward = lambda rgb, x: backbone_forward(x, rgb)  # the modalities swapped
+    with torch.inference_mode():
+        swapped = model(image, torch.zeros_like(image))
+        del model.backbone.forward
+        torch.testing.assert_close(swapped, model(torch.zeros_like(image), image), atol=1e-5, rtol=0)
+    assert calls == [1]  # only the last forward, with the modules as built, ran apart
+
+
+def test_an_export_with_symbolic_sizes_takes_every_size_at_two_threads(two_threads):
+    # Deciding by the input size first would record the comparison as a guard: the exported program then refused
+    # inputs on the other side of it.
+    model = _small_model(32)
+    model.set_scan_backend("onnx")  # the export's scan (see sigma_core.export)
+    sizes = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.zeros(1, 3, 64, 96),) * 2,
+                                      dynamic_shapes={"rgb": sizes, "x": dict(sizes)})
+    model.set_scan_backend("auto")
+    for size in ((176, 240), (180, 240)):
+        image = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(image, image), model(image, image), atol=1e-5, rtol=0)
+
+
 def test_training_runs_the_stages_in_order_on_the_callers_thread(two_threads, monkeypatch):
     model = _small_model(32).train()
-    monkeypatch.setattr(sigma_module, "run_apart", lambda *parts: pytest.fail("ran apart with a gradient wanted"))
+    monkeypatch.setattr(sigma_module, "run_apart",
+                        lambda *parts, **handed: pytest.fail("ran apart with a gradient wanted"))
     model(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)).sum().backward()
     assert model.backbone.cross_mamba[0].op.in_proj.weight.grad is not None
 

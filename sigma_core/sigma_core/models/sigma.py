@@ -98,9 +98,18 @@ class Sigma(nn.Module):
         -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +6.1 ms, 480x640 +5.5 to
         +10.2 ms a forward). Not with forward hooks on the backbone, the decoder or any of their modules: the parts do
         not call the backbone and the decoder as modules, and a hook would see the stages on two threads."""
-        return (self.stages_apart and len(self.backbone.cross_mamba) == 4
-                and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700 and torch.get_num_threads() == 2
-                and may_run_apart(rgb) and not hooks_on(self.backbone, self.decode_head))
+        # The size last: traced with symbolic sizes (torch.export), comparing them would record a guard.
+        return (self.stages_apart and torch.get_num_threads() == 2 and may_run_apart(rgb)
+                and not hooks_on(self.backbone, self.decode_head) and self._parts_as_built()
+                and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700)
+
+    def _parts_as_built(self) -> bool:
+        """Whether the backbone and decoder are ours, as built: the parts call their steps (encode, fuse, expand,
+        stage, logits), not their forward, so a replaced module, a subclass or a forward set on the instance (or a
+        compiled module) must run in turn, through its forward."""
+        return (type(self.backbone) is SigmaBackbone and type(self.decode_head) is MambaDecoder
+                and "forward" not in vars(self.backbone) and "forward" not in vars(self.decode_head)
+                and len(self.backbone.cross_mamba) == 4)
 
     def _fuse_and_decode_apart(self, both: list[torch.Tensor]) -> torch.Tensor:
         """The decoder's logits from ``encode``'s maps, the fusion stages and decoder stages 0-1 in two parts at once.
@@ -110,7 +119,8 @@ class Sigma(nn.Module):
         the helper hands it over; decoder stage 2 and the logits then run on both threads. Per part on one thread
         (nano, 480x640): 55.7 against 60.4 ms, the helper's map 2 ready before the caller needs it. Against fusion
         stage 0 beside stages 1-3 with the decoder after (same runs, min of 7): 177.8 -> 170.4 ms fp32, 177.3 ->
-        170.7 ms bf16, where the in-turn forward took 184.9 and 179.8 ms.
+        170.7 ms bf16, where the in-turn forward took 184.9 and 179.8 ms. Where stages on both threads fail, the
+        helper's error is raised (in turn, the earlier stage's would be).
         """
         fuse, decoder = self.backbone.fuse, self.decode_head
         fused2: Future = Future()
@@ -125,7 +135,7 @@ class Sigma(nn.Module):
             running = decoder.stage(0, running, fused2.result())
             return decoder.stage(1, running, fused1)
 
-        fused0, running = run_apart(helper_part, own_part)
+        fused0, running = run_apart(helper_part, own_part, handed=fused2)
         return decoder.logits(decoder.stage(2, running, fused0))
 
     def forward_features(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:

@@ -142,14 +142,24 @@ def hand_over(step: Callable[[], T], to: Future) -> T:
     return result
 
 
-def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[T, U]:
+def _fail_if_pending(handed: Optional[Future], err: BaseException) -> None:
+    # Only the helper's thread completes ``handed`` (hand_over, or this): no race between done() and set_exception.
+    if handed is not None and not handed.done():
+        handed.set_exception(err)
+
+
+def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U],
+              handed: Optional[Future] = None) -> tuple[T, U]:
     """Run ``helper_part`` on a helper thread while this thread runs ``own_part``; their results, in that order.
 
     With n = torch.get_num_threads() intra-op threads, the helper part runs on n // 2 and this thread's part on
     the rest; this thread has its n back on return, and torch's default for new threads is n too. The parts
-    must not depend on each other. Call only where ``may_run_apart`` is true. Returns once both parts have
-    ended; where one raised, its exception is raised (the helper part's where both did, as running them in turn
-    would). Where no thread can start (interpreter shutdown), the parts run here, one after the other.
+    must not depend on each other, except through ``handed``: a Future that the helper part completes mid-way
+    (``hand_over``) and the own part waits on (``handed.result()``); where the helper ends without completing it
+    (it failed before, or never got to its part), it gets the helper's exception, or a RuntimeError, so that the
+    own part never waits in vain. Call only where ``may_run_apart`` is true. Returns once both parts have ended;
+    where one raised, its exception is raised (the helper part's where both did). Where no thread can start
+    (interpreter shutdown), the parts run here, one after the other.
     """
     threads = torch.get_num_threads()
     helper_share, own_share = threads // 2, threads - threads // 2
@@ -158,13 +168,19 @@ def run_apart(helper_part: Callable[[], T], own_part: Callable[[], U]) -> tuple[
     kept: list[Future] = []
 
     def on_helper() -> T:
-        _state.is_helper = True
-        if torch.get_num_threads() != helper_share:  # (the first call on a thread also sets it to the default)
-            torch.set_num_threads(helper_share)
-            _keep_default(threads, kept)
-        with torch.inference_mode(inference), torch.no_grad(), \
-                torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_on):
-            return helper_part()
+        try:
+            _state.is_helper = True
+            if torch.get_num_threads() != helper_share:  # (the first call on a thread also sets it to the default)
+                torch.set_num_threads(helper_share)
+                _keep_default(threads, kept)
+            with torch.inference_mode(inference), torch.no_grad(), \
+                    torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_on):
+                return helper_part()
+        except BaseException as err:
+            _fail_if_pending(handed, err)
+            raise
+        finally:
+            _fail_if_pending(handed, RuntimeError("the helper part ended without handing over its result"))
 
     try:
         pending = _helper().submit(on_helper)
