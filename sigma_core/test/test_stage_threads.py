@@ -270,26 +270,30 @@ def _small_model(dims):
 
 
 def _counting_run_apart(monkeypatch):
+    """A list that gets one entry per run_apart call of Sigma: 1 a forward that runs apart, 2 from 480x640 (the
+    encoder too)."""
     calls = []
     real = sigma_module.run_apart
     monkeypatch.setattr(sigma_module, "run_apart", lambda *parts, **handed: calls.append(1) or real(*parts, **handed))
     return calls
 
 
-def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_threads, fixture, monkeypatch):
+@pytest.mark.parametrize("size, parts", [((180, 240), 1), ((480, 640), 2)])  # the smallest inputs for each
+def test_the_published_weights_give_the_same_logits_with_the_stages_apart(two_threads, fixture, monkeypatch, size,
+                                                                           parts):
     model = build_sigma(SigmaConfig(depths=(1, 1, 2, 1), dims=32, num_classes=9)).eval()
     load_weights(model, fixture["state_dict"])
     assert not model.stages_apart  # the published decoder's 4 blocks a stage: the caller's part would outweigh
     model.stages_apart = True  # the schedule is still exact there: check it on weights no one here trained
     torch.manual_seed(0)
-    rgb, x = torch.randn(1, 3, 180, 240), torch.randn(1, 3, 180, 240)  # the smallest input that runs apart
+    rgb, x = torch.randn(1, 3, *size), torch.randn(1, 3, *size)
     calls = _counting_run_apart(monkeypatch)
     with torch.inference_mode():
         apart = model(rgb, x)
-        assert len(calls) == 1
+        assert len(calls) == parts  # from 480x640 the encoder's modalities run apart too
         model.stages_apart = False
         together = model(rgb, x)
-        assert len(calls) == 1
+        assert len(calls) == parts
     torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
 
 
@@ -325,10 +329,10 @@ def test_a_fusion_stage_failing_on_the_helper_fails_the_forward_with_its_error_n
     calls = _counting_run_apart(monkeypatch)
     real = model.backbone.fuse
 
-    def fuse(both, stage):
+    def fuse(rgb_maps, x_maps, stage):
         if stage == 2:
             raise RuntimeError("fusion stage 2 failed")
-        return real(both, stage)
+        return real(rgb_maps, x_maps, stage)
 
     monkeypatch.setattr(model.backbone, "fuse", fuse)
     image = torch.randn(1, 3, 180, 240)

@@ -37,18 +37,23 @@ class SigmaBackbone(nn.Module):
         )
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        both = self.encode(rgb, x)
-        return [self.fuse(both, stage) for stage in range(len(both))]
+        rgb_maps, x_maps = self.encode(rgb, x)
+        return [self.fuse(rgb_maps, x_maps, stage) for stage in range(len(rgb_maps))]
 
-    def encode(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """Both modalities' encoder maps, rgb's rows first: 4 maps (2B, H_i, W_i, C*2**i), channels-last views."""
+    def encode(self, rgb: torch.Tensor, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Both modalities' encoder maps: (rgb's, x's), 4 maps (B, H_i, W_i, C*2**i) each, channels-last views."""
         # One pass over the shared weights for both modalities (same result as two passes).
-        return [feat.permute(0, 2, 3, 1) for feat in self.vssm(torch.cat([rgb, x], dim=0))]
+        both = self.encode_one(torch.cat([rgb, x], dim=0))
+        batch = rgb.shape[0]
+        return [feat[:batch] for feat in both], [feat[batch:] for feat in both]
 
-    def fuse(self, both: list[torch.Tensor], stage: int) -> torch.Tensor:
-        """Fused map ``stage`` (B, C*2**stage, H_i, W_i) from ``encode``'s maps, as a channels-first view."""
-        batch = both[stage].shape[0] // 2
-        f_rgb, f_x = self.cross_mamba[stage](both[stage][:batch], both[stage][batch:])
+    def encode_one(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """One modality's encoder maps: image (B, 3, H, W) -> 4 maps (B, H_i, W_i, C*2**i), channels-last views."""
+        return [feat.permute(0, 2, 3, 1) for feat in self.vssm(image)]
+
+    def fuse(self, rgb_maps: list[torch.Tensor], x_maps: list[torch.Tensor], stage: int) -> torch.Tensor:
+        """Fused map ``stage`` (B, C*2**stage, H_i, W_i) from the encoder's maps, as a channels-first view."""
+        f_rgb, f_x = self.cross_mamba[stage](rgb_maps[stage], x_maps[stage])
         # A channels-first view: the decoder reads it channels-last (a contiguous copy would be transposed back).
         return self.channel_attn_mamba[stage](f_rgb, f_x).permute(0, 3, 1, 2)
 
@@ -61,7 +66,8 @@ class Sigma(nn.Module):
 
     In CPU inference on 2 threads, a model of up to 64 dims with one block a decoder stage (nano) runs the fusion
     stages and the decoder's first two stages as two parts on two threads for inputs of 180x240 pixels or more
-    (``_fuse_and_decode_apart``, models/stage_threads.py): the same ops, results within float rounding.
+    (``_forward_apart``, models/stage_threads.py; from 480x640 the encoder too): the same ops, results within float
+    rounding.
     """
 
     def __init__(self, cfg: SigmaConfig):
@@ -73,7 +79,7 @@ class Sigma(nn.Module):
                                         drop_path_rate=cfg.decoder_drop_path_rate)
         self.set_scan_backend(cfg.scan_backend)
         # Where two parts on two threads were measured to pay (2 cores, 480x640, fp32, 2-thread forward in turn
-        # against apart, same runs, models of nano's depths): dims 32 (nano, see _fuse_and_decode_apart) 191-195 ->
+        # against apart, same runs, models of nano's depths): dims 32 (nano, see _forward_apart) 191-195 ->
         # 185-186 ms, dims 48 306.0 -> 298.8 ms, 64 422.9 -> 413.4 ms, 96 700.2 -> 699.1 ms (wider maps split well
         # over threads inside each op). With 4 blocks a decoder stage the caller's part outweighs the helper's:
         # Sigma-T 1462.8 -> 1602.6 ms.
@@ -82,7 +88,7 @@ class Sigma(nn.Module):
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
         if self._apart_now(rgb):
-            logits = self._fuse_and_decode_apart(self.backbone.encode(rgb, x))
+            logits = self._forward_apart(rgb, x)
         else:
             logits = self.decode_head(self.backbone(rgb, x))
         if not being_traced() and logits.shape[2:] == rgb.shape[2:]:
@@ -90,11 +96,12 @@ class Sigma(nn.Module):
         return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
 
     def _apart_now(self, rgb: torch.Tensor) -> bool:
-        """Whether this forward runs _fuse_and_decode_apart; rgb (B, 3, H, W), encoder map 0 is (H // 4, W // 4).
+        """Whether this forward runs _forward_apart; rgb (B, 3, H, W), encoder map 0 is (H // 4, W // 4).
 
         Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
         while on the cores the helper's team needs. Only for inputs of 180x240 pixels or more (a stage-0 map of 2700
-        positions), where the parts outweigh handing one over (nano, fp32, in turn against apart, same runs: 120x160
+        positions), where the parts outweigh handing them over (nano, fp32, the fusion and decoder stages in turn
+        against apart, same runs: 120x160
         -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +6.1 ms, 480x640 +5.5 to
         +10.2 ms a forward). Not with forward hooks on the backbone, the decoder or any of their modules: the parts do
         not call the backbone and the decoder as modules, and a hook would see the stages on two threads."""
@@ -111,10 +118,16 @@ class Sigma(nn.Module):
                 and "forward" not in vars(self.backbone) and "forward" not in vars(self.decode_head)
                 and len(self.backbone.cross_mamba) == 4)
 
-    def _fuse_and_decode_apart(self, both: list[torch.Tensor]) -> torch.Tensor:
-        """The decoder's logits from ``encode``'s maps, the fusion stages and decoder stages 0-1 in two parts at once.
+    def _forward_apart(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's logits (B, K, 4*H_1, 4*W_1) with the encoder, the fusion stages and decoder stages 0-1 run as
+        two parts at once (models/stage_threads.py).
 
-        Fused map i is needed by decoder stage 2 - i only (map 3 by its first step), so the helper runs fusion
+        The encoder: for inputs of 480x640 pixels or more, one modality on each thread (nano, 2-thread encoder,
+        batch of 2 against apart, same runs, min of 11: 480x640 85.8 -> 83.1 ms; whole forward 175.3 -> 169.8,
+        175.4 -> 172.9 (bf16), 176.3 -> 171.5 ms); below, both as one batch on both threads (360x480 47.9 -> 49.3
+        ms, 240x320 21.6 -> 25.0 ms apart: their Python, under one lock, outweighs the small ops).
+
+        Then fused map i is needed by decoder stage 2 - i only (map 3 by its first step), so the helper runs fusion
         stages 2 and 0 and the caller fusion stages 3 and 1 with the decoder's steps up to stage 1, taking map 2 as
         the helper hands it over; decoder stage 2 and the logits then run on both threads. Per part on one thread
         (nano, 480x640): 55.7 against 60.4 ms, the helper's map 2 ready before the caller needs it. Against fusion
@@ -122,16 +135,21 @@ class Sigma(nn.Module):
         170.7 ms bf16, where the in-turn forward took 184.9 and 179.8 ms. Where stages on both threads fail, the
         helper's error is raised (in turn, the earlier stage's would be).
         """
+        if (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 19200:
+            encode = self.backbone.encode_one
+            x_maps, rgb_maps = run_apart(lambda: encode(x), lambda: encode(rgb))
+        else:
+            rgb_maps, x_maps = self.backbone.encode(rgb, x)
         fuse, decoder = self.backbone.fuse, self.decode_head
         fused2: Future = Future()
 
         def helper_part() -> torch.Tensor:
-            hand_over(lambda: fuse(both, 2), fused2)
-            return fuse(both, 0)
+            hand_over(lambda: fuse(rgb_maps, x_maps, 2), fused2)
+            return fuse(rgb_maps, x_maps, 0)
 
         def own_part() -> torch.Tensor:
-            running = decoder.expand(fuse(both, 3))
-            fused1 = fuse(both, 1)
+            running = decoder.expand(fuse(rgb_maps, x_maps, 3))
+            fused1 = fuse(rgb_maps, x_maps, 1)
             running = decoder.stage(0, running, fused2.result())
             return decoder.stage(1, running, fused1)
 

@@ -3,11 +3,11 @@
 Why: on one batch row, torch's ops and the scans split a map of 32-256 channels over the threads at a loss
 (nano's fusion blocks ran 1.6-1.8x faster on 2 threads than on 1, where the batch-2 encoder ran 1.9x: matmuls
 and depthwise convolutions with few channels, scans of few channels and 4 states that share the memory bus).
-Sigma's four fusion stages are independent of each other, and the decoder needs fused map i only at its stage
-2 - i, so the fusion stages and the decoder's first stages run as two parts (``Sigma._fuse_and_decode_apart``),
-each single-threaded on a 2-core machine: the same ops on the same tensors, on other threads (an op's result can
-differ in its last bits, as it does between thread counts). A part hands a result that the other needs mid-way
-over with ``hand_over``.
+In Sigma, the two modalities' encoder passes are independent, the four fusion stages too, and the decoder needs
+fused map i only at its stage 2 - i, so they run as two parts each (``Sigma._forward_apart``), each part
+single-threaded on a 2-core machine: the same ops on the same tensors, on other threads (an op's result can differ
+in its last bits, as it does between thread counts). A part hands a result that the other needs mid-way over
+with ``hand_over``.
 
 One part runs on a helper thread of the calling thread's own (kept while it lives: no two callers wait on each
 other's parts), the other on the calling thread, each with its share of the threads (``torch.set_num_threads``,
