@@ -13,6 +13,7 @@ from forked_child import assert_forked_child_runs
 from sigma_core import SigmaConfig, build_sigma, load_weights
 from sigma_core.models import sigma as sigma_module
 from sigma_core.models.decoder import MambaDecoder
+from sigma_core.models.sigma import SigmaBackbone
 from sigma_core.models.stage_threads import hand_over, may_run_apart, run_apart
 
 
@@ -210,8 +211,47 @@ def test_parts_run_apart_only_in_untraced_unprofiled_cpu_inference_on_two_or_mor
             assert not may_run_apart(x)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
             assert not may_run_apart(x)  # it records the calling thread's ops only
+        # torch.func's transforms are per thread too: the helper's part would run untransformed (a wrong jvp)
+        seen = []
+        torch.func.vmap(lambda row: seen.append(may_run_apart(row)) or row)(torch.zeros(3, 2))
+        torch.func.jvp(lambda t: seen.append(may_run_apart(t, x)) or t, (x,), (x,))
+        torch.func.jvp(lambda t: seen.append(may_run_apart(x)) or t, (x,), (x,))  # a transform, on other inputs
+        assert seen == [False, False, False]
+        assert not may_run_apart(x, _LoggingTensor(x))  # a subclass would see the ops on two threads
         assert may_run_apart(x)
     assert not may_run_apart(x)  # a gradient may be wanted
+
+
+class _LoggingTensor(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_training_mode_runs_in_turn_without_a_gradient_too(two_threads, monkeypatch):
+    # DropPath draws from torch's one generator: on two threads at once the draws would go to either modality.
+    model = _small_model(32).train()
+    calls = _counting_run_apart(monkeypatch)
+    image = torch.randn(1, 3, 480, 640)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(image, image.flip(2))
+        torch.manual_seed(1)
+        assert torch.equal(model(image, image.flip(2)), first)
+    assert calls == []
+
+
+def test_a_forward_patched_on_the_backbone_or_decoder_class_runs(two_threads, monkeypatch):
+    model = _small_model(32)
+    calls = _counting_run_apart(monkeypatch)
+    seen = []
+    for cls in (SigmaBackbone, MambaDecoder):
+        real = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *args, real=real: seen.append(type(self)) or real(self, *args))
+    image = torch.randn(1, 3, 180, 240)
+    with torch.inference_mode():
+        model(image, image)
+    assert calls == [] and seen == [SigmaBackbone, MambaDecoder]
 
 
 def test_on_the_helper_thread_itself_parts_do_not_run_apart():

@@ -58,6 +58,10 @@ class SigmaBackbone(nn.Module):
         return self.channel_attn_mamba[stage](f_rgb, f_x).permute(0, 3, 1, 2)
 
 
+# The forwards that Sigma._forward_apart's steps stand for (a forward patched later must run: see _parts_as_built).
+_BACKBONE_FORWARD, _DECODER_FORWARD = SigmaBackbone.forward, MambaDecoder.forward
+
+
 class Sigma(nn.Module):
     """Sigma RGB-X segmentation network.
 
@@ -87,7 +91,7 @@ class Sigma(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         check_inputs(rgb, x)
-        if self._apart_now(rgb):
+        if self._apart_now(rgb, x):
             logits = self._forward_apart(rgb, x)
         else:
             logits = self.decode_head(self.backbone(rgb, x))
@@ -95,8 +99,8 @@ class Sigma(nn.Module):
             return logits  # a same-size bilinear resize is an exact copy (3-6 ms at 480x640); traced, sizes are symbols
         return F.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
 
-    def _apart_now(self, rgb: torch.Tensor) -> bool:
-        """Whether this forward runs _forward_apart; rgb (B, 3, H, W), encoder map 0 is (H // 4, W // 4).
+    def _apart_now(self, rgb: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether this forward runs _forward_apart; rgb, x (B, 3, H, W), encoder map 0 is (H // 4, W // 4).
 
         Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
         while on the cores the helper's team needs. Only for inputs of 180x240 pixels or more (a stage-0 map of 2700
@@ -106,15 +110,17 @@ class Sigma(nn.Module):
         +10.2 ms a forward). Not with forward hooks on the backbone, the decoder or any of their modules: the parts do
         not call the backbone and the decoder as modules, and a hook would see the stages on two threads."""
         # The size last: traced with symbolic sizes (torch.export), comparing them would record a guard.
-        return (self.stages_apart and torch.get_num_threads() == 2 and may_run_apart(rgb)
+        return (self.stages_apart and torch.get_num_threads() == 2 and may_run_apart(rgb, x)
+                and not any(module.training for module in self.modules())  # random draws (DropPath) in one order
                 and not hooks_on(self.backbone, self.decode_head) and self._parts_as_built()
                 and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700)
 
     def _parts_as_built(self) -> bool:
         """Whether the backbone and decoder are ours, as built: the parts call their steps (encode, fuse, expand,
-        stage, logits), not their forward, so a replaced module, a subclass or a forward set on the instance (or a
-        compiled module) must run in turn, through its forward."""
+        stage, logits), not their forward, so a replaced module, a subclass, a forward set on the instance or the
+        class (or a compiled module) must run in turn, through its forward."""
         return (type(self.backbone) is SigmaBackbone and type(self.decode_head) is MambaDecoder
+                and SigmaBackbone.forward is _BACKBONE_FORWARD and MambaDecoder.forward is _DECODER_FORWARD
                 and "forward" not in vars(self.backbone) and "forward" not in vars(self.decode_head)
                 and len(self.backbone.cross_mamba) == 4)
 

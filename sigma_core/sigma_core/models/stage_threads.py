@@ -22,11 +22,13 @@ count since, that one is replaced).
 Measured on our 2-core machine, nano at 480x640 on 2 threads (same run, min of 9): the part on the calling thread
 took 3.5 ms less than on a second helper while the caller waits (168.3 against 171.9 ms a forward).
 
-Runs apart only where that is safe and the same: inference on the CPU (no gradient), at least 2 intra-op
-threads, nothing tracing, recording or profiling the forward (torch.compile/export, jit.trace, a dispatch or
-function mode such as FakeTensorMode, torch.profiler: it sees the calling thread's ops only), no forward hook on
-the modules that would run apart (``hooks_on``: a hook would see them on two threads, in a changing order), and
-not on a helper thread itself.
+Runs apart only where that is safe and the same: inference on the CPU (no gradient) on plain tensors, at least 2
+intra-op threads, nothing tracing, recording, transforming or profiling the forward (torch.compile/export,
+jit.trace, a dispatch or function mode such as FakeTensorMode, torch.func's vmap or jvp, torch.profiler: torch
+keeps these per thread, so the helper's part would run outside them), no forward hook on the modules that would
+run apart (``hooks_on``: a hook would see them on two threads, in a changing order), and not on a helper thread
+itself. The caller decides the rest (``Sigma._apart_now``: not in training mode, whose random draws would
+interleave between the threads).
 """
 from __future__ import annotations
 
@@ -38,14 +40,16 @@ from typing import Callable, Optional, TypeVar
 import torch
 from torch.nn.modules import module as nn_module  # its global hook tables (torch 2.x; absent: none)
 
-from ..ops.native_memory import nothing_recording
+from ..ops.native_memory import readable_in_place
 from ..tracing import being_traced
 
 T = TypeVar("T")
 U = TypeVar("U")
 
-# torch's private profiler flag (torch 2.x; a torch without it is taken as not profiling)
+# torch's private profiler flag and functorch transform level (torch 2.x; a torch without them is taken as not
+# profiling, and as having no transforms)
 _PROFILING = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", lambda: False)
+_FUNCTORCH_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", lambda: None)
 
 
 class _ThreadState(threading.local):
@@ -90,15 +94,17 @@ def _keep_default(threads: int, kept: list) -> None:
 
 
 def may_run_apart(*tensors: torch.Tensor) -> bool:
-    """True where ``run_apart`` would use two threads for parts that read ``tensors``: all on the CPU, no
-    gradient, >= 2 intra-op threads, nothing tracing, recording or profiling the forward, not on a helper."""
+    """True where ``run_apart`` would use two threads for parts that read ``tensors``: plain CPU tensors (no subclass,
+    functorch wrapper or forward-mode tangent: ``readable_in_place``), no gradient, >= 2 intra-op threads, nothing
+    tracing, recording, transforming (torch.func's vmap, jvp, ...) or profiling the forward, not on a helper.
+    (torch keeps transforms, modes and the profiler per thread: the helper's part would run outside them.)"""
     return (
         not _state.is_helper
         and torch.get_num_threads() >= 2
         and not torch.is_grad_enabled()
-        and all(t.device.type == "cpu" for t in tensors)
+        and readable_in_place(*tensors)
+        and _FUNCTORCH_LEVEL() is None
         and not being_traced()
-        and nothing_recording()
         and not _PROFILING()
     )
 
