@@ -17,7 +17,7 @@ from ..config import VARIANTS, SigmaConfig
 from ..tracing import being_traced
 from .decoder import MambaDecoder
 from .fusion import ConcatMambaFusion, CrossMambaFusion
-from .stage_threads import hand_over, hooks_on, may_run_apart, run_apart
+from .stage_threads import hand_over, hooks_or_training_on, may_run_apart, run_apart
 from .vmamba import VSSEncoder
 
 
@@ -83,10 +83,10 @@ class Sigma(nn.Module):
                                         drop_path_rate=cfg.decoder_drop_path_rate)
         self.set_scan_backend(cfg.scan_backend)
         # Where two parts on two threads were measured to pay (2 cores, 480x640, fp32, 2-thread forward in turn
-        # against apart, same runs, models of nano's depths): dims 32 (nano, see _forward_apart) 191-195 ->
-        # 185-186 ms, dims 48 306.0 -> 298.8 ms, 64 422.9 -> 413.4 ms, 96 700.2 -> 699.1 ms (wider maps split well
-        # over threads inside each op). With 4 blocks a decoder stage the caller's part outweighs the helper's:
-        # Sigma-T 1462.8 -> 1602.6 ms.
+        # against apart, same runs, models of nano's depths): dims 32 (nano) 1.76-1.84x -> 1.86-1.97x one thread
+        # (see _forward_apart); with the fusion and decoder stages apart only, dims 48 306.0 -> 298.8 ms, 64 422.9 ->
+        # 413.4 ms, 96 700.2 -> 699.1 ms (wider maps split well over threads inside each op). With 4 blocks a decoder
+        # stage the caller's part outweighs the helper's: Sigma-T 1462.8 -> 1602.6 ms.
         self.stages_apart = cfg.dims <= 64 and all(depth == 1 for depth in cfg.decoder_depths)
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -104,15 +104,14 @@ class Sigma(nn.Module):
 
         Only at exactly 2 threads, the one count measured: with more, the caller's idle OpenMP workers spin for a
         while on the cores the helper's team needs. Only for inputs of 180x240 pixels or more (a stage-0 map of 2700
-        positions), where the parts outweigh handing them over (nano, fp32, the fusion and decoder stages in turn
-        against apart, same runs: 120x160
-        -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +6.1 ms, 480x640 +5.5 to
-        +10.2 ms a forward). Not with forward hooks on the backbone, the decoder or any of their modules: the parts do
-        not call the backbone and the decoder as modules, and a hook would see the stages on two threads."""
+        positions), where the parts outweigh handing them over (nano, fp32, in turn against apart, same runs:
+        120x160 -2.4 ms, 150x200 -1.7 ms, 180x240 +1.3 to +1.7 ms, 240x320 +2.8 to +3.0 ms, 360x480 +4 to +6 ms,
+        480x640 +5.5 to +18 ms a forward). Not in training mode (random draws would interleave between the threads),
+        and not with forward hooks on the backbone, the decoder or any of their modules: the parts do not call the
+        backbone and the decoder as modules, and a hook would see the stages on two threads."""
         # The size last: traced with symbolic sizes (torch.export), comparing them would record a guard.
         return (self.stages_apart and torch.get_num_threads() == 2 and may_run_apart(rgb, x)
-                and not any(module.training for module in self.modules())  # random draws (DropPath) in one order
-                and not hooks_on(self.backbone, self.decode_head) and self._parts_as_built()
+                and self._parts_as_built() and not hooks_or_training_on(self.backbone, self.decode_head)
                 and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700)
 
     def _parts_as_built(self) -> bool:
