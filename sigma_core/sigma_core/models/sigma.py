@@ -58,6 +58,11 @@ class SigmaBackbone(nn.Module):
         return self.channel_attn_mamba[stage](f_rgb, f_x).permute(0, 3, 1, 2)
 
 
+def _stage0_positions(image: torch.Tensor) -> int:
+    """Positions of the encoder's stage-0 map for image (B, 3, H, W): (H // 4) * (W // 4) (the 4x4 patch embedding)."""
+    return (image.shape[2] // 4) * (image.shape[3] // 4)
+
+
 # The forwards that Sigma._forward_apart's steps stand for (a forward patched later must run: see _parts_as_built).
 _BACKBONE_FORWARD, _DECODER_FORWARD = SigmaBackbone.forward, MambaDecoder.forward
 
@@ -112,7 +117,7 @@ class Sigma(nn.Module):
         # The size last: traced with symbolic sizes (torch.export), comparing them would record a guard.
         return (self.stages_apart and torch.get_num_threads() == 2 and may_run_apart(rgb, x)
                 and self._parts_as_built() and not hooks_or_training_on(self.backbone, self.decode_head)
-                and (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 2700)
+                and _stage0_positions(rgb) >= 2700)
 
     def _parts_as_built(self) -> bool:
         """Whether the backbone and decoder are ours, as built: the parts call their steps (encode, fuse, expand,
@@ -140,7 +145,7 @@ class Sigma(nn.Module):
         170.7 ms bf16, where the in-turn forward took 184.9 and 179.8 ms. Where stages on both threads fail, the
         helper's error is raised (in turn, the earlier stage's would be).
         """
-        if (rgb.shape[2] // 4) * (rgb.shape[3] // 4) >= 19200:
+        if _stage0_positions(rgb) >= 19200:
             encode = self.backbone.encode_one
             x_maps, rgb_maps = run_apart(lambda: encode(x), lambda: encode(rgb))
         else:
